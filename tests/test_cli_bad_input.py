@@ -1,0 +1,174 @@
+"""Every kind of bad input: one line naming the file/field and the fix, exit 2, no traceback,
+nothing written."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+BASE = {
+    "model": None,  # filled per test
+    "reduction": {"method": "topk-cls", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},
+    "export": {"image_size": 56},
+    "verify": {"parity": {"samples": 2}, "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1,
+                                                     "metrics": {"feature_cosine": {"min": 0.0}}}},
+    "bench": {"enabled": False},
+}
+
+
+def run_cli(*args, cwd=None, env=None):
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tokexport", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=e, timeout=600)
+
+
+def write(tmp_path: Path, data, name="r.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def recipe(model, **over):
+    d = yaml.safe_load(yaml.safe_dump(BASE))
+    d["model"] = str(model)
+    for k, v in over.items():
+        cur = d
+        *parents, last = k.split(".")
+        for p in parents:
+            cur = cur.setdefault(p, {})
+        if v is ...:
+            cur.pop(last, None)
+        else:
+            cur[last] = v
+    return d
+
+
+def assert_one_line_error(res, *needles):
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    err = res.stderr.strip()
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:"), err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def assert_nothing_written(out: Path):
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
+
+
+@pytest.fixture
+def out(tmp_path):
+    return tmp_path / "outdir"
+
+
+def test_missing_recipe(tmp_path, out):
+    res = run_cli("convert", str(tmp_path / "nope.yaml"), "--out", str(out))
+    assert_one_line_error(res, "nope.yaml", "not found")
+    assert_nothing_written(out)
+
+
+def test_yaml_syntax_error(tmp_path, out):
+    p = write(tmp_path, "model: x\nreduction: [unclosed\n")
+    res = run_cli("convert", str(p), "--out", str(out))
+    assert_one_line_error(res, "r.yaml", "line", "YAML syntax error")
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("over,needles", [
+    ({"reduction.kep_rate": 0.5}, ["reduction.kep_rate", "did you mean 'keep_rate'"]),
+    ({"exprt": {"opset": 17}}, ["exprt", "did you mean 'export'"]),
+    ({"reduction.keep_rate": 1.5}, ["reduction.keep_rate[0]", "(0, 1]"]),
+    ({"reduction.keep_rate": [0.5, 0.0]}, ["reduction.keep_rate[1]"]),
+    ({"reduction.prune_layers": [1, 9]}, ["reduction.prune_layers[1]", "out of range"]),
+    ({"reduction.prune_layers": [2, 1]}, ["reduction.prune_layers", "strictly increasing"]),
+    ({"reduction.method": "tome-ish"}, ["reduction.method", "unknown method", "zero-tprune"]),
+    ({"export.opset": 18}, ["export", "TensorRT 8.6"]),
+    ({"verify.accuracy.metrics": {"top1_acc": {"min": 0.5}}}, ["top1_acc", "did you mean"]),
+    ({"verify.accuracy.metrics": {"top1_agreement": {"min": 0.5}}}, ["top1_agreement", "classification head"]),
+    ({"export.batch": 1, "bench.enabled": True}, ["bench.batch_sizes"]),
+    ({"model": ...}, ["model", "required"]),
+])
+def test_bad_fields(tmp_path, out, tiny_models, over, needles):
+    p = write(tmp_path, recipe(tiny_models["dinov2"], **over))
+    res = run_cli("convert", str(p), "--out", str(out))
+    assert_one_line_error(res, *needles)
+    assert_nothing_written(out)
+
+
+def test_missing_model_directory(tmp_path, out):
+    p = write(tmp_path, recipe(tmp_path / "no-such-dir"))
+    assert_one_line_error(run_cli("convert", str(p), "--out", str(out)), "model:", "no-such-dir")
+    assert_nothing_written(out)
+
+
+def test_directory_without_config(tmp_path, out):
+    (tmp_path / "empty").mkdir()
+    p = write(tmp_path, recipe(tmp_path / "empty"))
+    assert_one_line_error(run_cli("convert", str(p), "--out", str(out)), "no config.json")
+    assert_nothing_written(out)
+
+
+def test_corrupt_weights(tmp_path, out, tiny_models):
+    import shutil
+
+    bad = tmp_path / "corrupt"
+    shutil.copytree(tiny_models["dinov2"], bad)
+    w = bad / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    p = write(tmp_path, recipe(bad))
+    assert_one_line_error(run_cli("convert", str(p), "--out", str(out)), "cannot load weights", str(bad))
+    assert_nothing_written(out)
+
+
+def test_hub_id_without_network(tmp_path, out):
+    p = write(tmp_path, recipe("facebook/dinov2-small"))
+    # an unreachable endpoint: deterministic whatever network the machine has
+    res = run_cli("convert", str(p), "--out", str(out),
+                  env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
+    assert_one_line_error(res, "facebook/dinov2-small", "no network", "hf download")
+    assert_nothing_written(out)
+
+
+def test_unsupported_architecture(tmp_path, out):
+    import transformers
+
+    d = tmp_path / "bert"
+    transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=64)).save_pretrained(d)
+    p = write(tmp_path, recipe(d))
+    assert_one_line_error(run_cli("convert", str(p), "--out", str(out)), "unsupported architecture", "bert")
+    assert_nothing_written(out)
+
+
+def test_image_size_not_multiple_of_patch(tmp_path, out, tiny_models):
+    p = write(tmp_path, recipe(tiny_models["dinov2"], **{"export.image_size": 50}))
+    assert_one_line_error(run_cli("convert", str(p), "--out", str(out)), "image_size", "patch size")
+
+
+def test_existing_output_needs_force(tmp_path, tiny_models):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    p = write(tmp_path, recipe(tiny_models["dinov2"]))
+    assert_one_line_error(run_cli("convert", str(p), "--out", str(out)), str(out), "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_inspect_bad_file(tmp_path):
+    f = tmp_path / "x.onnx"
+    f.write_text("not onnx")
+    assert_one_line_error(run_cli("inspect", str(f)), "x.onnx")
+    assert_one_line_error(run_cli("inspect", str(tmp_path / "missing.onnx")), "missing.onnx")
+
+
+def test_unknown_bundled_model_fetch():
+    assert_one_line_error(run_cli("models", "fetch", "dinov3-huge"), "dinov3-huge", "dinov2-small")

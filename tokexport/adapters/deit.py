@@ -1,0 +1,15 @@
+"""DeiT (facebook/deit-*): CLS + distillation token (two prefix tokens, never pruned)."""
+from __future__ import annotations
+
+from .base import Adapter, register_adapter
+
+
+@register_adapter
+class DeiTAdapter(Adapter):
+    family = "deit"
+    model_types = ("deit",)
+    layer_paths = ("deit.layers", "layers", "deit.encoder.layer", "encoder.layer")
+    needs_pos_interpolation_flag = True
+
+    def n_prefix(self) -> int:
+        return 2

@@ -1,0 +1,12 @@
+"""ViT (google/vit-*): one CLS token; blocks at ``vit.layers`` (transformers 5) or ``vit.encoder.layer`` (4.x)."""
+from __future__ import annotations
+
+from .base import Adapter, register_adapter
+
+
+@register_adapter
+class ViTAdapter(Adapter):
+    family = "vit"
+    model_types = ("vit",)
+    layer_paths = ("vit.layers", "layers", "vit.encoder.layer", "encoder.layer")
+    needs_pos_interpolation_flag = True

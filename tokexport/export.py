@@ -1,0 +1,105 @@
+"""Export a (possibly reduced) model to a static-keep ONNX graph.
+
+Opset <= 17 uses torch's TorchScript exporter: torch 2.13's dynamo exporter only implements opset
+>= 18 and its down-conversion fails on these graphs, and opset 18's ``axes`` inputs of Reduce* ops
+are silently ignored by TensorRT 8.6's parser (static-export.md). The graph is written as a single
+file (no external data) when it fits in 2 GB. After export, the declared input/output shapes are
+pinned to the shapes PyTorch produced (batch symbolic when dynamic), checked by strict shape
+inference, and the outputs are compared with PyTorch by the caller (verify.parity).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import torch
+from torch import nn
+
+from .errors import TokexportError
+from .onnx_tools import check_shapes, set_io_shapes
+
+INPUT_NAME = "pixel_values"
+
+
+class ExportError(TokexportError):
+    exit_code = 1
+
+
+class _Named(nn.Module):
+    """Wraps a function returning named tensors as a module returning a tuple (fixed order)."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], names: list[str]):
+        super().__init__()
+        self.model = model  # registers parameters for the exporter
+        self.fn = fn
+        self.names = names
+
+    def forward(self, pixel_values):
+        out = self.fn(pixel_values)
+        return tuple(out[n] for n in self.names)
+
+
+@dataclass
+class ExportInfo:
+    path: Path
+    exporter: str
+    opset: int
+    output_names: list[str]
+    output_shapes: dict[str, list]
+
+
+def choose_exporter(opset: int, exporter: str) -> str:
+    if exporter == "auto":
+        return "torchscript" if opset <= 17 else "dynamo"
+    if exporter == "dynamo" and opset < 18:
+        raise ExportError(f"export.exporter: dynamo emits opset >= 18 only, but export.opset is {opset}; use exporter: auto")
+    return exporter
+
+
+def export_onnx(model: nn.Module, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], example: torch.Tensor,
+                path: Path, opset: int, dynamic_batch: bool, exporter: str = "auto") -> ExportInfo:
+    exporter = choose_exporter(opset, exporter)
+    with torch.inference_mode():
+        ref = fn(example)
+    names = list(ref)
+    module = _Named(model, fn, names).eval()
+    path = Path(path)
+    kwargs = dict(input_names=[INPUT_NAME], output_names=names, opset_version=opset)
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            if exporter == "torchscript":
+                axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic_batch else None
+                torch.onnx.export(module, (example,), str(path), dynamo=False, dynamic_axes=axes,
+                                  do_constant_folding=True, **kwargs)
+            else:
+                shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+                prog = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=shapes,
+                                         external_data=False, **kwargs)
+                prog.save(str(path), external_data=False)
+        except Exception as e:
+            raise ExportError(f"ONNX export failed ({exporter}, opset {opset}): {str(e).splitlines()[0][:300]}") from e
+    m = onnx.load(str(path))
+    got = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    if got != opset:
+        raise ExportError(f"the {exporter} exporter wrote opset {got}, not the requested {opset}")
+    batch = "batch" if dynamic_batch else int(example.shape[0])
+    shapes = {INPUT_NAME: [batch, *example.shape[1:]]}
+    for n, t in ref.items():
+        shapes[n] = [batch, *t.shape[1:]]
+    set_io_shapes(m, shapes)
+    try:
+        check_shapes(m)
+    except ValueError as e:
+        raise ExportError(f"exported graph failed shape checks: {e}") from e
+    onnx.save(m, str(path))
+    return ExportInfo(path=path, exporter=exporter, opset=opset, output_names=names,
+                      output_shapes={n: shapes[n] for n in names})

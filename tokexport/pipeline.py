@@ -1,0 +1,278 @@
+"""recipe → load → reduce → export → verify → bench → report, as one library call.
+
+Everything is written into a temporary sibling of the output directory and renamed into place only
+when complete; an existing output directory is replaced only with ``force``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .bench import compare_latency
+from .data import Preprocess, image_folder, instance_recognition_set, natural_images
+from .errors import AccuracyError, InputError, ParityError
+from .export import export_onnx
+from .flops import encoder_flops
+from .load import LoadedModel, load_model
+from .onnx_tools import onnx_files, sha256_onnx, trt_check
+from .recipe import Recipe, load_recipe
+from .reduce import METHODS
+from .reduce.patch import reduced
+from .reduce.schedule import plan
+from .report import render_markdown, write_json
+from .runners import OrtRunner, TorchRunner, run_batched
+from . import verify as V
+
+
+class Stages:
+    """Progress hooks; the CLI supplies a rich implementation, the library default does nothing."""
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int | None = None):
+        yield lambda n=1: None
+
+    def log(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class Result:
+    report: dict
+    out_dir: Path
+    exit_code: int
+
+
+def _forward(lm: LoadedModel) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    kwargs = lm.adapter.forward_kwargs(lm.image_size)
+
+    def fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return lm.adapter.outputs(lm.model, lm.model(pixel_values=x, **kwargs))
+
+    return fn
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise InputError(f"{out}: output directory already exists; pass --force to replace it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
+
+
+def convert(recipe_path: str | Path, out: str | Path | None = None, force: bool = False,
+            stages: Stages | None = None) -> Result:
+    stages = stages or Stages()
+    recipe_path = Path(recipe_path)
+    recipe = load_recipe(recipe_path)
+    out_dir = Path(out) if out is not None else Path("out") / recipe_path.stem
+    _check_out_dir(out_dir, force)
+    base_dir = recipe_path.resolve().parent
+
+    with stages.stage("load"):
+        lm = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
+    return _run(recipe, recipe_path, lm, out_dir, force, stages)
+
+
+def _validate_against_model(recipe: Recipe, lm: LoadedModel, base_dir: Path) -> Path | None:
+    acc = recipe.verify.accuracy
+    if lm.task != "image-classification":
+        for name in ("top1_agreement", "imagefolder_top1"):
+            if name in acc.metrics:
+                raise InputError(f"verify.accuracy.metrics.{name}: needs a classification head, but the model is {lm.task}")
+        if acc.imagefolder:
+            raise InputError("verify.accuracy.imagefolder: needs a classification head; remove it for a feature model")
+    folder = None
+    if acc.imagefolder:
+        folder = Path(acc.imagefolder).expanduser()
+        folder = folder if folder.is_absolute() else base_dir / folder
+        if not folder.is_dir():
+            raise InputError(f"verify.accuracy.imagefolder: {folder} is not a directory")
+    return folder
+
+
+def _run(recipe: Recipe, recipe_path: Path, lm: LoadedModel, out_dir: Path, force: bool, stages: Stages) -> Result:
+    base_dir = recipe_path.resolve().parent
+    adapter = lm.adapter
+    folder = _validate_against_model(recipe, lm, base_dir)
+    n_tokens, n_prefix = adapter.n_tokens(lm.image_size), adapter.n_prefix()
+    red_cfg = recipe.reduction
+    method = METHODS[red_cfg.method](red_cfg)
+    schedule = plan(red_cfg, n_tokens, n_prefix, adapter.num_layers)
+    acc = recipe.verify.accuracy
+
+    with stages.stage("data"):
+        pre = Preprocess(lm.image_size, lm.mean, lm.std)
+        images = natural_images(include_optional=False)
+        iset = instance_recognition_set(images, pre, acc.samples_per_class, acc.prototypes_per_class,
+                                        tuple(acc.crop_scale), acc.seed)
+        labelled = image_folder(folder, pre, acc.imagefolder_limit_per_class) if folder else None
+    parity_x = iset.eval_x[np.linspace(0, len(iset.eval_x) - 1, recipe.verify.parity.samples).round().astype(int)]
+
+    original_fn = _forward(lm)
+
+    def reduced_fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with reduced(lm.model, adapter, schedule, method):
+            return original_fn(x)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        report = _produce(recipe, recipe_path, lm, tmp, stages, method, schedule, n_tokens, n_prefix,
+                          original_fn, reduced_fn, iset, labelled, parity_x)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    code = 0
+    if not report["parity"]["passed"] or not report["parity_baseline"]["passed"]:
+        code = ParityError.exit_code
+    elif not report["accuracy"]["passed"]:
+        code = AccuracyError.exit_code
+    return Result(report=report, out_dir=out_dir, exit_code=code)
+
+
+def _produce(recipe, recipe_path, lm, tmp: Path, stages, method, schedule, n_tokens, n_prefix,
+             original_fn, reduced_fn, iset, labelled, parity_x) -> dict:
+    ex = recipe.export
+    dynamic = ex.batch == "dynamic"
+    example = torch.from_numpy(parity_x[: (1 if dynamic else ex.batch)].copy())
+    if len(example) < (1 if dynamic else ex.batch):
+        example = example.repeat(ex.batch, 1, 1, 1)[: ex.batch]
+    model_path, base_path = tmp / "model.onnx", tmp / "baseline.onnx"
+
+    with stages.stage("export", total=2) as advance:
+        base_info = export_onnx(lm.model, original_fn, example, base_path, ex.opset, dynamic, ex.exporter)
+        advance()
+        with reduced(lm.model, lm.adapter, schedule, method):
+            red_info = export_onnx(lm.model, original_fn, example, model_path, ex.opset, dynamic, ex.exporter)
+        advance()
+
+    base_ort, red_ort = OrtRunner(base_path), OrtRunner(model_path)
+    par = recipe.verify.parity
+    with stages.stage("verify: parity", total=2) as advance:
+        parity_red = V.parity(red_ort, TorchRunner(reduced_fn), parity_x, par.atol, par.mean_atol)
+        advance()
+        parity_base = V.parity(base_ort, TorchRunner(original_fn), parity_x, par.atol, par.mean_atol)
+        advance()
+
+    feat = lm.adapter.feature_output(red_info.output_names)
+    acc = recipe.verify.accuracy
+    with stages.stage("verify: accuracy", total=3 + (2 if labelled else 0)) as advance:
+        orig_runner = TorchRunner(original_fn)
+        orig_eval = run_batched(orig_runner, iset.eval_x)
+        advance()
+        orig_proto = run_batched(orig_runner, iset.proto_x)[feat]
+        advance()
+        red_eval = run_batched(red_ort, iset.eval_x)  # the shipped graph, not the PyTorch twin
+        advance()
+        metrics = V.feature_metrics(orig_eval[feat], red_eval[feat], orig_proto, iset.eval_y, iset.proto_y,
+                                    iset.n_classes, acc.metrics)
+        if lm.task == "image-classification":
+            metrics |= V.classifier_metrics(orig_eval["logits"], red_eval["logits"], acc.metrics)
+        if labelled is not None:
+            lx, ly, _ = labelled
+            o = run_batched(orig_runner, lx)["logits"]
+            advance()
+            r = run_batched(red_ort, lx)["logits"]
+            advance()
+            metrics |= V.labelled_metrics(o, r, ly, acc.metrics)
+    metric_dicts = {k: v.as_dict() for k, v in metrics.items()}
+    acc_passed = all(m["passed"] is not False for m in metric_dicts.values())
+
+    trt = None
+    if ex.trt_target:
+        findings = trt_check(model_path, ex.trt_target)
+        trt = {"target": ex.trt_target, "findings": [f.to_dict() for f in findings],
+               "errors": sum(1 for f in findings if f.level == "error")}
+
+    dims = lm.adapter.dims()
+    head = lm.adapter.head_macs(lm.model)
+    desc = method.describe()
+    iters = desc.get("iterations") if isinstance(desc.get("iterations"), list) else None
+    fl_base = encoder_flops(dims, n_tokens, n_prefix, [], head)
+    fl_red = encoder_flops(dims, n_tokens, n_prefix, schedule, head, method.needs_attention, iters)
+    predicted = fl_base["flops"] / fl_red["flops"]
+
+    bench = None
+    b = recipe.bench
+    if b.enabled:
+        rng = np.random.default_rng(0)
+        pool = iset.eval_x
+
+        def make_input(n):
+            return np.ascontiguousarray(pool[rng.choice(len(pool), n, replace=len(pool) < n)])
+
+        with stages.stage("bench", total=len(b.batch_sizes) * b.repeats) as advance:
+            batches = compare_latency(base_path, model_path, make_input, b.batch_sizes, b.warmup, b.repeats, b.threads,
+                                      on_step=advance)
+        eff_batch = str(max(b.batch_sizes))
+        bench = {
+            "runtime": f"onnxruntime {__import__('onnxruntime').__version__} CPUExecutionProvider",
+            "threads": b.threads or os.cpu_count(), "repeats": b.repeats, "warmup": b.warmup,
+            "batches": batches,
+            "flops": {"baseline": fl_base["flops"], "reduced": fl_red["flops"], "selection": fl_red["selection_flops"],
+                      "predicted_speedup": predicted, "per": "image"},
+            "efficiency_batch": int(eff_batch),
+            "efficiency": batches[eff_batch]["speedup"] / predicted,
+        }
+
+    failures = []
+    if not parity_red["passed"]:
+        failures.append(f"parity: model.onnx differs from PyTorch by {parity_red['max_abs_diff']:.3g} (atol {par.atol:g})")
+    if not parity_base["passed"]:
+        failures.append(f"parity: baseline.onnx differs from PyTorch by {parity_base['max_abs_diff']:.3g}")
+    for name, m in metric_dicts.items():
+        if m["passed"] is False:
+            failures.append(f"accuracy: {name} {m['reduced']:.4f} misses {m['threshold']} (original {m['original']:.4f})")
+
+    report = {
+        "schema_version": 1,
+        "tokexport_version": __version__,
+        "created_unix": int(time.time()),
+        "recipe_path": str(recipe_path),
+        "recipe": recipe.model_dump(mode="json"),
+        "model": {"source": lm.source, "source_kind": lm.source_kind, "path": str(lm.path), "family": lm.adapter.family,
+                  "model_type": lm.config.model_type, "architecture": type(lm.model).__name__, "task": lm.task,
+                  "params": lm.params, "image_size": lm.image_size, "tokens": n_tokens, "prefix_tokens": n_prefix},
+        "reduction": {"method": method.name, "rounding": recipe.reduction.rounding, "params": desc,
+                      "schedule": [s.as_dict() for s in schedule],
+                      "tokens_per_block": fl_red["tokens_per_block"]},
+        "export": {"opset": ex.opset, "exporter": red_info.exporter, "batch": ex.batch, "trt_target": ex.trt_target,
+                   "input_shape": [("batch" if dynamic else ex.batch), 3, lm.image_size, lm.image_size],
+                   "outputs": red_info.output_shapes, "baseline_outputs": base_info.output_shapes},
+        "artifacts": {
+            "onnx": "model.onnx", "onnx_sha256": sha256_onnx(model_path),
+            "onnx_bytes": sum(p.stat().st_size for p in onnx_files(model_path)),
+            "baseline_onnx": "baseline.onnx", "baseline_onnx_sha256": sha256_onnx(base_path),
+            "baseline_onnx_bytes": sum(p.stat().st_size for p in onnx_files(base_path)),
+        },
+        "parity": parity_red,
+        "parity_baseline": parity_base,
+        "accuracy": {
+            "dataset": "natural-images instance recognition" + (" + imagefolder" if labelled else ""),
+            "description": (f"{iset.n_classes} classes (one per bundled photograph), {len(iset.eval_y)} eval crops "
+                            f"(scale {list(acc.crop_scale)}, flips, seed {acc.seed}); class prototypes from the ORIGINAL "
+                            f"model on {len(iset.proto_y)} separate crops; feature = `{feat}`; reduced = model.onnx "
+                            "(onnxruntime), original = unmodified PyTorch model"),
+            "classes": iset.n_classes, "samples": int(len(iset.eval_y)),
+            "metrics": metric_dicts, "passed": acc_passed,
+        },
+        "bench": bench,
+        "trt_check": trt,
+        "passed": bool(parity_red["passed"] and parity_base["passed"] and acc_passed),
+        "failures": failures,
+    }
+    write_json(report, tmp / "report.json")
+    (tmp / "report.md").write_text(render_markdown(report))
+    return report

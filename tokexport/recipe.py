@@ -1,0 +1,218 @@
+"""Recipe: the YAML a user writes. Validated with pydantic; every error becomes one line naming the
+file and the field (``recipe.yaml: reduction.keep_rate[1]: ...``)."""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InputError
+from .reduce import METHODS
+
+METRICS = ("feature_cosine", "instance_top1", "top1_agreement", "imagefolder_top1")
+# Opset each TensorRT target parses faithfully (static-export.md).
+TRT_MAX_OPSET = {"8.5": 16, "8.6": 17, "10.3": 20}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExportConfig(_Strict):
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset. 17 for TensorRT 8.6 (JetPack 6.0); <=16 for TensorRT 8.5 (JetPack 5.1).")
+    image_size: int | None = Field(None, ge=14, le=4096, description="Square input size in pixels; default: the checkpoint's preprocessor crop size.")
+    batch: int | Literal["dynamic"] = Field("dynamic", description="Fixed batch size, or 'dynamic' (the only dynamic axis; token counts are always static).")
+    exporter: Literal["auto", "torchscript", "dynamo"] = Field(
+        "auto", description="auto: TorchScript exporter for opset <= 17 (the dynamo exporter only emits opset >= 18), dynamo otherwise."
+    )
+    trt_target: Literal["8.5", "8.6", "10.3"] | None = Field(
+        "8.6", description="TensorRT version the graph is checked against (8.5: JetPack 5.1, 8.6: JetPack 6.0, 10.3: JetPack 6.1/6.2); null skips the check."
+    )
+
+    @model_validator(mode="after")
+    def _opset_fits_target(self):
+        if isinstance(self.batch, int) and self.batch < 1:
+            raise ValueError("batch must be >= 1 or 'dynamic'")
+        if self.trt_target and self.opset > TRT_MAX_OPSET[self.trt_target]:
+            raise ValueError(
+                f"opset {self.opset} is above what TensorRT {self.trt_target} parses faithfully "
+                f"({TRT_MAX_OPSET[self.trt_target]}); lower export.opset or change export.trt_target"
+            )
+        return self
+
+
+class ParityConfig(_Strict):
+    atol: float = Field(1e-3, gt=0, description="Max absolute difference allowed between ONNX Runtime and PyTorch, any output element.")
+    mean_atol: float = Field(1e-4, gt=0, description="Mean absolute difference allowed, per output.")
+    samples: int = Field(8, ge=1, le=256, description="Real images fed to both.")
+
+
+class Threshold(_Strict):
+    min: float | None = Field(None, description="The reduced model's value must be at least this.")
+    max_drop: float | None = Field(None, ge=0, description="original - reduced must be at most this.")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if self.min is None and self.max_drop is None:
+            raise ValueError("give min and/or max_drop")
+        return self
+
+
+class AccuracyConfig(_Strict):
+    dataset: Literal["natural-images"] = Field(
+        "natural-images", description="Instance recognition on the bundled natural photographs: class = source image, samples = seeded random crops/flips."
+    )
+    samples_per_class: int = Field(8, ge=1, le=256)
+    prototypes_per_class: int = Field(4, ge=1, le=256, description="Crops per class whose ORIGINAL-model features form the class prototype.")
+    crop_scale: tuple[float, float] = Field((0.3, 0.7), description="Area fraction range of the random crops.")
+    seed: int = 0
+    imagefolder: str | None = Field(None, description="ImageFolder directory (one sub-directory per class) for top-1 accuracy of classifiers; relative to the recipe file.")
+    imagefolder_limit_per_class: int | None = Field(None, ge=1)
+    metrics: dict[str, Threshold] = Field(
+        default_factory=lambda: {"feature_cosine": Threshold(min=0.9), "instance_top1": Threshold(max_drop=0.1)},
+        description=f"Thresholds per metric; names: {', '.join(METRICS)}.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {list(self.crop_scale)}")
+        for name in self.metrics:
+            if name not in METRICS:
+                hint = difflib.get_close_matches(name, METRICS, n=1)
+                raise ValueError(
+                    f"unknown metric {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; known: {', '.join(METRICS)}"
+                )
+        if "imagefolder_top1" in self.metrics and not self.imagefolder:
+            raise ValueError("metric imagefolder_top1 needs accuracy.imagefolder")
+        return self
+
+
+class VerifyConfig(_Strict):
+    parity: ParityConfig = ParityConfig()
+    accuracy: AccuracyConfig = AccuracyConfig()
+
+
+class BenchConfig(_Strict):
+    enabled: bool = True
+    batch_sizes: list[Annotated[int, Field(ge=1, le=256)]] = Field(default_factory=lambda: [1, 8])
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(20, ge=1, description="Timed runs per model and batch size; baseline and reduced alternate.")
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads; default: all cores.")
+
+
+def _reduction_union():
+    configs = tuple(cls.config_cls for cls in METHODS.values())
+    return Annotated[Union[configs], Field(discriminator="method")]  # noqa: UP007
+
+
+class Recipe(_Strict):
+    name: str | None = Field(None, description="Free-form name shown in reports.")
+    description: str | None = None
+    model: str = Field(description="Bundled model name (see `tokexport models list`), a local Hugging Face directory (relative to the recipe file), or a Hub id.")
+    family: str | None = Field(None, description="Model family adapter (vit, deit, dinov2); default: from config.json's model_type.")
+    task: Literal["auto", "feature-extraction", "image-classification"] = "auto"
+    reduction: _reduction_union()
+    export: ExportConfig = ExportConfig()
+    verify: VerifyConfig = VerifyConfig()
+    bench: BenchConfig = BenchConfig()
+
+    @model_validator(mode="after")
+    def _bench_fits_batch(self):
+        if isinstance(self.export.batch, int) and self.bench.enabled:
+            bad = [b for b in self.bench.batch_sizes if b != self.export.batch]
+            if bad:
+                raise ValueError(
+                    f"bench.batch_sizes {bad} cannot run on a graph exported with fixed export.batch "
+                    f"{self.export.batch}; use export.batch: dynamic or bench only batch {self.export.batch}"
+                )
+        return self
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {cls.config_cls.model_fields["method"].annotation.__args__[0] for cls in METHODS.values()}:
+            continue  # discriminated-union branch name
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _allowed_fields(loc: tuple, data) -> list[str]:
+    """Field names valid at the parent of ``loc`` (for did-you-mean hints)."""
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if part == "reduction" and model is Recipe:
+            method = (data or {}).get("reduction", {}).get("method") if isinstance(data, dict) else None
+            model = METHODS[method].config_cls if method in METHODS else None
+            if model is None:
+                return []
+            continue
+        if part in METHODS:
+            continue
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def format_error(path: str, err: ValidationError, data) -> str:
+    e = err.errors()[0]
+    loc = e["loc"]
+    where = _loc(loc)
+    if e["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _allowed_fields(loc, data), n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else "remove it (see `tokexport recipes schema`)"
+        return f"{path}: {where}: unknown field; {fix}"
+    if e["type"] == "union_tag_invalid":
+        return f"{path}: reduction.method: unknown method {e['input'] if 'input' in e else ''!r}; known: {', '.join(sorted(METHODS))}"
+    if e["type"] == "union_tag_not_found":
+        return f"{path}: reduction.method: missing; choose one of {', '.join(sorted(METHODS))}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        msg = "required field is missing"
+    return f"{path}: {where}: {msg}"
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: recipe file not found; list the bundled ones with `tokexport recipes list`")
+    if not p.is_file():
+        raise InputError(f"{p}: not a file; pass a recipe YAML file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"{p}:{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a text file; a recipe is YAML") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: a recipe is a YAML mapping with at least `model` and `reduction`")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise InputError(format_error(str(p), e, data)) from None
+
+
+def recipe_schema() -> dict:
+    return Recipe.model_json_schema()
+
+
+def recipe_schema_json() -> str:
+    return json.dumps(recipe_schema(), indent=2)

@@ -1,0 +1,89 @@
+"""The contract every token-reduction method implements.
+
+A method is plain tensor code: given what one transformer block produced (its output tokens, and
+when the method asks for them, that block's attention probabilities and keys), it returns the
+positions of the non-prefix tokens to keep. It never imports transformers: the family adapters
+and ``tokexport.reduce.patch`` connect methods to models.
+
+Static-keep rules (../shared/methods/static-export.md): ``n_keep`` is a Python int fixed at export
+time, selection uses TopK with that constant K, indices come back sorted ascending so survivors keep
+their original order, prefix tokens (CLS, distillation, registers) are never candidates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+Rounding = Literal["floor", "ceil", "round"]
+
+
+class ReductionConfig(BaseModel):
+    """Fields shared by every method: the per-layer schedule.
+
+    ``prune_layers`` are 0-indexed block indices; pruning happens after that block, using that
+    block's own attention. Give either ``keep_rate`` (fraction of the non-prefix tokens entering
+    that pruning step, one value for all layers or one per layer) or ``keep`` (absolute count of
+    non-prefix tokens kept, one per layer).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    prune_layers: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="0-indexed blocks after which tokens are pruned, strictly increasing."
+    )
+    keep_rate: float | list[float] | None = Field(
+        default=None, description="Fraction in (0, 1] of the non-prefix tokens entering each pruning step to keep."
+    )
+    keep: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, description="Absolute number of non-prefix tokens kept after each pruning layer."
+    )
+    rounding: Rounding = Field(
+        default="floor",
+        description="How keep_rate x tokens becomes a count: floor (early Zero-TPrune code), ceil (EViT) or round.",
+    )
+
+
+@dataclass
+class LayerInputs:
+    """What a method sees at one pruning layer. Shapes: B batch, N tokens, D width, H heads."""
+
+    hidden: torch.Tensor  # [B, N, D] output of the block
+    attn: torch.Tensor | None  # [B, H, N, N] softmax(q k^T * scale) of the block, rows sum to 1
+    keys: torch.Tensor | None  # [B, H, N, dh] the block's keys
+    n_prefix: int  # leading tokens never pruned (CLS, distillation token, registers)
+    layer: int  # 0-indexed block
+    num_layers: int  # blocks in the model
+
+
+class Method:
+    """Base class of a reduction method. Subclasses set ``name``, ``config_cls``,
+    ``needs_attention`` and implement ``select``."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[ReductionConfig]]
+    needs_attention: ClassVar[bool] = True
+
+    def __init__(self, config: ReductionConfig):
+        self.config = config
+
+    def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
+        """Return int64 [B, n_keep]: absolute positions (>= n_prefix) of kept tokens, ascending."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Method parameters as recorded in the report (defaults resolved)."""
+        return self.config.model_dump(exclude={"prune_layers", "keep_rate", "keep", "rounding"})
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if cls.name in METHODS:
+        raise RuntimeError(f"reduction method {cls.name!r} registered twice")
+    METHODS[cls.name] = cls
+    return cls

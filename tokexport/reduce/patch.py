@@ -1,0 +1,110 @@
+"""Reversible in-place patch that makes a transformers vision model drop tokens.
+
+The host model's own forward runs unchanged (embeddings, every block, final norm, pooler, heads):
+each block is wrapped, and after a pruning block the wrapper asks the method which tokens to keep
+and gathers them. Blocks never see an attention mask: image encoders have no padding, and the mask
+transformers materialises while tracing has the full token count, which would not match after
+pruning. Query/key projections of pruning blocks are wrapped to capture their outputs, from which
+the block's attention probabilities are recomputed (static-export.md: fused SDPA elsewhere is fine).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..adapters.base import Adapter, get_path
+from .base import LayerInputs, Method
+from .common import attention_probs, gather_tokens
+from .schedule import Stage
+
+
+class _Capture(nn.Module):
+    """Wraps a projection and keeps its last output."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.last: torch.Tensor | None = None
+
+    def forward(self, x):
+        out = self.inner(x)
+        self.last = out
+        return out
+
+
+class _Block(nn.Module):
+    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: Method | None,
+                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, temperature: float):
+        super().__init__()
+        self.inner = inner
+        self.index = index
+        self.stage = stage
+        self.method = method
+        self.capture = capture
+        self.n_prefix = adapter.n_prefix()
+        self.heads = adapter.num_heads
+        self.head_dim = adapter.head_dim
+        self.num_layers = adapter.num_layers
+        self.temperature = temperature
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if args:
+            args = (None, *args[1:])  # attention_mask (positional in transformers' encoder loops)
+        if "attention_mask" in kwargs:
+            kwargs["attention_mask"] = None
+        out = self.inner(hidden_states, *args, **kwargs)
+        if self.stage is None:
+            return out
+        h = out[0] if isinstance(out, tuple) else out
+        attn = keys = None
+        if self.capture is not None:
+            b, n, _ = h.shape
+            q = self.capture[0].last.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+            keys = self.capture[1].last.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+            attn = attention_probs(q, keys, self.head_dim ** -0.5, self.temperature)
+            self.capture[0].last = self.capture[1].last = None
+        idx = self.method.select(
+            LayerInputs(hidden=h, attn=attn, keys=keys, n_prefix=self.n_prefix, layer=self.index,
+                        num_layers=self.num_layers),
+            self.stage.n_keep,
+        )
+        h = gather_tokens(h, idx, self.n_prefix)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
+def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(get_path(root, parent) if parent else root, name, value)
+
+
+@contextlib.contextmanager
+def reduced(model: nn.Module, adapter: Adapter, stages: list[Stage], method: Method | None):
+    """Patch ``model`` in place for the duration of the block; restores every module on exit."""
+    layers = adapter.layers(model)
+    originals = list(layers)
+    by_layer = {s.layer: s for s in stages}
+    temperature = float(getattr(method.config, "temperature", 1.0)) if method is not None else 1.0
+    restored_qk: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for i, block in enumerate(originals):
+            stage = by_layer.get(i)
+            capture = None
+            if stage is not None and method is not None and method.needs_attention:
+                q_path, k_path = adapter.qk(block)
+                caps = []
+                for path in (q_path, k_path):
+                    inner = get_path(block, path)
+                    cap = _Capture(inner)
+                    _set_path(block, path, cap)
+                    restored_qk.append((block, path, inner))
+                    caps.append(cap)
+                capture = (caps[0], caps[1])
+            layers[i] = _Block(block, i, stage, method, capture, adapter, temperature)
+        yield model
+    finally:
+        for i, block in enumerate(originals):
+            layers[i] = block
+        for block, path, inner in restored_qk:
+            _set_path(block, path, inner)

@@ -1,0 +1,67 @@
+"""Random keep: a fixed random subset per layer (the ablation baseline of Zero-TPrune and EViT).
+
+The scores are drawn once per (layer, number of candidate tokens) from
+``torch.Generator().manual_seed(seed * 1_000_003 + layer)`` and stored as a constant tensor, so every
+image in the batch keeps the same positions and the exported graph is deterministic and static (the
+scores become an ONNX initializer). The draw is ``torch.randperm`` (a uniformly random ranking, i.e.
+the ranking of i.i.d. uniform noise, but without ties, so TopK cannot break ties differently in
+PyTorch and ONNX Runtime).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from .base import LayerInputs, Method, ReductionConfig, register_method
+from .common import keep_topk
+
+_LAYER_STRIDE = 1_000_003  # prime larger than any block count: (seed, layer) -> distinct generator seeds
+
+
+class RandomKeepConfig(ReductionConfig):
+    """Seeded random subset of the tokens, fixed per layer and identical for every image."""
+
+    method: Literal["random"] = Field(default="random", description="Method name.")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**40,
+        description="Base seed; layer l draws from torch.Generator().manual_seed(seed * 1000003 + l).",
+    )
+
+
+@register_method
+class RandomKeep(Method):
+    name = "random"
+    config_cls = RandomKeepConfig
+    needs_attention = False
+    config: RandomKeepConfig
+
+    def __init__(self, config: RandomKeepConfig):
+        super().__init__(config)
+        self._scores: dict[tuple[int, int], torch.Tensor] = {}
+
+    def generator_seed(self, layer: int) -> int:
+        return self.config.seed * _LAYER_STRIDE + layer
+
+    def scores_for(self, layer: int, n_candidates: int) -> torch.Tensor:
+        """Constant float32 scores [n_candidates] of ``layer``, drawn on first use."""
+        key = (layer, n_candidates)
+        if key not in self._scores:
+            g = torch.Generator().manual_seed(self.generator_seed(layer))
+            self._scores[key] = torch.randperm(n_candidates, generator=g).to(torch.float32)
+        return self._scores[key]
+
+    def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
+        b, n = x.hidden.shape[0], x.hidden.shape[1]
+        scores = self.scores_for(x.layer, n - x.n_prefix).to(x.hidden.device)
+        return keep_topk(scores.expand(b, -1), n_keep, x.n_prefix)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        layers = sorted(set(self.config.prune_layers) | {layer for layer, _ in self._scores})
+        d["subset"] = "fixed random subset per layer, identical for every image"
+        d["generator_seed_by_layer"] = {layer: self.generator_seed(layer) for layer in layers}
+        return d

@@ -1,0 +1,97 @@
+"""Per-layer keep counts, fixed at export time (the one place rounding happens)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from ..errors import InputError
+from .base import ReductionConfig
+
+# TensorRT rejects TopK with K >= 3840 on every version (static-export.md).
+TOPK_LIMIT = 3840
+
+
+@dataclass(frozen=True)
+class Stage:
+    layer: int  # pruning happens after this 0-indexed block
+    tokens_in: int  # tokens entering the pruning step (prefix included)
+    tokens_out: int  # tokens leaving it (prefix included)
+    n_keep: int  # non-prefix tokens kept
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _round(x: float, rule: str) -> int:
+    if rule == "floor":
+        return math.floor(x + 1e-9)
+    if rule == "ceil":
+        return math.ceil(x - 1e-9)
+    return int(math.floor(x + 0.5))
+
+
+def plan(cfg: ReductionConfig, n_tokens: int, n_prefix: int, num_layers: int) -> list[Stage]:
+    """Keep counts for every pruning layer. Errors name the recipe field (``reduction.*``)."""
+    layers = list(cfg.prune_layers)
+    for i, layer in enumerate(layers):
+        if layer >= num_layers:
+            raise InputError(
+                f"reduction.prune_layers[{i}]: block {layer} is out of range; the model has "
+                f"{num_layers} blocks (valid: 0..{num_layers - 1})"
+            )
+        if i and layer <= layers[i - 1]:
+            raise InputError(
+                f"reduction.prune_layers: must be strictly increasing, got {layers}"
+            )
+    if not layers:
+        if cfg.keep_rate is not None or cfg.keep is not None:
+            raise InputError("reduction.prune_layers: empty, but keep_rate/keep is set; list the blocks to prune after")
+        return []
+    if (cfg.keep_rate is None) == (cfg.keep is None):
+        raise InputError("reduction: give exactly one of keep_rate (fractions) or keep (absolute counts)")
+
+    if cfg.keep_rate is not None:
+        rates = cfg.keep_rate if isinstance(cfg.keep_rate, list) else [cfg.keep_rate] * len(layers)
+        if len(rates) != len(layers):
+            raise InputError(
+                f"reduction.keep_rate: {len(rates)} values for {len(layers)} prune_layers; give one per layer or a single value"
+            )
+        for i, r in enumerate(rates):
+            if not 0 < r <= 1:
+                raise InputError(f"reduction.keep_rate[{i}]: {r} is outside (0, 1]; a keep rate is the fraction of tokens kept")
+    else:
+        if len(cfg.keep) != len(layers):
+            raise InputError(
+                f"reduction.keep: {len(cfg.keep)} values for {len(layers)} prune_layers; give one per layer"
+            )
+
+    stages = []
+    n = n_tokens - n_prefix
+    for i, layer in enumerate(layers):
+        if cfg.keep_rate is not None:
+            k = max(1, _round(rates[i] * n, cfg.rounding))
+        else:
+            k = cfg.keep[i]
+            if k > n:
+                raise InputError(
+                    f"reduction.keep[{i}]: {k} tokens requested after block {layer}, but only {n} "
+                    "non-prefix tokens reach it; keep counts must not increase"
+                )
+        if k >= TOPK_LIMIT or n >= TOPK_LIMIT:
+            raise InputError(
+                f"reduction: {n} candidate tokens at block {layer} exceed TensorRT's TopK limit ({TOPK_LIMIT}); "
+                "use a smaller image_size"
+            )
+        stages.append(Stage(layer=layer, tokens_in=n + n_prefix, tokens_out=k + n_prefix, n_keep=k))
+        n = k
+    return stages
+
+
+def tokens_per_layer(stages: list[Stage], n_tokens: int, num_layers: int) -> list[int]:
+    """Tokens each block processes (block i sees the count left after stages before it)."""
+    counts, current, by_layer = [], n_tokens, {s.layer: s for s in stages}
+    for i in range(num_layers):
+        counts.append(current)
+        if i in by_layer:
+            current = by_layer[i].tokens_out
+    return counts

