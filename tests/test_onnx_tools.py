@@ -136,7 +136,16 @@ def test_external_data_files_hash_bytes(tmp_path):
     assert info["file_bytes"] == p.stat().st_size + data.stat().st_size
     assert info["topk"][0]["k"] == 10  # K read from the external file
     assert info["params"] == 68
-    assert ot.trt_check(p, "8.5") == []
+    # K itself went to the .data file (size_threshold=0): onnxruntime cannot load that graph
+    assert codes(ot.trt_check(p, "8.5")) == {"TOPK_K_EXTERNAL"}
+    with pytest.raises(Exception, match="external"):
+        ort.InferenceSession(str(p))
+    p2 = tmp_path / "inline_k.onnx"
+    onnx.save_model(clean_model(k=10), str(p2), save_as_external_data=True, location="inline_k.onnx.data",
+                    size_threshold=64)
+    assert ot.trt_check(p2, "8.5") == []
+    assert len(ot.onnx_files(p2)) == 2
+    ort.InferenceSession(str(p2))
 
     h1 = ot.sha256_onnx(p)
     assert len(h1) == 64

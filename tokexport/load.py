@@ -138,7 +138,9 @@ def _preprocessing(path: Path, adapter: Adapter, image_size: int | None):
 def load_model(model: str, base_dir: Path, family: str | None = None, task: str = "auto",
                image_size: int | None = None) -> LoadedModel:
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the CLI shows its own progress
     path, kind = resolve_source(model, base_dir)
     try:
         config = AutoConfig.from_pretrained(path)

@@ -536,7 +536,16 @@ def trt_check(model_or_path: onnx.ModelProto | PathLike, target: str) -> list[Fi
                         f"TopK K is computed at run time; TensorRT {tname} "
                         + ("requires it as an initializer" if level == "error" else "builds it as a dynamic K")
                         + " (fold constants: `polygraphy surgeon sanitize --fold-constants`)")
-                elif k is not None and k >= TOPK_MAX_K:
+                elif (
+                    len(node.input) > 1
+                    and node.input[1] in consts
+                    and consts[node.input[1]].data_location == TensorProto.EXTERNAL
+                ):
+                    add("warning", "TOPK_K_EXTERNAL", name,
+                        "TopK K is stored in the external data file; ONNX Runtime refuses to load such "
+                        "graphs (shape inference cannot read it) — save with a size_threshold that keeps "
+                        "small tensors inline (onnx default 1024 bytes)")
+                if k is not None and k >= TOPK_MAX_K:
                     add("error", "TOPK_K_TOO_LARGE", name, f"TopK K={k} >= {TOPK_MAX_K}, TensorRT's limit")
                 if spec["topk_wants_sorted"] and not info.get("sorted", True):
                     add("error", "TOPK_UNSORTED", name,

@@ -70,16 +70,23 @@ def _check_out_dir(out: Path, force: bool) -> None:
 
 def convert(recipe_path: str | Path, out: str | Path | None = None, force: bool = False,
             stages: Stages | None = None) -> Result:
-    stages = stages or Stages()
+    """`tokexport convert`: load and validate the recipe file, then run it."""
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
     out_dir = Path(out) if out is not None else Path("out") / recipe_path.stem
-    _check_out_dir(out_dir, force)
-    base_dir = recipe_path.resolve().parent
+    return run(recipe, recipe_path.resolve().parent, out_dir, force, stages, label=str(recipe_path))
 
-    with stages.stage("load"):
-        lm = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
-    return _run(recipe, recipe_path, lm, out_dir, force, stages)
+
+def run(recipe: Recipe, base_dir: Path, out_dir: Path, force: bool = False, stages: Stages | None = None,
+        loaded: LoadedModel | None = None, label: str = "<recipe>") -> Result:
+    """Run a validated recipe. ``base_dir`` resolves relative paths in it; ``loaded`` reuses a model
+    already loaded with the same recipe settings (benchmark sweeps)."""
+    stages = stages or Stages()
+    _check_out_dir(Path(out_dir), force)
+    if loaded is None:
+        with stages.stage("load"):
+            loaded = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
+    return _run(recipe, label, base_dir, loaded, Path(out_dir), stages)
 
 
 def _validate_against_model(recipe: Recipe, lm: LoadedModel, base_dir: Path) -> Path | None:
@@ -99,8 +106,7 @@ def _validate_against_model(recipe: Recipe, lm: LoadedModel, base_dir: Path) -> 
     return folder
 
 
-def _run(recipe: Recipe, recipe_path: Path, lm: LoadedModel, out_dir: Path, force: bool, stages: Stages) -> Result:
-    base_dir = recipe_path.resolve().parent
+def _run(recipe: Recipe, label: str, base_dir: Path, lm: LoadedModel, out_dir: Path, stages: Stages) -> Result:
     adapter = lm.adapter
     folder = _validate_against_model(recipe, lm, base_dir)
     n_tokens, n_prefix = adapter.n_tokens(lm.image_size), adapter.n_prefix()
@@ -125,8 +131,11 @@ def _run(recipe: Recipe, recipe_path: Path, lm: LoadedModel, out_dir: Path, forc
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary directory
     try:
-        report = _produce(recipe, recipe_path, lm, tmp, stages, method, schedule, n_tokens, n_prefix,
+        report = _produce(recipe, label, lm, tmp, stages, method, schedule, n_tokens, n_prefix,
                           original_fn, reduced_fn, iset, labelled, parity_x)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -142,7 +151,7 @@ def _run(recipe: Recipe, recipe_path: Path, lm: LoadedModel, out_dir: Path, forc
     return Result(report=report, out_dir=out_dir, exit_code=code)
 
 
-def _produce(recipe, recipe_path, lm, tmp: Path, stages, method, schedule, n_tokens, n_prefix,
+def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n_prefix,
              original_fn, reduced_fn, iset, labelled, parity_x) -> dict:
     ex = recipe.export
     dynamic = ex.batch == "dynamic"
@@ -240,7 +249,7 @@ def _produce(recipe, recipe_path, lm, tmp: Path, stages, method, schedule, n_tok
         "schema_version": 1,
         "tokexport_version": __version__,
         "created_unix": int(time.time()),
-        "recipe_path": str(recipe_path),
+        "recipe_path": label,
         "recipe": recipe.model_dump(mode="json"),
         "model": {"source": lm.source, "source_kind": lm.source_kind, "path": str(lm.path), "family": lm.adapter.family,
                   "model_type": lm.config.model_type, "architecture": type(lm.model).__name__, "task": lm.task,

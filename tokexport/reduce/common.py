@@ -14,8 +14,18 @@ def keep_topk(scores: torch.Tensor, n_keep: int, n_prefix: int) -> torch.Tensor:
     if not 1 <= n_keep <= scores.shape[-1]:
         raise ValueError(f"n_keep={n_keep} outside [1, {scores.shape[-1]}]")
     idx = torch.topk(scores, n_keep, dim=-1, largest=True, sorted=True).indices
-    idx, _ = torch.sort(idx, dim=-1)
-    return idx + n_prefix
+    return sort_positions(idx) + n_prefix
+
+
+def sort_positions(idx: torch.Tensor) -> torch.Tensor:
+    """Sort token positions ascending with a constant-K TopK.
+
+    ``torch.sort`` exports (TorchScript exporter) as a TopK whose K is ``Gather(Shape(x))``, which
+    TensorRT 8.5 rejects (K must be an initializer). TopK runs on float32 (exact for positions
+    < 2**24; TensorRT's TopK does not take int64) with K = the static number of positions.
+    """
+    k = int(idx.shape[-1])
+    return torch.topk(idx.to(torch.float32), k, dim=-1, largest=False, sorted=True).values.to(torch.int64)
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor, n_prefix: int) -> torch.Tensor:

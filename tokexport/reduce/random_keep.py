@@ -9,6 +9,7 @@ PyTorch and ONNX Runtime).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -51,11 +52,16 @@ class RandomKeep(Method):
         key = (layer, n_candidates)
         if key not in self._scores:
             g = torch.Generator().manual_seed(self.generator_seed(layer))
-            self._scores[key] = torch.randperm(n_candidates, generator=g).to(torch.float32)
+            # Through Python values, so that a first call under torch.onnx.export's tracer records
+            # the draw as a constant, not as a RandPerm op.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                perm = torch.randperm(int(n_candidates), generator=g).tolist()
+            self._scores[key] = torch.tensor(perm, dtype=torch.float32)
         return self._scores[key]
 
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
-        b, n = x.hidden.shape[0], x.hidden.shape[1]
+        b, n = x.hidden.shape[0], int(x.hidden.shape[1])  # batch may be dynamic, tokens are static
         scores = self.scores_for(x.layer, n - x.n_prefix).to(x.hidden.device)
         return keep_topk(scores.expand(b, -1), n_keep, x.n_prefix)
 

@@ -36,7 +36,7 @@ class UniformKeep(Method):
     needs_attention = False
 
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
-        b, n = x.hidden.shape[0], x.hidden.shape[1]
+        b, n = x.hidden.shape[0], int(x.hidden.shape[1])  # batch may be dynamic, tokens are static
         pos = [p + x.n_prefix for p in uniform_positions(n - x.n_prefix, n_keep)]
         idx = torch.tensor(pos, dtype=torch.int64, device=x.hidden.device)  # an ONNX constant
         return idx.expand(b, n_keep)

@@ -144,7 +144,7 @@ def pagerank(
     columns are zeroed and rows renormalised, dropped tokens start (and stay) at 0. ``n_nodes`` is the
     number of kept tokens (N when ``keep`` is None), a Python int.
     """
-    n = attn.shape[-1]
+    n = int(attn.shape[-1])
     if init == "cls":
         boost = math.sqrt(n_nodes)
         start = torch.tensor([boost] + [1.0] * (n - 1), dtype=attn.dtype, device=attn.device) / (boost + n_nodes - 1)
@@ -208,8 +208,10 @@ def similarity_drop(scores: torch.Tensor, keys: torch.Tensor, n_prefix: int, n_d
     tokens of the less important half (floor(M/2) lowest I' scores) whose head-averaged key has the
     highest max cosine similarity to a key of the more important half.
     """
-    m = scores.shape[-1]
-    n = keys.shape[2]
+    # int(): under torch.onnx.export's tracer a shape entry is recorded as Shape -> Gather; the TopK
+    # below must get a constant K instead (token counts are static).
+    m = int(scores.shape[-1])
+    n = int(keys.shape[2])
     n_a = m // 2
     n_b = m - n_a
     order = torch.topk(scores, m, dim=-1, largest=True, sorted=True).indices + n_prefix  # descending
@@ -276,7 +278,7 @@ class ZeroTPrune(Method):
         if x.attn is None:
             raise InputError("zero-tprune needs the block's attention probabilities (LayerInputs.attn is None)")
         p = x.n_prefix
-        n = x.attn.shape[-1]
+        n = int(x.attn.shape[-1])
         m = n - p
         if not 1 <= n_keep <= m:
             raise ValueError(f"n_keep={n_keep} outside [1, {m}]")

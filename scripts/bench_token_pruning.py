@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Every reduction method × several schedules on the bundled DINOv2-S, in one run.
+
+Each row is a full `tokexport convert` (static ONNX export, parity against PyTorch, accuracy
+against the original on the bundled photographs, onnxruntime CPU latency of baseline.onnx and
+model.onnx interleaved in the same process). Prints a Markdown table and writes every report plus a
+summary JSON under --out.
+
+    python scripts/bench_token_pruning.py --out out/bench            # all methods × schedules
+    python scripts/bench_token_pruning.py --methods random topk-cls --schedules zt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tokexport.load import load_model  # noqa: E402
+from tokexport.pipeline import run  # noqa: E402
+from tokexport.recipe import load_recipe  # noqa: E402
+
+# name: (prune_layers, keep_rate, note)
+SCHEDULES = {
+    "zt": ([2, 5, 8], [0.9, 0.8, 0.7], "Zero-TPrune code: after 2/5/8 keep 0.9/0.8/0.7"),
+    "evit": ([3, 6, 9], [0.7, 0.7, 0.7], "EViT: after 3/6/9 keep 0.7 each"),
+    "half": ([3, 6, 9], [0.5, 0.5, 0.5], "aggressive: after 3/6/9 keep 0.5 each"),
+}
+# label: (method, extra fields)
+METHODS = {
+    "zero-tprune": ("zero-tprune", {}),
+    "zero-tprune-uni": ("zero-tprune", {"init": "uniform"}),
+    "topk-cls": ("topk-cls", {}),
+    "random": ("random", {"seed": 0}),
+    "uniform": ("uniform", {}),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default=str(REPO / "recipes" / "dinov2-small-zero-tprune.yaml"),
+                    help="base recipe (model, export, verify, bench settings)")
+    ap.add_argument("--out", default=str(REPO / "out" / "bench"))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
+    ap.add_argument("--repeats", type=int, default=None, help="override bench.repeats")
+    args = ap.parse_args()
+
+    base = load_recipe(args.recipe)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(base.model, Path(args.recipe).resolve().parent, base.family, base.task, base.export.image_size)
+    rows = []
+    for sched in args.schedules:
+        layers, rates, _ = SCHEDULES[sched]
+        for label in args.methods:
+            method, extra = METHODS[label]
+            data = base.model_dump(mode="json", exclude_none=True)
+            data["reduction"] = {"method": method, "prune_layers": layers, "keep_rate": rates, "rounding": "floor", **extra}
+            # only the reduction changes; thresholds are reported, not enforced, in a sweep
+            data["verify"]["accuracy"]["metrics"] = {k: {"min": -1.0} for k in data["verify"]["accuracy"]["metrics"]}
+            if args.repeats:
+                data["bench"]["repeats"] = args.repeats
+            recipe = type(base).model_validate(data)
+            t0 = time.time()
+            res = run(recipe, REPO, out / f"{sched}-{label}", force=True, loaded=loaded, label=f"{sched}/{label}")
+            r = res.report
+            b, m = r["bench"], r["accuracy"]["metrics"]
+            row = {
+                "schedule": sched, "method": label,
+                "tokens": "→".join(str(s["tokens_out"]) for s in r["reduction"]["schedule"]),
+                "flops_ratio": b["flops"]["reduced"] / b["flops"]["baseline"],
+                "predicted": b["flops"]["predicted_speedup"],
+                "measured_b1": b["batches"].get("1", {}).get("speedup"),
+                "measured_b8": b["batches"].get("8", {}).get("speedup"),
+                "efficiency": b["efficiency"],
+                "cosine": m["feature_cosine"]["reduced"],
+                "top1_original": m["instance_top1"]["original"], "top1_reduced": m["instance_top1"]["reduced"],
+                "parity_max_abs": r["parity"]["max_abs_diff"], "parity_passed": r["parity"]["passed"],
+                "seconds": time.time() - t0,
+            }
+            rows.append(row)
+            print(f"[{len(rows)}] {sched}/{label}: b8 {row['measured_b8']:.3f}× (pred {row['predicted']:.3f}×), "
+                  f"top1 {row['top1_reduced']:.3f}, cos {row['cosine']:.4f}", file=sys.stderr, flush=True)
+    (out / "summary.json").write_text(json.dumps({"rows": rows, "schedules": {k: v[2] for k, v in SCHEDULES.items()},
+                                                  "threads": rows[0] and r["bench"]["threads"],
+                                                  "runtime": r["bench"]["runtime"]}, indent=2))
+    print(table(rows, r["bench"], r["accuracy"]))
+    return 0
+
+
+def table(rows, bench, acc) -> str:
+    head = ("| schedule | method | tokens after each stage | FLOPs ratio | predicted speed-up | measured b1 | "
+            "measured b8 | efficiency (b8) | feature cosine | instance top-1 (original → reduced) | parity max abs |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['schedule']} | {r['method']} | {r['tokens']} | {r['flops_ratio']:.3f} | {r['predicted']:.3f}× | "
+            f"{r['measured_b1']:.3f}× | {r['measured_b8']:.3f}× | {r['efficiency']:.3f} | {r['cosine']:.4f} | "
+            f"{r['top1_original']:.3f} → {r['top1_reduced']:.3f} | {r['parity_max_abs']:.1e} |")
+    lines.append("")
+    lines.append(f"{bench['runtime']}, {bench['threads']} threads, median of {bench['repeats']} interleaved runs; "
+                 f"accuracy: {acc['description']}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
