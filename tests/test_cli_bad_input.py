@@ -34,7 +34,7 @@ def write(tmp_path: Path, data, name="r.yaml") -> Path:
     return p
 
 
-def recipe(model, **over):
+def recipe(model, /, **over):
     d = yaml.safe_load(yaml.safe_dump(BASE))
     d["model"] = str(model)
     for k, v in over.items():

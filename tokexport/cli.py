@@ -60,7 +60,7 @@ def convert(
 
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=False) as progress:
+                      console=err_console, transient=True) as progress:
             result = run(recipe, out, force, _RichStages(progress))
     except TokexportError as e:
         _fail(e)

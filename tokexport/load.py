@@ -11,6 +11,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import torch
@@ -136,7 +137,9 @@ def _preprocessing(path: Path, adapter: Adapter, image_size: int | None):
 
 
 def load_model(model: str, base_dir: Path, family: str | None = None, task: str = "auto",
-               image_size: int | None = None) -> LoadedModel:
+               image_size: int | None = None, before_weights: Callable[[Adapter, int], None] | None = None) -> LoadedModel:
+    """Load the checkpoint. ``before_weights(adapter, image_size)`` runs once the config is read and
+    before the weights load, so recipe checks that need the architecture fail fast."""
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
@@ -147,6 +150,10 @@ def load_model(model: str, base_dir: Path, family: str | None = None, task: str 
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as e:
         raise InputError(f"model: cannot read {path}/config.json: {str(e).splitlines()[0]}") from None
     adapter = adapter_for(config, family)
+    size, mean, std = _preprocessing(path, adapter, image_size)
+    adapter.n_tokens(size)  # validates the patch grid
+    if before_weights is not None:
+        before_weights(adapter, size)
     task, cls = _model_class(config, task)
     try:
         net, info = cls.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True, dtype=torch.float32)
@@ -160,8 +167,6 @@ def load_model(model: str, base_dir: Path, family: str | None = None, task: str 
             f"model: {path} is missing {len(missing)} weights (e.g. {missing[0]}); the checkpoint is incomplete or for another architecture"
         )
     net.eval()
-    size, mean, std = _preprocessing(path, adapter, image_size)
-    adapter.n_tokens(size)  # validates the patch grid
     adapter.layers(net)  # validates the structure
     return LoadedModel(model=net, config=config, adapter=adapter, task=task, source=model, source_kind=kind,
                        path=path, image_size=size, mean=mean, std=std)

@@ -84,8 +84,12 @@ def run(recipe: Recipe, base_dir: Path, out_dir: Path, force: bool = False, stag
     stages = stages or Stages()
     _check_out_dir(Path(out_dir), force)
     if loaded is None:
+        def check_schedule(adapter, image_size):
+            plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
+
         with stages.stage("load"):
-            loaded = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
+            loaded = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size,
+                                before_weights=check_schedule)
     return _run(recipe, label, base_dir, loaded, Path(out_dir), stages)
 
 

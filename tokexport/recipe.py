@@ -84,9 +84,9 @@ class AccuracyConfig(_Strict):
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {list(self.crop_scale)}")
         for name in self.metrics:
             if name not in METRICS:
-                hint = difflib.get_close_matches(name, METRICS, n=1)
+                hint = difflib.get_close_matches(name, METRICS, n=1, cutoff=0.5)
                 raise ValueError(
-                    f"unknown metric {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; known: {', '.join(METRICS)}"
+                    f"metrics: unknown metric {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; known: {', '.join(METRICS)}"
                 )
         if "imagefolder_top1" in self.metrics and not self.imagefolder:
             raise ValueError("metric imagefolder_top1 needs accuracy.imagefolder")
