@@ -39,10 +39,14 @@ def make_tiny(kind: str, path: Path) -> Path:
     if kind == "dinov2":
         cfg = T.Dinov2Config(**{**TINY, "image_size": 518})
         return _save(T.Dinov2Model(cfg).eval(), path)
+    if kind == "clip-vision":
+        return _save(T.CLIPVisionModel(T.CLIPVisionConfig(**TINY)).eval(), path)
+    if kind == "siglip-vision":
+        return _save(T.SiglipVisionModel(T.SiglipVisionConfig(**TINY)).eval(), path)
     raise ValueError(kind)
 
 
-TINY_KINDS = ["vit-classifier", "vit", "deit-teacher", "dinov2"]
+TINY_KINDS = ["vit-classifier", "vit", "deit-teacher", "dinov2", "clip-vision", "siglip-vision"]
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def _x(lm, b=2, seed=0):
 
 def test_every_family_has_a_tiny_checkpoint():
     covered = {adapter_for(__import__("transformers").AutoConfig.for_model(t)).family
-               for t in ("vit", "deit", "dinov2")}
+               for t in ("vit", "deit", "dinov2", "clip_vision_model", "siglip_vision_model")}
     assert covered == set(ADAPTERS)
 
 

@@ -34,6 +34,35 @@ from .runners import OrtRunner, TorchRunner, run_batched
 from . import verify as V
 
 
+def _deploy(recipe, tmp: Path, model_path: Path, base_path: Path, x: np.ndarray, reduced_fn, original_fn,
+            stages) -> dict | None:
+    """TensorRT engines where TensorRT and a GPU exist; otherwise a bundle to verify on the device."""
+    from .deploy import build_engine, tensorrt_available, write_bundle
+
+    d = recipe.deploy
+    if d.engines and tensorrt_available():
+        with stages.stage("tensorrt engines", total=2) as advance:
+            for p in (model_path, base_path):
+                build_engine(p, p.with_suffix(".engine"), fp16=d.fp16)
+                advance()
+        return {"kind": "engines", "fp16": d.fp16, "engines": ["model.engine", "baseline.engine"],
+                "note": "TensorRT engines built here (model.engine, baseline.engine)"}
+    if not d.bundle:
+        return None
+    batch = 1 if recipe.export.batch == "dynamic" else recipe.export.batch
+    sample = np.ascontiguousarray(x[:batch]) if len(x) >= batch else np.repeat(x[:1], batch, axis=0)
+    torch_in = torch.from_numpy(sample.copy())
+    with torch.inference_mode():
+        expected = {"model": {k: v.numpy() for k, v in reduced_fn(torch_in).items()},
+                    "baseline": {k: v.numpy() for k, v in original_fn(torch_in).items()}}
+    with stages.stage("deploy bundle"):
+        write_bundle(tmp / "deploy", {"model": model_path, "baseline": base_path}, {"pixel_values": sample}, expected,
+                     recipe.export.trt_target or "10.3", {"atol": d.atol, "rtol": d.rtol}, fp16=d.fp16)
+    return {"kind": "bundle", "path": "deploy", "fp16": d.fp16, "atol": d.atol, "rtol": d.rtol,
+            "note": "TensorRT is not available here: deploy/ holds the graphs, build_engines.sh (trtexec) and "
+                    "verify_on_device.sh (polygraphy against PyTorch outputs); run both on the Jetson"}
+
+
 class Stages:
     """Progress hooks; the CLI supplies a rich implementation, the library default does nothing."""
 
@@ -83,6 +112,10 @@ def run(recipe: Recipe, base_dir: Path, out_dir: Path, force: bool = False, stag
     already loaded with the same recipe settings (benchmark sweeps)."""
     stages = stages or Stages()
     _check_out_dir(Path(out_dir), force)
+    if recipe.task == "visual-tokens":
+        from .vlm.pipeline import run_visual
+
+        return _in_tmp(Path(out_dir), lambda tmp: run_visual(recipe, label, base_dir, tmp, stages))
     if loaded is None:
         def check_schedule(adapter, image_size):
             plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
@@ -133,14 +166,21 @@ def _run(recipe: Recipe, label: str, base_dir: Path, lm: LoadedModel, out_dir: P
         with reduced(lm.model, adapter, schedule, method):
             return original_fn(x)
 
+    return _in_tmp(out_dir, lambda tmp: _produce(recipe, label, lm, tmp, stages, method, schedule, n_tokens, n_prefix,
+                                                  original_fn, reduced_fn, iset, labelled, parity_x))
+
+
+def _in_tmp(out_dir: Path, produce: Callable[[Path], dict]) -> Result:
+    """Run ``produce(tmp)`` in a temporary sibling of ``out_dir``, write the reports, rename into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary directory
     try:
-        report = _produce(recipe, label, lm, tmp, stages, method, schedule, n_tokens, n_prefix,
-                          original_fn, reduced_fn, iset, labelled, parity_x)
+        report = produce(tmp)
+        write_json(report, tmp / "report.json")
+        (tmp / "report.md").write_text(render_markdown(report))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -212,7 +252,8 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
     dims = lm.adapter.dims()
     head = lm.adapter.head_macs(lm.model)
     desc = method.describe()
-    iters = desc.get("iterations") if isinstance(desc.get("iterations"), list) else None
+    by_layer = desc.get("iterations_by_layer") or {}
+    iters = [int(by_layer.get(s.layer, 0)) for s in schedule] if by_layer else None
     fl_base = encoder_flops(dims, n_tokens, n_prefix, [], head)
     fl_red = encoder_flops(dims, n_tokens, n_prefix, schedule, head, method.needs_attention, iters)
     predicted = fl_base["flops"] / fl_red["flops"]
@@ -240,6 +281,8 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
             "efficiency": batches[eff_batch]["speedup"] / predicted,
         }
 
+    deploy = _deploy(recipe, tmp, model_path, base_path, parity_x, reduced_fn, original_fn, stages)
+
     failures = []
     if not parity_red["passed"]:
         failures.append(f"parity: model.onnx differs from PyTorch by {parity_red['max_abs_diff']:.3g} (atol {par.atol:g})")
@@ -251,6 +294,7 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
 
     report = {
         "schema_version": 1,
+        "kind": "vit-token-pruning",
         "tokexport_version": __version__,
         "created_unix": int(time.time()),
         "recipe_path": label,
@@ -283,9 +327,8 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
         },
         "bench": bench,
         "trt_check": trt,
+        "deploy": deploy,
         "passed": bool(parity_red["passed"] and parity_base["passed"] and acc_passed),
         "failures": failures,
     }
-    write_json(report, tmp / "report.json")
-    (tmp / "report.md").write_text(render_markdown(report))
     return report

@@ -12,8 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import InputError
 from .reduce import METHODS
+from .vlm.select import VISUAL_METHODS
 
-METRICS = ("feature_cosine", "instance_top1", "top1_agreement", "imagefolder_top1")
+METRICS = ("feature_cosine", "instance_top1", "top1_agreement", "imagefolder_top1",
+           # visual-token reduction (task: visual-tokens)
+           "attn_pooled_cosine", "attention_mass", "generation_exact_match", "generation_token_agreement")
+VISUAL_ONLY_METRICS = ("attn_pooled_cosine", "attention_mass", "generation_exact_match", "generation_token_agreement")
 # Opset each TensorRT target parses faithfully (static-export.md).
 TRT_MAX_OPSET = {"8.5": 16, "8.6": 17, "10.3": 20}
 
@@ -96,6 +100,7 @@ class AccuracyConfig(_Strict):
 class VerifyConfig(_Strict):
     parity: ParityConfig = ParityConfig()
     accuracy: AccuracyConfig = AccuracyConfig()
+    generation: GenerationConfig | None = Field(None, description="LLaVA checkpoints: generate with full and reduced visual tokens and compare.")
 
 
 class BenchConfig(_Strict):
@@ -106,8 +111,50 @@ class BenchConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads; default: all cores.")
 
 
+class DeployConfig(_Strict):
+    bundle: bool = Field(True, description="Write deploy/ (ONNX, trtexec and polygraphy scripts, manifest, sample inputs and expected outputs) when TensorRT is not available here.")
+    engines: bool = Field(True, description="Build TensorRT engines when TensorRT and a GPU are available.")
+    fp16: bool = Field(True, description="Build engines in FP16 (trtexec --fp16).")
+    atol: float = Field(0.05, gt=0, description="Tolerance of the on-device check against the PyTorch outputs (FP16 engines need a loose one).")
+    rtol: float = Field(0.05, gt=0)
+
+
+class LLMDims(_Strict):
+    """Language-model sizes for the prefill FLOPs of a bare vision tower's recipe (LLaVA checkpoints
+    carry their own text_config)."""
+
+    hidden_size: int = Field(4096, ge=1)
+    num_hidden_layers: int = Field(32, ge=1)
+    intermediate_size: int = Field(11008, ge=1)
+    num_attention_heads: int = Field(32, ge=1)
+    num_key_value_heads: int | None = Field(None, ge=1)
+    vocab_size: int = Field(32000, ge=1)
+
+
+class VisionConfig(_Strict):
+    feature_layer: int = Field(-2, description="LLaVA's vision_feature_layer: hidden_states index the tokens are taken from (LLaVA checkpoints: from their config).")
+    feature_select: Literal["default", "full"] = Field("default", description="default drops the CLS/prefix tokens, full keeps them (LLaVA's vision_feature_select_strategy).")
+    grid: tuple[int, int] | None = Field(None, description="[rows, cols] of sub-images under an anyres layout: views = full image + rows x cols tiles; null = one view.")
+    prompt_tokens: int = Field(64, ge=0, description="Text tokens in the prompt, for the LLM prefill FLOPs.")
+    llm: LLMDims = Field(default_factory=LLMDims, description="LLM sizes for prefill FLOPs when the model is a bare tower (default: LLaMA/Vicuna-7B as in LLaVA-1.5-7B).")
+    eval_layer: int = Field(-2, description="Block whose attention weights the attention-pooled features and the retained attention mass.")
+    eval_source: Literal["cls", "received"] = Field("cls", description="Significance used for evaluation: attention from CLS, or received (towers without CLS).")
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if self.grid is not None and (self.grid[0] < 1 or self.grid[1] < 1):
+            raise ValueError("grid: rows and cols must be >= 1")
+        return self
+
+
+class GenerationConfig(_Strict):
+    prompts: list[str] = Field(min_length=1, description="Prompts (the <image> placeholder is added) generated with full and reduced visual tokens.")
+    max_new_tokens: int = Field(16, ge=1, le=512)
+    images: int = Field(2, ge=1, le=32, description="Bundled photographs used per prompt.")
+
+
 def _reduction_union():
-    configs = tuple(cls.config_cls for cls in METHODS.values())
+    configs = tuple(cls.config_cls for cls in METHODS.values()) + tuple(c.config_cls for c in VISUAL_METHODS.values())
     return Annotated[Union[configs], Field(discriminator="method")]  # noqa: UP007
 
 
@@ -116,11 +163,30 @@ class Recipe(_Strict):
     description: str | None = None
     model: str = Field(description="Bundled model name (see `tokexport models list`), a local Hugging Face directory (relative to the recipe file), or a Hub id.")
     family: str | None = Field(None, description="Model family adapter (vit, deit, dinov2); default: from config.json's model_type.")
-    task: Literal["auto", "feature-extraction", "image-classification"] = "auto"
+    task: Literal["auto", "feature-extraction", "image-classification", "visual-tokens"] = Field(
+        "auto", description="visual-tokens: export a VLM visual-token graph (tower + selection [+ projector]) instead of pruning inside the network.")
     reduction: _reduction_union()
+    vision: VisionConfig | None = Field(None, description="Visual-token settings (task: visual-tokens).")
     export: ExportConfig = ExportConfig()
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
+    deploy: DeployConfig = DeployConfig()
+
+    @model_validator(mode="after")
+    def _task_matches_method(self):
+        visual = self.reduction.method in VISUAL_METHODS
+        if visual and self.task != "visual-tokens":
+            raise ValueError(f"reduction.method {self.reduction.method!r} selects visual tokens for a VLM; set task: visual-tokens")
+        if self.task == "visual-tokens" and not visual:
+            raise ValueError(f"task visual-tokens needs a visual-token method ({', '.join(sorted(VISUAL_METHODS))}), "
+                             f"not {self.reduction.method!r}")
+        if self.task != "visual-tokens":
+            if self.vision is not None:
+                raise ValueError("vision: only used with task: visual-tokens")
+            bad = [m for m in self.verify.accuracy.metrics if m in VISUAL_ONLY_METRICS]
+            if bad:
+                raise ValueError(f"verify.accuracy.metrics.{bad[0]}: only measured for task: visual-tokens")
+        return self
 
     @model_validator(mode="after")
     def _bench_fits_batch(self):
@@ -134,12 +200,16 @@ class Recipe(_Strict):
         return self
 
 
+def _method_tags() -> set[str]:
+    return set(METHODS) | set(VISUAL_METHODS)
+
+
 def _loc(loc: tuple) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in {cls.config_cls.model_fields["method"].annotation.__args__[0] for cls in METHODS.values()}:
+        elif part in _method_tags():
             continue  # discriminated-union branch name
         else:
             out += ("." if out else "") + str(part)
@@ -154,11 +224,12 @@ def _allowed_fields(loc: tuple, data) -> list[str]:
             continue
         if part == "reduction" and model is Recipe:
             method = (data or {}).get("reduction", {}).get("method") if isinstance(data, dict) else None
-            model = METHODS[method].config_cls if method in METHODS else None
+            reg = {**METHODS, **VISUAL_METHODS}
+            model = reg[method].config_cls if method in reg else None
             if model is None:
                 return []
             continue
-        if part in METHODS:
+        if part in _method_tags():
             continue
         field = model.model_fields.get(part)
         ann = getattr(field, "annotation", None)
@@ -178,9 +249,9 @@ def format_error(path: str, err: ValidationError, data) -> str:
         fix = f"did you mean {hint[0]!r}?" if hint else "remove it (see `tokexport recipes schema`)"
         return f"{path}: {where}: unknown field; {fix}"
     if e["type"] == "union_tag_invalid":
-        return f"{path}: reduction.method: unknown method {e['input'] if 'input' in e else ''!r}; known: {', '.join(sorted(METHODS))}"
+        return f"{path}: reduction.method: unknown method {str((e.get('ctx') or {}).get('tag', ''))!r}; known: {', '.join(sorted(_method_tags()))}"
     if e["type"] == "union_tag_not_found":
-        return f"{path}: reduction.method: missing; choose one of {', '.join(sorted(METHODS))}"
+        return f"{path}: reduction.method: missing; choose one of {', '.join(sorted(_method_tags()))}"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "missing":
         msg = "required field is missing"

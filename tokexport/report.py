@@ -51,6 +51,20 @@ def _rows(report: dict):
     return sched, parity, acc, speed
 
 
+def _visual_md(report: dict) -> list[str]:
+    red, llm = report["reduction"], report["llm"]
+    lay = red["layout"]
+    return [
+        "## Visual tokens",
+        f"- Layout: {lay['views']} view(s) of {lay['grid'][0]}×{lay['grid'][1]} patches"
+        + (f" (full image + {lay['sub_grid'][0]}×{lay['sub_grid'][1]} sub-images)" if lay["sub_grid"] else ""),
+        f"- Visual tokens to the LLM: {red['visual_tokens_in']} → {red['visual_tokens_out']} "
+        f"(feature layer {red['feature_layer']}, select {red['feature_select']})",
+        f"- LLM prefill ({llm['prompt_tokens']} text tokens): {_gflops(llm['prefill_flops_full'])} → "
+        f"{_gflops(llm['prefill_flops_reduced'])} GFLOPs ({100 * llm['prefill_flops_saved']:.1f}% saved)",
+    ]
+
+
 def render_markdown(report: dict) -> str:
     sched, parity, acc, speed = _rows(report)
     red, bench, art = report["reduction"], report.get("bench") or {}, report["artifacts"]
@@ -69,10 +83,11 @@ def render_markdown(report: dict) -> str:
         f"task {report['model']['task']}, {report['model']['params']:,} parameters)",
         f"- Input: {report['export']['input_shape']}, opset {report['export']['opset']} ({report['export']['exporter']} exporter), "
         f"TensorRT target {report['export']['trt_target']}",
-        f"- Reduction: `{red['method']}`, rounding {red['rounding']}, parameters `{json.dumps(red['params'])}`",
+        f"- Reduction: `{red['method']}`, rounding {red.get('rounding', 'n/a')}, parameters `{json.dumps(red['params'])}`",
         "",
-        "## Tokens per pruning stage",
-        table(["after block", "tokens in", "tokens out"], sched) if sched else "(no pruning)",
+        *(_visual_md(report) if report.get("kind") == "visual-tokens" else [
+            "## Tokens per pruning stage",
+            table(["after block", "tokens in", "tokens out"], sched) if sched else "(no pruning)"]),
         "",
         "## Parity (ONNX Runtime vs PyTorch)",
         table(["graph", "max abs diff", "mean abs diff", "atol / mean atol", "result"], parity),
@@ -83,16 +98,21 @@ def render_markdown(report: dict) -> str:
         table(["metric", "original", "reduced", "delta", "threshold", "result"], acc),
     ]
     if speed:
-        fl = bench["flops"]
         lines += [
             "",
             f"## Speed ({bench['runtime']}, {bench['threads']} threads, median of {bench['repeats']} interleaved runs)",
             table(["batch", "baseline ms", "reduced ms", "baseline p90", "reduced p90", "measured speed-up"], speed),
             "",
-            f"- FLOPs per image: baseline {_gflops(fl['baseline'])} G, reduced {_gflops(fl['reduced'])} G "
-            f"(selection overhead {_gflops(fl['selection'])} G) → predicted speed-up {fl['predicted_speedup']:.3f}×",
-            f"- Efficiency (measured ÷ predicted, batch {bench['efficiency_batch']}): {bench['efficiency']:.3f}",
         ]
+        if "flops" in bench:
+            fl = bench["flops"]
+            lines += [
+                f"- FLOPs per image: baseline {_gflops(fl['baseline'])} G, reduced {_gflops(fl['reduced'])} G "
+                f"(selection overhead {_gflops(fl['selection'])} G) → predicted speed-up {fl['predicted_speedup']:.3f}×",
+                f"- Efficiency (measured ÷ predicted, batch {bench['efficiency_batch']}): {bench['efficiency']:.3f}",
+            ]
+        if bench.get("note"):
+            lines.append(f"- {bench['note']}")
     lines += [
         "",
         "## Artifacts",
@@ -111,12 +131,15 @@ def render_markdown(report: dict) -> str:
 def console_summary(report: dict):
     sched, parity, acc, speed = _rows(report)
     parts = []
-    t = Table(title="tokens per stage", show_edge=False)
-    for h in ("after block", "in", "out"):
-        t.add_column(h, justify="right")
-    for r in sched:
-        t.add_row(*r)
-    parts.append(t)
+    if report.get("kind") == "visual-tokens":
+        parts.append(Text("\n".join(line.removeprefix("- ") for line in _visual_md(report)[1:])))
+    else:
+        t = Table(title="tokens per stage", show_edge=False)
+        for h in ("after block", "in", "out"):
+            t.add_column(h, justify="right")
+        for r in sched:
+            t.add_row(*r)
+        parts.append(t)
     t = Table(title="parity", show_edge=False)
     for h in ("graph", "max abs", "mean abs", "tolerance", ""):
         t.add_column(h)
@@ -137,6 +160,8 @@ def console_summary(report: dict):
         for r in speed:
             t.add_row(*r)
         parts.append(t)
+    if speed and "flops" in report["bench"]:
+        bench = report["bench"]
         fl = bench["flops"]
         parts.append(Text(f"FLOP-predicted speed-up {fl['predicted_speedup']:.3f}× "
                           f"({_gflops(fl['baseline'])} → {_gflops(fl['reduced'])} GFLOPs/image); "

@@ -60,11 +60,7 @@ class _Block(nn.Module):
         h = out[0] if isinstance(out, tuple) else out
         attn = keys = None
         if self.capture is not None:
-            b, n, _ = h.shape
-            q = self.capture[0].last.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
-            keys = self.capture[1].last.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
-            attn = attention_probs(q, keys, self.head_dim ** -0.5, self.temperature)
-            self.capture[0].last = self.capture[1].last = None
+            attn, keys = captured_attention(self.capture, self.heads, self.head_dim, self.temperature)
         idx = self.method.select(
             LayerInputs(hidden=h, attn=attn, keys=keys, n_prefix=self.n_prefix, layer=self.index,
                         num_layers=self.num_layers),
@@ -80,31 +76,56 @@ def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
 
 
 @contextlib.contextmanager
+def capture_qk(model: nn.Module, adapter: Adapter, layer_indices):
+    """Wrap the q/k projections of the given blocks so their outputs can be read after a forward.
+
+    Yields {block index: (q capture, k capture)}; ``.last`` holds [B, N, H*dh]. Restored on exit.
+    """
+    layers = adapter.layers(model)
+    captures: dict[int, tuple[_Capture, _Capture]] = {}
+    restore: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for i in sorted(set(layer_indices)):
+            block = layers[i]
+            caps = []
+            for path in adapter.qk(block):
+                inner = get_path(block, path)
+                cap = _Capture(inner)
+                _set_path(block, path, cap)
+                restore.append((block, path, inner))
+                caps.append(cap)
+            captures[i] = (caps[0], caps[1])
+        yield captures
+    finally:
+        for block, path, inner in reversed(restore):
+            _set_path(block, path, inner)
+
+
+def captured_attention(capture: tuple[_Capture, _Capture], heads: int, head_dim: int, temperature: float = 1.0):
+    """(attention probabilities [B, H, N, N], keys [B, H, N, dh]) from a block's captured q/k."""
+    q, k = capture[0].last, capture[1].last
+    if q is None or k is None:
+        raise RuntimeError("no captured q/k: the block did not run")
+    b, n, _ = q.shape
+    q = q.reshape(b, n, heads, head_dim).transpose(1, 2)
+    k = k.reshape(b, n, heads, head_dim).transpose(1, 2)
+    capture[0].last = capture[1].last = None
+    return attention_probs(q, k, head_dim ** -0.5, temperature), k
+
+
+@contextlib.contextmanager
 def reduced(model: nn.Module, adapter: Adapter, stages: list[Stage], method: Method | None):
     """Patch ``model`` in place for the duration of the block; restores every module on exit."""
     layers = adapter.layers(model)
     originals = list(layers)
     by_layer = {s.layer: s for s in stages}
     temperature = float(getattr(method.config, "temperature", 1.0)) if method is not None else 1.0
-    restored_qk: list[tuple[nn.Module, str, nn.Module]] = []
+    scored = [s.layer for s in stages] if method is not None and method.needs_attention else []
     try:
-        for i, block in enumerate(originals):
-            stage = by_layer.get(i)
-            capture = None
-            if stage is not None and method is not None and method.needs_attention:
-                q_path, k_path = adapter.qk(block)
-                caps = []
-                for path in (q_path, k_path):
-                    inner = get_path(block, path)
-                    cap = _Capture(inner)
-                    _set_path(block, path, cap)
-                    restored_qk.append((block, path, inner))
-                    caps.append(cap)
-                capture = (caps[0], caps[1])
-            layers[i] = _Block(block, i, stage, method, capture, adapter, temperature)
-        yield model
+        with capture_qk(model, adapter, scored) as captures:
+            for i, block in enumerate(originals):
+                layers[i] = _Block(block, i, by_layer.get(i), method, captures.get(i), adapter, temperature)
+            yield model
     finally:
         for i, block in enumerate(originals):
             layers[i] = block
-        for block, path, inner in restored_qk:
-            _set_path(block, path, inner)

@@ -1,0 +1,57 @@
+"""The README's set-up commands are real, CI calls the README's test command, every CLI command has
+--help, and the shipped recipes validate."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import REPO
+from test_cli_bad_input import run_cli
+
+README = (REPO / "README.md").read_text()
+
+
+def _bash_blocks(text):
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
+    blocks = [b.strip() for b in _bash_blocks(README)]
+    install = "bash scripts/install.sh && .venv/bin/tokexport convert recipes/dinov2-small-zero-tprune.yaml --out out/zt"
+    tests = ".venv/bin/python -m pytest -q"
+    assert install in blocks and tests in blocks
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "bash scripts/install.sh" in ci and tests in ci
+    assert (REPO / "scripts" / "install.sh").is_file()
+    assert "RESULTS_PLACEHOLDER" not in README
+
+
+@pytest.mark.parametrize("cmd", [[], ["convert"], ["models"], ["models", "list"], ["models", "fetch"], ["recipes"],
+                                 ["recipes", "list"], ["recipes", "schema"], ["inspect"]])
+def test_help_on_every_command(cmd):
+    res = run_cli(*cmd, "--help")
+    assert res.returncode == 0, res.stderr
+    assert "Usage" in res.stdout
+
+
+def test_shipped_recipes_validate_and_list():
+    from tokexport.recipe import load_recipe
+
+    names = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
+    assert {"dinov2-small-zero-tprune.yaml", "dinov2-small-topk-cls.yaml", "dinov2-small-random.yaml"} <= set(names)
+    for n in names:
+        load_recipe(REPO / "recipes" / n)
+    zt, cls, rnd = (load_recipe(REPO / "recipes" / f"dinov2-small-{m}.yaml") for m in ("zero-tprune", "topk-cls", "random"))
+    # the baselines compare at equal FLOPs: same schedule
+    for r in (cls, rnd):
+        assert (r.reduction.prune_layers, r.reduction.keep_rate, r.reduction.rounding) == \
+            (zt.reduction.prune_layers, zt.reduction.keep_rate, zt.reduction.rounding)
+    assert zt.reduction.prune_layers == [2, 5, 8] and zt.reduction.keep_rate == [0.9, 0.8, 0.7]
+    out = run_cli("recipes", "list").stdout
+    assert "zero-tprune" in out and "topk-cls" in out
+
+
+def test_models_list_shows_bundled():
+    res = run_cli("models", "list")
+    assert res.returncode == 0 and "dinov2-small" in res.stdout

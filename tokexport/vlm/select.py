@@ -1,0 +1,632 @@
+"""Visual-token selectors for VLMs: pick exactly K of the V·P patch tokens the LLM would see.
+
+Layout. The vision tower turns each view into P = gh·gw patch tokens. LLaVA-1.5 has one view;
+LLaVA-NeXT "anyres" has V = 1 + rows·cols: view 0 is the full image resized, views 1.. are the
+sub-images of a fixed rows×cols grid in raster order. Positions index the flattened V·P sequence
+(view-major, raster order inside a view); every selector returns them ascending, so the kept tokens
+keep the order the LLM expects.
+
+Static export (../../shared/methods/static-export.md): K and every count are Python ints fixed at
+export time; selection uses TopK with constant K (< 3840) and ``sort_positions`` (never
+``torch.sort``); no boolean indexing, NonZero, ``.item()``, data-dependent shapes or Python loops
+over data (loops whose trip count is a static layout count, e.g. the sub-image count, are unrolled
+into the graph and are fine). Batch may stay a dynamic axis.
+
+Significance (``significance``) is computed from one tower block's softmax attention, summed over
+heads in the exported graph (``VisualTokenGraph`` passes ``heads="sum"``; the sum and the mean rank
+tokens identically and give identical HiRED shares, so the choice does not change any selection).
+
+Methods: ``fopru-rank``, ``fopru-row`` (FoPru, arXiv 2411.14164; no public code, details
+[unverified]), ``hired`` (HiRED, arXiv 2408.10945, with the reference code's defects fixed),
+``uniform-spatial`` and ``random-visual`` (constant baselines).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..reduce.common import keep_topk, sort_positions
+
+TOPK_LIMIT = 3840  # TensorRT: TopK K must be < 3840 on every version
+_EPS = 1e-9  # floor(x + eps): rate products such as 0.29 * 100 = 28.999999999999996 floor to 29
+
+Source = Literal["cls", "received"]
+
+
+def _floor(x: float) -> int:
+    return int(math.floor(x + _EPS))
+
+
+# --------------------------------------------------------------------------------------------------
+# layout and significance
+
+
+@dataclass(frozen=True)
+class VisualLayout:
+    """Static token layout: ``views`` views of ``grid`` = (gh, gw) patches each.
+
+    ``sub_grid`` = (rows, cols) of the anyres sub-images when ``views == 1 + rows * cols`` (view 0 is
+    the full image, views 1.. the sub-images in raster order: row-major over (rows, cols)); None for a
+    single view.
+    """
+
+    views: int
+    grid: tuple[int, int]
+    sub_grid: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        grid = tuple(int(g) for g in self.grid)
+        if len(grid) != 2 or min(grid) < 1:
+            raise ValueError(f"grid must be two positive ints (gh, gw), got {self.grid!r}")
+        object.__setattr__(self, "grid", grid)
+        if int(self.views) != self.views or self.views < 1:
+            raise ValueError(f"views must be a positive int, got {self.views!r}")
+        object.__setattr__(self, "views", int(self.views))
+        if self.sub_grid is None:
+            if self.views != 1:
+                raise ValueError(f"views={self.views} needs sub_grid=(rows, cols) with views == 1 + rows*cols; "
+                                 "sub_grid=None means a single view")
+            return
+        sub = tuple(int(s) for s in self.sub_grid)
+        if len(sub) != 2 or min(sub) < 1:
+            raise ValueError(f"sub_grid must be two positive ints (rows, cols), got {self.sub_grid!r}")
+        object.__setattr__(self, "sub_grid", sub)
+        if self.views != 1 + sub[0] * sub[1]:
+            raise ValueError(f"views={self.views} does not match sub_grid={sub}: expected 1 + {sub[0]}*{sub[1]} = "
+                             f"{1 + sub[0] * sub[1]}")
+
+    @property
+    def patches(self) -> int:
+        """P: patch tokens per view."""
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def total(self) -> int:
+        """V·P: patch tokens over all views."""
+        return self.views * self.patches
+
+    @property
+    def n_sub(self) -> int:
+        """Number of sub-images (views - 1 with a sub_grid, 0 for one view)."""
+        return 0 if self.sub_grid is None else self.sub_grid[0] * self.sub_grid[1]
+
+
+def significance(attn: torch.Tensor, n_prefix: int, source: str, heads: str = "sum") -> torch.Tensor:
+    """Per-patch significance [B, N - n_prefix] from one block's attention probabilities.
+
+    attn: [B, H, N, N] softmax probabilities (rows = queries sum to 1); the first ``n_prefix`` tokens
+    are CLS/registers and are not candidates.
+
+    - ``"cls"``: attention of the CLS query (row 0) to each patch (FoPru/HiRED for CLIP towers). Needs
+      a CLS token (n_prefix >= 1).
+    - ``"received"``: attention each patch receives, averaged over ALL N queries (prefix queries
+      included), i.e. the column mean of the attention matrix. The definition used for towers without
+      CLS (SigLIP).
+
+    Heads are then summed (``heads="sum"``, HiRED) or averaged (``"mean"``).
+    """
+    if attn.dim() != 4:
+        raise ValueError(f"attn must be [B, H, N, N], got shape {tuple(attn.shape)}")
+    if heads not in ("sum", "mean"):
+        raise ValueError(f"heads must be 'sum' or 'mean', got {heads!r}")
+    if source == "cls":
+        if n_prefix < 1:
+            raise ValueError("significance source 'cls' needs a CLS token (n_prefix >= 1), but this tower has no "
+                             "prefix tokens (e.g. SigLIP); use source 'received'")
+        a = attn[:, :, 0, n_prefix:]
+    elif source == "received":
+        a = attn[:, :, :, n_prefix:].mean(dim=2)
+    else:
+        raise ValueError(f"significance source must be 'cls' or 'received', got {source!r}")
+    return a.sum(dim=1) if heads == "sum" else a.mean(dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# config, registry, base class
+
+
+class VisualReductionConfig(BaseModel):
+    """Fields shared by every visual-token selector: the budget K, absolute or as a rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    keep: int | None = Field(default=None, ge=1, description="Absolute number K of visual tokens kept (of all V·P).")
+    keep_rate: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Fraction in (0, 1] of all V·P visual tokens kept: K = max(1, floor(V·P·keep_rate)).",
+    )
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if (self.keep is None) == (self.keep_rate is None):
+            raise ValueError("give exactly one of keep (absolute K) or keep_rate (fraction of all visual tokens)")
+        return self
+
+    def budget_field(self) -> str:
+        return "keep" if self.keep is not None else "keep_rate"
+
+    def resolve_k(self, layout: VisualLayout) -> int:
+        """K for ``layout``: ``keep``, or floor(total·keep_rate) (at least 1). ValueError naming the field
+        when K exceeds the token count, reaches TensorRT's TopK limit, or does not suit the method."""
+        total = layout.total
+        if self.keep is not None:
+            k, field, given = self.keep, "keep", f"keep={self.keep}"
+        else:
+            k = max(1, _floor(total * self.keep_rate))
+            field, given = "keep_rate", f"keep_rate={self.keep_rate:g} (K={k} of {total})"
+        if k > total:
+            raise ValueError(f"{field}: {given} exceeds the {total} visual tokens ({layout.views} view(s) of "
+                             f"{layout.grid[0]}x{layout.grid[1]})")
+        if k >= TOPK_LIMIT:
+            raise ValueError(f"{field}: {given} keeps {k} tokens; TensorRT's TopK needs K < {TOPK_LIMIT}")
+        self.check_k(layout, k, field)
+        return k
+
+    def check_k(self, layout: VisualLayout, k: int, field: str = "k") -> None:
+        """Method-specific constraints on K (override); raise ValueError naming ``field``."""
+
+
+class VisualSelector:
+    """Base class of a visual-token selector. Subclasses set ``name``, ``config_cls``, ``needs`` and
+    implement ``_select``.
+
+    ``needs``: the significance maps consumed: "select" (at the config's ``select_layer``) and/or
+    "alloc" (at ``alloc_layer``). Empty for constant subsets.
+    """
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[VisualReductionConfig]]
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: VisualReductionConfig):
+        if not isinstance(config, self.config_cls):
+            config = self.config_cls.model_validate(config.model_dump() if isinstance(config, BaseModel) else config)
+        self.config = config
+        self._last: tuple[VisualLayout, int] | None = None
+
+    def resolve_k(self, layout: VisualLayout) -> int:
+        return self.config.resolve_k(layout)
+
+    def select(self, sig: torch.Tensor | None, sig_alloc: torch.Tensor | None, layout: VisualLayout,
+               k: int) -> torch.Tensor:
+        """int64 [B, k]: ascending positions in [0, V·P) of the kept visual tokens.
+
+        sig / sig_alloc: [B, V, P] significance at the selection / allocation layer, or None when the
+        method does not need it. Constant methods given neither return [1, k] (one row for every image).
+        """
+        k = int(k)
+        if not 1 <= k <= layout.total:
+            raise ValueError(f"k={k} outside [1, {layout.total}]")
+        if k >= TOPK_LIMIT:
+            raise ValueError(f"k={k}: TensorRT's TopK needs K < {TOPK_LIMIT}")
+        self.config.check_k(layout, k, "k")
+        for kind, t in (("select", sig), ("alloc", sig_alloc)):
+            if t is None:
+                if kind in self.needs and not (kind == "alloc" and layout.n_sub == 0):
+                    raise ValueError(f"{self.name} needs the {kind!r} significance map")
+                continue
+            shape = tuple(int(s) for s in t.shape[1:])
+            if t.dim() != 3 or shape != (layout.views, layout.patches):
+                raise ValueError(f"{kind} significance must be [B, {layout.views}, {layout.patches}], "
+                                 f"got {tuple(t.shape)}")
+        self._last = (layout, k)
+        return self._select(sig, sig_alloc, layout, k)
+
+    def _select(self, sig, sig_alloc, layout: VisualLayout, k: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def resolved(self, layout: VisualLayout, k: int) -> dict:
+        """Layout-dependent parameters (override)."""
+        return {}
+
+    def describe(self, layout: VisualLayout | None = None, k: int | None = None) -> dict:
+        """Method parameters with defaults resolved (JSON-serialisable). With a layout (given, or the
+        last one ``select`` ran on) also K and the derived counts."""
+        d = self.config.model_dump(mode="json", exclude={"method", "keep", "keep_rate"})
+        d["needs"] = sorted(self.needs)
+        if layout is None and self._last is not None:
+            layout, k = self._last
+        if layout is not None:
+            k = self.resolve_k(layout) if k is None else int(k)
+            d["k"] = k
+            d.update(self.resolved(layout, k))
+        return d
+
+
+VISUAL_METHODS: dict[str, type[VisualSelector]] = {}
+
+
+def register_visual_method(cls: type[VisualSelector]) -> type[VisualSelector]:
+    if cls.name in VISUAL_METHODS:
+        raise RuntimeError(f"visual-token method {cls.name!r} registered twice")
+    VISUAL_METHODS[cls.name] = cls
+    return cls
+
+
+def make_visual_selector(spec: dict | VisualReductionConfig) -> VisualSelector:
+    """Selector from a config or a dict with ``method``."""
+    method = spec.method if isinstance(spec, BaseModel) else spec.get("method")
+    if method not in VISUAL_METHODS:
+        raise ValueError(f"unknown visual-token method {method!r}; known: {', '.join(sorted(VISUAL_METHODS))}")
+    cls = VISUAL_METHODS[method]
+    return cls(spec if isinstance(spec, cls.config_cls) else cls.config_cls.model_validate(
+        spec.model_dump() if isinstance(spec, BaseModel) else spec))
+
+
+def _batch(*tensors) -> int | torch.Tensor:
+    for t in tensors:
+        if t is not None:
+            return t.shape[0]
+    return 1
+
+
+def _constant_rows(pos: list[int], *like) -> torch.Tensor:
+    """[B, k] int64 constant rows (B from the first given tensor, else 1)."""
+    device = next((t.device for t in like if t is not None), None)
+    idx = torch.tensor(pos, dtype=torch.int64, device=device).unsqueeze(0)  # an ONNX constant
+    return idx.expand(_batch(*like), len(pos))
+
+
+# --------------------------------------------------------------------------------------------------
+# FoPru
+
+
+_SELECT_LAYER_DESC = ("Tower block whose attention gives the selection significance; negative counts from the end "
+                      "like LLaVA's vision_feature_layer (-2 = the block producing hidden_states[-2], LLaVA's "
+                      "feature layer).")
+_SOURCE_DESC = ("Significance: 'cls' = CLS-query attention to each patch (needs a CLS token); 'received' = "
+                "attention each patch receives, averaged over all queries (towers without CLS, e.g. SigLIP). "
+                "Heads are summed.")
+
+
+class FoPruRankConfig(VisualReductionConfig):
+    """FoPru rank strategy: the K most significant tokens over all views (global view)."""
+
+    method: Literal["fopru-rank"] = Field(default="fopru-rank", description="Method name.")
+    select_layer: int = Field(default=-2, description=_SELECT_LAYER_DESC + " [unverified: paper code not public]")
+    source: Source = Field(default="cls", description=_SOURCE_DESC + " [unverified: paper code not public]")
+
+
+@register_visual_method
+class FoPruRank(VisualSelector):
+    name = "fopru-rank"
+    config_cls = FoPruRankConfig
+    needs = frozenset({"select"})
+
+    def _select(self, sig, sig_alloc, layout, k):
+        return keep_topk(sig.reshape(sig.shape[0], layout.total), k, 0)
+
+
+class FoPruRowConfig(VisualReductionConfig):
+    """FoPru row strategy: keep whole grid rows (of any view) with the largest summed significance."""
+
+    method: Literal["fopru-row"] = Field(default="fopru-row", description="Method name.")
+    select_layer: int = Field(default=-2, description=_SELECT_LAYER_DESC + " [unverified: paper code not public]")
+    source: Source = Field(default="cls", description=_SOURCE_DESC + " [unverified: paper code not public]")
+
+    def check_k(self, layout: VisualLayout, k: int, field: str = "k") -> None:
+        gw, total = layout.grid[1], layout.total
+        if k % gw == 0:
+            return
+        lo, hi = (k // gw) * gw, (k // gw + 1) * gw
+        valid = [v for v in (lo, hi) if gw <= v <= total and v < TOPK_LIMIT]
+        if field == "keep_rate":
+            # smallest rate (6 decimals, rounded up) whose floor(total * rate) is v
+            alts = ", ".join(f"{math.ceil(v / total * 1e6) / 1e6:g} (K={v})" for v in valid)
+            what = f"keep_rate={self.keep_rate:g} gives K={k}"
+        else:
+            alts = ", ".join(str(v) for v in valid)
+            what = f"{field}={k}"
+        raise ValueError(f"{field}: fopru-row keeps whole rows of {gw} tokens, so K must be a multiple of {gw}; "
+                         f"{what}; nearest valid {field}: {alts or 'none'}")
+
+
+@register_visual_method
+class FoPruRow(VisualSelector):
+    name = "fopru-row"
+    config_cls = FoPruRowConfig
+    needs = frozenset({"select"})
+
+    def _select(self, sig, sig_alloc, layout, k):
+        gh, gw = layout.grid
+        n_rows = k // gw
+        b = sig.shape[0]
+        row_score = sig.reshape(b, layout.views * gh, gw).sum(dim=-1)  # [B, V·gh], row r = view·gh + row
+        rows = keep_topk(row_score, n_rows, 0)  # ascending row ids
+        cols = torch.arange(gw, dtype=torch.int64, device=sig.device)
+        return (rows.unsqueeze(-1) * gw + cols).reshape(b, n_rows * gw)
+
+    def resolved(self, layout, k):
+        return {"rows_kept": k // layout.grid[1], "rows_total": layout.views * layout.grid[0]}
+
+
+# --------------------------------------------------------------------------------------------------
+# HiRED
+
+
+def block_of(index: int, size: int, parts: int) -> int:
+    """Block (0..parts-1) of patch row/column ``index`` out of ``size`` when the axis is cut into
+    ``parts`` equal sub-image spans: the block containing the patch centre (index + 1/2)/size.
+    Equivalently blocks start at ceil(i·size/parts - 1/2). Divisible sizes give equal blocks."""
+    return ((2 * index + 1) * parts) // (2 * size)
+
+
+def block_matrix(layout: VisualLayout) -> torch.Tensor:
+    """[P, rows·cols] float32 0/1: full-image (view 0) patch p lies in sub-image block i, blocks in
+    (h, w) raster order i = r·cols + c, the order of the anyres sub-image views. Built in numpy, so it
+    is one constant under the ONNX tracer (element assignments on a torch tensor would be traced into
+    one ScatterND each)."""
+    return torch.from_numpy(_block_matrix(layout.grid, layout.sub_grid).copy())
+
+
+@functools.lru_cache(maxsize=64)
+def _block_matrix(grid: tuple[int, int], sub_grid: tuple[int, int]) -> np.ndarray:
+    gh, gw = grid
+    rows, cols = sub_grid
+    by = np.array([block_of(y, gh, rows) for y in range(gh)])
+    bx = np.array([block_of(x, gw, cols) for x in range(gw)])
+    block = (by[:, None] * cols + bx[None, :]).reshape(-1)  # [P]
+    return (block[:, None] == np.arange(rows * cols)[None, :]).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _earlier(n: int) -> np.ndarray:
+    """[n, n] bool, [j, m] = m < j (a constant, not traced ops)."""
+    return np.tri(n, n, -1, dtype=bool)
+
+
+def _rank(key: torch.Tensor) -> torch.Tensor:
+    """Descending rank along the last dim, ties broken by position (a permutation of 0..n-1):
+    rank_j = Σ_m [key_m > key_j] + Σ_{m<j} [key_m == key_j]. Elementwise, static, no TopK.
+    Returned as float32 (exact below 2**24): TensorRT reduces float more readily than int64."""
+    n = int(key.shape[-1])
+    earlier = torch.from_numpy(_earlier(n).copy()).to(key.device)  # [j, m]: m < j
+    kj, km = key.unsqueeze(-1), key.unsqueeze(-2)  # [..., j, 1], [..., 1, m]
+    beats = (km > kj) | ((km == kj) & earlier)
+    return beats.to(torch.float32).sum(dim=-1)
+
+
+def hired_quotas(scores: torch.Tensor, n_sub: int, cap: int) -> torch.Tensor:
+    """Integer quotas [B, n] summing exactly to ``n_sub``, each ≤ ``cap``, proportional to ``scores``.
+
+    scores: [B, n] non-negative allocation scores (all-zero rows split evenly). Static tensor code:
+    1. water-filling, unrolled n times (n = static partition count): ideal q_i = free·s_i/Σ_free s;
+       partitions above ``cap`` are fixed at ``cap`` and their excess goes to the rest, proportionally;
+    2. largest remainder: floor(q), then the R = n_sub - Σ floor(q) leftover units go to the R
+       partitions with the largest fractional parts (ties: lower index) among those below ``cap``,
+       chosen by an elementwise rank comparison.
+    Requires n_sub ≤ n·cap.
+    """
+    n = int(scores.shape[-1])
+    s = scores.clamp_min(0.0)
+    capf = float(cap)
+    capped = torch.zeros_like(s, dtype=torch.bool)
+    q = s
+    for _ in range(n):  # static unroll: each round fixes at least one more partition or changes nothing
+        free_mask = ~capped
+        free = float(n_sub) - capf * capped.to(s.dtype).sum(dim=-1, keepdim=True)
+        w = torch.where(capped, torch.zeros_like(s), s)
+        wsum = w.sum(dim=-1, keepdim=True)
+        n_free = free_mask.to(s.dtype).sum(dim=-1, keepdim=True).clamp_min(1.0)
+        share = torch.where(wsum > 0, w / wsum.clamp_min(1e-30), free_mask.to(s.dtype) / n_free)
+        q = torch.where(capped, torch.full_like(s, capf), free * share)
+        capped = capped | (q > capf)
+    q = q.clamp(0.0, capf)
+    fl = torch.floor(q)
+    frac = q - fl
+    left = float(n_sub) - fl.sum(dim=-1, keepdim=True)  # integer-valued, 0 <= left < n
+    key = torch.where(fl < capf, frac, torch.full_like(frac, -1.0))
+    extra = _rank(key) < left.to(torch.float32)
+    return (fl + extra.to(s.dtype)).to(torch.int64)
+
+
+class HiREDConfig(VisualReductionConfig):
+    """HiRED (Arif et al., AAAI 2025): split the budget between the full image and the sub-images, share
+    the sub-image part by early-layer CLS attention of the full image, keep the top tokens per view.
+
+    Fixed relative to the reference code (hasanar1f/HiRED): allocation scores are attention sums over
+    2-D blocks in (h, w) order (not counts over horizontal stripes), quotas sum exactly to the budget
+    (largest remainder, capped at P with redistribution), layers configurable (heads are summed).
+    """
+
+    method: Literal["hired"] = Field(default="hired", description="Method name.")
+    alpha: float = Field(
+        default=0.5, ge=0, le=1,
+        description="Share of the budget for the full image (view 0): N_p0 = floor(alpha·K); the sub-images share "
+                    "K - N_p0. Ignored with one view (all K go to view 0).",
+    )
+    select_layer: int = Field(
+        default=-2,
+        description=_SELECT_LAYER_DESC + " HiRED: layer 22 of CLIP-L = hidden_states[-2] ('final layer').",
+    )
+    alloc_layer: int = Field(
+        default=0,
+        description="Tower block whose attention (of view 0, the full image) allocates the sub-image budget; HiRED "
+                    "uses layer 0. Negative counts from the end.",
+    )
+    source: Source = Field(
+        default="cls",
+        description=_SOURCE_DESC + " Used at both layers. HiRED uses 'cls'; 'received' is [unverified] for HiRED.",
+    )
+
+    def split(self, layout: VisualLayout, k: int) -> tuple[int, int]:
+        """(N_p0, N_sub): tokens for view 0 and for all sub-images together."""
+        if layout.n_sub == 0:
+            return k, 0
+        n0 = _floor(self.alpha * k)
+        return n0, k - n0
+
+    def check_k(self, layout: VisualLayout, k: int, field: str = "k") -> None:
+        p = layout.patches
+        n0, n_sub = self.split(layout, k)
+        if n0 > p:
+            hint = "alpha" if layout.n_sub else field
+            raise ValueError(f"{hint}: hired gives the full image (view 0) {n0} tokens (alpha={self.alpha:g}, K={k}) "
+                             f"but a view has only {p}; lower alpha or K")
+        if n_sub > layout.n_sub * p:
+            raise ValueError(f"alpha: hired gives the {layout.n_sub} sub-images {n_sub} tokens (K={k}, "
+                             f"alpha={self.alpha:g}) but they have only {layout.n_sub * p}; raise alpha or lower K")
+
+
+@register_visual_method
+class HiRED(VisualSelector):
+    """Static HiRED.
+
+    - View 0 keeps its N_p0 = floor(alpha·K) most significant tokens (selection layer).
+    - Sub-image i gets quota N_i ∝ s_i = Σ of view 0's ALLOCATION-layer significance over the full-image
+      patches inside block i (view 0's (gh, gw) grid cut into rows×cols blocks in (h, w) order; a patch
+      belongs to the block containing its centre, see ``block_of``), integer quotas by largest remainder
+      summing exactly to K - N_p0, each capped at P with the excess redistributed (``hired_quotas``).
+    - Each view keeps the tokens whose within-view rank (``_rank``) is below its quota; one global
+      TopK(K) over keep·BIG − position then gives exactly K positions, sorted ascending.
+    - One view (sub_grid None): all K go to view 0, i.e. a per-view (= global) TopK; no allocation.
+    [unverified] The block geometry ignores the padding LLaVA-NeXT adds when it resizes the image to the
+    anyres resolution (view 0 is the unpadded image squashed to a square).
+    """
+
+    name = "hired"
+    config_cls = HiREDConfig
+    needs = frozenset({"select", "alloc"})
+    config: HiREDConfig
+
+    def quotas(self, sig_alloc: torch.Tensor, layout: VisualLayout, k: int) -> torch.Tensor:
+        """int64 [B, V]: tokens kept per view (view 0 constant N_p0, sub-images data-dependent)."""
+        n0, n_sub = self.config.split(layout, k)
+        b = sig_alloc.shape[0]
+        m = block_matrix(layout).to(device=sig_alloc.device, dtype=sig_alloc.dtype)
+        scores = torch.matmul(sig_alloc[:, 0], m)  # [B, rows·cols]
+        q_sub = hired_quotas(scores, n_sub, layout.patches)
+        q0 = torch.full((1, 1), n0, dtype=torch.int64, device=sig_alloc.device).expand(b, 1)
+        return torch.cat([q0, q_sub], dim=1)
+
+    def _select(self, sig, sig_alloc, layout, k):
+        if layout.n_sub == 0:
+            return keep_topk(sig.reshape(sig.shape[0], layout.total), k, 0)
+        b = sig.shape[0]
+        quota = self.quotas(sig_alloc, layout, k)  # [B, V]
+        keep = _rank(sig) < quota.unsqueeze(-1).to(torch.float32)  # [B, V, P], exactly quota[v] per view
+        pos = torch.arange(layout.total, dtype=torch.float32, device=sig.device)
+        score = keep.reshape(b, layout.total).to(torch.float32) * float(layout.total) - pos
+        idx = torch.topk(score, k, dim=-1, largest=True, sorted=True).indices
+        return sort_positions(idx)
+
+    def resolved(self, layout, k):
+        n0, n_sub = self.config.split(layout, k)
+        return {"n_full_image": n0, "n_sub_images": n_sub,
+                "allocation": "view-0 alloc-layer significance summed over 2-D blocks (patch-centre rule), "
+                              "largest-remainder quotas capped at P with redistribution"}
+
+
+# --------------------------------------------------------------------------------------------------
+# constant baselines
+
+
+def split_evenly(k: int, views: int) -> list[int]:
+    """K over the views as evenly as possible, the remainder to the first views."""
+    base, rem = divmod(k, views)
+    return [base + (1 if v < rem else 0) for v in range(views)]
+
+
+def spatial_positions(grid: tuple[int, int], n: int) -> list[int]:
+    """Exactly n distinct raster positions spread evenly over a (gh, gw) grid, ascending.
+
+    A near-square a×b sub-lattice with a·b ≥ n (a ≈ sqrt(n·gh/gw), b = ceil(n/a), both within the grid),
+    lattice lines at the bin centres floor((2i+1)·g/(2a)); then n of its a·b points at the bin centres of
+    its raster order, floor((2t+1)·a·b/(2n)). Never more than n (unlike HiRED's version).
+    """
+    gh, gw = grid
+    if not 0 <= n <= gh * gw:
+        raise ValueError(f"n={n} outside [0, {gh * gw}]")
+    if n == 0:
+        return []
+    a = min(gh, max(1, round(math.sqrt(n * gh / gw))))
+    b = min(gw, math.ceil(n / a))
+    if a * b < n:
+        a = math.ceil(n / b)
+    ys = [((2 * i + 1) * gh) // (2 * a) for i in range(a)]
+    xs = [((2 * j + 1) * gw) // (2 * b) for j in range(b)]
+    lattice = [y * gw + x for y in ys for x in xs]
+    m = len(lattice)
+    return [lattice[((2 * t + 1) * m) // (2 * n)] for t in range(n)]
+
+
+class UniformSpatialConfig(VisualReductionConfig):
+    """Evenly spread 2-D subset of every view, identical for every image; no significance needed."""
+
+    method: Literal["uniform-spatial"] = Field(default="uniform-spatial", description="Method name.")
+
+
+@register_visual_method
+class UniformSpatial(VisualSelector):
+    name = "uniform-spatial"
+    config_cls = UniformSpatialConfig
+    needs = frozenset()
+
+    @staticmethod
+    def positions(layout: VisualLayout, k: int) -> list[int]:
+        out = []
+        for v, n in enumerate(split_evenly(k, layout.views)):
+            out += [v * layout.patches + p for p in spatial_positions(layout.grid, n)]
+        return out
+
+    def _select(self, sig, sig_alloc, layout, k):
+        return _constant_rows(self.positions(layout, k), sig, sig_alloc)
+
+    def resolved(self, layout, k):
+        return {"per_view": split_evenly(k, layout.views)}
+
+
+class RandomVisualConfig(VisualReductionConfig):
+    """Seeded random subset of the V·P positions, identical for every image."""
+
+    method: Literal["random-visual"] = Field(default="random-visual", description="Method name.")
+    seed: int = Field(
+        default=0, ge=0, le=2**40,
+        description="torch.Generator().manual_seed(seed); the subset is the first K of randperm(V·P) (so a smaller "
+                    "K keeps a subset of a larger one), sorted.",
+    )
+
+
+@register_visual_method
+class RandomVisual(VisualSelector):
+    name = "random-visual"
+    config_cls = RandomVisualConfig
+    needs = frozenset()
+    config: RandomVisualConfig
+
+    def __init__(self, config: RandomVisualConfig):
+        super().__init__(config)
+        self._cache: dict[tuple[int, int], list[int]] = {}
+
+    def positions(self, total: int, k: int) -> list[int]:
+        """Drawn once per (total, k) through Python values, so a first call under the ONNX tracer records a
+        constant, not a RandPerm (a torch.Generator inside a trace does not export)."""
+        key = (int(total), int(k))
+        if key not in self._cache:
+            g = torch.Generator().manual_seed(self.config.seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                perm = torch.randperm(key[0], generator=g).tolist()
+            self._cache[key] = sorted(perm[: key[1]])  # = sort_positions of the draw, done in Python
+        return self._cache[key]
+
+    def _select(self, sig, sig_alloc, layout, k):
+        return _constant_rows(self.positions(layout.total, k), sig, sig_alloc)
+
+    def resolved(self, layout, k):
+        return {"subset": "first K of torch.randperm(V·P) with the seed, sorted; identical for every image"}
+
+
+__all__ = [
+    "TOPK_LIMIT", "VISUAL_METHODS", "VisualLayout", "VisualReductionConfig", "VisualSelector", "block_matrix",
+    "block_of", "hired_quotas", "make_visual_selector", "register_visual_method", "significance",
+    "spatial_positions", "split_evenly",
+]
