@@ -36,6 +36,20 @@ def _method(name, **kw):
     return cls(cls.config_cls(method=name, **kw))
 
 
+def _unsupported(lm, m) -> bool:
+    """Methods that need a CLS token must refuse a model without one, with a one-line InputError."""
+    try:
+        m.check(lm.adapter.n_prefix())
+    except InputError as e:
+        assert lm.adapter.n_prefix() == 0 and "CLS" in str(e) and "\n" not in str(e)
+        with pytest.raises(InputError):
+            plan_ = plan(m.config, lm.adapter.n_tokens(lm.image_size), 0, lm.adapter.num_layers)
+            with reduced(lm.model, lm.adapter, plan_, m):
+                pass
+        return True
+    return False
+
+
 def _x(lm, b=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, 3, lm.image_size, lm.image_size, generator=g)
@@ -54,6 +68,8 @@ def test_keep_everything_equals_original(tiny_models, kind, name):
     x = _x(lm)
     n = lm.adapter.n_tokens(lm.image_size)
     m = _method(name, prune_layers=[0, 2], keep_rate=1.0)
+    if _unsupported(lm, m):
+        return
     stages = plan(m.config, n, lm.adapter.n_prefix(), lm.adapter.num_layers)
     with torch.no_grad():
         ref = fn(x)
@@ -70,6 +86,8 @@ def test_token_counts_patch_reversible_and_onnx_parity(tiny_models, kind, name, 
     ad = lm.adapter
     n = ad.n_tokens(lm.image_size)
     m = _method(name, prune_layers=[1, 2], keep_rate=[0.5, 0.5])
+    if _unsupported(lm, m):
+        return
     stages = plan(m.config, n, ad.n_prefix(), ad.num_layers)
     x = _x(lm)
     layer_types = [type(b) for b in ad.layers(lm.model)]

@@ -118,7 +118,9 @@ def run(recipe: Recipe, base_dir: Path, out_dir: Path, force: bool = False, stag
         return _in_tmp(Path(out_dir), lambda tmp: run_visual(recipe, label, base_dir, tmp, stages))
     if loaded is None:
         def check_schedule(adapter, image_size):
-            plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
+            stages_ = plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
+            if stages_:
+                METHODS[recipe.reduction.method](recipe.reduction).check(adapter.n_prefix())
 
         with stages.stage("load"):
             loaded = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size,

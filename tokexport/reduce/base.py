@@ -70,6 +70,9 @@ class Method:
     def __init__(self, config: ReductionConfig):
         self.config = config
 
+    def check(self, n_prefix: int) -> None:
+        """Raise ``InputError`` when the method cannot work on a model with ``n_prefix`` prefix tokens."""
+
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
         """Return int64 [B, n_keep]: absolute positions (>= n_prefix) of kept tokens, ascending."""
         raise NotImplementedError

@@ -116,6 +116,8 @@ def captured_attention(capture: tuple[_Capture, _Capture], heads: int, head_dim:
 @contextlib.contextmanager
 def reduced(model: nn.Module, adapter: Adapter, stages: list[Stage], method: Method | None):
     """Patch ``model`` in place for the duration of the block; restores every module on exit."""
+    if method is not None and stages:
+        method.check(adapter.n_prefix())
     layers = adapter.layers(model)
     originals = list(layers)
     by_layer = {s.layer: s for s in stages}

@@ -31,6 +31,11 @@ class TopKCLS(Method):
     config_cls = TopKCLSConfig
     needs_attention = True
 
+    def check(self, n_prefix: int) -> None:
+        if n_prefix == 0:
+            raise InputError("reduction.method: topk-cls ranks tokens by the CLS token's attention, and this model has "
+                             "no CLS token (e.g. SigLIP); use zero-tprune with init: uniform, random or uniform")
+
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
         if x.attn is None:
             raise InputError("topk-cls needs the block's attention probabilities (LayerInputs.attn is None)")

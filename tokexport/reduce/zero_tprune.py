@@ -298,6 +298,11 @@ class ZeroTPrune(Method):
             s = s * k + (k - 1.0)  # dropped tokens -> -1, below every PageRank score (>= 0)
         return s
 
+    def check(self, n_prefix: int) -> None:
+        if n_prefix == 0 and self.config.init == "cls":
+            raise InputError("reduction.init: cls boosts the CLS token's PageRank start, and this model has no CLS "
+                             "token (e.g. SigLIP); use init: uniform")
+
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
         return keep_topk(self.scores(x, n_keep), n_keep, x.n_prefix)
 
