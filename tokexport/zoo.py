@@ -83,6 +83,73 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
+# Tiny randomly initialised checkpoints of real transformers classes, generated (seeded) on fetch.
+# NOT pretrained: for trying a pipeline path (shapes, export, parity, generate) without the real
+# multi-GB checkpoint, and for the tests' twins of the user-facing LLaVA recipes.
+@dataclass(frozen=True)
+class GeneratedModel:
+    name: str
+    description: str
+    builder: str  # "module:function" writing an HF checkpoint into a directory: fn(path, seed=0)
+    seed: int = 0
+
+    @property
+    def source(self) -> str:
+        return f"generated (random init, seed {self.seed})"
+
+
+GENERATED: dict[str, GeneratedModel] = {
+    "tiny-llava": GeneratedModel(
+        "tiny-llava", "tiny random LLaVA-1.5 (CLIP tower 56px/14, 2-layer Llama) - not pretrained",
+        "tokexport.vlm.llava:tiny_llava"),
+    "tiny-llava-next": GeneratedModel(
+        "tiny-llava-next", "tiny random LLaVA-NeXT (anyres 2x2 grid + full view) - not pretrained",
+        "tokexport.vlm.llava:tiny_llava_next"),
+}
+
+
+def _generated_problem(path: Path, model: GeneratedModel) -> str | None:
+    for f in ("config.json", WEIGHTS, MARKER):
+        if not (path / f).is_file():
+            return f"missing {f}"
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return f"unreadable {MARKER}"
+    if marker.get("name") != model.name:
+        return f"{MARKER} does not describe {model.name!r}"
+    return None
+
+
+def _fetch_generated(model: GeneratedModel, force: bool) -> tuple[Path, bool]:
+    import importlib
+
+    root = models_dir()
+    final = root / model.name
+    if final.exists() and not force:
+        why = _generated_problem(final, model)
+        if why is None:
+            return final, False
+        raise InputError(f"model folder {final} is incomplete ({why}): run `tokexport models fetch {model.name} --force`")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}.partial-", dir=root))
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        mod, fn = model.builder.split(":")
+        getattr(importlib.import_module(mod), fn)(tmp, seed=model.seed)
+        (tmp / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "name": model.name, "generated": True,
+                                              "seed": model.seed, "builder": model.builder}, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, True
+
+
 # --------------------------------------------------------------------------------------------
 # locations
 
@@ -103,7 +170,7 @@ def _get(name: str) -> BundledModel:
     try:
         return BUNDLED[name]
     except KeyError:
-        known = ", ".join(sorted(BUNDLED))
+        known = ", ".join(sorted([*BUNDLED, *GENERATED]))
         raise InputError(f"unknown bundled model {name!r}: choose one of {known} "
                          f"(see `tokexport models list`)") from None
 
@@ -179,12 +246,24 @@ def list_models() -> list[dict]:
             "fetched": all((path / f).is_file() for f in REQUIRED_FILES),
             "path": str(path),
         })
+    for gen in GENERATED.values():
+        path = root / gen.name
+        rows.append({"name": gen.name, "description": gen.description, "source": gen.source,
+                     "fetched": _generated_problem(path, gen) is None, "path": str(path)})
     return rows
 
 
 def resolve_bundled(name: str) -> Path | None:
     """The folder of bundled model ``name`` if it is fetched and intact; None if ``name`` is not a
     bundled model name (so callers can fall back to treating it as a path or hub id)."""
+    if name in GENERATED:
+        path = models_dir() / name
+        if not path.exists():
+            raise InputError(f"bundled model {name!r} is not fetched yet: run `tokexport models fetch {name}`")
+        why = _generated_problem(path, GENERATED[name])
+        if why is not None:
+            raise InputError(f"model folder {path} is incomplete ({why}): run `tokexport models fetch {name} --force`")
+        return path
     model = BUNDLED.get(name)
     if model is None:
         return None
@@ -207,6 +286,8 @@ def fetch(name: str, force: bool = False) -> tuple[Path, bool]:
     Already fetched and intact: no-op, fetched_now=False. Present but incomplete or corrupt: an
     InputError asking for ``force``, which rebuilds it (the old folder is removed only after the
     new one is complete)."""
+    if name in GENERATED:
+        return _fetch_generated(GENERATED[name], force)
     model = _get(name)
     root = models_dir()
     final = root / model.name

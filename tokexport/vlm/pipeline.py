@@ -311,76 +311,56 @@ class _Probe(nn.Module):
 
 
 def _generation(recipe, vm: VisualModel, graph: VisualTokenGraph, layout: VisualLayout):
-    """Generate with full and reduced visual tokens on the recipe's prompts; exact match and token agreement."""
+    """Generate with all visual tokens and with the selected K, greedy, on the recipe's prompts and the
+    bundled photographs. Both runs go through the same patched ``get_image_features`` (all tokens in
+    raster order vs the graph's K), so the comparison isolates the selection; for LLaVA-NeXT neither
+    run inserts image_newline tokens."""
     from .llava import expand_image_tokens, reduced_visual_tokens
 
     g = recipe.verify.generation
     parts = vm.llava
-    model = parts.model
-    tok = None
     try:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(vm.path)
-    except Exception:
+    except Exception:  # tiny random twins ship no tokenizer: fixed ids around the placeholder
         tok = None
-    pre = Preprocess(vm.image_size, vm.mean, vm.std)
-    images = natural_images(include_optional=False)[: g.images]
-    rows = []
-    exact = agree = total = 0
+    full = VisualTokenGraph(parts.tower, vm.adapter, layout, vm.image_size, parts.feature_layer, parts.feature_select,
+                            parts.projector, None)
+    side = vm.image_size * (layout.sub_grid[0] if layout.sub_grid else 1)
+    pre = Preprocess(side, vm.mean, vm.std)
+    rows, exact, agree, total = [], 0, 0, 0
     for prompt in g.prompts:
-        for name, img in images:
-            x = torch.from_numpy(pre.center(img)[None])
-            if layout.views > 1:
-                x = torch.from_numpy(_views(x.numpy().repeat(1, 0), layout, vm.image_size))
-            ids = _prompt_ids(tok, prompt, parts)
-            full_ids = expand_image_tokens(ids, parts.image_token_id, layout.total)
-            red_ids = expand_image_tokens(ids, parts.image_token_id, graph.k)
-            kw = dict(max_new_tokens=g.max_new_tokens, do_sample=False)
-            with torch.inference_mode():
-                ref = _generate_full(model, parts, full_ids, x, layout, kw)
+        ids = _prompt_ids(tok, prompt, parts)
+        for name, img in natural_images(include_optional=False)[: g.images]:
+            x = torch.from_numpy(_views(pre.center(img)[None], layout, vm.image_size))
+            x = x if layout.views > 1 else x[:, 0]
+            extra = {"image_sizes": torch.tensor([[side, side]])} if parts.kind == "llava_next" else {}
+            outs = []
+            for gr in (full, graph):
+                ids_k = expand_image_tokens(ids, parts.image_token_id, gr.k)
 
-                def select_fn(pixel_values, image_sizes=None, _x=x):
-                    return graph(_x)[0]
+                def select_fn(pixel_values, image_sizes=None, _g=gr):
+                    return _g(pixel_values)[0]
 
-                with reduced_visual_tokens(parts, select_fn):
-                    out = model.generate(input_ids=red_ids, pixel_values=x if layout.views == 1 else x,
-                                         **_extra(parts, x), **kw)
-            a, b2 = ref[0, full_ids.shape[1]:].tolist(), out[0, red_ids.shape[1]:].tolist()
-            n = max(len(a), len(b2))
-            same = sum(1 for i in range(min(len(a), len(b2))) if a[i] == b2[i])
-            exact += int(a == b2)
+                with torch.inference_mode(), reduced_visual_tokens(parts, select_fn):
+                    out = parts.model.generate(input_ids=ids_k, pixel_values=x, max_new_tokens=g.max_new_tokens,
+                                               do_sample=False, **extra)
+                outs.append(out[0, ids_k.shape[1]:].tolist())
+            a, b = outs
+            same = sum(1 for i in range(min(len(a), len(b))) if a[i] == b[i])
+            exact += int(a == b)
             agree += same
-            total += n
-            rows.append({"prompt": prompt, "image": name, "full": tok.decode(a) if tok else a,
-                         "reduced": tok.decode(b2) if tok else b2, "exact": a == b2})
-    return ({"samples": rows, "max_new_tokens": g.max_new_tokens},
-            {"generation_exact_match": (1.0, exact / len(rows)), "generation_token_agreement": (1.0, agree / max(total, 1))})
+            total += max(len(a), len(b))
+            rows.append({"prompt": prompt, "image": name, "exact": a == b,
+                         "full": tok.decode(a) if tok else a, "reduced": tok.decode(b) if tok else b})
+    return ({"samples": rows, "max_new_tokens": g.max_new_tokens, "decoding": "greedy"},
+            {"generation_exact_match": (1.0, exact / len(rows)),
+             "generation_token_agreement": (1.0, agree / max(total, 1))})
 
 
-def _prompt_ids(tok, prompt, parts):
+def _prompt_ids(tok, prompt: str, parts) -> torch.Tensor:
     if tok is None:
         return torch.tensor([[1, parts.image_token_id, 5, 6, 7]])
-    text = prompt if "<image>" in prompt else "<image>\n" + prompt
+    text = prompt if "<image>" in prompt else "USER: <image>\n" + prompt + " ASSISTANT:"
     return tok(text, return_tensors="pt").input_ids
-
-
-def _extra(parts, x):
-    if parts.kind == "llava_next":
-        s = x.shape[-1]
-        return {"image_sizes": torch.tensor([[s * 2, s * 2]] * x.shape[0])}
-    return {}
-
-
-def _generate_full(model, parts, ids, x, layout, kw):
-    """Full-token reference: the same graph with no selection (all tokens, same order)."""
-    from .llava import reduced_visual_tokens
-
-    full = VisualTokenGraph(parts.tower, adapter_for(parts.tower.config), layout, x.shape[-1], parts.feature_layer,
-                            parts.feature_select, parts.projector, None)
-
-    def select_fn(pixel_values, image_sizes=None):
-        return full(x)[0]
-
-    with reduced_visual_tokens(parts, select_fn):
-        return model.generate(input_ids=ids, pixel_values=x, **_extra(parts, x), **kw)
