@@ -131,7 +131,7 @@ class VisualTokenGraph(nn.Module):
         x = pixel_values.reshape(-1, 3, s, s)
         feats, sig = self.tower_features(x)
         d = feats.shape[-1]
-        prefix = feats[:, : self.n_prefix].reshape(-1, lay.views * self.n_prefix, d)
+        prefix = feats[:, : self.n_prefix].reshape(-1, lay.views * self.n_prefix, d) if self.n_prefix else None
         patches = feats[:, self.n_prefix :].reshape(-1, lay.total, d)  # batch stays symbolic when traced
         if self.selector is None:
             idx = torch.arange(lay.total, device=x.device).unsqueeze(0).expand(patches.shape[0], -1)
@@ -145,7 +145,7 @@ class VisualTokenGraph(nn.Module):
             if sel is None and alloc is None:  # constant subsets (uniform, random): one row for every image
                 idx = idx[:1].expand(patches.shape[0], -1)
             tokens = gather_tokens(patches, idx, 0)
-        if self.feature_select == "full" and self.n_prefix:
+        if self.feature_select == "full" and prefix is not None:
             tokens = torch.cat([prefix, tokens], dim=1)
             idx = torch.cat([torch.full_like(idx[:, :1], -1).expand(-1, prefix.shape[1]), idx], dim=1)
         if self.projector is not None:
