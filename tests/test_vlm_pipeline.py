@@ -151,3 +151,20 @@ def test_generation_needs_llava(tmp_path, tiny_models):
     p = write(tmp_path, _visual(tiny_models["dinov2"], **{"verify.generation": {"prompts": ["hi"]}}))
     assert_one_line_error(run_cli("convert", str(p), "--out", str(out)), "verify.generation", "LLaVA")
     assert_nothing_written(out)
+
+
+def test_feature_select_full_keeps_each_views_cls_first(tiny_models):
+    lm = _tower(tiny_models, "clip-vision")
+    n = lm.image_size // lm.adapter.patch_size
+    lay = VisualLayout(views=5, grid=(n, n), sub_grid=(2, 2))
+    sel = VISUAL_METHODS["fopru-rank"](VISUAL_METHODS["fopru-rank"].config_cls(method="fopru-rank", keep=6))
+    graph = VisualTokenGraph(lm.model, lm.adapter, lay, lm.image_size, -2, "full", None, sel, 6)
+    x = torch.randn(2, 5, 3, lm.image_size, lm.image_size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        tokens, pos = graph(x)
+        ref = lm.model(pixel_values=x.reshape(-1, 3, lm.image_size, lm.image_size), output_hidden_states=True,
+                       **lm.adapter.forward_kwargs(lm.image_size)).hidden_states[-2]
+    assert tokens.shape[1] == 5 + 6 and pos.shape[1] == 5 + 6
+    assert (pos[:, :5] == -1).all() and (pos[:, 5:] >= 0).all()
+    # the first five tokens are the five views' CLS tokens, in view order
+    torch.testing.assert_close(tokens[:, :5], ref[:, 0].reshape(2, 5, -1), atol=1e-5, rtol=1e-5)

@@ -63,6 +63,35 @@ def _deploy(recipe, tmp: Path, model_path: Path, base_path: Path, x: np.ndarray,
                     "verify_on_device.sh (polygraphy against PyTorch outputs); run both on the Jetson"}
 
 
+def trt_section(model_path: Path, target: str | None) -> dict | None:
+    """Static TensorRT compatibility findings of the reduced graph, for the report."""
+    if not target:
+        return None
+    findings = trt_check(model_path, target)
+    return {"target": target, "findings": [f.to_dict() for f in findings],
+            "errors": sum(1 for f in findings if f.level == "error")}
+
+
+def artifacts_section(model_path: Path, base_path: Path) -> dict:
+    return {"onnx": model_path.name, "onnx_sha256": sha256_onnx(model_path),
+            "onnx_bytes": sum(p.stat().st_size for p in onnx_files(model_path)),
+            "baseline_onnx": base_path.name, "baseline_onnx_sha256": sha256_onnx(base_path),
+            "baseline_onnx_bytes": sum(p.stat().st_size for p in onnx_files(base_path))}
+
+
+def failure_lines(parity_red: dict, parity_base: dict, metrics: dict, atol: float) -> list[str]:
+    """One line per failed check, for the report and the console."""
+    out = []
+    if not parity_red["passed"]:
+        out.append(f"parity: model.onnx differs from PyTorch by {parity_red['max_abs_diff']:.3g} (atol {atol:g})")
+    if not parity_base["passed"]:
+        out.append(f"parity: baseline.onnx differs from PyTorch by {parity_base['max_abs_diff']:.3g}")
+    for name, m in metrics.items():
+        if m["passed"] is False:
+            out.append(f"accuracy: {name} {m['reduced']:.4f} misses {m['threshold']} (original {m['original']:.4f})")
+    return out
+
+
 class Stages:
     """Progress hooks; the CLI supplies a rich implementation, the library default does nothing."""
 
@@ -245,11 +274,7 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
     metric_dicts = {k: v.as_dict() for k, v in metrics.items()}
     acc_passed = all(m["passed"] is not False for m in metric_dicts.values())
 
-    trt = None
-    if ex.trt_target:
-        findings = trt_check(model_path, ex.trt_target)
-        trt = {"target": ex.trt_target, "findings": [f.to_dict() for f in findings],
-               "errors": sum(1 for f in findings if f.level == "error")}
+    trt = trt_section(model_path, ex.trt_target)
 
     dims = lm.adapter.dims()
     head = lm.adapter.head_macs(lm.model)
@@ -285,14 +310,7 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
 
     deploy = _deploy(recipe, tmp, model_path, base_path, parity_x, reduced_fn, original_fn, stages)
 
-    failures = []
-    if not parity_red["passed"]:
-        failures.append(f"parity: model.onnx differs from PyTorch by {parity_red['max_abs_diff']:.3g} (atol {par.atol:g})")
-    if not parity_base["passed"]:
-        failures.append(f"parity: baseline.onnx differs from PyTorch by {parity_base['max_abs_diff']:.3g}")
-    for name, m in metric_dicts.items():
-        if m["passed"] is False:
-            failures.append(f"accuracy: {name} {m['reduced']:.4f} misses {m['threshold']} (original {m['original']:.4f})")
+    failures = failure_lines(parity_red, parity_base, metric_dicts, par.atol)
 
     report = {
         "schema_version": 1,
@@ -310,12 +328,7 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
         "export": {"opset": ex.opset, "exporter": red_info.exporter, "batch": ex.batch, "trt_target": ex.trt_target,
                    "input_shape": [("batch" if dynamic else ex.batch), 3, lm.image_size, lm.image_size],
                    "outputs": red_info.output_shapes, "baseline_outputs": base_info.output_shapes},
-        "artifacts": {
-            "onnx": "model.onnx", "onnx_sha256": sha256_onnx(model_path),
-            "onnx_bytes": sum(p.stat().st_size for p in onnx_files(model_path)),
-            "baseline_onnx": "baseline.onnx", "baseline_onnx_sha256": sha256_onnx(base_path),
-            "baseline_onnx_bytes": sum(p.stat().st_size for p in onnx_files(base_path)),
-        },
+        "artifacts": artifacts_section(model_path, base_path),
         "parity": parity_red,
         "parity_baseline": parity_base,
         "accuracy": {

@@ -34,6 +34,17 @@ class _Capture(nn.Module):
         return out
 
 
+def without_mask(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A block's call arguments with the attention mask removed (positional, as transformers' encoder
+    loops pass it, or keyword). Image encoders have no padding; the mask transformers materialises while
+    tracing has the unpruned token count."""
+    if args:
+        args = (None, *args[1:])
+    if "attention_mask" in kwargs:
+        kwargs = {**kwargs, "attention_mask": None}
+    return args, kwargs
+
+
 class _Block(nn.Module):
     def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: Method | None,
                  capture: tuple[_Capture, _Capture] | None, adapter: Adapter, temperature: float):
@@ -50,10 +61,7 @@ class _Block(nn.Module):
         self.temperature = temperature
 
     def forward(self, hidden_states, *args, **kwargs):
-        if args:
-            args = (None, *args[1:])  # attention_mask (positional in transformers' encoder loops)
-        if "attention_mask" in kwargs:
-            kwargs["attention_mask"] = None
+        args, kwargs = without_mask(args, kwargs)
         out = self.inner(hidden_states, *args, **kwargs)
         if self.stage is None:
             return out

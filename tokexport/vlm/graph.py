@@ -22,7 +22,7 @@ from torch import nn
 
 from ..adapters.base import Adapter
 from ..reduce.common import gather_tokens
-from ..reduce.patch import capture_qk, captured_attention
+from ..reduce.patch import capture_qk, captured_attention, without_mask
 from .select import VisualLayout, VisualSelector, significance
 
 
@@ -33,10 +33,7 @@ class _Output(nn.Module):
         self.last = None
 
     def forward(self, hidden_states, *args, **kwargs):
-        if args:
-            args = (None, *args[1:])
-        if "attention_mask" in kwargs:
-            kwargs["attention_mask"] = None
+        args, kwargs = without_mask(args, kwargs)
         out = self.inner(hidden_states, *args, **kwargs)
         self.last = out[0] if isinstance(out, tuple) else out
         return out

@@ -25,7 +25,6 @@ from ..data import Preprocess, instance_recognition_set, natural_images
 from ..errors import InputError
 from ..export import export_onnx
 from ..load import load_model
-from ..onnx_tools import onnx_files, sha256_onnx, trt_check
 from ..runners import OrtRunner, TorchRunner, run_batched
 from .. import verify as V
 from .graph import VisualTokenGraph
@@ -232,20 +231,11 @@ def run_visual(recipe, label: str, base_dir: Path, tmp: Path, stages) -> dict:
                  "batches": batches,
                  "note": "baseline.onnx = tower + feature select (+ projector), all tokens; model.onnx adds the "
                          "selection: the ratio is the selection overhead (the saving is in the LLM prefill)"}
-    trt = None
-    if ex.trt_target:
-        findings = trt_check(model_path, ex.trt_target)
-        trt = {"target": ex.trt_target, "findings": [f.to_dict() for f in findings],
-               "errors": sum(1 for f in findings if f.level == "error")}
+    from ..pipeline import _deploy, artifacts_section, failure_lines, trt_section
 
-    failures = []
-    if not parity_red["passed"]:
-        failures.append(f"parity: model.onnx differs from PyTorch by {parity_red['max_abs_diff']:.3g} (atol {par.atol:g})")
-    if not parity_base["passed"]:
-        failures.append(f"parity: baseline.onnx differs from PyTorch by {parity_base['max_abs_diff']:.3g}")
-    for name, m in metric_dicts.items():
-        if m["passed"] is False:
-            failures.append(f"accuracy: {name} {m['reduced']:.4f} misses {m['threshold']} (original {m['original']:.4f})")
+    trt = trt_section(model_path, ex.trt_target)
+    deploy = _deploy(recipe, tmp, model_path, base_path, parity_x, fn(red), fn(base), stages)
+    failures = failure_lines(parity_red, parity_base, metric_dicts, par.atol)
     return {
         "schema_version": 1, "kind": "visual-tokens", "tokexport_version": __version__, "created_unix": int(time.time()),
         "recipe_path": label, "recipe": recipe.model_dump(mode="json"),
@@ -260,10 +250,7 @@ def run_visual(recipe, label: str, base_dir: Path, tmp: Path, stages) -> dict:
         "export": {"opset": ex.opset, "exporter": red_info.exporter, "batch": ex.batch, "trt_target": ex.trt_target,
                    "input_shape": [("batch" if dynamic else ex.batch), *list(feed.shape[1:])],
                    "outputs": red_info.output_shapes, "baseline_outputs": base_info.output_shapes},
-        "artifacts": {"onnx": "model.onnx", "onnx_sha256": sha256_onnx(model_path),
-                      "onnx_bytes": sum(p.stat().st_size for p in onnx_files(model_path)),
-                      "baseline_onnx": "baseline.onnx", "baseline_onnx_sha256": sha256_onnx(base_path),
-                      "baseline_onnx_bytes": sum(p.stat().st_size for p in onnx_files(base_path))},
+        "artifacts": artifacts_section(model_path, base_path),
         "parity": parity_red, "parity_baseline": parity_base,
         "accuracy": {"dataset": "natural-images instance recognition (visual tokens)",
                      "description": (f"{iset.n_classes} classes, {len(iset.eval_y)} eval crops, {layout.views} view(s) "
@@ -274,7 +261,7 @@ def run_visual(recipe, label: str, base_dir: Path, tmp: Path, stages) -> dict:
                      "passed": acc_passed, "generation": generation},
         "llm": {"dims": vm.llm_dims, "prompt_tokens": vis.prompt_tokens, "prefill_flops_full": prefill_full,
                 "prefill_flops_reduced": prefill_red, "prefill_flops_saved": 1.0 - prefill_red / prefill_full},
-        "bench": bench, "trt_check": trt,
+        "bench": bench, "trt_check": trt, "deploy": deploy,
         "passed": bool(parity_red["passed"] and parity_base["passed"] and acc_passed), "failures": failures,
     }
 
