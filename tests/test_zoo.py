@@ -184,7 +184,8 @@ def test_unknown_and_missing(models_root):
     with pytest.raises(InputError, match=f"not fetched yet: run `tokexport models fetch {NAME}`"):
         zoo.resolve_bundled(NAME)
     rows = zoo.list_models()
-    assert [r["name"] for r in rows] == [NAME] and rows[0]["fetched"] is False
+    assert [r["name"] for r in rows] == [NAME, "tiny-llava", "tiny-llava-next"]
+    assert not any(r["fetched"] for r in rows)
     assert not models_root.exists()  # listing and resolving create nothing
 
 
@@ -247,3 +248,21 @@ def test_force_failure_keeps_old_model(fetched, tmp_path, monkeypatch):
         zoo.fetch(NAME, force=True)
     assert _leftovers(root) == [NAME]
     assert zoo.resolve_bundled(NAME) == root / NAME
+
+
+def test_generated_twins_fetch_noop_incomplete_and_force(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKEXPORT_MODELS_DIR", str(tmp_path))
+    path, fetched = zoo.fetch("tiny-llava")
+    assert fetched and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    marker = json.loads((path / zoo.MARKER).read_text())
+    assert marker["generated"] is True and marker["name"] == "tiny-llava"
+    assert zoo.resolve_bundled("tiny-llava") == path
+    before = _snapshot(path)
+    assert zoo.fetch("tiny-llava") == (path, False) and _snapshot(path) == before
+    (path / "model.safetensors").unlink()
+    with pytest.raises(InputError, match="--force"):
+        zoo.fetch("tiny-llava")
+    with pytest.raises(InputError, match="--force"):
+        zoo.resolve_bundled("tiny-llava")
+    assert zoo.fetch("tiny-llava", force=True)[1] is True and (path / "model.safetensors").is_file()
+    assert _leftovers(tmp_path) == ["tiny-llava"]
