@@ -6,7 +6,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-import yaml
 from PIL import Image
 
 from tokexport.pipeline import convert

@@ -38,10 +38,14 @@ def test_help_on_every_command(cmd):
 def test_shipped_recipes_validate_and_list():
     from tokexport.recipe import load_recipe
 
-    names = sorted(p.name for p in (REPO / "recipes").glob("*.yaml"))
-    assert {"dinov2-small-zero-tprune.yaml", "dinov2-small-topk-cls.yaml", "dinov2-small-random.yaml"} <= set(names)
-    for n in names:
-        load_recipe(REPO / "recipes" / n)
+    paths = sorted((REPO / "recipes").rglob("*.yaml"))
+    names = {p.name for p in paths}
+    assert {"dinov2-small-zero-tprune.yaml", "dinov2-small-topk-cls.yaml", "dinov2-small-random.yaml",
+            "dinov2-small-fopru-rank.yaml", "dinov2-small-fopru-row.yaml", "dinov2-small-hired.yaml",
+            "llava-1.5-7b-fopru-rank.yaml", "llava-v1.6-mistral-7b-hired.yaml",
+            "llava-1.5-tiny-fopru-rank.yaml", "llava-next-tiny-hired.yaml"} <= names
+    for p in paths:
+        load_recipe(p)
     zt, cls, rnd = (load_recipe(REPO / "recipes" / f"dinov2-small-{m}.yaml") for m in ("zero-tprune", "topk-cls", "random"))
     # the baselines compare at equal FLOPs: same schedule
     for r in (cls, rnd):
@@ -49,7 +53,7 @@ def test_shipped_recipes_validate_and_list():
             (zt.reduction.prune_layers, zt.reduction.keep_rate, zt.reduction.rounding)
     assert zt.reduction.prune_layers == [2, 5, 8] and zt.reduction.keep_rate == [0.9, 0.8, 0.7]
     out = run_cli("recipes", "list").stdout
-    assert "zero-tprune" in out and "topk-cls" in out
+    assert "zero-tprune" in out and "topk-cls" in out and "hired" in out and "tiny" in out
 
 
 def test_models_list_shows_bundled():

@@ -78,7 +78,9 @@ def test_layout_properties_and_validation():
         VisualLayout(4, (4, 4), (2, 2))
     with pytest.raises(ValueError, match="grid"):
         VisualLayout(1, (0, 4))
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         lay.views = 3  # frozen
 
 

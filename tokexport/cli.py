@@ -102,13 +102,14 @@ def recipes_list() -> None:
     import yaml
 
     t = Table("recipe", "model", "method", "schedule", "description")
-    for p in sorted(RECIPES_DIR.glob("*.yaml")):
+    for p in sorted(RECIPES_DIR.rglob("*.yaml")):
         try:
             d = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError:
             continue
         r = d.get("reduction", {})
-        sched = f"after {r.get('prune_layers')} keep {r.get('keep_rate', r.get('keep'))}"
+        keep = r.get("keep_rate", r.get("keep"))
+        sched = f"after {r.get('prune_layers')} keep {keep}" if r.get("prune_layers") else f"visual tokens keep {keep}"
         t.add_row(str(p.relative_to(RECIPES_DIR.parent)), str(d.get("model")), str(r.get("method")), sched,
                   str(d.get("description", "")).strip())
     out_console.print(t)
