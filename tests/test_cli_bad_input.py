@@ -190,3 +190,11 @@ def test_inspect_bad_file(tmp_path):
 
 def test_unknown_bundled_model_fetch():
     assert_one_line_error(run_cli("models", "fetch", "dinov3-huge"), "dinov3-huge", "dinov2-small")
+
+
+def test_output_path_is_a_file(tmp_path, tiny_models):
+    f = tmp_path / "afile"
+    f.write_text("mine")
+    p = write(tmp_path, recipe(tiny_models["dinov2"]))
+    assert_one_line_error(run_cli("convert", str(p), "--out", str(f), "--force"), str(f), "not a directory")
+    assert f.read_text() == "mine"

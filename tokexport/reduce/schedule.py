@@ -22,7 +22,9 @@ class Stage:
         return asdict(self)
 
 
-def _round(x: float, rule: str) -> int:
+def round_count(x: float, rule: str = "floor") -> int:
+    """A token count from a fractional product (rate × tokens). The 1e-9 guard makes products such as
+    0.29 * 100 = 28.999999999999996 floor to 29."""
     if rule == "floor":
         return math.floor(x + 1e-9)
     if rule == "ceil":
@@ -69,7 +71,7 @@ def plan(cfg: ReductionConfig, n_tokens: int, n_prefix: int, num_layers: int) ->
     n = n_tokens - n_prefix
     for i, layer in enumerate(layers):
         if cfg.keep_rate is not None:
-            k = max(1, _round(rates[i] * n, cfg.rounding))
+            k = max(1, round_count(rates[i] * n, cfg.rounding))
         else:
             k = cfg.keep[i]
             if k > n:

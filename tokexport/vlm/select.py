@@ -33,15 +33,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..reduce.common import keep_topk, sort_positions
+from ..reduce.schedule import round_count
+from ..reduce.uniform_keep import uniform_positions
 
 TOPK_LIMIT = 3840  # TensorRT: TopK K must be < 3840 on every version
-_EPS = 1e-9  # floor(x + eps): rate products such as 0.29 * 100 = 28.999999999999996 floor to 29
 
 Source = Literal["cls", "received"]
 
 
 def _floor(x: float) -> int:
-    return int(math.floor(x + _EPS))
+    return round_count(x, "floor")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,11 +552,8 @@ def spatial_positions(grid: tuple[int, int], n: int) -> list[int]:
     b = min(gw, math.ceil(n / a))
     if a * b < n:
         a = math.ceil(n / b)
-    ys = [((2 * i + 1) * gh) // (2 * a) for i in range(a)]
-    xs = [((2 * j + 1) * gw) // (2 * b) for j in range(b)]
-    lattice = [y * gw + x for y in ys for x in xs]
-    m = len(lattice)
-    return [lattice[((2 * t + 1) * m) // (2 * n)] for t in range(n)]
+    lattice = [y * gw + x for y in uniform_positions(gh, a) for x in uniform_positions(gw, b)]
+    return [lattice[t] for t in uniform_positions(len(lattice), n)]
 
 
 class UniformSpatialConfig(VisualReductionConfig):
