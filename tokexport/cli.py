@@ -153,6 +153,17 @@ def inspect(model: Path = typer.Argument(..., help="ONNX file."),
     out_console.print(t)
 
 
+def _register_command_modules() -> None:
+    """Commands that live in their own modules (each defines ``register(app)``)."""
+    from . import cli_ci, cli_target
+
+    for module in (cli_target, cli_ci):
+        module.register(app)
+
+
+_register_command_modules()
+
+
 def main() -> None:
     app()
 

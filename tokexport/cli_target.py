@@ -1,0 +1,8 @@
+"""CLI commands check-target, build, bundle (issue 5). Registered on the main app by ``tokexport.cli``."""
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
