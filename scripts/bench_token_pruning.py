@@ -6,6 +6,10 @@ against the original on the bundled photographs, onnxruntime CPU latency of base
 model.onnx interleaved in the same process). Prints a Markdown table and writes every report plus a
 summary JSON under --out.
 
+ToMe merges in every block instead of pruning at the schedule's blocks: its row uses the constant r
+whose analytic FLOPs are closest to the Zero-TPrune row of the same schedule (selection overhead and
+proportional attention included), so it is compared at equal FLOPs.
+
     python scripts/bench_token_pruning.py --out out/bench            # all methods × schedules
     python scripts/bench_token_pruning.py --methods random topk-cls --schedules zt
 """
@@ -20,9 +24,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tokexport.load import load_model  # noqa: E402
-from tokexport.pipeline import run  # noqa: E402
-from tokexport.recipe import load_recipe  # noqa: E402
+from tokexport.errors import InputError
+from tokexport.flops import encoder_flops
+from tokexport.load import LoadedModel, load_model
+from tokexport.pipeline import run
+from tokexport.recipe import load_recipe
+from tokexport.reduce import METHODS as REGISTRY
+from tokexport.reduce.schedule import plan
 
 # name: (prune_layers, keep_rate, note)
 SCHEDULES = {
@@ -37,7 +45,33 @@ METHODS = {
     "topk-cls": ("topk-cls", {}),
     "random": ("random", {"seed": 0}),
     "uniform": ("uniform", {}),
+    "tome": ("tome", {}),  # r per schedule: equal FLOPs to zero-tprune (tome_r_at_equal_flops)
 }
+
+
+def schedule_flops(lm: LoadedModel, reduction: dict) -> int:
+    """Analytic FLOPs per image of a reduction, as the report computes them (Zero-TPrune's iterations resolved)."""
+    ad = lm.adapter
+    n, p = ad.n_tokens(lm.image_size), ad.n_prefix()
+    cls = REGISTRY[reduction["method"]]
+    method = cls(cls.config_cls(**reduction))
+    stages = plan(method.config, n, p, ad.num_layers)
+    iters = ([method.iterations_for(s.layer, ad.num_layers) for s in stages]
+             if hasattr(method, "iterations_for") else None)
+    return encoder_flops(ad.dims(), n, p, stages, ad.head_macs(lm.model), method.needs_attention, iters)["flops"]
+
+
+def tome_r_at_equal_flops(lm: LoadedModel, target: int) -> tuple[int, int]:
+    """(r, FLOPs): the constant ToMe r (merging in every block) whose FLOPs are closest to ``target``."""
+    best = None
+    for r in range(1, lm.adapter.n_tokens(lm.image_size)):
+        try:
+            f = schedule_flops(lm, {"method": "tome", "r": r})
+        except InputError:  # some block would have to merge more than half of its tokens
+            break
+        if best is None or abs(f - target) < abs(best[1] - target):
+            best = (r, f)
+    return best
 
 
 def main() -> int:
@@ -57,10 +91,16 @@ def main() -> int:
     rows = []
     for sched in args.schedules:
         layers, rates, _ = SCHEDULES[sched]
+        zt_flops = schedule_flops(loaded, {"method": "zero-tprune", "prune_layers": layers, "keep_rate": rates})
         for label in args.methods:
             method, extra = METHODS[label]
             data = base.model_dump(mode="json", exclude_none=True)
-            data["reduction"] = {"method": method, "prune_layers": layers, "keep_rate": rates, "rounding": "floor", **extra}
+            if method == "tome":
+                r, _ = tome_r_at_equal_flops(loaded, zt_flops)
+                data["reduction"] = {"method": "tome", "r": r, **extra}
+            else:
+                data["reduction"] = {"method": method, "prune_layers": layers, "keep_rate": rates, "rounding": "floor",
+                                     **extra}
             # only the reduction changes; thresholds are reported, not enforced, in a sweep
             data["verify"]["accuracy"]["metrics"] = {k: {"min": -1.0} for k in data["verify"]["accuracy"]["metrics"]}
             if args.repeats:
@@ -72,7 +112,7 @@ def main() -> int:
             b, m = r["bench"], r["accuracy"]["metrics"]
             row = {
                 "schedule": sched, "method": label,
-                "tokens": "→".join(str(s["tokens_out"]) for s in r["reduction"]["schedule"]),
+                "tokens": tokens_label(r["reduction"]["schedule"]),
                 "flops_ratio": b["flops"]["reduced"] / b["flops"]["baseline"],
                 "predicted": b["flops"]["predicted_speedup"],
                 "measured_b1": b["batches"].get("1", {}).get("speedup"),
@@ -91,6 +131,15 @@ def main() -> int:
                                                   "runtime": r["bench"]["runtime"]}, indent=2))
     print(table(rows, r["bench"], r["accuracy"]))
     return 0
+
+
+def tokens_label(schedule: list[dict]) -> str:
+    """Tokens after each stage; ToMe's one merge per block is shown as its r and the final count."""
+    if schedule and schedule[0].get("kind") == "merge":
+        rs = [s["tokens_in"] - s["tokens_out"] for s in schedule]
+        r = f"r={rs[0]}" if len(set(rs)) == 1 else "r=" + "/".join(map(str, rs))
+        return f"{r} × {len(schedule)} blocks → {schedule[-1]['tokens_out']}"
+    return "→".join(str(s["tokens_out"]) for s in schedule)
 
 
 def table(rows, bench, acc) -> str:

@@ -1,12 +1,15 @@
 """Contract over every registered adapter × method (new ones are covered on registration):
 keep-everything equals the original, token counts follow the plan, the patch is reversible, and
-the exported static graph matches PyTorch."""
+the exported static graph matches PyTorch. For merging methods (ToMe) keep-everything runs every
+block as its two halves (``Adapter.halves``), so it also checks that the halves compose to the host
+block's own forward."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import TINY_KINDS
 from torch import nn
 
 from tokexport.adapters import ADAPTERS, adapter_for
@@ -17,8 +20,6 @@ from tokexport.reduce import METHODS
 from tokexport.reduce.patch import reduced
 from tokexport.reduce.schedule import plan
 from tokexport.runners import OrtRunner
-
-from conftest import TINY_KINDS
 
 
 def _setup(tiny_models, kind):
@@ -117,6 +118,28 @@ def test_token_counts_patch_reversible_and_onnx_parity(tiny_models, kind, name, 
     out = OrtRunner(tmp_path / "m.onnx").infer({"pixel_values": x2.numpy()})
     for k in ref:
         np.testing.assert_allclose(out[k], ref[k].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", TINY_KINDS)
+def test_log_size_bias_reaches_the_host_attention(tiny_models, kind):
+    """Proportional attention passes log(size) through the host attention's ``attention_mask``. A token of
+    size s must weigh as s copies of it: with the bias, the attention half equals the same half run on the
+    sequence with every token repeated s times (read at each token's first copy). Checks every family's
+    attention function actually adds a float mask to its logits."""
+    lm, _ = _setup(tiny_models, kind)
+    halves = lm.adapter.halves(lm.adapter.layers(lm.model)[0])
+    g = torch.Generator().manual_seed(0)
+    n, d = 9, lm.config.hidden_size
+    x = torch.randn(2, n, d, generator=g)
+    size = torch.tensor([1, 3, 1, 2, 1, 1, 4, 1, 2])
+    bias = size.float().log()[None, None, None, :].expand(2, 1, 1, n)
+    first = torch.cumsum(size, 0) - size
+    with torch.no_grad():
+        got = halves.attention(x, bias)
+        want = halves.attention(torch.repeat_interleave(x, size, dim=1))[:, first]
+        plain = halves.attention(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got - plain).abs().max() > 1e-3
 
 
 def test_prefix_tokens_survive(tiny_models):

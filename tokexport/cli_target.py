@@ -1,8 +1,177 @@
-"""CLI commands check-target, build, bundle (issue 5). Registered on the main app by ``tokexport.cli``."""
+"""CLI commands check-target, build, bundle (deployment targets). Registered on the main app by ``tokexport.cli``."""
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import typer
+
+from .targets import DEFAULT_TARGET, TARGET_NAMES
+
+_TARGET_HELP = f"Deployment target: {', '.join(TARGET_NAMES)}."
+
+
+def _sources(src: Path) -> dict[str, Path]:
+    """{name: graph} from a convert output directory (model.onnx [+ baseline.onnx]) or one .onnx file."""
+    from .errors import InputError
+
+    if src.is_dir():
+        found = {n: src / f"{n}.onnx" for n in ("model", "baseline") if (src / f"{n}.onnx").is_file()}
+        if "model" not in found:
+            raise InputError(f"{src}: no model.onnx inside; pass a `tokexport convert` output directory or an .onnx file")
+        return found
+    if not src.exists():
+        raise InputError(f"{src}: not found; pass a `tokexport convert` output directory or an .onnx file")
+    return {"model": src}
+
+
+def _recipe_target(src: Path) -> str | None:
+    """The target recorded in a convert output directory's report.json, if any."""
+    rep = src / "report.json"
+    if src.is_dir() and rep.is_file():
+        try:
+            return json.loads(rep.read_text()).get("recipe", {}).get("export", {}).get("target")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+    return None
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+
+    @app.command("check-target")
+    def check_target_cmd(
+        model: Path = typer.Argument(..., help="ONNX file."),
+        target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help=_TARGET_HELP),
+        lint: bool = typer.Option(True, "--lint/--no-lint", help="Also run `polygraphy check lint` (ONNX Runtime per node)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the check as JSON."),
+    ) -> None:
+        """Static checks of an ONNX graph against a target: opset, static shapes (batch may be dynamic), TopK K
+        constant and < 3840, no data-dependent shapes, operators and attributes the target parses. Exit 9 on errors."""
+        from rich.table import Table
+
+        from .cli import _fail, out_console
+        from .errors import TargetCheckFailed, TokexportError
+        from .onnx_tools import check_target
+
+        try:
+            res = check_target(model, target, lint=lint)
+        except TokexportError as e:
+            _fail(e)
+        if as_json:
+            sys.stdout.write(json.dumps(res.to_dict(), indent=2) + "\n")
+        else:
+            if res.findings:
+                t = Table("level", "code", "node", "problem", "fix", title=f"{model} on {res.target.label}")
+                for f in res.findings:
+                    t.add_row(f.level, f.code, f.node or "(graph)", f.message, f.fix)
+                out_console.print(t)
+            if res.lint is not None:
+                lint_txt = (f"{res.lint['passing_nodes']} nodes pass, {len(res.lint['failing_nodes'])} fail"
+                            if res.lint.get("ran") else f"not run: {res.lint['reason']}")
+                out_console.print(f"polygraphy check lint: {lint_txt}", highlight=False)
+            verdict = "PASS" if res.passed else "FAIL"
+            out_console.print(f"{verdict}: {model} on {res.target.label}, opset {res.opset}: "
+                              f"{len(res.errors)} error(s), {len(res.warnings)} warning(s)", highlight=False)
+        if not res.passed:
+            raise typer.Exit(TargetCheckFailed.exit_code)
+
+    @app.command("bundle")
+    def bundle_cmd(
+        out_dir: Path = typer.Argument(..., help="Bundle directory to write; OUT_DIR.tar.gz is written next to it."),
+        source: Path = typer.Option(..., "--from", help="A `tokexport convert` output directory (bundles model.onnx "
+                                                         "and baseline.onnx) or one .onnx file (bundled as model.onnx)."),
+        target: str | None = typer.Option(None, "--target", "-t", help=_TARGET_HELP + " Default: the convert "
+                                             f"report's target, else {DEFAULT_TARGET}."),
+        inputs: Path | None = typer.Option(None, "--inputs", help=".npz of sample inputs (names = graph inputs); "
+                                              "default: seeded standard-normal arrays, batch 1."),
+        fp16: bool = typer.Option(True, "--fp16/--fp32", help="Engines built on the device in FP16."),
+        max_batch: int = typer.Option(8, "--max-batch", help="Largest batch of the engine profile (dynamic batch)."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing OUT_DIR and OUT_DIR.tar.gz."),
+    ) -> None:
+        """Write a deploy bundle: graphs, manifest.json (shapes, dtypes, target, opset, sha256 of every file),
+        sample inputs and ONNX Runtime's expected outputs (.npy), build_engine.sh (trtexec), verify_on_device.py."""
+        import numpy as np
+
+        from .cli import _fail, err_console, out_console
+        from .deploy import write_bundle
+        from .errors import InputError, TokexportError
+        from .targets import resolve
+
+        try:
+            tgt = resolve(target or _recipe_target(source) or DEFAULT_TARGET)
+            models = _sources(source)
+            feed = None
+            if inputs is not None:
+                try:
+                    with np.load(inputs) as z:
+                        feed = {k: z[k] for k in z.files}
+                except (OSError, ValueError) as exc:
+                    raise InputError(f"{inputs}: not a readable .npz of input arrays ({exc})") from None
+            with err_console.status(f"writing {out_dir}"):
+                b = write_bundle(out_dir, models, tgt, feed, fp16=fp16, max_batch=max_batch, force=force)
+        except TokexportError as e:
+            _fail(e)
+        for name, m in b.manifest["models"].items():
+            tc = m["target_check"]
+            out_console.print(f"{name}.onnx on {tgt.label}: {'PASS' if tc['passed'] else 'FAIL'} "
+                              f"({tc['errors']} error(s), {tc['warnings']} warning(s))", highlight=False)
+        out_console.print(f"wrote {b.path}/ and {b.archive} ({len(b.manifest['files'])} files); on the device: "
+                          "./build_engine.sh && python3 verify_on_device.py", highlight=False)
+
+    @app.command("build")
+    def build_cmd(
+        source: Path = typer.Argument(..., help="RECIPE.yaml (converted first), a convert output directory, or MODEL.onnx."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Where engines and build.json go (default: next to "
+                                           "the graph; for a recipe, the convert output directory)."),
+        fp16: bool = typer.Option(True, "--fp16/--fp32", help="Build in FP16 (compared with FP16 tolerances)."),
+        repeats: int = typer.Option(20, "--repeats", min=1, help="Timed engine runs."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing convert output (recipes)."),
+    ) -> None:
+        """Build TensorRT engines, time them and compare with ONNX Runtime. Needs `tensorrt` and an NVIDIA GPU:
+        without them, one line and exit 8 (build on the device from `tokexport bundle`)."""
+        from .cli import _fail, err_console, out_console
+        from .deploy import DEFAULT_TOLERANCES, build_and_compare, require_tensorrt, sample_inputs
+        from .errors import InputError, ParityError, TokexportError
+        from .onnx_tools import inspect_model
+
+        try:
+            recipe = None
+            if source.suffix in (".yaml", ".yml"):
+                from .recipe import load_recipe
+
+                recipe = load_recipe(source)
+            elif not source.exists():
+                raise InputError(f"{source}: not found; pass a recipe, a convert output directory or an .onnx file")
+            else:
+                _sources(source)
+            require_tensorrt()
+            if recipe is not None:
+                from .pipeline import convert
+
+                with err_console.status(f"converting {source}"):
+                    res = convert(source, out, force)
+                source, out = res.out_dir, None
+            models = _sources(source)
+            dest = out or (source if source.is_dir() else source.parent)
+            dest.mkdir(parents=True, exist_ok=True)
+            tol = recipe.deploy.tolerances() if recipe is not None else dict(DEFAULT_TOLERANCES)
+            results = {}
+            for name, path in models.items():
+                feed = sample_inputs(inspect_model(path))
+                with err_console.status(f"building {name}.engine"):
+                    results[name] = build_and_compare(path, dest / f"{name}.engine", feed, tol, fp16, repeats=repeats)
+            (dest / "build.json").write_text(json.dumps(results, indent=2) + "\n")
+        except TokexportError as e:
+            _fail(e)
+        from .deploy import format_row
+
+        for name, r in results.items():
+            out_console.print(f"{name}.engine: built in {r['build_s']:.1f} s, median {r['median_ms']:.3f} ms "
+                              f"(p90 {r['p90_ms']:.3f}), {'PASS' if r['passed'] else 'FAIL'} against ONNX Runtime",
+                              highlight=False)
+            for row in r["comparison"]:
+                out_console.print(format_row(row), highlight=False)
+        if not all(r["passed"] for r in results.values()):
+            raise typer.Exit(ParityError.exit_code)

@@ -1,77 +1,143 @@
-"""TensorRT engines where TensorRT and a GPU are available, otherwise a deploy bundle to run on
-the Jetson: ONNX files (with external data), polygraphy-format inputs and expected outputs,
-trtexec build lines, a polygraphy verify script and a manifest with hashes.
+"""Deploy bundles (``tokexport bundle``) and TensorRT engine builds (``tokexport build``).
 
-TensorRT is optional (not installable on the development machines); nothing here imports it at
-module import time.
+A bundle is what goes onto the Jetson: the graph(s), sample inputs and the outputs ONNX Runtime gives
+for them here, a trtexec script that builds the engine on the device, and ``verify_on_device.py``,
+which checks every file's sha256, runs TensorRT when it imports (ONNX Runtime otherwise) and
+compares with the expected outputs using tolerances suited to FP16 engines. The comparison is
+:func:`compare_outputs`, copied verbatim into that script so the device needs only numpy and a runtime.
+
+TensorRT cannot be installed on the development machines (no GPU; its wheels come from NVIDIA's index):
+nothing here imports it at module import time, and the engine path runs only where it is present.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
+import inspect
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
-from collections import OrderedDict
+import tarfile
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence, Union
 
 import numpy as np
 
 import tokexport
 from tokexport import onnx_tools
-from tokexport.errors import EnvironmentProblem, InputError
+from tokexport.errors import InputError, TensorRTUnavailable
+from tokexport.targets import Target
+from tokexport.targets import resolve as resolve_target
 
-PathLike = Union[str, os.PathLike]
-
-DEFAULT_ATOL = 1e-3
-DEFAULT_RTOL = 1e-3
-REFERENCE_RUNNER = "tokexport-reference"  # runner name stored in expected_<name>.json
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
+# FP16 engine vs FP32 reference: an element agrees when |a - e| <= atol + rtol*|e|; `quantile` of the
+# elements must agree, the median error must stay under median_atol, every sample's cosine above
+# min_cosine, and logits' top-1 (and integer outputs, e.g. kept-token positions) agree on min_agreement.
+DEFAULT_TOLERANCES = {"atol": 0.05, "rtol": 0.05, "quantile": 0.99, "median_atol": 0.01, "min_cosine": 0.999,
+                      "min_agreement": 0.99}
 
 # --------------------------------------------------------------------------------------------
 # Environment
 # --------------------------------------------------------------------------------------------
 
 
-def _gpu_visible_nvidia_smi() -> bool:
+def tensorrt_problem() -> str | None:
+    """Why TensorRT engines cannot be built here (one sentence), or None when they can. Never raises."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the `tensorrt` Python package is not installed"
     exe = shutil.which("nvidia-smi")
-    if not exe:
-        return False
-    try:
-        res = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return res.returncode == 0 and "GPU" in res.stdout
+    if exe:
+        try:
+            res = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, check=False)
+            if res.returncode == 0 and "GPU" in res.stdout:
+                return None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:  # Jetsons have no nvidia-smi on older JetPacks: a TensorRT builder needs a working CUDA device
+        import tensorrt as trt
 
-
-def _gpu_visible_tensorrt(trt) -> bool:
-    # Jetson (L4T) has no nvidia-smi on older JetPacks: ask TensorRT's builder instead. Creating a
-    # builder needs a working CUDA device; it returns None / raises without one.
-    try:
         builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
-    except Exception:
-        return False
-    return builder is not None
+    except Exception:  # noqa: BLE001 - any failure here means "no usable GPU"
+        builder = None
+    return None if builder is not None else "`tensorrt` imports but no NVIDIA GPU is visible"
 
 
 def tensorrt_available() -> bool:
-    """True when `import tensorrt` works AND a CUDA GPU is visible. Never raises."""
-    try:
-        if importlib.util.find_spec("tensorrt") is None:
-            return False
-        trt = importlib.import_module("tensorrt")
-    except Exception:
-        return False
-    try:
-        return _gpu_visible_nvidia_smi() or _gpu_visible_tensorrt(trt)
-    except Exception:
-        return False
+    """True when `import tensorrt` works AND a CUDA GPU is visible."""
+    return tensorrt_problem() is None
+
+
+def require_tensorrt() -> None:
+    """TensorRTUnavailable (exit 8) with one line saying what is missing and where to build instead."""
+    problem = tensorrt_problem()
+    if problem:
+        raise TensorRTUnavailable(f"cannot build TensorRT engines here: {problem}; write a bundle with "
+                                  "`tokexport bundle` and run its build_engine.sh on the device")
+
+
+# --------------------------------------------------------------------------------------------
+# Output comparison (copied into verify_on_device.py: numpy only, no tokexport imports)
+# --------------------------------------------------------------------------------------------
+
+
+def compare_outputs(actual, expected, tol):
+    """Compare each expected output with the runtime's; one verdict dict per output.
+
+    Float outputs pass when the median |a - e| <= median_atol, at least `quantile` of the elements
+    satisfy |a - e| <= atol + rtol*|e|, every sample (first axis) has cosine >= min_cosine, and, for
+    outputs named *logits*, the argmax agrees on >= min_agreement of the rows. Integer/bool outputs
+    (e.g. kept-token positions) pass when >= min_agreement of the elements are equal. FP16 engines
+    legitimately miss a few elements by more than atol, hence quantiles instead of a max.
+    """
+    rows = []
+    for name, exp in expected.items():
+        exp = np.asarray(exp)
+        row = {"output": name, "passed": False}
+        rows.append(row)
+        if name not in actual:
+            row["problem"] = "missing from the runtime's outputs"
+            continue
+        got = np.asarray(actual[name])
+        if got.shape != exp.shape:
+            row["problem"] = f"shape {list(got.shape)} != expected {list(exp.shape)}"
+            continue
+        if exp.dtype.kind in "iub":
+            agree = float(np.mean(got == exp)) if exp.size else 1.0
+            row.update(kind="exact", agreement=agree, passed=agree >= tol["min_agreement"])
+            continue
+        g, e = got.astype(np.float64), exp.astype(np.float64)
+        if not np.all(np.isfinite(g)):
+            row["problem"] = "non-finite values (inf/nan) in the runtime's output"
+            continue
+        err = np.abs(g - e)
+        within = float(np.mean(err <= tol["atol"] + tol["rtol"] * np.abs(e))) if e.size else 1.0
+        med = float(np.median(err)) if e.size else 0.0
+        gf, ef = g.reshape(g.shape[0] if g.ndim > 1 else 1, -1), e.reshape(e.shape[0] if e.ndim > 1 else 1, -1)
+        norms = np.linalg.norm(gf, axis=1) * np.linalg.norm(ef, axis=1)
+        cos = np.where(norms > 0, np.sum(gf * ef, axis=1) / np.maximum(norms, 1e-300), 1.0)
+        row.update(kind="float", median_abs=med, quantile_abs=float(np.quantile(err, tol["quantile"])) if e.size else 0.0,
+                   max_abs=float(err.max()) if e.size else 0.0, within=within, cosine=float(cos.min()))
+        ok = med <= tol["median_atol"] and within >= tol["quantile"] and row["cosine"] >= tol["min_cosine"]
+        if "logits" in name.lower() and g.ndim >= 2:
+            row["top1_agreement"] = float(np.mean(g.argmax(-1) == e.argmax(-1)))
+            ok = ok and row["top1_agreement"] >= tol["min_agreement"]
+        row["passed"] = bool(ok)
+    return rows
+
+
+def format_row(row):
+    """One line per compared output, for people."""
+    head = f"  {'ok  ' if row['passed'] else 'FAIL'} {row['output']}: "
+    if "problem" in row:
+        return head + row["problem"]
+    if row.get("kind") == "exact":
+        return head + f"exact agreement {row['agreement']:.4f}"
+    text = (f"median |err| {row['median_abs']:.3g}, q-quantile {row['quantile_abs']:.3g}, max {row['max_abs']:.3g}, "
+            f"within tol {row['within']:.4f}, min cosine {row['cosine']:.6f}")
+    return head + text + (f", top-1 agreement {row['top1_agreement']:.4f}" if "top1_agreement" in row else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,56 +145,39 @@ def tensorrt_available() -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _dims(shape: Sequence[int]) -> str:
-    return "x".join(str(int(d)) for d in shape)
+def trtexec_command(onnx_name: str, engine_name: str, input_shapes: Mapping[str, Sequence[int | str]],
+                    fp16: bool = True, batch: tuple[int, int, int] = (1, 1, 1), timing_cache: str | None = None,
+                    trtexec: str = "trtexec") -> str:
+    """One shell line building ``engine_name`` from ``onnx_name`` with trtexec.
 
-
-def trtexec_command(
-    onnx_name: str,
-    engine_name: str,
-    input_shapes: Mapping[str, Sequence[int | str]],
-    fp16: bool = True,
-    batch: tuple[int, int, int] = (1, 1, 1),
-    trtexec: str = "trtexec",
-) -> str:
-    """One plain shell line that builds `engine_name` from `onnx_name` with trtexec.
-
-    `input_shapes` are the model's declared input shapes. All-static shapes need no shape flags.
-    If axis 0 (batch) of an input is symbolic (a str), --minShapes/--optShapes/--maxShapes are
-    emitted with `batch` = (min, opt, max) for that axis. A symbolic non-batch dim is an
-    InputError (token counts must be static). `trtexec` is written unquoted (it may be "$TRTEXEC").
+    A symbolic axis 0 (batch) gets --minShapes/--optShapes/--maxShapes from ``batch`` = (min, opt, max);
+    a symbolic non-batch dim is an InputError (token counts are static). ``trtexec`` is written
+    unquoted (it may be "$TRTEXEC").
     """
     bmin, bopt, bmax = (int(b) for b in batch)
-    if not (1 <= bmin <= bopt <= bmax):
-        raise InputError(f"batch range {batch!r} must satisfy 1 <= min <= opt <= max.")
+    if not 1 <= bmin <= bopt <= bmax:
+        raise InputError(f"batch range {batch!r} must satisfy 1 <= min <= opt <= max")
     parts = [trtexec, shlex.quote(f"--onnx={onnx_name}"), shlex.quote(f"--saveEngine={engine_name}")]
-    mins, opts, maxs = [], [], []
+    if timing_cache:
+        parts.append(shlex.quote(f"--timingCacheFile={timing_cache}"))
+    ranges: list[list[str]] = [[], [], []]
     dynamic = False
     for name, shape in input_shapes.items():
         shape = list(shape)
         for ax, d in enumerate(shape):
-            if not isinstance(d, (int, np.integer)) and ax > 0:
-                raise InputError(
-                    f"input {name!r} has symbolic dim {d!r} at axis {ax}; only the batch axis may be dynamic "
-                    "(re-export with static token counts)."
-                )
-        rest = [int(d) for d in shape[1:]]
+            if ax > 0 and not isinstance(d, (int, np.integer)):
+                raise InputError(f"input {name!r} has symbolic dim {d!r} at axis {ax}; only the batch axis may be "
+                                 "dynamic (re-export with static token counts)")
+        rest = "x".join(str(int(d)) for d in shape[1:])
         if shape and not isinstance(shape[0], (int, np.integer)):
             dynamic = True
-            mins.append(f"{name}:{_dims([bmin] + rest)}")
-            opts.append(f"{name}:{_dims([bopt] + rest)}")
-            maxs.append(f"{name}:{_dims([bmax] + rest)}")
+            for i, b in enumerate((bmin, bopt, bmax)):
+                ranges[i].append(f"{name}:{b}" + (f"x{rest}" if rest else ""))
         else:
-            fixed = _dims(shape)
-            mins.append(f"{name}:{fixed}")
-            opts.append(f"{name}:{fixed}")
-            maxs.append(f"{name}:{fixed}")
+            for r in ranges:
+                r.append(f"{name}:" + "x".join(str(int(d)) for d in shape))
     if dynamic:
-        parts += [
-            shlex.quote("--minShapes=" + ",".join(mins)),
-            shlex.quote("--optShapes=" + ",".join(opts)),
-            shlex.quote("--maxShapes=" + ",".join(maxs)),
-        ]
+        parts += [shlex.quote(f"--{k}Shapes=" + ",".join(r)) for k, r in zip(("min", "opt", "max"), ranges)]
     if fp16:
         parts.append("--fp16")
     return " ".join(parts)
@@ -138,50 +187,11 @@ def trtexec_command(
 # Bundle
 # --------------------------------------------------------------------------------------------
 
-
-def _tol_for(tolerances: Mapping, name: str) -> tuple[float, float]:
-    tolerances = tolerances or {}
-    per = tolerances.get(name, {}) if isinstance(tolerances.get(name), Mapping) else {}
-    atol = per.get("atol", tolerances.get("atol", DEFAULT_ATOL))
-    rtol = per.get("rtol", tolerances.get("rtol", DEFAULT_RTOL))
-    try:
-        atol, rtol = float(atol), float(rtol)
-    except (TypeError, ValueError):
-        raise InputError(f"tolerances for {name!r} must be numbers (got atol={atol!r}, rtol={rtol!r}).") from None
-    if atol < 0 or rtol < 0:
-        raise InputError(f"tolerances for {name!r} must be >= 0 (got atol={atol}, rtol={rtol}).")
-    return atol, rtol
-
-
-def _copy_onnx(src: Path, dest_dir: Path) -> list[Path]:
-    """Copy the graph and its external data files (same relative locations) into dest_dir."""
-    files = onnx_tools.onnx_files(src)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, f in enumerate(files):
-        rel = Path(src.name) if i == 0 else f.relative_to(src.parent)
-        target = dest_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, target)
-        out.append(target)
-    return out
-
-
-def _file_entry(path: Path, root: Path) -> dict:
-    return {"path": path.relative_to(root).as_posix(), "sha256": onnx_tools.sha256_file(path), "bytes": path.stat().st_size}
-
-
-def _shape_ok(declared, actual) -> bool:
-    if declared is None:
-        return True
-    if len(declared) != len(actual):
-        return False
-    return all(not isinstance(d, int) or d == a for d, a in zip(declared, actual))
-
-
-_BUILD_HEADER = """#!/usr/bin/env bash
-# Build TensorRT engines from the bundled ONNX files (run on the Jetson).
-# trtexec ships with TensorRT; on JetPack it lives in /usr/src/tensorrt/bin (not on PATH).
+_BUILD_SCRIPT = """#!/usr/bin/env bash
+# Build the TensorRT engine(s) of this bundle ON THE DEVICE: {label}.
+# trtexec ships with TensorRT (JetPack: /usr/src/tensorrt/bin/trtexec). Engines are specific to the
+# GPU and TensorRT version: build them where they run. timing.cache makes rebuilds fast.
+# Exit: 0 built, 5 trtexec missing, other: trtexec's own failure (see build_<name>.log).
 set -euo pipefail
 cd "$(dirname "$0")"
 TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
@@ -189,268 +199,356 @@ if [ ! -x "$TRTEXEC" ]; then
   echo "trtexec not found (set TRTEXEC=/path/to/trtexec; it ships with TensorRT in JetPack)" >&2
   exit 5
 fi
-echo "target TensorRT {target} (JetPack {jetpack}); found: $("$TRTEXEC" 2>&1 | grep -m1 -o 'TensorRT.v[0-9]*' || true)"
-mkdir -p engines
+echo "bundle target: {label}; trtexec reports: $("$TRTEXEC" 2>&1 | grep -m1 -o 'TensorRT.v[0-9]*' || echo unknown)"
 """
 
-_VERIFY_HEADER = """#!/usr/bin/env bash
-# Compare TensorRT outputs on the device with the reference outputs recorded at export time.
-# Uses the engine from build_engines.sh when present, else lets polygraphy build one from the ONNX.
-# Exit status: 0 all models match, 1 some mismatch, 5 polygraphy missing.
-set -uo pipefail
-cd "$(dirname "$0")"
-POLYGRAPHY="${POLYGRAPHY:-polygraphy}"
-if ! command -v "$POLYGRAPHY" >/dev/null 2>&1; then
-  echo "polygraphy not found: python3 -m pip install polygraphy (TensorRT's Python bindings come with JetPack)" >&2
-  exit 5
-fi
-failed=()
-"""
+_VERIFY_MAIN = '''
+
+HERE = Path(__file__).resolve().parent
 
 
-def write_bundle(
-    dest_dir: PathLike,
-    onnx_paths: Mapping[str, PathLike],
-    sample_inputs: Mapping[str, np.ndarray],
-    expected_outputs: Mapping[str, Mapping[str, np.ndarray]],
-    target: str,
-    tolerances: Mapping | None = None,
-    fp16: bool = True,
-    overwrite: bool = False,
-) -> Path:
-    """Write a self-contained deploy bundle to `dest_dir` and return its path.
-
-    onnx_paths: {model name: graph file} (names become file names: [A-Za-z0-9_.-]).
-    sample_inputs: one feed dict {input name: array} shared by all models.
-    expected_outputs: {model name: {output name: array}} (the reference, e.g. ONNX Runtime/PyTorch).
-    tolerances: {"atol": a, "rtol": r} and/or per model {name: {"atol": a, "rtol": r}}.
-
-    Layout: models/<name>/<graph>.onnx (+ its .data files), inputs.json (polygraphy: JSON list of
-    feed dicts), expected_<name>.json (polygraphy RunResults), build_engines.sh, verify_on_device.sh,
-    manifest.json, README.md.
-    """
-    from polygraphy.comparator import RunResults
-    from polygraphy.json import save_json
-
-    tname, spec = onnx_tools._target(target)
-    dest = Path(dest_dir)
-    if dest.exists() and not dest.is_dir():
-        raise InputError(f"{dest}: exists and is not a folder; choose another bundle path.")
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise InputError(f"{dest}: folder is not empty; choose a new path or pass overwrite=True.")
-    if not onnx_paths:
-        raise InputError("write_bundle: no ONNX models given.")
-    for name in onnx_paths:
-        if not _NAME_RE.match(name):
-            raise InputError(f"model name {name!r} is not usable as a file name; use letters, digits, _ . -")
-    if set(expected_outputs) != set(onnx_paths):
-        raise InputError(
-            f"expected_outputs has models {sorted(expected_outputs)} but onnx_paths has {sorted(onnx_paths)}; "
-            "give reference outputs for every model."
-        )
-
-    feed = OrderedDict((k, np.asarray(v)) for k, v in sample_inputs.items())
-
-    # Validate everything before writing anything.
-    infos = {}
-    for name, src in onnx_paths.items():
-        info = onnx_tools.inspect_model(src)
-        in_names = [i["name"] for i in info["inputs"]]
-        missing = [n for n in in_names if n not in feed]
-        if missing:
-            raise InputError(f"{src}: sample_inputs lacks model input(s) {missing}; add them to sample_inputs.")
-        for i in info["inputs"]:
-            if not _shape_ok(i["shape"], feed[i["name"]].shape):
-                raise InputError(
-                    f"{src}: sample input {i['name']!r} has shape {list(feed[i['name']].shape)}, "
-                    f"model declares {i['shape']}; pass inputs of the exported shape."
-                )
-        out_names = {o["name"] for o in info["outputs"]}
-        extra = [n for n in expected_outputs[name] if n not in out_names]
-        if extra or not expected_outputs[name]:
-            raise InputError(
-                f"{src}: expected outputs {extra or '(none)'} do not match the model outputs {sorted(out_names)}."
-            )
-        infos[name] = info
-    tols = {name: _tol_for(tolerances or {}, name) for name in onnx_paths}
-
-    from polygraphy.logger import G_LOGGER
-
-    # polygraphy logs "[I] Saving ..." to stdout for every file; keep library calls quiet.
-    with G_LOGGER.verbosity(G_LOGGER.WARNING):
-        return _write_bundle_files(dest, onnx_paths, feed, expected_outputs, tname, spec, infos, tols, fp16,
-                                   RunResults, save_json)
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def _write_bundle_files(dest, onnx_paths, feed, expected_outputs, tname, spec, infos, tols, fp16,
-                        RunResults, save_json) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    save_json([feed], dest / "inputs.json", description="input data")
-
-    build_lines = [_BUILD_HEADER.format(target=tname, jetpack=spec["jetpack"])]
-    verify_lines = [_VERIFY_HEADER]
-    models_manifest = {}
-    for name, src in onnx_paths.items():
-        src = Path(src)
-        info = infos[name]
-        copied = _copy_onnx(src, dest / "models" / name)
-        graph_rel = copied[0].relative_to(dest).as_posix()
-
-        in_names = [i["name"] for i in info["inputs"]]
-        if set(in_names) == set(feed):
-            inputs_file = "inputs.json"
-        else:  # TensorRT runners reject feed dicts with extra names
-            inputs_file = f"inputs_{name}.json"
-            save_json([OrderedDict((n, feed[n]) for n in in_names)], dest / inputs_file, description="input data")
-
-        expected_file = f"expected_{name}.json"
-        results = RunResults()
-        results.add([OrderedDict((k, np.asarray(v)) for k, v in expected_outputs[name].items())],
-                    runner_name=REFERENCE_RUNNER)
-        results.save(str(dest / expected_file))
-
-        engine_rel = f"engines/{name}.engine"
-        build_lines.append(f'echo "== {name}"')
-        build_lines.append(
-            trtexec_command(graph_rel, engine_rel, {i["name"]: i["shape"] for i in info["inputs"]},
-                            fp16=fp16, trtexec='"$TRTEXEC"')
-        )
-
-        atol, rtol = tols[name]
-        q = shlex.quote
-        common = f"--trt --load-inputs {q(inputs_file)} --load-outputs {q(expected_file)} --atol {atol:g} --rtol {rtol:g}"
-        verify_lines += [
-            f'echo "== {name}"',
-            f"if [ -f {q(engine_rel)} ]; then",
-            f'  "$POLYGRAPHY" run {q(engine_rel)} --model-type engine {common} || failed+=({q(name)})',
-            "else",
-            f'  "$POLYGRAPHY" run {q(graph_rel)} {common}{" --fp16" if fp16 else ""} || failed+=({q(name)})',
-            "fi",
-        ]
-
-        models_manifest[name] = {
-            "onnx": graph_rel,
-            "sha256_onnx": onnx_tools.sha256_onnx(copied[0]),
-            "files": [_file_entry(p, dest) for p in copied],
-            "file_bytes": info["file_bytes"],
-            "inputs": info["inputs"],
-            "outputs": info["outputs"],
-            "opset": info["opset"],
-            "inputs_file": inputs_file,
-            "expected_file": expected_file,
-            "engine": engine_rel,
-            "tolerances": {"atol": atol, "rtol": rtol},
-            "trt_findings": [f.to_dict() for f in onnx_tools.trt_check(copied[0], tname)],
-        }
-
-    verify_lines += [
-        'if [ ${#failed[@]} -ne 0 ]; then',
-        '  echo "MISMATCH: ${failed[*]}" >&2',
-        "  exit 1",
-        "fi",
-        'echo "all models match the reference"',
-    ]
-    for fname, lines in (("build_engines.sh", build_lines), ("verify_on_device.sh", verify_lines)):
-        p = dest / fname
-        p.write_text("\n".join(lines) + "\n")
-        p.chmod(0o755)
-
-    (dest / "README.md").write_text(_readme(tname, spec, list(onnx_paths), fp16, tols))
-
-    manifest = {
-        "tokexport_version": tokexport.__version__,
-        "target_tensorrt": tname,
-        "jetpack": spec["jetpack"],
-        "recommended_opset": spec["recommended_opset"],
-        "fp16": fp16,
-        "tolerances": {n: {"atol": a, "rtol": r} for n, (a, r) in tols.items()},
-        "sample_inputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in feed.items()},
-        "models": models_manifest,
-        "files": [
-            _file_entry(p, dest)
-            for p in sorted(dest.rglob("*"))
-            if p.is_file() and p.name != "manifest.json" and "engines" not in p.relative_to(dest).parts
-        ],
-    }
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return dest
+def damaged_files(manifest):
+    out = []
+    for entry in manifest["files"]:
+        p = HERE / entry["path"]
+        if not p.is_file():
+            out.append(f"{entry['path']}: missing")
+        elif p.stat().st_size != entry["bytes"] or sha256(p) != entry["sha256"]:
+            out.append(f"{entry['path']}: sha256 differs from manifest.json")
+    return out
 
 
-def _readme(tname: str, spec: dict, names: list[str], fp16: bool, tols: dict) -> str:
-    tol_lines = "\n".join(f"- `{n}`: atol {a:g}, rtol {r:g}" for n, (a, r) in tols.items())
+def importable(name):
+    return importlib.util.find_spec(name) is not None
+
+
+def run_onnxruntime(entry, feed):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(HERE / entry["onnx"]), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})))
+
+
+def run_tensorrt(entry, feed, manifest):
+    from polygraphy.backend.trt import CreateConfig, EngineFromBytes, EngineFromNetwork, NetworkFromOnnxPath
+    from polygraphy.backend.trt import Profile, TrtRunner
+
+    engine = HERE / entry["engine"]
+    if engine.is_file():  # built by build_engine.sh
+        loader = EngineFromBytes(engine.read_bytes())
+    else:
+        profile = Profile()
+        for i in entry["inputs"]:
+            if not isinstance(i["shape"][0], int):
+                rest = list(feed[i["name"]].shape[1:])
+                b = feed[i["name"]].shape[0]
+                profile.add(i["name"], [1] + rest, [b] + rest, [max(b, manifest["max_batch"])] + rest)
+        config = CreateConfig(fp16=manifest["fp16"], profiles=[profile] if len(profile) else None)
+        loader = EngineFromNetwork(NetworkFromOnnxPath(str(HERE / entry["onnx"])), config=config)
+    with TrtRunner(loader) as runner:
+        return {k: np.array(v) for k, v in runner.infer({n: feed[n] for n in feed}).items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Check this bundle's files and compare the runtime's outputs with "
+                                             "the expected ones. Exit 0 PASS, 1 FAIL, 2 damaged bundle, 5 no runtime.")
+    ap.add_argument("--runtime", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
+                    help="auto: TensorRT when `tensorrt` and `polygraphy` import, else ONNX Runtime")
+    args = ap.parse_args(argv)
+    manifest = json.loads((HERE / "manifest.json").read_text())
+    bad = damaged_files(manifest)
+    for line in bad:
+        print(f"FAIL sha256 {line}")
+    if bad:
+        print("FAIL: the bundle is damaged or was modified; copy it again (compare with the .tar.gz)")
+        return 2
+    print(f"sha256: {len(manifest['files'])} files match manifest.json")
+    runtime = args.runtime
+    has_trt = importable("tensorrt") and importable("polygraphy")
+    if runtime == "auto":
+        runtime = "tensorrt" if has_trt else "onnxruntime"
+        if importable("tensorrt") and not has_trt:
+            print("note: tensorrt imports but polygraphy does not (pip install polygraphy); using ONNX Runtime")
+    if runtime == "tensorrt" and not has_trt:
+        print("FAIL: --runtime tensorrt needs the tensorrt and polygraphy Python packages")
+        return 5
+    if runtime == "onnxruntime" and not importable("onnxruntime"):
+        print("FAIL: neither TensorRT (tensorrt + polygraphy) nor onnxruntime is importable here")
+        return 5
+    tol = manifest["tolerances"]
+    feed = {n: np.load(HERE / i["file"]) for n, i in manifest["inputs"].items()}
+    passed = True
+    for name, entry in manifest["models"].items():
+        t0 = time.perf_counter()
+        out = run_tensorrt(entry, feed, manifest) if runtime == "tensorrt" else run_onnxruntime(entry, feed)
+        ms = 1000 * (time.perf_counter() - t0)
+        expected = {o: np.load(HERE / f["file"]) for o, f in entry["expected"].items()}
+        rows = compare_outputs(out, expected, tol)
+        print(f"{name} ({entry['onnx']}, {runtime}, first run {ms:.0f} ms incl. load):")
+        for row in rows:
+            print(format_row(row))
+        passed = passed and all(r["passed"] for r in rows)
+    tol_text = ", ".join(f"{k} {v:g}" for k, v in tol.items())
+    print(f"{'PASS' if passed else 'FAIL'} ({runtime}; tolerances: {tol_text})")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+def verify_script() -> str:
+    """Source of verify_on_device.py: stdlib + numpy, the comparison functions of this module, a main."""
+    header = ('#!/usr/bin/env python3\n"""Verify a tokexport deploy bundle on the device: sha256 of every file, then '
+              'TensorRT\n(when `tensorrt` and `polygraphy` import) or ONNX Runtime on the bundled inputs, '
+              'compared with\nthe expected outputs. Usage: python3 verify_on_device.py [--runtime '
+              'auto|tensorrt|onnxruntime]\nExit: 0 PASS, 1 FAIL (outputs differ), 2 damaged bundle, 5 no runtime.\n'
+              f'Written by tokexport {tokexport.__version__}."""\n'
+              "import argparse\nimport hashlib\nimport importlib.util\nimport json\nimport sys\nimport time\n"
+              "from pathlib import Path\n\nimport numpy as np\n\n\n")
+    return header + "\n\n".join(inspect.getsource(f) for f in (compare_outputs, format_row)) + _VERIFY_MAIN
+
+
+def _readme(target: Target, names: list[str], fp16: bool, tol: dict) -> str:
     return f"""# tokexport deploy bundle
 
-Target: TensorRT {tname} (JetPack {spec['jetpack']}). Models: {', '.join(f'`{n}`' for n in names)}.
-Built with `tokexport` {tokexport.__version__}; file hashes are in `manifest.json`.
+Target: {target.label}. Graphs: {', '.join(f'`{n}.onnx`' for n in names)}. Written by tokexport
+{tokexport.__version__}; every file's sha256 is in `manifest.json` (`files`), with the graphs' inputs
+and outputs (names, shapes, dtypes), the target, the opset and the tolerances.
 
-## On the Jetson
+On the device (copy the whole folder or unpack the `.tar.gz`):
 
-1. Copy this whole folder (the `.onnx.data` files next to each graph are required).
-2. Check the copy: `sha256sum` of each file against `manifest.json` (`files`).
-3. Build engines: `./build_engines.sh` (uses `trtexec`; set `TRTEXEC=/usr/src/tensorrt/bin/trtexec`
-   if it is not on PATH). Engines land in `engines/`{' (FP16)' if fp16 else ''}. Engines are specific
-   to the device and TensorRT version: build them on the target, do not copy them between devices.
-4. Verify: `python3 -m pip install polygraphy` once, then `./verify_on_device.sh`. It runs
-   `polygraphy run ... --trt --load-inputs <inputs> --load-outputs expected_<name>.json` for every
-   model and exits non-zero if any output differs beyond tolerance.
+1. `./build_engine.sh` builds `<name>.engine` with trtexec{' in FP16' if fp16 else ''} (timing cache
+   `timing.cache`, log `build_<name>.log`; set `TRTEXEC=/usr/src/tensorrt/bin/trtexec` if it is not on
+   PATH). trtexec prints the engine's latency at the end of the log.
+2. `python3 verify_on_device.py` checks every sha256, then runs the engine built in step 1 (TensorRT
+   through polygraphy: `python3 -m pip install polygraphy`), or builds one from the ONNX, or falls
+   back to ONNX Runtime when TensorRT is not importable, and compares with `expected/` (ONNX Runtime's
+   outputs for `inputs/`, computed when the bundle was written). It prints one line per output and
+   PASS or FAIL. Exit 0 PASS, 1 FAIL, 2 damaged bundle, 5 no runtime.
 
-Tolerances (polygraphy elementwise check: an element fails only if it exceeds both atol and rtol):
-{tol_lines}
-
-`inputs.json` is polygraphy's JSON list of feed dicts; `expected_<name>.json` is a polygraphy
-`RunResults` (runner `{REFERENCE_RUNNER}`). Read them with `polygraphy.json.load_json`.
+Tolerances (FP16 engines against an FP32 reference): an element agrees when |a - e| <= atol + rtol*|e|;
+at least `quantile` of the elements must agree, median |a - e| <= median_atol, every sample's cosine
+>= min_cosine; outputs named *logits* and integer outputs must agree on >= min_agreement.
+Values: {', '.join(f'{k} {v:g}' for k, v in tol.items())}.
 """
 
 
-# --------------------------------------------------------------------------------------------
-# Engine build (TensorRT Python API)
-# --------------------------------------------------------------------------------------------
+@dataclass
+class Bundle:
+    path: Path
+    archive: Path | None
+    manifest: dict
 
 
-def build_engine(onnx_path: PathLike, engine_path: PathLike, fp16: bool = True) -> Path:
-    """Build a serialized TensorRT engine with the tensorrt Python API.
+def sample_inputs(info: dict, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for a graph's declared inputs: standard-normal floats (the scale of normalised
+    pixels), zeros for integers; a symbolic batch axis becomes ``batch``."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for i in info["inputs"]:
+        shape = [batch if (ax == 0 and not isinstance(d, int)) else d for ax, d in enumerate(i["shape"] or [])]
+        if any(not isinstance(d, int) for d in shape):
+            raise InputError(f"input {i['name']!r} has symbolic non-batch dims {i['shape']}; pass --inputs")
+        dtype = np.dtype(i["dtype"])
+        feed[i["name"]] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
+                           else np.zeros(shape, dtype=dtype))
+    return feed
 
-    EnvironmentProblem when TensorRT or a GPU is missing; InputError for a bad ONNX file or a
-    graph TensorRT cannot parse.
+
+def _run_ort(path: Path, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise InputError(f"{path}: ONNX Runtime cannot run it on the sample inputs ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _copy_graph(src: Path, dest_dir: Path, name: str) -> list[Path]:
+    """``<name>.onnx`` in dest_dir; external data (if any) re-saved as ``<name>.onnx.data``."""
+    files = onnx_tools.onnx_files(src)
+    graph = dest_dir / f"{name}.onnx"
+    if len(files) == 1:
+        shutil.copyfile(src, graph)
+        return [graph]
+    import onnx
+
+    model = onnx_tools.load(src)
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{name}.onnx.data", size_threshold=1024)
+    return [graph, dest_dir / f"{name}.onnx.data"]
+
+
+def _check_dest(dest: Path, force: bool, archive: bool) -> Path | None:
+    """The archive path (None without one); InputError when an output exists and ``force`` is off."""
+    archive_path = dest.with_name(dest.name + ".tar.gz") if archive else None
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"{dest}: exists and is not a directory; choose another bundle path")
+    for p in (dest, archive_path):
+        if p is not None and p.exists() and not force:
+            raise InputError(f"{p}: already exists; pass --force to replace it or choose another OUT_DIR")
+    return archive_path
+
+
+def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike], target: str | Target,
+                 inputs: Mapping[str, np.ndarray] | None = None, tolerances: Mapping[str, float] | None = None,
+                 fp16: bool = True, max_batch: int = 8, archive: bool = True, force: bool = False) -> Bundle:
+    """Write a self-verifying deploy bundle to ``dest`` (and ``dest.tar.gz`` when ``archive``).
+
+    models: {name: ONNX file}; the first is the one deployed (conventionally "model"), others (e.g.
+    "baseline") ride along for on-device timing. inputs: one feed shared by all graphs (default:
+    :func:`sample_inputs`, batch 1). Expected outputs come from ONNX Runtime on these inputs.
+    Everything is written into a temporary sibling and renamed into place; an existing ``dest`` or
+    archive is replaced only with ``force``. Bad input raises InputError before anything is written.
     """
-    if not tensorrt_available():
-        raise EnvironmentProblem(
-            "TensorRT is not installed or no NVIDIA GPU is visible; install the `tensorrt` extra on a "
-            "machine with an NVIDIA GPU, or run the deploy bundle's build_engines.sh on the device."
-        )
-    import tensorrt as trt  # noqa: PLC0415
+    dest = Path(dest)
+    tgt = target if isinstance(target, Target) else resolve_target(target)
+    archive_path = _check_dest(dest, force, archive)
+    if not models:
+        raise InputError("write_bundle: no ONNX graph given")
+    for name in models:
+        if not name.replace("_", "").replace("-", "").isalnum():
+            raise InputError(f"model name {name!r} is not usable as a file name; use letters, digits, _ and -")
+    tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    if max_batch < 1:
+        raise InputError(f"max batch {max_batch} must be >= 1")
+
+    infos = {n: onnx_tools.inspect_model(p) for n, p in models.items()}  # InputError for non-ONNX files
+    feed = dict(inputs) if inputs is not None else sample_inputs(next(iter(infos.values())))
+    feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+    for name, info in infos.items():
+        for i in info["inputs"]:
+            if i["name"] not in feed:
+                raise InputError(f"{models[name]}: the sample inputs lack {i['name']!r} (have {sorted(feed)})")
+            shape, got = i["shape"] or [], list(feed[i["name"]].shape)
+            if len(shape) != len(got) or any(isinstance(d, int) and d != g for d, g in zip(shape, got)):
+                raise InputError(f"{models[name]}: sample input {i['name']!r} has shape {got}, the graph declares {shape}")
+    expected = {n: _run_ort(Path(p), feed) for n, p in models.items()}
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp_archive = None
+    try:
+        os.chmod(tmp, 0o755)
+        manifest = _fill_bundle(tmp, models, infos, feed, expected, tgt, tol, fp16, max_batch)
+        if archive_path is not None:
+            tmp_archive = tmp.with_name(tmp.name + ".tar.gz")
+            with tarfile.open(tmp_archive, "w:gz", compresslevel=6) as tar:
+                tar.add(tmp, arcname=dest.name)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        if tmp_archive is not None:
+            os.replace(tmp_archive, archive_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp_archive is not None:
+            tmp_archive.unlink(missing_ok=True)
+        raise
+    return Bundle(dest, archive_path, manifest)
+
+
+def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp16, max_batch) -> dict:
+    (root / "inputs").mkdir()
+    inputs = {}
+    for k, v in feed.items():
+        np.save(root / "inputs" / f"{k}.npy", v)
+        inputs[k] = {"file": f"inputs/{k}.npy", "dtype": v.dtype.name, "shape": list(v.shape)}
+    build = [_BUILD_SCRIPT.format(label=tgt.label)]
+    entries = {}
+    for name, src in models.items():
+        info = infos[name]
+        graph = _copy_graph(Path(src), root, name)[0]
+        (root / "expected" / name).mkdir(parents=True)
+        exp = {}
+        for out, arr in expected[name].items():
+            np.save(root / "expected" / name / f"{out}.npy", arr)
+            exp[out] = {"file": f"expected/{name}/{out}.npy", "dtype": arr.dtype.name, "shape": list(arr.shape)}
+        batch = max((feed[i["name"]].shape[0] for i in info["inputs"] if feed[i["name"]].ndim), default=1)
+        cmd = trtexec_command(graph.name, f"{name}.engine", {i["name"]: i["shape"] for i in info["inputs"]}, fp16=fp16,
+                              batch=(1, batch, max(batch, max_batch)), timing_cache="timing.cache", trtexec='"$TRTEXEC"')
+        build += [f'echo "== {name}: building {name}.engine (log: build_{name}.log)"', f"{cmd} 2>&1 | tee build_{name}.log",
+                  f"grep -m1 -A3 'Performance summary' build_{name}.log || true"]
+        check = onnx_tools.check_target(graph, tgt, lint=False)
+        entries[name] = {"onnx": graph.name, "opset": info["opset"], "inputs": info["inputs"], "outputs": info["outputs"],
+                         "engine": f"{name}.engine", "expected": exp,
+                         "target_check": {"passed": check.passed, "errors": len(check.errors),
+                                          "warnings": len(check.warnings),
+                                          "findings": [f.to_dict() for f in check.findings]}}
+    for fname, text in (("build_engine.sh", "\n".join(build) + "\n"), ("verify_on_device.py", verify_script()),
+                        ("README.md", _readme(tgt, list(models), fp16, tol))):
+        (root / fname).write_text(text)
+        if fname.endswith((".sh", ".py")):
+            (root / fname).chmod(0o755)
+    files = [{"path": p.relative_to(root).as_posix(), "sha256": onnx_tools.sha256_file(p), "bytes": p.stat().st_size}
+             for p in sorted(root.rglob("*")) if p.is_file()]
+    manifest = {"format": "tokexport-bundle", "format_version": 1, "tokexport_version": tokexport.__version__,
+                "created_unix": int(time.time()), "target": tgt.to_dict(), "fp16": fp16, "max_batch": max_batch,
+                "tolerances": tol, "inputs": inputs, "models": entries, "files": files}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Engine build + timing + comparison (TensorRT and a GPU present)
+# --------------------------------------------------------------------------------------------
+
+
+def build_and_compare(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, feed: Mapping[str, np.ndarray],
+                      tolerances: Mapping[str, float] | None = None, fp16: bool = True, max_batch: int = 8,
+                      repeats: int = 20) -> dict:
+    """Build a TensorRT engine (polygraphy loaders over the TensorRT API), time it on ``feed`` and
+    compare its outputs with ONNX Runtime's using :func:`compare_outputs`.
+
+    TensorRTUnavailable (exit 8) without TensorRT or a GPU; InputError when the parser rejects the graph.
+    """
+    require_tensorrt()
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        Profile,
+        SaveEngine,
+        TrtRunner,
+    )
 
     src = Path(onnx_path)
-    onnx_tools.onnx_files(src)  # InputError if the graph or its external data is missing
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt, "NetworkDefinitionCreationFlag") and int(trt.__version__.split(".")[0]) < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    # parse_from_file resolves external data relative to the graph's folder.
-    if not parser.parse_from_file(str(src)):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise InputError(f"{src}: TensorRT could not parse the ONNX graph: {errs}")
-    config = builder.create_builder_config()
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    dynamic = [network.get_input(i) for i in range(network.num_inputs)
-               if any(d < 0 for d in network.get_input(i).shape)]
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        for t in dynamic:
-            shape = list(t.shape)
-            if any(d < 0 for d in shape[1:]):
-                raise InputError(f"{src}: input {t.name!r} has dynamic non-batch dims {shape}; token counts must be static.")
-            one = [1] + shape[1:]
-            profile.set_shape(t.name, one, one, one)
-        config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise InputError(f"{src}: TensorRT failed to build an engine (see the TensorRT log above).")
-    out = Path(engine_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(serialized))
-    return out
+    info = onnx_tools.inspect_model(src)
+    tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    profile = Profile()
+    for i in info["inputs"]:
+        if not isinstance(i["shape"][0], int):
+            rest = list(feed[i["name"]].shape[1:])
+            b = feed[i["name"]].shape[0]
+            profile.add(i["name"], [1, *rest], [b, *rest], [max(b, max_batch), *rest])
+    config = CreateConfig(fp16=fp16, profiles=[profile] if len(profile) else None)
+    t0 = time.perf_counter()
+    try:
+        engine = SaveEngine(EngineFromNetwork(NetworkFromOnnxPath(str(src)), config=config), str(engine_path))()
+    except Exception as exc:  # noqa: BLE001 - polygraphy raises PolygraphyException/RuntimeError on parse failures
+        raise InputError(f"{src}: TensorRT could not build an engine ({str(exc).splitlines()[0][:300]})") from None
+    build_s = time.perf_counter() - t0
+    reference = _run_ort(src, feed)
+    times = []
+    with TrtRunner(engine) as runner:
+        out = runner.infer(dict(feed))
+        for _ in range(repeats):
+            runner.infer(dict(feed))
+            times.append(runner.last_inference_time())
+    rows = compare_outputs({k: np.array(v) for k, v in out.items()}, reference, tol)
+    return {"engine": str(engine_path), "build_s": build_s, "fp16": fp16, "median_ms": 1000 * float(np.median(times)),
+            "p90_ms": 1000 * float(np.quantile(times, 0.9)), "repeats": repeats, "tolerances": tol,
+            "comparison": rows, "passed": all(r["passed"] for r in rows)}

@@ -5,6 +5,12 @@ weighted sum 2·N²·D, MLP 2·N·D·M multiply-accumulates. Patch embedding: N_
 heads/poolers outside the blocks run once per image. Methods that score with attention add the
 recomputed scores (N²·D) and their PageRank iterations (H·N² each) at every pruning layer.
 LayerNorm, softmax, GELU and residual adds are left out (linear in N, <2% here). FLOPs = 2 × MACs.
+
+Merge stages (ToMe) sit between a block's attention and its MLP: the attention half runs on the tokens
+entering the block, the MLP half on the merged ones. The merge itself costs the cosine similarities
+between the two halves' key means (|A|·|B|·dh) and the one-hot assignment MatMul that sums the merged
+tokens and their sizes into their partners (r·|B|·(D+1)). Proportional attention adds log(size) to
+every attention logit of the later blocks: H·N² additions (FLOPs, not MACs) per block.
 """
 from __future__ import annotations
 
@@ -12,20 +18,49 @@ from .adapters import Dims
 from .reduce.schedule import Stage, tokens_per_layer
 
 
+def attention_macs(n: int, d: Dims) -> int:
+    return 4 * n * d.hidden ** 2 + 2 * n * n * d.hidden
+
+
+def mlp_macs(n: int, d: Dims) -> int:
+    return 2 * n * d.hidden * d.mlp
+
+
 def block_macs(n: int, d: Dims) -> int:
-    return 4 * n * d.hidden ** 2 + 2 * n * n * d.hidden + 2 * n * d.hidden * d.mlp
+    return attention_macs(n, d) + mlp_macs(n, d)
+
+
+def merge_macs(stage: Stage, n_prefix: int, d: Dims) -> int:
+    """MACs of one bipartite merge: key-mean similarities and the one-hot assignment MatMul."""
+    m = stage.tokens_in - n_prefix
+    n_a, n_b = (m + 1 - n_prefix % 2) // 2, (m + n_prefix % 2) // 2  # A: even positions, B: odd
+    r = stage.tokens_in - stage.tokens_out
+    return n_a * n_b * (d.hidden // d.heads) + r * n_b * (d.hidden + 1)
 
 
 def encoder_flops(d: Dims, n_tokens: int, n_prefix: int, stages: list[Stage], head_macs: int,
                   attention_scored: bool = False, iterations: list[int] | None = None) -> dict:
     """FLOPs per image, with a per-block breakdown of token counts."""
     counts = tokens_per_layer(stages, n_tokens, d.layers)
+    by_layer = {s.layer: s for s in stages}
     patches = n_tokens - n_prefix
-    macs = patches * d.channels * d.patch ** 2 * d.hidden + sum(block_macs(n, d) for n in counts) + head_macs
-    overhead = 0
+    macs = patches * d.channels * d.patch ** 2 * d.hidden + head_macs
+    overhead = 0  # MACs
+    bias_flops = 0  # proportional attention: one addition per logit
+    prop_from = min((s.layer for s in stages if s.kind == "merge" and s.prop_attn), default=None)
+    for i, n in enumerate(counts):
+        s = by_layer.get(i)
+        if s is not None and s.kind == "merge":
+            macs += attention_macs(n, d) + mlp_macs(s.tokens_out, d)
+            overhead += merge_macs(s, n_prefix, d)
+        else:
+            macs += block_macs(n, d)
+        if prop_from is not None and i > prop_from:
+            bias_flops += d.heads * n * n
     if attention_scored:
         for i, s in enumerate(stages):
             overhead += s.tokens_in ** 2 * d.hidden
             if iterations:
                 overhead += (iterations[i] + 1) * d.heads * s.tokens_in ** 2
-    return {"flops": 2 * (macs + overhead), "selection_flops": 2 * overhead, "tokens_per_block": counts}
+    selection = 2 * overhead + bias_flops
+    return {"flops": 2 * macs + selection, "selection_flops": selection, "tokens_per_block": counts}

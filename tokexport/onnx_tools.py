@@ -1,5 +1,5 @@
 """ONNX file helpers: external-data aware file lists and hashes, inspection, I/O shape fixes,
-and a static (no GPU) TensorRT compatibility check for the Jetson targets.
+and the static (no GPU) check of a graph against a deployment target (tokexport.targets).
 
 Everything here works on the ONNX protobuf only; nothing needs TensorRT or a GPU.
 """
@@ -10,15 +10,24 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tokexport.errors import InputError
+from tokexport.targets import (
+    CONTROL_FLOW_OPS,
+    DATA_DEPENDENT_SHAPE_OPS,
+    REDUCE_AXES18_OPS,
+    RESIZE_COORD_MODES,
+    TOPK_MAX_K,
+    Target,
+)
+from tokexport.targets import resolve as resolve_target
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # --------------------------------------------------------------------------------------------
 # Files, hashes, loading
@@ -70,7 +79,7 @@ def _parse_graph_file(path: Path) -> onnx.ModelProto:
         raise InputError(f"{path}: not a file; pass the path of the .onnx graph file.")
     try:
         model = onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:  # DecodeError, RuntimeError, ... from protobuf/onnx
+    except Exception as exc:  # DecodeError, RuntimeError, ... from protobuf/onnx  # noqa: BLE001
         raise InputError(
             f"{path}: not a readable ONNX model ({type(exc).__name__}); re-export it or pass the .onnx graph file."
         ) from None
@@ -159,7 +168,7 @@ def load(path: PathLike, load_external: bool = True) -> onnx.ModelProto:
     if load_external:
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             raise InputError(
                 f"{p}: could not read its external data ({type(exc).__name__}: {exc}); "
                 "re-export the model or copy the complete .data file."
@@ -175,7 +184,7 @@ def load(path: PathLike, load_external: bool = True) -> onnx.ModelProto:
 def _dtype_name(elem_type: int) -> str:
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
-    except Exception:
+    except Exception:  # noqa: BLE001
         return TensorProto.DataType.Name(elem_type).lower()
 
 
@@ -244,11 +253,11 @@ def _const_array(tensor: TensorProto, base_dir: Path | None = None) -> np.ndarra
             t.data_location = TensorProto.DEFAULT
             del t.external_data[:]
             return numpy_helper.to_array(t)
-        except Exception:
+        except Exception:  # noqa: BLE001
             return None
     try:
         return numpy_helper.to_array(tensor)
-    except Exception:
+    except Exception:  # noqa: BLE001
         return None
 
 
@@ -336,7 +345,7 @@ def set_io_shapes(model: onnx.ModelProto, shapes: dict[str, list[int | str]]) ->
         for d in dims:
             dim = shape.dim.add()
             if isinstance(d, (bool, np.bool_)):
-                raise ValueError(f"set_io_shapes: bad dim {d!r} for {name}")
+                raise ValueError(f"set_io_shapes: bad dim {d!r} for {name}")  # noqa: TRY004
             if isinstance(d, (int, np.integer)):
                 if d < 0:
                     raise ValueError(f"set_io_shapes: negative dim {d} for {name}")
@@ -355,11 +364,11 @@ def check_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     try:
         onnx.checker.check_model(model)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         raise ValueError(f"ONNX checker failed: {exc}") from None
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         msg = str(exc).strip().splitlines()
         raise ValueError(
             "declared graph shapes conflict with shape inference: " + " ".join(m.strip() for m in msg if m.strip())
@@ -367,125 +376,188 @@ def check_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # --------------------------------------------------------------------------------------------
-# TensorRT compatibility (static, no GPU)
+# Target checks (static, no GPU): tokexport.targets says what each target accepts
 # --------------------------------------------------------------------------------------------
 
-# JetPack <-> TensorRT mapping (from NVIDIA's JetPack release notes, as far as known here):
-#   JetPack 5.1 / 5.1.1 / 5.1.2 / 5.1.3  -> TensorRT 8.5.2   (L4T r35.2-r35.5)  -- confident
-#   JetPack 6.0 (GA)                    -> TensorRT 8.6.2   (L4T r36.3)        -- confident
-#   JetPack 6.1 / 6.2 (6.2.1)           -> TensorRT 10.3.0  (L4T r36.4.x)      -- confident
-# ONNX opset limits are the onnx-tensorrt parser's supported ranges: 8.5 is treated as opset <= 16
-# here (project rule: no LayerNormalization op; the 8.5 parser has no native LayerNorm importer),
-# 8.6 -> 17, 10.0-10.8 -> 9..20 (fairly confident). Not checked against a device in this repo.
-TRT_TARGETS: dict[str, dict[str, Any]] = {
-    "8.5": {
-        "jetpack": "5.1.x",
-        "max_opset": 16,
-        "recommended_opset": 16,
-        "topk_k_must_be_constant": True,
-        "reduce_axes_input_ignored": True,
-        "scatter_reduction_ignored": True,
-        "topk_wants_sorted": False,
-        "layernorm_op": False,
-    },
-    "8.6": {
-        "jetpack": "6.0",
-        "max_opset": 17,
-        "recommended_opset": 17,
-        "topk_k_must_be_constant": True,
-        "reduce_axes_input_ignored": True,
-        "scatter_reduction_ignored": True,
-        "topk_wants_sorted": False,
-        "layernorm_op": True,
-    },
-    "10.3": {
-        "jetpack": "6.1/6.2",
-        "max_opset": 20,
-        "recommended_opset": 17,
-        "topk_k_must_be_constant": False,
-        "reduce_axes_input_ignored": False,
-        "scatter_reduction_ignored": False,
-        "topk_wants_sorted": True,
-        "layernorm_op": True,
-    },
+# How to fix an operator a TensorRT target has no importer for.
+_UNSUPPORTED_FIX = {
+    "LayerNormalization": "export with opset <= 16 (the exporter then decomposes LayerNorm into supported ops)",
+    "Unique": "keep a constant number of elements: TopK with a constant K + Gather",
+    "Compress": "keep a constant number of elements: TopK with a constant K + Gather",
 }
-
-TOPK_MAX_K = 3840  # K must be < 3840 on every TensorRT version
-
-DATA_DEPENDENT_SHAPE_OPS = ("NonZero", "Unique", "NonMaxSuppression", "Compress")
-CONTROL_FLOW_OPS = ("Loop", "If", "Scan")
-SCATTER_OPS = ("ScatterElements", "ScatterND", "Scatter")
-# Reductions whose `axes` became an input at opset 18 (ReduceSum moved at opset 13 and the 8.x
-# parsers do read its constant axes input).
-REDUCE_OPS_AXES18 = (
-    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
-)
 
 
 @dataclass
 class Finding:
-    level: str  # "error" | "warning"
+    """One problem of one node (or of the graph when ``node`` is None) for one target."""
+
+    level: str  # "error": the parser rejects it or builds wrong numbers; "warning": needs a look
     code: str
     node: str | None
     message: str
+    fix: str = ""
+    op: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
         where = f" [{self.node}]" if self.node else ""
-        return f"{self.level.upper()} {self.code}{where}: {self.message}"
+        return f"{self.level.upper()} {self.code}{where}: {self.message}" + (f" (fix: {self.fix})" if self.fix else "")
 
 
-def _target(target: str) -> tuple[str, dict]:
-    t = str(target).strip()
-    if t not in TRT_TARGETS:
-        # Accept full versions ("8.5.2", "10.3.0.30") for the known major.minor.
-        parts = t.split(".")
-        if len(parts) >= 2 and ".".join(parts[:2]) in TRT_TARGETS:
-            t = ".".join(parts[:2])
-        else:
-            known = ", ".join(f"{k} (JetPack {v['jetpack']})" for k, v in TRT_TARGETS.items())
-            raise InputError(f"unknown TensorRT target {target!r}; known targets: {known}.")
-    return t, TRT_TARGETS[t]
+@dataclass
+class TargetCheck:
+    """Findings of :func:`check_target` for one graph and one target, plus the polygraphy lint summary."""
+
+    target: Target
+    model: str
+    opset: int | None
+    findings: list[Finding]
+    lint: dict | None = None
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "warning"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {"target": self.target.name, **{k: v for k, v in self.target.to_dict().items() if k != "name"},
+                "model": self.model, "model_opset": self.opset, "passed": self.passed,
+                "errors": len(self.errors), "warnings": len(self.warnings),
+                "findings": [f.to_dict() for f in self.findings], "lint": self.lint}
 
 
-def recommended_opset(target: str) -> int:
-    """The opset to export with for a TensorRT target (InputError for unknown targets)."""
-    return int(_target(target)[1]["recommended_opset"])
+def _polygraphy_exe() -> str | None:
+    import importlib.util
+    import shutil
+    import sys
+
+    if importlib.util.find_spec("polygraphy") is None:
+        return None
+    local = Path(sys.executable).parent / "polygraphy"
+    return str(local) if local.is_file() else shutil.which("polygraphy")
 
 
-def trt_check(model_or_path: onnx.ModelProto | PathLike, target: str) -> list[Finding]:
-    """Static TensorRT compatibility findings for `target` (a TRT_TARGETS key, e.g. "8.6").
+def polygraphy_lint(path: PathLike) -> tuple[dict, list[Finding]]:
+    """Run ``polygraphy check lint`` (ONNX checker, ONNX Runtime per-node run, graph surgeon checks).
 
-    Errors are things the parser rejects or, worse, silently mis-builds; warnings need a look.
-    External data is not read.
+    Returns (summary for the report, findings). When polygraphy or its onnx_graphsurgeon dependency is
+    missing the summary says why and there are no findings: lint is an extra, the static checks are not.
     """
-    tname, spec = _target(target)
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    exe = _polygraphy_exe()
+    if exe is None:
+        return {"ran": False, "reason": "polygraphy is not installed"}, []
+    if importlib.util.find_spec("onnx_graphsurgeon") is None:
+        return {"ran": False, "reason": "polygraphy check lint needs onnx-graphsurgeon (pip install onnx-graphsurgeon)"}, []
+    with tempfile.TemporaryDirectory(prefix="tokexport-lint-") as tmp:
+        out = Path(tmp) / "lint.json"
+        try:
+            res = subprocess.run([exe, "check", "lint", str(path), "-o", str(out)], capture_output=True, text=True, check=False,
+                                 timeout=900)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"ran": False, "reason": f"polygraphy check lint could not run: {exc}"}, []
+        if not out.is_file():
+            tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+            return {"ran": False, "reason": f"polygraphy check lint wrote no report: {tail[0]}"}, []
+        import json
+
+        report = json.loads(out.read_text())
+    findings = []
+    for e in report.get("lint_entries", []):
+        level = "error" if e.get("level") == "exception" else "warning" if e.get("level") == "warning" else None
+        if level is None:
+            continue
+        nodes = e.get("nodes") or [None]
+        for n in nodes:
+            findings.append(Finding(level, f"LINT_{str(e.get('source', 'polygraphy')).upper()}", n,
+                                    str(e.get("message", "")).strip().splitlines()[0][:400],
+                                    "see `polygraphy check lint` output for the node"))
+    summary = report.get("summary", {})
+    return {"ran": True, "tool": "polygraphy check lint", "passing_nodes": len(summary.get("passing", [])),
+            "failing_nodes": list(summary.get("failing", [])), "entries": len(report.get("lint_entries", []))}, findings
+
+
+def _str_attr(node: onnx.NodeProto, name: str, default: str) -> str:
+    v = _attr(node, name, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _einsum_problem(equation: str) -> str | None:
+    """Why TensorRT 8.x's Einsum importer rejects ``equation`` (ellipsis, diagonal), or None."""
+    if "..." in equation:
+        return "uses an ellipsis ('...')"
+    for term in equation.replace(" ", "").split("->")[0].split(","):
+        repeated = sorted({c for c in term if term.count(c) > 1})
+        if repeated:
+            return f"takes a diagonal (subscript {repeated[0]!r} repeated in {term!r})"
+    return None
+
+
+def _resize_problem(node: onnx.NodeProto, consts: dict[str, TensorProto], base_dir: Path | None) -> str | None:
+    """Why the TensorRT Resize importer rejects ``node``, or None. Modes and coordinate modes follow
+    operators.md; the importer (not the table) also takes ``cubic``, on the 2 innermost axes only, and
+    ``linear`` on the 3 innermost (checked when the scales are constant)."""
+    mode = _str_attr(node, "mode", "nearest")
+    coord = _str_attr(node, "coordinate_transformation_mode", "half_pixel")
+    if mode not in ("nearest", "linear", "cubic"):
+        return f"mode={mode!r}"
+    if coord not in RESIZE_COORD_MODES:
+        return f"coordinate_transformation_mode={coord!r}"
+    if int(_attr(node, "antialias", 0)):
+        return "antialias=1"
+    inner = {"linear": 3, "cubic": 2}.get(mode)
+    scales = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    arr = _const_array(scales, base_dir) if (inner and scales is not None) else None
+    if arr is not None and arr.size > inner and np.any(arr.reshape(-1)[:-inner] != 1):
+        return f"mode={mode!r} scaling an outer axis (scales {arr.reshape(-1).tolist()})"
+    return None
+
+
+def check_target(model_or_path: onnx.ModelProto | PathLike, target: str | Target, lint: bool = True) -> TargetCheck:
+    """Every static reason ``target`` would reject the graph or build it into wrong numbers.
+
+    Checks: opset against the target, declared I/O shapes static except axis 0 (batch), no
+    data-dependent shapes (NonZero, Unique, Compress, NonMaxSuppression), every operator in the
+    target's allow-list, and the per-operator constraints of :mod:`tokexport.targets` (TopK K constant
+    and < 3840, sorted=1 on TensorRT 10, Reduce axes as an input ignored on 8.x, ScatterElements/
+    ScatterND reductions, Einsum forms, Resize modes, CumSum/Pad axes). Given a path and ``lint``,
+    also runs ``polygraphy check lint``. External data is never read.
+    """
+    tgt = target if isinstance(target, Target) else resolve_target(target)
     base_dir = None
     if isinstance(model_or_path, onnx.ModelProto):
-        model = model_or_path
+        model, label = model_or_path, "<model>"
     else:
-        model = load(model_or_path, load_external=False)
+        model, label = load(model_or_path, load_external=False), str(model_or_path)
         base_dir = Path(model_or_path).parent
-
     findings: list[Finding] = []
 
-    def add(level, code, node, message):
-        findings.append(Finding(level, code, node, message))
+    def add(level, code, node, message, fix="", op=None):
+        findings.append(Finding(level, code, node, message, fix, op))
 
+    trt = tgt.is_tensorrt
+    who = f"TensorRT {tgt.tensorrt}" if trt else "ONNX Runtime"
     opset = default_opset(model)
     if opset is None:
-        add("error", "NO_DEFAULT_OPSET", None, "the model imports no default-domain (ai.onnx) opset")
-    elif opset > spec["max_opset"]:
-        add(
-            "error", "OPSET_TOO_NEW", None,
-            f"opset {opset} > {spec['max_opset']}, the highest TensorRT {tname} (JetPack {spec['jetpack']}) "
-            f"parses; re-export with opset {spec['recommended_opset']}",
-        )
+        add("error", "NO_DEFAULT_OPSET", None, "the model imports no default-domain (ai.onnx) opset",
+            "re-export the model with tokexport")
+    elif opset > tgt.max_opset:
+        add("error", "OPSET_TOO_NEW", None,
+            f"opset {opset} > {tgt.max_opset}, the highest {tgt.label} reads faithfully",
+            f"re-export with export.opset: {tgt.opset} (export.target: {tgt.name})")
 
-    # Declared I/O shapes: only axis 0 (batch) may be symbolic.
     init_names = {t.name for t in model.graph.initializer}
     for kind, vis in (("input", model.graph.input), ("output", model.graph.output)):
         for vi in vis:
@@ -493,14 +565,14 @@ def trt_check(model_or_path: onnx.ModelProto | PathLike, target: str) -> list[Fi
                 continue
             shape = _shape(vi)
             if shape is None:
-                add("error", "UNKNOWN_RANK", vi.name,
-                    f"graph {kind} {vi.name!r} has no declared shape; declare static dims (set_io_shapes)")
+                add("error", "UNKNOWN_RANK", vi.name, f"graph {kind} {vi.name!r} has no declared shape",
+                    "declare static dims (onnx_tools.set_io_shapes) and re-check with check_shapes")
                 continue
             bad = [(ax, d) for ax, d in enumerate(shape) if ax > 0 and not isinstance(d, int)]
             if bad:
                 desc = ", ".join(f"axis {ax}={d!r}" for ax, d in bad)
-                add("error", "DYNAMIC_DIM", vi.name,
-                    f"graph {kind} {vi.name!r} has symbolic non-batch dims ({desc}); token counts must be static")
+                add("error", "DYNAMIC_DIM", vi.name, f"graph {kind} {vi.name!r} has symbolic non-batch dims ({desc})",
+                    "only the batch axis may be dynamic: export with constant token counts and image size")
 
     consts = _constant_values(model)
     topk = {t["node"]: t for t in _topk_info(model, base_dir)}
@@ -512,76 +584,104 @@ def trt_check(model_or_path: onnx.ModelProto | PathLike, target: str) -> list[Fi
     for g in _iter_graphs(model.graph):
         in_subgraph = g is not model.graph
         for i, node in enumerate(g.node):
-            if node.domain not in ("", "ai.onnx"):
-                continue
             op = node.op_type
             name = node.name or f"{op}_{i}"
+            if node.domain not in ("", "ai.onnx"):
+                if trt:
+                    add("error", "CUSTOM_OP", name, f"{node.domain}::{op} is not an ONNX operator; {who} has no "
+                        "importer for it", "export without custom-domain ops (or ship a TensorRT plugin)", op)
+                elif node.domain not in ("com.microsoft", "ai.onnx.ml"):
+                    add("error", "CUSTOM_OP", name, f"{node.domain}::{op} is not known to ONNX Runtime",
+                        "export without custom-domain ops", op)
+                continue
+            if tgt.ops is not None and op not in tgt.ops:
+                add("error", "UNSUPPORTED_OP", name, f"{op} is not supported by the {who} ONNX parser",
+                    _UNSUPPORTED_FIX.get(op, "replace it with supported operators at export time"), op)
+            elif tgt.ops is None and not onnx.defs.has(op):
+                add("error", "UNSUPPORTED_OP", name, f"{op} is not a standard ONNX operator", "re-export the model", op)
 
             if op in DATA_DEPENDENT_SHAPE_OPS:
-                add("error", "DATA_DEPENDENT_SHAPE", name,
-                    f"{op} has a data-dependent output shape; use TopK with a constant K + Gather instead")
-            if op in CONTROL_FLOW_OPS:
-                add("warning", "CONTROL_FLOW", name,
-                    f"{op} (control flow) is slow or unsupported in TensorRT; unroll it at export time")
-            if op == "LayerNormalization" and not spec["layernorm_op"]:
-                add("error", "LAYERNORM_OP", name,
-                    f"LayerNormalization (opset 17) is not parsed by TensorRT {tname}; export with opset <= 16")
+                add("error", "DATA_DEPENDENT_SHAPE", name, f"{op} has a data-dependent output shape",
+                    "keep a constant number of tokens: TopK with a constant K + Gather", op)
+            if op in CONTROL_FLOW_OPS and trt:
+                add("warning", "CONTROL_FLOW", name, f"{op} (control flow) is slow or restricted in TensorRT",
+                    "unroll it at export time", op)
 
             if op == "TopK" and not in_subgraph:
                 info = topk.get(name) or {}
                 k = info.get("k")
                 if not info.get("k_constant"):
-                    level = "error" if spec["topk_k_must_be_constant"] else "warning"
+                    level = "error" if tgt.topk_k_initializer else "warning"
                     add(level, "TOPK_K_NOT_CONSTANT", name,
-                        f"TopK K is computed at run time; TensorRT {tname} "
-                        + ("requires it as an initializer" if level == "error" else "builds it as a dynamic K")
-                        + " (fold constants: `polygraphy surgeon sanitize --fold-constants`)")
-                elif (
-                    len(node.input) > 1
-                    and node.input[1] in consts
-                    and consts[node.input[1]].data_location == TensorProto.EXTERNAL
-                ):
+                        "TopK K is computed at run time" + (f"; {who} requires it as an initializer"
+                                                           if level == "error" else ": the kept count is not static"),
+                        "make K a Python int at export time, or fold constants "
+                        "(`polygraphy surgeon sanitize --fold-constants`)", op)
+                elif len(node.input) > 1 and node.input[1] in consts \
+                        and consts[node.input[1]].data_location == TensorProto.EXTERNAL:
                     add("warning", "TOPK_K_EXTERNAL", name,
-                        "TopK K is stored in the external data file; ONNX Runtime refuses to load such "
-                        "graphs (shape inference cannot read it) — save with a size_threshold that keeps "
-                        "small tensors inline (onnx default 1024 bytes)")
-                if k is not None and k >= TOPK_MAX_K:
-                    add("error", "TOPK_K_TOO_LARGE", name, f"TopK K={k} >= {TOPK_MAX_K}, TensorRT's limit")
-                if spec["topk_wants_sorted"] and not info.get("sorted", True):
-                    add("error", "TOPK_UNSORTED", name,
-                        f"TopK sorted=0 is rejected by TensorRT {tname}; export with sorted=True "
-                        "(sort the indices afterwards)")
+                        "TopK K is stored in the external data file; ONNX Runtime refuses such graphs",
+                        "save with a size_threshold that keeps small tensors inline (onnx default 1024 bytes)", op)
+                if trt and k is not None and k >= TOPK_MAX_K:
+                    add("error", "TOPK_K_TOO_LARGE", name, f"TopK K={k} >= {TOPK_MAX_K}, TensorRT's limit",
+                        f"keep fewer than {TOPK_MAX_K} tokens per TopK (split the selection)", op)
+                if tgt.topk_sorted_required and not info.get("sorted", True):
+                    add("error", "TOPK_UNSORTED", name, f"TopK sorted=0 is rejected by {who}",
+                        "export TopK with sorted=True and sort the indices afterwards", op)
 
-            if op in SCATTER_OPS:
-                reduction = _attr(node, "reduction", b"none")
-                if isinstance(reduction, bytes):
-                    reduction = reduction.decode()
-                if reduction != "none" and spec["scatter_reduction_ignored"]:
+            if op in ("ScatterElements", "ScatterND", "Scatter"):
+                reduction = _str_attr(node, "reduction", "none")
+                if reduction != "none" and tgt.scatter_reduction_ignored:
                     add("error", "SCATTER_REDUCTION_IGNORED", name,
-                        f"{op} reduction={reduction!r} is ignored by the TensorRT {tname} parser (plain "
-                        "assignment, wrong numbers); express merges as a one-hot matrix MatMul")
+                        f"{op} reduction={reduction!r} is ignored by the {who} parser (plain assignment: wrong "
+                        "numbers, no error)", "express merges as a one-hot matrix MatMul, divide by counts", op)
+                elif reduction != "none" and op == "ScatterND" and tgt.scatter_nd_reduction_rejected:
+                    add("error", "SCATTER_ND_REDUCTION", name, f"ScatterND reduction={reduction!r} is rejected "
+                        f"by {who}", "express merges as a one-hot matrix MatMul, divide by counts", op)
                 mean_like = False
                 if not in_subgraph and node.output:
                     nxt = consumers.get(node.output[0], [])
-                    if reduction == "add" and any(c.op_type == "Div" for c in nxt):
-                        mean_like = True  # sum-then-divide: a scatter mean
-                if reduction == "none" and len(node.input) > 1 and node.input[1] not in consts:
-                    mean_like = True  # dynamo maps scatter_reduce(mean) to reduction="none"
+                    mean_like = reduction == "add" and any(c.op_type == "Div" for c in nxt)  # sum then divide
+                if reduction == "none" and len(node.input) > 1 and node.input[1] not in consts and not in_subgraph:
+                    mean_like = True  # torch's dynamo exporter maps scatter_reduce(mean) to reduction="none"
                 if mean_like:
                     add("warning", "SCATTER_MEAN_LIKE", name,
-                        f"{op} (reduction={reduction!r}) with run-time indices looks like a scatter "
-                        "mean/merge; duplicate indices give last-write-wins or ignored reductions on "
-                        "TensorRT — use a one-hot assignment matrix, MatMul, divide by counts")
+                        f"{op} (reduction={reduction!r}) with run-time indices looks like a scatter mean/merge: "
+                        "duplicate indices give last-write-wins or a dropped reduction",
+                        "use a one-hot assignment matrix, MatMul, divide by counts", op)
 
             if op.startswith("Reduce") and len(node.input) >= 2 and node.input[1]:
-                axes_name = node.input[1]
-                if spec["reduce_axes_input_ignored"] and op in REDUCE_OPS_AXES18:
+                if tgt.reduce_axes_input_ignored and op in REDUCE_AXES18_OPS:
                     add("error", "REDUCE_AXES_INPUT", name,
-                        f"{op} takes `axes` as an input (opset 18 form); the TensorRT {tname} parser "
-                        "ignores it and reduces over ALL axes silently; export with opset <= 17")
-                elif axes_name not in consts:
-                    add("error" if spec["reduce_axes_input_ignored"] else "warning",
-                        "REDUCE_AXES_NOT_CONSTANT", name,
-                        f"{op} axes come from a run-time tensor; TensorRT needs constant axes")
+                        f"{op} takes `axes` as an input (opset 18 form); the {who} parser ignores it and "
+                        "reduces over ALL axes, silently", "export with opset <= 17 (axes as an attribute)", op)
+                elif tgt.reduce_axes_initializer and node.input[1] not in consts and not in_subgraph:
+                    add("error", "REDUCE_AXES_NOT_CONSTANT", name, f"{op} axes come from a run-time tensor; "
+                        f"{who} needs them as an initializer", "fold constants before export", op)
 
-    return findings
+            if op == "Einsum" and tgt.einsum_restricted:
+                problem = _einsum_problem(_str_attr(node, "equation", ""))
+                if problem:
+                    add("error", "EINSUM_FORM", name, f"Einsum {problem}: not supported by {who}",
+                        "write the contraction as MatMul/Transpose/ReduceSum, or target tensorrt-10", op)
+
+            if op == "Resize" and trt:
+                problem = _resize_problem(node, consts, base_dir)
+                if problem:
+                    add("error", "RESIZE_MODE", name, f"Resize {problem}: not supported by {who}",
+                        "resize with nearest/linear/cubic on the innermost axes only", op)
+            if op == "CumSum" and trt and len(node.input) > 1 and node.input[1] not in consts and not in_subgraph:
+                add("error", "CUMSUM_AXIS", name, f"CumSum axis must be an initializer for {who}",
+                    "make the axis a constant", op)
+            if op == "Pad" and tgt.pad_axes_initializer and len(node.input) > 3 and node.input[3] \
+                    and node.input[3] not in consts and not in_subgraph:
+                add("error", "PAD_AXES", name, f"Pad axes must be an initializer for {who}", "make them constant", op)
+            if op == "LayerNormalization" and tgt.layernorm_y_only and any(node.output[1:]):
+                add("error", "LAYERNORM_EXTRA_OUTPUTS", name, f"{who} supports only LayerNormalization's first "
+                    "output (Y)", "do not use Mean/InvStdDev outputs", op)
+
+    lint_summary = None
+    if lint and base_dir is not None:
+        lint_summary, lint_findings = polygraphy_lint(label)
+        findings += lint_findings
+    return TargetCheck(tgt, label, opset, findings, lint_summary)

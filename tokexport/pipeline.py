@@ -24,7 +24,7 @@ from .errors import AccuracyError, InputError, ParityError
 from .export import export_onnx
 from .flops import encoder_flops
 from .load import LoadedModel, load_model
-from .onnx_tools import onnx_files, sha256_onnx, trt_check
+from .onnx_tools import onnx_files, sha256_onnx
 from .recipe import Recipe, load_recipe
 from .reduce import METHODS
 from .reduce.patch import reduced
@@ -34,42 +34,43 @@ from .runners import OrtRunner, TorchRunner, run_batched
 from . import verify as V
 
 
-def _deploy(recipe, tmp: Path, model_path: Path, base_path: Path, x: np.ndarray, reduced_fn, original_fn,
-            stages) -> dict | None:
-    """TensorRT engines where TensorRT and a GPU exist; otherwise a bundle to verify on the device."""
-    from .deploy import build_engine, tensorrt_available, write_bundle
+def _deploy(recipe, tmp: Path, model_path: Path, base_path: Path, x: np.ndarray, stages) -> dict | None:
+    """TensorRT engines (built, timed, compared with ONNX Runtime) where TensorRT and a GPU exist;
+    otherwise deploy/, a bundle that verifies itself on the device (tokexport.deploy)."""
+    from .deploy import build_and_compare, tensorrt_available, write_bundle
+    from .onnx_tools import inspect_model
 
     d = recipe.deploy
-    if d.engines and tensorrt_available():
-        with stages.stage("tensorrt engines", total=2) as advance:
-            for p in (model_path, base_path):
-                build_engine(p, p.with_suffix(".engine"), fp16=d.fp16)
-                advance()
-        return {"kind": "engines", "fp16": d.fp16, "engines": ["model.engine", "baseline.engine"],
-                "note": "TensorRT engines built here (model.engine, baseline.engine)"}
-    if not d.bundle:
-        return None
     batch = 1 if recipe.export.batch == "dynamic" else recipe.export.batch
     sample = np.ascontiguousarray(x[:batch]) if len(x) >= batch else np.repeat(x[:1], batch, axis=0)
-    torch_in = torch.from_numpy(sample.copy())
-    with torch.inference_mode():
-        expected = {"model": {k: v.numpy() for k, v in reduced_fn(torch_in).items()},
-                    "baseline": {k: v.numpy() for k, v in original_fn(torch_in).items()}}
-    with stages.stage("deploy bundle"):
-        write_bundle(tmp / "deploy", {"model": model_path, "baseline": base_path}, {"pixel_values": sample}, expected,
-                     recipe.export.trt_target or "10.3", {"atol": d.atol, "rtol": d.rtol}, fp16=d.fp16)
-    return {"kind": "bundle", "path": "deploy", "fp16": d.fp16, "atol": d.atol, "rtol": d.rtol,
-            "note": "TensorRT is not available here: deploy/ holds the graphs, build_engines.sh (trtexec) and "
-                    "verify_on_device.sh (polygraphy against PyTorch outputs); run both on the Jetson"}
-
-
-def trt_section(model_path: Path, target: str | None) -> dict | None:
-    """Static TensorRT compatibility findings of the reduced graph, for the report."""
-    if not target:
+    feed = {inspect_model(model_path)["inputs"][0]["name"]: sample}
+    if d.engines and tensorrt_available():
+        results = {}
+        with stages.stage("tensorrt engines", total=2) as advance:
+            for name, p in (("model", model_path), ("baseline", base_path)):
+                results[name] = build_and_compare(p, tmp / f"{name}.engine", feed, d.tolerances(), d.fp16, d.max_batch)
+                advance()
+        return {"kind": "engines", "fp16": d.fp16, "engines": ["model.engine", "baseline.engine"], "results": results,
+                "note": "TensorRT engines built here (model.engine, baseline.engine), timed and compared with ONNX "
+                        "Runtime: " + ", ".join(f"{n} {'PASS' if r['passed'] else 'FAIL'} {r['median_ms']:.2f} ms"
+                                                for n, r in results.items())}
+    if not d.bundle:
         return None
-    findings = trt_check(model_path, target)
-    return {"target": target, "findings": [f.to_dict() for f in findings],
-            "errors": sum(1 for f in findings if f.level == "error")}
+    with stages.stage("deploy bundle"):
+        bundle = write_bundle(tmp / "deploy", {"model": model_path, "baseline": base_path}, recipe.export.target, feed,
+                              d.tolerances(), fp16=d.fp16, max_batch=d.max_batch, archive=False)
+    return {"kind": "bundle", "path": "deploy", "target": bundle.manifest["target"], "fp16": d.fp16,
+            "tolerances": d.tolerances(),
+            "note": "TensorRT is not available here: deploy/ holds model.onnx and baseline.onnx, build_engine.sh "
+                    "(trtexec) and verify_on_device.py (sha256, then TensorRT or ONNX Runtime against ONNX Runtime's "
+                    "expected outputs); run both on the device, or `tokexport bundle` for a .tar.gz"}
+
+
+def trt_section(model_path: Path, target: str) -> dict:
+    """Static checks of the reduced graph against the recipe's target (plus polygraphy lint), for the report."""
+    from .onnx_tools import check_target
+
+    return check_target(model_path, target).to_dict()
 
 
 def artifacts_section(model_path: Path, base_path: Path) -> dict:
@@ -145,6 +146,10 @@ def run(recipe: Recipe, base_dir: Path, out_dir: Path, force: bool = False, stag
         from .vlm.pipeline import run_visual
 
         return _in_tmp(Path(out_dir), lambda tmp: run_visual(recipe, label, base_dir, tmp, stages))
+    if recipe.task == "vocab-trim":
+        from .vocab.pipeline import run_vocab
+
+        return _in_tmp(Path(out_dir), lambda tmp: run_vocab(recipe, label, base_dir, tmp, stages))
     if loaded is None:
         def check_schedule(adapter, image_size):
             stages_ = plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
@@ -274,7 +279,7 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
     metric_dicts = {k: v.as_dict() for k, v in metrics.items()}
     acc_passed = all(m["passed"] is not False for m in metric_dicts.values())
 
-    trt = trt_section(model_path, ex.trt_target)
+    trt = trt_section(model_path, ex.target)
 
     dims = lm.adapter.dims()
     head = lm.adapter.head_macs(lm.model)
@@ -308,7 +313,7 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
             "efficiency": batches[eff_batch]["speedup"] / predicted,
         }
 
-    deploy = _deploy(recipe, tmp, model_path, base_path, parity_x, reduced_fn, original_fn, stages)
+    deploy = _deploy(recipe, tmp, model_path, base_path, parity_x, stages)
 
     failures = failure_lines(parity_red, parity_base, metric_dicts, par.atol)
 

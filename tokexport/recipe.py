@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import targets as _targets
 from .errors import InputError
 from .reduce import METHODS
 from .vlm.select import VISUAL_METHODS
@@ -18,8 +20,8 @@ METRICS = ("feature_cosine", "instance_top1", "top1_agreement", "imagefolder_top
            # visual-token reduction (task: visual-tokens)
            "attn_pooled_cosine", "attention_mass", "generation_exact_match", "generation_token_agreement")
 VISUAL_ONLY_METRICS = ("attn_pooled_cosine", "attention_mass", "generation_exact_match", "generation_token_agreement")
-# Opset each TensorRT target parses faithfully (static-export.md).
-TRT_MAX_OPSET = {"8.5": 16, "8.6": 17, "10.3": 20}
+# Opset each TensorRT version parses faithfully, keyed by the legacy `trt_target` values (tokexport.targets).
+TRT_MAX_OPSET = _targets.TRT_MAX_OPSET
 
 
 class _Strict(BaseModel):
@@ -27,26 +29,53 @@ class _Strict(BaseModel):
 
 
 class ExportConfig(_Strict):
-    opset: int = Field(17, ge=13, le=21, description="ONNX opset. 17 for TensorRT 8.6 (JetPack 6.0); <=16 for TensorRT 8.5 (JetPack 5.1).")
+    target: _targets.TargetName = Field(
+        _targets.DEFAULT_TARGET,
+        description="Where the graph runs: onnxruntime | tensorrt-8.5 | tensorrt-8.6 | tensorrt-10 | the Jetson's JetPack "
+                    "(jetpack-5.1 = TensorRT 8.5.2, jetpack-6.0 = 8.6.2, jetpack-6.1 = 10.3). Fixes the default opset "
+                    "and the operator checks run by convert and check-target.")
+    opset: int | None = Field(None, ge=13, le=21, description="ONNX opset; default: the target's (16 for TensorRT 8.5, 17 otherwise). Must not exceed what the target reads faithfully.")
     image_size: int | None = Field(None, ge=14, le=4096, description="Square input size in pixels; default: the checkpoint's preprocessor crop size.")
     batch: int | Literal["dynamic"] = Field("dynamic", description="Fixed batch size, or 'dynamic' (the only dynamic axis; token counts are always static).")
     exporter: Literal["auto", "torchscript", "dynamo"] = Field(
         "auto", description="auto: TorchScript exporter for opset <= 17 (the dynamo exporter only emits opset >= 18), dynamo otherwise."
     )
-    trt_target: Literal["8.5", "8.6", "10.3"] | None = Field(
-        "8.6", description="TensorRT version the graph is checked against (8.5: JetPack 5.1, 8.6: JetPack 6.0, 10.3: JetPack 6.1/6.2); null skips the check."
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_trt_target(cls, data):
+        """`trt_target: "8.6"` (recipes written before targets had names) means `target: tensorrt-8.6`."""
+        if not isinstance(data, dict) or "trt_target" not in data:
+            return data
+        data = dict(data)
+        legacy = data.pop("trt_target")
+        if "target" in data:
+            raise ValueError("give export.target only (export.trt_target is its deprecated old name)")
+        if legacy is not None and str(legacy) not in _targets.LEGACY_TRT:
+            raise ValueError(f"export.trt_target {legacy!r} is not a TensorRT version tokexport knows (8.5, 8.6, 10.3); "
+                             f"write export.target: one of {', '.join(_targets.TARGET_NAMES)}")
+        data["target"] = "onnxruntime" if legacy is None else _targets.LEGACY_TRT[str(legacy)]
+        logging.getLogger("tokexport").warning("warning: export.trt_target is deprecated; write `export.target: %s`",
+                                               data["target"])
+        return data
 
     @model_validator(mode="after")
     def _opset_fits_target(self):
         if isinstance(self.batch, int) and self.batch < 1:
             raise ValueError("batch must be >= 1 or 'dynamic'")
-        if self.trt_target and self.opset > TRT_MAX_OPSET[self.trt_target]:
-            raise ValueError(
-                f"opset {self.opset} is above what TensorRT {self.trt_target} parses faithfully "
-                f"({TRT_MAX_OPSET[self.trt_target]}); lower export.opset or change export.trt_target"
-            )
+        target = _targets.resolve(self.target)
+        if self.opset is None:
+            self.opset = target.opset
+        problem = _targets.opset_problem(target, self.opset)
+        if problem:
+            raise ValueError(problem)
         return self
+
+    @property
+    def trt_target(self) -> str | None:
+        """TensorRT major.minor of the target (None for onnxruntime), for reports keyed by TensorRT version."""
+        t = _targets.resolve(self.target)
+        return ".".join(t.tensorrt.split(".")[:2]) if t.tensorrt else None
 
 
 class ParityConfig(_Strict):
@@ -112,11 +141,20 @@ class BenchConfig(_Strict):
 
 
 class DeployConfig(_Strict):
-    bundle: bool = Field(True, description="Write deploy/ (ONNX, trtexec and polygraphy scripts, manifest, sample inputs and expected outputs) when TensorRT is not available here.")
-    engines: bool = Field(True, description="Build TensorRT engines when TensorRT and a GPU are available.")
+    bundle: bool = Field(True, description="Write deploy/ (graphs, build_engine.sh, verify_on_device.py, manifest with sha256, sample inputs, ONNX Runtime's expected outputs) when TensorRT is not available here.")
+    engines: bool = Field(True, description="Build TensorRT engines, time them and compare with ONNX Runtime when TensorRT and a GPU are available.")
     fp16: bool = Field(True, description="Build engines in FP16 (trtexec --fp16).")
-    atol: float = Field(0.05, gt=0, description="Tolerance of the on-device check against the PyTorch outputs (FP16 engines need a loose one).")
+    atol: float = Field(0.05, gt=0, description="Engine vs ONNX Runtime: an element agrees when |a - e| <= atol + rtol*|e|.")
     rtol: float = Field(0.05, gt=0)
+    quantile: float = Field(0.99, gt=0, le=1, description="Share of each output's elements that must agree (FP16 engines miss a few).")
+    median_atol: float = Field(0.01, gt=0, description="Largest median |a - e| allowed per output.")
+    min_cosine: float = Field(0.999, ge=-1, le=1, description="Smallest cosine between engine and reference output allowed, per sample.")
+    min_agreement: float = Field(0.99, ge=0, le=1, description="Top-1 agreement of outputs named *logits*, and exact agreement of integer outputs (token positions).")
+    max_batch: int = Field(8, ge=1, le=1024, description="Largest batch of the engine's optimization profile (dynamic-batch graphs).")
+
+    def tolerances(self) -> dict[str, float]:
+        """The comparison tolerances, as tokexport.deploy.compare_outputs and verify_on_device.py read them."""
+        return {k: getattr(self, k) for k in ("atol", "rtol", "quantile", "median_atol", "min_cosine", "min_agreement")}
 
 
 class LLMDims(_Strict):
@@ -275,6 +313,10 @@ def load_recipe(path: str | Path) -> Recipe:
         raise InputError(f"{p}: not a text file; a recipe is YAML") from None
     if not isinstance(data, dict):
         raise InputError(f"{p}: a recipe is a YAML mapping with at least `model` and `reduction`")
+    if data.get("task") == "vocab-trim":
+        from .vocab.recipe import validate_vocab_recipe
+
+        return validate_vocab_recipe(str(p), data)
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
@@ -282,7 +324,17 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def recipe_schema() -> dict:
-    return Recipe.model_json_schema()
+    """The recipe's JSON Schema; a `task: vocab-trim` recipe follows ``$defs.VocabRecipe`` instead."""
+    from .vocab.recipe import VocabRecipe
+
+    schema = Recipe.model_json_schema()
+    vocab = VocabRecipe.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    for name, d in vocab.pop("$defs", {}).items():
+        if defs.setdefault(name, d) != d:
+            raise AssertionError(f"recipe schema: two different definitions named {name}")
+    defs["VocabRecipe"] = vocab
+    return schema
 
 
 def recipe_schema_json() -> str:

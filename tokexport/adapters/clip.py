@@ -11,7 +11,7 @@ Only the vision model is supported: a full ``CLIPModel`` checkpoint (model_type 
 """
 from __future__ import annotations
 
-from .base import Adapter, register_adapter
+from .base import Adapter, BlockLayout, register_adapter
 
 
 @register_adapter
@@ -20,5 +20,6 @@ class CLIPVisionAdapter(Adapter):
     model_types = ("clip_vision_model",)
     layer_paths = ("encoder.layers", "vision_model.encoder.layers")
     qk_paths = (("self_attn.q_proj", "self_attn.k_proj"),)
+    block_layouts = (BlockLayout("layer_norm1", "self_attn", (), "layer_norm2", "mlp", ()),)
     # CLIPVisionEmbeddings raises on a size other than config.image_size without the flag.
     needs_pos_interpolation_flag = True

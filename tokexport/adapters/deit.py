@@ -1,7 +1,7 @@
 """DeiT (facebook/deit-*): CLS + distillation token (two prefix tokens, never pruned)."""
 from __future__ import annotations
 
-from .base import Adapter, register_adapter
+from .base import Adapter, BlockLayout, register_adapter
 
 
 @register_adapter
@@ -10,6 +10,10 @@ class DeiTAdapter(Adapter):
     model_types = ("deit",)
     layer_paths = ("deit.layers", "layers", "deit.encoder.layer", "encoder.layer")
     needs_pos_interpolation_flag = True
+    # ViTLayer / DeiTLayer (transformers 5): dropout after each half, no LayerScale.
+    block_layouts = (
+        BlockLayout("layernorm_before", "attention", ("dropout",), "layernorm_after", "mlp", ("dropout",)),
+    )
 
     def n_prefix(self) -> int:
         return 2

@@ -4,7 +4,7 @@ Position embeddings are always interpolated to the input size by the model itsel
 """
 from __future__ import annotations
 
-from .base import Adapter, register_adapter
+from .base import Adapter, BlockLayout, register_adapter
 
 
 @register_adapter
@@ -12,6 +12,9 @@ class Dinov2Adapter(Adapter):
     family = "dinov2"
     model_types = ("dinov2", "dinov2_with_registers")
     layer_paths = ("encoder.layer", "dinov2.encoder.layer", "encoder.layers", "dinov2.encoder.layers")
+    # Dinov2Layer: LayerScale then DropPath on each half.
+    block_layouts = (BlockLayout("norm1", "attention", ("layer_scale1", "drop_path"), "norm2", "mlp",
+                                 ("layer_scale2", "drop_path")),)
 
     def n_prefix(self) -> int:
         return 1 + int(getattr(self.config, "num_register_tokens", 0) or 0)

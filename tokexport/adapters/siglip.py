@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Adapter, register_adapter
+from .base import Adapter, BlockLayout, register_adapter
 
 
 @register_adapter
@@ -21,6 +21,7 @@ class SiglipVisionAdapter(Adapter):
     model_types = ("siglip_vision_model",)
     layer_paths = ("encoder.layers", "vision_model.encoder.layers")
     qk_paths = (("self_attn.q_proj", "self_attn.k_proj"),)
+    block_layouts = (BlockLayout("layer_norm1", "self_attn", (), "layer_norm2", "mlp", ()),)
     needs_pos_interpolation_flag = True
 
     def n_prefix(self) -> int:

@@ -1,7 +1,7 @@
 """ViT (google/vit-*): one CLS token; blocks at ``vit.layers`` (transformers 5) or ``vit.encoder.layer`` (4.x)."""
 from __future__ import annotations
 
-from .base import Adapter, register_adapter
+from .base import Adapter, BlockLayout, register_adapter
 
 
 @register_adapter
@@ -10,3 +10,7 @@ class ViTAdapter(Adapter):
     model_types = ("vit",)
     layer_paths = ("vit.layers", "layers", "vit.encoder.layer", "encoder.layer")
     needs_pos_interpolation_flag = True
+    # ViTLayer / DeiTLayer (transformers 5): dropout after each half, no LayerScale.
+    block_layouts = (
+        BlockLayout("layernorm_before", "attention", ("dropout",), "layernorm_after", "mlp", ("dropout",)),
+    )

@@ -3,8 +3,16 @@ from __future__ import annotations
 
 from tokexport.errors import InputError
 
-from . import random_keep, topk_cls, uniform_keep, zero_tprune  # noqa: F401  (registration)
-from .base import METHODS, LayerInputs, Method, ReductionConfig, register_method
+from . import random_keep, tome, topk_cls, uniform_keep, zero_tprune  # noqa: F401  (registration)
+from .base import (
+    METHODS,
+    LayerInputs,
+    MergeInputs,
+    MergingMethod,
+    Method,
+    ReductionConfig,
+    register_method,
+)
 
 
 def get_method(name: str) -> type[Method]:
@@ -15,4 +23,5 @@ def get_method(name: str) -> type[Method]:
         raise InputError(f"unknown reduction method {name!r}; known: {', '.join(sorted(METHODS))}") from None
 
 
-__all__ = ["METHODS", "LayerInputs", "Method", "ReductionConfig", "get_method", "register_method"]
+__all__ = ["METHODS", "LayerInputs", "MergeInputs", "MergingMethod", "Method", "ReductionConfig", "get_method",
+           "register_method"]

@@ -8,6 +8,10 @@ and ``tokexport.reduce.patch`` connect methods to models.
 Static-keep rules (../shared/methods/static-export.md): ``n_keep`` is a Python int fixed at export
 time, selection uses TopK with that constant K, indices come back sorted ascending so survivors keep
 their original order, prefix tokens (CLS, distillation, registers) are never candidates.
+
+Merging methods (ToMe) implement ``merge`` instead of ``select``: between a block's attention and its
+MLP they combine tokens into size-weighted means and return the new tokens with their sizes (how many
+patches each stands for); the patch carries the sizes to later blocks.
 """
 from __future__ import annotations
 
@@ -46,6 +50,16 @@ class ReductionConfig(BaseModel):
         description="How keep_rate x tokens becomes a count: floor (early Zero-TPrune code), ceil (EViT) or round.",
     )
 
+    def removals(self, num_layers: int) -> list[tuple[int, int, str]] | None:
+        """Schedules given as tokens removed per block (ToMe's ``r``) rather than ``prune_layers`` +
+        ``keep_rate``/``keep``: ``(block, tokens removed, recipe field for errors)`` per step, or None to
+        plan from those fields. ``num_layers`` lets a per-block list be checked against the model."""
+        return None
+
+    def stage_options(self) -> dict:
+        """Extra ``Stage`` fields for every stage of this method (``kind``, ``prop_attn``); none for pruning."""
+        return {}
+
 
 @dataclass
 class LayerInputs:
@@ -80,6 +94,28 @@ class Method:
     def describe(self) -> dict:
         """Method parameters as recorded in the report (defaults resolved)."""
         return self.config.model_dump(exclude={"prune_layers", "keep_rate", "keep", "rounding"})
+
+
+@dataclass
+class MergeInputs:
+    """What a merging method sees inside a block, between its attention and its MLP."""
+
+    hidden: torch.Tensor  # [B, N, D] tokens after the attention half (residual added)
+    keys: torch.Tensor  # [B, H, N, dh] the block's keys
+    size: torch.Tensor | None  # [B, N, 1] patches each token stands for; None before the first merge (all 1)
+    n_prefix: int  # leading tokens never merged (CLS, distillation token, registers)
+    layer: int  # 0-indexed block
+    num_layers: int  # blocks in the model
+
+
+class MergingMethod(Method):
+    """Base class of methods that merge tokens (stages of kind "merge") instead of selecting survivors."""
+
+    needs_attention = False
+
+    def merge(self, x: MergeInputs, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [B, n_prefix + n_keep, D], sizes [B, n_prefix + n_keep, 1]), prefix tokens first and unchanged."""
+        raise NotImplementedError
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -6,6 +6,12 @@ and gathers them. Blocks never see an attention mask: image encoders have no pad
 transformers materialises while tracing has the full token count, which would not match after
 pruning. Query/key projections of pruning blocks are wrapped to capture their outputs, from which
 the block's attention probabilities are recomputed (static-export.md: fused SDPA elsewhere is fine).
+
+Merging methods (ToMe) act inside the block, between attention and MLP: a merge block runs the host
+block's own modules as two halves (``Adapter.halves``) with the merge in between, and the token sizes
+it produces are carried to later blocks, whose attention gets log(size) as an additive float bias
+through the host attention's ``attention_mask`` (proportional attention). Blocks without a merge run
+the host forward unchanged (with that bias once sizes exist).
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import torch
 from torch import nn
 
 from ..adapters.base import Adapter, get_path
-from .base import LayerInputs, Method
+from .base import LayerInputs, MergeInputs, MergingMethod, Method
 from .common import attention_probs, gather_tokens
 from .schedule import Stage
 
@@ -43,6 +49,13 @@ def without_mask(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     if "attention_mask" in kwargs:
         kwargs = {**kwargs, "attention_mask": None}
     return args, kwargs
+
+
+def with_mask(args: tuple, kwargs: dict, mask: torch.Tensor) -> tuple[tuple, dict]:
+    """A block's call arguments with ``mask`` as the attention mask, where the encoder loop put it."""
+    if args:
+        return (mask, *args[1:]), kwargs
+    return args, {**kwargs, "attention_mask": mask}
 
 
 class _Block(nn.Module):
@@ -78,6 +91,58 @@ class _Block(nn.Module):
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
+class _Sizes:
+    """Token sizes (patches per token, [B, N, 1]) carried from block to block within one forward."""
+
+    def __init__(self):
+        self.size: torch.Tensor | None = None
+        self.prop_attn = False
+
+    def bias(self) -> torch.Tensor | None:
+        """The proportional-attention bias log(size) as [B, 1, 1, N], once a merge with prop_attn happened."""
+        if self.size is None or not self.prop_attn:
+            return None
+        return torch.log(self.size)[:, None, None, :, 0]
+
+
+class _MergeBlock(nn.Module):
+    """A block of a merging run: merge between attention and MLP at a merge stage, bias from sizes otherwise."""
+
+    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: MergingMethod,
+                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, sizes: _Sizes):
+        super().__init__()
+        self.inner = inner
+        self.index = index
+        self.stage = stage
+        self.method = method
+        self.capture = capture
+        self.halves = adapter.halves(inner) if stage is not None else None
+        self.n_prefix = adapter.n_prefix()
+        self.heads = adapter.num_heads
+        self.head_dim = adapter.head_dim
+        self.num_layers = adapter.num_layers
+        self.sizes = sizes
+
+    def forward(self, hidden_states, *args, **kwargs):
+        args, kwargs = without_mask(args, kwargs)
+        if self.index == 0:  # a new forward: every token is one patch again
+            self.sizes.size, self.sizes.prop_attn = None, False
+        bias = self.sizes.bias()
+        if self.stage is None:
+            if bias is not None:
+                args, kwargs = with_mask(args, kwargs, bias)
+            return self.inner(hidden_states, *args, **kwargs)
+        x = self.halves.attention(hidden_states, bias, **kwargs)
+        keys = captured_keys(self.capture, self.heads, self.head_dim)
+        x, size = self.method.merge(
+            MergeInputs(hidden=x, keys=keys, size=self.sizes.size, n_prefix=self.n_prefix, layer=self.index,
+                        num_layers=self.num_layers),
+            self.stage.n_keep,
+        )
+        self.sizes.size, self.sizes.prop_attn = size, self.sizes.prop_attn or self.stage.prop_attn
+        return self.halves.mlp(x)
+
+
 def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(get_path(root, parent) if parent else root, name, value)
@@ -109,6 +174,16 @@ def capture_qk(model: nn.Module, adapter: Adapter, layer_indices):
             _set_path(block, path, inner)
 
 
+def captured_keys(capture: tuple[_Capture, _Capture], heads: int, head_dim: int) -> torch.Tensor:
+    """Keys [B, H, N, dh] from a block's captured k projection."""
+    k = capture[1].last
+    if k is None:
+        raise RuntimeError("no captured keys: the block did not run")
+    capture[0].last = capture[1].last = None
+    b, n, _ = k.shape
+    return k.reshape(b, n, heads, head_dim).transpose(1, 2)
+
+
 def captured_attention(capture: tuple[_Capture, _Capture], heads: int, head_dim: int, temperature: float = 1.0):
     """(attention probabilities [B, H, N, N], keys [B, H, N, dh]) from a block's captured q/k."""
     q, k = capture[0].last, capture[1].last
@@ -130,11 +205,16 @@ def reduced(model: nn.Module, adapter: Adapter, stages: list[Stage], method: Met
     originals = list(layers)
     by_layer = {s.layer: s for s in stages}
     temperature = float(getattr(method.config, "temperature", 1.0)) if method is not None else 1.0
-    scored = [s.layer for s in stages] if method is not None and method.needs_attention else []
+    merging = isinstance(method, MergingMethod) and bool(stages)
+    scored = [s.layer for s in stages] if method is not None and (method.needs_attention or merging) else []
     try:
         with capture_qk(model, adapter, scored) as captures:
+            sizes = _Sizes()
             for i, block in enumerate(originals):
-                layers[i] = _Block(block, i, by_layer.get(i), method, captures.get(i), adapter, temperature)
+                if merging:
+                    layers[i] = _MergeBlock(block, i, by_layer.get(i), method, captures.get(i), adapter, sizes)
+                else:
+                    layers[i] = _Block(block, i, by_layer.get(i), method, captures.get(i), adapter, temperature)
             yield model
     finally:
         for i, block in enumerate(originals):

@@ -17,6 +17,12 @@ class Stage:
     tokens_in: int  # tokens entering the pruning step (prefix included)
     tokens_out: int  # tokens leaving it (prefix included)
     n_keep: int  # non-prefix tokens kept
+    # "prune": tokens are dropped after the block. "merge": tokens are merged between the block's attention
+    # and its MLP (ToMe), so that block's MLP already runs on tokens_out.
+    kind: str = "prune"
+    # Merge stages only: from the next block on, attention adds log(token size) to its logits (ToMe's
+    # proportional attention), so a merged token weighs as much as the patches it stands for.
+    prop_attn: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -29,11 +35,15 @@ def round_count(x: float, rule: str = "floor") -> int:
         return math.floor(x + 1e-9)
     if rule == "ceil":
         return math.ceil(x - 1e-9)
-    return int(math.floor(x + 0.5))
+    return math.floor(x + 0.5)
 
 
 def plan(cfg: ReductionConfig, n_tokens: int, n_prefix: int, num_layers: int) -> list[Stage]:
-    """Keep counts for every pruning layer. Errors name the recipe field (``reduction.*``)."""
+    """Keep counts for every pruning (or merging) layer. Errors name the recipe field (``reduction.*``).
+
+    Schedules come either from ``prune_layers`` + ``keep_rate``/``keep`` (every method) or from the
+    config's own per-block removal counts (``ReductionConfig.removals``, e.g. ToMe's ``r``).
+    """
     layers = list(cfg.prune_layers)
     for i, layer in enumerate(layers):
         if layer >= num_layers:
@@ -45,6 +55,53 @@ def plan(cfg: ReductionConfig, n_tokens: int, n_prefix: int, num_layers: int) ->
             raise InputError(
                 f"reduction.prune_layers: must be strictly increasing, got {layers}"
             )
+    options = cfg.stage_options()
+    removals = cfg.removals(num_layers)
+    if removals is not None:
+        stages = _plan_removals(removals, n_tokens, n_prefix, options)
+    else:
+        stages = _plan_keep(cfg, layers, n_tokens, n_prefix, options)
+    for s in stages:
+        if s.n_keep >= TOPK_LIMIT or s.tokens_in - n_prefix >= TOPK_LIMIT:
+            raise InputError(
+                f"reduction: {s.tokens_in - n_prefix} candidate tokens at block {s.layer} exceed TensorRT's TopK "
+                f"limit ({TOPK_LIMIT}); use a smaller image_size"
+            )
+    return stages
+
+
+def max_merge(tokens_in: int, n_prefix: int) -> int:
+    """Most tokens one bipartite merge can remove: every token of the smaller half (ToMe: 50%)."""
+    return (tokens_in - n_prefix) // 2
+
+
+def _check_merge(field: str, layer: int, n: int, removed: int, n_prefix: int) -> None:
+    limit = max_merge(n + n_prefix, n_prefix)
+    if removed > limit:
+        raise InputError(
+            f"reduction.{field}: {removed} tokens merged at block {layer}, but a merge pairs the tokens of two "
+            f"halves, so at most half of the {n} non-prefix tokens entering it can go (max {limit})"
+        )
+
+
+def _plan_removals(removals: list[tuple[int, int, str]], n_tokens: int, n_prefix: int, options: dict) -> list[Stage]:
+    stages = []
+    n = n_tokens - n_prefix
+    for layer, removed, field in removals:
+        if options.get("kind") == "merge":
+            _check_merge(field, layer, n, removed, n_prefix)
+        if removed >= n:
+            raise InputError(
+                f"reduction.{field}: {removed} tokens removed at block {layer}, but only {n} non-prefix tokens "
+                "reach it; at least one must remain"
+            )
+        stages.append(Stage(layer=layer, tokens_in=n + n_prefix, tokens_out=n - removed + n_prefix,
+                            n_keep=n - removed, **options))
+        n -= removed
+    return stages
+
+
+def _plan_keep(cfg: ReductionConfig, layers: list[int], n_tokens: int, n_prefix: int, options: dict) -> list[Stage]:
     if not layers:
         if cfg.keep_rate is not None or cfg.keep is not None:
             raise InputError("reduction.prune_layers: empty, but keep_rate/keep is set; list the blocks to prune after")
@@ -72,19 +129,18 @@ def plan(cfg: ReductionConfig, n_tokens: int, n_prefix: int, num_layers: int) ->
     for i, layer in enumerate(layers):
         if cfg.keep_rate is not None:
             k = max(1, round_count(rates[i] * n, cfg.rounding))
+            field = f"keep_rate[{i}]" if isinstance(cfg.keep_rate, list) else "keep_rate"
         else:
             k = cfg.keep[i]
+            field = f"keep[{i}]"
             if k > n:
                 raise InputError(
                     f"reduction.keep[{i}]: {k} tokens requested after block {layer}, but only {n} "
                     "non-prefix tokens reach it; keep counts must not increase"
                 )
-        if k >= TOPK_LIMIT or n >= TOPK_LIMIT:
-            raise InputError(
-                f"reduction: {n} candidate tokens at block {layer} exceed TensorRT's TopK limit ({TOPK_LIMIT}); "
-                "use a smaller image_size"
-            )
-        stages.append(Stage(layer=layer, tokens_in=n + n_prefix, tokens_out=k + n_prefix, n_keep=k))
+        if options.get("kind") == "merge":
+            _check_merge(field, layer, n, n - k, n_prefix)
+        stages.append(Stage(layer=layer, tokens_in=n + n_prefix, tokens_out=k + n_prefix, n_keep=k, **options))
         n = k
     return stages
 

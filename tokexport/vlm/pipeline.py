@@ -233,8 +233,8 @@ def run_visual(recipe, label: str, base_dir: Path, tmp: Path, stages) -> dict:
                          "selection: the ratio is the selection overhead (the saving is in the LLM prefill)"}
     from ..pipeline import _deploy, artifacts_section, failure_lines, trt_section
 
-    trt = trt_section(model_path, ex.trt_target)
-    deploy = _deploy(recipe, tmp, model_path, base_path, parity_x, fn(red), fn(base), stages)
+    trt = trt_section(model_path, ex.target)
+    deploy = _deploy(recipe, tmp, model_path, base_path, parity_x, stages)
     failures = failure_lines(parity_red, parity_base, metric_dicts, par.atol)
     return {
         "schema_version": 1, "kind": "visual-tokens", "tokexport_version": __version__, "created_unix": int(time.time()),

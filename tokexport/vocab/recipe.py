@@ -1,0 +1,169 @@
+"""Recipe of a vocabulary trim (``task: vocab-trim``): which corpus to mine, how many tokens to keep,
+how to export and what to check. Same strictness and one-line errors as :mod:`tokexport.recipe`."""
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import InputError
+from ..recipe import TRT_MAX_OPSET, ParityConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WordfreqSource(_Strict):
+    lang: str = Field(description="wordfreq language code (e.g. en, fr, pt).")
+    top_n: int = Field(50000, ge=1, le=1_000_000, description="Most frequent words taken from the list.")
+    words: int = Field(1_000_000, ge=1, description="Pseudo-corpus size: a word of frequency f counts max(1, round(f * words)) times, so list words rank by frequency next to running text.")
+    leading_space: bool = Field(True, description="Also count each word as ' word' (how it appears inside a sentence for BPE/SentencePiece vocabularies).")
+    capitalized: float = Field(0.0, ge=0, le=1, description="Also count each word capitalised ('Word', ' Word') with this share of its count (0: not at all): wordfreq lists are lower-case, but sentence starts and names are not (cased vocabularies).")
+
+
+class CorpusSource(_Strict):
+    lang: str | None = Field(None, description="Label for per-language coverage in the report (default: the dataset_build code, the wordfreq code, or 'text').")
+    path: str | list[str] | None = Field(None, description="Text file(s), folder(s) (every *.txt inside, recursively) or glob(s), relative to the recipe file; one document per non-empty line.")
+    dataset_build: str | None = Field(None, description="ISO 639-3 code: every text file of the dataset-build package's dataset_build/data/<code>/.")
+    wordfreq: WordfreqSource | None = Field(None, description="A wordfreq top-n word list (mining only: a word list is not running text, so it never enters the held-out part).")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        given = [k for k in ("path", "dataset_build", "wordfreq") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("each corpus source needs exactly one of path, dataset_build, wordfreq"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.lang:
+            return self.lang
+        if self.dataset_build:
+            return self.dataset_build
+        if self.wordfreq:
+            return self.wordfreq.lang
+        return "text"
+
+
+class CorpusConfig(_Strict):
+    sources: list[CorpusSource] = Field(min_length=1, description="Where the text comes from; languages may be mixed.")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each running-text source's documents held out (never mined) for coverage and accuracy checks.")
+    seed: int = Field(0, description="Seed of the deterministic document split.")
+    prefix: str = Field("", description="Text prepended to every document before tokenising (e5: 'passage: ').")
+
+
+class TrimConfig(_Strict):
+    min_frequency: int = Field(2, ge=1, description="Mined ids seen fewer times in the mining part are dropped (the reference uses 2).")
+    target_vocab_size: int | None = Field(None, ge=1, description="Keep this many mined ids (most frequent first); null keeps every id reaching min_frequency. The corpus must yield at least this many. Special, required and tokens_to_keep ids come on top.")
+    tokens_to_keep: list[str] = Field(default_factory=list, description="Vocabulary entries (token strings, as in tokenizer.json) always kept.")
+    tokens_to_keep_file: str | None = Field(None, description="File with one vocabulary entry per line, always kept (relative to the recipe file).")
+    drop_special: str | None = Field(None, description="Regular expression (full match) of special tokens that may be dropped, e.g. Gemma's '<unused[0-9]+>' placeholders; special tokens are kept otherwise, and those named by the config or the post-processor always.")
+
+    @model_validator(mode="after")
+    def _pattern(self):
+        if self.drop_special is not None:
+            try:
+                re.compile(self.drop_special)
+            except re.error as e:
+                raise ValueError(f"drop_special: not a regular expression ({e})") from None
+        return self
+
+
+class VocabExportConfig(_Strict):
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset; 17 for TensorRT 8.6 (JetPack 6.0).")
+    seq_len: int = Field(128, ge=2, le=8192, description="Static sequence length of input_ids/attention_mask (inputs are padded/truncated to it).")
+    batch: int | Literal["dynamic"] = Field(1, description="Fixed batch size or 'dynamic'.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="Encoders: pooled embedding output (mean over attention_mask, or the first token), L2-normalised.")
+    trt_target: Literal["8.5", "8.6", "10.3"] | None = Field("8.6", description="TensorRT version the trimmed graph is checked against; null skips the check.")
+
+    @model_validator(mode="after")
+    def _opset_fits_target(self):
+        if isinstance(self.batch, int) and self.batch < 1:
+            raise ValueError("batch must be >= 1 or 'dynamic'")
+        if self.trt_target and self.opset > TRT_MAX_OPSET[self.trt_target]:
+            raise ValueError(f"opset {self.opset} is above what TensorRT {self.trt_target} parses faithfully "
+                             f"({TRT_MAX_OPSET[self.trt_target]}); lower export.opset or change export.trt_target")
+        return self
+
+
+class GenerationCheck(_Strict):
+    prompts: list[str] = Field(min_length=1, description="Decoders: prompts generated greedily by the original and the trimmed model.")
+    max_new_tokens: int = Field(16, ge=1, le=256)
+    min_exact_match: float = Field(1.0, ge=0, le=1, description="Share of prompts whose generations must be identical.")
+
+
+class VocabAccuracyConfig(_Strict):
+    samples: int = Field(64, ge=1, le=4096, description="Held-out documents used by the accuracy checks (evenly spaced).")
+    max_abs_diff: float = Field(1e-5, gt=0, description="Encoders: max |trimmed - original| on in-vocabulary held-out text (hidden states and embedding), both in PyTorch from the saved checkpoints.")
+    min_cosine: float = Field(0.95, ge=-1, le=1, description="Encoders: mean cosine between trimmed and original embeddings on all held-out documents (out-of-vocabulary text included).")
+    min_top1_agreement: float = Field(0.95, ge=0, le=1, description="Decoders: next-token argmax agreement on in-vocabulary held-out text.")
+    max_perplexity_increase: float = Field(0.05, ge=0, description="Decoders: relative increase of perplexity per character on all held-out text allowed.")
+
+
+class VocabVerifyConfig(_Strict):
+    parity: ParityConfig = Field(default_factory=lambda: ParityConfig(samples=4))
+    accuracy: VocabAccuracyConfig = VocabAccuracyConfig()
+    generation: GenerationCheck | None = Field(None, description="Decoders: greedy generation check (required for decoders).")
+
+
+class VocabBenchConfig(_Strict):
+    enabled: bool = True
+    warmup: int = Field(2, ge=0)
+    repeats: int = Field(10, ge=1, description="Timed forward passes per graph (baseline and trimmed alternate).")
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads; default: all cores.")
+
+
+class VocabRecipe(_Strict):
+    name: str | None = Field(None, description="Free-form name shown in reports.")
+    description: str | None = None
+    task: Literal["vocab-trim"] = Field(description="vocab-trim: drop vocabulary entries a target language does not use.")
+    model: str = Field(description="Bundled model name (see `tokexport models list`), or a local Hugging Face directory (relative to this file).")
+    architecture: Literal["auto", "encoder", "decoder"] = Field("auto", description="encoder: hidden states + pooled embedding; decoder: causal-LM logits. auto: decoder when config.architectures names a *ForCausalLM class.")
+    corpus: CorpusConfig
+    trim: TrimConfig = TrimConfig()
+    export: VocabExportConfig = VocabExportConfig()
+    verify: VocabVerifyConfig = VocabVerifyConfig()
+    bench: VocabBenchConfig = VocabBenchConfig()
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _allowed(loc: tuple) -> list[str]:
+    model: type[BaseModel] = VocabRecipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        ann = getattr(model.model_fields.get(part), "annotation", None)
+        nested = [a for a in (getattr(ann, "__args__", None) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def format_vocab_error(path: str, err: ValidationError) -> str:
+    """One line naming the file and the field, like tokexport.recipe.format_error."""
+    e = err.errors()[0]
+    loc = e["loc"]
+    if e["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _allowed(loc), n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else "remove it (see `tokexport recipes schema`)"
+        return f"{path}: {_loc(loc)}: unknown field; {fix}"
+    msg = "required field is missing" if e["type"] == "missing" else e["msg"].removeprefix("Value error, ")
+    return f"{path}: {_loc(loc)}: {msg}"
+
+
+def validate_vocab_recipe(path: str, data: dict) -> VocabRecipe:
+    try:
+        return VocabRecipe.model_validate(data)
+    except ValidationError as e:
+        raise InputError(format_vocab_error(path, e)) from None
