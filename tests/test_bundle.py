@@ -83,3 +83,24 @@ def test_build_without_tensorrt_exits_8(bundle):
     assert res.returncode == 8
     assert res.stderr.strip().count("\n") == 0 and "tensorrt" in res.stderr and "tokexport bundle" in res.stderr
     assert_one_line_error(run_cli("build", str(bundle.parent / "missing.onnx")), "missing.onnx", "not found")
+
+
+def test_bundle_from_a_convert_directory_reuses_its_real_inputs_and_target(tmp_path):
+    """`--from DIR` bundles model.onnx and baseline.onnx, takes the target from report.json and the
+    sample inputs convert stored in DIR/deploy (real data), not generated ones."""
+    from tokexport.deploy import write_bundle
+
+    src = tmp_path / "converted"
+    tiny_model(src / "model.onnx")
+    tiny_model(src / "baseline.onnx", scale=3.0)
+    x = np.arange(2 * 6 * 4, dtype=np.float32).reshape(2, 6, 4) / 10  # not what sample_inputs would draw
+    write_bundle(src / "deploy", {"model": src / "model.onnx", "baseline": src / "baseline.onnx"}, "jetpack-5.1",
+                 {"x": x}, archive=False)
+    (src / "report.json").write_text(json.dumps({"recipe": {"export": {"target": "jetpack-5.1"}}}))
+    out = tmp_path / "bundle"
+    res = run_cli("bundle", str(out), "--from", str(src))
+    assert res.returncode == 0, res.stderr
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["target"]["name"] == "jetpack-5.1" and set(man["models"]) == {"model", "baseline"}
+    assert np.array_equal(np.load(out / man["inputs"]["x"]["file"]), x)
+    assert verify(out).returncode == 0

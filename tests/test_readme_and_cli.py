@@ -28,7 +28,8 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
 
 
 @pytest.mark.parametrize("cmd", [[], ["convert"], ["models"], ["models", "list"], ["models", "fetch"], ["recipes"],
-                                 ["recipes", "list"], ["recipes", "schema"], ["inspect"]])
+                                 ["recipes", "list"], ["recipes", "schema"], ["inspect"], ["check-target"],
+                                 ["bundle"], ["build"], ["check"], ["sweep"], ["search"]])
 def test_help_on_every_command(cmd):
     res = run_cli(*cmd, "--help")
     assert res.returncode == 0, res.stderr
@@ -43,7 +44,9 @@ def test_shipped_recipes_validate_and_list():
     assert {"dinov2-small-zero-tprune.yaml", "dinov2-small-topk-cls.yaml", "dinov2-small-random.yaml",
             "dinov2-small-fopru-rank.yaml", "dinov2-small-fopru-row.yaml", "dinov2-small-hired.yaml",
             "llava-1.5-7b-fopru-rank.yaml", "llava-v1.6-mistral-7b-hired.yaml",
-            "llava-1.5-tiny-fopru-rank.yaml", "llava-next-tiny-hired.yaml"} <= names
+            "llava-1.5-tiny-fopru-rank.yaml", "llava-next-tiny-hired.yaml", "dinov2-small-tome.yaml",
+            "e5-small-vocab-en-pt.yaml", "gemma3-270m-vocab-fr.yaml", "smollm2-135m-vocab-en.yaml",
+            "minilm-l6-vocab-en.yaml"} <= names
     for p in paths:
         load_recipe(p)
     zt, cls, rnd = (load_recipe(REPO / "recipes" / f"dinov2-small-{m}.yaml") for m in ("zero-tprune", "topk-cls", "random"))

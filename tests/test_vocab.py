@@ -306,3 +306,30 @@ def test_recipe_errors_are_one_line():
         with pytest.raises(InputError, match=match) as e:
             validate_vocab_recipe("r.yaml", {**base, **bad})
         assert "\n" not in str(e.value) and str(e.value).startswith("r.yaml: ")
+
+
+def test_self_generated_counts_are_the_models_own_greedy_tokens():
+    """trim.self_generated counts exactly what the original generates from mining-part prompts: batched
+    left-padded generation equals one-by-one greedy generation, counts are weighted, short documents skip."""
+    from tokexport.vocab.recipe import SelfGenerated
+    from tokexport.vocab.selfgen import self_generated_counts
+    from tokexport.vocab.verify import greedy_generations
+
+    m = _tiny_llama(True)
+    m.generation_config.eos_token_id = None  # random weights: never stop early, so every prompt gives 6 tokens
+    docs = [[1, 5, 9, 33, 7, 10], [1, 20, 20, 5], [1, 63], [1, 7, 7, 7, 9, 5, 33]]  # [1, 63] is too short
+    cfg = SelfGenerated(prompts=10, prompt_tokens=3, max_new_tokens=6, weight=3, batch=2)
+    counts, info = self_generated_counts(m, cfg, docs, 64, pad_id=0)
+    one_by_one = greedy_generations(m, [d[:3] for d in docs if len(d) > 3], 6, 0)
+    expected = np.bincount([t for g in one_by_one for t in g], minlength=64) * 3
+    assert np.array_equal(counts, expected)
+    assert info["prompts"] == 3 and info["generated_tokens"] == 18 and info["distinct_ids"] == int((expected > 0).sum())
+
+
+def test_mine_adds_extra_counts():
+    corpus = Corpus(mining={"x": ["a"]})
+    enc = lambda texts: [[1, 2, 2] for _ in texts]  # noqa: E731
+    extra = np.zeros(8, dtype=np.int64)
+    extra[5] = 10  # only the model's generations name id 5
+    m = mine(corpus, enc, enc, 8, TrimConfig(min_frequency=2, target_vocab_size=2), set(), extra)
+    assert m.selected.tolist() == [2, 5] and m.counts[5] == 10

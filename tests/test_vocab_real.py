@@ -16,7 +16,7 @@ import yaml
 
 from tokexport import zoo
 from tokexport.pipeline import run
-from tokexport.vocab.recipe import VocabRecipe
+from tokexport.vocab.recipe import SelfGenerated, VocabRecipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -63,6 +63,9 @@ def test_e5_end_to_end_exact(e5_result):
     assert r["tokenizer"]["family"] == "unigram" and r["coverage"]["heldout"]["token_coverage"] > 0.95
     assert set(r["coverage"]["heldout_by_language"]) == {"en", "pt"}
     assert r["trim"]["config_ids"]["pad_token_id"] == [1, 1]
+    # the trimmed graph passes the recipe's target (jetpack-6.0) check, polygraphy lint included
+    assert r["trt_check"]["target"] == "jetpack-6.0" and r["trt_check"]["errors"] == 0, r["trt_check"]
+    assert r["trt_check"]["lint"]["ran"] and r["trt_check"]["lint"]["failing_nodes"] == []
     md = (e5_result.out_dir / "report.md").read_text()
     assert "vocabulary trim" in md and "in_vocab_max_abs_diff" in md
 
@@ -94,6 +97,7 @@ def test_minilm_wordpiece_end_to_end(fetched, tmp_path):
     assert any("vocab.txt rewritten" in n for n in r["tokenizer"]["files"])
     vocab = (res.out_dir / "model" / "vocab.txt").read_text().splitlines()
     assert len(vocab) == r["tokenizer"]["vocab_size_trimmed"] < 30522
+    assert r["trt_check"]["errors"] == 0, r["trt_check"]
 
 
 # ------------------------------------------------------------------------------- bad input via the CLI
@@ -122,6 +126,7 @@ E5 = {"task": "vocab-trim", "model": "e5-small", "corpus": {"sources": [{"datase
     ({"sources": [{"path": "missing.txt"}]}, {}, "does not exist"),
     ({"sources": [{"path": "empty.txt"}]}, {}, "the corpus is empty"),
     ({"sources": [{"dataset_build": "por"}]}, {"target_vocab_size": 200000}, "fewer than 200,000"),
+    ({"sources": [{"dataset_build": "por"}]}, {"self_generated": {"prompts": 4}}, "only decoders generate text"),
 ])
 def test_bad_corpus_cli(fetched, tmp_path, corpus, trim, match):
     (tmp_path / "empty.txt").write_text("  \n")
@@ -244,6 +249,7 @@ def test_smollm2_decoder_end_to_end(tmp_path):
     recipe = _recipe("smollm2-135m-vocab-en.yaml", **{"verify.accuracy.samples": 8, "bench.enabled": False,
                                                        "verify.generation.max_new_tokens": 8})
     recipe.verify.generation.prompts = recipe.verify.generation.prompts[:4]
+    recipe.trim.self_generated = SelfGenerated(prompts=8, prompt_tokens=8, max_new_tokens=8, batch=8)
     res = run(recipe, RECIPES, tmp_path / "out", label="smollm2-135m-vocab-en.yaml")
     r = res.report
     assert r["tokenizer"]["family"] == "byte-level-bpe" and r["model"]["tied_embeddings"]
@@ -255,3 +261,6 @@ def test_smollm2_decoder_end_to_end(tmp_path):
     assert r["trim"]["bpe_closure_added"] > 0 and r["trim"]["generation_config_ids"]["eos_token_id"] == [2, 2]
     assert r["model"]["params_trimmed"] < 0.92 * r["model"]["params"]
     assert len(r["accuracy"]["generations"]) == 4
+    sg = r["trim"]["self_generated"]
+    assert sg["prompts"] == 8 and 0 < sg["generated_tokens"] <= 64 and sg["distinct_ids"] > 0
+    assert r["trt_check"]["errors"] == 0, r["trt_check"]  # decoder logits graph on jetpack-6.0

@@ -8,13 +8,12 @@ import typer
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "PASS" if v else "FAIL"
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.4f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
+    from .report import fmt_value
+
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    small_or_huge = isinstance(v, float) and (abs(v) < 1e-3 or abs(v) >= 1e4)
+    return fmt_value(v, float_format=".4g" if small_or_huge else None)
 
 
 def _overrides(pairs: list[str]) -> dict:

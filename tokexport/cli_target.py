@@ -37,6 +37,17 @@ def _recipe_target(src: Path) -> str | None:
     return None
 
 
+def _convert_inputs(deploy: Path) -> dict | None:
+    """The sample inputs `tokexport convert` put in its deploy/ (real evaluation data), if readable."""
+    import numpy as np
+
+    try:
+        manifest = json.loads((deploy / "manifest.json").read_text())
+        return {name: np.load(deploy / i["file"]) for name, i in manifest["inputs"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # an older or damaged deploy/: fall back to generated inputs
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
 
@@ -85,7 +96,8 @@ def register(app: typer.Typer) -> None:
         target: str | None = typer.Option(None, "--target", "-t", help=_TARGET_HELP + " Default: the convert "
                                              f"report's target, else {DEFAULT_TARGET}."),
         inputs: Path | None = typer.Option(None, "--inputs", help=".npz of sample inputs (names = graph inputs); "
-                                              "default: seeded standard-normal arrays, batch 1."),
+                                              "default: a convert directory's own deploy/inputs (real data), else "
+                                              "seeded standard-normal arrays, batch 1."),
         fp16: bool = typer.Option(True, "--fp16/--fp32", help="Engines built on the device in FP16."),
         max_batch: int = typer.Option(8, "--max-batch", help="Largest batch of the engine profile (dynamic batch)."),
         force: bool = typer.Option(False, "--force", help="Replace an existing OUT_DIR and OUT_DIR.tar.gz."),
@@ -109,6 +121,8 @@ def register(app: typer.Typer) -> None:
                         feed = {k: z[k] for k in z.files}
                 except (OSError, ValueError) as exc:
                     raise InputError(f"{inputs}: not a readable .npz of input arrays ({exc})") from None
+            elif source.is_dir() and (source / "deploy" / "manifest.json").is_file():
+                feed = _convert_inputs(source / "deploy")
             with err_console.status(f"writing {out_dir}"):
                 b = write_bundle(out_dir, models, tgt, feed, fp16=fp16, max_batch=max_batch, force=force)
         except TokexportError as e:

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from . import __version__
+from . import verify as V
 from .bench import compare_latency
 from .data import Preprocess, image_folder, instance_recognition_set, natural_images
 from .errors import AccuracyError, InputError, ParityError
@@ -25,13 +24,13 @@ from .export import export_onnx
 from .flops import encoder_flops
 from .load import LoadedModel, load_model
 from .onnx_tools import onnx_files, sha256_onnx
+from .outdir import check_out_dir, staged_dir
 from .recipe import Recipe, load_recipe
 from .reduce import METHODS
 from .reduce.patch import reduced
 from .reduce.schedule import plan
 from .report import render_markdown, write_json
 from .runners import OrtRunner, TorchRunner, run_batched
-from . import verify as V
 
 
 def _deploy(recipe, tmp: Path, model_path: Path, base_path: Path, x: np.ndarray, stages) -> dict | None:
@@ -64,6 +63,20 @@ def _deploy(recipe, tmp: Path, model_path: Path, base_path: Path, x: np.ndarray,
             "note": "TensorRT is not available here: deploy/ holds model.onnx and baseline.onnx, build_engine.sh "
                     "(trtexec) and verify_on_device.py (sha256, then TensorRT or ONNX Runtime against ONNX Runtime's "
                     "expected outputs); run both on the device, or `tokexport bundle` for a .tar.gz"}
+
+
+def selection_margins(fn: Callable[[torch.Tensor], dict], x: np.ndarray) -> list[float]:
+    """Per sample, the smallest relative score gap of any token selection the PyTorch reference made
+    (:mod:`tokexport.reduce.margins`), for telling near-ties from a wrong graph in the parity check."""
+    from .reduce.margins import recording, sample_margins
+
+    out = []
+    with torch.inference_mode():
+        for i in range(len(x)):
+            with recording() as rec:
+                fn(torch.from_numpy(np.ascontiguousarray(x[i:i + 1])))
+            out += sample_margins(rec, 1)
+    return out
 
 
 def trt_section(model_path: Path, target: str) -> dict:
@@ -120,13 +133,6 @@ def _forward(lm: LoadedModel) -> Callable[[torch.Tensor], dict[str, torch.Tensor
     return fn
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise InputError(f"{out}: output directory already exists; pass --force to replace it or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a directory")
-
-
 def convert(recipe_path: str | Path, out: str | Path | None = None, force: bool = False,
             stages: Stages | None = None) -> Result:
     """`tokexport convert`: load and validate the recipe file, then run it."""
@@ -141,7 +147,7 @@ def run(recipe: Recipe, base_dir: Path, out_dir: Path, force: bool = False, stag
     """Run a validated recipe. ``base_dir`` resolves relative paths in it; ``loaded`` reuses a model
     already loaded with the same recipe settings (benchmark sweeps)."""
     stages = stages or Stages()
-    _check_out_dir(Path(out_dir), force)
+    check_out_dir(Path(out_dir), force)
     if recipe.task == "visual-tokens":
         from .vlm.pipeline import run_visual
 
@@ -208,21 +214,10 @@ def _run(recipe: Recipe, label: str, base_dir: Path, lm: LoadedModel, out_dir: P
 
 def _in_tmp(out_dir: Path, produce: Callable[[Path], dict]) -> Result:
     """Run ``produce(tmp)`` in a temporary sibling of ``out_dir``, write the reports, rename into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary directory
-    try:
+    with staged_dir(out_dir) as tmp:
         report = produce(tmp)
         write_json(report, tmp / "report.json")
         (tmp / "report.md").write_text(render_markdown(report))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     code = 0
     if not report["parity"]["passed"] or not report["parity_baseline"]["passed"]:
         code = ParityError.exit_code
@@ -250,7 +245,9 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
     base_ort, red_ort = OrtRunner(base_path), OrtRunner(model_path)
     par = recipe.verify.parity
     with stages.stage("verify: parity", total=2) as advance:
-        parity_red = V.parity(red_ort, TorchRunner(reduced_fn), parity_x, par.atol, par.mean_atol)
+        margins = selection_margins(reduced_fn, parity_x) if par.tie_margin > 0 else None
+        parity_red = V.parity(red_ort, TorchRunner(reduced_fn), parity_x, par.atol, par.mean_atol, margins,
+                              par.tie_margin)
         advance()
         parity_base = V.parity(base_ort, TorchRunner(original_fn), parity_x, par.atol, par.mean_atol)
         advance()
@@ -342,7 +339,7 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
                             f"(scale {list(acc.crop_scale)}, flips, seed {acc.seed}); class prototypes from the ORIGINAL "
                             f"model on {len(iset.proto_y)} separate crops; feature = `{feat}`; reduced = model.onnx "
                             "(onnxruntime), original = unmodified PyTorch model"),
-            "classes": iset.n_classes, "samples": int(len(iset.eval_y)),
+            "classes": iset.n_classes, "samples": len(iset.eval_y),
             "metrics": metric_dicts, "passed": acc_passed,
         },
         "bench": bench,

@@ -28,18 +28,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ExportConfig(_Strict):
+class TargetedExport(_Strict):
+    """Export settings every task shares: the deployment target, the opset it implies, the batch axis."""
+
     target: _targets.TargetName = Field(
         _targets.DEFAULT_TARGET,
         description="Where the graph runs: onnxruntime | tensorrt-8.5 | tensorrt-8.6 | tensorrt-10 | the Jetson's JetPack "
                     "(jetpack-5.1 = TensorRT 8.5.2, jetpack-6.0 = 8.6.2, jetpack-6.1 = 10.3). Fixes the default opset "
                     "and the operator checks run by convert and check-target.")
     opset: int | None = Field(None, ge=13, le=21, description="ONNX opset; default: the target's (16 for TensorRT 8.5, 17 otherwise). Must not exceed what the target reads faithfully.")
-    image_size: int | None = Field(None, ge=14, le=4096, description="Square input size in pixels; default: the checkpoint's preprocessor crop size.")
     batch: int | Literal["dynamic"] = Field("dynamic", description="Fixed batch size, or 'dynamic' (the only dynamic axis; token counts are always static).")
-    exporter: Literal["auto", "torchscript", "dynamo"] = Field(
-        "auto", description="auto: TorchScript exporter for opset <= 17 (the dynamo exporter only emits opset >= 18), dynamo otherwise."
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -78,10 +76,18 @@ class ExportConfig(_Strict):
         return ".".join(t.tensorrt.split(".")[:2]) if t.tensorrt else None
 
 
+class ExportConfig(TargetedExport):
+    image_size: int | None = Field(None, ge=14, le=4096, description="Square input size in pixels; default: the checkpoint's preprocessor crop size.")
+    exporter: Literal["auto", "torchscript", "dynamo"] = Field(
+        "auto", description="auto: TorchScript exporter for opset <= 17 (the dynamo exporter only emits opset >= 18), dynamo otherwise."
+    )
+
+
 class ParityConfig(_Strict):
     atol: float = Field(1e-3, gt=0, description="Max absolute difference allowed between ONNX Runtime and PyTorch, any output element.")
     mean_atol: float = Field(1e-4, gt=0, description="Mean absolute difference allowed, per output.")
     samples: int = Field(8, ge=1, le=256, description="Real images fed to both.")
+    tie_margin: float = Field(1e-4, ge=0, le=0.1, description="A sample whose outputs differ while one of its token selections was decided by a relative score gap below this (float32 rounding can pick either side) is reported as a near-tie and left out; parity fails if more than half the samples are near-ties. 0 disables.")
 
 
 class Threshold(_Strict):

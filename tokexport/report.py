@@ -11,14 +11,29 @@ from rich.text import Text
 SCHEMA_VERSION = 1
 
 
-def _fmt(v, digits=4):
+def _near_ties_md(par: dict) -> list[str]:
+    ties = par.get("near_ties") or []
+    if not ties:
+        return []
+    rows = ", ".join(f"sample {t['sample']} (margin {t['margin']:.1e}, max abs diff {t['max_abs_diff']:.3g})" for t in ties)
+    return ["", f"Left out as near-ties ({len(ties)} of {par['samples']}; a token selection there was decided by a "
+                f"relative score gap below {par['tie_margin']:g}, where float32 rounding may pick either side): {rows}. "
+                f"Compared on the other {par['decisive_samples']}."]
+
+
+def fmt_value(v, digits: int = 4, float_format: str | None = None) -> str:
+    """A report cell: — for missing, PASS/FAIL for booleans, floats with ``digits`` decimals (or
+    ``float_format``), anything else as text. Shared by every table tokexport writes."""
     if v is None:
         return "—"
     if isinstance(v, bool):
         return "PASS" if v else "FAIL"
     if isinstance(v, float):
-        return f"{v:.{digits}f}"
+        return format(v, float_format or f".{digits}f")
     return str(v)
+
+
+_fmt = fmt_value
 
 
 def _gflops(x):
@@ -117,6 +132,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Parity (ONNX Runtime vs PyTorch)",
         table(["graph", "max abs diff", "mean abs diff", "atol / mean atol", "result"], parity),
+        *_near_ties_md(report["parity"]),
         "",
         f"## Accuracy against the original ({report['accuracy']['dataset']})",
         report["accuracy"].get("description", ""),

@@ -21,9 +21,6 @@ same machine and session.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +35,7 @@ from .data import Preprocess, instance_recognition_set, natural_images
 from .errors import InputError
 from .flops import encoder_flops
 from .load import LoadedModel, load_model
+from .outdir import check_out_dir, staged_dir
 from .recipe import Recipe, Threshold, load_recipe
 from .reduce import METHODS
 from .reduce.patch import reduced
@@ -202,9 +200,7 @@ def search(recipe_path: str | Path, max_drop: float, metric: str, out: str | Pat
     if recipe.task == "visual-tokens":
         raise InputError(f"{recipe_path}: task visual-tokens keeps a fixed K after one layer; search explores "
                          "layer-wise ViT pruning schedules (use `tokexport sweep` for K)")
-    if out_dir.exists() and not force:
-        raise InputError(f"{out_dir}: output directory already exists; pass --force to replace it or choose another "
-                         "--out")
+    check_out_dir(out_dir, force)
     if metric not in ("feature_cosine", "instance_top1", "top1_agreement"):
         raise InputError(f"--metric {metric}: the search measures feature_cosine, instance_top1 (and top1_agreement "
                          "for classifiers)")
@@ -257,14 +253,9 @@ def search(recipe_path: str | Path, max_drop: float, metric: str, out: str | Pat
     name = f"{recipe.name or recipe_path.stem}-search"
     winner = recipe.model_copy(update={"name": name, "reduction": red, "verify": verify, "description": (
         f"Found by `tokexport search {recipe_path} --max-drop {max_drop:g} --metric {metric}`: fewest FLOPs with "
-        f"{metric} drop <= {max_drop:g} on the recipe's eval set (greedy, deepest layer first).")})
+        f"{metric} drop <= {max_drop:g} on the recipe's eval set (greedy layer-wise, two passes: search.json).")})
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
+    with staged_dir(out_dir) as tmp:
         # the winner's recipe lives next to the outputs; relative model paths must still resolve
         winner_file = tmp / f"{name}.yaml"
         if lm.source_kind == "local":
@@ -278,12 +269,6 @@ def search(recipe_path: str | Path, max_drop: float, metric: str, out: str | Pat
         summary["winner_recipe"] = winner_file.name
         summary["winner_exit_code"] = res.exit_code
         (tmp / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary, out_dir
 
 

@@ -17,8 +17,6 @@ import base64
 import html
 import json
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +27,9 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import InputError, ParityError
+from .outdir import check_out_dir, staged_dir
 from .recipe import METRICS, Recipe, load_recipe
+from .report import fmt_value
 
 PLOT_SIZE = (8.0, 5.0)  # inches; at PLOT_DPI the PNG is 800 x 500 pixels
 PLOT_DPI = 100
@@ -193,15 +193,7 @@ def plot(summary: dict, path: Path) -> None:
 def render_html(summary: dict, png: bytes) -> str:
     """Self-contained page: the table of every point and the plot as a data URI."""
     def fmt(v, d=4):
-        if v is None:
-            return "—"
-        if isinstance(v, bool):
-            return "PASS" if v else "FAIL"
-        if isinstance(v, float):
-            return f"{v:.{d}f}"
-        if isinstance(v, list):
-            return "→".join(map(str, v))
-        return html.escape(str(v))
+        return html.escape("→".join(map(str, v)) if isinstance(v, list) else fmt_value(v, d))
 
     head = ["method", "keep rate", "tokens", summary["x"]["label"], "predicted speed-up", "FLOPs ratio",
             f"{summary['metric']} (original → reduced)", "drop", "parity max abs", "report", "Pareto"]
@@ -286,20 +278,13 @@ def sweep(recipe_path: str | Path, keep_rates: list[float], methods: list[str] |
     metric = metric or "instance_top1"  # measured for every task
     if metric not in METRICS:
         raise InputError(f"--metric: unknown metric {metric!r}; known: {', '.join(METRICS)}")
-    if out_dir.exists() and not force:
-        raise InputError(f"{out_dir}: output directory already exists; pass --force to replace it or choose another "
-                         "--out")
+    check_out_dir(out_dir, force)
     points = [Point(m, r) for m in methods for r in keep_rates]
     cores = os.cpu_count() or 1
     threads = max(1, cores // jobs) if jobs > 1 else None
     recipes = [point_recipe(recipe, p, threads) for p in points]  # every point validated before anything runs
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
+    with staged_dir(out_dir) as tmp:
         dirs = [str(tmp / "runs" / p.label) for p in points]
         labels = [f"{recipe_path}@{p.label}" for p in points]
         results: list[tuple[int, str]] = []
@@ -320,12 +305,6 @@ def sweep(recipe_path: str | Path, keep_rates: list[float], methods: list[str] |
         (tmp / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot(summary, tmp / "pareto.png")
         (tmp / "sweep.html").write_text(render_html(summary, (tmp / "pareto.png").read_bytes()))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary, out_dir
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .margins import note_boundary
+
 
 def keep_topk(scores: torch.Tensor, n_keep: int, n_prefix: int) -> torch.Tensor:
     """Top-``n_keep`` of per-token scores over the non-prefix tokens.
@@ -14,6 +16,7 @@ def keep_topk(scores: torch.Tensor, n_keep: int, n_prefix: int) -> torch.Tensor:
     if not 1 <= n_keep <= scores.shape[-1]:
         raise ValueError(f"n_keep={n_keep} outside [1, {scores.shape[-1]}]")
     idx = torch.topk(scores, n_keep, dim=-1, largest=True, sorted=True).indices
+    note_boundary(scores, n_keep)
     return sort_positions(idx) + n_prefix
 
 

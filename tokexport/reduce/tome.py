@@ -30,6 +30,7 @@ from tokexport.errors import InputError
 
 from .base import MergeInputs, MergingMethod, ReductionConfig, register_method
 from .common import sort_positions
+from .margins import note_boundary
 
 
 class ToMeConfig(ReductionConfig):
@@ -111,6 +112,8 @@ def bipartite_merge(x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor | No
     best, dst_all = torch.topk(scores, 1, dim=-1)  # each A token's most similar B token
     order = torch.topk(best[..., 0], n_a, dim=-1, largest=True, sorted=True).indices  # A by similarity, desc.
     src = order[:, :r]  # merged A tokens (A-local indices)
+    note_boundary(best[..., 0], r)  # which A tokens merge
+    note_boundary(scores, 1, src)  # where each merged A token goes
     unm = sort_positions(order[:, r:])  # the others, in position order
     dst = torch.gather(dst_all[..., 0], 1, src)  # their B partners (B-local indices)
 

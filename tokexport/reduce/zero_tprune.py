@@ -36,6 +36,7 @@ from tokexport.errors import InputError
 
 from .base import LayerInputs, Method, ReductionConfig, register_method
 from .common import keep_topk
+from .margins import note_boundary
 
 _EPS = 1e-12
 
@@ -215,6 +216,7 @@ def similarity_drop(scores: torch.Tensor, keys: torch.Tensor, n_prefix: int, n_d
     n_a = m // 2
     n_b = m - n_a
     order = torch.topk(scores, m, dim=-1, largest=True, sorted=True).indices + n_prefix  # descending
+    note_boundary(scores, n_b)
     b_idx, a_idx = order[:, :n_b], order[:, n_b:]
     k = keys.to(scores.dtype).mean(dim=1)  # [B, N, dh]
     k = k / torch.sqrt((k * k).sum(dim=-1, keepdim=True)).clamp_min(_EPS)
@@ -223,6 +225,7 @@ def similarity_drop(scores: torch.Tensor, keys: torch.Tensor, n_prefix: int, n_d
     kb = torch.gather(k, 1, b_idx[:, :, None].expand(-1, -1, dh))
     best = torch.matmul(ka, kb.transpose(-1, -2)).amax(dim=-1)  # [B, n_a]
     drop_local = torch.topk(best, n_drop, dim=-1, largest=True, sorted=True).indices
+    note_boundary(best, n_drop)
     drop = torch.gather(a_idx, 1, drop_local)  # [B, n_drop] absolute positions
     positions = torch.arange(n, device=keys.device)
     hit = (drop[:, :, None] == positions[None, None, :]).to(scores.dtype).sum(dim=1)

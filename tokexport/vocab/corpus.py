@@ -162,10 +162,10 @@ class Mined:
 
 def mine(corpus: Corpus, encode_special: Callable[[list[str]], list[list[int]]],
          encode_plain: Callable[[list[str]], list[list[int]]], vocab_size: int, trim: TrimConfig,
-         forced: set[int]) -> Mined:
+         forced: set[int], extra_counts: np.ndarray | None = None) -> Mined:
     """Count ids over the mining part, keep those seen ``min_frequency`` times, most frequent first,
     at most ``target_vocab_size``. Documents are encoded with special tokens (they count too); list
-    words without (they are not documents)."""
+    words without (they are not documents). ``extra_counts`` (per old id) are added as they are."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for docs in corpus.mining.values():
         ids = [i for row in encode_all(encode_special, docs) for i in row]
@@ -175,6 +175,8 @@ def mine(corpus: Corpus, encode_special: Callable[[list[str]], list[list[int]]],
         ids = np.asarray([i for row in rows for i in row], dtype=np.int64)
         weights = np.asarray([c for row, (_, c) in zip(rows, entries) for _ in row], dtype=np.float64)
         counts += np.bincount(ids, weights=weights, minlength=vocab_size)[:vocab_size].astype(np.int64)
+    if extra_counts is not None:  # e.g. the model's own generations (trim.self_generated)
+        counts += extra_counts[:vocab_size]
     total = int(counts.sum())
     if total == 0:
         raise InputError("corpus: the mining part tokenises to no tokens at all; give text in the target language")

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import InputError
-from ..recipe import TRT_MAX_OPSET, ParityConfig
+from ..recipe import ParityConfig, TargetedExport
 
 
 class _Strict(BaseModel):
@@ -56,11 +56,22 @@ class CorpusConfig(_Strict):
     prefix: str = Field("", description="Text prepended to every document before tokenising (e5: 'passage: ').")
 
 
+class SelfGenerated(_Strict):
+    """Decoders: mine the original model's own greedy continuations of mining-part documents too."""
+
+    prompts: int = Field(256, ge=1, le=100_000, description="Mining-part documents (evenly spaced) whose beginnings the original model continues.")
+    prompt_tokens: int = Field(12, ge=1, le=1024, description="Tokens of each document used as the prompt (documents not longer than this are skipped).")
+    max_new_tokens: int = Field(32, ge=1, le=1024, description="Greedy tokens generated per prompt (stopped at EOS).")
+    weight: int = Field(1, ge=1, le=1_000_000, description="Each generated token counts this many times next to the corpus counts.")
+    batch: int = Field(16, ge=1, le=1024, description="Prompts generated together (left padding).")
+
+
 class TrimConfig(_Strict):
     min_frequency: int = Field(2, ge=1, description="Mined ids seen fewer times in the mining part are dropped (the reference uses 2).")
     target_vocab_size: int | None = Field(None, ge=1, description="Keep this many mined ids (most frequent first); null keeps every id reaching min_frequency. The corpus must yield at least this many. Special, required and tokens_to_keep ids come on top.")
     tokens_to_keep: list[str] = Field(default_factory=list, description="Vocabulary entries (token strings, as in tokenizer.json) always kept.")
     tokens_to_keep_file: str | None = Field(None, description="File with one vocabulary entry per line, always kept (relative to the recipe file).")
+    self_generated: SelfGenerated | None = Field(None, description="Decoders only: also count the tokens the original model generates greedily from the beginnings of mining-part documents (what the model writes, not only what people write), so that fewer greedy generations reach a dropped token. Uses the mining part only: held-out text and verify.generation prompts stay unseen.")
     drop_special: str | None = Field(None, description="Regular expression (full match) of special tokens that may be dropped, e.g. Gemma's '<unused[0-9]+>' placeholders; special tokens are kept otherwise, and those named by the config or the post-processor always.")
 
     @model_validator(mode="after")
@@ -73,21 +84,10 @@ class TrimConfig(_Strict):
         return self
 
 
-class VocabExportConfig(_Strict):
-    opset: int = Field(17, ge=13, le=21, description="ONNX opset; 17 for TensorRT 8.6 (JetPack 6.0).")
+class VocabExportConfig(TargetedExport):
     seq_len: int = Field(128, ge=2, le=8192, description="Static sequence length of input_ids/attention_mask (inputs are padded/truncated to it).")
     batch: int | Literal["dynamic"] = Field(1, description="Fixed batch size or 'dynamic'.")
     pooling: Literal["mean", "cls"] = Field("mean", description="Encoders: pooled embedding output (mean over attention_mask, or the first token), L2-normalised.")
-    trt_target: Literal["8.5", "8.6", "10.3"] | None = Field("8.6", description="TensorRT version the trimmed graph is checked against; null skips the check.")
-
-    @model_validator(mode="after")
-    def _opset_fits_target(self):
-        if isinstance(self.batch, int) and self.batch < 1:
-            raise ValueError("batch must be >= 1 or 'dynamic'")
-        if self.trt_target and self.opset > TRT_MAX_OPSET[self.trt_target]:
-            raise ValueError(f"opset {self.opset} is above what TensorRT {self.trt_target} parses faithfully "
-                             f"({TRT_MAX_OPSET[self.trt_target]}); lower export.opset or change export.trt_target")
-        return self
 
 
 class GenerationCheck(_Strict):

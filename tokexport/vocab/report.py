@@ -7,15 +7,11 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ..report import fmt_value
+
 
 def _fmt(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "PASS" if v else "FAIL"
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
+    return fmt_value(v, float_format=".6g")
 
 
 def _pct(x: float) -> str:
