@@ -302,10 +302,15 @@ def test_recipe_errors_are_one_line():
                        ({"corpus": {"sources": [{"dataset_build": "eng", "path": "x"}]}}, "exactly one of"),
                        ({"corpus": {"sources": []}}, "corpus.sources"),
                        ({"trim": {"drop_special": "("}}, "not a regular expression"),
-                       ({"export": {"opset": 18}}, "above what TensorRT 8.6")):
+                       ({"export": {"opset": 18}}, "opset 18 does not fit target jetpack-6.0: TensorRT 8.6 reads"),
+                       ({"export": {"target": "jetpack-9"}}, "export.target")):
         with pytest.raises(InputError, match=match) as e:
             validate_vocab_recipe("r.yaml", {**base, **bad})
         assert "\n" not in str(e.value) and str(e.value).startswith("r.yaml: ")
+    # the same deployment targets as the other tasks, the old spelling included
+    r = validate_vocab_recipe("r.yaml", {**base, "export": {"target": "jetpack-5.1"}})
+    assert (r.export.target, r.export.opset, r.export.trt_target) == ("jetpack-5.1", 16, "8.5")
+    assert validate_vocab_recipe("r.yaml", {**base, "export": {"trt_target": "10.3"}}).export.target == "tensorrt-10"
 
 
 def test_self_generated_counts_are_the_models_own_greedy_tokens():

@@ -62,6 +62,45 @@ def choose_exporter(opset: int, exporter: str) -> str:
     return exporter
 
 
+def run_exporter(module: nn.Module, args: tuple, path: Path, opset: int, exporter: str, input_names: list[str],
+                 output_names: list[str], dynamic_batch: bool) -> onnx.ModelProto:
+    """torch.onnx.export with the chosen exporter (quiet; batch the only dynamic axis when asked), then
+    load the graph back and check it carries the requested opset. ExportError on any failure."""
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            if exporter == "torchscript":
+                axes = {n: {0: "batch"} for n in (*input_names, *output_names)} if dynamic_batch else None
+                torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names,
+                                  output_names=output_names, opset_version=opset, dynamic_axes=axes,
+                                  do_constant_folding=True)
+            else:
+                batch = torch.export.Dim("batch", min=1, max=1024)
+                shapes = tuple({0: batch} for _ in args) if dynamic_batch else None
+                prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes, input_names=input_names,
+                                         output_names=output_names, opset_version=opset, external_data=False)
+                prog.save(str(path), external_data=False)
+        except Exception as e:
+            raise ExportError(f"ONNX export failed ({exporter}, opset {opset}): {str(e).splitlines()[0][:300]}") from e
+    m = onnx.load(str(path))
+    got = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    if got != opset:
+        raise ExportError(f"the {exporter} exporter wrote opset {got}, not the requested {opset}")
+    return m
+
+
+def pin_shapes(m: onnx.ModelProto, path: Path, shapes: dict[str, list]) -> None:
+    """Declare the inputs/outputs with the shapes PyTorch produced, check them by strict shape inference, save."""
+    set_io_shapes(m, shapes)
+    try:
+        check_shapes(m)
+    except ValueError as e:
+        raise ExportError(f"exported graph failed shape checks: {e}") from e
+    onnx.save(m, str(path))
+
+
 def export_onnx(model: nn.Module, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], example: torch.Tensor,
                 path: Path, opset: int, dynamic_batch: bool, exporter: str = "auto") -> ExportInfo:
     exporter = choose_exporter(opset, exporter)
@@ -70,36 +109,11 @@ def export_onnx(model: nn.Module, fn: Callable[[torch.Tensor], dict[str, torch.T
     names = list(ref)
     module = _Named(model, fn, names).eval()
     path = Path(path)
-    kwargs = dict(input_names=[INPUT_NAME], output_names=names, opset_version=opset)
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        try:
-            if exporter == "torchscript":
-                axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic_batch else None
-                torch.onnx.export(module, (example,), str(path), dynamo=False, dynamic_axes=axes,
-                                  do_constant_folding=True, **kwargs)
-            else:
-                shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
-                prog = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=shapes,
-                                         external_data=False, **kwargs)
-                prog.save(str(path), external_data=False)
-        except Exception as e:
-            raise ExportError(f"ONNX export failed ({exporter}, opset {opset}): {str(e).splitlines()[0][:300]}") from e
-    m = onnx.load(str(path))
-    got = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
-    if got != opset:
-        raise ExportError(f"the {exporter} exporter wrote opset {got}, not the requested {opset}")
+    m = run_exporter(module, (example,), path, opset, exporter, [INPUT_NAME], names, dynamic_batch)
     batch = "batch" if dynamic_batch else int(example.shape[0])
     shapes = {INPUT_NAME: [batch, *example.shape[1:]]}
     for n, t in ref.items():
         shapes[n] = [batch, *t.shape[1:]]
-    set_io_shapes(m, shapes)
-    try:
-        check_shapes(m)
-    except ValueError as e:
-        raise ExportError(f"exported graph failed shape checks: {e}") from e
-    onnx.save(m, str(path))
+    pin_shapes(m, path, shapes)
     return ExportInfo(path=path, exporter=exporter, opset=opset, output_names=names,
                       output_shapes={n: shapes[n] for n in names})

@@ -58,9 +58,11 @@ def with_mask(args: tuple, kwargs: dict, mask: torch.Tensor) -> tuple[tuple, dic
     return args, {**kwargs, "attention_mask": mask}
 
 
-class _Block(nn.Module):
-    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: Method | None,
-                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, temperature: float):
+class _Wrapped(nn.Module):
+    """What every block wrapper knows: the host block, its place, its stage and the model's shape."""
+
+    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method,
+                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter):
         super().__init__()
         self.inner = inner
         self.index = index
@@ -71,6 +73,12 @@ class _Block(nn.Module):
         self.heads = adapter.num_heads
         self.head_dim = adapter.head_dim
         self.num_layers = adapter.num_layers
+
+
+class _Block(_Wrapped):
+    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: Method | None,
+                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, temperature: float):
+        super().__init__(inner, index, stage, method, capture, adapter)
         self.temperature = temperature
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -105,22 +113,13 @@ class _Sizes:
         return torch.log(self.size)[:, None, None, :, 0]
 
 
-class _MergeBlock(nn.Module):
+class _MergeBlock(_Wrapped):
     """A block of a merging run: merge between attention and MLP at a merge stage, bias from sizes otherwise."""
 
     def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: MergingMethod,
                  capture: tuple[_Capture, _Capture] | None, adapter: Adapter, sizes: _Sizes):
-        super().__init__()
-        self.inner = inner
-        self.index = index
-        self.stage = stage
-        self.method = method
-        self.capture = capture
+        super().__init__(inner, index, stage, method, capture, adapter)
         self.halves = adapter.halves(inner) if stage is not None else None
-        self.n_prefix = adapter.n_prefix()
-        self.heads = adapter.num_heads
-        self.head_dim = adapter.head_dim
-        self.num_layers = adapter.num_layers
         self.sizes = sizes
 
     def forward(self, hidden_states, *args, **kwargs):

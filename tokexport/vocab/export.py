@@ -4,20 +4,14 @@ Sequence length is fixed by the recipe (TensorRT engines are built for it); batc
 only dynamic axis. Uses the TorchScript exporter for opset <= 17 as tokexport.export does."""
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..export import ExportError, choose_exporter
-from ..onnx_tools import check_shapes, set_io_shapes
+from ..export import choose_exporter, pin_shapes, run_exporter
 
 INPUTS = ("input_ids", "attention_mask")
 
@@ -80,31 +74,9 @@ def export_text_onnx(graph: nn.Module, example: dict[str, torch.Tensor], path: P
     args = tuple(example[n] for n in INPUTS)
     with torch.inference_mode():
         ref = dict(zip(names, graph(*args)))
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        try:
-            if exporter == "torchscript":
-                axes = {n: {0: "batch"} for n in (*INPUTS, *names)} if dynamic_batch else None
-                torch.onnx.export(graph, args, str(path), dynamo=False, input_names=list(INPUTS), output_names=names,
-                                  opset_version=opset, dynamic_axes=axes, do_constant_folding=True)
-            else:
-                batch = torch.export.Dim("batch", min=1, max=1024)
-                shapes = ({0: batch}, {0: batch}) if dynamic_batch else None
-                prog = torch.onnx.export(graph, args, dynamo=True, dynamic_shapes=shapes, input_names=list(INPUTS),
-                                         output_names=names, opset_version=opset, external_data=False)
-                prog.save(str(path), external_data=False)
-        except Exception as e:
-            raise ExportError(f"ONNX export failed ({exporter}, opset {opset}): {str(e).splitlines()[0][:300]}") from e
-    m = onnx.load(str(path))
+    m = run_exporter(graph, args, path, opset, exporter, list(INPUTS), names, dynamic_batch)
     batch = "batch" if dynamic_batch else int(args[0].shape[0])
     shapes = {n: [batch, *example[n].shape[1:]] for n in INPUTS}
     shapes.update({n: [batch, *t.shape[1:]] for n, t in ref.items()})
-    set_io_shapes(m, shapes)
-    try:
-        check_shapes(m)
-    except ValueError as e:
-        raise ExportError(f"exported graph failed shape checks: {e}") from e
-    onnx.save(m, str(path))
+    pin_shapes(m, path, shapes)
     return TextExportInfo(path=path, exporter=exporter, opset=opset, output_shapes={n: shapes[n] for n in names})
