@@ -102,6 +102,8 @@ def test_yaml_syntax_error(tmp_path, out):
     ({"bench.repeats": 0}, ["bench.repeats"]),
     ({"bench.batch_sizes": [1, -8]}, ["bench.batch_sizes[1]"]),
     ({"verify.parity.atol": -1}, ["verify.parity.atol"]),
+    ({"verify.parity.tie_margin": "tiny"}, ["verify.parity.tie_margin"]),
+    ({"verify.parity.tie_margin": 0.5}, ["verify.parity.tie_margin"]),
     ({"verify.accuracy.crop_scale": [0.9, 0.2]}, ["crop_scale"]),
     ({"verify.accuracy.metrics": {"feature_cosine": {}}}, ["min and/or max_drop"]),
     ({"deploy.atol": 0}, ["deploy.atol"]),

@@ -116,8 +116,7 @@ def scatter_nodes(model: onnx.ModelProto) -> list[str]:
 @pytest.mark.parametrize("n_prefix", [1, 2])
 @pytest.mark.parametrize("n,r", [(17, 1), (17, 5), (18, 8), (33, 15)])
 def test_static_merge_equals_scatter_reduce_reference(n_prefix, n, r):
-    if r > (n - n_prefix) // 2:
-        pytest.skip("beyond ToMe's 50% limit")
+    assert r <= (n - n_prefix) // 2  # every case is within ToMe's 50% limit (beyond it: test below)
     g = torch.Generator().manual_seed(n * 100 + r)
     x = torch.randn(3, n, 16, generator=g)
     keys = torch.randn(3, 4, n, 8, generator=g)
@@ -134,6 +133,16 @@ def test_static_merge_equals_scatter_reduce_reference(n_prefix, n, r):
         # a size-weighted mean keeps the size-weighted sum of the tokens
         total = s if s is not None else torch.ones_like(size)
         torch.testing.assert_close((got * got_size).sum(1), (x * total).sum(1), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_prefix", [1, 2])
+def test_merge_beyond_half_the_tokens_is_refused(n_prefix):
+    n = 17
+    limit = min(len(range(n_prefix + n_prefix % 2, n, 2)), len(range(n_prefix + 1 - n_prefix % 2, n, 2)))
+    x, keys = torch.randn(1, n, 8), torch.randn(1, 2, n, 4)
+    assert bipartite_merge(x, keys, None, n_prefix, limit)[0].shape == (1, n - limit, 8)
+    with pytest.raises(ValueError, match="outside"):
+        bipartite_merge(x, keys, None, n_prefix, limit + 1)
 
 
 def test_merge_zero_and_registers():

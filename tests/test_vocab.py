@@ -303,7 +303,11 @@ def test_recipe_errors_are_one_line():
                        ({"corpus": {"sources": []}}, "corpus.sources"),
                        ({"trim": {"drop_special": "("}}, "not a regular expression"),
                        ({"export": {"opset": 18}}, "opset 18 does not fit target jetpack-6.0: TensorRT 8.6 reads"),
-                       ({"export": {"target": "jetpack-9"}}, "export.target")):
+                       ({"export": {"target": "jetpack-9"}}, "export.target"),
+                       ({"trim": {"self_generated": {"prompts": 0}}}, "trim.self_generated.prompts"),
+                       ({"trim": {"self_generated": {"max_new_tokns": 8}}},
+                        "trim.self_generated.max_new_tokns: unknown field; did you mean 'max_new_tokens'"),
+                       ({"trim": {"self_generated": "yes"}}, "trim.self_generated")):
         with pytest.raises(InputError, match=match) as e:
             validate_vocab_recipe("r.yaml", {**base, **bad})
         assert "\n" not in str(e.value) and str(e.value).startswith("r.yaml: ")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
 from . import verify as V
 from .bench import compare_latency
 from .data import Preprocess, image_folder, instance_recognition_set, natural_images
@@ -29,7 +27,7 @@ from .recipe import Recipe, load_recipe
 from .reduce import METHODS
 from .reduce.patch import reduced
 from .reduce.schedule import plan
-from .report import render_markdown, write_json
+from .report import render_markdown, report_header, write_json
 from .runners import OrtRunner, TorchRunner, run_batched
 
 
@@ -315,12 +313,7 @@ def _produce(recipe, label, lm, tmp: Path, stages, method, schedule, n_tokens, n
     failures = failure_lines(parity_red, parity_base, metric_dicts, par.atol)
 
     report = {
-        "schema_version": 1,
-        "kind": "vit-token-pruning",
-        "tokexport_version": __version__,
-        "created_unix": int(time.time()),
-        "recipe_path": label,
-        "recipe": recipe.model_dump(mode="json"),
+        **report_header("vit-token-pruning", label, recipe),
         "model": {"source": lm.source, "source_kind": lm.source_kind, "path": str(lm.path), "family": lm.adapter.family,
                   "model_type": lm.config.model_type, "architecture": type(lm.model).__name__, "task": lm.task,
                   "params": lm.params, "image_size": lm.image_size, "tokens": n_tokens, "prefix_tokens": n_prefix},

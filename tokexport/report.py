@@ -11,6 +11,16 @@ from rich.text import Text
 SCHEMA_VERSION = 1
 
 
+def report_header(kind: str, label: str, recipe) -> dict:
+    """The fields every report.json starts with (what `tokexport check` reads to know the schema)."""
+    import time
+
+    from . import __version__
+
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "tokexport_version": __version__,
+            "created_unix": int(time.time()), "recipe_path": label, "recipe": recipe.model_dump(mode="json")}
+
+
 def _near_ties_md(par: dict) -> list[str]:
     ties = par.get("near_ties") or []
     if not ties:

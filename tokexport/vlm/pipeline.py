@@ -8,7 +8,6 @@ generation agreement for LLaVA checkpoints) → latency (selection overhead) and
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
 from .. import metrics as M
 from ..adapters import Adapter, adapter_for
 from ..bench import compare_latency
@@ -25,6 +23,7 @@ from ..data import Preprocess, instance_recognition_set, natural_images
 from ..errors import InputError
 from ..export import export_onnx
 from ..load import load_model
+from ..report import report_header
 from ..runners import OrtRunner, TorchRunner, run_batched
 from .. import verify as V
 from .graph import VisualTokenGraph
@@ -237,8 +236,7 @@ def run_visual(recipe, label: str, base_dir: Path, tmp: Path, stages) -> dict:
     deploy = _deploy(recipe, tmp, model_path, base_path, parity_x, stages)
     failures = failure_lines(parity_red, parity_base, metric_dicts, par.atol)
     return {
-        "schema_version": 1, "kind": "visual-tokens", "tokexport_version": __version__, "created_unix": int(time.time()),
-        "recipe_path": label, "recipe": recipe.model_dump(mode="json"),
+        **report_header("visual-tokens", label, recipe),
         "model": {"source": vm.source, "source_kind": vm.source_kind, "path": str(vm.path), "family": ad.family,
                   "kind": vm.kind, "task": "visual-tokens", "params": vm.params, "image_size": s,
                   "tower_params": sum(p.numel() for p in vm.tower.parameters())},

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
 from ..errors import InputError
 from ..onnx_tools import onnx_files, sha256_onnx
+from ..report import report_header
 from ..runners import OrtRunner
 from . import verify as V
 from .corpus import coverage, encode_all, load_corpus, mine
@@ -408,12 +408,7 @@ def run_vocab(recipe: VocabRecipe, label: str, base_dir: Path, tmp: Path, stages
         return sum(f.stat().st_size for f in onnx_files(p))
 
     return {
-        "schema_version": 1,
-        "kind": "vocab-trim",
-        "tokexport_version": __version__,
-        "created_unix": int(time.time()),
-        "recipe_path": label,
-        "recipe": recipe.model_dump(mode="json"),
+        **report_header("vocab-trim", label, recipe),
         "model": {"source": recipe.model, "source_kind": source_kind, "path": str(model_dir), "architecture": architecture,
                   "class": type(model).__name__, "model_type": config.model_type, "params": params_old,
                   "params_trimmed": params_new, "embedding_rows": rows, "hidden_size": hidden,
