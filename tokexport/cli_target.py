@@ -27,25 +27,87 @@ def _sources(src: Path) -> dict[str, Path]:
 
 
 def _recipe_target(src: Path) -> str | None:
-    """The target recorded in a convert output directory's report.json, if any."""
+    """The target recorded in a convert output directory's report.json, if any.
+
+    InputError (one line) when report.json exists but is not UTF-8 JSON or its target is not a string:
+    the caller asks only when no --target was given, and guessing a target would bundle for the wrong device.
+    """
+    from .errors import InputError
+
     rep = src / "report.json"
-    if src.is_dir() and rep.is_file():
-        try:
-            return json.loads(rep.read_text()).get("recipe", {}).get("export", {}).get("target")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-    return None
+    if not (src.is_dir() and rep.is_file()):
+        return None
+    try:
+        data = json.loads(rep.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"{rep}: not a readable UTF-8 JSON report ({why}); fix it, or pass --target to "
+                         "choose the target without it") from None
+    recipe = data.get("recipe") if isinstance(data, dict) else None
+    export = recipe.get("export") if isinstance(recipe, dict) else None
+    target = export.get("target") if isinstance(export, dict) else None
+    if target is not None and not isinstance(target, str):
+        raise InputError(f"{rep}: recipe.export.target is {target!r}, not a target name; pass --target")
+    return target
+
+
+def _contained(root: Path, rel: object, what: str) -> Path:
+    """``root / rel`` when ``rel`` is a relative path that resolves inside ``root``; InputError otherwise."""
+    from .errors import InputError
+
+    if not isinstance(rel, str) or not rel or "\0" in rel or Path(rel).is_absolute():
+        raise InputError(f"{root / 'manifest.json'}: {what} {rel!r} is not a relative file name inside {root} "
+                         "(absolute paths lead outside it); refusing to read it")
+    try:
+        path, top = (root / rel).resolve(), root.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        path = top = root
+    if path == top or not path.is_relative_to(top):
+        raise InputError(f"{root / 'manifest.json'}: {what} {rel!r} resolves outside {root}; refusing to read it")
+    return path
 
 
 def _convert_inputs(deploy: Path) -> dict | None:
-    """The sample inputs `tokexport convert` put in its deploy/ (real evaluation data), if readable."""
+    """The sample inputs `tokexport convert` put in its deploy/ (real evaluation data), if readable.
+
+    None for an older or damaged deploy/ (generated inputs are used instead); InputError when its
+    manifest.json lists an input file outside deploy/ (nothing outside is read).
+    """
     import numpy as np
 
     try:
-        manifest = json.loads((deploy / "manifest.json").read_text())
-        return {name: np.load(deploy / i["file"]) for name, i in manifest["inputs"].items()}
+        manifest = json.loads((deploy / "manifest.json").read_bytes().decode("utf-8"))
+        entries = manifest["inputs"].items()
+        files = {name: _contained(deploy, i["file"], f"input {name!r}") for name, i in entries}
+        return {name: np.load(path) for name, path in files.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # an older or damaged deploy/: fall back to generated inputs
+
+
+def _npz_inputs(path: Path, models: dict[str, Path]) -> dict:
+    """The arrays of an --inputs .npz; InputError (one line) when it is not a readable .npz or holds an
+    array no graph takes (its keys are names only: the bundle stores arrays by position)."""
+    import numpy as np
+
+    from .errors import InputError
+    from .onnx_tools import inspect_model
+
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise InputError(f"{path}: a single array, not an .npz of named input arrays (np.savez)")
+        with z:
+            feed = {k: z[k] for k in z.files}
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, BadZipFile, EOFError, ...: all mean unreadable
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"{path}: not a readable .npz of input arrays ({why})") from None
+    wanted = list(dict.fromkeys(i["name"] for p in models.values() for i in inspect_model(p)["inputs"]))
+    extra = [k for k in feed if k not in wanted]
+    if extra:
+        raise InputError(f"{path}: holds arrays no graph takes: {extra!r}; name them after the graph inputs {wanted!r}")
+    return feed
 
 
 def register(app: typer.Typer) -> None:
@@ -60,31 +122,32 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Static checks of an ONNX graph against a target: opset, static shapes (batch may be dynamic), TopK K
         constant and < 3840, no data-dependent shapes, operators and attributes the target parses. Exit 9 on errors."""
+        from rich.markup import escape
         from rich.table import Table
 
-        from .cli import _fail, out_console
+        from .cli_ui import fail, out_console
         from .errors import TargetCheckFailed, TokexportError
         from .onnx_tools import check_target
 
         try:
             res = check_target(model, target, lint=lint)
         except TokexportError as e:
-            _fail(e)
+            fail(e)
         if as_json:
             sys.stdout.write(json.dumps(res.to_dict(), indent=2) + "\n")
         else:
             if res.findings:
-                t = Table("level", "code", "node", "problem", "fix", title=f"{model} on {res.target.label}")
+                t = Table("level", "code", "node", "problem", "fix", title=escape(f"{model} on {res.target.label}"))
                 for f in res.findings:
-                    t.add_row(f.level, f.code, f.node or "(graph)", f.message, f.fix)
+                    t.add_row(*(escape(str(c)) for c in (f.level, f.code, f.node or "(graph)", f.message, f.fix)))
                 out_console.print(t)
             if res.lint is not None:
                 lint_txt = (f"{res.lint['passing_nodes']} nodes pass, {len(res.lint['failing_nodes'])} fail"
                             if res.lint.get("ran") else f"not run: {res.lint['reason']}")
                 out_console.print(f"polygraphy check lint: {lint_txt}", highlight=False)
             verdict = "PASS" if res.passed else "FAIL"
-            out_console.print(f"{verdict}: {model} on {res.target.label}, opset {res.opset}: "
-                              f"{len(res.errors)} error(s), {len(res.warnings)} warning(s)", highlight=False)
+            out_console.print(escape(f"{verdict}: {model} on {res.target.label}, opset {res.opset}: "
+                                     f"{len(res.errors)} error(s), {len(res.warnings)} warning(s)"), highlight=False)
         if not res.passed:
             raise typer.Exit(TargetCheckFailed.exit_code)
 
@@ -105,8 +168,9 @@ def register(app: typer.Typer) -> None:
         """Write a deploy bundle: graphs, manifest.json (shapes, dtypes, target, opset, sha256 of every file),
         sample inputs and ONNX Runtime's expected outputs (.npy), build_engine.sh (trtexec), verify_on_device.py."""
         import numpy as np
+        from rich.markup import escape
 
-        from .cli import _fail, err_console, out_console
+        from .cli_ui import fail, err_console, out_console
         from .deploy import write_bundle
         from .errors import InputError, TokexportError
         from .targets import resolve
@@ -116,23 +180,19 @@ def register(app: typer.Typer) -> None:
             models = _sources(source)
             feed = None
             if inputs is not None:
-                try:
-                    with np.load(inputs) as z:
-                        feed = {k: z[k] for k in z.files}
-                except (OSError, ValueError) as exc:
-                    raise InputError(f"{inputs}: not a readable .npz of input arrays ({exc})") from None
+                feed = _npz_inputs(inputs, models)
             elif source.is_dir() and (source / "deploy" / "manifest.json").is_file():
                 feed = _convert_inputs(source / "deploy")
             with err_console.status(f"writing {out_dir}"):
                 b = write_bundle(out_dir, models, tgt, feed, fp16=fp16, max_batch=max_batch, force=force)
         except TokexportError as e:
-            _fail(e)
+            fail(e)
         for name, m in b.manifest["models"].items():
             tc = m["target_check"]
             out_console.print(f"{name}.onnx on {tgt.label}: {'PASS' if tc['passed'] else 'FAIL'} "
                               f"({tc['errors']} error(s), {tc['warnings']} warning(s))", highlight=False)
-        out_console.print(f"wrote {b.path}/ and {b.archive} ({len(b.manifest['files'])} files); on the device: "
-                          "./build_engine.sh && python3 verify_on_device.py", highlight=False)
+        out_console.print(escape(f"wrote {b.path}/ and {b.archive} ({len(b.manifest['files'])} files); on the device: "
+                                 "./build_engine.sh && python3 verify_on_device.py"), highlight=False)
 
     @app.command("build")
     def build_cmd(
@@ -145,7 +205,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build TensorRT engines, time them and compare with ONNX Runtime. Needs `tensorrt` and an NVIDIA GPU:
         without them, one line and exit 8 (build on the device from `tokexport bundle`)."""
-        from .cli import _fail, err_console, out_console
+        from .cli_ui import fail, err_console, out_console
         from .deploy import DEFAULT_TOLERANCES, build_and_compare, require_tensorrt, sample_inputs
         from .errors import InputError, ParityError, TokexportError
         from .onnx_tools import inspect_model
@@ -178,7 +238,7 @@ def register(app: typer.Typer) -> None:
                     results[name] = build_and_compare(path, dest / f"{name}.engine", feed, tol, fp16, repeats=repeats)
             (dest / "build.json").write_text(json.dumps(results, indent=2) + "\n")
         except TokexportError as e:
-            _fail(e)
+            fail(e)
         from .deploy import format_row
 
         for name, r in results.items():

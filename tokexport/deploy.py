@@ -207,6 +207,53 @@ _VERIFY_MAIN = '''
 HERE = Path(__file__).resolve().parent
 
 
+class BundleError(Exception):
+    """manifest.json is unreadable or lists a path outside this bundle: exit 2, nothing outside is read."""
+
+
+def one_line(text):
+    return (str(text).strip().splitlines() or [""])[0][:200]
+
+
+def bundle_file(rel, what="file"):
+    """The bundle file manifest.json calls ``rel``, resolved; BundleError unless it stays inside the bundle."""
+    if not isinstance(rel, str) or not rel or "\\0" in rel:
+        raise BundleError("manifest.json lists a %s that is not a file name: %r" % (what, rel))
+    try:
+        path = (HERE / rel).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        path = HERE
+    if Path(rel).is_absolute() or HERE not in path.parents:
+        raise BundleError("manifest.json lists a %s outside the bundle: %r; refusing to read it "
+                          "(copy the bundle again)" % (what, rel))
+    return path
+
+
+def read_manifest():
+    """manifest.json, after checking that every path it lists stays inside this bundle."""
+    try:
+        manifest = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BundleError("manifest.json is unreadable (%s); copy the bundle again" % one_line(exc))
+    try:
+        for entry in manifest["files"]:
+            bundle_file(entry["path"])
+            if not isinstance(entry["bytes"], int) or not isinstance(entry["sha256"], str):
+                raise TypeError("files entry %r" % entry["path"])
+        for i in manifest["inputs"].values():
+            bundle_file(i["file"], "input file")
+        for entry in manifest["models"].values():
+            bundle_file(entry["onnx"], "graph")
+            bundle_file(entry["engine"], "engine")
+            for f in entry["expected"].values():
+                bundle_file(f["file"], "expected output file")
+        manifest["tolerances"].items()
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BundleError("manifest.json lacks a field or has a malformed one (%s: %s); copy the bundle again"
+                          % (type(exc).__name__, one_line(exc)))
+    return manifest
+
+
 def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -218,7 +265,7 @@ def sha256(path):
 def damaged_files(manifest):
     out = []
     for entry in manifest["files"]:
-        p = HERE / entry["path"]
+        p = bundle_file(entry["path"])
         if not p.is_file():
             out.append(f"{entry['path']}: missing")
         elif p.stat().st_size != entry["bytes"] or sha256(p) != entry["sha256"]:
@@ -233,7 +280,7 @@ def importable(name):
 def run_onnxruntime(entry, feed):
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(HERE / entry["onnx"]), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(bundle_file(entry["onnx"], "graph")), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})))
 
@@ -242,7 +289,7 @@ def run_tensorrt(entry, feed, manifest):
     from polygraphy.backend.trt import CreateConfig, EngineFromBytes, EngineFromNetwork, NetworkFromOnnxPath
     from polygraphy.backend.trt import Profile, TrtRunner
 
-    engine = HERE / entry["engine"]
+    engine = bundle_file(entry["engine"], "engine")
     if engine.is_file():  # built by build_engine.sh
         loader = EngineFromBytes(engine.read_bytes())
     else:
@@ -253,7 +300,7 @@ def run_tensorrt(entry, feed, manifest):
                 b = feed[i["name"]].shape[0]
                 profile.add(i["name"], [1] + rest, [b] + rest, [max(b, manifest["max_batch"])] + rest)
         config = CreateConfig(fp16=manifest["fp16"], profiles=[profile] if len(profile) else None)
-        loader = EngineFromNetwork(NetworkFromOnnxPath(str(HERE / entry["onnx"])), config=config)
+        loader = EngineFromNetwork(NetworkFromOnnxPath(str(bundle_file(entry["onnx"], "graph"))), config=config)
     with TrtRunner(loader) as runner:
         return {k: np.array(v) for k, v in runner.infer({n: feed[n] for n in feed}).items()}
 
@@ -264,7 +311,11 @@ def main(argv=None):
     ap.add_argument("--runtime", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
                     help="auto: TensorRT when `tensorrt` and `polygraphy` import, else ONNX Runtime")
     args = ap.parse_args(argv)
-    manifest = json.loads((HERE / "manifest.json").read_text())
+    try:
+        manifest = read_manifest()
+    except BundleError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
     bad = damaged_files(manifest)
     for line in bad:
         print(f"FAIL sha256 {line}")
@@ -285,13 +336,13 @@ def main(argv=None):
         print("FAIL: neither TensorRT (tensorrt + polygraphy) nor onnxruntime is importable here")
         return 5
     tol = manifest["tolerances"]
-    feed = {n: np.load(HERE / i["file"]) for n, i in manifest["inputs"].items()}
+    feed = {n: np.load(bundle_file(i["file"], "input file")) for n, i in manifest["inputs"].items()}
     passed = True
     for name, entry in manifest["models"].items():
         t0 = time.perf_counter()
         out = run_tensorrt(entry, feed, manifest) if runtime == "tensorrt" else run_onnxruntime(entry, feed)
         ms = 1000 * (time.perf_counter() - t0)
-        expected = {o: np.load(HERE / f["file"]) for o, f in entry["expected"].items()}
+        expected = {o: np.load(bundle_file(f["file"], "expected output file")) for o, f in entry["expected"].items()}
         rows = compare_outputs(out, expected, tol)
         print(f"{name} ({entry['onnx']}, {runtime}, first run {ms:.0f} ms incl. load):")
         for row in rows:
@@ -312,7 +363,8 @@ def verify_script() -> str:
     header = ('#!/usr/bin/env python3\n"""Verify a tokexport deploy bundle on the device: sha256 of every file, then '
               'TensorRT\n(when `tensorrt` and `polygraphy` import) or ONNX Runtime on the bundled inputs, '
               'compared with\nthe expected outputs. Usage: python3 verify_on_device.py [--runtime '
-              'auto|tensorrt|onnxruntime]\nExit: 0 PASS, 1 FAIL (outputs differ), 2 damaged bundle, 5 no runtime.\n'
+              'auto|tensorrt|onnxruntime]\nExit: 0 PASS, 1 FAIL (outputs differ), 2 damaged bundle (a file differs, '
+              'or\nmanifest.json is unreadable or lists a path outside the bundle), 5 no runtime.\n'
               f'Written by tokexport {tokexport.__version__}."""\n'
               "import argparse\nimport hashlib\nimport importlib.util\nimport json\nimport sys\nimport time\n"
               "from pathlib import Path\n\nimport numpy as np\n\n\n")
@@ -324,7 +376,9 @@ def _readme(target: Target, names: list[str], fp16: bool, tol: dict) -> str:
 
 Target: {target.label}. Graphs: {', '.join(f'`{n}.onnx`' for n in names)}. Written by tokexport
 {tokexport.__version__}; every file's sha256 is in `manifest.json` (`files`), with the graphs' inputs
-and outputs (names, shapes, dtypes), the target, the opset and the tolerances.
+and outputs (names, shapes, dtypes), the target, the opset and the tolerances. Array files are named by
+position, `inputs/input_<i>.npy` and `expected/<graph>/output_<i>.npy`; `manifest.json` maps each input
+and output name to its file (`inputs`, `models.<graph>.expected`).
 
 On the device (copy the whole folder or unpack the `.tar.gz`):
 
@@ -379,27 +433,40 @@ def _run_ort(path: Path, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
 
 def _copy_graph(src: Path, dest_dir: Path, name: str) -> list[Path]:
     """``<name>.onnx`` in dest_dir; external data (if any) re-saved as ``<name>.onnx.data``."""
-    files = onnx_tools.onnx_files(src)
-    graph = dest_dir / f"{name}.onnx"
+    files = onnx_tools.onnx_files(src)  # InputError: external data missing, truncated or outside src's folder
+    graph = _inside(dest_dir, f"{name}.onnx")
     if len(files) == 1:
         shutil.copyfile(src, graph)
         return [graph]
     import onnx
 
     model = onnx_tools.load(src)
+    data = _inside(dest_dir, f"{name}.onnx.data")
     onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{name}.onnx.data", size_threshold=1024)
-    return [graph, dest_dir / f"{name}.onnx.data"]
+                    location=data.name, size_threshold=1024)
+    return [graph, data]
 
 
-def _check_dest(dest: Path, force: bool, archive: bool) -> Path | None:
-    """The archive path (None without one); InputError when an output exists and ``force`` is off."""
+def _inside(root: Path, rel: str) -> Path:
+    """``root / rel`` when it resolves inside ``root``; InputError otherwise. Bundle file names are built
+    from indices and validated graph names only, this is the last guard before a write."""
+    path = root / rel
+    real, top = path.resolve(), root.resolve()
+    if Path(rel).is_absolute() or real == top or not real.is_relative_to(top):
+        raise InputError(f"{root}: refusing to write {rel!r}, which resolves outside the bundle")
+    return path
+
+
+def _check_dest(dest: Path, force: bool, archive: bool, protect: Sequence = ()) -> Path | None:
+    """The archive path (None without one); InputError (the rules of :mod:`tokexport.outdir`) when ``dest``
+    or the archive may not be written: it exists and ``force`` is off, it was not written by tokexport,
+    it holds a graph being bundled (``protect``), it is the current or home directory, ..."""
+    from tokexport.outdir import check_archive, check_out_dir
+
+    check_out_dir(dest, force, protect=protect, what="OUT_DIR")
     archive_path = dest.with_name(dest.name + ".tar.gz") if archive else None
-    if dest.exists() and not dest.is_dir():
-        raise InputError(f"{dest}: exists and is not a directory; choose another bundle path")
-    for p in (dest, archive_path):
-        if p is not None and p.exists() and not force:
-            raise InputError(f"{p}: already exists; pass --force to replace it or choose another OUT_DIR")
+    if archive_path is not None:
+        check_archive(archive_path, dest.name, force, protect=protect)
     return archive_path
 
 
@@ -413,10 +480,12 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
     :func:`sample_inputs`, batch 1). Expected outputs come from ONNX Runtime on these inputs.
     Everything is written into a temporary sibling and renamed into place; an existing ``dest`` or
     archive is replaced only with ``force``. Bad input raises InputError before anything is written.
+    File names inside the bundle never come from graph or input names: arrays are stored by position
+    (``inputs/input_<i>.npy``, ``expected/<model>/output_<i>.npy``) and manifest.json maps names to files.
     """
     dest = Path(dest)
     tgt = target if isinstance(target, Target) else resolve_target(target)
-    archive_path = _check_dest(dest, force, archive)
+    archive_path = _check_dest(dest, force, archive, protect=list(models.values()))
     if not models:
         raise InputError("write_bundle: no ONNX graph given")
     for name in models:
@@ -436,47 +505,49 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
             shape, got = i["shape"] or [], list(feed[i["name"]].shape)
             if len(shape) != len(got) or any(isinstance(d, int) and d != g for d, g in zip(shape, got)):
                 raise InputError(f"{models[name]}: sample input {i['name']!r} has shape {got}, the graph declares {shape}")
+    # arrays no graph takes are left out (an exporter drops unused inputs); graph order: input_<i> is the
+    # first graph's i-th input. `tokexport bundle --inputs` refuses such arrays before this.
+    wanted = list(dict.fromkeys(i["name"] for info in infos.values() for i in info["inputs"]))
+    feed = {k: feed[k] for k in wanted}
     expected = {n: _run_ort(Path(p), feed) for n, p in models.items()}
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    tmp_archive = None
-    try:
+    # claimed (lock), built in .NAME.tmp-XXXX/NAME with the .tokexport-output marker (listed in the
+    # manifest), swapped into place atomically; the archive is built in the same container and moved
+    # next to the directory right after it (tokexport.outdir)
+    from tokexport.outdir import check_archive, claim_out_dir
+
+    with claim_out_dir(dest, force, kind="bundle", protect=list(models.values()), what="OUT_DIR") as claim, \
+            claim.staged() as tmp:
+        if archive_path is not None:
+            check_archive(archive_path, dest.name, force, protect=list(models.values()))  # again, under the lock
         os.chmod(tmp, 0o755)
         manifest = _fill_bundle(tmp, models, infos, feed, expected, tgt, tol, fp16, max_batch)
         if archive_path is not None:
-            tmp_archive = tmp.with_name(tmp.name + ".tar.gz")
+            tmp_archive = claim.scratch / archive_path.name
             with tarfile.open(tmp_archive, "w:gz", compresslevel=6) as tar:
                 tar.add(tmp, arcname=dest.name)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-        if tmp_archive is not None:
-            os.replace(tmp_archive, archive_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if tmp_archive is not None:
-            tmp_archive.unlink(missing_ok=True)
-        raise
+            claim.install_with(tmp_archive, archive_path)
     return Bundle(dest, archive_path, manifest)
 
 
 def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp16, max_batch) -> dict:
     (root / "inputs").mkdir()
     inputs = {}
-    for k, v in feed.items():
-        np.save(root / "inputs" / f"{k}.npy", v)
-        inputs[k] = {"file": f"inputs/{k}.npy", "dtype": v.dtype.name, "shape": list(v.shape)}
+    for idx, (k, v) in enumerate(feed.items()):  # names are graph data, never file names: files by position
+        rel = f"inputs/input_{idx}.npy"
+        np.save(_inside(root, rel), v)
+        inputs[k] = {"index": idx, "file": rel, "dtype": v.dtype.name, "shape": list(v.shape)}
     build = [_BUILD_SCRIPT.format(label=tgt.label)]
     entries = {}
     for name, src in models.items():
         info = infos[name]
         graph = _copy_graph(Path(src), root, name)[0]
-        (root / "expected" / name).mkdir(parents=True)
+        _inside(root, f"expected/{name}").mkdir(parents=True)
         exp = {}
-        for out, arr in expected[name].items():
-            np.save(root / "expected" / name / f"{out}.npy", arr)
-            exp[out] = {"file": f"expected/{name}/{out}.npy", "dtype": arr.dtype.name, "shape": list(arr.shape)}
+        for idx, (out, arr) in enumerate(expected[name].items()):  # ONNX Runtime's output order = the graph's
+            rel = f"expected/{name}/output_{idx}.npy"
+            np.save(_inside(root, rel), arr)
+            exp[out] = {"index": idx, "file": rel, "dtype": arr.dtype.name, "shape": list(arr.shape)}
         batch = max((feed[i["name"]].shape[0] for i in info["inputs"] if feed[i["name"]].ndim), default=1)
         cmd = trtexec_command(graph.name, f"{name}.engine", {i["name"]: i["shape"] for i in info["inputs"]}, fp16=fp16,
                               batch=(1, batch, max(batch, max_batch)), timing_cache="timing.cache", trtexec='"$TRTEXEC"')
@@ -490,15 +561,15 @@ def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp
                                           "findings": [f.to_dict() for f in check.findings]}}
     for fname, text in (("build_engine.sh", "\n".join(build) + "\n"), ("verify_on_device.py", verify_script()),
                         ("README.md", _readme(tgt, list(models), fp16, tol))):
-        (root / fname).write_text(text)
+        _inside(root, fname).write_text(text)
         if fname.endswith((".sh", ".py")):
             (root / fname).chmod(0o755)
     files = [{"path": p.relative_to(root).as_posix(), "sha256": onnx_tools.sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(root.rglob("*")) if p.is_file()]
-    manifest = {"format": "tokexport-bundle", "format_version": 1, "tokexport_version": tokexport.__version__,
+    manifest = {"format": "tokexport-bundle", "format_version": 2, "tokexport_version": tokexport.__version__,
                 "created_unix": int(time.time()), "target": tgt.to_dict(), "fp16": fp16, "max_batch": max_batch,
                 "tolerances": tol, "inputs": inputs, "models": entries, "files": files}
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _inside(root, "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

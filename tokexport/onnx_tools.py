@@ -6,10 +6,11 @@ Everything here works on the ONNX protobuf only; nothing needs TensorRT or a GPU
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,73 @@ def _external_location(tensor: TensorProto) -> str | None:
     return None
 
 
+def _external_entries(tensor: TensorProto, path: Path) -> dict[str, str]:
+    """The external_data key/value pairs of ``tensor``; InputError when a key repeats (onnx's reader keeps
+    the last ``location`` while a check of the first would pass) or ``location`` is absent."""
+    entries: dict[str, str] = {}
+    for entry in tensor.external_data:
+        if entry.key in entries:
+            raise InputError(f"{path}: tensor {tensor.name!r} repeats the external data key {entry.key!r}; "
+                             "re-export the model.")
+        entries[entry.key] = entry.value
+    if not entries.get("location"):
+        raise InputError(f"{path}: tensor {tensor.name!r} is marked external but has no location; re-export the model.")
+    return entries
+
+
+def _check_location(loc: str, path: Path) -> Path:
+    """``path.parent / loc`` when ``loc`` is a relative name that stays inside the graph's folder once
+    resolved (``..``, absolute paths, drive letters and symlinks leading out are refused)."""
+    base = path.parent
+    fix = "re-save it with onnx.save_model(..., location=<file name next to the graph>)."
+    win = PureWindowsPath(loc)
+    if "\0" in loc or os.path.isabs(loc) or win.drive or win.root or ".." in win.parts or ".." in Path(loc).parts:
+        raise InputError(f"{path}: external data location {loc!r} is outside the graph's folder; {fix}")
+    target = base / loc
+    try:
+        resolved = target.resolve()
+        inside = resolved.is_relative_to(base.resolve())
+    except (OSError, RuntimeError, ValueError):  # symlink loops, unreadable parents
+        resolved, inside = target, False
+    if not inside:
+        raise InputError(f"{path}: external data location {loc!r} resolves outside the graph's folder "
+                         f"(to {resolved}); {fix}")
+    return target
+
+
+# Bits per element of the sub-byte types (packed two or four to a byte); others use numpy's itemsize.
+_SUB_BYTE_BITS = {getattr(TensorProto, n): b for n, b in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4),
+                                                           ("INT2", 2), ("UINT2", 2)) if hasattr(TensorProto, n)}
+
+
+def _tensor_nbytes(tensor: TensorProto) -> int | None:
+    """Bytes of a tensor's raw data from its dims and type, or None (strings, unknown types)."""
+    if any(d < 0 for d in tensor.dims):
+        return None
+    n = math.prod(int(d) for d in tensor.dims)  # Python ints: no int64 overflow on absurd dims
+    if tensor.data_type in _SUB_BYTE_BITS:
+        return (n * _SUB_BYTE_BITS[tensor.data_type] + 7) // 8
+    if tensor.data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
+        return None
+    try:
+        return n * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # noqa: BLE001 - a type this onnx/numpy does not map
+        return None
+
+
+def _int_entry(entries: dict[str, str], key: str, tensor: TensorProto, path: Path) -> int | None:
+    if key not in entries:
+        return None
+    try:
+        value = int(entries[key])
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InputError(f"{path}: tensor {tensor.name!r} has external data {key} {entries[key]!r}, not a "
+                         "non-negative integer; re-export the model.")
+    return value
+
+
 def _parse_graph_file(path: Path) -> onnx.ModelProto:
     """Parse the graph file only (no external data). InputError for missing / non-ONNX files."""
     if not path.exists():
@@ -93,24 +161,28 @@ def _parse_graph_file(path: Path) -> onnx.ModelProto:
 
 
 def _external_files(model: onnx.ModelProto, path: Path) -> list[Path]:
-    base = path.parent
+    """The external data files ``model`` (the graph file ``path``) references, sorted by location.
+
+    InputError (one line naming the graph) when a location is absolute or resolves outside the graph's
+    folder, a file is missing, or a tensor's bytes (offset + length, or its shape's size) run past the
+    end of its file. Nothing is read, only sizes.
+    """
     seen: dict[str, Path] = {}
+    spans: list[tuple[TensorProto, str, int, int | None]] = []
     for tensor in _iter_tensors(model):
-        loc = _external_location(tensor)
-        if loc is None:
-            if tensor.data_location == TensorProto.EXTERNAL:
-                raise InputError(
-                    f"{path}: tensor {tensor.name!r} is marked external but has no location; re-export the model."
-                )
+        if tensor.data_location != TensorProto.EXTERNAL:
             continue
-        if loc in seen:
-            continue
-        if os.path.isabs(loc) or ".." in Path(loc).parts:
-            raise InputError(
-                f"{path}: external data location {loc!r} is outside the model's folder; "
-                "re-save it with onnx.save_model(..., location=<file name next to the graph>)."
-            )
-        seen[loc] = base / loc
+        entries = _external_entries(tensor, path)
+        loc = entries["location"]
+        if loc not in seen:
+            seen[loc] = _check_location(loc, path)
+        offset = _int_entry(entries, "offset", tensor, path) or 0
+        length = _int_entry(entries, "length", tensor, path)
+        nbytes = _tensor_nbytes(tensor)
+        if length is not None and nbytes is not None and length < nbytes:
+            raise InputError(f"{path}: tensor {tensor.name!r} declares {length} bytes of external data in {loc!r} "
+                             f"but its shape needs {nbytes}; re-export the model.")
+        spans.append((tensor, loc, offset, length if length is not None else nbytes))
     missing = [p for p in seen.values() if not p.is_file()]
     if missing:
         names = ", ".join(str(p) for p in missing)
@@ -118,13 +190,26 @@ def _external_files(model: onnx.ModelProto, path: Path) -> list[Path]:
             f"{path}: external data file(s) missing: {names}; copy the .data file(s) next to the graph "
             "(they must travel with the .onnx)."
         )
+    sizes = {loc: p.stat().st_size for loc, p in seen.items()}
+    for tensor, loc, offset, nbytes in spans:
+        end = offset + (nbytes or 0)
+        if end > sizes[loc]:
+            raise InputError(
+                f"{path}: external data file {seen[loc]} is truncated: tensor {tensor.name!r} needs bytes "
+                f"{offset} to {end} but the file has {sizes[loc]}; copy the complete .data file next to the graph."
+            )
     return [seen[k] for k in sorted(seen)]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def onnx_files(path: PathLike) -> list[Path]:
     """The graph file followed by every external-data file it references (sorted by location).
 
-    Raises InputError if the graph is missing/not ONNX or a referenced data file is missing.
+    Raises InputError if the graph is missing/not ONNX or a referenced data file is missing, truncated
+    or outside the graph's folder.
     """
     p = Path(path)
     model = _parse_graph_file(p)
@@ -161,7 +246,8 @@ def sha256_onnx(path: PathLike) -> str:
 
 
 def load(path: PathLike, load_external: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model. InputError if missing / not ONNX / external data missing."""
+    """Load an ONNX model. InputError if missing / not ONNX / external data missing, truncated, or
+    located outside the graph's folder (checked even when ``load_external`` is off)."""
     p = Path(path)
     model = _parse_graph_file(p)
     _external_files(model, p)  # validates that every referenced data file exists
@@ -170,7 +256,7 @@ def load(path: PathLike, load_external: bool = True) -> onnx.ModelProto:
             onnx.load_external_data_for_model(model, str(p.parent))
         except Exception as exc:  # noqa: BLE001
             raise InputError(
-                f"{p}: could not read its external data ({type(exc).__name__}: {exc}); "
+                f"{p}: could not read its external data ({type(exc).__name__}: {_first_line(exc)}); "
                 "re-export the model or copy the complete .data file."
             ) from None
     return model

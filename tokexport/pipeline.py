@@ -22,7 +22,7 @@ from .export import export_onnx
 from .flops import encoder_flops
 from .load import LoadedModel, load_model
 from .onnx_tools import onnx_files, sha256_onnx
-from .outdir import check_out_dir, staged_dir
+from .outdir import claim_out_dir, staged_dir
 from .recipe import Recipe, load_recipe
 from .reduce import METHODS
 from .reduce.patch import reduced
@@ -137,33 +137,49 @@ def convert(recipe_path: str | Path, out: str | Path | None = None, force: bool 
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
     out_dir = Path(out) if out is not None else Path("out") / recipe_path.stem
-    return run(recipe, recipe_path.resolve().parent, out_dir, force, stages, label=str(recipe_path))
+    return run(recipe, recipe_path.resolve().parent, out_dir, force, stages, label=str(recipe_path),
+               protect=(recipe_path,))
+
+
+def model_paths(model: str, base_dir: Path) -> list[Path]:
+    """Where a recipe's ``model`` lives on this machine, found without loading or downloading anything
+    (a bundled model's folder, or an existing local path); an output may never be one of them or hold one."""
+    from .zoo import BUNDLED, GENERATED, models_dir
+
+    if model in BUNDLED or model in GENERATED:
+        return [models_dir() / model]
+    p = Path(model).expanduser()
+    p = p if p.is_absolute() else Path(base_dir) / p
+    return [p] if os.path.lexists(p) else []
 
 
 def run(recipe: Recipe, base_dir: Path, out_dir: Path, force: bool = False, stages: Stages | None = None,
-        loaded: LoadedModel | None = None, label: str = "<recipe>") -> Result:
+        loaded: LoadedModel | None = None, label: str = "<recipe>", protect: tuple = ()) -> Result:
     """Run a validated recipe. ``base_dir`` resolves relative paths in it; ``loaded`` reuses a model
-    already loaded with the same recipe settings (benchmark sweeps)."""
+    already loaded with the same recipe settings (benchmark sweeps). The output is checked and claimed
+    (:mod:`tokexport.outdir`) before the model is loaded; ``protect`` adds paths it may not replace
+    (the recipe's directory and the model's are always protected)."""
     stages = stages or Stages()
-    check_out_dir(Path(out_dir), force)
-    if recipe.task == "visual-tokens":
-        from .vlm.pipeline import run_visual
+    protect = (*protect, base_dir, *model_paths(recipe.model, base_dir))
+    with claim_out_dir(Path(out_dir), force, kind="convert", protect=protect):
+        if recipe.task == "visual-tokens":
+            from .vlm.pipeline import run_visual
 
-        return _in_tmp(Path(out_dir), lambda tmp: run_visual(recipe, label, base_dir, tmp, stages))
-    if recipe.task == "vocab-trim":
-        from .vocab.pipeline import run_vocab
+            return _in_tmp(Path(out_dir), lambda tmp: run_visual(recipe, label, base_dir, tmp, stages))
+        if recipe.task == "vocab-trim":
+            from .vocab.pipeline import run_vocab
 
-        return _in_tmp(Path(out_dir), lambda tmp: run_vocab(recipe, label, base_dir, tmp, stages))
-    if loaded is None:
-        def check_schedule(adapter, image_size):
-            stages_ = plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
-            if stages_:
-                METHODS[recipe.reduction.method](recipe.reduction).check(adapter.n_prefix())
+            return _in_tmp(Path(out_dir), lambda tmp: run_vocab(recipe, label, base_dir, tmp, stages))
+        if loaded is None:
+            def check_schedule(adapter, image_size):
+                stages_ = plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
+                if stages_:
+                    METHODS[recipe.reduction.method](recipe.reduction).check(adapter.n_prefix())
 
-        with stages.stage("load"):
-            loaded = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size,
-                                before_weights=check_schedule)
-    return _run(recipe, label, base_dir, loaded, Path(out_dir), stages)
+            with stages.stage("load"):
+                loaded = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size,
+                                    before_weights=check_schedule)
+        return _run(recipe, label, base_dir, loaded, Path(out_dir), stages)
 
 
 def _validate_against_model(recipe: Recipe, lm: LoadedModel, base_dir: Path) -> Path | None:
@@ -211,8 +227,9 @@ def _run(recipe: Recipe, label: str, base_dir: Path, lm: LoadedModel, out_dir: P
 
 
 def _in_tmp(out_dir: Path, produce: Callable[[Path], dict]) -> Result:
-    """Run ``produce(tmp)`` in a temporary sibling of ``out_dir``, write the reports, rename into place."""
-    with staged_dir(out_dir) as tmp:
+    """Run ``produce(tmp)`` in a temporary sibling of ``out_dir``, write the reports, rename into place
+    (under the claim :func:`run` holds on ``out_dir``)."""
+    with staged_dir(out_dir, kind="convert") as tmp:
         report = produce(tmp)
         write_json(report, tmp / "report.json")
         (tmp / "report.md").write_text(render_markdown(report))

@@ -50,8 +50,31 @@ def _gflops(x):
     return f"{x / 1e9:.2f}"
 
 
+def _finite_copy(obj, path: str, found: list[dict]):
+    """``obj`` with every NaN/±inf float replaced by None, each one recorded in ``found`` by dotted path."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append({"path": path, "value": repr(float(obj))})  # 'nan', 'inf', '-inf'
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_copy(v, f"{path}.{k}" if path else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_copy(v, f"{path}.{i}" if path else str(i), found) for i, v in enumerate(obj)]
+    return obj
+
+
 def write_json(report: dict, path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    """Write ``report`` as strict JSON: never a bare NaN/Infinity (invalid JSON, and a figure no gate can
+    compare). A non-finite float is written as null and listed in a top-level ``non_finite`` list
+    (``{"path": "bench.batches.8.speedup", "value": "nan"}``), so nothing else of the report is lost and
+    `tokexport check` refuses a gated figure recorded there (exit 7). ``report`` itself is not modified."""
+    found: list[dict] = []
+    clean = _finite_copy(report, "", found)
+    if found:
+        earlier = clean.get("non_finite") if isinstance(clean.get("non_finite"), list) else []
+        clean["non_finite"] = earlier + [f for f in found if not f["path"].startswith("non_finite.")]
+    path.write_text(json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def _rows(report: dict):

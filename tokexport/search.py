@@ -35,7 +35,7 @@ from .data import Preprocess, instance_recognition_set, natural_images
 from .errors import InputError
 from .flops import encoder_flops
 from .load import LoadedModel, load_model
-from .outdir import check_out_dir, staged_dir
+from .outdir import check_out_dir, claim_out_dir, staged_dir
 from .recipe import Recipe, Threshold, load_recipe
 from .reduce import METHODS
 from .reduce.patch import reduced
@@ -200,76 +200,80 @@ def search(recipe_path: str | Path, max_drop: float, metric: str, out: str | Pat
     if recipe.task == "visual-tokens":
         raise InputError(f"{recipe_path}: task visual-tokens keeps a fixed K after one layer; search explores "
                          "layer-wise ViT pruning schedules (use `tokexport sweep` for K)")
-    check_out_dir(out_dir, force)
+    from .pipeline import model_paths
+
+    protect = (recipe_path, base_dir, *model_paths(recipe.model, base_dir))
+    check_out_dir(out_dir, force, protect=protect)
     if metric not in ("feature_cosine", "instance_top1", "top1_agreement"):
         raise InputError(f"--metric {metric}: the search measures feature_cosine, instance_top1 (and top1_agreement "
                          "for classifiers)")
     layers = sorted(set(layers if layers is not None else recipe.reduction.prune_layers))
     if not layers:
         raise InputError("reduction.prune_layers: empty; give --layers (blocks the search may prune after)")
-    with stages.stage("load"):
-        lm = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
-    nl = lm.adapter.num_layers
-    bad = [x for x in layers if not 0 <= x < nl]
-    if bad:
-        raise InputError(f"--layers: blocks {bad} out of range; the model has {nl} blocks (0..{nl - 1})")
-    n = lm.adapter.n_tokens(lm.image_size) - lm.adapter.n_prefix()
-    step = step or max(1, n // 32)
-    if metric == "top1_agreement" and lm.task != "image-classification":
-        raise InputError(f"--metric {metric}: needs a classification head, but the model is {lm.task}")
-    with stages.stage("search: original outputs"):
-        ev = Evaluator(recipe, lm, metric, max_drop)
-    t0 = time.time()
-    with stages.stage("search: reference schedule"):
-        ref_stages = plan(recipe.reduction, lm.adapter.n_tokens(lm.image_size), lm.adapter.n_prefix(), nl)
-        ref = ev({s.layer: s.n_keep for s in ref_stages})
-    passes = {}
-    for deepest_first in (True, False):
-        order = "deepest layer first" if deepest_first else "shallowest layer first"
-        with stages.stage(f"search: greedy, {order}") as advance:
-            def log(line: str, order=order, advance=advance) -> None:
-                stages.log(f"[{order}] {line}")
-                advance()
+    with claim_out_dir(out_dir, force, kind="search", protect=protect):
+        with stages.stage("load"):
+            lm = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
+        nl = lm.adapter.num_layers
+        bad = [x for x in layers if not 0 <= x < nl]
+        if bad:
+            raise InputError(f"--layers: blocks {bad} out of range; the model has {nl} blocks (0..{nl - 1})")
+        n = lm.adapter.n_tokens(lm.image_size) - lm.adapter.n_prefix()
+        step = step or max(1, n // 32)
+        if metric == "top1_agreement" and lm.task != "image-classification":
+            raise InputError(f"--metric {metric}: needs a classification head, but the model is {lm.task}")
+        with stages.stage("search: original outputs"):
+            ev = Evaluator(recipe, lm, metric, max_drop)
+        t0 = time.time()
+        with stages.stage("search: reference schedule"):
+            ref_stages = plan(recipe.reduction, lm.adapter.n_tokens(lm.image_size), lm.adapter.n_prefix(), nl)
+            ref = ev({s.layer: s.n_keep for s in ref_stages})
+        passes = {}
+        for deepest_first in (True, False):
+            order = "deepest layer first" if deepest_first else "shallowest layer first"
+            with stages.stage(f"search: greedy, {order}") as advance:
+                def log(line: str, order=order, advance=advance) -> None:
+                    stages.log(f"[{order}] {line}")
+                    advance()
 
-            passes[order] = greedy_search(ev, layers, n, step, deepest_first, log)
-    # the winner: the fewest FLOPs of every feasible schedule evaluated (both passes' ends, the reference)
-    best = min((e for e in ev.evaluations if e.feasible), key=lambda e: (e.flops, e.drop), default=None)
-    seconds = time.time() - t0
-    if best is None:
-        raise InputError(f"--max-drop {max_drop:g}: no schedule evaluated stays within the budget and the recipe's "
-                         "thresholds; raise the budget")
+                passes[order] = greedy_search(ev, layers, n, step, deepest_first, log)
+        # the winner: the fewest FLOPs of every feasible schedule evaluated (both passes' ends, the reference)
+        best = min((e for e in ev.evaluations if e.feasible), key=lambda e: (e.flops, e.drop), default=None)
+        seconds = time.time() - t0
+        if best is None:
+            raise InputError(f"--max-drop {max_drop:g}: no schedule evaluated stays within the budget and the recipe's "
+                             "thresholds; raise the budget")
 
-    winner_keep = best.keep
-    if not winner_keep:
-        raise InputError(f"--max-drop {max_drop:g}: even the mildest pruning at blocks {layers} drops {metric} beyond "
-                         "the budget (or breaks a recipe threshold); raise the budget or try other --layers")
-    red = ev.config(winner_keep)
-    thresholds = dict(recipe.verify.accuracy.metrics)
-    t = thresholds.get(metric)
-    thresholds[metric] = Threshold(min=t.min if t else None,
-                                   max_drop=min(max_drop, t.max_drop) if t and t.max_drop is not None else max_drop)
-    verify = recipe.verify.model_copy(update={"accuracy": recipe.verify.accuracy.model_copy(
-        update={"metrics": thresholds})})
-    name = f"{recipe.name or recipe_path.stem}-search"
-    winner = recipe.model_copy(update={"name": name, "reduction": red, "verify": verify, "description": (
-        f"Found by `tokexport search {recipe_path} --max-drop {max_drop:g} --metric {metric}`: fewest FLOPs with "
-        f"{metric} drop <= {max_drop:g} on the recipe's eval set (greedy layer-wise, two passes: search.json).")})
+        winner_keep = best.keep
+        if not winner_keep:
+            raise InputError(f"--max-drop {max_drop:g}: even the mildest pruning at blocks {layers} drops {metric} beyond "
+                             "the budget (or breaks a recipe threshold); raise the budget or try other --layers")
+        red = ev.config(winner_keep)
+        thresholds = dict(recipe.verify.accuracy.metrics)
+        t = thresholds.get(metric)
+        thresholds[metric] = Threshold(min=t.min if t else None,
+                                       max_drop=min(max_drop, t.max_drop) if t and t.max_drop is not None else max_drop)
+        verify = recipe.verify.model_copy(update={"accuracy": recipe.verify.accuracy.model_copy(
+            update={"metrics": thresholds})})
+        name = f"{recipe.name or recipe_path.stem}-search"
+        winner = recipe.model_copy(update={"name": name, "reduction": red, "verify": verify, "description": (
+            f"Found by `tokexport search {recipe_path} --max-drop {max_drop:g} --metric {metric}`: fewest FLOPs with "
+            f"{metric} drop <= {max_drop:g} on the recipe's eval set (greedy layer-wise, two passes: search.json).")})
 
-    with staged_dir(out_dir) as tmp:
-        # the winner's recipe lives next to the outputs; relative model paths must still resolve
-        winner_file = tmp / f"{name}.yaml"
-        if lm.source_kind == "local":
-            winner = winner.model_copy(update={"model": str(lm.path)})
-        _write_recipe(winner, winner_file, winner.description)
-        res = run(winner, base_dir, tmp / "winner", stages=stages, loaded=lm, label=str(out_dir / winner_file.name))
-        ref_res = run(recipe, base_dir, tmp / "reference", stages=stages, loaded=lm, label=str(recipe_path)) \
-            if reference else None
-        summary = _summary(recipe, str(recipe_path), metric, max_drop, layers, step, ev, ref, best, seconds,
-                           res.report, ref_res.report if ref_res else None, passes)
-        summary["winner_recipe"] = winner_file.name
-        summary["winner_exit_code"] = res.exit_code
-        (tmp / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary, out_dir
+        with staged_dir(out_dir) as tmp:
+            # the winner's recipe lives next to the outputs; relative model paths must still resolve
+            winner_file = tmp / f"{name}.yaml"
+            if lm.source_kind == "local":
+                winner = winner.model_copy(update={"model": str(lm.path)})
+            _write_recipe(winner, winner_file, winner.description)
+            res = run(winner, base_dir, tmp / "winner", stages=stages, loaded=lm, label=str(out_dir / winner_file.name))
+            ref_res = run(recipe, base_dir, tmp / "reference", stages=stages, loaded=lm, label=str(recipe_path)) \
+                if reference else None
+            summary = _summary(recipe, str(recipe_path), metric, max_drop, layers, step, ev, ref, best, seconds,
+                               res.report, ref_res.report if ref_res else None, passes)
+            summary["winner_recipe"] = winner_file.name
+            summary["winner_exit_code"] = res.exit_code
+            (tmp / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary, out_dir
 
 
 def _measured(report: dict | None, metric: str) -> dict | None:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import InputError, ParityError
-from .outdir import check_out_dir, staged_dir
+from .outdir import check_out_dir, claim_out_dir, staged_dir
 from .recipe import METRICS, Recipe, load_recipe
 from .report import fmt_value
 
@@ -278,13 +278,16 @@ def sweep(recipe_path: str | Path, keep_rates: list[float], methods: list[str] |
     metric = metric or "instance_top1"  # measured for every task
     if metric not in METRICS:
         raise InputError(f"--metric: unknown metric {metric!r}; known: {', '.join(METRICS)}")
-    check_out_dir(out_dir, force)
+    from .pipeline import model_paths
+
+    protect = (recipe_path, base_dir, *model_paths(recipe.model, base_dir))
+    check_out_dir(out_dir, force, protect=protect)
     points = [Point(m, r) for m in methods for r in keep_rates]
     cores = os.cpu_count() or 1
     threads = max(1, cores // jobs) if jobs > 1 else None
     recipes = [point_recipe(recipe, p, threads) for p in points]  # every point validated before anything runs
 
-    with staged_dir(out_dir) as tmp:
+    with claim_out_dir(out_dir, force, kind="sweep", protect=protect), staged_dir(out_dir) as tmp:
         dirs = [str(tmp / "runs" / p.label) for p in points]
         labels = [f"{recipe_path}@{p.label}" for p in points]
         results: list[tuple[int, str]] = []

@@ -8,6 +8,7 @@ import numpy as np
 from . import metrics as M
 from .recipe import Threshold
 from .runners import run_batched
+from .stages.metric import metric as contract_metric
 
 
 def parity(onnx_runner, torch_runner, x: np.ndarray, atol: float, mean_atol: float,
@@ -68,21 +69,15 @@ def parity(onnx_runner, torch_runner, x: np.ndarray, atol: float, mean_atol: flo
 
 @dataclass
 class Metric:
+    """A reduced-vs-original figure; ``as_dict`` gives the report contract (tokexport.stages.metric)."""
+
     original: float
     reduced: float
     threshold: Threshold | None
+    better: str = "higher"
 
     def as_dict(self) -> dict:
-        passed = None
-        if self.threshold is not None:
-            passed = True
-            if self.threshold.min is not None:
-                passed &= self.reduced >= self.threshold.min
-            if self.threshold.max_drop is not None:
-                passed &= (self.original - self.reduced) <= self.threshold.max_drop + 1e-12
-        return {"original": self.original, "reduced": self.reduced, "delta": self.reduced - self.original,
-                "threshold": self.threshold.model_dump(exclude_none=True) if self.threshold else None,
-                "passed": None if passed is None else bool(passed)}
+        return contract_metric(self.original, self.reduced, self.threshold, self.better)
 
 
 def feature_metrics(orig_eval: np.ndarray, red_eval: np.ndarray, orig_proto: np.ndarray, labels: np.ndarray,

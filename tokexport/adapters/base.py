@@ -14,11 +14,61 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..bounds import BoundsError, check_count, check_real, show
 from ..errors import InputError
 
 # transformers releases the adapters were checked against (tests run on real checkpoints / tiny
 # configs with the installed version; see pyproject's pin).
 TESTED_TRANSFORMERS = ">=5.0,<6"
+
+
+# config.json values the adapters, the FLOP count and the pipeline read: (name, lo, hi, may be a [h, w] pair).
+# Wrong types or values out of range are one-line InputErrors naming the file and the field (patch_size: 0
+# would divide by zero, image_size: "abc" would be a transformers traceback).
+CONFIG_BOUNDS: tuple[tuple[str, int, int, bool], ...] = (
+    ("patch_size", 1, 1024, True),
+    ("image_size", 1, 16384, True),
+    ("hidden_size", 1, 65536, False),
+    ("num_attention_heads", 1, 1024, False),
+    ("num_hidden_layers", 1, 1024, False),
+    ("intermediate_size", 1, 1_048_576, False),
+    ("num_channels", 1, 64, False),
+    ("head_dim", 1, 65536, False),
+    ("num_register_tokens", 0, 1024, False),
+)
+
+
+def check_config_values(values, source: str) -> None:
+    """Check the CONFIG_BOUNDS fields of ``values`` (a config.json mapping, or a config object) that are
+    present and not null; InputError ``"<source>: <field>: <problem>; fix ..."`` otherwise."""
+    get = values.get if isinstance(values, dict) else (lambda name: getattr(values, name, None))
+    fix = "fix it in the checkpoint's config.json (or re-save the model)"
+    for name, lo, hi, pair in CONFIG_BOUNDS:
+        v = get(name)
+        if v is None:
+            continue
+        if pair and isinstance(v, (list, tuple)):
+            if len(v) != 2:
+                raise InputError(f"{source}: {name}: expected a whole number in {lo}..{hi} or a pair of them, got "
+                                 f"{show(v)}; {fix}")
+            items = [(f"{name}[{i}]", x) for i, x in enumerate(v)]
+        else:
+            items = [(name, v)]
+        for field, x in items:
+            try:
+                check_count(x, lo, hi)
+            except BoundsError as e:
+                raise InputError(f"{source}: {field}: {e}; {fix}") from None
+    hidden, heads, head_dim = get("hidden_size"), get("num_attention_heads"), get("head_dim")
+    if hidden is not None and heads is not None and head_dim is None and int(hidden) % int(heads):
+        raise InputError(f"{source}: hidden_size {int(hidden)} is not a multiple of num_attention_heads {int(heads)}; "
+                         f"{fix}")
+    ratio = get("mlp_ratio")
+    if get("intermediate_size") is None and ratio is not None:
+        try:
+            check_real(ratio, 0, 64, lo_open=True)
+        except BoundsError as e:
+            raise InputError(f"{source}: mlp_ratio: {e}; {fix}") from None
 
 
 @dataclass(frozen=True)
@@ -114,6 +164,10 @@ class Adapter:
 
     def __init__(self, config):
         self.config = config
+
+    def check_config(self, source: str = "config.json") -> None:
+        """The config values this adapter reads are of the right type and in range (``check_config_values``)."""
+        check_config_values(self.config, source)
 
     # -- structure -------------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -241,7 +295,14 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
     return cls
 
 
-def adapter_for(config, family: str | None = None) -> Adapter:
+def adapter_for(config, family: str | None = None, source: str = "config.json") -> Adapter:
+    """The adapter of ``config``'s family, its config values checked (``source`` names the file in errors)."""
+    adapter = _adapter_for(config, family)
+    adapter.check_config(source)
+    return adapter
+
+
+def _adapter_for(config, family: str | None = None) -> Adapter:
     model_type = getattr(config, "model_type", None)
     if family is not None:
         if family not in ADAPTERS:

@@ -5,7 +5,7 @@ when the method asks for them, that block's attention probabilities and keys), i
 positions of the non-prefix tokens to keep. It never imports transformers: the family adapters
 and ``tokexport.reduce.patch`` connect methods to models.
 
-Static-keep rules (../shared/methods/static-export.md): ``n_keep`` is a Python int fixed at export
+Static-keep rules (docs/methods/static-export.md): ``n_keep`` is a Python int fixed at export
 time, selection uses TopK with that constant K, indices come back sorted ascending so survivors keep
 their original order, prefix tokens (CLS, distillation, registers) are never candidates.
 
@@ -16,10 +16,12 @@ patches each stands for); the patch carries the sizes to later blocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..bounds import Count, OneOrMany, Real
 
 Rounding = Literal["floor", "ceil", "round"]
 
@@ -36,14 +38,20 @@ class ReductionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str
-    prune_layers: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=list, description="0-indexed blocks after which tokens are pruned, strictly increasing."
+    prune_layers: list[Count(0, 1023)] = Field(
+        default_factory=list, max_length=1024,
+        description="0-indexed blocks after which tokens are pruned, strictly increasing, each 0..1023."
     )
-    keep_rate: float | list[float] | None = Field(
-        default=None, description="Fraction in (0, 1] of the non-prefix tokens entering each pruning step to keep."
+    # Booleans, nan and inf are refused here; the range (0, 1] is checked by schedule.plan (before any weights
+    # load), which names the element. A single keep_rate stands for every prune layer: its errors are at [0].
+    keep_rate: OneOrMany(Real(0, 1, lo_open=True, enforce=False), scalar_index=True) | None = Field(
+        default=None, description="Fraction in (0, 1] of the non-prefix tokens entering each pruning step to keep: "
+                                  "one value for every prune layer, or a non-empty list with one per layer."
     )
-    keep: list[Annotated[int, Field(ge=1)]] | None = Field(
-        default=None, description="Absolute number of non-prefix tokens kept after each pruning layer."
+    keep: list[Count(1, 3839)] | None = Field(
+        default=None, min_length=1, max_length=1024,
+        description="Absolute number of non-prefix tokens kept after each pruning layer, each 1..3839 (TensorRT's "
+                    "TopK needs K < 3840); a non-empty list."
     )
     rounding: Rounding = Field(
         default="floor",

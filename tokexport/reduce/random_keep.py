@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from ..bounds import Count
 from .base import LayerInputs, Method, ReductionConfig, register_method
 from .common import keep_topk
 
@@ -25,11 +26,9 @@ class RandomKeepConfig(ReductionConfig):
     """Seeded random subset of the tokens, fixed per layer and identical for every image."""
 
     method: Literal["random"] = Field(default="random", description="Method name.")
-    seed: int = Field(
+    seed: Count(0, 2**40) = Field(
         default=0,
-        ge=0,
-        le=2**40,
-        description="Base seed; layer l draws from torch.Generator().manual_seed(seed * 1000003 + l).",
+        description="Base seed, 0..1099511627776; layer l draws from torch.Generator().manual_seed(seed * 1000003 + l).",
     )
 
 

@@ -1,6 +1,6 @@
 """ToMe, token merging (Bolya et al., ICLR 2023, arXiv 2210.09461), static-shape re-implementation.
 
-See ../shared/methods/baselines.md. In every merging block, between the attention and the MLP:
+See docs/methods/topk-cls-and-baselines.md. In every merging block, between the attention and the MLP:
 
 1. metric = the block's keys averaged over heads, L2-normalised;
 2. bipartite split by position: A = even positions, B = odd positions; prefix tokens (CLS, the
@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from tokexport.bounds import Count, OneOrMany
 from tokexport.errors import InputError
 
 from .base import MergeInputs, MergingMethod, ReductionConfig, register_method
@@ -37,10 +38,11 @@ class ToMeConfig(ReductionConfig):
     """ToMe recipe: ``r`` tokens merged per block (or per listed block), CLS and other prefix tokens protected."""
 
     method: Literal["tome"] = Field(default="tome", description="Method name.")
-    r: int | list[int] | None = Field(
+    r: OneOrMany(Count(0, 3839)) | None = Field(
         default=None,
         description=(
-            "Tokens merged in each block (ToMe's r): one int for every block (or every block in prune_layers), or "
+            "Tokens merged in each block (ToMe's r), each 0..3839: one int for every block (or every block in "
+            "prune_layers), or "
             "a list with one value per block (per prune_layers entry when given); 0 = no merge in that block. At "
             "most half of the non-prefix tokens entering a block. Alternatively give prune_layers with keep_rate/"
             "keep: those blocks merge down to the planned counts."

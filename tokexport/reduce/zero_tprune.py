@@ -1,6 +1,6 @@
 """Zero-TPrune (Wang et al., CVPR 2024, arXiv 2305.17328), static-shape re-implementation.
 
-See ../shared/methods/zero-tprune.md. The CVPR code was never released, so several details are
+See docs/methods/zero-tprune.md. The CVPR code was never released, so several details are
 readings of the paper; each such choice is marked [unverified] in the config field descriptions.
 
 One pruning layer, given the block's attention probabilities ``A`` [B, H, N, N] and keys:
@@ -27,11 +27,12 @@ N, n_keep and r_S (Python ints). Iterations and heads are unrolled; every TopK h
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 
+from tokexport.bounds import Count, OneOrMany, Real
 from tokexport.errors import InputError
 
 from .base import LayerInputs, Method, ReductionConfig, register_method
@@ -58,10 +59,10 @@ class ZeroTPruneConfig(ReductionConfig):
     """Zero-TPrune recipe: PageRank importance (I stage) after an optional similarity stage (S stage)."""
 
     method: Literal["zero-tprune"] = Field(default="zero-tprune", description="Method name.")
-    iterations: Annotated[int, Field(ge=1)] | list[Annotated[int, Field(ge=1)]] | None = Field(
+    iterations: OneOrMany(Count(1, 1000)) | None = Field(
         default=None,
         description=(
-            "PageRank iterations of the I stage: one int for all pruning layers, a list with one value per "
+            "PageRank iterations of the I stage, each 1..1000: one int for all pruning layers, a list with one value per "
             "prune_layers entry, or null for the paper's rule by depth (30 in blocks 0-2, 1 in the last three "
             "blocks, 5 otherwise; the paper gives 30-50 / 5-10 / 1, the early code a fixed 5)."
         ),
@@ -80,8 +81,8 @@ class ZeroTPruneConfig(ReductionConfig):
             "tokens lies in [v_min, v_max]; if no head passes, all heads are used."
         ),
     )
-    v_min: float = Field(default=0.01, ge=0.0, description="Lower bound of the head filter's variance window.")
-    v_max: float = Field(default=0.7, ge=0.0, description="Upper bound of the head filter's variance window.")
+    v_min: Real(0, 1e6) = Field(default=0.01, description="Lower bound of the head filter's variance window; finite, in [0, 1000000].")
+    v_max: Real(0, 1e6) = Field(default=0.7, description="Upper bound of the head filter's variance window; finite, in [0, 1000000].")
     variance_scale: Literal["n", "none"] = Field(
         default="n",
         description=(
@@ -101,21 +102,18 @@ class ZeroTPruneConfig(ReductionConfig):
         default=True,
         description="Run the S stage (drop less important tokens whose keys duplicate more important ones) before the I stage.",
     )
-    similarity_fraction: float = Field(
+    similarity_fraction: Real(0, 1) = Field(
         default=0.5,
-        ge=0.0,
-        le=1.0,
         description=(
-            "[unverified] Fraction of this layer's pruned tokens (N_candidates - n_keep) removed by the S stage: "
+            "[unverified] Fraction in [0, 1] of this layer's pruned tokens (N_candidates - n_keep) removed by the S stage: "
             "r_S = floor(fraction * n_drop + 0.5) (round half up), clipped to the less important half's size. "
             "The I stage removes the rest."
         ),
     )
-    temperature: float = Field(
+    temperature: Real(0, 100, lo_open=True) = Field(
         default=1.0,
-        gt=0.0,
         description=(
-            "Softmax temperature tau of the attention Zero-TPrune scores: softmax(q k^T * scale / tau). Applied by "
+            "Softmax temperature tau, finite, in (0, 100], of the attention Zero-TPrune scores: softmax(q k^T * scale / tau). Applied by "
             "the integration when it computes the block's attention probabilities, not by this module "
             "(the early code used 0.5 or 1)."
         ),

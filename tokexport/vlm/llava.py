@@ -153,6 +153,20 @@ def load_llava(path_or_dir) -> LlavaParts:
     )
 
 
+def image_mean_std(path) -> tuple[tuple, tuple]:
+    """(image_mean, image_std) from the checkpoint's preprocessor_config.json; CLIP's when it has none."""
+    pre = Path(path) / "preprocessor_config.json"
+    if not pre.is_file():
+        return CLIP_MEAN, CLIP_STD
+    try:
+        d = json.loads(pre.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"model: cannot read {pre}: {e}") from None
+    if not isinstance(d, dict):
+        raise InputError(f"model: {pre} is not a JSON object")
+    return tuple(d.get("image_mean", CLIP_MEAN)), tuple(d.get("image_std", CLIP_STD))
+
+
 # -- FLOPs ------------------------------------------------------------------------------------------
 _UNGATED_MLP = ("gpt2", "gptj", "gpt_neox", "opt", "phi", "bloom", "falcon", "mpt")
 

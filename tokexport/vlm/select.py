@@ -6,7 +6,7 @@ sub-images of a fixed rows×cols grid in raster order. Positions index the flatt
 (view-major, raster order inside a view); every selector returns them ascending, so the kept tokens
 keep the order the LLM expects.
 
-Static export (../../shared/methods/static-export.md): K and every count are Python ints fixed at
+Static export (docs/methods/static-export.md): K and every count are Python ints fixed at
 export time; selection uses TopK with constant K (< 3840) and ``sort_positions`` (never
 ``torch.sort``); no boolean indexing, NonZero, ``.item()``, data-dependent shapes or Python loops
 over data (loops whose trip count is a static layout count, e.g. the sub-image count, are unrolled
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..bounds import Count, Real
 from ..reduce.common import keep_topk, sort_positions
 from ..reduce.schedule import round_count
 from ..reduce.uniform_keep import uniform_positions
@@ -139,9 +140,10 @@ class VisualReductionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str
-    keep: int | None = Field(default=None, ge=1, description="Absolute number K of visual tokens kept (of all V·P).")
-    keep_rate: float | None = Field(
-        default=None, gt=0, le=1,
+    keep: Count(1, TOPK_LIMIT - 1) | None = Field(
+        default=None, description="Absolute number K of visual tokens kept (of all V·P), 1..3839 (TensorRT's TopK needs K < 3840).")
+    keep_rate: Real(0, 1, lo_open=True) | None = Field(
+        default=None,
         description="Fraction in (0, 1] of all V·P visual tokens kept: K = max(1, floor(V·P·keep_rate)).",
     )
 
@@ -280,7 +282,7 @@ def _constant_rows(pos: list[int], *like) -> torch.Tensor:
 # FoPru
 
 
-_SELECT_LAYER_DESC = ("Tower block whose attention gives the selection significance; negative counts from the end "
+_SELECT_LAYER_DESC = ("Tower block whose attention gives the selection significance, -1024..1023; negative counts from the end "
                       "like LLaVA's vision_feature_layer (-2 = the block producing hidden_states[-2], LLaVA's "
                       "feature layer).")
 _SOURCE_DESC = ("Significance: 'cls' = CLS-query attention to each patch (needs a CLS token); 'received' = "
@@ -292,7 +294,7 @@ class FoPruRankConfig(VisualReductionConfig):
     """FoPru rank strategy: the K most significant tokens over all views (global view)."""
 
     method: Literal["fopru-rank"] = Field(default="fopru-rank", description="Method name.")
-    select_layer: int = Field(default=-2, description=_SELECT_LAYER_DESC + " [unverified: paper code not public]")
+    select_layer: Count(-1024, 1023) = Field(default=-2, description=_SELECT_LAYER_DESC + " [unverified: paper code not public]")
     source: Source = Field(default="cls", description=_SOURCE_DESC + " [unverified: paper code not public]")
 
 
@@ -310,7 +312,7 @@ class FoPruRowConfig(VisualReductionConfig):
     """FoPru row strategy: keep whole grid rows (of any view) with the largest summed significance."""
 
     method: Literal["fopru-row"] = Field(default="fopru-row", description="Method name.")
-    select_layer: int = Field(default=-2, description=_SELECT_LAYER_DESC + " [unverified: paper code not public]")
+    select_layer: Count(-1024, 1023) = Field(default=-2, description=_SELECT_LAYER_DESC + " [unverified: paper code not public]")
     source: Source = Field(default="cls", description=_SOURCE_DESC + " [unverified: paper code not public]")
 
     def check_k(self, layout: VisualLayout, k: int, field: str = "k") -> None:
@@ -439,19 +441,19 @@ class HiREDConfig(VisualReductionConfig):
     """
 
     method: Literal["hired"] = Field(default="hired", description="Method name.")
-    alpha: float = Field(
-        default=0.5, ge=0, le=1,
-        description="Share of the budget for the full image (view 0): N_p0 = floor(alpha·K); the sub-images share "
+    alpha: Real(0, 1) = Field(
+        default=0.5,
+        description="Share of the budget for the full image (view 0), in [0, 1]: N_p0 = floor(alpha·K); the sub-images share "
                     "K - N_p0. Ignored with one view (all K go to view 0).",
     )
-    select_layer: int = Field(
+    select_layer: Count(-1024, 1023) = Field(
         default=-2,
         description=_SELECT_LAYER_DESC + " HiRED: layer 22 of CLIP-L = hidden_states[-2] ('final layer').",
     )
-    alloc_layer: int = Field(
+    alloc_layer: Count(-1024, 1023) = Field(
         default=0,
-        description="Tower block whose attention (of view 0, the full image) allocates the sub-image budget; HiRED "
-                    "uses layer 0. Negative counts from the end.",
+        description="Tower block whose attention (of view 0, the full image) allocates the sub-image budget, "
+                    "-1024..1023; HiRED uses layer 0. Negative counts from the end.",
     )
     source: Source = Field(
         default="cls",
@@ -586,9 +588,9 @@ class RandomVisualConfig(VisualReductionConfig):
     """Seeded random subset of the V·P positions, identical for every image."""
 
     method: Literal["random-visual"] = Field(default="random-visual", description="Method name.")
-    seed: int = Field(
-        default=0, ge=0, le=2**40,
-        description="torch.Generator().manual_seed(seed); the subset is the first K of randperm(V·P) (so a smaller "
+    seed: Count(0, 2**40) = Field(
+        default=0,
+        description="torch.Generator().manual_seed(seed), 0..1099511627776; the subset is the first K of randperm(V·P) (so a smaller "
                     "K keeps a subset of a larger one), sorted.",
     )
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..bounds import Batch, Count, Real, Threads
 from ..errors import InputError
-from ..recipe import ParityConfig, TargetedExport
+from ..recipe import DeployConfig, ParityConfig, TargetedExport, _key, error_message, error_where, one_line
 
 
 class _Strict(BaseModel):
@@ -18,15 +19,15 @@ class _Strict(BaseModel):
 
 class WordfreqSource(_Strict):
     lang: str = Field(description="wordfreq language code (e.g. en, fr, pt).")
-    top_n: int = Field(50000, ge=1, le=1_000_000, description="Most frequent words taken from the list.")
-    words: int = Field(1_000_000, ge=1, description="Pseudo-corpus size: a word of frequency f counts max(1, round(f * words)) times, so list words rank by frequency next to running text.")
+    top_n: Count(1, 1_000_000) = Field(50000, description="Most frequent words taken from the list, 1..1000000.")
+    words: Count(1, 1_000_000_000) = Field(1_000_000, description="Pseudo-corpus size, 1..1000000000: a word of frequency f counts max(1, round(f * words)) times, so list words rank by frequency next to running text.")
     leading_space: bool = Field(True, description="Also count each word as ' word' (how it appears inside a sentence for BPE/SentencePiece vocabularies).")
-    capitalized: float = Field(0.0, ge=0, le=1, description="Also count each word capitalised ('Word', ' Word') with this share of its count (0: not at all): wordfreq lists are lower-case, but sentence starts and names are not (cased vocabularies).")
+    capitalized: Real(0, 1) = Field(0.0, description="Also count each word capitalised ('Word', ' Word') with this share of its count, in [0, 1] (0: not at all): wordfreq lists are lower-case, but sentence starts and names are not (cased vocabularies).")
 
 
 class CorpusSource(_Strict):
     lang: str | None = Field(None, description="Label for per-language coverage in the report (default: the dataset_build code, the wordfreq code, or 'text').")
-    path: str | list[str] | None = Field(None, description="Text file(s), folder(s) (every *.txt inside, recursively) or glob(s), relative to the recipe file; one document per non-empty line.")
+    path: str | list[str] | None = Field(None, min_length=1, description="Text file(s), folder(s) (every *.txt inside, recursively) or glob(s), relative to the recipe file; one document per non-empty line.")
     dataset_build: str | None = Field(None, description="ISO 639-3 code: every text file of the dataset-build package's dataset_build/data/<code>/.")
     wordfreq: WordfreqSource | None = Field(None, description="A wordfreq top-n word list (mining only: a word list is not running text, so it never enters the held-out part).")
 
@@ -50,25 +51,25 @@ class CorpusSource(_Strict):
 
 
 class CorpusConfig(_Strict):
-    sources: list[CorpusSource] = Field(min_length=1, description="Where the text comes from; languages may be mixed.")
-    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each running-text source's documents held out (never mined) for coverage and accuracy checks.")
-    seed: int = Field(0, description="Seed of the deterministic document split.")
+    sources: list[CorpusSource] = Field(min_length=1, max_length=256, description="Where the text comes from, 1 to 256 sources; languages may be mixed.")
+    heldout_fraction: Real(0, 1, lo_open=True, hi_open=True) = Field(0.2, description="Share of each running-text source's documents held out (never mined) for coverage and accuracy checks, in (0, 1).")
+    seed: Count(0, 2**32 - 1) = Field(0, description="Seed of the deterministic document split, 0..4294967295.")
     prefix: str = Field("", description="Text prepended to every document before tokenising (e5: 'passage: ').")
 
 
 class SelfGenerated(_Strict):
     """Decoders: mine the original model's own greedy continuations of mining-part documents too."""
 
-    prompts: int = Field(256, ge=1, le=100_000, description="Mining-part documents (evenly spaced) whose beginnings the original model continues.")
-    prompt_tokens: int = Field(12, ge=1, le=1024, description="Tokens of each document used as the prompt (documents not longer than this are skipped).")
-    max_new_tokens: int = Field(32, ge=1, le=1024, description="Greedy tokens generated per prompt (stopped at EOS).")
-    weight: int = Field(1, ge=1, le=1_000_000, description="Each generated token counts this many times next to the corpus counts.")
-    batch: int = Field(16, ge=1, le=1024, description="Prompts generated together (left padding).")
+    prompts: Count(1, 100_000) = Field(256, description="Mining-part documents (evenly spaced) whose beginnings the original model continues, 1..100000.")
+    prompt_tokens: Count(1, 1024) = Field(12, description="Tokens of each document used as the prompt, 1..1024 (documents not longer than this are skipped).")
+    max_new_tokens: Count(1, 1024) = Field(32, description="Greedy tokens generated per prompt, 1..1024 (stopped at EOS).")
+    weight: Count(1, 1_000_000) = Field(1, description="Each generated token counts this many times next to the corpus counts, 1..1000000.")
+    batch: Count(1, 1024) = Field(16, description="Prompts generated together (left padding), 1..1024.")
 
 
 class TrimConfig(_Strict):
-    min_frequency: int = Field(2, ge=1, description="Mined ids seen fewer times in the mining part are dropped (the reference uses 2).")
-    target_vocab_size: int | None = Field(None, ge=1, description="Keep this many mined ids (most frequent first); null keeps every id reaching min_frequency. The corpus must yield at least this many. Special, required and tokens_to_keep ids come on top.")
+    min_frequency: Count(1, 1_000_000_000) = Field(2, description="Mined ids seen fewer times in the mining part are dropped, 1..1000000000 (the reference uses 2).")
+    target_vocab_size: Count(1, 10_000_000) | None = Field(None, description="Keep this many mined ids (most frequent first), 1..10000000; null keeps every id reaching min_frequency. The corpus must yield at least this many. Special, required and tokens_to_keep ids come on top.")
     tokens_to_keep: list[str] = Field(default_factory=list, description="Vocabulary entries (token strings, as in tokenizer.json) always kept.")
     tokens_to_keep_file: str | None = Field(None, description="File with one vocabulary entry per line, always kept (relative to the recipe file).")
     self_generated: SelfGenerated | None = Field(None, description="Decoders only: also count the tokens the original model generates greedily from the beginnings of mining-part documents (what the model writes, not only what people write), so that fewer greedy generations reach a dropped token. Uses the mining part only: held-out text and verify.generation prompts stay unseen.")
@@ -85,23 +86,23 @@ class TrimConfig(_Strict):
 
 
 class VocabExportConfig(TargetedExport):
-    seq_len: int = Field(128, ge=2, le=8192, description="Static sequence length of input_ids/attention_mask (inputs are padded/truncated to it).")
-    batch: int | Literal["dynamic"] = Field(1, description="Fixed batch size or 'dynamic'.")
+    seq_len: Count(2, 8192) = Field(128, description="Static sequence length of input_ids/attention_mask, 2..8192 (inputs are padded/truncated to it).")
+    batch: Batch(1024) = Field(1, description="Fixed batch size, 1..1024, or 'dynamic'.")
     pooling: Literal["mean", "cls"] = Field("mean", description="Encoders: pooled embedding output (mean over attention_mask, or the first token), L2-normalised.")
 
 
 class GenerationCheck(_Strict):
-    prompts: list[str] = Field(min_length=1, description="Decoders: prompts generated greedily by the original and the trimmed model.")
-    max_new_tokens: int = Field(16, ge=1, le=256)
-    min_exact_match: float = Field(1.0, ge=0, le=1, description="Share of prompts whose generations must be identical.")
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=1024, description="Decoders: prompts generated greedily by the original and the trimmed model; 1 to 1024 non-empty strings.")
+    max_new_tokens: Count(1, 256) = Field(16, description="1..256.")
+    min_exact_match: Real(0, 1) = Field(1.0, description="Share of prompts whose generations must be identical, in [0, 1].")
 
 
 class VocabAccuracyConfig(_Strict):
-    samples: int = Field(64, ge=1, le=4096, description="Held-out documents used by the accuracy checks (evenly spaced).")
-    max_abs_diff: float = Field(1e-5, gt=0, description="Encoders: max |trimmed - original| on in-vocabulary held-out text (hidden states and embedding), both in PyTorch from the saved checkpoints.")
-    min_cosine: float = Field(0.95, ge=-1, le=1, description="Encoders: mean cosine between trimmed and original embeddings on all held-out documents (out-of-vocabulary text included).")
-    min_top1_agreement: float = Field(0.95, ge=0, le=1, description="Decoders: next-token argmax agreement on in-vocabulary held-out text.")
-    max_perplexity_increase: float = Field(0.05, ge=0, description="Decoders: relative increase of perplexity per character on all held-out text allowed.")
+    samples: Count(1, 4096) = Field(64, description="Held-out documents used by the accuracy checks (evenly spaced), 1..4096.")
+    max_abs_diff: Real(0, 1, lo_open=True) = Field(1e-5, description="Encoders: max |trimmed - original| on in-vocabulary held-out text (hidden states and embedding), both in PyTorch from the saved checkpoints; finite, in (0, 1].")
+    min_cosine: Real(-1, 1) = Field(0.95, description="Encoders: mean cosine between trimmed and original embeddings on all held-out documents (out-of-vocabulary text included); in [-1, 1].")
+    min_top1_agreement: Real(0, 1) = Field(0.95, description="Decoders: next-token argmax agreement on in-vocabulary held-out text; in [0, 1].")
+    max_perplexity_increase: Real(0, 100) = Field(0.05, description="Decoders: relative increase of perplexity per character on all held-out text allowed; finite, in [0, 100].")
 
 
 class VocabVerifyConfig(_Strict):
@@ -112,9 +113,9 @@ class VocabVerifyConfig(_Strict):
 
 class VocabBenchConfig(_Strict):
     enabled: bool = True
-    warmup: int = Field(2, ge=0)
-    repeats: int = Field(10, ge=1, description="Timed forward passes per graph (baseline and trimmed alternate).")
-    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads; default: all cores.")
+    warmup: Count(0, 1000) = Field(2, description="Untimed forward passes per graph first, 0..1000.")
+    repeats: Count(1, 10000) = Field(10, description="Timed forward passes per graph, 1..10000 (baseline and trimmed alternate).")
+    threads: Threads = Field(None, description="onnxruntime intra-op threads, 1..4 x CPU cores of this machine; default (null): all cores.")
 
 
 class VocabRecipe(_Strict):
@@ -128,12 +129,13 @@ class VocabRecipe(_Strict):
     export: VocabExportConfig = VocabExportConfig()
     verify: VocabVerifyConfig = VocabVerifyConfig()
     bench: VocabBenchConfig = VocabBenchConfig()
+    deploy: DeployConfig = DeployConfig()
 
 
 def _loc(loc: tuple) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + _key(part)
     return out or "(top level)"
 
 
@@ -157,9 +159,8 @@ def format_vocab_error(path: str, err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         hint = difflib.get_close_matches(str(loc[-1]), _allowed(loc), n=1)
         fix = f"did you mean {hint[0]!r}?" if hint else "remove it (see `tokexport recipes schema`)"
-        return f"{path}: {_loc(loc)}: unknown field; {fix}"
-    msg = "required field is missing" if e["type"] == "missing" else e["msg"].removeprefix("Value error, ")
-    return f"{path}: {_loc(loc)}: {msg}"
+        return one_line(f"{path}: {_loc(loc)}: unknown field; {fix}")
+    return one_line(f"{path}: {error_where(e, _loc(loc))}: {error_message(e)}")
 
 
 def validate_vocab_recipe(path: str, data: dict) -> VocabRecipe:

@@ -14,6 +14,9 @@ from ..runners import OrtRunner
 Feed = dict[str, np.ndarray]
 
 
+# ---- used only by tokexport/vocab/pipeline.py (the pre-driver pipeline, to be deleted): metric, run_rows,
+# torch_fn, ort_fn, _masked, compare, parity and tokenizer_remap; tokexport.tasks.vocab_trim uses
+# tokexport.stages (runners, compare, metric) instead.
 def metric(value: float, passed: bool | None, threshold: str | None, **detail) -> dict:
     return {"value": float(value), "threshold": threshold, "passed": passed, **detail}
 
@@ -94,11 +97,19 @@ def parity(onnx_out: dict[str, np.ndarray], torch_out: dict[str, np.ndarray], ma
             "atol": atol, "mean_atol": mean_atol, "samples": len(mask), "outputs": outputs, "passed": bool(ok)}
 
 
+def remap_mismatches(orig_ids: Sequence[Sequence[int]], trimmed_ids: Sequence[Sequence[int]], keep_mask: np.ndarray,
+                     old2new: np.ndarray) -> tuple[list[int], list[int]]:
+    """The documents whose original ids are all kept, and those of them on which the trimmed tokenizer
+    does not give old2new of the original ids (it must give exactly that)."""
+    in_vocab = [i for i, ids in enumerate(orig_ids) if keep_mask[np.asarray(ids, dtype=np.int64)].all()]
+    bad = [i for i in in_vocab if list(old2new[np.asarray(orig_ids[i], dtype=np.int64)]) != list(trimmed_ids[i])]
+    return in_vocab, bad
+
+
 def tokenizer_remap(orig_ids: Sequence[Sequence[int]], trimmed_ids: Sequence[Sequence[int]], keep_mask: np.ndarray,
                     old2new: np.ndarray) -> dict:
     """On documents whose original ids are all kept, the trimmed tokenizer must give old2new of them."""
-    in_vocab = [i for i, ids in enumerate(orig_ids) if keep_mask[np.asarray(ids, dtype=np.int64)].all()]
-    bad = [i for i in in_vocab if list(old2new[np.asarray(orig_ids[i], dtype=np.int64)]) != list(trimmed_ids[i])]
+    in_vocab, bad = remap_mismatches(orig_ids, trimmed_ids, keep_mask, old2new)
     share = 1 - len(bad) / len(in_vocab) if in_vocab else 0.0
     return metric(share, bool(in_vocab) and not bad, "= 1 (every in-vocabulary held-out sentence)",
                   documents=len(in_vocab), mismatched_documents=bad[:10])

@@ -1,0 +1,266 @@
+"""Command-line plumbing shared by every command module: consoles, the one-line error exit, the rich
+progress implementation of the pipeline's stage hooks, logging set-up, the version line, and where
+the shipped recipes live.
+
+Cheap to import on purpose (typer, rich's console, the standard library): ``--help``, ``--version``
+and bad-input errors must come back without loading torch, transformers, onnx or optimum, so nothing
+here imports them, and rich's progress machinery is only imported when a progress display starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from .errors import InputError, TokexportError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+LOGGER_NAME = "tokexport"
+logger = logging.getLogger(LOGGER_NAME)
+
+# Final results (tables, "wrote ..." lines) go to stdout; progress, messages and errors to stderr.
+out_console = Console()
+err_console = Console(stderr=True)
+_DEFAULT_ERR_CONSOLE = err_console
+# In quiet mode ``err_console`` is swapped for one that never counts as a terminal: rich then draws no
+# live progress or status spinner on it (commands that build their own Progress/status on
+# ``err_console`` go quiet too), while plain prints (errors, verdict lines) still come through.
+_QUIET_ERR_CONSOLE = Console(stderr=True, force_terminal=False)
+_quiet = False
+
+# Distributions whose versions ``tokexport --version`` reports (read from their metadata, not imported).
+VERSION_DEPENDENCIES = ("torch", "transformers", "optimum", "onnx", "onnxruntime", "onnxruntime-gpu")
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line (line breaks become spaces), so an error can never span lines."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def fail(e: TokexportError) -> NoReturn:
+    """Print ``error: <message>`` as exactly one line on stderr and exit with the error's code.
+
+    The message is printed literally: text in it that looks like rich markup (``[bold]``, ``[/]``,
+    ``[red]`` in a path or a recipe value) is shown as written, never interpreted."""
+    message = one_line(str(e)) or type(e).__name__
+    if _configured():  # the log file records it too (unconfigured, logging's last resort would print it twice)
+        logger.error("error: %s", message, extra={"console": False})
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    raise typer.Exit(e.exit_code)
+
+
+def result(message: str) -> None:
+    """A final result line: stdout (also in quiet mode), and the log file."""
+    out_console.print(Text(message), highlight=False, soft_wrap=True)
+    if _configured():
+        logger.info("%s", message, extra={"console": False})
+
+
+class RichStages:
+    """The pipeline's progress hooks (``stage``/``log``) on a rich ``Progress``.
+
+    Stage starts and ends are debug messages (shown with ``-v``, always in the log file); ``log``
+    messages are info messages (hidden with ``-q``). Messages are never read as rich markup."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int | None = None):
+        task = self.progress.add_task(name, total=total)
+        logger.debug("stage: %s", name)
+        t0 = time.perf_counter()
+        try:
+            yield lambda n=1: self.progress.advance(task, n)
+        finally:
+            t = self.progress.tasks[[t.id for t in self.progress.tasks].index(task)]
+            self.progress.update(task, total=t.total or 1, completed=t.total or 1)
+            logger.debug("stage done: %s (%.1f s)", name, time.perf_counter() - t0)
+
+    def log(self, message: str) -> None:
+        logger.info("%s", message)
+
+
+def progress() -> Progress:
+    """The progress display every long command shows on stderr (nothing in quiet mode)."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    # Off in quiet mode, and when stderr is not a terminal: rich draws nothing there but a stray blank line.
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=True, disable=_quiet or not err_console.is_terminal)
+
+
+@contextlib.contextmanager
+def progress_stages() -> Iterator[RichStages]:
+    """``with progress_stages() as stages:`` a live progress display and its ``RichStages``."""
+    with progress() as p:
+        yield RichStages(p)
+
+
+# --- logging ---------------------------------------------------------------------------------------
+
+
+class ConsoleLogHandler(logging.Handler):
+    """tokexport's log messages on stderr, through ``err_console`` (so they print above a live progress
+    display), as plain text. Records logged with ``extra={"console": False}`` are for the log file only."""
+
+    _PREFIX = {logging.DEBUG: "debug: ", logging.WARNING: "warning: ", logging.ERROR: "error: ",
+               logging.CRITICAL: "error: "}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "console", True) is False:
+            return
+        try:
+            msg = record.getMessage()
+            prefix = self._PREFIX.get(record.levelno, "")
+            if prefix and not msg.lower().startswith(prefix.strip()):
+                msg = prefix + msg
+            err_console.print(Text(msg), highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never take the command down
+            self.handleError(record)
+
+
+def _configured() -> bool:
+    """Whether ``setup_logging`` installed the command line's handlers."""
+    return any(getattr(h, "_tokexport_cli", False) for h in logger.handlers)
+
+
+_FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | None = None) -> None:
+    """Configure the ``tokexport`` logger for one command-line run.
+
+    Default: info messages and warnings on stderr. ``verbose``: debug messages too (stage starts and
+    ends with their durations). ``quiet``: only errors on stderr, no progress display; final result
+    lines still go to stdout. ``log_file``: every message (debug included) with a timestamp, appended
+    to that file, whatever the console level. Raises ``InputError`` (one line) when both ``verbose``
+    and ``quiet`` are given or the log file cannot be opened."""
+    global err_console, _quiet
+    reset_logging()  # an earlier run's handlers (several runs in one process: tests)
+    if verbose and quiet:
+        raise InputError("-v/--verbose and -q/--quiet contradict each other; give one of them")
+    _quiet = quiet
+    err_console = _QUIET_ERR_CONSOLE if quiet else _DEFAULT_ERR_CONSOLE
+
+    console = ConsoleLogHandler(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        try:
+            fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"--log-file {log_file}: cannot open it for appending ({e.strerror or e}); "
+                             "give a writable file path") from None
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter(_FILE_FORMAT))
+        handlers.append(fh)
+    for h in handlers:
+        h._tokexport_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+    logger.setLevel(logging.DEBUG if verbose or log_file is not None else logging.INFO)
+    # the run's command line and version, for the log file (an appended log holds many runs)
+    logger.info("tokexport %s: %s", version(), shlex.join(["tokexport", *sys.argv[1:]]), extra={"console": False})
+
+
+def reset_logging() -> None:
+    """Remove what ``setup_logging`` installed (handlers, level, quiet console)."""
+    global err_console, _quiet
+    for h in [h for h in logger.handlers if getattr(h, "_tokexport_cli", False)]:
+        logger.removeHandler(h)
+        h.close()
+    logger.setLevel(logging.NOTSET)
+    err_console, _quiet = _DEFAULT_ERR_CONSOLE, False
+
+
+def log_exit(code: int | str | None) -> None:
+    """Record the process's exit code in the log file (nothing on the console)."""
+    if _configured():
+        logger.debug("exit code %s", code if code is not None else 0, extra={"console": False})
+
+
+# --- version ---------------------------------------------------------------------------------------
+
+
+def version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def version_lines() -> list[str]:
+    """``tokexport X.Y.Z`` and, on a second line, the installed versions of the main dependencies,
+    read from package metadata (importing torch just to print its version would take seconds)."""
+    from importlib import metadata
+
+    deps = []
+    for name in VERSION_DEPENDENCIES:
+        try:
+            deps.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            if name != "onnxruntime-gpu":
+                deps.append(f"{name} (not installed)")
+    py = ".".join(str(v) for v in sys.version_info[:3])
+    return [f"tokexport {version()}", f"python {py}, " + ", ".join(deps)]
+
+
+# --- shipped recipes -------------------------------------------------------------------------------
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
+_resources = contextlib.ExitStack()
+
+
+def shipped_recipes_dir() -> Path:
+    """The recipes shipped inside the package (``tokexport/recipes``), as a filesystem directory."""
+    from importlib.resources import as_file, files
+
+    root = files("tokexport").joinpath("recipes")
+    if isinstance(root, Path):
+        return root
+    return _resources.enter_context(as_file(root))  # a zipped install: extracted for this process
+
+
+def shipped_recipes() -> list[tuple[str, Path]]:
+    """(name, path) of every shipped recipe, name relative to the recipes directory
+    (``dinov2-small-zero-tprune.yaml``, ``tiny/llava-next-tiny-hired.yaml``), sorted."""
+    root = shipped_recipes_dir()
+    found = [p for p in root.rglob("*") if p.suffix in RECIPE_SUFFIXES and p.is_file()]
+    return sorted((p.relative_to(root).as_posix(), p) for p in found)
+
+
+def find_shipped_recipe(name: str) -> Path | None:
+    """The shipped recipe called ``name`` (with or without ``.yaml``; a leading ``recipes/`` is
+    ignored, so the commands of the README work from any directory), or None."""
+    n = name.replace("\\", "/").strip()
+    if not n or n.startswith("/") or ".." in n.split("/"):
+        return None
+    candidates = [n] + ([n.removeprefix("recipes/")] if n.startswith("recipes/") else [])
+    by_name = dict(shipped_recipes())
+    for c in candidates:
+        for key in ((c,) if c.endswith(RECIPE_SUFFIXES) else (c + ".yaml", c + ".yml", c)):
+            if key in by_name:
+                return by_name[key]
+    return None
+
+
+def resolve_recipe(recipe: Path) -> Path:
+    """The recipe file a command should read: ``recipe`` itself when it exists, otherwise the shipped
+    recipe of that name (said on stderr, not in quiet mode). InputError (one line) when neither exists."""
+    if recipe.exists():
+        return recipe
+    shipped = None if recipe.is_absolute() else find_shipped_recipe(str(recipe))
+    if shipped is None:
+        raise InputError(f"{recipe}: recipe file not found, and no shipped recipe has that name; list the "
+                         "shipped ones with `tokexport recipes list`")
+    logger.info("%s: no such file here; using the shipped recipe %s", recipe, shipped)
+    return shipped

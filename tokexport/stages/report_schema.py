@@ -1,0 +1,146 @@
+"""The report contract, as a schema: what every task's report.json holds, whatever else a task adds.
+
+``tokexport report schema`` prints it as JSON Schema; the driver validates every report against it
+before writing (a report that breaks the contract is a bug, never a file on disk), and `tokexport
+check` reads only what the contract guarantees."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_VERSION = 2
+KINDS = ("vit-token-pruning", "visual-tokens", "vocab-trim")
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class GatedMetric(_Open):
+    """A reduced-vs-original figure. ``passed`` is null when no threshold was set."""
+
+    original: Finite
+    reduced: Finite
+    delta: Finite
+    better: Literal["higher", "lower"]
+    threshold: dict[str, Finite] | None
+    passed: bool | None
+
+    @field_validator("passed")
+    @classmethod
+    def _no_threshold_no_pass(cls, v, info):
+        if v is not None and not info.data.get("threshold"):
+            raise ValueError("a metric without a threshold has passed: null")
+        return v
+
+
+class InfoMetric(_Open):
+    """A figure that gates nothing."""
+
+    value: Any
+    info: Literal[True]
+
+
+Metric = Union[InfoMetric, GatedMetric]  # noqa: UP007  (pydantic tries InfoMetric first: it needs info: true)
+
+
+class Parity(_Open):
+    max_abs_diff: float
+    mean_abs_diff: float
+    atol: Finite
+    mean_atol: Finite
+    samples: int = Field(ge=0)
+    outputs: dict[str, dict]
+    passed: bool
+
+
+class Accuracy(_Open):
+    metrics: dict[str, Metric]
+    passed: bool
+
+
+class BenchRow(_Open):
+    baseline_ms: Finite = Field(gt=0)
+    reduced_ms: Finite = Field(gt=0)
+    baseline_p90_ms: Finite
+    reduced_p90_ms: Finite
+    speedup: Finite = Field(gt=0)
+
+
+class Bench(_Open):
+    runtime: str
+    provider: str
+    threads: int = Field(ge=1)
+    repeats: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    batches: dict[str, BenchRow] = Field(min_length=1)
+
+
+class Artifacts(_Open):
+    onnx: str
+    onnx_sha256: str
+    onnx_bytes: int = Field(ge=0)
+    baseline_onnx: str
+    baseline_onnx_sha256: str
+    baseline_onnx_bytes: int = Field(ge=0)
+
+
+class Environment(_Open):
+    python: str
+    packages: dict[str, str]
+    onnxruntime_providers: list[str]
+    cpu: str
+    os: str
+
+
+class Model(_Open):
+    source: str
+    params: int = Field(ge=0)
+
+
+class Report(_Open):
+    """report.json of `tokexport convert`, every task."""
+
+    schema_version: Literal[2]
+    kind: Literal["vit-token-pruning", "visual-tokens", "vocab-trim"]
+    tokexport_version: str
+    created_unix: int
+    recipe_path: str
+    recipe: dict
+    environment: Environment
+    model: Model
+    export: dict
+    artifacts: Artifacts
+    parity: Parity
+    parity_baseline: Parity
+    accuracy: Accuracy
+    bench: Bench | None
+    trt_check: dict | None
+    deploy: dict | None
+    passed: bool
+    failures: list[str]
+
+
+def report_schema() -> dict:
+    return Report.model_json_schema()
+
+
+def report_schema_json() -> str:
+    return json.dumps(report_schema(), indent=2)
+
+
+def validate_report(report: dict) -> list[str]:
+    """Every contract violation of ``report``, one line each (empty when it conforms)."""
+    try:
+        Report.model_validate(report)
+    except ValidationError as e:
+        return [f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()]
+    return []

@@ -1,0 +1,413 @@
+"""VLM visual tokens (recipe `task: visual-tokens`): model.onnx is the visual-token graph (vision tower up
+to the feature layer + selection [+ projector] → exactly K tokens and their positions), baseline.onnx
+the same graph without selection (all tokens, raster order). The model is a LLaVA-1.5 / LLaVA-NeXT
+checkpoint (tower and projector from it, generation checked with the language model) or a bare vision
+tower (LLM sizes from the recipe, for the prefill FLOPs).
+
+Accuracy, on the bundled photographs: features rebuilt from the kept tokens against all tokens
+(mean-pooled and attention-pooled cosine, nearest-prototype instance recognition), the retained
+attention mass (information only: it is measured with the attention a selector ranks by), and for
+LLaVA checkpoints greedy generation with all vs the selected tokens. The bench ratio is the selection
+overhead; the saving is in the LLM prefill, counted analytically (section ``llm``)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import metrics as M
+from .. import verify as V
+from ..adapters import Adapter, adapter_for
+from ..data import Preprocess, instance_recognition_set, natural_images
+from ..errors import InputError
+from ..export import INPUT_NAME, export_onnx
+from ..stages.metric import info
+from ..stages.runners import OrtRunner, TorchRunner, run_rows
+from ..vlm.graph import VisualTokenGraph
+from ..vlm.select import VISUAL_METHODS, VisualLayout
+from .base import TASKS, Graphs, ParityCase, Stages, Task
+from .vit_tokens import local_model_dir
+
+MEASURED = ("feature_cosine", "attn_pooled_cosine", "instance_top1", "attention_mass")
+GENERATION_METRICS = ("generation_exact_match", "generation_token_agreement")
+INFO_ONLY = ("attention_mass",)
+
+
+# ---- loading -------------------------------------------------------------------------------------
+@dataclass
+class VisualModel:
+    source: str
+    source_kind: str
+    path: Path
+    kind: str  # llava | llava_next | tower
+    tower: nn.Module
+    adapter: Adapter
+    projector: nn.Module | None
+    feature_layer: int
+    feature_select: str
+    image_size: int
+    mean: tuple
+    std: tuple
+    llm_dims: dict
+    params: int
+    llava: object | None = None  # LlavaParts, for the generation check
+
+
+def _text_dims(cfg) -> dict:
+    keys = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+            "vocab_size")
+    return {k: getattr(cfg, k, None) for k in keys}
+
+
+def load_visual(recipe, vis, base_dir: Path) -> VisualModel:
+    """A LLaVA checkpoint (model_type llava / llava_next: its tower, projector, feature layer and select
+    strategy) or a bare vision tower (the recipe's vision settings)."""
+    from ..load import load_model, resolve_source
+
+    path, kind = resolve_source(recipe.model, base_dir)
+    cfg_file = path / "config.json"
+    try:
+        model_type = json.loads(cfg_file.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"model: cannot read {cfg_file}: {e}") from None
+    if model_type in ("llava", "llava_next"):
+        from ..vlm.llava import image_mean_std, load_llava
+
+        parts = load_llava(path)
+        tower = parts.tower
+        mean, std = image_mean_std(path)
+        return VisualModel(recipe.model, kind, path, parts.kind, tower, adapter_for(tower.config), parts.projector,
+                           parts.feature_layer, parts.feature_select, parts.image_size, mean, std,
+                           _text_dims(parts.text_config), sum(p.numel() for p in parts.model.parameters()), parts)
+    lm = load_model(recipe.model, base_dir, recipe.family, "feature-extraction", recipe.export.image_size)
+    return VisualModel(recipe.model, kind, path, "tower", lm.model, lm.adapter, None, vis.feature_layer,
+                       vis.feature_select, lm.image_size, lm.mean, lm.std, vis.llm.model_dump(), lm.params)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _views(x: np.ndarray, layout: VisualLayout, size: int) -> np.ndarray:
+    """High-resolution crops [N, 3, rows·S, cols·S] → anyres views [N, V, 3, S, S]: the full image
+    resized to S×S, then the rows×cols tiles in raster order."""
+    t = torch.from_numpy(x)
+    if layout.sub_grid is None:
+        return x[:, None] if t.shape[-1] == size else F.interpolate(t, size=(size, size), mode="bilinear",
+                                                                     antialias=True, align_corners=False).numpy()[:, None]
+    rows, cols = layout.sub_grid
+    full = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    tiles = [t[:, :, r * size:(r + 1) * size, c * size:(c + 1) * size] for r in range(rows) for c in range(cols)]
+    return torch.stack([full, *tiles], dim=1).numpy()
+
+
+class _TextDims:
+    """The LLM sizes as attributes (what :func:`tokexport.vlm.llava.llm_prefill_flops` reads)."""
+
+    def __init__(self, d: dict):
+        for k, v in d.items():
+            setattr(self, k, v)
+        if getattr(self, "num_key_value_heads", None) is None:
+            self.num_key_value_heads = self.num_attention_heads
+
+
+class _Probe(nn.Module):
+    """Evaluation-only significance (normalised over all V·P patches) from one block's attention."""
+
+    def __init__(self, tower, adapter, layout, image_size, feature_layer, layer, source):
+        super().__init__()
+        from ..vlm.graph import block_index, feature_depth
+
+        self.graph = VisualTokenGraph(tower, adapter, layout, image_size, feature_layer, "default", None, None)
+        self.graph.score_blocks = {"select": block_index(layer, adapter.num_layers)}
+        if self.graph.score_blocks["select"] >= feature_depth(feature_layer, adapter.num_layers):
+            raise ValueError(f"eval_layer {layer} is deeper than the feature layer")
+        self.graph.source = source
+        self.layout = layout
+
+    def forward(self, x):
+        if x.dim() == 4:
+            x = x.unsqueeze(1)
+        s = self.graph.image_size
+        _, sig = self.graph.tower_features(x.reshape(-1, 3, s, s))
+        w = sig["select"].reshape(-1, self.layout.total)
+        return w / w.sum(dim=-1, keepdim=True)
+
+
+def _named(graph: VisualTokenGraph):
+    """The graph as the exported function: named outputs."""
+    def f(x):
+        tokens, pos = graph(x)
+        return {"visual_tokens": tokens, "positions": pos}
+    return f
+
+
+def _prompt_ids(tok, prompt: str, parts) -> torch.Tensor:
+    if tok is None:
+        return torch.tensor([[1, parts.image_token_id, 5, 6, 7]])
+    text = prompt if "<image>" in prompt else "USER: <image>\n" + prompt + " ASSISTANT:"
+    return tok(text, return_tensors="pt").input_ids
+
+
+def _generation(recipe, vm: VisualModel, graph: VisualTokenGraph, layout: VisualLayout):
+    """Generate with all visual tokens and with the selected K, greedy, on the recipe's prompts and the
+    bundled photographs. Both runs go through the same patched ``get_image_features`` (all tokens in
+    raster order vs the graph's K), so the comparison isolates the selection; for LLaVA-NeXT neither
+    run inserts image_newline tokens."""
+    from ..vlm.llava import expand_image_tokens, reduced_visual_tokens
+
+    g = recipe.verify.generation
+    parts = vm.llava
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(vm.path)
+    except Exception:  # tiny random twins ship no tokenizer: fixed ids around the placeholder
+        tok = None
+    full = VisualTokenGraph(parts.tower, vm.adapter, layout, vm.image_size, parts.feature_layer, parts.feature_select,
+                            parts.projector, None)
+    side = vm.image_size * (layout.sub_grid[0] if layout.sub_grid else 1)
+    pre = Preprocess(side, vm.mean, vm.std)
+    rows, exact, agree, total = [], 0, 0, 0
+    for prompt in g.prompts:
+        ids = _prompt_ids(tok, prompt, parts)
+        for name, img in natural_images(include_optional=False)[: g.images]:
+            x = torch.from_numpy(_views(pre.center(img)[None], layout, vm.image_size))
+            x = x if layout.views > 1 else x[:, 0]
+            extra = {"image_sizes": torch.tensor([[side, side]])} if parts.kind == "llava_next" else {}
+            outs = []
+            for gr in (full, graph):
+                ids_k = expand_image_tokens(ids, parts.image_token_id, gr.k)
+
+                def select_fn(pixel_values, image_sizes=None, _g=gr):
+                    return _g(pixel_values)[0]
+
+                with torch.inference_mode(), reduced_visual_tokens(parts, select_fn):
+                    out = parts.model.generate(input_ids=ids_k, pixel_values=x, max_new_tokens=g.max_new_tokens,
+                                               do_sample=False, **extra)
+                outs.append(out[0, ids_k.shape[1]:].tolist())
+            a, b = outs
+            same = sum(1 for i in range(min(len(a), len(b))) if a[i] == b[i])
+            exact += int(a == b)
+            agree += same
+            total += max(len(a), len(b))
+            rows.append({"prompt": prompt, "image": name, "exact": a == b,
+                         "full": tok.decode(a) if tok else a, "reduced": tok.decode(b) if tok else b})
+    return ({"samples": rows, "max_new_tokens": g.max_new_tokens, "decoding": "greedy"},
+            {"generation_exact_match": (1.0, exact / len(rows)),
+             "generation_token_agreement": (1.0, agree / max(total, 1))})
+
+
+# ---- the task ------------------------------------------------------------------------------------
+@TASKS.register("visual-tokens")
+class VisualTokens(Task):
+    kind = "visual-tokens"
+    recipe_tasks = ("visual-tokens",)
+
+    def protected_paths(self) -> list[Path]:
+        p = local_model_dir(self.recipe.model, self.base_dir)
+        return [p] if p is not None else []
+
+    # ---- load
+    def _check_metric_names(self) -> None:
+        """Every recipe threshold names a figure this run measures and may gate (before loading anything)."""
+        th = self.recipe.verify.accuracy.metrics
+        for name in INFO_ONLY:
+            if name in th:
+                raise InputError(
+                    f"verify.accuracy.metrics.{name}: cannot gate: the retained attention mass is measured with the "
+                    "attention the selector itself ranks tokens by (vision.eval_layer/eval_source), so it says "
+                    "nothing about accuracy and is reported for information only; remove its threshold")
+
+    def load(self, stages: Stages) -> None:
+        from ..recipe import VisionConfig
+
+        recipe = self.recipe
+        vis = self.vision = recipe.vision or VisionConfig()
+        self._check_metric_names()
+        with stages.stage("load"):
+            vm = self.vm = load_visual(recipe, vis, self.base_dir)
+        ad, s = vm.adapter, vm.image_size
+        gh = gw = s // ad.patch_size
+        rows_cols = tuple(vis.grid) if vis.grid else None
+        if vm.kind == "llava" and rows_cols:
+            raise InputError("vision.grid: LLaVA-1.5 takes one view; remove grid (LLaVA-NeXT uses it)")
+        layout = self.layout = VisualLayout(views=1 + (rows_cols[0] * rows_cols[1] if rows_cols else 0), grid=(gh, gw),
+                                            sub_grid=rows_cols)
+        cfg = recipe.reduction
+        self.selector = VISUAL_METHODS[cfg.method](cfg)
+        try:
+            k = cfg.resolve_k(layout)
+        except ValueError as e:
+            raise InputError(f"reduction: {e}") from None
+        try:
+            self.red = VisualTokenGraph(vm.tower, ad, layout, s, vm.feature_layer, vm.feature_select, vm.projector,
+                                        self.selector, k)
+            self.base = VisualTokenGraph(vm.tower, ad, layout, s, vm.feature_layer, vm.feature_select, vm.projector, None)
+            self.probe = _Probe(vm.tower, ad, layout, s, vm.feature_layer, vis.eval_layer, vis.eval_source)
+        except ValueError as e:
+            raise InputError(f"vision/reduction: {e}") from None
+        if vis.eval_source == "cls" and ad.n_prefix() == 0:
+            raise InputError("vision.eval_source: the tower has no CLS token; use eval_source: received")
+        if rows_cols and rows_cols[0] != rows_cols[1]:
+            raise InputError("vision.grid: only square grids (rows == cols) are evaluated on the bundled photographs")
+        measured = list(MEASURED)
+        if recipe.verify.generation is not None:
+            if vm.llava is None:
+                raise InputError("verify.generation: needs a LLaVA checkpoint (model_type llava or llava_next)")
+            measured += GENERATION_METRICS
+        for name in recipe.verify.accuracy.metrics:
+            if name not in measured:
+                raise InputError(f"verify.accuracy.metrics.{name}: not measured for task visual-tokens "
+                                 f"(measured: {', '.join(measured)})")
+
+        acc = recipe.verify.accuracy
+        with stages.stage("data"):
+            hi = Preprocess(s * (rows_cols[0] if rows_cols else 1), vm.mean, vm.std)
+            self.iset = instance_recognition_set(natural_images(include_optional=False), hi, acc.samples_per_class,
+                                                 acc.prototypes_per_class, tuple(acc.crop_scale), acc.seed)
+            eval_x, proto_x = _views(self.iset.eval_x, layout, s), _views(self.iset.proto_x, layout, s)
+        # one view: [N, 3, S, S] (LLaVA-1.5's pixel_values); anyres: [N, V, 3, S, S]
+        self.eval_x = eval_x if layout.views > 1 else eval_x[:, 0]
+        self.proto_x = proto_x if layout.views > 1 else proto_x[:, 0]
+        ev = self.eval_x
+        self.parity_x = ev[np.linspace(0, len(ev) - 1, recipe.verify.parity.samples).round().astype(int)]
+        self.generation = None
+        self._rng = np.random.default_rng(0)
+
+    def _at_export_batch(self) -> np.ndarray:
+        """Real inputs at the export batch (1 for a dynamic batch), repeated when parity has fewer samples."""
+        ex = self.recipe.export
+        n = 1 if ex.batch == "dynamic" else ex.batch
+        return np.ascontiguousarray(np.resize(self.parity_x, (n, *self.parity_x.shape[1:])))
+
+    # ---- export
+    def export(self, tmp: Path, stages: Stages) -> Graphs:
+        ex = self.recipe.export
+        dynamic = ex.batch == "dynamic"
+        example = torch.from_numpy(self._at_export_batch())
+        model_path, base_path = tmp / "model.onnx", tmp / "baseline.onnx"
+        with stages.stage("export", total=2) as advance:
+            base_info = export_onnx(self.base, _named(self.base), example, base_path, ex.opset, dynamic, ex.exporter)
+            advance()
+            red_info = export_onnx(self.red, _named(self.red), example, model_path, ex.opset, dynamic, ex.exporter)
+            advance()
+        return Graphs(model_path, base_path, red_info, base_info)
+
+    def parity_cases(self, graphs: Graphs) -> dict[str, ParityCase]:
+        # visual selectors record no decision margins: no near-tie exemption (as before the driver)
+        feed = {INPUT_NAME: self.parity_x}
+        return {"parity": ParityCase(graphs.model, TorchRunner(_named(self.red)), feed),
+                "parity_baseline": ParityCase(graphs.baseline, TorchRunner(_named(self.base)), feed)}
+
+    # ---- metrics
+    def metrics(self, graphs: Graphs, stages: Stages) -> dict[str, dict]:
+        th, iset, layout = self.recipe.verify.accuracy.metrics, self.iset, self.layout
+        feed = {INPUT_NAME: self.eval_x}
+        base_runner = TorchRunner(_named(self.base))
+        orig = run_rows(base_runner, feed)["visual_tokens"]  # all tokens, original model
+        weights = run_rows(TorchRunner(lambda x: {"w": self.probe(x)}), feed)["w"]  # [N, V·P], sums to 1
+        r = run_rows(OrtRunner(graphs.model), feed)  # the shipped graph
+        proto = run_rows(base_runner, {INPUT_NAME: self.proto_x})["visual_tokens"].mean(axis=1)
+        red_tokens, pos = r["visual_tokens"], r["positions"]
+        patch_pos = np.where(pos >= 0, pos, 0)
+        is_patch = (pos >= 0).astype(np.float64)
+        w_kept = np.take_along_axis(weights, patch_pos, axis=1) * is_patch
+        orig_mean, red_mean = orig.mean(axis=1), red_tokens.mean(axis=1)
+        n_orig_prefix = orig.shape[1] - layout.total
+        orig_attn = (orig[:, n_orig_prefix:] * weights[:, :, None]).sum(axis=1)
+        red_attn = (red_tokens * w_kept[:, :, None]).sum(axis=1) / np.maximum(w_kept.sum(axis=1, keepdims=True), 1e-12)
+        protos = M.class_prototypes(proto, iset.proto_y, iset.n_classes)
+        vis = self.vision
+        metrics = {
+            "feature_cosine": V.Metric(1.0, M.mean_cosine(orig_mean, red_mean), th.get("feature_cosine")).as_dict(),
+            "attn_pooled_cosine": V.Metric(1.0, M.mean_cosine(orig_attn, red_attn), th.get("attn_pooled_cosine")).as_dict(),
+            "instance_top1": V.Metric(M.nearest_prototype_top1(orig_mean, iset.eval_y, protos),
+                                      M.nearest_prototype_top1(red_mean, iset.eval_y, protos),
+                                      th.get("instance_top1")).as_dict(),
+            # share of the eval block's attention the kept tokens hold (all tokens: 1.0); information only
+            "attention_mass": info(float(w_kept.sum(axis=1).mean()), eval_layer=vis.eval_layer,
+                                   eval_source=vis.eval_source),
+        }
+        if self.recipe.verify.generation is not None:
+            with stages.stage("verify: generation"):
+                self.generation, gen = _generation(self.recipe, self.vm, self.red, layout)
+            for name, (o, rr) in gen.items():
+                metrics[name] = V.Metric(o, rr, th.get(name)).as_dict()
+        return metrics
+
+    # ---- bench and deploy
+    def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
+        pool = self.eval_x
+        return {INPUT_NAME: np.ascontiguousarray(pool[self._rng.choice(len(pool), batch, replace=len(pool) < batch)])}
+
+    def bench_extra(self, batches: dict) -> dict:
+        return {"batches": {b: {**v, "selection_overhead": v["reduced_ms"] / v["baseline_ms"] - 1.0}
+                            for b, v in batches.items()},
+                "note": "baseline.onnx = tower + feature select (+ projector), all tokens; model.onnx adds the "
+                        "selection: the ratio is the selection overhead (the saving is in the LLM prefill)"}
+
+    def deploy_feed(self) -> dict[str, np.ndarray]:
+        return {INPUT_NAME: self._at_export_batch()}
+
+    # ---- report
+    def _token_counts(self, graphs: Graphs) -> tuple[int, int]:
+        lay, vm = self.layout, self.vm
+        n_in = lay.total + (lay.views * vm.adapter.n_prefix() if vm.feature_select == "full" else 0)
+        return n_in, int(graphs.model_info.output_shapes["visual_tokens"][1])
+
+    def sections(self, graphs: Graphs) -> dict:
+        from ..vlm.llava import llm_prefill_flops
+
+        vm, vis, lay, ex, iset = self.vm, self.vision, self.layout, self.recipe.export, self.iset
+        dynamic = ex.batch == "dynamic"
+        n_in, n_out = self._token_counts(graphs)
+        text = _TextDims(vm.llm_dims)
+        prefill_full = llm_prefill_flops(text, vis.prompt_tokens + n_in)
+        prefill_red = llm_prefill_flops(text, vis.prompt_tokens + n_out)
+        input_shape = [("batch" if dynamic else ex.batch), *list(self.eval_x.shape[1:])]
+        return {
+            "model": {"source": vm.source, "source_kind": vm.source_kind, "path": str(vm.path),
+                      "family": vm.adapter.family, "kind": vm.kind, "task": "visual-tokens", "params": vm.params,
+                      "image_size": vm.image_size, "tower_params": sum(p.numel() for p in vm.tower.parameters())},
+            "reduction": {"method": self.selector.name, "params": self.selector.describe(), "schedule": [],
+                          "layout": {"views": lay.views, "grid": list(lay.grid),
+                                     "sub_grid": list(lay.sub_grid) if lay.sub_grid else None},
+                          "visual_tokens_in": n_in, "visual_tokens_out": n_out,
+                          "feature_layer": vm.feature_layer, "feature_select": vm.feature_select},
+            "export": {"opset": ex.opset, "exporter": graphs.model_info.exporter, "batch": ex.batch,
+                       "target": ex.target, "trt_target": ex.trt_target, "inputs": {INPUT_NAME: input_shape},
+                       "input_shape": input_shape, "outputs": graphs.model_info.output_shapes,
+                       "baseline_outputs": graphs.baseline_info.output_shapes},
+            "llm": {"dims": vm.llm_dims, "prompt_tokens": vis.prompt_tokens, "prefill_flops_full": prefill_full,
+                    "prefill_flops_reduced": prefill_red, "prefill_flops_saved": 1.0 - prefill_red / prefill_full},
+            "accuracy_extra": {
+                "dataset": "natural-images instance recognition (visual tokens)",
+                "description": (f"{iset.n_classes} classes, {len(iset.eval_y)} eval crops, {lay.views} view(s) each; "
+                                f"original = all {lay.total} tokens from PyTorch; reduced = model.onnx's {n_out} "
+                                f"tokens; pooled features are the mean (and the attention-weighted mean, weights from "
+                                f"block {vis.eval_layer} {vis.eval_source} attention) of the tokens; attention_mass "
+                                "(information only) is the share of that attention the kept tokens hold"),
+                "classes": iset.n_classes, "samples": int(len(iset.eval_y)), "generation": self.generation},
+        }
+
+    def _lines(self, report: dict) -> list[str]:
+        red, llm = report["reduction"], report["llm"]
+        lay = red["layout"]
+        return [
+            f"- Selector: `{red['method']}`, parameters `{json.dumps(red['params'])}`",
+            f"- Layout: {lay['views']} view(s) of {lay['grid'][0]}×{lay['grid'][1]} patches"
+            + (f" (full image + {lay['sub_grid'][0]}×{lay['sub_grid'][1]} sub-images)" if lay["sub_grid"] else ""),
+            f"- Visual tokens to the LLM: {red['visual_tokens_in']} → {red['visual_tokens_out']} "
+            f"(feature layer {red['feature_layer']}, select {red['feature_select']})",
+            f"- LLM prefill ({llm['prompt_tokens']} text tokens): {llm['prefill_flops_full'] / 1e9:.2f} → "
+            f"{llm['prefill_flops_reduced'] / 1e9:.2f} GFLOPs ({100 * llm['prefill_flops_saved']:.1f}% saved)",
+        ]
+
+    def markdown(self, report: dict) -> list[str]:
+        return ["## Visual tokens", *self._lines(report)]
+
+    def console_lines(self, report: dict) -> list[str]:
+        return [line.removeprefix("- ") for line in self._lines(report)]

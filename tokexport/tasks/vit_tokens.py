@@ -1,0 +1,252 @@
+"""ViT token pruning (recipe `task: auto | feature-extraction | image-classification`): the host model's
+forward runs unchanged under the reversible reduction patch; model.onnx is the pruned graph,
+baseline.onnx the same model without reduction; accuracy is instance recognition on the bundled
+photographs (plus top-1 agreement / ImageFolder top-1 for classifiers)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import verify as V
+from ..data import Preprocess, image_folder, instance_recognition_set, natural_images
+from ..errors import InputError
+from ..export import export_onnx
+from ..flops import encoder_flops
+from ..load import LoadedModel, load_model
+from ..reduce import METHODS
+from ..reduce.patch import reduced
+from ..reduce.schedule import plan
+from ..stages.runners import TorchRunner
+from .base import TASKS, Graphs, ParityCase, Stages, Task
+
+
+def selection_margins(fn: Callable[[torch.Tensor], dict], x: np.ndarray) -> list[float]:
+    """Per sample, the smallest relative score gap of any token selection the PyTorch reference made
+    (:mod:`tokexport.reduce.margins`), for telling near-ties from a wrong graph in the parity check."""
+    from ..reduce.margins import recording, sample_margins
+
+    out = []
+    with torch.inference_mode():
+        for i in range(len(x)):
+            with recording() as rec:
+                fn(torch.from_numpy(np.ascontiguousarray(x[i:i + 1])))
+            out += sample_margins(rec, 1)
+    return out
+
+
+def forward_fn(lm: LoadedModel) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """The host model's own forward, returning the adapter's named outputs."""
+    kwargs = lm.adapter.forward_kwargs(lm.image_size)
+
+    def fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return lm.adapter.outputs(lm.model, lm.model(pixel_values=x, **kwargs))
+
+    return fn
+
+
+def local_model_dir(model: str, base_dir: Path) -> Path | None:
+    """The recipe's model as a local directory, when it is one (bundled or a path), else None."""
+    from ..zoo import resolve_bundled
+
+    try:
+        bundled = resolve_bundled(model)
+    except Exception:  # noqa: BLE001 - an unfetched bundled model is reported by load, not here
+        bundled = None
+    if bundled is not None:
+        return Path(bundled)
+    p = Path(model).expanduser()
+    p = p if p.is_absolute() else Path(base_dir) / p
+    return p if p.exists() else None
+
+
+@TASKS.register("vit-token-pruning")
+class VitTokens(Task):
+    kind = "vit-token-pruning"
+    recipe_tasks = ("auto", "feature-extraction", "image-classification")
+
+    def __init__(self, recipe, base_dir: Path, label: str, loaded: LoadedModel | None = None):
+        super().__init__(recipe, base_dir, label)
+        self.lm = loaded
+
+    def protected_paths(self) -> list[Path]:
+        p = local_model_dir(self.recipe.model, self.base_dir)
+        return [p] if p is not None else []
+
+    # ---- load
+    def load(self, stages: Stages) -> None:
+        recipe = self.recipe
+        if self.lm is None:
+            def check_schedule(adapter, image_size):
+                steps = plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
+                if steps:
+                    METHODS[recipe.reduction.method](recipe.reduction).check(adapter.n_prefix())
+
+            with stages.stage("load"):
+                self.lm = load_model(recipe.model, self.base_dir, recipe.family, recipe.task, recipe.export.image_size,
+                                     before_weights=check_schedule)
+        lm = self.lm
+        folder = self._imagefolder()
+        self.n_tokens, self.n_prefix = lm.adapter.n_tokens(lm.image_size), lm.adapter.n_prefix()
+        self.method = METHODS[recipe.reduction.method](recipe.reduction)
+        self.schedule = plan(recipe.reduction, self.n_tokens, self.n_prefix, lm.adapter.num_layers)
+        acc = recipe.verify.accuracy
+        with stages.stage("data"):
+            pre = Preprocess(lm.image_size, lm.mean, lm.std)
+            self.iset = instance_recognition_set(natural_images(include_optional=False), pre, acc.samples_per_class,
+                                                 acc.prototypes_per_class, tuple(acc.crop_scale), acc.seed)
+            self.labelled = image_folder(folder, pre, acc.imagefolder_limit_per_class) if folder else None
+        ev = self.iset.eval_x
+        self.parity_x = ev[np.linspace(0, len(ev) - 1, recipe.verify.parity.samples).round().astype(int)]
+        self.original_fn = forward_fn(lm)
+        self._rng = np.random.default_rng(0)
+
+    def _imagefolder(self) -> Path | None:
+        acc, lm = self.recipe.verify.accuracy, self.lm
+        if lm.task != "image-classification":
+            for name in ("top1_agreement", "imagefolder_top1"):
+                if name in acc.metrics:
+                    raise InputError(f"verify.accuracy.metrics.{name}: needs a classification head, but the model is {lm.task}")
+            if acc.imagefolder:
+                raise InputError("verify.accuracy.imagefolder: needs a classification head; remove it for a feature model")
+        if not acc.imagefolder:
+            return None
+        folder = Path(acc.imagefolder).expanduser()
+        folder = folder if folder.is_absolute() else self.base_dir / folder
+        if not folder.is_dir():
+            raise InputError(f"verify.accuracy.imagefolder: {folder} is not a directory")
+        return folder
+
+    def reduced_fn(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with reduced(self.lm.model, self.lm.adapter, self.schedule, self.method):
+            return self.original_fn(x)
+
+    # ---- export
+    def export(self, tmp: Path, stages: Stages) -> Graphs:
+        ex, lm = self.recipe.export, self.lm
+        dynamic = ex.batch == "dynamic"
+        n = 1 if dynamic else ex.batch
+        example = torch.from_numpy(np.resize(self.parity_x, (n, *self.parity_x.shape[1:])).copy())
+        model_path, base_path = tmp / "model.onnx", tmp / "baseline.onnx"
+        with stages.stage("export", total=2) as advance:
+            base_info = export_onnx(lm.model, self.original_fn, example, base_path, ex.opset, dynamic, ex.exporter)
+            advance()
+            with reduced(lm.model, lm.adapter, self.schedule, self.method):
+                red_info = export_onnx(lm.model, self.original_fn, example, model_path, ex.opset, dynamic, ex.exporter)
+            advance()
+        return Graphs(model_path, base_path, red_info, base_info)
+
+    def parity_cases(self, graphs: Graphs) -> dict[str, ParityCase]:
+        par = self.recipe.verify.parity
+        margins = selection_margins(self.reduced_fn, self.parity_x) if par.tie_margin > 0 else None
+        feed = {"pixel_values": self.parity_x}
+        return {"parity": ParityCase(graphs.model, TorchRunner(self.reduced_fn), feed, margins=margins,
+                                     tie_margin=par.tie_margin),
+                "parity_baseline": ParityCase(graphs.baseline, TorchRunner(self.original_fn), feed)}
+
+    # ---- metrics
+    def metrics(self, graphs: Graphs, stages: Stages) -> dict[str, dict]:
+        from ..stages.runners import OrtRunner, run_rows
+
+        lm, iset, acc = self.lm, self.iset, self.recipe.verify.accuracy
+        feat = lm.adapter.feature_output(graphs.model_info.output_names)
+        orig_runner, red_ort = TorchRunner(self.original_fn), OrtRunner(graphs.model)
+        orig_eval = run_rows(orig_runner, {"pixel_values": iset.eval_x})
+        orig_proto = run_rows(orig_runner, {"pixel_values": iset.proto_x})[feat]
+        red_eval = run_rows(red_ort, {"pixel_values": iset.eval_x})  # the shipped graph, not the PyTorch twin
+        metrics = V.feature_metrics(orig_eval[feat], red_eval[feat], orig_proto, iset.eval_y, iset.proto_y,
+                                    iset.n_classes, acc.metrics)
+        if lm.task == "image-classification":
+            metrics |= V.classifier_metrics(orig_eval["logits"], red_eval["logits"], acc.metrics)
+        if self.labelled is not None:
+            lx, ly, _ = self.labelled
+            o = run_rows(orig_runner, {"pixel_values": lx})["logits"]
+            r = run_rows(red_ort, {"pixel_values": lx})["logits"]
+            metrics |= V.labelled_metrics(o, r, ly, acc.metrics)
+        self.feature = feat
+        return {k: v.as_dict() for k, v in metrics.items()}
+
+    # ---- bench and deploy
+    def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
+        pool = self.iset.eval_x
+        return {"pixel_values": np.ascontiguousarray(pool[self._rng.choice(len(pool), batch, replace=len(pool) < batch)])}
+
+    def _flops(self) -> tuple[dict, dict]:
+        lm = self.lm
+        dims, head = lm.adapter.dims(), lm.adapter.head_macs(lm.model)
+        by_layer = self.method.describe().get("iterations_by_layer") or {}
+        iters = [int(by_layer.get(s.layer, 0)) for s in self.schedule] if by_layer else None
+        base = encoder_flops(dims, self.n_tokens, self.n_prefix, [], head)
+        red = encoder_flops(dims, self.n_tokens, self.n_prefix, self.schedule, head, self.method.needs_attention, iters)
+        return base, red
+
+    def bench_extra(self, batches: dict) -> dict:
+        base, red = self._flops()
+        predicted = base["flops"] / red["flops"]
+        eff = max(batches, key=int)
+        return {"flops": {"baseline": base["flops"], "reduced": red["flops"], "selection": red["selection_flops"],
+                          "predicted_speedup": predicted, "per": "image"},
+                "efficiency_batch": int(eff), "efficiency": batches[eff]["speedup"] / predicted}
+
+    def deploy_feed(self) -> dict[str, np.ndarray]:
+        ex = self.recipe.export
+        n = 1 if ex.batch == "dynamic" else ex.batch
+        return {"pixel_values": np.resize(self.parity_x, (n, *self.parity_x.shape[1:]))}
+
+    # ---- report
+    def sections(self, graphs: Graphs) -> dict:
+        lm, ex, iset, acc = self.lm, self.recipe.export, self.iset, self.recipe.verify.accuracy
+        dynamic = ex.batch == "dynamic"
+        _, red = self._flops()
+        return {
+            "model": {"source": lm.source, "source_kind": lm.source_kind, "path": str(lm.path),
+                      "family": lm.adapter.family, "model_type": lm.config.model_type,
+                      "architecture": type(lm.model).__name__, "task": lm.task, "params": lm.params,
+                      "image_size": lm.image_size, "tokens": self.n_tokens, "prefix_tokens": self.n_prefix},
+            "reduction": {"method": self.method.name, "rounding": self.recipe.reduction.rounding,
+                          "params": self.method.describe(), "schedule": [s.as_dict() for s in self.schedule],
+                          "tokens_per_block": red["tokens_per_block"]},
+            "export": {"opset": ex.opset, "exporter": graphs.model_info.exporter, "batch": ex.batch,
+                       "target": ex.target, "trt_target": ex.trt_target,
+                       "inputs": {"pixel_values": [("batch" if dynamic else ex.batch), 3, lm.image_size, lm.image_size]},
+                       "input_shape": [("batch" if dynamic else ex.batch), 3, lm.image_size, lm.image_size],
+                       "outputs": graphs.model_info.output_shapes, "baseline_outputs": graphs.baseline_info.output_shapes},
+            "accuracy_extra": {
+                "dataset": "natural-images instance recognition" + (" + imagefolder" if self.labelled else ""),
+                "description": (f"{iset.n_classes} classes (one per bundled photograph), {len(iset.eval_y)} eval crops "
+                                f"(scale {list(acc.crop_scale)}, flips, seed {acc.seed}); class prototypes from the "
+                                f"ORIGINAL model on {len(iset.proto_y)} separate crops; feature = "
+                                f"`{getattr(self, 'feature', '?')}`; reduced = model.onnx (onnxruntime), original = "
+                                "unmodified PyTorch model"),
+                "classes": iset.n_classes, "samples": len(iset.eval_y)},
+        }
+
+    def markdown(self, report: dict) -> list[str]:
+        sched = report["reduction"]["schedule"]
+        lines = ["## Tokens per pruning stage"]
+        if sched:
+            lines += ["| after block | tokens in | tokens out |", "|---|---|---|"]
+            lines += [f"| {s['layer']} | {s['tokens_in']} | {s['tokens_out']} |" for s in sched]
+        else:
+            lines.append("(no pruning)")
+        bench = report.get("bench") or {}
+        if "flops" in bench:
+            fl = bench["flops"]
+            lines += ["", f"- FLOPs per image: baseline {fl['baseline'] / 1e9:.2f} G, reduced {fl['reduced'] / 1e9:.2f} G "
+                          f"(selection overhead {fl['selection'] / 1e9:.2f} G) → predicted speed-up "
+                          f"{fl['predicted_speedup']:.3f}×",
+                      f"- Efficiency (measured ÷ predicted, batch {bench['efficiency_batch']}): {bench['efficiency']:.3f}"]
+        return lines
+
+    def console_lines(self, report: dict) -> list[str]:
+        sched = report["reduction"]["schedule"]
+        out = ["tokens per stage: " + (", ".join(f"after block {s['layer']}: {s['tokens_in']}→{s['tokens_out']}"
+                                                for s in sched) or "no pruning")]
+        bench = report.get("bench") or {}
+        if "flops" in bench:
+            fl = bench["flops"]
+            out.append(f"FLOP-predicted speed-up {fl['predicted_speedup']:.3f}× ({fl['baseline'] / 1e9:.2f} → "
+                       f"{fl['reduced'] / 1e9:.2f} GFLOPs/image); efficiency {bench['efficiency']:.3f}")
+        return out
