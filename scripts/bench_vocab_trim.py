@@ -22,10 +22,12 @@ RECIPES = ["e5-small-vocab-en-pt", "minilm-l6-vocab-en", "smollm2-135m-vocab-en"
 
 def _row(name: str, r: dict) -> dict:
     m, t, art, b = r["model"], r["tokenizer"], r["artifacts"], r.get("bench") or {}
-    acc = {k: v["value"] for k, v in r["accuracy"]["metrics"].items()}
+    acc = {k: v["value"] if v.get("info") else v["reduced"] for k, v in r["accuracy"]["metrics"].items()
+           if not isinstance(v.get("value"), (dict, list))}
+    row = next(iter((b.get("batches") or {}).values()), {})
     return {"recipe": name, "passed": r["passed"], "params": m["params"], "params_trimmed": m["params_trimmed"],
             "vocab": t["vocab_size"], "vocab_trimmed": t["vocab_size_trimmed"], "onnx_bytes": art["baseline_onnx_bytes"],
-            "onnx_bytes_trimmed": art["onnx_bytes"], "baseline_ms": b.get("baseline_ms"), "trimmed_ms": b.get("trimmed_ms"),
+            "onnx_bytes_trimmed": art["onnx_bytes"], "baseline_ms": row.get("baseline_ms"), "trimmed_ms": row.get("reduced_ms"),
             "load_s": b.get("load_s"), "lm_head_share": b.get("lm_head_share"),
             "heldout_coverage": r["coverage"]["heldout"]["token_coverage"], "parity_max_abs": r["parity"]["max_abs_diff"],
             "accuracy": acc, "failures": r["failures"]}

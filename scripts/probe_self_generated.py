@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tokexport.vocab.corpus import encode_all, load_corpus, mine
     from tokexport.vocab.model import count_params
-    from tokexport.vocab.pipeline import _load, _tokens_to_keep, required_ids, resolve_model_dir
+    from tokexport.tasks.vocab_trim import load_checkpoint, required_ids, resolve_model_dir, tokens_to_keep
     from tokexport.vocab.recipe import SelfGenerated, validate_vocab_recipe
     from tokexport.vocab.selfgen import self_generated_counts
     from tokexport.vocab.tokenizer import complete_keep, inspect_tokenizer
@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     state = json.loads(tok.backend_tokenizer.to_str())
     info = inspect_tokenizer(state)
     lookup = dict(tok.backend_tokenizer.get_vocab(with_added_tokens=True))
-    model, _ = _load(model_dir, "decoder")
+    model, _ = load_checkpoint(model_dir, "decoder")
     rows, hidden = model.get_input_embeddings().weight.shape
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     body = count_params(model) - rows * hidden * (1 if tied else 2)
-    required, _ = required_ids(recipe, info, lookup, model, _tokens_to_keep(recipe, base, lookup))
+    required, _ = required_ids(recipe, info, lookup, model, tokens_to_keep(recipe, base, lookup))
     forced = {i for ids in required.values() for i in ids}
     corpus = load_corpus(recipe.corpus, base)
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 from test_cli_bad_input import assert_one_line_error, run_cli
 
+from tokexport.stages.report_schema import validate_report
 from tokexport.check import compare, figures, load_tolerances
 from tokexport.errors import RegressionError, UnreadableReport
 
@@ -28,7 +29,8 @@ def _write(tmp_path, rep, name="report.json"):
 
 
 def test_committed_baseline_is_a_real_passing_report(base):
-    assert base["schema_version"] == 1 and base["kind"] == "vit-token-pruning" and base["passed"] is True
+    assert base["schema_version"] == 2 and base["kind"] == "vit-token-pruning" and base["passed"] is True
+    assert validate_report(base) == []
     assert base["recipe"]["name"] == "dinov2-small-zero-tprune"
     names = set(figures(base))
     assert {"accuracy.instance_top1", "accuracy.feature_cosine", "speedup.b1", "speedup.b8", "flops.ratio",
@@ -46,7 +48,7 @@ def test_identical_report_passes_every_figure(base):
         reduced=r["accuracy"]["metrics"]["instance_top1"]["reduced"] - 5 / 136),
      {"accuracy.instance_top1", "accuracy.instance_top1.drop"}),
     # the reduced graph lost its speed-up at batch 8 (same-run ratio)
-    (lambda r: r["bench"]["batches"]["8"].update(speedup=1.0), {"speedup.b8"}),
+    (lambda r: r["bench"]["batches"]["8"].update(speedup=0.5 * r["bench"]["batches"]["8"]["speedup"]), {"speedup.b8"}),
     # the schedule prunes less: more FLOPs
     (lambda r: r["bench"]["flops"].update(reduced=r["bench"]["flops"]["reduced"] * 1.05), {"flops.ratio"}),
     # parity got 100x worse (still under the recipe's atol, so the report itself passes)
@@ -124,15 +126,15 @@ def test_bad_tolerances_are_input_errors(tmp_path):
 
 
 def _visual_report() -> dict:
-    """A visual-tokens report as vlm/pipeline writes it (the sections check reads)."""
-    metric = {"original": 0.95, "reduced": 0.72, "delta": -0.23, "threshold": None, "passed": None}
+    """A visual-tokens report as the driver writes it (the sections check reads)."""
+    metric = {"original": 0.95, "reduced": 0.72, "delta": -0.23, "better": "higher", "threshold": None, "passed": None}
     return {
-        "schema_version": 1, "kind": "visual-tokens", "recipe": {"name": "dinov2-small-fopru-rank"},
+        "schema_version": 2, "kind": "visual-tokens", "recipe": {"name": "dinov2-small-fopru-rank"},
         "model": {"params": 22056576, "tower_params": 22056576},
         "reduction": {"visual_tokens_in": 256, "visual_tokens_out": 64, "schedule": []},
         "parity": {"max_abs_diff": 1.3e-5, "passed": True}, "parity_baseline": {"max_abs_diff": 1.1e-5, "passed": True},
         "accuracy": {"metrics": {"feature_cosine": dict(metric, original=1.0, reduced=0.81),
-                                 "instance_top1": metric, "attention_mass": dict(metric, original=1.0, reduced=0.61)},
+                                 "instance_top1": metric, "attention_mass": {"value": 0.61, "info": True}},
                      "passed": True},
         "llm": {"prefill_flops_saved": 0.603},
         "bench": {"batches": {"1": {"speedup": 1.06}, "8": {"speedup": 1.01}}},
@@ -146,12 +148,14 @@ def test_visual_tokens_reports_and_mixed_kinds(base):
     tol = load_tolerances()
     same = compare(copy.deepcopy(vis), vis, tol)
     assert not same.failed and not same.missing
-    assert {"llm.prefill_flops_saved", "params.tower", "accuracy.attention_mass"} <= {r.name for r in same.rows}
+    assert {"llm.prefill_flops_saved", "params.tower", "accuracy.feature_cosine"} <= {r.name for r in same.rows}
+    assert not any("attention_mass" in r.name for r in same.rows)  # information only: never gated
     worse = copy.deepcopy(vis)
     worse["llm"]["prefill_flops_saved"] = 0.5
-    worse["accuracy"]["metrics"]["attention_mass"]["reduced"] = 0.5
+    worse["accuracy"]["metrics"]["feature_cosine"]["reduced"] = 0.7
+    worse["accuracy"]["metrics"]["attention_mass"]["value"] = 0.1
     assert {r.name for r in compare(worse, vis, tol).failed} == {
-        "llm.prefill_flops_saved", "accuracy.attention_mass", "accuracy.attention_mass.drop"}
+        "llm.prefill_flops_saved", "accuracy.feature_cosine", "accuracy.feature_cosine.drop"}
     # a ViT report against a visual-tokens baseline is refused (exit 7) unless the kind change is allowed
     with pytest.raises(UnreadableReport, match="another kind or model.*--allow-kind-change"):
         compare(copy.deepcopy(base), vis, tol)
@@ -170,7 +174,7 @@ def test_visual_tokens_reports_and_mixed_kinds(base):
 
 
 def test_unknown_kind_compares_what_it_has(tmp_path, base):
-    other = {"schema_version": 1, "kind": "vocab-trim", "model": {"params": 100},
+    other = {"schema_version": 2, "kind": "vocab-trim", "model": {"params": 100},
              "accuracy": {"metrics": {"token_agreement": {"original": 1.0, "reduced": 0.99}}, "passed": True},
              "passed": True}
     p = _write(tmp_path, other)
@@ -182,3 +186,21 @@ def test_unknown_kind_compares_what_it_has(tmp_path, base):
     res = run_cli("check", str(p), "--baseline", str(BASELINE), "--allow-kind-change", "--allow-missing")
     assert res.returncode == 6  # params differ (another model) — and the rest is listed as missing
     assert "MISSING" in res.stdout and "--allow-kind-change" in res.stdout
+
+
+def test_lower_is_better_metrics_gate_the_right_way(base):
+    """A metric whose `better` is lower (a max abs diff, a perplexity increase) fails when it grows."""
+    rep = copy.deepcopy(base)
+    rep["accuracy"]["metrics"]["in_vocab_max_abs_diff"] = {"original": 0.0, "reduced": 1e-6, "delta": 1e-6,
+                                                           "better": "lower", "threshold": {"max": 1e-5}, "passed": True}
+    tol = load_tolerances()
+    same = compare(copy.deepcopy(rep), rep, tol)
+    assert {"accuracy.in_vocab_max_abs_diff", "accuracy.in_vocab_max_abs_diff.increase"} <= {r.name for r in same.rows}
+    assert not same.failed
+    better = copy.deepcopy(rep)
+    better["accuracy"]["metrics"]["in_vocab_max_abs_diff"]["reduced"] = 0.0
+    assert not compare(better, rep, tol).failed
+    worse = copy.deepcopy(rep)
+    worse["accuracy"]["metrics"]["in_vocab_max_abs_diff"]["reduced"] = 0.5
+    assert {r.name for r in compare(worse, rep, tol).failed} >= {"accuracy.in_vocab_max_abs_diff",
+                                                                  "accuracy.in_vocab_max_abs_diff.increase"}

@@ -19,7 +19,7 @@ from tokexport.load import load_model
 from tokexport.reduce import METHODS
 from tokexport.reduce.patch import reduced
 from tokexport.reduce.schedule import plan
-from tokexport.runners import OrtRunner
+from tokexport.stages.runners import OrtRunner
 
 
 def _setup(tiny_models, kind):

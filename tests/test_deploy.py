@@ -132,7 +132,7 @@ def test_write_bundle_layout(tmp_path):
     assert {o: (e["index"], e["file"]) for o, e in m["expected"].items()} == {
         "y": (0, "expected/model/output_0.npy"), "z": (1, "expected/model/output_1.npy")}
     # expected outputs are ONNX Runtime's on the stored inputs, for each graph
-    from tokexport.runners import OrtRunner
+    from tokexport.stages.runners import OrtRunner
 
     x = np.load(dest / "inputs" / "input_0.npy")
     for name, src in (("model", a), ("baseline", b)):

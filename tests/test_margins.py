@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from tokexport import verify as V
 from tokexport.reduce.common import keep_topk
 from tokexport.reduce.margins import note_boundary, recording, sample_margins
 from tokexport.reduce.tome import bipartite_merge
+from tokexport.stages.compare import parity
 
 
 def test_boundary_gap_is_relative_and_per_sample():
@@ -41,21 +41,8 @@ def test_tome_notes_merge_and_partner_margins():
     assert sample_margins(rec, 3)[1] == 0.0
 
 
-class _Fixed:
-    fixed_batch = None
-
-    def __init__(self, y):
-        self.y = y
-
-    def infer(self, feed):
-        n = len(feed["pixel_values"])
-        self.y, out = self.y[n:], self.y[:n]
-        return {"out": out}
-
-
 def _parity(ref, got, margins, tie=1e-4):
-    x = np.zeros((len(ref), 1), np.float32)
-    return V.parity(_Fixed(got.copy()), _Fixed(ref.copy()), x, 1e-3, 1e-4, margins, tie)
+    return parity({"out": got.copy()}, {"out": ref.copy()}, 1e-3, 1e-4, margins=margins, tie_margin=tie)
 
 
 def test_parity_leaves_out_only_differing_near_ties():

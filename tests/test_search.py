@@ -115,5 +115,9 @@ def test_search_bad_input(tmp_path, tiny_models, searched):
                                   str(out)), "--layers", "9")
     vis = write(tmp_path, {"model": "tiny-llava", "task": "visual-tokens", "reduction": {"method": "fopru-rank",
                                                                                           "keep": 4}}, "v.yaml")
-    assert_one_line_error(run_cli("search", str(vis), "--max-drop", "0.1", "--out", str(out)), "visual-tokens")
+    # a visual-token search varies K (tests/test_sweep_search_tasks.py): no layer-wise schedule, no --layers
+    assert_one_line_error(run_cli("search", str(vis), "--max-drop", "0.1", "--layers", "1", "--out", str(out)),
+                          "--layers", "visual-tokens")
+    assert_one_line_error(run_cli("search", str(recipe_path), "--max-drop", "0.1", "--max-evals", "3", "--out",
+                                  str(out)), "--max-evals")
     assert_nothing_written(out)

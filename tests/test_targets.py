@@ -152,7 +152,7 @@ def test_real_dinov2_export_passes_jetpack60_and_names_nodes_for_51(tmp_path):
 
     from tokexport.export import export_onnx
     from tokexport.load import load_model
-    from tokexport.pipeline import _forward
+    from tokexport.tasks.vit_tokens import forward_fn as _forward
     from tokexport.reduce import METHODS
     from tokexport.reduce.patch import reduced
     from tokexport.reduce.schedule import plan

@@ -1,10 +1,7 @@
 """The visual-token task (tokexport.tasks.visual_tokens) through the one driver (tokexport.tasks.run):
 bare CLIP / SigLIP towers and the tiny LLaVA / LLaVA-NeXT twins run end to end, every report keeps the
 report contract, attention_mass is an information-only figure that no recipe may gate, and bad
-visual recipes fail before anything is written.
-
-``test_same_figures_as_run_visual`` pins the port to the pipeline it replaces (tokexport.vlm.pipeline);
-it is skipped once that module is gone."""
+visual recipes fail before anything is written."""
 from __future__ import annotations
 
 import copy
@@ -154,37 +151,6 @@ def test_console_lines(runs, recipes):
     assert not any(line.startswith("- ") for line in lines)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_same_figures_as_run_visual(runs, recipes, case, tmp_path):
-    """The port gives the figures run_visual gave (parity and timings aside)."""
-    vp = pytest.importorskip("tokexport.vlm.pipeline")
-    recipe, base = recipes[case]
-    old = vp.run_visual(recipe, "old", base, tmp_path, Stages())
-    new = runs(case).report
-    om, nm = old["accuracy"]["metrics"], new["accuracy"]["metrics"]
-    assert set(om) == set(nm)
-    for name, o in om.items():
-        n = nm[name]
-        if name == "attention_mass":
-            assert n["value"] == pytest.approx(o["reduced"], abs=1e-6)
-            continue
-        assert n["original"] == pytest.approx(o["original"], abs=1e-6), name
-        assert n["reduced"] == pytest.approx(o["reduced"], abs=1e-6), name
-        assert n["threshold"] == o["threshold"] and n["passed"] == o["passed"], name
-    assert new["accuracy"]["generation"] == old["accuracy"]["generation"]
-    for key in ("classes", "samples", "dataset"):
-        assert new["accuracy"][key] == old["accuracy"][key]
-    assert new["llm"] == old["llm"]
-    assert new["reduction"] == old["reduction"]
-    assert new["model"] == old["model"]
-    for key in ("opset", "exporter", "batch", "input_shape", "outputs", "baseline_outputs"):
-        assert new["export"][key] == old["export"][key], key
-    assert set(new["bench"]["batches"]) == set(old["bench"]["batches"])
-    # the same graphs
-    assert new["artifacts"]["onnx_sha256"] == old["artifacts"]["onnx_sha256"]
-    assert new["artifacts"]["baseline_onnx_sha256"] == old["artifacts"]["baseline_onnx_sha256"]
-
-
 @pytest.mark.parametrize("over,needles", [
     ({"verify.accuracy.metrics": {"attention_mass": {"min": 0.5}}},
      ["verify.accuracy.metrics.attention_mass", "cannot gate", "information only"]),
@@ -222,10 +188,10 @@ def test_attention_mass_threshold_refused_before_loading(tmp_path):
 
 
 def test_protected_paths_name_the_local_model(tiny_models, recipes):
-    from tokexport.tasks.run import make_task
+    from tokexport.tasks.run import model_paths
 
     recipe, base = recipes["clip-tower"]
-    assert make_task(recipe, base, "x").protected_paths() == [tiny_models["clip-vision"]]
+    assert model_paths(recipe.model, base) == [tiny_models["clip-vision"]]
     recipe, base = recipes["tiny-llava"]
-    [p] = make_task(recipe, base, "x").protected_paths()
+    [p] = model_paths(recipe.model, base)
     assert p.name == "tiny-llava" and (p / "config.json").is_file()

@@ -48,15 +48,24 @@ def e5_result(fetched, tmp_path_factory):
     return run(recipe, RECIPES, out, label="e5-small-vocab-en-pt.yaml")
 
 
+def test_every_tool_accepts_the_vocab_default_recipe(e5_result, tmp_path):
+    """The default recipe of the vocab-trim task: schema, check (and a worse figure failing it), bundle,
+    build (exit 8 here)."""
+    from task_tools import assert_every_tool_accepts
+
+    assert e5_result.exit_code == 0, e5_result.report["failures"]
+    assert_every_tool_accepts(e5_result.out_dir, tmp_path)
+
+
 def test_e5_end_to_end_exact(e5_result):
     r = e5_result.report
     assert e5_result.exit_code == 0, r["failures"]
     assert r["kind"] == "vocab-trim" and r["passed"] and r["parity"]["passed"] and r["accuracy"]["passed"]
     m = r["accuracy"]["metrics"]
-    assert m["in_vocab_max_abs_diff"]["value"] <= 1e-5 and m["in_vocab_max_abs_diff"]["documents"] == 24
-    assert m["tokenizer_remap_exact"]["value"] == 1.0 and m["tokenizer_remap_exact"]["documents"] > 100
+    assert m["in_vocab_max_abs_diff"]["reduced"] <= 1e-5 and m["in_vocab_max_abs_diff"]["documents"] == 24
+    assert m["tokenizer_remap_exact"]["reduced"] == 1.0 and m["tokenizer_remap_exact"]["documents"] > 100
     assert m["checkpoint_tensors_exact"]["passed"] and r["checkpoint"]["tensors"] > 100
-    assert m["heldout_embedding_cosine"]["value"] > 0.95
+    assert m["heldout_embedding_cosine"]["reduced"] > 0.95
     # the issue's target: <= 40M parameters (from ~118M), the ONNX shrinks with it
     assert r["model"]["params"] > 117e6 and r["model"]["params_trimmed"] <= 40e6
     assert r["artifacts"]["onnx_bytes"] < 0.3 * r["artifacts"]["baseline_onnx_bytes"]
@@ -67,7 +76,7 @@ def test_e5_end_to_end_exact(e5_result):
     assert r["trt_check"]["target"] == "jetpack-6.0" and r["trt_check"]["errors"] == 0, r["trt_check"]
     assert r["trt_check"]["lint"]["ran"] and r["trt_check"]["lint"]["failing_nodes"] == []
     md = (e5_result.out_dir / "report.md").read_text()
-    assert "vocabulary trim" in md and "in_vocab_max_abs_diff" in md
+    assert "(vocab-trim)" in md and "in_vocab_max_abs_diff" in md and "## Coverage" in md
 
 
 def test_e5_trimmed_folder_runs_like_the_original(e5_result, fetched):
@@ -93,7 +102,7 @@ def test_minilm_wordpiece_end_to_end(fetched, tmp_path):
     res = run(recipe, RECIPES, tmp_path / "out", label="minilm-l6-vocab-en.yaml")
     r = res.report
     assert res.exit_code == 0, r["failures"]
-    assert r["tokenizer"]["family"] == "wordpiece" and r["accuracy"]["metrics"]["in_vocab_max_abs_diff"]["value"] <= 1e-5
+    assert r["tokenizer"]["family"] == "wordpiece" and r["accuracy"]["metrics"]["in_vocab_max_abs_diff"]["reduced"] <= 1e-5
     assert any("vocab.txt rewritten" in n for n in r["tokenizer"]["files"])
     vocab = (res.out_dir / "model" / "vocab.txt").read_text().splitlines()
     assert len(vocab) == r["tokenizer"]["vocab_size_trimmed"] < 30522
@@ -256,8 +265,8 @@ def test_smollm2_decoder_end_to_end(tmp_path):
     assert r["checkpoint"]["passed"] and r["checkpoint"]["tied_after_reload"]
     assert r["parity"]["passed"] and r["parity_baseline"]["passed"]
     m = r["accuracy"]["metrics"]
-    assert m["generation_differences_explained"]["value"] == 1.0 and m["top1_agreement_where_kept"]["value"] == 1.0
-    assert m["tokenizer_remap_exact"]["value"] == 1.0 and r["coverage"]["heldout_oov"]["unk_tokens"] == 0
+    assert m["generation_differences_explained"]["reduced"] == 1.0 and m["top1_agreement_where_kept"]["reduced"] == 1.0
+    assert m["tokenizer_remap_exact"]["reduced"] == 1.0 and r["coverage"]["heldout_oov"]["unk_tokens"] == 0
     assert r["trim"]["bpe_closure_added"] > 0 and r["trim"]["generation_config_ids"]["eos_token_id"] == [2, 2]
     assert r["model"]["params_trimmed"] < 0.92 * r["model"]["params"]
     assert len(r["accuracy"]["generations"]) == 4

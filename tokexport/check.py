@@ -50,7 +50,7 @@ from pydantic import (
 
 from .errors import InputError, UnreadableReport
 
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SUPPORTED_SCHEMA_VERSIONS = (2,)  # the report contract of tokexport.stages.report_schema
 
 Direction = Literal["higher", "lower", "equal", "true"]
 
@@ -123,6 +123,8 @@ class _Section(BaseModel):
 class _Metric(_Section):
     original: Optional[_Finite] = None
     reduced: Optional[_Finite] = None
+    better: Optional[Literal["higher", "lower"]] = None
+    info: Optional[StrictBool] = None
 
 
 class _Accuracy(_Section):
@@ -158,6 +160,7 @@ class _Model(_Section):
     task: Optional[StrictStr] = None
     params: Optional[_Count] = None
     tower_params: Optional[_Count] = None
+    params_trimmed: Optional[_Count] = None
 
 
 class _Artifacts(_Section):
@@ -358,10 +361,14 @@ def figures(report: dict | ReportSchema, where: str = "report") -> dict[str, _Fi
     out: dict[str, _Figure] = {}
     acc = rep.accuracy
     for name, m in ((acc.metrics if acc else None) or {}).items():
+        if m.info:  # information only: gates nothing, here neither
+            continue
         if m.reduced is not None:
-            out[f"accuracy.{name}"] = _Figure(m.reduced, "higher", f"accuracy/{name}")
-            if m.original is not None:
-                out[f"accuracy.{name}.drop"] = _Figure(m.original - m.reduced, "lower", f"accuracy/{name}")
+            higher = (m.better or "higher") == "higher"
+            out[f"accuracy.{name}"] = _Figure(m.reduced, "higher" if higher else "lower", f"accuracy/{name}")
+            if m.original is not None:  # the loss against the original, lower is better either way
+                loss = m.original - m.reduced if higher else m.reduced - m.original
+                out[f"accuracy.{name}.{'drop' if higher else 'increase'}"] = _Figure(loss, "lower", f"accuracy/{name}")
     bench = rep.bench
     for batch, b in ((bench.batches if bench else None) or {}).items():
         if b.speedup is not None:
@@ -380,7 +387,8 @@ def figures(report: dict | ReportSchema, where: str = "report") -> dict[str, _Fi
         if par.passed is not None:
             out[f"passed.{key}"] = _Figure(par.passed, "true", "passed")
     if rep.model is not None:
-        for key, name in (("params", "params.model"), ("tower_params", "params.tower")):
+        for key, name in (("params", "params.model"), ("tower_params", "params.tower"),
+                          ("params_trimmed", "params.trimmed")):
             if getattr(rep.model, key) is not None:
                 out[name] = _Figure(getattr(rep.model, key), "equal", "params")
     if rep.artifacts is not None:

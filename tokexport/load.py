@@ -20,7 +20,7 @@ from torch import nn
 
 from .adapters import Adapter, adapter_for
 from .adapters.base import check_config_values
-from .bounds import BoundsError, check_count, check_real, show
+from .bounds import BoundsError, check_count, check_real, read_text_bounded, show
 from .errors import EnvironmentProblem, InputError
 from .zoo import resolve_bundled
 
@@ -218,14 +218,7 @@ def _model_class(config, task: str):
 def read_json_file(p: Path) -> dict:
     """A model directory's JSON file as a mapping, or InputError naming it (unreadable, not JSON, too
     large, nested too deeply, not an object)."""
-    try:
-        if p.stat().st_size > MAX_JSON_BYTES:
-            raise InputError(f"{p}: larger than {MAX_JSON_BYTES // 2**20} MiB; not a Hugging Face config file")
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not a UTF-8 text file; expected JSON") from None
-    except OSError as e:
-        raise InputError(f"{p}: cannot read ({e.strerror or type(e).__name__})") from None
+    text = read_text_bounded(p, MAX_JSON_BYTES, "expected a Hugging Face JSON config file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -40,7 +40,8 @@ from .recipe import Recipe, Threshold, load_recipe
 from .reduce import METHODS
 from .reduce.patch import reduced
 from .reduce.schedule import Stage, plan
-from .runners import TorchRunner, run_batched
+from .stages import metric as MC
+from .stages.runners import TorchRunner, run_rows
 
 
 def parse_budget(text: str) -> float:
@@ -91,9 +92,9 @@ class Evaluator:
         kwargs = ad.forward_kwargs(lm.image_size)
         self.forward = lambda x: ad.outputs(lm.model, lm.model(pixel_values=x, **kwargs))
         orig = TorchRunner(self.forward)
-        self.orig_eval = run_batched(orig, self.iset.eval_x)
+        self.orig_eval = run_rows(orig, {"pixel_values": self.iset.eval_x})
         self.feat = ad.feature_output(list(self.orig_eval))
-        self.orig_proto = run_batched(orig, self.iset.proto_x)[self.feat]
+        self.orig_proto = run_rows(orig, {"pixel_values": self.iset.proto_x})[self.feat]
         self.thresholds = dict(acc.metrics)
         base = self.flops([], None)
         self.base_flops = base
@@ -138,7 +139,7 @@ class Evaluator:
             with reduced(self.lm.model, self.lm.adapter, stages, method):
                 return self.forward(x)
 
-        red = run_batched(TorchRunner(fn), self.iset.eval_x)
+        red = run_rows(TorchRunner(fn), {"pixel_values": self.iset.eval_x})
         metrics = V.feature_metrics(self.orig_eval[self.feat], red[self.feat], self.orig_proto, self.iset.eval_y,
                                     self.iset.proto_y, self.iset.n_classes, self.thresholds)
         if self.lm.task == "image-classification":
@@ -185,22 +186,45 @@ def _write_recipe(recipe: Recipe, path: Path, comment: str) -> None:
                     + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 
-def search(recipe_path: str | Path, max_drop: float, metric: str, out: str | Path | None = None,
+DEFAULT_MAX_EVALS = 12  # visual / vocab: conversions per search, the recipe's own value included
+
+
+def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: str | Path | None = None,
            layers: list[int] | None = None, step: int | None = None, reference: bool = True, force: bool = False,
-           stages=None) -> tuple[dict, Path]:
+           stages=None, max_evals: int | None = None) -> tuple[dict, Path]:
     """Run the search and the pipeline on the winner; write ``search.json``, ``<name>-search.yaml``,
-    ``winner/`` (and ``reference/``) under ``out``. Returns (summary, output directory)."""
+    ``winner/`` (and ``reference/``) under ``out``. Returns (summary, output directory).
+
+    ViT recipes: the greedy layer-wise schedule search (``layers``, ``step`` tokens). Visual-token recipes:
+    the smallest K; vocab recipes: the smallest ``trim.target_vocab_size`` (``step``: grid step of the
+    value; ``max_evals``: conversions at most, default 12). ``metric`` None: the task's default."""
     from .pipeline import Stages, run
+    from .sweep import check_metric, is_vocab
 
     stages = stages or Stages()
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
     base_dir = recipe_path.resolve().parent
     out_dir = Path(out) if out is not None else Path("out") / f"{recipe_path.stem}-search"
-    if recipe.task == "visual-tokens":
-        raise InputError(f"{recipe_path}: task visual-tokens keeps a fixed K after one layer; search explores "
-                         "layer-wise ViT pruning schedules (use `tokexport sweep` for K)")
-    from .pipeline import model_paths
+    if recipe.task == "visual-tokens" or is_vocab(recipe):
+        what = "vocab-trim" if is_vocab(recipe) else "visual-tokens"
+        if layers is not None:
+            raise InputError(f"--layers: {recipe_path} is task {what}: the search varies "
+                             f"{'trim.target_vocab_size' if is_vocab(recipe) else 'K (reduction.keep)'}, not a "
+                             "layer-wise schedule")
+        if max_evals is not None and max_evals < 2:
+            raise InputError(f"--max-evals: {max_evals}; give 2 or more (the recipe's own value is the first)")
+        metric = check_metric(recipe, base_dir, metric, "the search")
+        from .tasks.run import model_paths
+
+        check_out_dir(out_dir, force, protect=(recipe_path, base_dir, *model_paths(recipe.model, base_dir)))
+        return search_knob(recipe_path, recipe, max_drop, metric, out_dir, step, reference, force, stages,
+                           max_evals or DEFAULT_MAX_EVALS)
+    if max_evals is not None:
+        raise InputError("--max-evals: only for visual-token and vocab-trim searches; the ViT schedule search is "
+                         "bounded by --step and --layers")
+    metric = metric or "instance_top1"
+    from .tasks.run import model_paths
 
     protect = (recipe_path, base_dir, *model_paths(recipe.model, base_dir))
     check_out_dir(out_dir, force, protect=protect)
@@ -317,3 +341,249 @@ def _summary(recipe, label, metric, max_drop, layers, step, ev: Evaluator, ref: 
         "measured": {"winner": _measured(win_report, metric), "reference": _measured(ref_report, metric)},
         "trace": [e.as_dict() for e in ev.evaluations],
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# visual tokens (K) and vocab trims (trim.target_vocab_size): one knob, bisection over full conversions
+
+def _absolute_paths(recipe, base_dir: Path):
+    """The recipe with its local paths (model directory, corpus files, tokens_to_keep_file) made absolute, so
+    the winner's YAML, written next to the outputs, still resolves them."""
+    from .zoo import BUNDLED, GENERATED
+
+    def absolute(p: str) -> str:
+        q = Path(p).expanduser()
+        return p if q.is_absolute() else str(Path(base_dir).resolve() / q)
+
+    update = {}
+    if recipe.model not in BUNDLED and recipe.model not in GENERATED and (Path(base_dir) / recipe.model).exists():
+        update["model"] = absolute(recipe.model)
+    if getattr(recipe, "corpus", None) is not None:
+        sources = []
+        for s in recipe.corpus.sources:
+            if s.path is not None:
+                s = s.model_copy(update={"path": [absolute(x) for x in s.path] if isinstance(s.path, list)
+                                         else absolute(s.path)})
+            sources.append(s)
+        update["corpus"] = recipe.corpus.model_copy(update={"sources": sources})
+        if recipe.trim.tokens_to_keep_file:
+            update["trim"] = recipe.trim.model_copy(update={"tokens_to_keep_file": absolute(recipe.trim.tokens_to_keep_file)})
+    return recipe.model_copy(update=update) if update else recipe
+
+
+def _budget_verify(recipe, metric: str, max_drop: float):
+    """The recipe's verify section with the searched metric's threshold tightened to the budget (the stricter
+    of the recipe's and the budget's); the note says how. Vocab thresholds are fields, originals fixed
+    (1 for shares and cosines, 0 for the perplexity increase)."""
+    from .sweep import is_vocab
+
+    v = recipe.verify
+    if not is_vocab(recipe):
+        thresholds = dict(v.accuracy.metrics)
+        t = thresholds.get(metric)
+        thresholds[metric] = Threshold(min=t.min if t else None,
+                                       max_drop=min(max_drop, t.max_drop) if t and t.max_drop is not None else max_drop)
+        return v.model_copy(update={"accuracy": v.accuracy.model_copy(update={"metrics": thresholds})}), \
+            f"verify.accuracy.metrics.{metric}.max_drop"
+    acc = v.accuracy
+    fields = {"heldout_embedding_cosine": ("accuracy", "min_cosine", "min"),
+              "next_token_top1_agreement": ("accuracy", "min_top1_agreement", "min"),
+              "perplexity_per_char_increase": ("accuracy", "max_perplexity_increase", "max"),
+              "generation_exact_match": ("generation", "min_exact_match", "min")}
+    if metric not in fields or (fields[metric][0] == "generation" and v.generation is None):
+        return v, None  # no recipe field bounds this figure: the budget is the search's alone (search.json)
+    part, name, kind = fields[metric]
+    section = acc if part == "accuracy" else v.generation
+    cur = getattr(section, name)
+    new = max(cur, 1.0 - max_drop) if kind == "min" else min(cur, max_drop)
+    section = section.model_copy(update={name: new})
+    return v.model_copy(update={part: section}), f"verify.{part}.{name}"
+
+
+def _judge(report: dict, metric: str, max_drop: float) -> dict:
+    from .sweep import metric_drop
+
+    ms = report["accuracy"]["metrics"]
+    m = ms[metric]
+    drop = metric_drop(m)
+    failed = [k for k, v in ms.items() if not MC.is_info(v) and v.get("passed") is False]
+    parity = bool(report["parity"]["passed"] and report["parity_baseline"]["passed"])
+    return {"drop": drop, "original": m["original"], "reduced": m["reduced"], "better": m.get("better", "higher"),
+            "failed_thresholds": failed, "parity_passed": parity,
+            "feasible": bool(drop <= max_drop + 1e-12 and not failed and parity)}
+
+
+def bisect_smallest(grid: list, start: int, evaluate: Callable[[object], bool], max_evals: int) -> tuple[int, bool]:
+    """Index of the smallest feasible value of ascending ``grid``, assuming feasibility is monotone (more never
+    hurts): ``grid[start]`` is feasible (evaluated by the caller); values below are bisected with at most
+    ``max_evals`` evaluations. Returns (index, converged): when the evaluations run out, the smallest feasible
+    value evaluated (every smaller value evaluated was infeasible)."""
+    lo, hi, n = 0, start, 0
+    while lo < hi and n < max_evals:
+        mid = (lo + hi) // 2
+        n += 1
+        if evaluate(grid[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi, lo >= hi
+
+
+def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir: Path, step: int | None,
+                reference: bool, force: bool, stages, max_evals: int) -> tuple[dict, Path]:
+    """The smallest K (visual tokens) or ``trim.target_vocab_size`` (vocab) whose ``metric`` drop stays
+    within ``max_drop`` with every recipe threshold met and parity passed. Every candidate is a full
+    conversion (the one driver) into the staging directory; the recipe's own value first (the upper end of
+    the bisection, or, when it is over budget, the lower end: then the largest value is tried next)."""
+    import shutil
+
+    from .pipeline import run
+    from .sweep import is_vocab, vocab_recipe
+    from .tasks.run import model_paths
+
+    vocab = is_vocab(recipe)
+    base_dir = recipe_path.resolve().parent
+    knob = "trim.target_vocab_size" if vocab else "reduction.keep"
+    protect = (recipe_path, base_dir, *model_paths(recipe.model, base_dir))
+    with claim_out_dir(out_dir, force, kind="search", protect=protect), staged_dir(out_dir) as tmp:
+        name = f"{recipe.name or recipe_path.stem}-search"
+        winner_file = tmp / f"{name}.yaml"
+        verify, gate = _budget_verify(recipe, metric, max_drop)
+        template = _absolute_paths(recipe, base_dir).model_copy(update={"name": name, "verify": verify})
+        label = str(out_dir / winner_file.name)
+        trace: list[dict] = []
+        runs: dict = {}
+
+        def candidate(value):
+            if vocab:
+                return vocab_recipe(template, value, name) if value is not None else template
+            if value is None:
+                return template
+            red = recipe.reduction.model_dump(mode="json", exclude_none=True)
+            red.pop("keep_rate", None)
+            red["keep"] = value
+            return template.model_copy(update={"reduction": type(recipe.reduction).model_validate(red)})
+
+        def evaluate(value, what: str = "candidate") -> dict:
+            tag = ("recipe" if value is None else f"{'v' if vocab else 'k'}{value}")
+            t0 = time.time()
+            with stages.stage(f"search: {knob} = {value if value is not None else 'the recipe’s'}"):
+                res = run(candidate(value), base_dir, tmp / "candidates" / tag, stages=stages, label=f"{label}@{tag}")
+            rep = res.report
+            measured = rep["trim"]["mined"] if vocab else rep["reduction"]["visual_tokens_out"]
+            got = value if value is not None else measured
+            e = {"value": got, "measured_value": measured, "role": what, "run": tag, "exit_code": res.exit_code, "seconds": time.time() - t0,
+                 **_judge(rep, metric, max_drop), "speedups": {b: v["speedup"] for b, v in
+                                                               ((rep.get("bench") or {}).get("batches") or {}).items()}}
+            if vocab:
+                e.update(vocab_size_trimmed=rep["tokenizer"]["vocab_size_trimmed"],
+                         params_ratio=rep["model"]["params_trimmed"] / rep["model"]["params"])
+            else:
+                e.update(visual_tokens_in=rep["reduction"]["visual_tokens_in"],
+                         prefill_flops_saved=rep["llm"]["prefill_flops_saved"])
+            stages.log(f"{knob} {got}: {metric} drop {e['drop']:+.4f} "
+                       f"{'ok' if e['feasible'] else 'over budget / threshold failed'}")
+            trace.append(e)
+            runs[got] = (tag, rep)
+            return e
+
+        t0 = time.time()
+        ref = evaluate(None, "reference (the recipe's own)")
+        ref_value = ref["value"]
+        if vocab:
+            top = runs[ref_value][1]["trim"]["eligible"]
+            st = step or 1
+            grid = sorted({*range(st, top + 1, st), ref_value, top})
+        else:
+            from .vlm.select import TOPK_LIMIT, VisualLayout
+
+            lay = runs[ref_value][1]["reduction"]["layout"]
+            layout = VisualLayout(views=lay["views"], grid=tuple(lay["grid"]),
+                                  sub_grid=tuple(lay["sub_grid"]) if lay["sub_grid"] else None)
+            st = step or 1
+
+            def valid(k: int) -> bool:
+                try:
+                    candidate(k).reduction.resolve_k(layout)
+                    return True
+                except ValueError:
+                    return False
+
+            top = min(layout.total, TOPK_LIMIT - 1)
+            grid = sorted({k for k in range(1, top + 1) if (k % st == 0 or k == ref_value) and valid(k)} | {ref_value})
+        evaluated = {ref_value: ref}
+        budget_left = max_evals - 1
+
+        def feasible(value) -> bool:
+            nonlocal budget_left
+            if value not in evaluated:
+                budget_left -= 1
+                evaluated[value] = evaluate(value)
+            return evaluated[value]["feasible"]
+
+        start = grid.index(ref_value)
+        if not ref["feasible"]:  # the recipe's own value is over budget: search above it
+            if grid[-1] == ref_value or budget_left < 1 or not feasible(grid[-1]):
+                raise InputError(f"--max-drop {max_drop:g}: no {knob} evaluated stays within the budget and the recipe's "
+                                 f"thresholds (the recipe's {ref_value}: drop {ref['drop']:+.4f}"
+                                 + (f"; the largest, {grid[-1]}: drop {evaluated[grid[-1]]['drop']:+.4f}"
+                                    if grid[-1] in evaluated and grid[-1] != ref_value else "") + "); raise the budget")
+            upper = grid[start + 1:]
+            idx, converged = bisect_smallest(upper, len(upper) - 1, feasible, budget_left)
+            win = upper[idx]
+        else:
+            idx, converged = bisect_smallest(grid, start, feasible, budget_left)
+            win = grid[idx]
+        seconds = time.time() - t0
+        best = evaluated[win]
+        # smaller evaluated values that were infeasible bound the resolution
+        below = [v for v in evaluated if v < win]
+        resolution = win - max(below) if below else win - grid[0]
+
+        w_tag, w_rep = runs[win]
+        shutil.move(str(tmp / "candidates" / w_tag), str(tmp / "winner"))
+        if reference:
+            r_tag = runs[ref_value][0]
+            src = tmp / ("winner" if r_tag == w_tag else "candidates") / ("" if r_tag == w_tag else r_tag)
+            (shutil.copytree if r_tag == w_tag else shutil.move)(str(src), str(tmp / "reference"))
+        shutil.rmtree(tmp / "candidates", ignore_errors=True)
+        winner = candidate(win)
+        winner = winner.model_copy(update={"description": (
+            f"Found by `tokexport search {recipe_path} --max-drop {max_drop:g} --metric {metric}`: the smallest "
+            f"{knob} ({win}) with {metric} drop <= {max_drop:g} and every threshold met (bisection over full "
+            f"conversions: search.json)." + (f" Budget set as {gate}." if gate else ""))})
+        _write_recipe(winner, winner_file, winner.description)
+        ref_drop = ref["drop"]
+        verdict = (f"{knob} {win} (recipe: {ref_value}) keeps the {metric} drop at {best['drop']:+.4f} within "
+                   f"{max_drop:g} (recipe's: {ref_drop:+.4f}); {len(trace)} conversions evaluated"
+                   + ("" if converged else f", stopped by --max-evals {max_evals}: the smallest feasible value may "
+                                           f"be up to {resolution - 1} lower"))
+        summary = {
+            "schema_version": 1, "kind": "search", "tokexport_version": __version__, "created_unix": int(time.time()),
+            "recipe_path": str(recipe_path), "task": recipe.task, "metric": metric, "metric_better": best["better"],
+            "max_drop": max_drop, "knob": knob, "method": "vocab-trim" if vocab else recipe.reduction.method,
+            "algorithm": ("bisection over an ascending grid (step " f"{st}) of {knob} values, assuming more never "
+                          "hurts the metric: the recipe's own value first, then the grid below it (or above it when "
+                          "over budget); every candidate a full conversion"),
+            "grid": {"min": grid[0], "max": grid[-1], "step": st, "size": len(grid)},
+            "max_evals": max_evals, "evaluations": len(trace), "converged": converged, "resolution": resolution,
+            "search_seconds": seconds, "budget_threshold": gate,
+            "reference": ref, "winner": best, "verdict": verdict,
+            "measured": {"winner": _measured_task(w_rep, metric),
+                         "reference": _measured_task(runs[ref_value][1], metric) if reference else None},
+            "winner_recipe": winner_file.name,
+            "winner_exit_code": next(e["exit_code"] for e in trace if e["value"] == win),
+            "trace": trace,
+        }
+        (tmp / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary, out_dir
+
+
+def _measured_task(report: dict, metric: str) -> dict:
+    from .sweep import metric_drop
+
+    m = report["accuracy"]["metrics"][metric]
+    bench = report.get("bench") or {}
+    return {"drop": metric_drop(m), "reduced": m["reduced"], "original": m["original"],
+            "speedups": {b: v["speedup"] for b, v in (bench.get("batches") or {}).items()},
+            "parity_passed": report["parity"]["passed"], "passed": report["passed"]}

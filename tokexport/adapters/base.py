@@ -8,6 +8,8 @@ it tried when a model matches none of them: a structure it does not recognise is
 """
 from __future__ import annotations
 
+from tokexport.registry import Registry
+
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -285,7 +287,7 @@ class Adapter:
         return output_names[0]
 
 
-ADAPTERS: dict[str, type[Adapter]] = {}
+ADAPTERS: Registry[type[Adapter]] = Registry("model family adapter")
 
 
 def register_adapter(cls: type[Adapter]) -> type[Adapter]:

@@ -15,6 +15,8 @@ patches each stands for); the patch carries the sizes to later blocks.
 """
 from __future__ import annotations
 
+from tokexport.registry import Registry
+
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -126,7 +128,7 @@ class MergingMethod(Method):
         raise NotImplementedError
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("reduction method")
 
 
 def register_method(cls: type[Method]) -> type[Method]:

@@ -6,7 +6,6 @@ check` reads only what the contract guarantees."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator

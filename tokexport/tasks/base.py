@@ -73,10 +73,6 @@ class Task(ABC):
         self.base_dir = Path(base_dir)
         self.label = label
 
-    # ---- inputs the driver protects from --force and checks before loading
-    def protected_paths(self) -> list[Path]:
-        """Local paths the output must never replace or contain (the model directory...)."""
-        return []
 
     @abstractmethod
     def load(self, stages: Stages) -> None:
@@ -120,11 +116,13 @@ class Task(ABC):
         """Task sections of the report: at least ``model``, ``reduction`` and ``export``; may extend
         ``accuracy`` (under key ``accuracy_extra``) and ``artifacts`` (under ``artifacts_extra``)."""
 
-    def markdown(self, report: dict) -> list[str]:
+    @classmethod
+    def markdown(cls, report: dict) -> list[str]:
         """Task-specific lines of report.md, placed after the header."""
         return []
 
-    def console_lines(self, report: dict) -> list[str]:
+    @classmethod
+    def console_lines(cls, report: dict) -> list[str]:
         """Task-specific lines of the console summary."""
         return []
 

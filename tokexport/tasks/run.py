@@ -27,6 +27,7 @@ class Result:
     report: dict
     out_dir: Path
     exit_code: int
+    extra_outputs: str = ""  # what else the task wrote into out_dir (vocab-trim: the trimmed checkpoint)
 
     @property
     def passed(self) -> bool:
@@ -222,4 +223,4 @@ def run(recipe, base_dir: Path, out_dir: Path, force: bool = False, stages: Stag
         with claim.staged() as tmp:
             report = produce(task, tmp, stages)
             write_reports(task, report, tmp)
-    return Result(report=report, out_dir=out_dir, exit_code=exit_code(report))
+    return Result(report=report, out_dir=out_dir, exit_code=exit_code(report), extra_outputs=task.extra_outputs)

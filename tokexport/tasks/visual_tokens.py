@@ -31,7 +31,6 @@ from ..stages.runners import OrtRunner, TorchRunner, run_rows
 from ..vlm.graph import VisualTokenGraph
 from ..vlm.select import VISUAL_METHODS, VisualLayout
 from .base import TASKS, Graphs, ParityCase, Stages, Task
-from .vit_tokens import local_model_dir
 
 MEASURED = ("feature_cosine", "attn_pooled_cosine", "instance_top1", "attention_mass")
 GENERATION_METRICS = ("generation_exact_match", "generation_token_agreement")
@@ -206,9 +205,6 @@ class VisualTokens(Task):
     kind = "visual-tokens"
     recipe_tasks = ("visual-tokens",)
 
-    def protected_paths(self) -> list[Path]:
-        p = local_model_dir(self.recipe.model, self.base_dir)
-        return [p] if p is not None else []
 
     # ---- load
     def _check_metric_names(self) -> None:
@@ -393,7 +389,8 @@ class VisualTokens(Task):
                 "classes": iset.n_classes, "samples": int(len(iset.eval_y)), "generation": self.generation},
         }
 
-    def _lines(self, report: dict) -> list[str]:
+    @classmethod
+    def _lines(cls, report: dict) -> list[str]:
         red, llm = report["reduction"], report["llm"]
         lay = red["layout"]
         return [
@@ -406,8 +403,10 @@ class VisualTokens(Task):
             f"{llm['prefill_flops_reduced'] / 1e9:.2f} GFLOPs ({100 * llm['prefill_flops_saved']:.1f}% saved)",
         ]
 
-    def markdown(self, report: dict) -> list[str]:
-        return ["## Visual tokens", *self._lines(report)]
+    @classmethod
+    def markdown(cls, report: dict) -> list[str]:
+        return ["## Visual tokens", *cls._lines(report)]
 
-    def console_lines(self, report: dict) -> list[str]:
-        return [line.removeprefix("- ") for line in self._lines(report)]
+    @classmethod
+    def console_lines(cls, report: dict) -> list[str]:
+        return [line.removeprefix("- ") for line in cls._lines(report)]

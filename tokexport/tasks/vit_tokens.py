@@ -47,21 +47,6 @@ def forward_fn(lm: LoadedModel) -> Callable[[torch.Tensor], dict[str, torch.Tens
     return fn
 
 
-def local_model_dir(model: str, base_dir: Path) -> Path | None:
-    """The recipe's model as a local directory, when it is one (bundled or a path), else None."""
-    from ..zoo import resolve_bundled
-
-    try:
-        bundled = resolve_bundled(model)
-    except Exception:  # noqa: BLE001 - an unfetched bundled model is reported by load, not here
-        bundled = None
-    if bundled is not None:
-        return Path(bundled)
-    p = Path(model).expanduser()
-    p = p if p.is_absolute() else Path(base_dir) / p
-    return p if p.exists() else None
-
-
 @TASKS.register("vit-token-pruning")
 class VitTokens(Task):
     kind = "vit-token-pruning"
@@ -71,9 +56,6 @@ class VitTokens(Task):
         super().__init__(recipe, base_dir, label)
         self.lm = loaded
 
-    def protected_paths(self) -> list[Path]:
-        p = local_model_dir(self.recipe.model, self.base_dir)
-        return [p] if p is not None else []
 
     # ---- load
     def load(self, stages: Stages) -> None:
@@ -223,7 +205,8 @@ class VitTokens(Task):
                 "classes": iset.n_classes, "samples": len(iset.eval_y)},
         }
 
-    def markdown(self, report: dict) -> list[str]:
+    @classmethod
+    def markdown(cls, report: dict) -> list[str]:
         sched = report["reduction"]["schedule"]
         lines = ["## Tokens per pruning stage"]
         if sched:
@@ -240,7 +223,8 @@ class VitTokens(Task):
                       f"- Efficiency (measured ÷ predicted, batch {bench['efficiency_batch']}): {bench['efficiency']:.3f}"]
         return lines
 
-    def console_lines(self, report: dict) -> list[str]:
+    @classmethod
+    def console_lines(cls, report: dict) -> list[str]:
         sched = report["reduction"]["schedule"]
         out = ["tokens per stage: " + (", ".join(f"after block {s['layer']}: {s['tokens_in']}→{s['tokens_out']}"
                                                 for s in sched) or "no pruning")]

@@ -162,11 +162,6 @@ class VocabTrim(Task):
     recipe_tasks = ("vocab-trim",)
     extra_outputs = ", model/ (trimmed checkpoint, tokenizer, id map)"
 
-    def protected_paths(self) -> list[Path]:
-        from .vit_tokens import local_model_dir
-
-        p = local_model_dir(self.recipe.model, self.base_dir)
-        return [p] if p is not None else []
 
     @property
     def fixed_batch(self) -> int | None:
@@ -528,7 +523,8 @@ class VocabTrim(Task):
                 "generations": self.generations},
         }
 
-    def _size_rows(self, r: dict) -> list[list[str]]:
+    @classmethod
+    def _size_rows(cls, r: dict) -> list[list[str]]:
         m, t, art = r["model"], r["tokenizer"], r["artifacts"]
         rows = [
             ["parameters", f"{m['params']:,}", f"{m['params_trimmed']:,}", f"{m['params_trimmed'] / m['params']:.3f}×"],
@@ -562,7 +558,8 @@ class VocabTrim(Task):
                          f"{v['documents_fully_in_vocab']}/{v['documents']}"])
         return rows
 
-    def markdown(self, report: dict) -> list[str]:
+    @classmethod
+    def markdown(cls, report: dict) -> list[str]:
         from ..stages.render import md_table
 
         m, t, tr, c, ck = report["model"], report["tokenizer"], report["trim"], report["coverage"], report["checkpoint"]
@@ -579,10 +576,10 @@ class VocabTrim(Task):
             f"- `{art['model_dir']}/`: trimmed model (save_pretrained) and tokenizer; `{art['id_map']}`: new id → original id",
             "",
             "## Size and speed (original → trimmed)",
-            md_table(["", "original", "trimmed", "ratio"], self._size_rows(report)),
+            md_table(["", "original", "trimmed", "ratio"], cls._size_rows(report)),
             "",
             "## Coverage (original tokenization, share of tokens kept)",
-            md_table(["text", "tokens", "token coverage", "sentences fully in vocabulary"], self._coverage_rows(report)),
+            md_table(["text", "tokens", "token coverage", "sentences fully in vocabulary"], cls._coverage_rows(report)),
             "",
             (f"Held-out sentences with out-of-vocabulary pieces: {oov['documents']} ({oov['original_tokens']:,} tokens "
              f"originally, {oov['trimmed_tokens']:,} after trimming, {oov['unk_tokens']} unk, {oov['byte_tokens']} byte "
@@ -601,12 +598,13 @@ class VocabTrim(Task):
             lines += ["", "## Tokenizer files", *[f"- {n}" for n in t["files"]]]
         return lines
 
-    def console_lines(self, report: dict) -> list[str]:
+    @classmethod
+    def console_lines(cls, report: dict) -> list[str]:
         out = ["original → trimmed: " + "; ".join(f"{name} {a} → {b}" + (f" ({ratio})" if ratio else "")
-                                                  for name, a, b, ratio in self._size_rows(report))]
+                                                  for name, a, b, ratio in cls._size_rows(report))]
         out.append("coverage: " + "; ".join(f"{name} {cov} of {tokens} tokens" + (f", {docs} sentences in vocabulary"
                                                                                 if docs != "—" else "")
-                                            for name, tokens, cov, docs in self._coverage_rows(report)))
+                                            for name, tokens, cov, docs in cls._coverage_rows(report)))
         ck = report["checkpoint"]
         out.append(f"checkpoint: {ck['tensors']} tensors after save/reload → {'PASS' if ck['passed'] else 'FAIL'}")
         gens = report["accuracy"].get("generations")

@@ -22,6 +22,8 @@ Methods: ``fopru-rank``, ``fopru-row`` (FoPru, arXiv 2411.14164; no public code,
 """
 from __future__ import annotations
 
+from tokexport.registry import Registry
+
 import functools
 import math
 import warnings
@@ -244,7 +246,7 @@ class VisualSelector:
         return d
 
 
-VISUAL_METHODS: dict[str, type[VisualSelector]] = {}
+VISUAL_METHODS: Registry[type[VisualSelector]] = Registry("visual-token method")
 
 
 def register_visual_method(cls: type[VisualSelector]) -> type[VisualSelector]:

@@ -1,23 +1,27 @@
 """Recipe of a vocabulary trim (``task: vocab-trim``): which corpus to mine, how many tokens to keep,
-how to export and what to check. Same strictness and one-line errors as :mod:`tokexport.recipe`."""
+how to export and what to check. Same strictness and errors (one line each) as :mod:`tokexport.recipe`.
+
+Imports only :mod:`tokexport.recipe_base` among the recipe modules: ``tokexport.recipe`` imports this
+one (its union of recipe kinds), never the other way round."""
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ..bounds import Batch, Count, Real, Threads
-from ..errors import InputError
-from ..recipe import DeployConfig, ParityConfig, TargetedExport, _key, error_message, error_where, one_line
+from ..errors import SchemaErrors
+from ..recipe_base import (
+    DeployConfig,
+    ParityConfig,
+    Strict,
+    TargetedExport,
+    format_errors,
+)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class WordfreqSource(_Strict):
+class WordfreqSource(Strict):
     lang: str = Field(description="wordfreq language code (e.g. en, fr, pt).")
     top_n: Count(1, 1_000_000) = Field(50000, description="Most frequent words taken from the list, 1..1000000.")
     words: Count(1, 1_000_000_000) = Field(1_000_000, description="Pseudo-corpus size, 1..1000000000: a word of frequency f counts max(1, round(f * words)) times, so list words rank by frequency next to running text.")
@@ -25,7 +29,7 @@ class WordfreqSource(_Strict):
     capitalized: Real(0, 1) = Field(0.0, description="Also count each word capitalised ('Word', ' Word') with this share of its count, in [0, 1] (0: not at all): wordfreq lists are lower-case, but sentence starts and names are not (cased vocabularies).")
 
 
-class CorpusSource(_Strict):
+class CorpusSource(Strict):
     lang: str | None = Field(None, description="Label for per-language coverage in the report (default: the dataset_build code, the wordfreq code, or 'text').")
     path: str | list[str] | None = Field(None, min_length=1, description="Text file(s), folder(s) (every *.txt inside, recursively) or glob(s), relative to the recipe file; one document per non-empty line.")
     dataset_build: str | None = Field(None, description="ISO 639-3 code: every text file of the dataset-build package's dataset_build/data/<code>/.")
@@ -50,14 +54,14 @@ class CorpusSource(_Strict):
         return "text"
 
 
-class CorpusConfig(_Strict):
+class CorpusConfig(Strict):
     sources: list[CorpusSource] = Field(min_length=1, max_length=256, description="Where the text comes from, 1 to 256 sources; languages may be mixed.")
     heldout_fraction: Real(0, 1, lo_open=True, hi_open=True) = Field(0.2, description="Share of each running-text source's documents held out (never mined) for coverage and accuracy checks, in (0, 1).")
     seed: Count(0, 2**32 - 1) = Field(0, description="Seed of the deterministic document split, 0..4294967295.")
     prefix: str = Field("", description="Text prepended to every document before tokenising (e5: 'passage: ').")
 
 
-class SelfGenerated(_Strict):
+class SelfGenerated(Strict):
     """Decoders: mine the original model's own greedy continuations of mining-part documents too."""
 
     prompts: Count(1, 100_000) = Field(256, description="Mining-part documents (evenly spaced) whose beginnings the original model continues, 1..100000.")
@@ -67,7 +71,7 @@ class SelfGenerated(_Strict):
     batch: Count(1, 1024) = Field(16, description="Prompts generated together (left padding), 1..1024.")
 
 
-class TrimConfig(_Strict):
+class TrimConfig(Strict):
     min_frequency: Count(1, 1_000_000_000) = Field(2, description="Mined ids seen fewer times in the mining part are dropped, 1..1000000000 (the reference uses 2).")
     target_vocab_size: Count(1, 10_000_000) | None = Field(None, description="Keep this many mined ids (most frequent first), 1..10000000; null keeps every id reaching min_frequency. The corpus must yield at least this many. Special, required and tokens_to_keep ids come on top.")
     tokens_to_keep: list[str] = Field(default_factory=list, description="Vocabulary entries (token strings, as in tokenizer.json) always kept.")
@@ -91,13 +95,13 @@ class VocabExportConfig(TargetedExport):
     pooling: Literal["mean", "cls"] = Field("mean", description="Encoders: pooled embedding output (mean over attention_mask, or the first token), L2-normalised.")
 
 
-class GenerationCheck(_Strict):
+class GenerationCheck(Strict):
     prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=1024, description="Decoders: prompts generated greedily by the original and the trimmed model; 1 to 1024 non-empty strings.")
     max_new_tokens: Count(1, 256) = Field(16, description="1..256.")
     min_exact_match: Real(0, 1) = Field(1.0, description="Share of prompts whose generations must be identical, in [0, 1].")
 
 
-class VocabAccuracyConfig(_Strict):
+class VocabAccuracyConfig(Strict):
     samples: Count(1, 4096) = Field(64, description="Held-out documents used by the accuracy checks (evenly spaced), 1..4096.")
     max_abs_diff: Real(0, 1, lo_open=True) = Field(1e-5, description="Encoders: max |trimmed - original| on in-vocabulary held-out text (hidden states and embedding), both in PyTorch from the saved checkpoints; finite, in (0, 1].")
     min_cosine: Real(-1, 1) = Field(0.95, description="Encoders: mean cosine between trimmed and original embeddings on all held-out documents (out-of-vocabulary text included); in [-1, 1].")
@@ -105,20 +109,20 @@ class VocabAccuracyConfig(_Strict):
     max_perplexity_increase: Real(0, 100) = Field(0.05, description="Decoders: relative increase of perplexity per character on all held-out text allowed; finite, in [0, 100].")
 
 
-class VocabVerifyConfig(_Strict):
+class VocabVerifyConfig(Strict):
     parity: ParityConfig = Field(default_factory=lambda: ParityConfig(samples=4))
     accuracy: VocabAccuracyConfig = VocabAccuracyConfig()
     generation: GenerationCheck | None = Field(None, description="Decoders: greedy generation check (required for decoders).")
 
 
-class VocabBenchConfig(_Strict):
+class VocabBenchConfig(Strict):
     enabled: bool = True
     warmup: Count(0, 1000) = Field(2, description="Untimed forward passes per graph first, 0..1000.")
     repeats: Count(1, 10000) = Field(10, description="Timed forward passes per graph, 1..10000 (baseline and trimmed alternate).")
     threads: Threads = Field(None, description="onnxruntime intra-op threads, 1..4 x CPU cores of this machine; default (null): all cores.")
 
 
-class VocabRecipe(_Strict):
+class VocabRecipe(Strict):
     name: str | None = Field(None, description="Free-form name shown in reports.")
     description: str | None = None
     task: Literal["vocab-trim"] = Field(description="vocab-trim: drop vocabulary entries a target language does not use.")
@@ -132,39 +136,19 @@ class VocabRecipe(_Strict):
     deploy: DeployConfig = DeployConfig()
 
 
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + _key(part)
-    return out or "(top level)"
+def format_vocab_errors(path: str, errors, data) -> str:
+    """Every error of a vocab-trim recipe, one line each naming the file and the field, in document
+    order (``errors``: pydantic's error dicts, their ``loc`` relative to VocabRecipe)."""
+    return format_errors(path, errors, data, VocabRecipe)
 
 
-def _allowed(loc: tuple) -> list[str]:
-    model: type[BaseModel] = VocabRecipe
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        ann = getattr(model.model_fields.get(part), "annotation", None)
-        nested = [a for a in (getattr(ann, "__args__", None) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not nested:
-            return []
-        model = nested[0]
-    return list(model.model_fields)
-
-
-def format_vocab_error(path: str, err: ValidationError) -> str:
-    """One line naming the file and the field, like tokexport.recipe.format_error."""
-    e = err.errors()[0]
-    loc = e["loc"]
-    if e["type"] == "extra_forbidden":
-        hint = difflib.get_close_matches(str(loc[-1]), _allowed(loc), n=1)
-        fix = f"did you mean {hint[0]!r}?" if hint else "remove it (see `tokexport recipes schema`)"
-        return one_line(f"{path}: {_loc(loc)}: unknown field; {fix}")
-    return one_line(f"{path}: {error_where(e, _loc(loc))}: {error_message(e)}")
+def format_vocab_error(path: str, err: ValidationError, data=None) -> str:
+    """The errors of ``VocabRecipe.model_validate``, one line each, like tokexport.recipe.format_error."""
+    return format_vocab_errors(path, err.errors(), data)
 
 
 def validate_vocab_recipe(path: str, data: dict) -> VocabRecipe:
     try:
         return VocabRecipe.model_validate(data)
     except ValidationError as e:
-        raise InputError(format_vocab_error(path, e)) from None
+        raise SchemaErrors(format_vocab_error(path, e, data)) from None
