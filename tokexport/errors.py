@@ -38,6 +38,12 @@ class SchemaErrors(InputError):
         return [line for line in str(self).split("\n") if line.strip()]
 
 
+class ContractError(TokexportError):
+    """A report that breaks the report contract: a bug in tokexport, not in the input. Nothing is written."""
+
+    exit_code = 1
+
+
 class EnvironmentProblem(TokexportError):
     """A missing optional package or resource."""
 

@@ -24,11 +24,13 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class GatedMetric(_Open):
-    """A reduced-vs-original figure. ``passed`` is null when no threshold was set."""
+    """A reduced-vs-original figure. ``passed`` is null when no threshold was set. A value that came out
+    non-finite (a broken model's NaN) fails its threshold; report.json writes it as null and lists it
+    under ``non_finite``, and `tokexport check` refuses such a report."""
 
-    original: Finite
-    reduced: Finite
-    delta: Finite
+    original: float | None
+    reduced: float | None
+    delta: float | None
     better: Literal["higher", "lower"]
     threshold: dict[str, Finite] | None
     passed: bool | None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AccuracyError, ParityError
+from ..errors import AccuracyError, ContractError, ParityError
 from ..stages import metric as MC
 from ..stages.compare import parity as compare_parity
 from ..stages.environment import environment
@@ -166,7 +166,8 @@ def produce(task: Task, tmp: Path, stages: Stages) -> dict:
     }
     problems = validate_report(report)
     if problems:  # a bug of the task, not of the user's input: say exactly what broke the contract
-        raise AssertionError(f"{task.kind} report breaks the report contract: " + "; ".join(problems[:10]))
+        raise ContractError(f"{task.kind} report breaks the report contract (a tokexport bug, please report it): "
+                            + "; ".join(problems[:10]))
     return report
 
 
