@@ -377,7 +377,7 @@ def test_symbolic_non_batch_dims():
         assert len(f) == 1 and f[0].level == "error" and f[0].node == "x" and "axis 1" in f[0].message
 
 
-def test_control_flow_warning_and_layernorm():
+def test_control_flow_error_and_layernorm():
     then_g = helper.make_graph([helper.make_node("Identity", ["x"], ["a"])], "t", [],
                                [helper.make_tensor_value_info("a", F, [1, 4])])
     else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["b"])], "e", [],
@@ -390,7 +390,7 @@ def test_control_flow_warning_and_layernorm():
     )
     for t in TRT:
         f = check(m, t)
-        assert codes(f) == {"CONTROL_FLOW"} and all(x.level == "warning" for x in f)
+        assert codes(f) == {"CONTROL_FLOW"} and all(x.level == "error" for x in f)
     assert check(m, "onnxruntime") == []
 
     ln = _model(

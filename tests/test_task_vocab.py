@@ -145,6 +145,7 @@ def _check(old, new, expected: set[str]) -> None:
     assert new.exit_code == 0, r["failures"]
     assert validate_report(r) == [], validate_report(r)
     assert r["kind"] == "vocab-trim" and r["passed"] and r["failures"] == []
+    assert r["trt_check"]["errors"] == 0, r["trt_check"]["findings"]  # no control flow, static shapes
     metrics = r["accuracy"]["metrics"]
     print("metrics:", ", ".join(metrics))
     langs = set(r["coverage"]["heldout_by_language"])

