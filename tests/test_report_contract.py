@@ -84,3 +84,16 @@ def test_report_schema_and_validate_commands(tmp_path):
     res = run_cli("report", "validate", str(tmp_path / "bad.json"))
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 7 and len(lines) == 1 and "feature_cosine" in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe not utf-8", b"{not json", b"[1, 2]"])
+def test_report_validate_bad_files_one_line(tmp_path, content):
+    from test_cli_bad_input import run_cli
+
+    p = tmp_path / "r.json"
+    if content is not None:
+        p.write_bytes(content)
+    res = run_cli("report", "validate", str(p))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 7 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert str(p) in lines[0]
