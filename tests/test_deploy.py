@@ -122,7 +122,7 @@ def test_write_bundle_layout(tmp_path):
     assert man == json.loads((dest / "manifest.json").read_text())
     assert man["tokexport_version"] == tokexport.__version__
     assert man["target"] == {"name": "jetpack-5.1", "runtime": "tensorrt", "tensorrt": "8.5.2", "jetpack": "5.1",
-                             "opset": 16, "max_opset": 16}
+                             "opset": 16, "max_opset": 16, "strongly_typed": False}
     m = man["models"]["model"]
     assert m["opset"] == 17 and m["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 6, 4]}]
     assert [o["name"] for o in m["outputs"]] == ["y", "z"]

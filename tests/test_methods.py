@@ -359,8 +359,12 @@ def test_uniform_is_evenly_spread():
             assert (gaps >= 1).all()
             if k > 1:
                 assert gaps.max() - gaps.min() <= 1
-    x = random_inputs(n=14, n_prefix=2)  # 12 candidates
-    assert UniformKeep(UniformKeepConfig()).select(x, 4).tolist() == [[3, 6, 9, 12]] * 3
+    # the method itself is a 2-D lattice of the patch grid: 8 of a 4x4 grid is the checkerboard, not stripes
+    x = random_inputs(n=18, n_prefix=2)  # 16 candidates = a 4x4 grid
+    kept = [p - 2 for p in UniformKeep(UniformKeepConfig()).select(x, 8)[0].tolist()]
+    assert kept == [r * 4 + c for r in range(4) for c in range(4) if (r + c) % 2 == 0]
+    assert all(row == UniformKeep(UniformKeepConfig()).select(x, 8)[0].tolist()
+               for row in UniformKeep(UniformKeepConfig()).select(x, 8).tolist())  # same for every image
 
 
 # --- ONNX export -----------------------------------------------------------------------------------

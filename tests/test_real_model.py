@@ -48,9 +48,13 @@ def test_default_recipe_passes_on_dinov2_small(converted):
 
 @pytest.mark.parametrize("name,views,k_out", [("fopru-rank", 1, 64), ("fopru-row", 1, 64), ("hired", 5, 256)])
 def test_visual_token_recipes_on_dinov2_small(converted, name, views, k_out):
+    """On DINOv2-S every selecting method loses to the 2-D uniform lattice at the same K (docs/verdicts.md,
+    rule V2), so the shipped recipes exit 4 with the baselines gate among the failures: a finding, kept."""
     res, out = converted(f"dinov2-small-{name}")
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.returncode == 4, res.stdout + res.stderr
     rep = json.loads((out / "report.json").read_text())
+    assert rep["baselines"]["gate"]["passed"] is False and any("vs_baselines" in f for f in rep["failures"])
+    assert rep["baselines"]["margins"]["feature_cosine"]["best_baseline"] == "uniform"
     red = rep["reduction"]
     assert (red["layout"]["views"], red["visual_tokens_in"], red["visual_tokens_out"]) == (views, 256 * views, k_out)
     assert rep["parity"]["passed"] and rep["parity_baseline"]["passed"]
@@ -67,5 +71,5 @@ def test_every_tool_accepts_the_default_recipes(converted, name, tmp_path):
     """The default recipe of the ViT and the visual-token task: schema, check (and a worse figure
     failing it), bundle, build (exit 8 here)."""
     res, out = converted(name)
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.returncode == (4 if name == "dinov2-small-hired" else 0), res.stdout + res.stderr  # hired: see above
     assert_every_tool_accepts(out, tmp_path)

@@ -100,8 +100,14 @@ def test_search_writes_winner_recipe_and_report(searched):
     ref = json.loads((out / "reference" / "report.json").read_text())
     assert [st["n_keep"] for st in ref["reduction"]["schedule"]] == [8, 4]
     assert "verdict:" in res.stdout and s["verdict"]
-    # ONNX and PyTorch agree on the drop the search measured
-    assert s["measured"]["winner"]["drop"] == pytest.approx(s["winner"]["drop"], abs=1e-4)
+    # held out: chosen on the search split, judged on the convert's eval split (disjoint crops), both named
+    sp = s["splits"]
+    assert sp["search"]["samples"] == s["eval"]["samples"] and sp["held_out"]["samples"] == rep["accuracy"]["samples"]
+    assert sp["search"]["crops"] != sp["held_out"]["crops"]
+    h = s["held_out"]["winner"]
+    assert h["searched_drop"] == s["winner"]["drop"] and h["held_out_drop"] == s["measured"]["winner"]["drop"]
+    assert h["moved"] == pytest.approx(h["held_out_drop"] - h["searched_drop"])
+    assert "held-out split" in s["verdict"]
     assert yaml.safe_load((out / "tiny-dinov2-search.yaml").read_text())["name"] == "tiny-dinov2-search"
 
 
@@ -121,3 +127,47 @@ def test_search_bad_input(tmp_path, tiny_models, searched):
     assert_one_line_error(run_cli("search", str(recipe_path), "--max-drop", "0.1", "--max-evals", "3", "--out",
                                   str(out)), "--max-evals")
     assert_nothing_written(out)
+
+
+def test_parallel_rounds_take_the_sequential_path():
+    """The Ray backend's rounds (both greedy passes at once, several steps of each binary search ahead) end
+    where the sequential search ends, whatever the feasibility pattern (monotone or not) and the width."""
+    import random
+
+    from tokexport.search import bisect_smallest, greedy_parallel
+
+    rng = random.Random(0)
+    for _ in range(100):
+        table = {}
+
+        def evaluate(keep, table=table):
+            d = table.setdefault(tuple(sorted(keep.items())), rng.random() * 0.2)
+            return Evaluation(dict(keep), [], float(sum(keep.values())), 0.0, {}, d, d <= 0.1)
+
+        layers, n, step = rng.sample(range(12), 3), rng.randint(5, 60), rng.randint(1, 4)
+        seq = {o: greedy_search(evaluate, layers, n, step, d) for o, d in (("deepest layer first", True),
+                                                                           ("shallowest layer first", False))}
+        for width in (1, 2, 3, 8):
+            calls = []
+
+            def many(keeps, calls=calls):
+                calls.append(len(keeps))
+                return [evaluate(k) for k in keeps]
+
+            keeps, paths, counts = greedy_parallel(many, layers, n, step, width)
+            assert keeps == seq and max(calls, default=0) <= max(width, 2)
+            on_path = {tuple(sorted(e.keep.items())) for path in paths.values() for e in path}
+            assert counts["evaluations_run"] - counts["speculative"] == len(on_path)
+        grid = list(range(1, rng.randint(3, 50)))
+        ok = {g: rng.random() < 0.5 for g in grid} | {grid[-1]: True}
+        for max_evals in (2, 3, 100):
+            want = bisect_smallest(grid, len(grid) - 1, ok.get, max_evals)
+            for width in (2, 3, 7):
+                fetched = set()
+
+                def answer(v, fetched=fetched, ok=ok):
+                    assert v in fetched  # every step answered from what the round prefetched
+                    return ok[v]
+
+                got = bisect_smallest(grid, len(grid) - 1, answer, max_evals, prefetch=fetched.update, width=width)
+                assert got == want

@@ -1,5 +1,6 @@
 """`tokexport sweep` on a tiny random DINOv2: 3 keep rates × 2 methods in 2 worker processes produce
-sweep.json, sweep.html and pareto.png whose data are the per-run reports'."""
+sweep.json, sweep.html and pareto.png whose data are the per-run reports'; a failed point is recorded and the rest
+go on, --resume keeps done points, --backend ray without Ray exits 5 (the Ray backend: tests/test_ray_backend.py)."""
 from __future__ import annotations
 
 import base64
@@ -110,3 +111,73 @@ def test_sweep_bad_input(tmp_path, tiny_models):
     out.mkdir()
     assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--out", str(out)),
                           "already exists", "--force")
+
+
+def test_sweep_records_a_failed_point_goes_on_and_resumes(tmp_path, tiny_models):
+    """A recipe whose bundled checkpoint is missing here fails its points (one line naming the model and the
+    fix, exit 2) while the other recipe's points convert; --resume keeps the done points."""
+    over = {"deploy": {"bundle": False}, "bench": {"enabled": True, "batch_sizes": [1], "warmup": 1, "repeats": 2}}
+    good = write(tmp_path, recipe(tiny_models["dinov2"], name="tiny", **over), "tiny.yaml")
+    absent = write(tmp_path, recipe("dinov2-small", name="absent", **over), "absent.yaml")
+    out = tmp_path / "m"
+    env = {"TOKEXPORT_MODELS_DIR": str(tmp_path / "empty-models")}
+    res = run_cli("sweep", str(good), str(absent), "--keep-rates", "0.5", "--out", str(out), env=env)
+    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stdout + res.stderr
+    idx = json.loads((out / "index.json").read_text())
+    assert [(e["dir"], e["points"], e["failed"]) for e in idx["recipes"]] == [("tiny", 1, 0), ("absent", 1, 1)]
+    bad = json.loads((out / "absent" / "sweep.json").read_text())["points"][0]
+    assert bad["status"] == "failed" and bad["exit_code"] == 2 and bad["run_dir"] is None
+    assert "dinov2-small" in bad["error"] and "tokexport models fetch dinov2-small" in bad["error"]
+    assert "shared directory" in bad["error"] and "\n" not in bad["error"]
+    rec = json.loads((out / "absent" / "runs" / "topk-cls-k0.5.json").read_text())
+    assert rec["status"] == "failed" and rec["error"] == bad["error"]
+    assert "failed: topk-cls keep rate 0.5: exit 2:" in res.stdout
+    assert "ratios measured inside one task" in res.stdout
+    done = out / "tiny" / "runs" / "topk-cls-k0.5" / "report.json"
+    stamp = done.stat().st_mtime_ns
+    # without --resume (or --force) the existing output is refused
+    assert_one_line_error(run_cli("sweep", str(good), "--keep-rates", "0.5", "--out", str(out / "tiny")),
+                          "already exists")
+    res = run_cli("sweep", str(good), str(absent), "--keep-rates", "0.5", "--out", str(out), "--resume", env=env)
+    assert res.returncode == 2 and "1 point(s) kept from the earlier run (--resume)" in res.stdout
+    s = json.loads((out / "tiny" / "sweep.json").read_text())
+    assert s["resumed"] == 1 and s["points"][0]["resumed"] and done.stat().st_mtime_ns == stamp
+
+
+def test_sweep_without_ray_exits_5(tmp_path, tiny_models):
+    """--backend ray with the ray module hidden: one line naming the extra, exit 5, nothing written."""
+    import subprocess
+    import sys
+
+    p = write(tmp_path, recipe(tiny_models["dinov2"]))
+    out = tmp_path / "o"
+    for cmd in (["sweep", str(p), "--keep-rates", "0.5"], ["search", str(p), "--max-drop", "0.1"]):
+        code = ("import sys; sys.modules['ray'] = None; from tokexport.cli import main; "
+                f"sys.argv = ['tokexport', *{cmd!r}, '--backend', 'ray', '--out', {str(out)!r}]; main()")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+        assert res.returncode == 5, (res.stdout, res.stderr)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "Ray is not installed" in lines[0] and "tokexport[ray]" in lines[0]
+        assert_nothing_written(out)
+
+
+def test_sweep_backend_options_bad_input(tmp_path, tiny_models):
+    p = write(tmp_path, recipe(tiny_models["dinov2"]))
+    out = tmp_path / "o"
+    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--backend", "spark", "--out", str(out)),
+                          "--backend", "spark")
+    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--backend", "ray", "--jobs", "2",
+                                  "--out", str(out)), "--jobs", "--backend local")
+    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--cpus-per-job", "0", "--out", str(out)),
+                          "--cpus-per-job")
+    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--resume", "--force", "--out", str(out)),
+                          "--resume", "--force")
+    assert_one_line_error(run_cli("sweep", str(p), str(p), "--keep-rates", "0.5", "--out", str(out)),
+                          "distinct file names")
+    assert_nothing_written(out)
+    conv = tmp_path / "conv"
+    conv.mkdir()
+    (conv / ".tokexport-output").write_text('{"tool": "tokexport", "kind": "convert"}')
+    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--resume", "--out", str(conv)),
+                          "not by a sweep")

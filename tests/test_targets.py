@@ -21,6 +21,7 @@ F, I64 = TensorProto.FLOAT, TensorProto.INT64
 def test_jetpack_table():
     want = {"jetpack-5.1": ("8.5.2", 16), "jetpack-6.0": ("8.6.2", 17), "jetpack-6.1": ("10.3", 17),
             "tensorrt-8.5": ("8.5.2", 16), "tensorrt-8.6": ("8.6.2", 17), "tensorrt-10": ("10.3", 17),
+            "tensorrt-10.16": ("10.16.1", 17), "tensorrt-11": ("11.5", 17), "jetpack-7.0": ("10.13", 17),
             "onnxruntime": (None, 17)}
     assert set(targets.TARGET_NAMES) == set(want)
     for name, (trt, opset) in want.items():

@@ -115,6 +115,11 @@ def test_driver_runs_visual_tokens(runs, case):
     for name in GATED:
         assert m[name]["better"] == "higher" and m[name]["delta"] == pytest.approx(m[name]["reduced"] - m[name]["original"])
     assert m["feature_cosine"]["passed"] is True and m["attn_pooled_cosine"]["passed"] is None
+    # honest baselines at the same K on the same crops (tokexport.vlm.baselines), every layout and model
+    b = rep["baselines"]
+    assert b["budget"]["visual_tokens_kept"] == red["params"]["k"] <= k
+    assert len(b["baselines"]["random"]["seeds"]) >= 5 and "uniform" in b["baselines"]
+    assert set(b["margins"]) == set(GATED) and b["data"]["samples"] == rep["accuracy"]["samples"]
     # bench: the generic side-by-side, plus the selection overhead of each batch and the note
     for b, row in rep["bench"]["batches"].items():
         assert row["selection_overhead"] == pytest.approx(row["reduced_ms"] / row["baseline_ms"] - 1.0)
@@ -158,6 +163,8 @@ def test_console_lines(runs, recipes):
      ["attention_mass", "cannot gate"]),
     ({"verify.accuracy.metrics": {"top1_agreement": {"min": 0.5}}}, ["top1_agreement", "not measured"]),
     ({"verify.generation": {"prompts": ["hi"]}}, ["verify.generation", "LLaVA"]),
+    ({"verify.vs_baselines": {"metrics": ["attention_mass"]}}, ["verify.vs_baselines.metrics", "attention_mass",
+                                                                "feature_cosine"]),
     ({"vision.grid": [2, 3]}, ["square grids"]),
     ({"reduction": {"method": "fopru-rank", "keep": 400}}, ["keep", "exceeds"]),
     ({"reduction": {"method": "fopru-rank", "keep": 4, "select_layer": 3}}, ["deeper than the feature layer"]),

@@ -449,3 +449,12 @@ def test_export_hired_llava_next_size(tmp_path):
     np.testing.assert_array_equal(got, want.numpy())
     counts = per_view(want, lay)
     assert (counts.sum(dim=1) == 576).all() and (counts[:, 0] == 288).all()
+
+
+def test_fopru_default_significance_is_the_measured_one():
+    """FoPru's default `source` is the one chosen by measurement (README, visual tokens: FoPru
+    significance, scripts/bench_fopru_significance.py); HiRED keeps the paper's CLS attention."""
+    from tokexport.vlm.select import FoPruRankConfig, FoPruRowConfig, HiREDConfig
+
+    assert FoPruRankConfig(keep=4).source == FoPruRowConfig(keep=4).source == "received"
+    assert HiREDConfig(keep=4).source == "cls"

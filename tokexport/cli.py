@@ -73,17 +73,26 @@ def convert(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: out/<recipe name>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory that tokexport wrote "
                                                       "(it holds .tokexport-output); anything else is refused."),
+    provider: Optional[str] = typer.Option(None, "--provider", metavar="cpu|cuda|tensorrt",
+                                           help="ONNX Runtime execution provider for bench and parity (overrides the "
+                                                "recipe's bench.provider; options stay in bench.provider_options). "
+                                                "One the installed onnxruntime cannot start: exit 5, before loading."),
 ) -> None:
     """Reduce, export (model.onnx + baseline.onnx), verify parity and accuracy, benchmark, report."""
     try:
         path = ui.resolve_recipe(recipe)  # before the heavy imports: a missing recipe fails at once
         ui.logger.debug("recipe: %s", path)
+        if provider is not None:
+            from .stages.runners import provider_list
+
+            provider_list(provider)  # an unknown name: exit 2 at once
         t0 = time.perf_counter()
         from .pipeline import convert as run
 
         ui.logger.debug("pipeline modules (torch, transformers, onnx) imported in %.1f s", time.perf_counter() - t0)
         with ui.progress_stages() as stages:
-            result = run(path, out, force, stages)
+            result = run(path, out, force, stages) if provider is None else _convert_on(provider, path, out, force,
+                                                                                         stages)
     except TokexportError as e:
         ui.fail(e)
     from .report import console_summary
@@ -92,6 +101,18 @@ def convert(
     files = ["model.onnx", "baseline.onnx", "report.json", "report.md"] + (["deploy/"] if result.report.get("deploy") else [])
     ui.result(f"wrote {result.out_dir}/: {', '.join(files)}{result.extra_outputs}")
     raise typer.Exit(result.exit_code)
+
+
+def _convert_on(provider: str, path: Path, out: Optional[Path], force: bool, stages):
+    """`convert --provider P`: the recipe with bench.provider = P, run as `tokexport.pipeline.convert` runs it."""
+    from .pipeline import run
+    from .recipe import load_recipe
+
+    recipe = load_recipe(path)
+    bench = recipe.bench.model_copy(update={"provider": provider.strip().lower()})
+    recipe = recipe.model_copy(update={"bench": bench})
+    out_dir = Path(out) if out is not None else Path("out") / path.stem
+    return run(recipe, path.resolve().parent, out_dir, force, stages, label=str(path), protect=(path,))
 
 
 @models_app.command("list")

@@ -80,12 +80,94 @@ def _finite_in(v: float, flag: str, text: str, lo: float, hi: float, lo_open: bo
 SEARCH_METRICS = ("feature_cosine", "instance_top1", "top1_agreement")
 
 
+def write_merged(report: Path, device: Path, out: Path, force: bool, allow_kind_change: bool = False) -> dict:
+    """`tokexport report merge`: REPORT with DEVICE's results under ``device_results``, validated against the
+    report contract, written to OUT (a temporary sibling renamed into place). OUT may not be either input, a
+    directory, or an existing file without ``force``; with ``force`` only a tokexport report is replaced.
+    Nothing is written on any error."""
+    import json
+    import os
+    import tempfile
+
+    from .check import load_device_results, load_report, merged_report
+    from .errors import ContractError, InputError
+    from .report import write_json
+    from .stages.report_schema import validate_report
+
+    rep = load_report(report, "report")
+    dev = load_device_results(device)
+    for src, what in ((report, "REPORT"), (device, "DEVICE_RESULTS")):
+        if out.exists() and src.exists() and os.path.samefile(out, src):
+            raise InputError(f"--out {out}: is the {what} file itself; write the merged report to a new file")
+    if out.is_dir():
+        raise InputError(f"--out {out}: a directory; name the merged .json file to write")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: its folder {out.parent} does not exist; create it first")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise InputError(f"--out {out}: already exists; pass --force to replace it")
+        try:
+            old = json.loads(out.read_text(encoding="utf-8")) if out.is_file() and not out.is_symlink() else None
+        except (OSError, ValueError):
+            old = None
+        if not (isinstance(old, dict) and "schema_version" in old):
+            raise InputError(f"--out {out}: exists and is not a tokexport report; refusing to replace it even with "
+                             "--force (choose another file)")
+    merged = merged_report(rep, dev, allow_kind_change, (str(report), str(device)))
+    problems = validate_report(merged)
+    if problems:
+        raise ContractError(f"the merged report breaks the report contract: {'; '.join(problems[:5])}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        write_json(merged, Path(tmp))
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return merged
+
+
+def _register_report_merge(app: typer.Typer) -> None:
+    """`tokexport report merge` joins the `report` group (schema, validate) defined in tokexport.cli."""
+    group = next((g.typer_instance for g in app.registered_groups if g.name == "report"), None)
+    if group is None:
+        return
+
+    @group.command("merge")
+    def report_merge(
+        report: Annotated[Path, typer.Argument(help="report.json written by `tokexport convert`.")],
+        device: Annotated[Path, typer.Argument(help="device_results.json written by the bundle's verify_on_device.py.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Merged report to write (a new file).")],
+        force: Annotated[bool, typer.Option("--force", help="Replace an existing merged report (a tokexport report "
+                                                             "only).")] = False,
+        allow_kind_change: Annotated[bool, typer.Option(
+            "--allow-kind-change", help="Merge although the bundled graphs are not the report's (exit 7 otherwise).")
+        ] = False,
+    ) -> None:
+        """Add what the device measured (device_results.json) to a convert report, as `device_results`; the result
+        conforms to the report contract. Exit 7 for an unreadable file or graphs of another conversion."""
+        from .cli_ui import fail, result
+        from .errors import TokexportError
+
+        try:
+            merged = write_merged(report, device, out, force, allow_kind_change)
+        except TokexportError as e:
+            fail(e)
+        d = merged["device_results"]
+        rt = d.get("runtime") or {}
+        result(f"wrote {out}: {report} + device results ({rt.get('name', 'no runtime')}"
+               + (f" {rt['provider']}" if rt.get("provider") else "") + f", {'PASS' if d['passed'] else 'FAIL'})")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    _register_report_merge(app)
 
     @app.command()
     def check(
-        report: Annotated[Path, typer.Argument(help="report.json to gate (written by `tokexport convert`).")],
+        report: Annotated[Path, typer.Argument(help="report.json to gate (written by `tokexport convert`), or the "
+                                                    "device_results.json a bundle's verify_on_device.py wrote.")],
         baseline: Annotated[Path, typer.Option("--baseline", "-b", help="Baseline report.json to compare against.")],
         tolerances: Annotated[Path | None,
             typer.Option("--tolerances", "-t", help="Tolerance YAML (docs/ci.md).")] = None,
@@ -104,7 +186,9 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
     ) -> None:
         """Compare REPORT with a baseline report, figure by figure; exit 6 on regression or a missing figure, 7 on
-        an unreadable report (non-finite or mistyped figures, another kind or model, nothing comparable)."""
+        an unreadable report (non-finite or mistyped figures, another kind or model, nothing comparable). Given a
+        device_results.json, gate what the device measured (sha256, every output within the bundle's tolerances)
+        against the baseline report it was bundled from."""
         import json
         import sys
 
@@ -155,7 +239,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def sweep(
-        recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (its prune layers and settings are kept).")],
+        recipes: Annotated[list[Path], typer.Argument(
+            metavar="RECIPE", help="Recipe YAML file(s); several make a matrix sweep (each takes the axis its task supports).")],
         keep_rates: Annotated[str | None, typer.Option(
             "--keep-rates", "-k",
             help="ViT and visual-token recipes: comma-separated keep rates, e.g. 0.9,0.7,0.5,0.3.")] = None,
@@ -166,16 +251,28 @@ def register(app: typer.Typer) -> None:
             "--methods", "-m", help="Methods, comma-separated (default: the recipe's): zero-tprune,topk-cls,random.")
         ] = None,
         jobs: Annotated[str, typer.Option("--jobs", "-j", metavar="N",
-                                          help="Conversions run in parallel processes (1 to cores × 4).")] = "1",
+                                          help="Local backend: conversions run in parallel processes (1 to cores × 4).")
+                        ] = "1",
+        backend: Annotated[str, typer.Option("--backend", help="local (this machine) or ray (one Ray task per "
+                                                               "conversion; needs the ray extra, docs/ray.md).")
+                           ] = "local",
+        address: Annotated[str | None, typer.Option(
+            "--address", help="Ray cluster address (default: RAY_ADDRESS, else a Ray instance started here).")] = None,
+        cpus_per_job: Annotated[str | None, typer.Option(
+            "--cpus-per-job", metavar="N", help="CPUs reserved per conversion, also its torch and bench threads "
+                                               "(default: 1 on Ray, cores ÷ jobs locally).")] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue a sweep into the same --out: points already "
+                                                              "complete (same recipe) are kept, the rest run.")] = False,
         metric: Annotated[str | None, typer.Option(
             "--metric", help="Accuracy metric plotted (default: instance_top1; vocab: heldout_embedding_cosine for "
                              "encoders, next_token_top1_agreement for decoders).")] = None,
         out: Annotated[Path | None,
-            typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-sweep).")] = None,
+            typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-sweep; several recipes: "
+                                             "out/sweep-matrix).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
     ) -> None:
         """Convert at every keep rate (× method), or every vocabulary size; write sweep.json, sweep.html and
-        pareto.png."""
+        pareto.png (several recipes: one folder each plus index.html)."""
         from rich.table import Table
 
         from .cli_ui import fail, err_console, out_console
@@ -188,6 +285,7 @@ def register(app: typer.Typer) -> None:
                      if keep_rates is not None else None)
             sizes = parse_vocab_sizes(vocab_sizes) if vocab_sizes is not None else None
             n_jobs = _jobs(jobs)
+            n_cpus = _positive_int(cpus_per_job, "--cpus-per-job", 1) if cpus_per_job is not None else None
             if metric is not None:
                 _metric(metric, ALL_METRICS, "a sweep")
             names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
@@ -198,27 +296,44 @@ def register(app: typer.Typer) -> None:
                     done.append(point.label)
                     status.update(f"sweeping: {len(done)} done (last {point.label}, exit {code})")
 
-                summary, out_dir = run_sweep(recipe, rates, names, out, n_jobs, force, metric, on_done, sizes)
+                summary, out_dir = run_sweep(list(recipes), rates, names, out, n_jobs, force, metric, on_done, sizes,
+                                             backend=backend, address=address, cpus_per_job=n_cpus, resume=resume)
         except TokexportError as e:
             fail(e)
-        x, kind = summary["x"], summary["task_kind"]
-        if kind == "vocab-trim":
-            t = Table("target vocab", "vocab kept", "params kept", x["label"], "speed-up", f"{summary['metric']}",
-                      "drop", "report", "Pareto", show_edge=False)
-            for p in summary["points"]:
-                t.add_row(f"{p['target_vocab_size']:,}", f"{p['vocab_size_trimmed']:,}", f"{p['params_ratio']:.3f}×",
-                          f"{p[x['key']]:.3f}×", _fmt(p["speedup"]), f"{p['metric']:.4f}", f"{p['metric_drop']:+.4f}",
-                          _fmt(p["passed"]), "★" if p["pareto"] else "")
+        for s in summary.get("sweeps") or [summary]:
+            x, kind = s["x"], s["task_kind"]
+            done_pts = [p for p in s["points"] if p["status"] == "done"]
+            if kind == "vocab-trim":
+                t = Table("target vocab", "vocab kept", "params kept", x["label"], "speed-up", f"{s['metric']}",
+                          "drop", "report", "Pareto", show_edge=False, title=s["recipe_path"] if "sweeps" in summary
+                          else None)
+                for p in done_pts:
+                    t.add_row(f"{p['target_vocab_size']:,}", f"{p['vocab_size_trimmed']:,}", f"{p['params_ratio']:.3f}×",
+                              f"{p[x['key']]:.3f}×", _fmt(p["speedup"]), f"{p['metric']:.4f}", f"{p['metric_drop']:+.4f}",
+                              _fmt(p["passed"]), "★" if p["pareto"] else "")
+            else:
+                extra = "FLOPs ratio" if kind != "visual-tokens" else "tower speed-up"
+                t = Table("method", "keep rate", "tokens", x["label"], extra, f"{s['metric']}", "drop", "report",
+                          "Pareto", show_edge=False, title=s["recipe_path"] if "sweeps" in summary else None)
+                for p in done_pts:
+                    t.add_row(p["method"], f"{p['keep_rate']:g}", "→".join(map(str, p["tokens"])), f"{p[x['key']]:.3f}×",
+                              _fmt(p["flops_ratio"] if kind != "visual-tokens" else p["speedup"]), f"{p['metric']:.4f}",
+                              f"{p['metric_drop']:+.4f}", _fmt(p["passed"]), "★" if p["pareto"] else "")
+            out_console.print(t)
+            vkey = s["varied"]["key"]
+            for p in s["points"]:
+                if p["status"] != "done":
+                    out_console.print(f"failed: {p['method']} {s['varied']['label']} {p[vkey]:g}: exit {p['exit_code']}: "
+                                      f"{p['error']}", highlight=False, soft_wrap=True)
+            if s["resumed"]:
+                out_console.print(f"{s['resumed']} point(s) kept from the earlier run (--resume)", highlight=False)
+        if "sweeps" in summary:
+            out_console.print(f"wrote {out_dir}/index.html, index.json and, per recipe, "
+                              + ", ".join(f"{e['dir']}/" for e in summary["recipes"])
+                              + " (sweep.json, sweep.html, pareto.png, runs/)", highlight=False)
         else:
-            extra = "FLOPs ratio" if kind != "visual-tokens" else "tower speed-up"
-            t = Table("method", "keep rate", "tokens", x["label"], extra, f"{summary['metric']}", "drop", "report",
-                      "Pareto", show_edge=False)
-            for p in summary["points"]:
-                t.add_row(p["method"], f"{p['keep_rate']:g}", "→".join(map(str, p["tokens"])), f"{p[x['key']]:.3f}×",
-                          _fmt(p["flops_ratio"] if kind != "visual-tokens" else p["speedup"]), f"{p['metric']:.4f}",
-                          f"{p['metric_drop']:+.4f}", _fmt(p["passed"]), "★" if p["pareto"] else "")
-        out_console.print(t)
-        out_console.print(f"wrote {out_dir}/sweep.json, sweep.html, pareto.png, runs/", highlight=False)
+            out_console.print(f"wrote {out_dir}/sweep.json, sweep.html, pareto.png, runs/", highlight=False)
+        out_console.print(f"note: {summary.get('timing', '')}".rstrip(), highlight=False)
         raise typer.Exit(exit_code(summary))
 
     @app.command()
@@ -239,6 +354,14 @@ def register(app: typer.Typer) -> None:
                                              "recipe's own value included (default 12).")] = None,
         reference: Annotated[bool, typer.Option("--reference/--no-reference",
                                        help="Also run the pipeline on the recipe's own schedule.")] = True,
+        backend: Annotated[str, typer.Option("--backend", help="local, or ray: each round's candidates evaluated in "
+                                                               "parallel, each conversion a Ray task (same pick).")
+                           ] = "local",
+        address: Annotated[str | None, typer.Option(
+            "--address", help="Ray cluster address (default: RAY_ADDRESS, else a Ray instance started here).")] = None,
+        cpus_per_job: Annotated[str | None, typer.Option(
+            "--cpus-per-job", metavar="N", help="Ray: CPUs reserved per conversion or evaluator, also its torch and "
+                                               "bench threads (default 1).")] = None,
         out: Annotated[Path | None,
             typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-search).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
@@ -265,6 +388,7 @@ def register(app: typer.Typer) -> None:
                 _metric(metric, ALL_METRICS, "the search")
             n_step = _positive_int(step, "--step", 1) if step is not None else None
             n_evals = _positive_int(max_evals, "--max-evals", 2, 1000) if max_evals is not None else None
+            n_cpus = _positive_int(cpus_per_job, "--cpus-per-job", 1) if cpus_per_job is not None else None
             try:
                 blocks = [int(x) for x in layers.split(",")] if layers else None
             except ValueError:
@@ -272,7 +396,8 @@ def register(app: typer.Typer) -> None:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                           console=err_console, transient=True) as progress:
                 summary, out_dir = run_search(recipe, budget, metric, out, blocks, n_step, reference, force,
-                                              RichStages(progress), n_evals)
+                                              RichStages(progress), n_evals, backend=backend, address=address,
+                                              cpus_per_job=n_cpus)
         except TokexportError as e:
             fail(e)
         metric = summary["metric"]

@@ -5,7 +5,16 @@ Sources, all read straight from installed packages (nothing is downloaded):
 * scikit-image's bundled ``skimage/data/`` directory (always available; see
   :data:`SKIMAGE_NATURAL_FILES` for which files count as natural photographs);
 * scikit-learn's ``datasets/images/*.jpg`` (china, flower), only if scikit-learn is installed;
-* matplotlib's ``mpl-data/sample_data/grace_hopper.jpg``, only if matplotlib is installed.
+* matplotlib's ``mpl-data/sample_data/grace_hopper.jpg`` (a photograph of Grace Hopper). matplotlib is a
+  required dependency of tokexport, so ``include_dependencies=True`` adds it without making the set
+  depend on the environment; otherwise it is an optional source like scikit-learn's.
+
+Looked at and left out (not photographs, or not shipped): matplotlib's other sample data
+(``Minduka_Present_Blue_Pack.png`` is a rendered icon, ``logo2.png`` a logo, ``s1045.ima.gz`` an MRI
+slice, ``*.npz``/``*.dat`` arrays), imageio (its standard images are downloaded on first use, nothing is
+shipped), Pillow (its test images are not in the wheel), SciPy (``scipy.datasets`` downloads through
+pooch; ``scipy.misc.face`` is gone). scikit-image's other files are listed in
+:data:`SKIMAGE_EXCLUDED_FILES` with the reason.
 
 The optional packages are located with :func:`importlib.util.find_spec`, which finds a package
 without importing it.
@@ -70,6 +79,11 @@ SKIMAGE_EXCLUDED_FILES: dict[str, str] = {
     "lbpcascade_frontalface_opencv.xml": "classifier cascade, not an image",
 }
 
+# Photographs shipped by tokexport's other required dependencies (``include_dependencies=True``).
+_DEPENDENCY_SOURCES: tuple[tuple[str, str, str], ...] = (
+    ("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg"),
+)
+
 # Optional extra sources: (package, path relative to the package directory, glob pattern).
 _OPTIONAL_SOURCES: tuple[tuple[str, str, str], ...] = (
     ("sklearn", "datasets/images", "*.jpg"),
@@ -106,14 +120,15 @@ def skimage_data_dir() -> Path:
     return Path(os.path.dirname(skimage.__file__)) / "data"
 
 
-def natural_images(include_optional: bool = True) -> list[tuple[str, Image.Image]]:
+def natural_images(include_optional: bool = True, include_dependencies: bool = False) -> list[tuple[str, Image.Image]]:
     """Natural photographs from installed packages, as ``(name, RGB image)``, sorted by name.
 
     Names are ``"skimage/<stem>"``, ``"sklearn/<stem>"`` and ``"matplotlib/<stem>"``, so they are
     unique. Files named in :data:`SKIMAGE_NATURAL_FILES` but absent from the installed
     scikit-image version are skipped; the optional sources are used only when their package is
     installed (``include_optional=False`` leaves them out for a result that does not depend on
-    the environment).
+    the environment); ``include_dependencies=True`` adds the photographs of tokexport's other required
+    dependencies (:data:`_DEPENDENCY_SOURCES`: matplotlib's grace_hopper), which every install has.
     """
     found: dict[str, Path] = {}
     data_dir = skimage_data_dir()
@@ -121,10 +136,16 @@ def natural_images(include_optional: bool = True) -> list[tuple[str, Image.Image
         p = data_dir / fname
         if p.is_file():
             found[f"skimage/{p.stem}"] = p
-    if include_optional:
-        for pkg, rel, pattern in _OPTIONAL_SOURCES:
+    sources = (_DEPENDENCY_SOURCES if include_dependencies else ()) + (_OPTIONAL_SOURCES if include_optional else ())
+    if sources:
+        for pkg, rel, pattern in sources:
             root = _package_dir(pkg)
             if root is None:
+                if (pkg, rel, pattern) in _DEPENDENCY_SOURCES:  # a required dependency: the set must not shrink
+                    from .errors import EnvironmentProblem
+
+                    raise EnvironmentProblem(f"{pkg} is not installed but tokexport needs it (its sample "
+                                             f"photograph {pattern} is part of the evaluation set): pip install {pkg}")
                 continue
             for p in sorted((root / rel).glob(pattern)):
                 if p.is_file():
@@ -268,15 +289,28 @@ def _check_count(field: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+EVAL_STREAM = 0  # the verdict's crops (tokexport convert)
+PROTOTYPE_STREAM = 1  # class prototypes (original model)
+SEARCH_STREAM = 2  # the crops `tokexport search` chooses on (disjoint from the verdict's)
+
+
 def instance_recognition_set(images: Sequence[tuple[str, Image.Image]], preprocess: Preprocess,
                              samples_per_class: int = 8, prototypes_per_class: int = 4,
-                             scale=(0.3, 0.7), seed: int = 0) -> InstanceSet:
+                             scale=(0.3, 0.7), seed: int = 0, eval_stream: int = EVAL_STREAM) -> InstanceSet:
     """Random resized crops (with flips) of each image; class index = position in ``images``.
 
-    Eval crops come from ``np.random.default_rng([seed, 0])`` and prototype crops from
-    ``np.random.default_rng([seed, 1])``: two independent streams, so the sets do not share crops
+    Eval crops come from ``np.random.default_rng([seed, eval_stream])`` and prototype crops from
+    ``np.random.default_rng([seed, 1])``: independent streams, so the sets do not share crops
     and changing ``prototypes_per_class`` does not change the eval crops. Deterministic per seed.
+
+    Splits: ``eval_stream`` :data:`EVAL_STREAM` (0) is the verdict's split (``tokexport convert``);
+    :data:`SEARCH_STREAM` (2) is the split ``tokexport search`` chooses schedules on, so the winner is
+    judged on crops nothing was chosen with. Stream 1 is reserved for the prototypes.
     """
+    if eval_stream == PROTOTYPE_STREAM or isinstance(eval_stream, bool) or not isinstance(eval_stream, int) \
+            or eval_stream < 0:
+        raise InputError(f"eval_stream={eval_stream!r}: expected an integer >= 0 other than {PROTOTYPE_STREAM} "
+                         "(the prototypes' stream)")
     images = list(images)
     if not images:
         raise InputError("images: empty list; pass at least one (name, PIL image) pair, e.g. natural_images()")
@@ -288,8 +322,8 @@ def instance_recognition_set(images: Sequence[tuple[str, Image.Image]], preproce
     prototypes_per_class = _check_count("prototypes_per_class", prototypes_per_class)
     seed = _check_count("seed", seed, minimum=0)
     scale = _check_pair("scale", scale, upper=1.0)
-    rng_eval = np.random.default_rng([seed, 0])
-    rng_proto = np.random.default_rng([seed, 1])
+    rng_eval = np.random.default_rng([seed, eval_stream])
+    rng_proto = np.random.default_rng([seed, PROTOTYPE_STREAM])
 
     def draw(rng: np.random.Generator, per_class: int) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []

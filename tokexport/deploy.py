@@ -146,8 +146,11 @@ def format_row(row):
 
 def trtexec_command(onnx_name: str, engine_name: str, input_shapes: Mapping[str, Sequence[int | str]],
                     fp16: bool = True, batch: tuple[int, int, int] = (1, 1, 1), timing_cache: str | None = None,
-                    trtexec: str = "trtexec") -> str:
+                    trtexec: str = "trtexec", strongly_typed: bool = False) -> str:
     """One shell line building ``engine_name`` from ``onnx_name`` with trtexec.
+
+    ``strongly_typed``: ``--stronglyTyped`` and never ``--fp16`` (TensorRT 11 removed every precision flag:
+    the engine takes the graph's precision; on 10.x it is how an fp16 graph builds as written).
 
     A symbolic axis 0 (batch) gets --minShapes/--optShapes/--maxShapes from ``batch`` = (min, opt, max);
     a symbolic non-batch dim is an InputError (token counts are static). ``trtexec`` is written
@@ -177,9 +180,92 @@ def trtexec_command(onnx_name: str, engine_name: str, input_shapes: Mapping[str,
                 r.append(f"{name}:" + "x".join(str(int(d)) for d in shape))
     if dynamic:
         parts += [shlex.quote(f"--{k}Shapes=" + ",".join(r)) for k, r in zip(("min", "opt", "max"), ranges)]
-    if fp16:
+    if strongly_typed:
+        parts.append("--stronglyTyped")
+    elif fp16:
         parts.append("--fp16")
     return " ".join(parts)
+
+
+def graph_precision(path: str | os.PathLike) -> str:
+    """"fp16" when the graph computes in float16 anywhere (a float16 weight, or a Cast to float16: what
+    `export.precision: fp16` writes, with LayerNorm/Softmax kept in float32), else "fp32". External data
+    is not read."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    half = onnx.TensorProto.FLOAT16
+    if any(t.data_type == half for t in model.graph.initializer):
+        return "fp16"
+    for node in model.graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == half for a in node.attribute):
+            return "fp16"
+    return "fp32"
+
+
+def strongly_typed_build(tgt: Target, precision: str) -> bool:
+    """Build strongly typed (precision from the graph, no --fp16): always on TensorRT >= 11, and for an
+    fp16 graph on TensorRT 10 (weak typing is deprecated there since 10.12)."""
+    major = int(str(tgt.tensorrt or "0").split(".")[0] or 0)
+    return bool(tgt.strongly_typed or major >= 11 or (precision == "fp16" and major >= 10))
+
+
+def _trt_major() -> int:
+    import tensorrt as trt
+
+    return int(trt.__version__.split(".")[0])
+
+
+# --------------------------------------------------------------------------------------------
+# trtexec logs (copied into verify_on_device.py: standard library only)
+# --------------------------------------------------------------------------------------------
+
+
+def parse_trtexec_log(text):
+    """trtexec's "Performance summary" of a log, as numbers; None when the log holds none.
+
+    Reads the lines trtexec prints after "=== Performance summary ===" (the "[date] [I] " prefix of
+    each line is optional): "Throughput: X qps", "Latency: min = a ms, max = b ms, mean = c ms,
+    median = d ms, percentile(90%) = e ms, ...", the same for "GPU Compute Time" (and "Enqueue
+    Time", "H2D Latency", "D2H Latency"), and the TensorRT version from the "&&&& PASSED
+    TensorRT.trtexec [TensorRT v100300]" line or "TensorRT version: 10.3.0".
+    """
+    import re
+
+    marker = text.rfind("Performance summary")
+    if marker < 0:
+        return None
+    body = text[marker:]
+    out = {"throughput_qps": None}
+    m = re.search(r"Throughput:\s*([0-9.eE+-]+)\s*qps", body)
+    if m:
+        out["throughput_qps"] = float(m.group(1))
+    keys = {"Latency": "latency_ms", "GPU Compute Time": "gpu_compute_ms", "Enqueue Time": "enqueue_ms",
+            "H2D Latency": "h2d_ms", "D2H Latency": "d2h_ms"}
+    for line in body.splitlines():
+        line = re.sub(r"^(\[[^\]]*\]\s*)+", "", line.strip())
+        head, sep, rest = line.partition(":")
+        if not sep or head.strip() not in keys:
+            continue
+        stats = {}
+        for k, v in re.findall(r"(min|max|mean|median|percentile\((?:[0-9.]+)%\))\s*=\s*([0-9.eE+-]+)\s*ms", rest):
+            pm = re.match(r"percentile\(([0-9.]+)%\)", k)
+            stats[("p%g" % float(pm.group(1))) if pm else k] = float(v)
+        if stats:
+            out[keys[head.strip()]] = stats
+    version = re.search(r"TensorRT\.trtexec \[TensorRT v(\d+)\]", text)
+    if version:
+        v = version.group(1)  # 8.x: major*1000 + minor*100 + patch; 10.x on: major*10000 + minor*100 + patch
+        cut = 3 if len(v) <= 4 else 4
+        out["tensorrt_version"] = "%d.%d.%d" % (int(v[:-cut] or 0), int(v[-cut:-2]), int(v[-2:]))
+    else:
+        version = re.search(r"TensorRT version:\s*([0-9][0-9.]*)", text)
+        if version:
+            out["tensorrt_version"] = version.group(1)
+    lat = out.get("latency_ms") or {}
+    if out["throughput_qps"] is None and not lat:
+        return None
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,10 +362,31 @@ def importable(name):
     return importlib.util.find_spec(name) is not None
 
 
-def run_onnxruntime(entry, feed):
+ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def ort_providers(choice):
+    """ONNX Runtime providers for --provider (auto: CUDA when this onnxruntime offers it, else the CPU)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(bundle_file(entry["onnx"], "graph")), providers=["CPUExecutionProvider"])
+    available = ort.get_available_providers()
+    if choice == "auto":
+        choice = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    order = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[choice]
+    missing = [ORT_PROVIDERS[p] for p in order if ORT_PROVIDERS[p] not in available]
+    if missing:
+        raise RuntimeError("--provider %s needs %s, which this onnxruntime does not offer (it has: %s)"
+                           % (choice, missing[0], ", ".join(available)))
+    return [ORT_PROVIDERS[p] for p in order]
+
+
+def run_onnxruntime(entry, feed, providers, used):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(bundle_file(entry["onnx"], "graph")), providers=providers)
+    used[:] = sess.get_providers()
+    if used[0] != providers[0]:  # onnxruntime fell back with a warning only: say so, and record it
+        print("note: asked for %s, onnxruntime runs on %s" % (providers[0], used[0]))
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})))
 
@@ -298,28 +405,94 @@ def run_tensorrt(entry, feed, manifest):
                 rest = list(feed[i["name"]].shape[1:])
                 b = feed[i["name"]].shape[0]
                 profile.add(i["name"], [1] + rest, [b] + rest, [max(b, manifest["max_batch"])] + rest)
-        config = CreateConfig(fp16=manifest["fp16"], profiles=[profile] if len(profile) else None)
-        loader = EngineFromNetwork(NetworkFromOnnxPath(str(bundle_file(entry["onnx"], "graph"))), config=config)
+        import tensorrt as trt
+
+        # TensorRT >= 11 builds strongly typed only (no fp16 flag): the engine takes the graph's precision
+        strong = bool(entry.get("strongly_typed")) or int(trt.__version__.split(".")[0]) >= 11
+        config = CreateConfig(fp16=bool(manifest["fp16"]) and not strong, profiles=[profile] if len(profile) else None)
+        network = NetworkFromOnnxPath(str(bundle_file(entry["onnx"], "graph")), strongly_typed=True if strong else None)
+        loader = EngineFromNetwork(network, config=config)
     with TrtRunner(loader) as runner:
         return {k: np.array(v) for k, v in runner.infer({n: feed[n] for n in feed}).items()}
 
 
+def versions(runtime):
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("onnxruntime", "tensorrt", "polygraphy"):
+        if importable(mod):
+            try:
+                out[mod] = __import__(mod).__version__
+            except Exception as exc:  # noqa: BLE001 - a broken install: record why
+                out[mod] = "unimportable (%s)" % one_line(exc)
+    return out
+
+
+def finite(value):
+    """JSON-safe copy: NaN/inf become null (device_results.json is strict JSON)."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_results(path, results):
+    """device_results.json, written whole (a temporary file renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(finite(results), indent=2, allow_nan=False) + "\\n")
+    os.replace(tmp, path)
+    print("wrote %s" % path)
+
+
+def trtexec_summaries(manifest):
+    """The Performance summary of each build_<name>.log that build_engine.sh left here."""
+    out = {}
+    for name in manifest["models"]:
+        log = HERE / ("build_%s.log" % name)
+        if log.is_file():
+            summary = parse_trtexec_log(log.read_text(errors="replace"))
+            if summary is not None:
+                out[name] = dict(summary, log=log.name)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Check this bundle's files and compare the runtime's outputs with "
-                                             "the expected ones. Exit 0 PASS, 1 FAIL, 2 damaged bundle, 5 no runtime.")
+                                             "the expected ones; write device_results.json. Exit 0 PASS, 1 FAIL, "
+                                             "2 damaged bundle, 5 no runtime.")
     ap.add_argument("--runtime", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
                     help="auto: TensorRT when `tensorrt` and `polygraphy` import, else ONNX Runtime")
+    ap.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"], default="auto",
+                    help="ONNX Runtime execution provider (auto: CUDA when offered, else CPU)")
+    ap.add_argument("--results", default="device_results.json",
+                    help="where the results go (default: device_results.json in this bundle); "
+                         "bring it back: tokexport check device_results.json --baseline report.json")
     args = ap.parse_args(argv)
     try:
         manifest = read_manifest()
     except BundleError as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2
+    results_path = Path(args.results)
+    results_path = results_path if results_path.is_absolute() else HERE / results_path
+    results = {"format": "tokexport-device-results", "format_version": 1, "created_unix": int(time.time()),
+               "bundle": {"tokexport_version": manifest.get("tokexport_version"), "target": manifest["target"],
+                          "manifest_sha256": sha256(HERE / "manifest.json"),
+                          "models": {n: {"onnx": e["onnx"], "source_sha256": e.get("source_sha256"),
+                                         "precision": e.get("precision"), "strongly_typed": e.get("strongly_typed")}
+                                     for n, e in manifest["models"].items()}},
+               "machine": {"platform": platform.platform(), "machine": platform.machine()},
+               "tolerances": manifest["tolerances"], "runtime": None, "models": {}, "trtexec": {}, "passed": False}
     bad = damaged_files(manifest)
+    results["sha256"] = {"files": len(manifest["files"]), "passed": not bad, "problems": bad}
+    results["trtexec"] = trtexec_summaries(manifest)
     for line in bad:
         print(f"FAIL sha256 {line}")
     if bad:
         print("FAIL: the bundle is damaged or was modified; copy it again (compare with the .tar.gz)")
+        write_results(results_path, results)
         return 2
     print(f"sha256: {len(manifest['files'])} files match manifest.json")
     runtime = args.runtime
@@ -328,29 +501,50 @@ def main(argv=None):
         runtime = "tensorrt" if has_trt else "onnxruntime"
         if importable("tensorrt") and not has_trt:
             print("note: tensorrt imports but polygraphy does not (pip install polygraphy); using ONNX Runtime")
+    problem = None
     if runtime == "tensorrt" and not has_trt:
-        print("FAIL: --runtime tensorrt needs the tensorrt and polygraphy Python packages")
-        return 5
+        problem = "--runtime tensorrt needs the tensorrt and polygraphy Python packages"
     if runtime == "onnxruntime" and not importable("onnxruntime"):
-        print("FAIL: neither TensorRT (tensorrt + polygraphy) nor onnxruntime is importable here")
+        problem = "neither TensorRT (tensorrt + polygraphy) nor onnxruntime is importable here"
+    providers = None
+    if problem is None and runtime == "onnxruntime":
+        try:
+            providers = ort_providers(args.provider)
+        except RuntimeError as exc:
+            problem = str(exc)
+    if problem is not None:
+        print("FAIL: %s" % problem)
+        results["problem"] = problem
+        write_results(results_path, results)
         return 5
+    used = []
+    results["runtime"] = {"name": runtime, "versions": versions(runtime), "providers": used}
     tol = manifest["tolerances"]
     feed = {n: np.load(bundle_file(i["file"], "input file")) for n, i in manifest["inputs"].items()}
     passed = True
     for name, entry in manifest["models"].items():
         t0 = time.perf_counter()
-        out = run_tensorrt(entry, feed, manifest) if runtime == "tensorrt" else run_onnxruntime(entry, feed)
+        out = run_tensorrt(entry, feed, manifest) if runtime == "tensorrt" else run_onnxruntime(entry, feed, providers, used)
         ms = 1000 * (time.perf_counter() - t0)
         expected = {o: np.load(bundle_file(f["file"], "expected output file")) for o, f in entry["expected"].items()}
         rows = compare_outputs(out, expected, tol)
-        print(f"{name} ({entry['onnx']}, {runtime}, first run {ms:.0f} ms incl. load):")
+        where = runtime + (" " + used[0] if used else "")
+        print(f"{name} ({entry['onnx']}, {where}, first run {ms:.0f} ms incl. load):")
         for row in rows:
             print(format_row(row))
-        passed = passed and all(r["passed"] for r in rows)
+        ok = all(r["passed"] for r in rows)
+        results["models"][name] = {"outputs": rows, "passed": ok, "first_run_ms": ms}
+        passed = passed and ok
+    results["runtime"]["provider"] = used[0] if used else None
+    results["passed"] = bool(passed)
+    for name, summary in results["trtexec"].items():
+        lat = summary.get("latency_ms") or {}
+        print("trtexec %s: median %s ms, p90 %s ms, %s qps (%s)" % (name, lat.get("median"), lat.get("p90"),
+                                                                    summary.get("throughput_qps"), summary["log"]))
     tol_text = ", ".join(f"{k} {v:g}" for k, v in tol.items())
+    write_results(results_path, results)
     print(f"{'PASS' if passed else 'FAIL'} ({runtime}; tolerances: {tol_text})")
     return 0 if passed else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
@@ -361,13 +555,14 @@ def verify_script() -> str:
     """Source of verify_on_device.py: stdlib + numpy, the comparison functions of this module, a main."""
     header = ('#!/usr/bin/env python3\n"""Verify a tokexport deploy bundle on the device: sha256 of every file, then '
               'TensorRT\n(when `tensorrt` and `polygraphy` import) or ONNX Runtime on the bundled inputs, '
-              'compared with\nthe expected outputs. Usage: python3 verify_on_device.py [--runtime '
-              'auto|tensorrt|onnxruntime]\nExit: 0 PASS, 1 FAIL (outputs differ), 2 damaged bundle (a file differs, '
+              'compared with\nthe expected outputs; writes device_results.json. Usage: python3 verify_on_device.py '
+              '[--runtime auto|tensorrt|onnxruntime] [--provider auto|cpu|cuda|tensorrt]\nExit: 0 PASS, 1 FAIL (outputs differ), 2 damaged bundle (a file differs, '
               'or\nmanifest.json is unreadable or lists a path outside the bundle), 5 no runtime.\n'
               f'Written by tokexport {tokexport.__version__}."""\n'
-              "import argparse\nimport hashlib\nimport importlib.util\nimport json\nimport sys\nimport time\n"
-              "from pathlib import Path\n\nimport numpy as np\n\n\n")
-    return header + "\n\n".join(inspect.getsource(f) for f in (compare_outputs, format_row)) + _VERIFY_MAIN
+              "import argparse\nimport hashlib\nimport importlib.util\nimport json\nimport os\nimport platform\n"
+              "import sys\nimport time\nfrom pathlib import Path\n\nimport numpy as np\n\n\n")
+    return header + "\n\n".join(inspect.getsource(f) for f in (compare_outputs, format_row, parse_trtexec_log)) \
+        + _VERIFY_MAIN
 
 
 def _readme(target: Target, names: list[str], fp16: bool, tol: dict) -> str:
@@ -381,14 +576,18 @@ and output name to its file (`inputs`, `models.<graph>.expected`).
 
 On the device (copy the whole folder or unpack the `.tar.gz`):
 
-1. `./build_engine.sh` builds `<name>.engine` with trtexec{' in FP16' if fp16 else ''} (timing cache
+1. `./build_engine.sh` builds `<name>.engine` with trtexec{' in FP16' if fp16 and not target.strongly_typed else ''}{
+   ' strongly typed (TensorRT 11 has no --fp16: the engine runs in the graph precision)' if target.strongly_typed else ''} (timing cache
    `timing.cache`, log `build_<name>.log`; set `TRTEXEC=/usr/src/tensorrt/bin/trtexec` if it is not on
    PATH). trtexec prints the engine's latency at the end of the log.
 2. `python3 verify_on_device.py` checks every sha256, then runs the engine built in step 1 (TensorRT
    through polygraphy: `python3 -m pip install polygraphy`), or builds one from the ONNX, or falls
    back to ONNX Runtime when TensorRT is not importable, and compares with `expected/` (ONNX Runtime's
    outputs for `inputs/`, computed when the bundle was written). It prints one line per output and
-   PASS or FAIL. Exit 0 PASS, 1 FAIL, 2 damaged bundle, 5 no runtime.
+   PASS or FAIL, and writes `device_results.json` (sha256 check, per-output errors, runtime and versions,
+   trtexec's performance summary from `build_<name>.log`). Exit 0 PASS, 1 FAIL, 2 damaged bundle, 5 no
+   runtime. Bring `device_results.json` back: `tokexport check device_results.json --baseline report.json`
+   gates it, `tokexport report merge report.json device_results.json --out merged.json` adds it to the report.
 
 Tolerances (FP16 engines against an FP32 reference): an element agrees when |a - e| <= atol + rtol*|e|;
 at least `quantile` of the elements must agree, median |a - e| <= median_atol, every sample's cosine
@@ -518,7 +717,8 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
         if archive_path is not None:
             check_archive(archive_path, dest.name, force, protect=list(models.values()))  # again, under the lock
         os.chmod(tmp, 0o755)
-        manifest = _fill_bundle(tmp, models, infos, feed, expected, tgt, tol, fp16, max_batch)
+        sources = {n: onnx_tools.sha256_onnx(p) for n, p in models.items()}  # = the convert report's onnx_sha256
+        manifest = _fill_bundle(tmp, models, infos, feed, expected, tgt, tol, fp16, max_batch, sources)
         if archive_path is not None:
             tmp_archive = claim.scratch / archive_path.name
             with tarfile.open(tmp_archive, "w:gz", compresslevel=6) as tar:
@@ -527,7 +727,9 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
     return Bundle(dest, archive_path, manifest)
 
 
-def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp16, max_batch) -> dict:
+def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp16, max_batch,
+                 sources: Mapping[str, str] | None = None) -> dict:
+    sources = dict(sources or {})
     (root / "inputs").mkdir()
     inputs = {}
     for idx, (k, v) in enumerate(feed.items()):  # names are graph data, never file names: files by position
@@ -546,13 +748,21 @@ def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp
             np.save(_inside(root, rel), arr)
             exp[out] = {"index": idx, "file": rel, "dtype": arr.dtype.name, "shape": list(arr.shape)}
         batch = max((feed[i["name"]].shape[0] for i in info["inputs"] if feed[i["name"]].ndim), default=1)
+        precision = graph_precision(graph)
+        strong = strongly_typed_build(tgt, precision)
         cmd = trtexec_command(graph.name, f"{name}.engine", {i["name"]: i["shape"] for i in info["inputs"]}, fp16=fp16,
-                              batch=(1, batch, max(batch, max_batch)), timing_cache="timing.cache", trtexec='"$TRTEXEC"')
+                              batch=(1, batch, max(batch, max_batch)), timing_cache="timing.cache", trtexec='"$TRTEXEC"',
+                              strongly_typed=strong)
+        if strong:
+            build.append(f"# {name}.onnx is an {precision} graph; built strongly typed (--stronglyTyped, no --fp16): the "
+                         "engine runs in the graph's precision" + ("" if precision == "fp16" or not fp16 else
+                                                                   " (fp32 here: export.precision: fp16 for an fp16 engine)"))
         build += [f'echo "== {name}: building {name}.engine (log: build_{name}.log)"', f"{cmd} 2>&1 | tee build_{name}.log",
                   f"grep -m1 -A3 'Performance summary' build_{name}.log || true"]
         check = onnx_tools.check_target(graph, tgt, lint=False)
         entries[name] = {"onnx": graph.name, "opset": info["opset"], "inputs": info["inputs"], "outputs": info["outputs"],
-                         "engine": f"{name}.engine", "expected": exp,
+                         "engine": f"{name}.engine", "expected": exp, "precision": precision, "strongly_typed": strong,
+                         "source_sha256": sources.get(name),
                          "target_check": {"passed": check.passed, "errors": len(check.errors),
                                           "warnings": len(check.warnings),
                                           "findings": [f.to_dict() for f in check.findings]}}
@@ -602,10 +812,14 @@ def build_and_compare(onnx_path: str | os.PathLike, engine_path: str | os.PathLi
             rest = list(feed[i["name"]].shape[1:])
             b = feed[i["name"]].shape[0]
             profile.add(i["name"], [1, *rest], [b, *rest], [max(b, max_batch), *rest])
-    config = CreateConfig(fp16=fp16, profiles=[profile] if len(profile) else None)
+    # TensorRT >= 11 (and an fp16 graph on 10.x) builds strongly typed: precision from the graph, no fp16 flag
+    precision = graph_precision(src)
+    strong = _trt_major() >= 11 or (precision == "fp16" and _trt_major() >= 10)
+    config = CreateConfig(fp16=fp16 and not strong, profiles=[profile] if len(profile) else None)
     t0 = time.perf_counter()
     try:
-        engine = SaveEngine(EngineFromNetwork(NetworkFromOnnxPath(str(src)), config=config), str(engine_path))()
+        network = NetworkFromOnnxPath(str(src), strongly_typed=True if strong else None)
+        engine = SaveEngine(EngineFromNetwork(network, config=config), str(engine_path))()
     except Exception as exc:  # noqa: BLE001 - polygraphy raises PolygraphyException/RuntimeError on parse failures
         raise InputError(f"{src}: TensorRT could not build an engine ({str(exc).splitlines()[0][:300]})") from None
     build_s = time.perf_counter() - t0
@@ -617,6 +831,7 @@ def build_and_compare(onnx_path: str | os.PathLike, engine_path: str | os.PathLi
             runner.infer(dict(feed))
             times.append(runner.last_inference_time())
     rows = compare_outputs({k: np.array(v) for k, v in out.items()}, reference, tol)
-    return {"engine": str(engine_path), "build_s": build_s, "fp16": fp16, "median_ms": 1000 * float(np.median(times)),
+    return {"engine": str(engine_path), "build_s": build_s, "fp16": fp16 and not strong, "precision": precision,
+            "strongly_typed": strong, "median_ms": 1000 * float(np.median(times)),
             "p90_ms": 1000 * float(np.quantile(times, 0.9)), "repeats": repeats, "tolerances": tol,
             "comparison": rows, "passed": all(r["passed"] for r in rows)}

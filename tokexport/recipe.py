@@ -30,17 +30,20 @@ from .recipe_base import (  # noqa: F401 (re-exported: imported from tokexport.r
     MAX_DEPTH,
     MAX_RECIPE_BYTES,
     MAX_VALUES,
+    BaselinesConfig,
     DeployConfig,
     ParityConfig,
     Strict,
     TargetedExport,
     Threshold,
+    VsBaselines,
     error_message,
     error_where,
     format_errors,
     one_line,
     read_yaml,
 )
+from .recipe_base import ProviderSettings
 from .reduce import METHODS
 from .vlm.select import VISUAL_METHODS
 from .vocab.recipe import VocabRecipe, format_vocab_errors
@@ -72,7 +75,8 @@ class AccuracyConfig(Strict):
     imagefolder: str | None = Field(None, description="ImageFolder directory (one sub-directory per class) for top-1 accuracy of classifiers; relative to the recipe file.")
     imagefolder_limit_per_class: Count(1, 100000) | None = Field(None, description="Images per class read from imagefolder, 1..100000; null: all.")
     metrics: dict[str, Threshold] = Field(
-        default_factory=lambda: {"feature_cosine": Threshold(min=0.9), "instance_top1": Threshold(max_drop=0.1)},
+        # rule V1 of docs/verdicts.md (absolute floors fixed before measuring)
+        default_factory=lambda: {"feature_cosine": Threshold(min=0.9), "instance_top1": Threshold(max_drop=0.05)},
         min_length=1,
         description=f"Thresholds per metric (at least one); names: {', '.join(METRICS)}.",
     )
@@ -97,9 +101,17 @@ class VerifyConfig(Strict):
     parity: ParityConfig = ParityConfig()
     accuracy: AccuracyConfig = AccuracyConfig()
     generation: GenerationConfig | None = Field(None, description="LLaVA checkpoints: generate with full and reduced visual tokens and compare.")
+    baselines: BaselinesConfig = BaselinesConfig()
+    vs_baselines: VsBaselines | None = Field(None, description="Gate on the margin over the honest baselines (random per image over seeds, 2-D uniform) at the same budget; the baselines are measured and reported either way.")
+
+    @model_validator(mode="after")
+    def _gate_needs_baselines(self):
+        if self.vs_baselines is not None and not self.baselines.enabled:
+            raise ValueError("vs_baselines needs verify.baselines.enabled: true (the gate compares with them)")
+        return self
 
 
-class BenchConfig(Strict):
+class BenchConfig(ProviderSettings):
     enabled: bool = True
     batch_sizes: list[Count(1, 256)] = Field(default_factory=lambda: [1, 8], min_length=1, max_length=16,
                                              description="Batch sizes timed, 1 to 16 of them, each 1..256.")

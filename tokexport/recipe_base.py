@@ -41,6 +41,8 @@ class TargetedExport(Strict):
                     "and the operator checks run by convert and check-target.")
     opset: Count(13, 21) | None = Field(None, description="ONNX opset, 13..21; default: the target's (16 for TensorRT 8.5, 17 otherwise). Must not exceed what the target reads faithfully.")
     batch: Batch(1024) = Field("dynamic", description="Fixed batch size, 1..1024, or 'dynamic' (the only dynamic axis; token counts are always static).")
+    fold: bool = Field(True, description="Fold what is constant for the static shapes after export (shape arithmetic, the position-embedding Resize; onnxruntime basic-level optimizer + symbolic shape inference, tokexport.fold); parity is checked on the folded graph. false ships the exporter's graph as is.")
+    precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16: weights and activations in float16 (LayerNorm, Softmax, TopK and index arithmetic kept in float32), float32 inputs/outputs; parity then uses verify.parity.fp16_atol / fp16_mean_atol / fp16_tie_margin. About half the file size.")
 
     @model_validator(mode="before")
     @classmethod
@@ -84,6 +86,15 @@ class ParityConfig(Strict):
     mean_atol: Real(0, 1, lo_open=True) = Field(1e-4, description="Mean absolute difference allowed, per output; finite, in (0, 1].")
     samples: Count(1, 256) = Field(8, description="Real images fed to both, 1..256.")
     tie_margin: Real(0, 0.1) = Field(1e-4, description="A sample whose outputs differ while one of its token selections was decided by a relative score gap below this (float32 rounding can pick either side) is reported as a near-tie and left out; parity fails if more than half the samples are near-ties. In [0, 0.1]; 0 disables.")
+    fp16_atol: Real(0, 10, lo_open=True) = Field(0.1, description="atol when export.precision is fp16 (the fp16 graph against the float32 PyTorch model); finite, in (0, 10].")
+    fp16_mean_atol: Real(0, 1, lo_open=True) = Field(0.01, description="mean_atol when export.precision is fp16; finite, in (0, 1].")
+    fp16_tie_margin: Real(0, 0.1) = Field(1e-3, description="tie_margin when export.precision is fp16 (float16 rounding flips selections decided by relative gaps up to ~5e-4 on DINOv2-S); in [0, 0.1]; 0 disables.")
+
+    def tolerances(self, precision: str = "fp32") -> tuple[float, float, float]:
+        """(atol, mean_atol, tie_margin) for a graph of ``precision``."""
+        if precision == "fp16":
+            return self.fp16_atol, self.fp16_mean_atol, self.fp16_tie_margin
+        return self.atol, self.mean_atol, self.tie_margin
 
 
 class Threshold(Strict):
@@ -95,6 +106,30 @@ class Threshold(Strict):
         if self.min is None and self.max_drop is None:
             raise ValueError("give min and/or max_drop")
         return self
+
+
+class VsBaselines(Strict):
+    """Gate the method against the honest baselines measured in the same run (report section ``baselines``)."""
+
+    min_margin: Real(-1, 1) = Field(0.0, description="Smallest margin over the best baseline (seeded random per image, 2-D uniform) allowed for each gated metric; positive = the method must beat it; in [-1, 1].")
+    bound: Literal["ci_low", "estimate"] = Field("ci_low", description="ci_low: the margin's bootstrap confidence interval lower bound must clear min_margin (the method is better with that confidence); estimate: the point estimate must.")
+    metrics: list[str] | None = Field(None, min_length=1, description="Metrics gated; default: every metric the baselines are measured on.")
+
+
+class BaselinesConfig(Strict):
+    """The honest baselines every token-reduction report carries (section ``baselines``)."""
+
+    enabled: bool = Field(True, description="Measure the baselines (random keep drawn per image over seeds, 2-D uniform lattice) at the method's budget on the same evaluation data; false only to save time in experiments (verify.vs_baselines then cannot be used).")
+    random_seeds: Count(5, 64) = Field(5, description="Seeds of the per-image random baseline, 5..64 (mean ± sd over them).")
+    resamples: Count(200, 100000) = Field(2000, description="Bootstrap resamples of the margin's confidence interval, 200..100000.")
+
+
+class ProviderSettings(Strict):
+    """Where bench (and parity) run: an ONNX Runtime execution provider, with its options. Shared by
+    every task's ``bench`` section (tokexport.stages.runners.provider_list)."""
+
+    provider: Literal["cpu", "cuda", "tensorrt"] = Field("cpu", description="ONNX Runtime execution provider for bench and parity: cpu | cuda (onnxruntime-gpu) | tensorrt (onnxruntime-gpu with TensorRT). A provider this onnxruntime does not offer, or cannot start, is an error (exit 5) before the model is loaded; never a silent CPU fallback. `tokexport convert --provider` overrides it.")
+    provider_options: dict[str, Union[bool, Count(0, 2**40), str]] = Field(default_factory=dict, max_length=32, description="Options of that provider (true/false, whole numbers 0..1099511627776, or text), passed to ONNX Runtime as strings, e.g. {device_id: 0} or {trt_fp16_enable: true}.")
 
 
 class DeployConfig(Strict):

@@ -31,7 +31,7 @@ import yaml
 
 from . import __version__
 from . import verify as V
-from .data import Preprocess, instance_recognition_set, natural_images
+from .data import SEARCH_STREAM, Preprocess, instance_recognition_set, natural_images
 from .errors import InputError
 from .flops import encoder_flops
 from .load import LoadedModel, load_model
@@ -79,7 +79,9 @@ class Evaluation:
 
 
 class Evaluator:
-    """Scores schedules on the recipe's eval set with the loaded PyTorch model (original outputs cached)."""
+    """Scores schedules with the loaded PyTorch model (original outputs cached) on the SEARCH split: crops
+    of the recipe's photographs from their own stream (``data.SEARCH_STREAM``), disjoint from the eval crops
+    the verdict (the winner's conversion) is judged on."""
 
     def __init__(self, recipe: Recipe, lm: LoadedModel, metric: str, max_drop: float):
         self.recipe, self.lm, self.metric, self.max_drop = recipe, lm, metric, max_drop
@@ -87,8 +89,9 @@ class Evaluator:
         self.n_tokens, self.n_prefix = ad.n_tokens(lm.image_size), ad.n_prefix()
         acc = recipe.verify.accuracy
         pre = Preprocess(lm.image_size, lm.mean, lm.std)
-        self.iset = instance_recognition_set(natural_images(include_optional=False), pre, acc.samples_per_class,
-                                             acc.prototypes_per_class, tuple(acc.crop_scale), acc.seed)
+        self.iset = instance_recognition_set(natural_images(include_optional=False, include_dependencies=True), pre,
+                                             acc.samples_per_class, acc.prototypes_per_class, tuple(acc.crop_scale),
+                                             acc.seed, eval_stream=SEARCH_STREAM)
         kwargs = ad.forward_kwargs(lm.image_size)
         self.forward = lambda x: ad.outputs(lm.model, lm.model(pixel_values=x, **kwargs))
         orig = TorchRunner(self.forward)
@@ -155,29 +158,146 @@ class Evaluator:
         return ev
 
 
+class Bisection:
+    """The binary search for the smallest feasible index in ``[lo, hi]`` (``hi`` feasible), one evaluation per
+    step, at most ``max_n`` steps. Its state is small, so the steps it may take next can be listed ahead
+    (:meth:`frontier`) and evaluated in parallel: replaying the search over those results takes exactly
+    the path the sequential search takes, so both pick the same index."""
+
+    def __init__(self, lo: int, hi: int, max_n: int | None = None):
+        self.lo, self.hi, self.n, self.max_n = lo, hi, 0, max_n
+
+    @property
+    def done(self) -> bool:
+        return not (self.lo < self.hi and (self.max_n is None or self.n < self.max_n))
+
+    def next(self) -> int:
+        return (self.lo + self.hi) // 2
+
+    def step(self, feasible: bool) -> None:
+        mid = self.next()
+        self.n += 1
+        if feasible:
+            self.hi = mid
+        else:
+            self.lo = mid + 1
+
+    def frontier(self, width: int) -> list[int]:
+        """Up to ``width`` indices the search may evaluate next, breadth-first over its decision tree (the
+        next step first): what to evaluate in parallel in one round."""
+        out, queue = [], [(self.lo, self.hi, self.n)]
+        while queue and len(out) < width:
+            lo, hi, n = queue.pop(0)
+            if not lo < hi or (self.max_n is not None and n >= self.max_n):
+                continue
+            mid = (lo + hi) // 2
+            if mid not in out:
+                out.append(mid)
+            queue += [(lo, mid, n + 1), (mid + 1, hi, n + 1)]
+        return out
+
+
+class GreedyPass:
+    """One greedy pass over ``layers`` as a state machine: for each layer, the fewest tokens that keep the
+    schedule feasible (:class:`Bisection` on a grid of ``step`` tokens, assuming fewer tokens never helps
+    accuracy). Counts already fixed deeper are the floor and those fixed shallower the ceiling
+    (non-increasing with depth); keeping the ceiling is a no-op stage, so the schedule so far (feasible)
+    bounds every search."""
+
+    def __init__(self, layers: list[int], n_candidates: int, step: int, deepest_first: bool = True):
+        self.order = sorted(layers, reverse=deepest_first)
+        self.n_candidates, self.step_tokens = n_candidates, step
+        self.keep: dict[int, int] = {}
+        self._i = -1
+        self.layer: int | None = None
+        self._next_layer()
+
+    def _next_layer(self) -> None:
+        self._i += 1
+        while self._i < len(self.order):
+            layer = self.order[self._i]
+            floor = max([self.keep[x] for x in self.keep if x > layer], default=1)
+            ceiling = min([self.keep[x] for x in self.keep if x < layer], default=self.n_candidates)
+            self.layer, self.grid = layer, sorted({*range(floor, ceiling, self.step_tokens), ceiling})
+            self.bisection = Bisection(0, len(self.grid) - 1)  # grid[hi] adds no pruning: feasible
+            if not self.bisection.done:
+                return
+            self.keep[layer] = self.grid[self.bisection.hi]
+            self._i += 1
+        self.layer = None
+
+    @property
+    def done(self) -> bool:
+        return self.layer is None
+
+    def _candidate(self, i: int) -> dict[int, int]:
+        return {**self.keep, self.layer: self.grid[i]}
+
+    def request(self) -> dict[int, int]:
+        """The schedule the sequential search evaluates next."""
+        return self._candidate(self.bisection.next())
+
+    def frontier(self, width: int) -> list[dict[int, int]]:
+        return [self._candidate(i) for i in self.bisection.frontier(width)]
+
+    def feed(self, ev: Evaluation, log: Callable[[str], None] = lambda s: None) -> None:
+        """The evaluation of :meth:`request`'s schedule."""
+        log(f"block {self.layer}: keep {self.grid[self.bisection.next()]} → drop {ev.drop:+.4f}, FLOPs "
+            f"×{ev.flops_ratio:.3f} {'ok' if ev.feasible else 'over budget'}")
+        self.bisection.step(ev.feasible)
+        if self.bisection.done:
+            self.keep[self.layer] = self.grid[self.bisection.hi]
+            self._next_layer()
+
+
 def greedy_search(evaluate: Callable[[dict[int, int]], Evaluation], layers: list[int], n_candidates: int,
                   step: int, deepest_first: bool = True, log: Callable[[str], None] = lambda s: None) -> dict[int, int]:
-    """One greedy pass over ``layers``: for each, the fewest tokens that keep the schedule feasible (binary
-    search on a grid of ``step`` tokens, assuming fewer tokens never helps accuracy). Counts already fixed
-    deeper are the floor and those fixed shallower the ceiling (non-increasing with depth); keeping the
-    ceiling is a no-op stage, so the schedule so far (feasible) bounds every search. Returns layer -> count."""
-    keep: dict[int, int] = {}
-    for layer in sorted(layers, reverse=deepest_first):
-        floor = max([keep[x] for x in keep if x > layer], default=1)
-        ceiling = min([keep[x] for x in keep if x < layer], default=n_candidates)
-        grid = sorted({*range(floor, ceiling, step), ceiling})
-        lo, hi = 0, len(grid) - 1  # grid[hi] adds no pruning: feasible
-        while lo < hi:
-            mid = (lo + hi) // 2
-            ev = evaluate({**keep, layer: grid[mid]})
-            log(f"block {layer}: keep {grid[mid]} → drop {ev.drop:+.4f}, FLOPs ×{ev.flops_ratio:.3f}"
-                f" {'ok' if ev.feasible else 'over budget'}")
-            if ev.feasible:
-                hi = mid
-            else:
-                lo = mid + 1
-        keep[layer] = grid[hi]
-    return keep
+    """One greedy pass (:class:`GreedyPass`), evaluated sequentially. Returns layer -> count."""
+    p = GreedyPass(layers, n_candidates, step, deepest_first)
+    while not p.done:
+        p.feed(evaluate(p.request()), log)
+    return p.keep
+
+
+def _key(keep: dict[int, int]) -> tuple:
+    return tuple(sorted(keep.items()))
+
+
+def greedy_parallel(evaluate_many: Callable[[list[dict[int, int]]], list[Evaluation]], layers: list[int],
+                    n_candidates: int, step: int, width: int,
+                    log: Callable[[str, str], None] = lambda order, s: None) -> tuple[dict, dict, int]:
+    """Both greedy passes (deepest layer first, shallowest first) at once, in rounds: each round evaluates,
+    in parallel (``evaluate_many``), the next schedule of every unfinished pass plus, up to ``width`` in
+    all, the schedules its binary search may need after that; then each pass replays its sequential steps
+    over the results. Every pass takes the sequential path, so it ends where :func:`greedy_search` ends.
+    Returns ({order: keep}, {order: [Evaluation on its path, in order]}, {evaluations_run, speculative})."""
+    orders = {"deepest layer first": True, "shallowest layer first": False}
+    passes = {o: GreedyPass(layers, n_candidates, step, d) for o, d in orders.items()}
+    paths: dict[str, list[Evaluation]] = {o: [] for o in orders}
+    cache: dict[tuple, Evaluation] = {}
+    used: set[tuple] = set()
+    rounds = 0
+    while not all(p.done for p in passes.values()):
+        active = [o for o, p in passes.items() if not p.done]
+        share = max(1, width // len(active))
+        wanted: dict[tuple, dict] = {}
+        for o in active:
+            for c in passes[o].frontier(share):
+                if _key(c) not in cache:
+                    wanted.setdefault(_key(c), c)
+        if wanted:
+            rounds += 1
+            for k, e in zip(wanted, evaluate_many(list(wanted.values()))):
+                cache[k] = e
+        for o in active:
+            p = passes[o]
+            while not p.done and _key(p.request()) in cache:
+                e = cache[_key(p.request())]
+                used.add(_key(p.request()))
+                paths[o].append(e)
+                p.feed(e, lambda line, o=o: log(o, line))
+    return ({o: p.keep for o, p in passes.items()}, paths,
+            {"evaluations_run": len(cache), "speculative": len(cache) - len(used), "rounds": rounds})
 
 
 def _write_recipe(recipe: Recipe, path: Path, comment: str) -> None:
@@ -191,15 +311,22 @@ DEFAULT_MAX_EVALS = 12  # visual / vocab: conversions per search, the recipe's o
 
 def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: str | Path | None = None,
            layers: list[int] | None = None, step: int | None = None, reference: bool = True, force: bool = False,
-           stages=None, max_evals: int | None = None) -> tuple[dict, Path]:
+           stages=None, max_evals: int | None = None, *, backend: str = "local", address: str | None = None,
+           cpus_per_job: int | None = None) -> tuple[dict, Path]:
     """Run the search and the pipeline on the winner; write ``search.json``, ``<name>-search.yaml``,
     ``winner/`` (and ``reference/``) under ``out``. Returns (summary, output directory).
 
     ViT recipes: the greedy layer-wise schedule search (``layers``, ``step`` tokens). Visual-token recipes:
     the smallest K; vocab recipes: the smallest ``trim.target_vocab_size`` (``step``: grid step of the
-    value; ``max_evals``: conversions at most, default 12). ``metric`` None: the task's default."""
+    value; ``max_evals``: conversions at most, default 12). ``metric`` None: the task's default.
+    ``backend`` ray (:mod:`tokexport.fanout`): the candidates of one round are evaluated in parallel (ViT: both
+    greedy passes at once, on evaluator actors; visual / vocab: the bisection's next steps as conversion
+    tasks) and every conversion is one Ray task; the search takes the local backend's path and pick."""
+    from .fanout import Fanout, check_backend
     from .pipeline import Stages, run
     from .sweep import check_metric, is_vocab
+
+    check_backend(backend, 1, cpus_per_job)
 
     stages = stages or Stages()
     recipe_path = Path(recipe_path)
@@ -218,8 +345,9 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
         from .tasks.run import model_paths
 
         check_out_dir(out_dir, force, protect=(recipe_path, base_dir, *model_paths(recipe.model, base_dir)))
-        return search_knob(recipe_path, recipe, max_drop, metric, out_dir, step, reference, force, stages,
-                           max_evals or DEFAULT_MAX_EVALS)
+        with Fanout(backend, address, cpus_per_job) as fo:
+            return search_knob(recipe_path, recipe, max_drop, metric, out_dir, step, reference, force, stages,
+                               max_evals or DEFAULT_MAX_EVALS, fo=fo if backend == "ray" else None)
     if max_evals is not None:
         raise InputError("--max-evals: only for visual-token and vocab-trim searches; the ViT schedule search is "
                          "bounded by --step and --layers")
@@ -234,7 +362,8 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
     layers = sorted(set(layers if layers is not None else recipe.reduction.prune_layers))
     if not layers:
         raise InputError("reduction.prune_layers: empty; give --layers (blocks the search may prune after)")
-    with claim_out_dir(out_dir, force, kind="search", protect=protect):
+    fo = Fanout(backend, address, cpus_per_job)
+    with fo, claim_out_dir(out_dir, force, kind="search", protect=protect):
         with stages.stage("load"):
             lm = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
         nl = lm.adapter.num_layers
@@ -251,15 +380,30 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
         with stages.stage("search: reference schedule"):
             ref_stages = plan(recipe.reduction, lm.adapter.n_tokens(lm.image_size), lm.adapter.n_prefix(), nl)
             ref = ev({s.layer: s.n_keep for s in ref_stages})
-        passes = {}
-        for deepest_first in (True, False):
-            order = "deepest layer first" if deepest_first else "shallowest layer first"
-            with stages.stage(f"search: greedy, {order}") as advance:
-                def log(line: str, order=order, advance=advance) -> None:
+        passes, parallel = {}, None
+        if backend == "ray":
+            with stages.stage(f"search: greedy, both passes at once on Ray ({fo.parallel} evaluators)") as advance:
+                def log_both(order: str, line: str) -> None:
                     stages.log(f"[{order}] {line}")
                     advance()
 
-                passes[order] = greedy_search(ev, layers, n, step, deepest_first, log)
+                evaluate_many = fo.evaluators(Evaluator, recipe, str(base_dir), metric, max_drop)
+                try:
+                    passes, paths, counts = greedy_parallel(evaluate_many, layers, n, step, fo.parallel, log_both)
+                finally:
+                    fo.close_evaluators()
+            # the sequential search's evaluations, in its order (the winner's tie-break is the same)
+            ev.evaluations = [ref, *paths["deepest layer first"], *paths["shallowest layer first"]]
+            parallel = {"evaluators": fo.parallel, **counts}
+        else:
+            for deepest_first in (True, False):
+                order = "deepest layer first" if deepest_first else "shallowest layer first"
+                with stages.stage(f"search: greedy, {order}") as advance:
+                    def log(line: str, order=order, advance=advance) -> None:
+                        stages.log(f"[{order}] {line}")
+                        advance()
+
+                    passes[order] = greedy_search(ev, layers, n, step, deepest_first, log)
         # the winner: the fewest FLOPs of every feasible schedule evaluated (both passes' ends, the reference)
         best = min((e for e in ev.evaluations if e.feasible), key=lambda e: (e.flops, e.drop), default=None)
         seconds = time.time() - t0
@@ -289,15 +433,46 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
             if lm.source_kind == "local":
                 winner = winner.model_copy(update={"model": str(lm.path)})
             _write_recipe(winner, winner_file, winner.description)
-            res = run(winner, base_dir, tmp / "winner", stages=stages, loaded=lm, label=str(out_dir / winner_file.name))
-            ref_res = run(recipe, base_dir, tmp / "reference", stages=stages, loaded=lm, label=str(recipe_path)) \
-                if reference else None
+            if backend == "ray":  # the winner's and the reference's conversions: two Ray tasks at once
+                done = _ray_conversions(
+                    fo, stages, [("winner", winner, tmp / "winner", str(out_dir / winner_file.name))]
+                    + ([("reference", recipe, tmp / "reference", str(recipe_path))] if reference else []), base_dir)
+                win_report, win_code = done[0]
+                ref_report = done[1][0] if reference else None
+            else:
+                res = run(winner, base_dir, tmp / "winner", stages=stages, loaded=lm,
+                          label=str(out_dir / winner_file.name))
+                ref_res = run(recipe, base_dir, tmp / "reference", stages=stages, loaded=lm, label=str(recipe_path)) \
+                    if reference else None
+                win_report, win_code = res.report, res.exit_code
+                ref_report = ref_res.report if ref_res else None
             summary = _summary(recipe, str(recipe_path), metric, max_drop, layers, step, ev, ref, best, seconds,
-                               res.report, ref_res.report if ref_res else None, passes)
+                               win_report, ref_report, passes)
             summary["winner_recipe"] = winner_file.name
-            summary["winner_exit_code"] = res.exit_code
+            summary["winner_exit_code"] = win_code
+            summary["backend"] = {**fo.describe(), **({"parallel_search": parallel} if parallel else {})}
             (tmp / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary, out_dir
+
+
+def _ray_conversions(fo, stages, jobs: list[tuple], base_dir: Path) -> list[tuple[dict, int]]:
+    """Full conversions as Ray tasks at once: ``jobs`` = [(what, recipe, run_dir, label)]; each one's
+    (report, exit code) in order. A failed one raises what the local backend would (its exit code)."""
+    from .fanout import PointSpec, raise_failed
+    from .tasks.run import model_paths
+
+    specs = []
+    for what, r, run_dir, label in jobs:
+        local = model_paths(r.model, base_dir)
+        specs.append(PointSpec(what, r, str(base_dir), str(Path(run_dir).absolute()), label, fo.threads(),
+                               str(local[0]) if local else None))
+    with stages.stage(f"convert on Ray: {', '.join(j[0] for j in jobs)}"):
+        records = fo.convert(specs)
+    out = []
+    for spec, rec in zip(specs, records):
+        raise_failed(rec, spec.key)
+        out.append((json.loads((Path(spec.run_dir) / "report.json").read_text()), rec["exit_code"]))
+    return out
 
 
 def _measured(report: dict | None, metric: str) -> dict | None:
@@ -309,6 +484,34 @@ def _measured(report: dict | None, metric: str) -> dict | None:
             "speedups": {b: v["speedup"] for b, v in (bench.get("batches") or {}).items()},
             "flops_ratio": bench["flops"]["reduced"] / bench["flops"]["baseline"] if bench.get("flops") else None,
             "parity_passed": report["parity"]["passed"], "passed": report["passed"]}
+
+
+def _splits(ev: Evaluator, win_report: dict | None) -> dict:
+    """Which data chose the schedule and which judged it (disjoint crop streams of the same photographs)."""
+    acc = (win_report or {}).get("accuracy") or {}
+    seed = ev.recipe.verify.accuracy.seed
+    return {"search": {"samples": len(ev.iset.eval_y), "classes": ev.iset.n_classes,
+                       "crops": f"default_rng([{seed}, {SEARCH_STREAM}])",
+                       "role": "every candidate schedule was evaluated and the winner chosen on it (PyTorch)"},
+            "held_out": {"samples": acc.get("samples"), "classes": acc.get("classes"),
+                         "crops": f"default_rng([{seed}, 0]) (the convert's eval split)",
+                         "role": "the verdict: winner/ (and reference/) converted, model.onnx on these crops"},
+            "prototypes": {"samples": len(ev.iset.proto_y), "crops": f"default_rng([{seed}, 1])",
+                           "role": "class prototypes (original model), shared by both"}}
+
+
+def _held_out(metric: str, max_drop: float, best: Evaluation, ref: Evaluation, win_report: dict | None,
+              ref_report: dict | None) -> dict:
+    """The winner's (and the reference's) drop on the search split vs on the held-out split: how much it moved."""
+    out = {}
+    for name, ev, report in (("winner", best, win_report), ("reference", ref, ref_report)):
+        m = _measured(report, metric)
+        if m is None:
+            continue
+        out[name] = {"searched_drop": ev.drop, "held_out_drop": m["drop"], "moved": m["drop"] - ev.drop,
+                     "searched_reduced": ev.metrics[metric]["reduced"], "held_out_reduced": m["reduced"],
+                     "within_budget_on_held_out": m["drop"] <= max_drop + 1e-12, "held_out_passed": m["passed"]}
+    return out
 
 
 def _summary(recipe, label, metric, max_drop, layers, step, ev: Evaluator, ref: Evaluation, best: Evaluation,
@@ -328,12 +531,20 @@ def _summary(recipe, label, metric, max_drop, layers, step, ev: Evaluator, ref: 
         verdict = (f"no schedule evaluated over blocks {layers} within the budget {max_drop:g} needs fewer FLOPs than "
                    f"the recipe's ({ref.flops_ratio:.3f}×, drop {ref.drop:+.4f}); the greedy passes stopped at "
                    + "; ".join(f"{o}: keep {v['keep']}" for o, v in passes.items()))
+    held = _held_out(metric, max_drop, best, ref, win_report, ref_report)
+    if "winner" in held:
+        w = held["winner"]
+        verdict += (f". Chosen on the search split ({len(ev.iset.eval_y)} crops); on the held-out split the winner's "
+                    f"{metric} drop is {w['held_out_drop']:+.4f} (searched {w['searched_drop']:+.4f}, moved "
+                    f"{w['moved']:+.4f}), {'within' if w['within_budget_on_held_out'] else 'OVER'} the budget")
     return {
         "schema_version": 1, "kind": "search", "tokexport_version": __version__, "created_unix": int(time.time()),
         "recipe_path": label, "metric": metric, "max_drop": max_drop, "layers": layers, "step_tokens": step,
         "method": recipe.reduction.method,
-        "eval": {"classes": ev.iset.n_classes, "samples": len(ev.iset.eval_y),
+        "eval": {"classes": ev.iset.n_classes, "samples": len(ev.iset.eval_y), "split": "search",
                  "evaluated_in": "PyTorch (reduce.patch), original-model prototypes, as in pipeline"},
+        "splits": _splits(ev, win_report),
+        "held_out": held,
         "search_seconds": seconds, "evaluations": len(ev.evaluations),
         "passes": passes,
         "reference": ref.as_dict(), "winner": best.as_dict(), "faster_than_reference": faster,
@@ -413,24 +624,25 @@ def _judge(report: dict, metric: str, max_drop: float) -> dict:
             "feasible": bool(drop <= max_drop + 1e-12 and not failed and parity)}
 
 
-def bisect_smallest(grid: list, start: int, evaluate: Callable[[object], bool], max_evals: int) -> tuple[int, bool]:
+def bisect_smallest(grid: list, start: int, evaluate: Callable[[object], bool], max_evals: int,
+                    prefetch: Callable[[list], None] | None = None, width: int = 1) -> tuple[int, bool]:
     """Index of the smallest feasible value of ascending ``grid``, assuming feasibility is monotone (more never
     hurts): ``grid[start]`` is feasible (evaluated by the caller); values below are bisected with at most
     ``max_evals`` evaluations. Returns (index, converged): when the evaluations run out, the smallest feasible
-    value evaluated (every smaller value evaluated was infeasible)."""
-    lo, hi, n = 0, start, 0
-    while lo < hi and n < max_evals:
-        mid = (lo + hi) // 2
-        n += 1
-        if evaluate(grid[mid]):
-            hi = mid
-        else:
-            lo = mid + 1
-    return hi, lo >= hi
+    value evaluated (every smaller value evaluated was infeasible). ``prefetch`` (with ``width`` > 1): called
+    before each step with the up to ``width`` values the search may need next (:meth:`Bisection.frontier`),
+    to evaluate them in parallel; ``evaluate`` must then answer from what was prefetched. The path, and so
+    the index, is the sequential search's."""
+    b = Bisection(0, start, max_evals)
+    while not b.done:
+        if prefetch is not None and width > 1:
+            prefetch([grid[i] for i in b.frontier(width)])
+        b.step(evaluate(grid[b.next()]))
+    return b.hi, b.lo >= b.hi
 
 
 def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir: Path, step: int | None,
-                reference: bool, force: bool, stages, max_evals: int) -> tuple[dict, Path]:
+                reference: bool, force: bool, stages, max_evals: int, fo=None) -> tuple[dict, Path]:
     """The smallest K (visual tokens) or ``trim.target_vocab_size`` (vocab) whose ``metric`` drop stays
     within ``max_drop`` with every recipe threshold met and parity passed. Every candidate is a full
     conversion (the one driver) into the staging directory; the recipe's own value first (the upper end of
@@ -453,6 +665,7 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
         label = str(out_dir / winner_file.name)
         trace: list[dict] = []
         runs: dict = {}
+        rounds: list[list] = []  # Ray: the values converted together, round by round
 
         def candidate(value):
             if vocab:
@@ -464,15 +677,44 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
             red["keep"] = value
             return template.model_copy(update={"reduction": type(recipe.reduction).model_validate(red)})
 
+        def tag_of(value) -> str:
+            return "recipe" if value is None else f"{'v' if vocab else 'k'}{value}"
+
+        def evaluate_many(values: list, what: str = "candidate") -> list[dict]:
+            """Convert every value's candidate (on Ray: one task each, all at once); their trace entries."""
+            if fo is None:
+                out = []
+                for value in values:
+                    t0 = time.time()
+                    with stages.stage(f"search: {knob} = {value if value is not None else 'the recipe’s'}"):
+                        res = run(candidate(value), base_dir, tmp / "candidates" / tag_of(value), stages=stages,
+                                  label=f"{label}@{tag_of(value)}")
+                    out.append(entry(value, what, res.report, res.exit_code, time.time() - t0))
+                return out
+            from .fanout import PointSpec, raise_failed
+
+            local = model_paths(template.model, base_dir)
+            specs = [PointSpec(tag_of(v), candidate(v), str(base_dir), str((tmp / "candidates" / tag_of(v)).absolute()),
+                               f"{label}@{tag_of(v)}", fo.threads(), str(local[0]) if local else None) for v in values]
+            rounds.append(list(values))
+            shown = ", ".join("the recipe’s" if v is None else str(v) for v in values)
+            with stages.stage(f"search: {knob} = {shown} ({len(values)} conversion(s) at once on Ray)"):
+                records = fo.convert(specs)
+            out = []
+            for v, spec, rec in zip(values, specs, records):
+                raise_failed(rec, f"{knob} {v if v is not None else '(the recipe’s)'}")
+                rep = json.loads((Path(spec.run_dir) / "report.json").read_text())
+                out.append(entry(v, what, rep, rec["exit_code"], rec.get("seconds")))
+            return out
+
         def evaluate(value, what: str = "candidate") -> dict:
-            tag = ("recipe" if value is None else f"{'v' if vocab else 'k'}{value}")
-            t0 = time.time()
-            with stages.stage(f"search: {knob} = {value if value is not None else 'the recipe’s'}"):
-                res = run(candidate(value), base_dir, tmp / "candidates" / tag, stages=stages, label=f"{label}@{tag}")
-            rep = res.report
+            return evaluate_many([value], what)[0]
+
+        def entry(value, what: str, rep: dict, exit_code: int, seconds) -> dict:
+            tag = tag_of(value)
             measured = rep["trim"]["mined"] if vocab else rep["reduction"]["visual_tokens_out"]
             got = value if value is not None else measured
-            e = {"value": got, "measured_value": measured, "role": what, "run": tag, "exit_code": res.exit_code, "seconds": time.time() - t0,
+            e = {"value": got, "measured_value": measured, "role": what, "run": tag, "exit_code": exit_code, "seconds": seconds,
                  **_judge(rep, metric, max_drop), "speedups": {b: v["speedup"] for b, v in
                                                                ((rep.get("bench") or {}).get("batches") or {}).items()}}
             if vocab:
@@ -513,13 +755,23 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
             grid = sorted({k for k in range(1, top + 1) if (k % st == 0 or k == ref_value) and valid(k)} | {ref_value})
         evaluated = {ref_value: ref}
         budget_left = max_evals - 1
+        on_path: set = set()
 
         def feasible(value) -> bool:
             nonlocal budget_left
+            on_path.add(value)
             if value not in evaluated:
                 budget_left -= 1
                 evaluated[value] = evaluate(value)
             return evaluated[value]["feasible"]
+
+        def prefetch(values: list) -> None:  # Ray: the bisection's possible next steps, converted at once
+            missing = [v for v in values if v not in evaluated]
+            if missing:
+                for v, e in zip(missing, evaluate_many(missing)):
+                    evaluated[v] = e
+
+        parallel = {"prefetch": prefetch, "width": fo.parallel} if fo is not None else {}
 
         start = grid.index(ref_value)
         if not ref["feasible"]:  # the recipe's own value is over budget: search above it
@@ -529,12 +781,15 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
                                  + (f"; the largest, {grid[-1]}: drop {evaluated[grid[-1]]['drop']:+.4f}"
                                     if grid[-1] in evaluated and grid[-1] != ref_value else "") + "); raise the budget")
             upper = grid[start + 1:]
-            idx, converged = bisect_smallest(upper, len(upper) - 1, feasible, budget_left)
+            idx, converged = bisect_smallest(upper, len(upper) - 1, feasible, budget_left, **parallel)
             win = upper[idx]
         else:
-            idx, converged = bisect_smallest(grid, start, feasible, budget_left)
+            idx, converged = bisect_smallest(grid, start, feasible, budget_left, **parallel)
             win = grid[idx]
         seconds = time.time() - t0
+        for e in trace:  # evaluated ahead on Ray but never needed by the sequential path
+            if e["role"] == "candidate" and e["value"] not in on_path:
+                e["speculative"] = True
         best = evaluated[win]
         # smaller evaluated values that were infeasible bound the resolution
         below = [v for v in evaluated if v < win]
@@ -574,6 +829,8 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
             "winner_recipe": winner_file.name,
             "winner_exit_code": next(e["exit_code"] for e in trace if e["value"] == win),
             "trace": trace,
+            "backend": ({**fo.describe(), "rounds": rounds} if fo is not None else {"name": "local", "parallel": 1}),
+            "speculative_evaluations": sum(bool(e.get("speculative")) for e in trace),
         }
         (tmp / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, out_dir

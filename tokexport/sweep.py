@@ -3,35 +3,43 @@
 Points: ViT token pruning and visual tokens vary ``(method, keep rate)`` (``--keep-rates``, ``--methods``);
 a vocab trim varies ``trim.target_vocab_size`` (``--vocab-sizes``). Each point is a full run of the one
 driver (:func:`tokexport.tasks.run.run`) on a recipe derived from the loaded one with
-``recipe.model_copy(update=...)`` (only ``reduction`` or ``trim`` changes), each in its own output
-directory, in worker processes with ``jobs > 1``. The whole sweep is written into a temporary sibling
-of the output directory and renamed into place when complete: ``runs/<point>/`` (every conversion),
-``sweep.json``, ``pareto.png`` and a self-contained ``sweep.html`` (table + the plot embedded).
+``recipe.model_copy(update=...)`` (only ``reduction`` or ``trim`` changes), run by :mod:`tokexport.fanout`
+in this process, in ``--jobs N`` worker processes or as Ray tasks (``--backend ray``). Several recipes make
+a matrix sweep: each recipe takes the axis its task supports, into ``OUT/<recipe file stem>/``, with an
+``index.html`` showing every Pareto plot.
+
+Every point lands in the output directory atomically (``runs/<point>/``, renamed into place when its
+conversion is complete) with its record ``runs/<point>.json`` (status, exit code, error, host, recipe
+fingerprint); a failed point is recorded and the rest go on, and ``--resume`` keeps the points an earlier
+run completed with the same recipe. Then ``sweep.json``, ``pareto.png`` and a self-contained ``sweep.html``
+(table + the plot embedded) are written (each atomically). A new output is filled in place (so an
+interrupted sweep can be resumed); ``--force`` over an existing output builds the new one in a staging
+sibling and swaps it in when complete (:mod:`tokexport.outdir`).
 
 The x axis is what the reduction buys, per task: ViT, the measured speed-up (baseline.onnx ÷ model.onnx
 latency, interleaved in one process) at the largest bench batch; visual tokens, the LLM prefill FLOPs
 ratio (the tower's own measured ratio is only the selection overhead, reported per point); vocab, the
 parameter reduction (original ÷ trimmed parameters; the measured speed-up at the export batch is
-reported per point). With ``jobs > 1`` each job gets ``cores // jobs`` threads unless the recipe fixes
-``bench.threads``.
+reported per point). With ``jobs > 1`` each job gets ``cores // jobs`` threads (on Ray: ``--cpus-per-job``,
+default 1) unless the recipe fixes ``bench.threads``. Speed-ups are ratios measured inside one task, so
+points converted on different machines stay comparable.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from multiprocessing import get_context
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from . import __version__
 from .errors import InputError, ParityError
-from .outdir import check_out_dir, claim_out_dir, staged_dir
+from .outdir import check_out_dir, claim_out_dir, write_marker
 from .recipe import METRICS, Recipe, load_recipe
 from .report import fmt_value
 from .stages import metric as MC
@@ -201,44 +209,19 @@ def point_recipe(recipe: Recipe, point: Point, threads: int | None = None) -> Re
 
 
 def vocab_recipe(recipe, size: int, name: str, threads: int | None = None, **update):
-    """A vocab recipe with ``trim.target_vocab_size = size`` (validated like the recipe file)."""
+    """A vocab recipe with ``trim.target_vocab_size = size`` (validated like the recipe file); the size
+    replaces a budget the recipe sets instead (``max_params`` / ``max_bytes``)."""
     from .vocab.recipe import TrimConfig
 
     try:
-        trim = TrimConfig.model_validate({**recipe.trim.model_dump(mode="json"), "target_vocab_size": size})
+        trim = TrimConfig.model_validate({**recipe.trim.model_dump(mode="json"), "target_vocab_size": size,
+                                          "max_params": None, "max_bytes": None})
     except ValidationError as e:
         raise InputError(f"trim.target_vocab_size: {size}: {e.errors()[0]['msg']}") from None
     update = {"trim": trim, "name": name, **update}
     if threads is not None and recipe.bench.threads is None:
         update["bench"] = recipe.bench.model_copy(update={"threads": threads})
     return recipe.model_copy(update=update)
-
-
-# worker side -----------------------------------------------------------------------------------------
-
-_LOADED: dict = {}
-
-
-def _run_point(recipe: Recipe, base_dir: str, out_dir: str, label: str, torch_threads: int | None) -> tuple[int, str]:
-    """Run one conversion (in a worker process or in-process); returns (exit code, report path). The
-    loaded model is cached per process, keyed by what the loader depends on."""
-    import torch
-
-    from .load import load_model
-    from .pipeline import run
-
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    kwargs = {}
-    if recipe.task not in ("visual-tokens", "vocab-trim"):
-        key = (recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
-        if key not in _LOADED:
-            _LOADED.clear()
-            _LOADED[key] = load_model(recipe.model, Path(base_dir), recipe.family, recipe.task,
-                                      recipe.export.image_size)
-        kwargs["loaded"] = _LOADED[key]
-    res = run(recipe, Path(base_dir), Path(out_dir), force=True, label=label, **kwargs)
-    return res.exit_code, str(Path(out_dir) / "report.json")
 
 
 # summary ---------------------------------------------------------------------------------------------
@@ -301,9 +284,16 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts, xkey = summary["points"], summary["x"]["key"]
+    pts, xkey = [p for p in summary["points"] if p.get("status", "done") == "done"], summary["x"]["key"]
     vkey = summary["varied"]["key"]
     fig, ax = plt.subplots(figsize=PLOT_SIZE, dpi=PLOT_DPI)
+    if not pts:
+        ax.text(0.5, 0.5, f"no point converted ({len(summary['points'])} failed: see sweep.json)", ha="center",
+                va="center", transform=ax.transAxes)
+        ax.set_title(f"{summary['recipe']['name']}: no results", fontsize=10)
+        fig.savefig(path, dpi=PLOT_DPI)
+        plt.close(fig)
+        return
     for method in dict.fromkeys(p["method"] for p in pts):
         ser = sorted((p for p in pts if p["method"] == method), key=lambda p: p[xkey])
         ax.plot([p[xkey] for p in ser], [p["metric"] for p in ser], "o-", label=method)
@@ -321,7 +311,7 @@ def plot(summary: dict, path: Path) -> None:
     lower = summary.get("metric_better") == "lower"
     ax.set_ylabel(f"{summary['metric']} (reduced{'; lower is better' if lower else ''})")
     ax.set_title(f"{summary['recipe']['name']}: {summary['metric']} vs {summary['x_short']}"
-                 f" (labels: {summary['varied']['label']})", fontsize=10)
+                 f"\n(point labels: {summary['varied']['label']})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -362,7 +352,16 @@ def _columns(summary: dict) -> list[tuple[str, object]]:
 def render_html(summary: dict, png: bytes) -> str:
     """Self-contained page: the table of every point and the plot as a data URI."""
     cols = _columns(summary)
-    rows = ["<tr>" + "".join(f"<td>{cell(p)}</td>" for _, cell in cols) + "</tr>" for p in summary["points"]]
+    done = [p for p in summary["points"] if p.get("status", "done") == "done"]
+    rows = ["<tr>" + "".join(f"<td>{cell(p)}</td>" for _, cell in cols) + "</tr>" for p in done]
+    failed = [p for p in summary["points"] if p.get("status", "done") != "done"]
+    vkey = summary["varied"]["key"]
+    failed_table = "" if not failed else (
+        "<h2>Failed points</h2><table><thead><tr><th>method</th><th>" + html.escape(summary["varied"]["label"])
+        + "</th><th>exit code</th><th>error</th></tr></thead><tbody>"
+        + "".join(f"<tr><td>{html.escape(str(p['method']))}</td><td>{html.escape(fmt_value(p[vkey]))}</td>"
+                  f"<td>{p['exit_code']}</td><td style=\"text-align:left\">{html.escape(str(p['error']))}</td></tr>"
+                  for p in failed) + "</tbody></table>")
     img = base64.b64encode(png).decode("ascii")
     title = html.escape(f"tokexport sweep — {summary['recipe']['name']}")
     return f"""<!DOCTYPE html>
@@ -374,8 +373,11 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#e
 <img alt="{html.escape(summary['metric'])} vs {html.escape(summary['x_short'])}" src="data:image/png;base64,{img}">
 <table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h, _ in cols)}</tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
-<p>Original model: {html.escape(summary["metric"])} = {summary["original"]["metric"]:.4f}.
+{failed_table}
+<p>{f'Original model: {html.escape(summary["metric"])} = {summary["original"]["metric"]:.4f}.'
+    if summary["original"]["metric"] is not None else ""}
 {html.escape(summary["accuracy_description"])}</p>
+<p>{html.escape(summary.get("timing", ""))}</p>
 <script type="application/json" id="sweep-data">{html.escape(json.dumps(summary["points"]), quote=False)}</script>
 </body></html>
 """
@@ -407,111 +409,323 @@ def _axis(kind: str, rows: list[dict], batch: str | None) -> tuple[dict, dict, s
                        "model.onnx latency measured in the same run")
 
 
-def summarize(recipe: Recipe, recipe_label: str, points: list[Point], results: list[tuple[int, str]],
-              metric: str, jobs: int, threads: int | None, root: Path) -> dict:
-    reports = [json.loads(Path(path).read_text()) for _, path in results]
-    first = reports[0]
-    kind = first["kind"]
-    batches = (first.get("bench") or {}).get("batches") or {}
+TIMING_NOTE = ("Timing figures are ratios measured inside one task: baseline.onnx and model.onnx are timed "
+               "interleaved in the same process on the same node, so points run on different workers or machines "
+               "stay comparable; absolute latencies are not compared across points.")
+
+
+def _failed_row(point: Point, rec: dict) -> dict:
+    return {**point.fields(), "status": "failed", "exit_code": rec.get("exit_code"), "error": rec.get("error"),
+            "crashed": bool(rec.get("crashed")), "run_dir": None, "pareto": False, "host": rec.get("host"),
+            "resumed": bool(rec.get("resumed"))}
+
+
+def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: list[dict], metric: str,
+              backend: dict, threads: int | None, root: Path) -> dict:
+    """sweep.json of one recipe: a row per point (done: its figures from its report; failed: error and exit
+    code), the Pareto front over the done points and the original model."""
+    rows, reports = [], []
+    for p, rec in zip(points, records):
+        if rec.get("status") != "done":
+            rows.append(_failed_row(p, rec))
+            continue
+        run_dir = root / "runs" / p.label
+        report = json.loads((run_dir / "report.json").read_text())
+        reports.append(report)
+        rows.append(None)
+    done_idx = [i for i, r in enumerate(rows) if r is None]
+    first = reports[0] if reports else None
+    kind = first["kind"] if first else ("vocab-trim" if is_vocab(recipe) else
+                                        "visual-tokens" if recipe.task == "visual-tokens" else "vit")
+    batches = ((first or {}).get("bench") or {}).get("batches") or {}
     batch = str(max(int(b) for b in batches)) if batches else None
-    rows = [_row(p, r, metric, batch, str(Path(path).parent.relative_to(root)), code)
-            for p, (code, path), r in zip(points, results, reports)]
-    x, varied, what = _axis(kind, rows, batch)
+    for i, rep in zip(done_idx, reports):
+        rec = records[i]
+        row = _row(points[i], rep, metric, batch, f"runs/{points[i].label}", rec["exit_code"])
+        row.update(status="done", host=rec.get("host"), seconds=rec.get("seconds"), resumed=bool(rec.get("resumed")))
+        rows[i] = row
+    done = [r for r in rows if r["status"] == "done"]
+    x, varied, what = _axis(kind, done, batch) if done or kind != "vit" else (
+        {"key": "speedup", "label": "measured speed-up", "batch": None}, {"key": "keep_rate", "label": "keep rate"},
+        "keep rate applied at every pruning step of the recipe's schedule")
     x_short = x.pop("short", "speed-up")
-    better = rows[0]["metric_better"]
-    # the original model (x = 1, full accuracy) competes too: a point it beats is on no useful front
-    orig = rows[0]["metric_original"]
-    sign = -1.0 if better == "lower" else 1.0
-    front = pareto_front([r[x["key"]] for r in rows] + [1.0], [sign * r["metric"] for r in rows] + [sign * orig])[:-1]
-    for r, on in zip(rows, front):
-        r["pareto"] = on
-    bench = first.get("bench") or {}
+    better = done[0]["metric_better"] if done else "higher"
+    orig = done[0]["metric_original"] if done else None
+    if done:
+        # the original model (x = 1, full accuracy) competes too: a point it beats is on no useful front
+        sign = -1.0 if better == "lower" else 1.0
+        front = pareto_front([r[x["key"]] for r in done] + [1.0], [sign * r["metric"] for r in done] + [sign * orig])
+        for r, on in zip(done, front[:-1]):
+            r["pareto"] = on
+    bench = (first or {}).get("bench") or {}
     changed = ({"trim": recipe.trim.model_dump(mode="json")} if is_vocab(recipe)
                else {"reduction": recipe.reduction.model_dump(mode="json")})
+    failed = [r for r in rows if r["status"] != "done"]
+    resumed = sum(r["resumed"] for r in rows)
+    where = (f"{backend['name']} backend, {backend['parallel']} at a time"
+             + (f", {backend['cpus_per_job']} CPU(s) each" if backend.get("cpus_per_job") else ""))
     return {
         "schema_version": 1, "kind": "sweep", "tokexport_version": __version__, "created_unix": int(time.time()),
         "recipe_path": recipe_label, "recipe": {"name": recipe.name, "model": recipe.model, "task": recipe.task,
                                                 **changed},
-        "task_kind": kind, "metric": metric, "metric_better": better, "x": x, "x_short": x_short, "varied": varied, "jobs": jobs,
+        "task_kind": kind, "metric": metric, "metric_better": better, "x": x, "x_short": x_short, "varied": varied,
+        "jobs": backend["parallel"], "backend": backend,
         "threads_per_job": threads or bench.get("threads"),
         "runtime": bench.get("runtime"),
         "description": (f"{len(rows)} conversions of {recipe_label}: {what} "
-                        f"({bench.get('runtime', 'bench disabled')}, {jobs} parallel job(s))."),
-        "accuracy_description": first["accuracy"].get("description", ""),
-        "original": {"metric": rows[0]["metric_original"]},
+                        f"({bench.get('runtime', 'bench disabled')}, {where})"
+                        + (f"; {len(failed)} failed (error and exit code in the table)" if failed else "")
+                        + (f"; {resumed} kept from an earlier run (--resume)" if resumed else "") + "."),
+        "timing": TIMING_NOTE,
+        "accuracy_description": (first or {}).get("accuracy", {}).get("description", ""),
+        "original": {"metric": orig},
+        "failed": len(failed), "resumed": resumed,
         "points": rows,
     }
 
 
-def sweep(recipe_path: str | Path, keep_rates: list[float] | None, methods: list[str] | None,
+def fingerprint(recipe: Recipe, base_dir: Path) -> str:
+    """What makes a point's conversion the same one on a re-run (``--resume``): its recipe (thread counts
+    aside: speed-ups are same-task ratios) and where its relative paths resolve."""
+    import hashlib
+
+    data = recipe.model_dump(mode="json")
+    if isinstance(data.get("bench"), dict):
+        data["bench"].pop("threads", None)
+    blob = json.dumps({"recipe": data, "base_dir": str(base_dir)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file next to its final name and rename it into place (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    os.replace(tmp, path)
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def write_summary(summary: dict, root: Path) -> None:
+    """sweep.json, pareto.png and sweep.html of one recipe into ``root`` (each written atomically)."""
+    png = root / "pareto.png"
+    tmp = png.with_name(f".pareto.png.tmp-{os.getpid()}.png")
+    plot(summary, tmp)
+    os.replace(tmp, png)
+    _write_atomic(root / "sweep.html", render_html(summary, png.read_bytes()))
+    _write_atomic(root / "sweep.json", json.dumps(summary, indent=2) + "\n")
+
+
+@dataclass
+class _Recipe:
+    """One recipe of a (matrix) sweep."""
+
+    path: Path
+    recipe: Recipe
+    base_dir: Path
+    points: list
+    metric: str = ""
+    sub: str = ""  # its directory in a matrix sweep ("" for a single recipe)
+    recipes: list = field(default_factory=list)
+
+
+def _points(r: _Recipe, keep_rates, methods, vocab_sizes) -> list[Point]:
+    if is_vocab(r.recipe):
+        return [Point("vocab-trim", vocab_size=n) for n in vocab_sizes]
+    registry = _registry(r.recipe)
+    names = methods or [r.recipe.reduction.method]
+    for m in names:
+        if m not in registry:
+            raise InputError(f"--methods: unknown method {m!r} for task {r.recipe.task}"
+                             + (f" ({r.path})" if methods else "") + f"; known: {', '.join(sorted(registry))}")
+    return [Point(m, k) for m in names for k in keep_rates]
+
+
+def _check_axes(items: list[_Recipe], keep_rates, methods, vocab_sizes) -> None:
+    """Each recipe takes the axis its task supports: --keep-rates (and --methods) for ViT and visual-token
+    recipes, --vocab-sizes for vocab-trim recipes. A flag no recipe takes, or an axis a recipe lacks, is an
+    error."""
+    vocab = [r for r in items if is_vocab(r.recipe)]
+    other = [r for r in items if not is_vocab(r.recipe)]
+    if not other and (keep_rates is not None or methods):
+        flag = "--keep-rates" if keep_rates is not None else "--methods"
+        raise InputError(f"{flag}: {vocab[0].path} is a vocab-trim recipe; sweep its vocabulary with "
+                         "--vocab-sizes 8000,12000,16000 (trim.target_vocab_size)")
+    if vocab and not vocab_sizes:
+        raise InputError(f"--vocab-sizes: required for the vocab-trim recipe {vocab[0].path}, e.g. "
+                         "--vocab-sizes 8000,12000,16000")
+    if not vocab and vocab_sizes is not None:
+        raise InputError(f"--vocab-sizes: only for task vocab-trim recipes; {other[0].path} is task "
+                         f"{other[0].recipe.task} (vary its keep rate with --keep-rates)")
+    if other and not keep_rates:
+        raise InputError(f"--keep-rates: required for {other[0].path} (task {other[0].recipe.task}), e.g. "
+                         "--keep-rates 0.9,0.7,0.5")
+
+
+@contextlib.contextmanager
+def _in_place(out_dir: Path):
+    """The output directory itself (created with its marker when new): points land in it one by one, so an
+    interrupted sweep keeps every finished point for ``--resume``."""
+    if not out_dir.exists():
+        out_dir.mkdir()
+        write_marker(out_dir, "sweep")
+    yield out_dir
+
+
+def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, methods: list[str] | None,
           out: str | Path | None, jobs: int = 1, force: bool = False, metric: str | None = None, on_done=None,
-          vocab_sizes: list[int] | None = None) -> tuple[dict, Path]:
+          vocab_sizes: list[int] | None = None, *, backend: str = "local", address: str | None = None,
+          cpus_per_job: int | None = None, resume: bool = False) -> tuple[dict, Path]:
     """Run every point's conversion and write sweep.json, sweep.html, pareto.png under ``out``: every
     (method, keep rate) of a ViT or visual-token recipe, or every ``vocab_sizes`` of a vocab recipe.
-    Returns (summary, output directory). ``on_done(point, exit_code)`` reports progress."""
-    recipe_path = Path(recipe_path)
-    recipe = load_recipe(recipe_path)
-    base_dir = recipe_path.resolve().parent
-    out_dir = Path(out) if out is not None else Path("out") / f"{recipe_path.stem}-sweep"
-    if jobs < 1:
-        raise InputError(f"--jobs: {jobs}; give 1 or more parallel conversions")
-    if is_vocab(recipe):
-        if keep_rates is not None or methods:
-            flag = "--keep-rates" if keep_rates is not None else "--methods"
-            raise InputError(f"{flag}: {recipe_path} is a vocab-trim recipe; sweep its vocabulary with "
-                             "--vocab-sizes 8000,12000,16000 (trim.target_vocab_size)")
-        if not vocab_sizes:
-            raise InputError(f"--vocab-sizes: required for the vocab-trim recipe {recipe_path}, e.g. "
-                             "--vocab-sizes 8000,12000,16000")
-        points = [Point("vocab-trim", vocab_size=n) for n in vocab_sizes]
-    else:
-        if vocab_sizes is not None:
-            raise InputError(f"--vocab-sizes: only for task vocab-trim recipes; {recipe_path} is task "
-                             f"{recipe.task} (vary its keep rate with --keep-rates)")
-        if not keep_rates:
-            raise InputError(f"--keep-rates: required for {recipe_path} (task {recipe.task}), e.g. "
-                             "--keep-rates 0.9,0.7,0.5")
-        registry = _registry(recipe)
-        methods = methods or [recipe.reduction.method]
-        for m in methods:
-            if m not in registry:
-                raise InputError(f"--methods: unknown method {m!r} for task {recipe.task}; "
-                                 f"known: {', '.join(sorted(registry))}")
-        points = [Point(m, r) for m in methods for r in keep_rates]
-    metric = check_metric(recipe, base_dir, metric, "a sweep")
+    Several recipes (a matrix sweep): each into ``out/<recipe stem>/`` with its own axis, plus
+    ``index.html`` and ``index.json``. Returns (summary, output directory): one recipe's summary, or for a
+    matrix ``{"kind": "sweep-matrix", "sweeps": [summary, ...]}``. ``on_done(point, exit_code)`` reports
+    progress. A failed point is recorded (error, exit code) and the rest go on; ``resume`` keeps points
+    an earlier run into ``out`` completed with the same recipe."""
+    from .fanout import Fanout, PointSpec, check_backend
+    from .outdir import read_marker
     from .tasks.run import model_paths
 
-    protect = (recipe_path, base_dir, *model_paths(recipe.model, base_dir))
-    check_out_dir(out_dir, force, protect=protect)
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // jobs) if jobs > 1 else None
-    recipes = [point_recipe(recipe, p, threads) for p in points]  # every point validated before anything runs
-
-    with claim_out_dir(out_dir, force, kind="sweep", protect=protect), staged_dir(out_dir) as tmp:
-        dirs = [str(tmp / "runs" / p.label) for p in points]
-        labels = [f"{recipe_path}@{p.label}" for p in points]
-        results: list[tuple[int, str]] = []
-        if jobs == 1:
-            for p, r, d, lab in zip(points, recipes, dirs, labels):
-                results.append(_run_point(r, str(base_dir), d, lab, None))
-                if on_done:
-                    on_done(p, results[-1][0])
+    paths = [Path(p) for p in (recipe_path if isinstance(recipe_path, (list, tuple)) else [recipe_path])]
+    if not paths:
+        raise InputError("sweep: give at least one recipe")
+    matrix = len(paths) > 1
+    if jobs < 1:
+        raise InputError(f"--jobs: {jobs}; give 1 or more parallel conversions")
+    if resume and force:
+        raise InputError("--resume and --force: give one (--resume keeps the points an earlier run completed, "
+                         "--force starts over)")
+    check_backend(backend, jobs, cpus_per_job)
+    items = []
+    for p in paths:
+        r = load_recipe(p)
+        items.append(_Recipe(p, r, p.resolve().parent, []))
+    if matrix:
+        stems = [it.path.stem for it in items]
+        dup = sorted({s for s in stems if stems.count(s) > 1})
+        if dup:
+            raise InputError(f"sweep: two recipes named {dup[0]}.yaml; each recipe's results go to OUT/<file name>/, "
+                             "so give recipes with distinct file names")
+        for it in items:
+            it.sub = it.path.stem
+    _check_axes(items, keep_rates, methods, vocab_sizes)
+    for it in items:
+        it.points = _points(it, keep_rates, methods, vocab_sizes)
+        if matrix and metric is not None:
+            known, _ = task_metrics(it.recipe, it.base_dir)
+            it.metric = check_metric(it.recipe, it.base_dir, metric if metric in known else None, "a sweep")
         else:
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_run_point, r, str(base_dir), d, lab, threads)
-                           for r, d, lab in zip(recipes, dirs, labels)]
-                for p, f in zip(points, futures):
-                    results.append(f.result())
-                    if on_done:
-                        on_done(p, results[-1][0])
-        summary = summarize(recipe, str(recipe_path), points, results, metric, jobs, threads, tmp)
-        (tmp / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
-        plot(summary, tmp / "pareto.png")
-        (tmp / "sweep.html").write_text(render_html(summary, (tmp / "pareto.png").read_bytes()))
-    return summary, out_dir
+            it.metric = check_metric(it.recipe, it.base_dir, metric, "a sweep")
+    if matrix and metric is not None and not any(it.metric == metric for it in items):
+        check_metric(items[0].recipe, items[0].base_dir, metric, "a sweep")  # names the known ones
+    out_dir = Path(out) if out is not None else Path("out") / (f"{paths[0].stem}-sweep" if not matrix else "sweep-matrix")
+    protect = [x for it in items for x in (it.path, it.base_dir, *model_paths(it.recipe.model, it.base_dir))]
+    exists = os.path.lexists(out_dir)
+    if resume and exists:
+        check_out_dir(out_dir, True, protect=protect)
+        kind = (read_marker(out_dir) or {}).get("kind")
+        if kind != "sweep":
+            raise InputError(f"{out_dir}: written by tokexport {kind}, not by a sweep; --resume continues a sweep "
+                             "into its own output directory (choose another --out)")
+    else:
+        check_out_dir(out_dir, force, protect=protect)
+    fo = Fanout(backend, address, cpus_per_job, jobs)
+    threads = fo.threads()
+    for it in items:  # every point validated before anything runs
+        it.recipes = [point_recipe(it.recipe, p, threads) for p in it.points]
+
+    with fo, claim_out_dir(out_dir, force or (resume and exists), kind="sweep", protect=protect) as claim:
+        desc = fo.describe()
+        staged = exists and force
+        with (claim.staged() if staged else _in_place(out_dir)) as root:
+            specs, records, where = [], {}, {}
+            for n, it in enumerate(items):
+                base = root / it.sub if it.sub else root
+                (base / "runs").mkdir(parents=True, exist_ok=True)
+                local = model_paths(it.recipe.model, it.base_dir)
+                for p, r in zip(it.points, it.recipes):
+                    key = f"{it.sub}/{p.label}" if it.sub else p.label
+                    run_dir, rec_file = base / "runs" / p.label, base / "runs" / f"{p.label}.json"
+                    fp = fingerprint(r, it.base_dir)
+                    where[key] = (rec_file, fp, p)
+                    prev = _read_record(rec_file) if resume else None
+                    if (prev and prev.get("status") == "done" and prev.get("fingerprint") == fp
+                            and (run_dir / "report.json").is_file()):
+                        records[key] = {**prev, "resumed": True}
+                        if on_done:
+                            on_done(p, prev.get("exit_code"))
+                        continue
+                    specs.append(PointSpec(key, r, str(it.base_dir), str(run_dir.absolute()), f"{it.path}@{p.label}",
+                                           threads, str(local[0]) if local else None))
+
+            def finished(spec, rec):
+                rec_file, fp, p = where[spec.key]
+                rec = {**rec, "fingerprint": fp, "point": p.label, "backend": backend}
+                _write_atomic(rec_file, json.dumps(rec, indent=2) + "\n")
+                records[spec.key] = rec
+                if on_done:
+                    on_done(p, rec.get("exit_code"))
+
+            fo.convert(specs, finished)
+            summaries = []
+            for it in items:
+                base = root / it.sub if it.sub else root
+                recs = [records[f"{it.sub}/{p.label}" if it.sub else p.label] for p in it.points]
+                summary = summarize(it.recipe, str(it.path), it.points, recs, it.metric, desc, threads, base)
+                write_summary(summary, base)
+                summaries.append(summary)
+            if not matrix:
+                return summaries[0], out_dir
+            index = {"schema_version": 1, "kind": "sweep-matrix", "tokexport_version": __version__,
+                     "created_unix": int(time.time()), "backend": desc, "timing": TIMING_NOTE,
+                     "recipes": [{"recipe_path": str(it.path), "dir": it.sub, "task_kind": s["task_kind"],
+                                  "metric": s["metric"], "varied": s["varied"]["key"], "points": len(s["points"]),
+                                  "failed": s["failed"], "resumed": s["resumed"]} for it, s in zip(items, summaries)]}
+            _write_atomic(root / "index.json", json.dumps(index, indent=2) + "\n")
+            _write_atomic(root / "index.html", render_index(index, summaries, root))
+    return {**index, "sweeps": summaries}, out_dir
+
+
+def render_index(index: dict, summaries: list[dict], root: Path) -> str:
+    """The matrix sweep's page: every recipe's Pareto plot (embedded) with a link to its own sweep.html."""
+    parts = []
+    for entry, s in zip(index["recipes"], summaries):
+        png = base64.b64encode((root / entry["dir"] / "pareto.png").read_bytes()).decode("ascii")
+        sub = html.escape(entry["dir"])
+        failed = f", {s['failed']} failed" if s["failed"] else ""
+        parts.append(f"""<section><h2><a href="{sub}/sweep.html">{html.escape(s['recipe_path'])}</a></h2>
+<p>{html.escape(s['task_kind'])}: {len(s['points'])} points over {html.escape(s['varied']['label'])}{failed};
+{html.escape(s['metric'])} vs {html.escape(s['x_short'])}.</p>
+<img alt="{html.escape(s['metric'])} vs {html.escape(s['x_short'])} ({sub})" src="data:image/png;base64,{png}">
+</section>""")
+    b = index["backend"]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>tokexport sweep — {len(summaries)} recipes</title>
+<style>body{{font-family:sans-serif;margin:2em}}section{{margin-bottom:2em}}</style></head>
+<body><h1>tokexport sweep — {len(summaries)} recipes</h1>
+<p>Backend: {html.escape(b['name'])}, {b['parallel']} conversion(s) at a time. {html.escape(index['timing'])}</p>
+{"".join(parts)}
+<script type="application/json" id="sweep-index">{html.escape(json.dumps(index["recipes"]), quote=False)}</script>
+</body></html>
+"""
 
 
 def exit_code(summary: dict) -> int:
     """A sweep explores: points failing the recipe's accuracy thresholds are expected (they show FAIL in
-    the table). A parity failure means a broken graph: exit 3."""
-    return ParityError.exit_code if any(p["exit_code"] == ParityError.exit_code for p in summary["points"]) else 0
+    the table). A point that could not be converted (an error, a crashed worker): its exit code (the
+    first such point's). A parity failure means a broken graph: exit 3."""
+    sweeps = summary.get("sweeps") or [summary]
+    pts = [p for s in sweeps for p in s["points"]]
+    for p in pts:
+        if p.get("status") == "failed":
+            return p["exit_code"] or 1
+    return ParityError.exit_code if any(p["exit_code"] == ParityError.exit_code for p in pts) else 0

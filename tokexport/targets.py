@@ -15,6 +15,14 @@ Sources (read for this table; see docs/tensorrt.md for how each row was checked)
 - Operators and constraints: onnx-tensorrt ``docs/operators.md`` and the importers on the
   release/8.5-GA, release/8.6-GA and release/10.1-GA branches (https://github.com/onnx/onnx-tensorrt);
   10.1 is the newest 10.x table available here and is used for 10.3 (10.2/10.3 only added operators).
+- Current TensorRT (docs/tensorrt.md lists every page with what it says): TensorRT 10.16.1 is the
+  newest 10.x (https://docs.nvidia.com/deeplearning/tensorrt/latest/ "What's New in 10.16.1"); TensorRT
+  11.x networks are always strongly typed, --fp16 and BuilderFlag.FP16 are removed and fp16 must be in
+  the ONNX graph (https://docs.nvidia.com/deeplearning/tensorrt/11.4.1/api/migration/tensorrt-10x-to-11x-trtexec.html);
+  the 11.x parser reads opset <= 25 from 11.5 on (ONNX Opset Guide; 11.5 release notes "Added support
+  for ONNX opset 25"), so 24 is the bound for 11.0-11.4; 11.0 added Swish. JetPack 7.0/7.1 (Jetson
+  Linux 38.2/38.4, Jetson Thor) ship TensorRT 10.13, and TensorRT 11.0-11.4.0 do not support JetPack:
+  Jetson stays on its JetPack's TensorRT 10.x (11.4.1 supports JetPack 7.2.2+ only).
 """
 from __future__ import annotations
 
@@ -24,8 +32,8 @@ from typing import Literal
 
 from .errors import InputError
 
-TargetName = Literal["onnxruntime", "tensorrt-8.5", "tensorrt-8.6", "tensorrt-10",
-                     "jetpack-5.1", "jetpack-6.0", "jetpack-6.1"]
+TargetName = Literal["onnxruntime", "tensorrt-8.5", "tensorrt-8.6", "tensorrt-10", "tensorrt-10.16", "tensorrt-11",
+                     "jetpack-5.1", "jetpack-6.0", "jetpack-6.1", "jetpack-7.0"]
 
 # Every TensorRT version: ITopKLayer's K limit (operators.md 10.x: "K input must be less than 3840").
 TOPK_MAX_K = 3840
@@ -36,6 +44,8 @@ _TRT_COMMON = frozenset(["Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin
 TRT85_OPS = _TRT_COMMON
 TRT86_OPS = _TRT_COMMON | {"GroupNormalization", "IsInf", "LayerNormalization"}
 TRT10_OPS = TRT86_OPS | {"CastLike", "DeformConv", "Gelu", "Hardmax", "Mish"}
+# 11.0 parser: "Added support for Swish operator" (DFT came with 11.2, through a plugin: not listed).
+TRT11_OPS = TRT10_OPS | {"Swish"}
 
 # Reductions whose `axes` moved from an attribute to an input at opset 18 (ReduceSum moved at 13).
 REDUCE_AXES18_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
@@ -67,6 +77,8 @@ class Target:
     einsum_restricted: bool = False  # 8.x: no ellipsis, no diagonal, no broadcasting between inputs
     layernorm_y_only: bool = False  # 10.x: only the first LayerNormalization output
     pad_axes_initializer: bool = False  # 10.x: Pad `axes` must be an initializer
+    # 11.x: every network is strongly typed (no --fp16 / BuilderFlag.FP16): engines take the graph's precision
+    strongly_typed: bool = False
     note: str = ""
 
     @property
@@ -82,7 +94,7 @@ class Target:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "runtime": self.runtime, "tensorrt": self.tensorrt, "jetpack": self.jetpack,
-                "opset": self.opset, "max_opset": self.max_opset}
+                "opset": self.opset, "max_opset": self.max_opset, "strongly_typed": self.strongly_typed}
 
 
 _TRT8 = {"runtime": "tensorrt", "reduce_axes_input_ignored": True, "scatter_reduction_ignored": True,
@@ -105,9 +117,23 @@ TARGETS: dict[str, Target] = {
         topk_sorted_required=True, reduce_axes_initializer=True, scatter_nd_reduction_rejected=True,
         layernorm_y_only=True, pad_axes_initializer=True,
         note="opset 17 is the default: the dynamo exporter needed for >= 18 is not used for these graphs"),
+    "tensorrt-10.16": Target(
+        "tensorrt-10.16", "tensorrt", opset=17, max_opset=20, tensorrt="10.16.1", ops=TRT10_OPS,
+        topk_sorted_required=True, reduce_axes_initializer=True, scatter_nd_reduction_rejected=True,
+        layernorm_y_only=True, pad_axes_initializer=True,
+        note="the newest TensorRT 10.x; weak typing (--fp16) still works but is deprecated since 10.12: fp16 graphs "
+             "are built strongly typed. Operator checks are the 10.1 table's (conservative); max opset kept at 20"),
+    "tensorrt-11": Target(
+        "tensorrt-11", "tensorrt", opset=17, max_opset=24, tensorrt="11.5", ops=TRT11_OPS,
+        topk_sorted_required=True, reduce_axes_initializer=True, scatter_nd_reduction_rejected=True,
+        layernorm_y_only=True, pad_axes_initializer=True, strongly_typed=True,
+        note="strongly typed only: no --fp16, the engine runs in the graph's precision (export.precision: fp16 for "
+             "an fp16 engine); not for Jetson before JetPack 7.2.2 (NVIDIA's migration guide)"),
 }
-JETPACK = {"jetpack-5.1": ("tensorrt-8.5", "5.1"), "jetpack-6.0": ("tensorrt-8.6", "6.0"),
-           "jetpack-6.1": ("tensorrt-10", "6.1")}
+# JetPack name -> (TensorRT profile, JetPack releases, TensorRT version on the device when it differs from the profile's)
+JETPACK: dict[str, tuple[str, str, str | None]] = {
+    "jetpack-5.1": ("tensorrt-8.5", "5.1", None), "jetpack-6.0": ("tensorrt-8.6", "6.0", None),
+    "jetpack-6.1": ("tensorrt-10", "6.1", None), "jetpack-7.0": ("tensorrt-10", "7.0/7.1", "10.13")}
 # `export.trt_target` values of recipes written before targets had names.
 LEGACY_TRT = {"8.5": "tensorrt-8.5", "8.6": "tensorrt-8.6", "10.3": "tensorrt-10"}
 TARGET_NAMES: tuple[str, ...] = (*TARGETS, *JETPACK)
@@ -124,8 +150,8 @@ def resolve(name: str) -> Target:
     if key in TARGETS:
         return TARGETS[key]
     if key in JETPACK:
-        base, jp = JETPACK[key]
-        return dataclasses.replace(TARGETS[base], name=key, jetpack=jp)
+        base, jp, version = JETPACK[key]
+        return dataclasses.replace(TARGETS[base], name=key, jetpack=jp, tensorrt=version or TARGETS[base].tensorrt)
     raise InputError(f"unknown target {name!r}; choose one of: {', '.join(TARGET_NAMES)}")
 
 

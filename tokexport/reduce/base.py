@@ -81,6 +81,9 @@ class LayerInputs:
     n_prefix: int  # leading tokens never pruned (CLS, distillation token, registers)
     layer: int  # 0-indexed block
     num_layers: int  # blocks in the model
+    # (rows, cols) of the ORIGINAL patch grid (non-prefix tokens entering block 0; one row when their count is
+    # not a square), for methods that place tokens by their 2-D position (uniform); None outside the patch
+    grid: tuple[int, int] | None = None
 
 
 class Method:

@@ -16,6 +16,7 @@ the host forward unchanged (with that bias once sizes exist).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
@@ -75,14 +76,30 @@ class _Wrapped(nn.Module):
         self.num_layers = adapter.num_layers
 
 
+class _Grid:
+    """The original patch grid of the current forward, read at block 0 (before any pruning): pruning
+    methods that place tokens by their 2-D position (uniform) need it at every later stage."""
+
+    def __init__(self):
+        self.shape: tuple[int, int] | None = None
+
+    def see(self, n_patches: int) -> None:
+        side = math.isqrt(n_patches)
+        self.shape = (side, side) if side * side == n_patches else (1, n_patches)  # not square: one row
+
+
 class _Block(_Wrapped):
     def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: Method | None,
-                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, temperature: float):
+                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, temperature: float,
+                 grid: _Grid | None = None):
         super().__init__(inner, index, stage, method, capture, adapter)
         self.temperature = temperature
+        self.grid = grid if grid is not None else _Grid()
 
     def forward(self, hidden_states, *args, **kwargs):
         args, kwargs = without_mask(args, kwargs)
+        if self.index == 0:  # a new forward: every patch token is still there (static shape: a Python int)
+            self.grid.see(int(hidden_states.shape[1]) - self.n_prefix)
         out = self.inner(hidden_states, *args, **kwargs)
         if self.stage is None:
             return out
@@ -92,7 +109,7 @@ class _Block(_Wrapped):
             attn, keys = captured_attention(self.capture, self.heads, self.head_dim, self.temperature)
         idx = self.method.select(
             LayerInputs(hidden=h, attn=attn, keys=keys, n_prefix=self.n_prefix, layer=self.index,
-                        num_layers=self.num_layers),
+                        num_layers=self.num_layers, grid=self.grid.shape),
             self.stage.n_keep,
         )
         h = gather_tokens(h, idx, self.n_prefix)
@@ -208,12 +225,12 @@ def reduced(model: nn.Module, adapter: Adapter, stages: list[Stage], method: Met
     scored = [s.layer for s in stages] if method is not None and (method.needs_attention or merging) else []
     try:
         with capture_qk(model, adapter, scored) as captures:
-            sizes = _Sizes()
+            sizes, grid = _Sizes(), _Grid()
             for i, block in enumerate(originals):
                 if merging:
                     layers[i] = _MergeBlock(block, i, by_layer.get(i), method, captures.get(i), adapter, sizes)
                 else:
-                    layers[i] = _Block(block, i, by_layer.get(i), method, captures.get(i), adapter, temperature)
+                    layers[i] = _Block(block, i, by_layer.get(i), method, captures.get(i), adapter, temperature, grid)
             yield model
     finally:
         for i, block in enumerate(originals):

@@ -1,4 +1,9 @@
-"""Random keep: a fixed random subset per layer (the ablation baseline of Zero-TPrune and EViT).
+"""Fixed random subset (method ``random``): one seeded random subset per layer, the SAME for every image
+— a deployable method (a static graph with constant indices), the ablation of Zero-TPrune and EViT.
+
+Not to be confused with the per-image random BASELINE every ViT report carries
+(:mod:`tokexport.reduce.baselines_vit`, report section ``baselines``): that draws a new subset for every
+image and every seed (≥ 5 seeds, mean ± sd) and is evaluated in PyTorch only.
 
 The scores are drawn once per (layer, number of candidate tokens) from
 ``torch.Generator().manual_seed(seed * 1_000_003 + layer)`` and stored as a constant tensor, so every
@@ -23,7 +28,7 @@ _LAYER_STRIDE = 1_000_003  # prime larger than any block count: (seed, layer) ->
 
 
 class RandomKeepConfig(ReductionConfig):
-    """Seeded random subset of the tokens, fixed per layer and identical for every image."""
+    """Fixed random subset: seeded, one per layer, identical for every image (deployable)."""
 
     method: Literal["random"] = Field(default="random", description="Method name.")
     seed: Count(0, 2**40) = Field(

@@ -18,11 +18,16 @@ def _stats(ms: list[float]) -> dict:
 
 
 def compare_latency(baseline: Path, reduced: Path, feeds: Callable[[int], Mapping[str, Feed]], batch_sizes: list[int],
-                    warmup: int, repeats: int, threads: int | None, on_step: Callable[[], None] | None = None) -> dict:
+                    warmup: int, repeats: int, threads: int | None, on_step: Callable[[], None] | None = None,
+                    provider: str = "cpu", provider_options: Mapping | None = None, runners: dict | None = None) -> dict:
     """``feeds(batch)`` → ``{"baseline": feed, "model": feed}`` (the same feed for graphs that read the
     same inputs). Returns, per batch size, median and p90 of each graph, the measured speed-up and
-    throughput in samples per second."""
-    runners = {"baseline": OrtRunner(baseline, threads), "model": OrtRunner(reduced, threads)}
+    throughput in samples per second. Both graphs run on ONNX Runtime's ``provider``
+    (:func:`tokexport.stages.runners.provider_list`); ``runners`` replaces the two ONNX Runtime runners
+    with any ``{"baseline": r, "model": r}`` of the runner contract (scripts/bench_gpu.py: TensorRT engines)."""
+    if runners is None:
+        runners = {"baseline": OrtRunner(baseline, threads, provider, provider_options),
+                   "model": OrtRunner(reduced, threads, provider, provider_options)}
     results = {}
     for b in batch_sizes:
         f = feeds(b)

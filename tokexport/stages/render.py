@@ -4,7 +4,7 @@ header."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .metric import describe_threshold, is_info
 
@@ -108,6 +108,8 @@ def render_markdown(report: dict, task_lines: Sequence[str] = ()) -> str:
         "",
         md_table(["metric", "original", "reduced", "delta", "threshold", "result"], metric_rows(report)),
     ]
+    if report.get("baselines"):
+        lines += ["", *baselines_lines(report["baselines"])]
     speed = speed_rows(report)
     if speed:
         b = report["bench"]
@@ -149,3 +151,32 @@ def console_summary(report: dict, task_lines: Sequence[str] = ()):
     parts.append(Text("PASS", style="bold green") if report["passed"]
                  else Text("FAIL: " + "; ".join(report["failures"]), style="bold red"))
     return Group(*parts)
+
+
+def baselines_lines(section: Mapping | None) -> list[str]:
+    """report.md: the method and the baselines side by side, and the margins."""
+    if not section:
+        return []
+    runs = section["baselines"]
+    method = section["method"]
+    names = list(section["margins"]) or list(method["metrics"])
+    header = ["metric", f"{method['name']} (method)", *[f"{n}" for n in runs], "margin over best [CI]"]
+    rows = []
+    for m in names:
+        row = [m, f"{method['metrics'][m]:.4f}"]
+        for r in runs.values():
+            s = r["metrics"].get(m)
+            row.append("—" if s is None else (f"{s['mean']:.4f} ± {s['sd']:.4f}" if len(s["values"]) > 1 else f"{s['mean']:.4f}"))
+        mg = section["margins"].get(m)
+        row.append("—" if mg is None else f"{mg['margin']:+.4f} [{mg['ci'][0]:+.4f}, {mg['ci'][1]:+.4f}] vs {mg['best_baseline']}")
+        rows.append(row)
+    data = section.get("data") or {}
+    lines = ["## Against baselines at the same budget",
+             f"Same kept-token budget, same {data.get('samples', '?')} samples ({data.get('split', 'eval')} split); "
+             + "; ".join(f"{n}: {r['description']}" for n, r in runs.items()) + ".", "", md_table(header, rows)]
+    gate = section.get("gate")
+    if gate:
+        lines += ["", f"Gate `verify.vs_baselines` (min_margin {gate['min_margin']:+g} on the "
+                      f"{'CI lower bound' if gate['bound'] == 'ci_low' else 'margin'}): "
+                      + ("PASS" if gate["passed"] else "FAIL — " + "; ".join(gate["failures"]))]
+    return lines

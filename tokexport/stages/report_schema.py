@@ -107,6 +107,58 @@ class Model(_Open):
     params: int = Field(ge=0)
 
 
+class Margin(_Open):
+    better: Literal["higher", "lower"]
+    best_baseline: str
+    margin: Finite
+    ci: list[Finite] = Field(min_length=2, max_length=2)
+    level: Finite
+    resamples: int = Field(ge=1)
+
+
+class BaselineSummary(_Open):
+    mean: Finite
+    sd: Finite = Field(ge=0)
+    values: list[Finite] = Field(min_length=1)
+
+
+class BaselineRunSection(_Open):
+    description: str
+    metrics: dict[str, BaselineSummary]
+
+
+class VsBaselinesGate(_Open):
+    min_margin: Finite
+    bound: Literal["ci_low", "estimate"]
+    metrics: list[str]
+    passed: bool
+    failures: list[str]
+
+
+class Baselines(_Open):
+    """The method against random keep (per image, >= 5 seeds) and a 2-D uniform lattice at the same
+    budget, on the same data (tokexport.stages.baselines)."""
+
+    budget: dict
+    data: dict
+    method: dict
+    baselines: dict[str, BaselineRunSection] = Field(min_length=1)
+    margins: dict[str, Margin]
+    gate: VsBaselinesGate | None
+
+
+class DeviceResults(_Open):
+    """What verify_on_device.py measured on the device (device_results.json), added by `tokexport report merge`."""
+
+    format: Literal["tokexport-device-results"]
+    format_version: Literal[1]
+    sha256: dict
+    runtime: dict | None
+    models: dict[str, dict]
+    trtexec: dict[str, dict]
+    passed: bool
+
+
 class Report(_Open):
     """report.json of `tokexport convert`, every task."""
 
@@ -126,8 +178,10 @@ class Report(_Open):
     bench: Bench | None
     trt_check: dict | None
     deploy: dict | None
+    baselines: Baselines | None = None
     passed: bool
     failures: list[str]
+    device_results: DeviceResults | None = None
 
 
 def report_schema() -> dict:

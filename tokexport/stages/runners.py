@@ -1,6 +1,14 @@
 """The one runner contract: ``infer(feed) -> {output name: array}`` over named numpy inputs
 (Polygraphy's runner shape), for ONNX Runtime sessions and PyTorch callables alike, plus
-``run_rows`` to push N rows through either in batches."""
+``run_rows`` to push N rows through either in batches.
+
+ONNX Runtime execution providers are chosen here, in one place (:func:`provider_list`): ``cpu``,
+``cuda`` or ``tensorrt`` (recipe ``bench.provider``, ``tokexport convert --provider``), with provider
+options (``bench.provider_options``, e.g. ``{device_id: 0}``). Falling back to the CPU is never silent:
+a provider this onnxruntime does not offer, or offers but cannot start (no GPU, missing CUDA
+libraries), is an :class:`~tokexport.errors.EnvironmentProblem` (exit 5), raised by
+:func:`preflight` before any model is loaded, and again by :class:`OrtRunner` should a session
+come up on another provider than the one asked for."""
 from __future__ import annotations
 
 import os
@@ -9,21 +17,124 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import EnvironmentProblem, InputError
+
 Feed = dict[str, np.ndarray]
+
+# tokexport's provider names → ONNX Runtime's
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+PROVIDER_NAMES = tuple(PROVIDERS)
+_GPU_HINT = ("install the gpu extra on a machine with an NVIDIA GPU and CUDA (pip install 'tokexport[gpu]': "
+             "onnxruntime-gpu replaces onnxruntime; see docs/gpu.md), or use provider cpu")
+
+
+def _option_value(v) -> str:
+    """ONNX Runtime reads provider options as strings."""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return str(v)
+
+
+def provider_list(name: str = "cpu", options: Mapping | None = None) -> list[tuple[str, dict[str, str]]]:
+    """The ``providers=`` argument of ``onnxruntime.InferenceSession`` for a tokexport provider name:
+    the asked-for provider first, with ``options``, then the providers ONNX Runtime hands the nodes to
+    that the first cannot run (TensorRT → CUDA → CPU, CUDA → CPU; a ``device_id`` option is passed
+    down to CUDA). Pure: needs no onnxruntime. InputError for an unknown name."""
+    key = str(name).strip().lower()
+    if key not in PROVIDERS:
+        raise InputError(f"unknown execution provider {name!r}; choose one of: {', '.join(PROVIDER_NAMES)}")
+    opts = {str(k): _option_value(v) for k, v in (options or {}).items()}
+    cpu = ("CPUExecutionProvider", {})
+    if key == "cpu":
+        return [("CPUExecutionProvider", opts)]
+    if key == "cuda":
+        return [("CUDAExecutionProvider", opts), cpu]
+    cuda = {"device_id": opts["device_id"]} if "device_id" in opts else {}
+    return [("TensorrtExecutionProvider", opts), ("CUDAExecutionProvider", cuda), cpu]
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise EnvironmentProblem("onnxruntime is not installed: pip install 'tokexport[cpu]' (or 'tokexport[gpu]' "
+                                 "for the CUDA and TensorRT providers; docs/gpu.md)") from None
+    return ort
+
+
+def check_provider(name: str = "cpu", options: Mapping | None = None,
+                   available: Sequence[str] | None = None) -> list[tuple[str, dict[str, str]]]:
+    """:func:`provider_list`, after checking that this onnxruntime offers every provider in it
+    (``available``: default ``onnxruntime.get_available_providers()``); EnvironmentProblem (exit 5, one
+    line) naming the missing provider and the fix otherwise. Loads no model."""
+    plist = provider_list(name, options)
+    if available is None:
+        ort = _ort()
+        available, version = list(ort.get_available_providers()), ort.__version__
+    else:
+        version = "here"
+    missing = [p for p, _ in plist if p not in available]
+    if missing:
+        raise EnvironmentProblem(f"execution provider {name!r} needs {missing[0]}, which onnxruntime {version} does "
+                                 f"not offer (it has: {', '.join(available) or 'none'}); {_GPU_HINT}")
+    return plist
+
+
+def _tiny_graph() -> bytes:
+    """A one-node float graph (Relu on [1, 4]) to start a provider on, without any user model."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "provider_probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)
+    return model.SerializeToString()
+
+
+def preflight(name: str = "cpu", options: Mapping | None = None) -> list[tuple[str, dict[str, str]]]:
+    """Before any model is loaded: :func:`check_provider`, then (GPU providers) start the provider on a
+    one-node graph and make sure the session really runs on it: onnxruntime-gpu on a machine without a
+    usable GPU offers CUDA but falls back to the CPU with a warning only. EnvironmentProblem (exit 5)."""
+    plist = check_provider(name, options)
+    if plist[0][0] == "CPUExecutionProvider":
+        return plist
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        sess = ort.InferenceSession(_tiny_graph(), opts, providers=plist)
+        got = sess.get_providers()
+        sess.run(None, {"x": np.ones((1, 4), np.float32)})
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise EnvironmentProblem(f"execution provider {name!r}: onnxruntime could not start {plist[0][0]} ({why}); "
+                                 f"{_GPU_HINT}") from None
+    if not got or got[0] != plist[0][0]:
+        raise EnvironmentProblem(f"execution provider {name!r}: onnxruntime {ort.__version__} offers {plist[0][0]} "
+                                 f"but started {got[0] if got else 'nothing'} instead (no usable NVIDIA GPU or CUDA "
+                                 f"libraries here); {_GPU_HINT}")
+    return plist
 
 
 class OrtRunner:
-    """An ONNX Runtime session (CPU execution provider)."""
+    """An ONNX Runtime session on the asked-for execution provider (CPU by default). ``provider`` is
+    the provider the session runs on, ``providers`` every provider it may hand nodes to, in order."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
+    def __init__(self, path: str | Path, threads: int | None = None, provider: str = "cpu",
+                 provider_options: Mapping | None = None):
+        ort = _ort()
+        plist = check_provider(provider, provider_options)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.provider = self.session.get_providers()[0]
+        self.session = ort.InferenceSession(str(path), opts, providers=plist)
+        self.providers = list(self.session.get_providers())
+        self.provider = self.providers[0]
+        if self.provider != plist[0][0]:  # onnxruntime fell back (with a warning only): never silently
+            raise EnvironmentProblem(f"{path}: asked for {plist[0][0]}, onnxruntime started {self.provider} "
+                                     f"instead; {_GPU_HINT}")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         shape = self.session.get_inputs()[0].shape

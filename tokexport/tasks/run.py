@@ -56,12 +56,17 @@ def _parity(task: Task, graphs: Graphs, stages: Stages) -> dict[str, dict]:
     cases = task.parity_cases(graphs)
     out = {}
     par = task.recipe.verify.parity
+    b = task.recipe.bench  # bench.provider: parity runs where bench runs
     with stages.stage("verify: parity", total=len(cases)) as advance:
         for key, case in cases.items():
-            got = run_rows(OrtRunner(case.graph, case.threads), case.feed)
+            runner = OrtRunner(case.graph, case.threads, b.provider, b.provider_options)
+            got = run_rows(runner, case.feed)
             ref = run_rows(case.reference, case.feed)
-            out[key] = compare_parity(got, ref, par.atol, par.mean_atol, case.mask, case.margins, case.tie_margin,
-                                      case.unmasked)
+            precision = getattr(task.recipe.export, "precision", "fp32")  # fp16 graphs: fp16 tolerances
+            atol, mean_atol, tie = par.tolerances(precision)
+            tie = case.tie_margin if precision == "fp32" else tie
+            out[key] = compare_parity(got, ref, atol, mean_atol, case.mask, case.margins, tie, case.unmasked)
+            out[key]["provider"], out[key]["providers"] = runner.provider, runner.providers
             advance()
     return out
 
@@ -75,10 +80,14 @@ def _bench(task: Task, graphs: Graphs, stages: Stages) -> dict | None:
     sizes = task.bench_batches()
     with stages.stage("bench", total=len(sizes) * b.repeats) as advance:
         batches = compare_latency(graphs.baseline, graphs.model, task.bench_feeds, sizes, b.warmup, b.repeats,
-                                  b.threads, on_step=advance)
+                                  b.threads, on_step=advance, provider=b.provider, provider_options=b.provider_options)
     import onnxruntime
 
-    return {"runtime": f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider", "provider": "CPUExecutionProvider",
+    from ..stages.runners import PROVIDERS
+
+    ep = PROVIDERS[b.provider]  # OrtRunner refused any other: the provider actually used
+    return {"runtime": f"onnxruntime {onnxruntime.__version__} {ep}", "provider": ep,
+            "provider_options": {k: str(v) for k, v in b.provider_options.items()},
             "threads": b.threads or os.cpu_count() or 1, "repeats": b.repeats, "warmup": b.warmup, "batches": batches,
             **task.bench_extra(batches)}
 
@@ -124,13 +133,16 @@ def _artifacts(graphs: Graphs) -> dict:
             "baseline_onnx_bytes": nbytes(graphs.baseline)}
 
 
-def _failures(parity: dict, parity_base: dict, metrics: dict) -> list[str]:
+def _failures(parity: dict, parity_base: dict, metrics: dict, baselines: dict | None = None) -> list[str]:
+    from ..stages.baselines import gate_failures
+
     out = []
     if not parity["passed"]:
         out.append(f"parity: model.onnx differs from PyTorch by {parity['max_abs_diff']:.3g} (atol {parity['atol']:g})")
     if not parity_base["passed"]:
         out.append(f"parity: baseline.onnx differs from PyTorch by {parity_base['max_abs_diff']:.3g}")
     out += MC.failure_lines(metrics)
+    out += gate_failures(baselines)
     if not any(m.get("passed") is True for m in metrics.values() if not MC.is_info(m)):
         out.append("accuracy: no metric has a threshold, so nothing was verified; set verify thresholds in the recipe")
     return out
@@ -141,6 +153,9 @@ def produce(task: Task, tmp: Path, stages: Stages) -> dict:
     from ..onnx_tools import check_target
 
     graphs = task.export(tmp, stages)
+    from ..export import finish_graphs
+
+    finished = finish_graphs(graphs, task.recipe.export, stages)  # export.fold / export.precision, in place
     par = _parity(task, graphs, stages)
     with stages.stage("verify: accuracy"):
         metrics = task.metrics(graphs, stages)
@@ -149,7 +164,14 @@ def produce(task: Task, tmp: Path, stages: Stages) -> dict:
     trt = check_target(graphs.model, task.recipe.export.target).to_dict()
     deploy = _deploy(task, tmp, graphs, stages)
     sections = task.sections(graphs)
+    if isinstance(sections.get("export"), dict):
+        sections["export"].update(finished)
+    baselines = sections.pop("baselines", None)  # the honest baselines at the same budget (stages.baselines)
+    gate = (baselines or {}).get("gate")
+    acc_passed = acc_passed and (gate is None or bool(gate["passed"]))
     accuracy = {**sections.pop("accuracy_extra", {}), "metrics": metrics, "passed": acc_passed}
+    if baselines is not None:
+        sections["baselines"] = baselines
     artifacts = {**_artifacts(graphs), **sections.pop("artifacts_extra", {})}
     report = {
         **header(task.kind, task.label, task.recipe),
@@ -162,7 +184,7 @@ def produce(task: Task, tmp: Path, stages: Stages) -> dict:
         "trt_check": trt,
         "deploy": deploy,
         "passed": bool(par["parity"]["passed"] and par["parity_baseline"]["passed"] and acc_passed),
-        "failures": _failures(par["parity"], par["parity_baseline"], metrics),
+        "failures": _failures(par["parity"], par["parity_baseline"], metrics, baselines),
     }
     problems = validate_report(report)
     if problems:  # a bug of the task, not of the user's input: say exactly what broke the contract
@@ -218,6 +240,9 @@ def run(recipe, base_dir: Path, out_dir: Path, force: bool = False, stages: Stag
     stages = stages or Stages()
     out_dir, base_dir = Path(out_dir), Path(base_dir)
     task = make_task(recipe, base_dir, label, **task_kwargs)
+    from ..stages.runners import preflight
+
+    preflight(recipe.bench.provider, recipe.bench.provider_options)  # exit 5 before any model is loaded
     protect = (*protect, base_dir, *model_paths(recipe.model, base_dir))
     with claim_out_dir(out_dir, force, kind="convert", protect=protect) as claim:
         task.load(stages)

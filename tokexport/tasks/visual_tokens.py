@@ -7,7 +7,11 @@ tower (LLM sizes from the recipe, for the prefill FLOPs).
 Accuracy, on the bundled photographs: features rebuilt from the kept tokens against all tokens
 (mean-pooled and attention-pooled cosine, nearest-prototype instance recognition), the retained
 attention mass (information only: it is measured with the attention a selector ranks by), and for
-LLaVA checkpoints greedy generation with all vs the selected tokens. The bench ratio is the selection
+LLaVA checkpoints greedy generation, the unmodified model's generate() vs model.onnx's tokens packed
+as the model packs them (``_generation``). Section ``baselines``: the same figures for random keep
+drawn per image (over seeds) and the 2-D uniform lattice at the same K, on the same crops, and the
+method's margin over the best one (tokexport.vlm.baselines; gate ``verify.vs_baselines``). The bench
+ratio is the selection
 overhead; the saving is in the LLM prefill, counted analytically (section ``llm``)."""
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from ..errors import InputError
 from ..export import INPUT_NAME, export_onnx
 from ..stages.metric import info
 from ..stages.runners import OrtRunner, TorchRunner, run_rows
+from ..vlm.baselines import COMPARED, baseline_runs, per_sample
 from ..vlm.graph import VisualTokenGraph
 from ..vlm.select import VISUAL_METHODS, VisualLayout
 from .base import TASKS, Graphs, ParityCase, Stages, Task
@@ -150,12 +155,23 @@ def _prompt_ids(tok, prompt: str, parts) -> torch.Tensor:
     return tok(text, return_tensors="pt").input_ids
 
 
-def _generation(recipe, vm: VisualModel, graph: VisualTokenGraph, layout: VisualLayout):
-    """Generate with all visual tokens and with the selected K, greedy, on the recipe's prompts and the
-    bundled photographs. Both runs go through the same patched ``get_image_features`` (all tokens in
-    raster order vs the graph's K), so the comparison isolates the selection; for LLaVA-NeXT neither
-    run inserts image_newline tokens."""
-    from ..vlm.llava import expand_image_tokens, reduced_visual_tokens
+def _generation(recipe, vm: VisualModel, model_path: Path, layout: VisualLayout):
+    """Greedy generation on the recipe's prompts and the bundled photographs, the unmodified model
+    against the tokens model.onnx produced.
+
+    - full: the checkpoint's own ``generate(input_ids, pixel_values[, image_sizes])``, nothing patched
+      (the prompt holds as many image placeholders as the model fills: LLaVA-NeXT's newlines included);
+    - reduced: model.onnx run by ONNX Runtime on the same pixel values; its ``visual_tokens`` are packed
+      by their ``positions`` the way the model packs (``pack_visual_tokens``: LLaVA-NeXT's base view,
+      then the stitched tile grid row-major with ``image_newline`` after every row) and scattered into
+      the placeholders of the prompt's embeddings, then ``generate(inputs_embeds=...)``.
+    With every token kept the two agree token for token (tests/test_llava_packing.py)."""
+    from ..vlm.llava import (
+        embed_with_visual_tokens,
+        expand_image_tokens,
+        num_llm_visual_tokens,
+        pack_visual_tokens,
+    )
 
     g = recipe.verify.generation
     parts = vm.llava
@@ -165,36 +181,47 @@ def _generation(recipe, vm: VisualModel, graph: VisualTokenGraph, layout: Visual
         tok = AutoTokenizer.from_pretrained(vm.path)
     except Exception:  # tiny random twins ship no tokenizer: fixed ids around the placeholder
         tok = None
-    full = VisualTokenGraph(parts.tower, vm.adapter, layout, vm.image_size, parts.feature_layer, parts.feature_select,
-                            parts.projector, None)
+    runner = OrtRunner(model_path)
     side = vm.image_size * (layout.sub_grid[0] if layout.sub_grid else 1)
+    hw = (side, side) if parts.kind == "llava_next" else None
+    if hw is not None and parts.anyres_grid(hw) != layout.sub_grid:
+        raise InputError(f"vision.grid: {list(layout.sub_grid)} is not the tile grid the model picks for a "
+                         f"{side}×{side} image ({list(parts.anyres_grid(hw))}, from its image_grid_pinpoints "
+                         f"{[list(p) for p in parts.grid_pinpoints]}); use that grid")
+    extra = {"image_sizes": torch.tensor([hw])} if hw is not None else {}
+    n_full = num_llm_visual_tokens(parts, hw)
     pre = Preprocess(side, vm.mean, vm.std)
     rows, exact, agree, total = [], 0, 0, 0
     for prompt in g.prompts:
         ids = _prompt_ids(tok, prompt, parts)
         for name, img in natural_images(include_optional=False)[: g.images]:
-            x = torch.from_numpy(_views(pre.center(img)[None], layout, vm.image_size))
-            x = x if layout.views > 1 else x[:, 0]
-            extra = {"image_sizes": torch.tensor([[side, side]])} if parts.kind == "llava_next" else {}
-            outs = []
-            for gr in (full, graph):
-                ids_k = expand_image_tokens(ids, parts.image_token_id, gr.k)
-
-                def select_fn(pixel_values, image_sizes=None, _g=gr):
-                    return _g(pixel_values)[0]
-
-                with torch.inference_mode(), reduced_visual_tokens(parts, select_fn):
-                    out = parts.model.generate(input_ids=ids_k, pixel_values=x, max_new_tokens=g.max_new_tokens,
-                                               do_sample=False, **extra)
-                outs.append(out[0, ids_k.shape[1]:].tolist())
-            a, b = outs
+            x = _views(pre.center(img)[None], layout, vm.image_size)
+            x = np.ascontiguousarray(x if layout.views > 1 else x[:, 0])
+            ids_full = expand_image_tokens(ids, parts.image_token_id, n_full)
+            with torch.inference_mode():
+                out = parts.model.generate(input_ids=ids_full, pixel_values=torch.from_numpy(x),
+                                           max_new_tokens=g.max_new_tokens, do_sample=False, **extra)
+            a = out[0, ids_full.shape[1]:].tolist()
+            r = run_rows(runner, {INPUT_NAME: x})
+            packed = pack_visual_tokens(parts, torch.from_numpy(r["visual_tokens"][0]), r["positions"][0], hw)
+            ids_red = expand_image_tokens(ids, parts.image_token_id, int(packed.shape[0]))
+            with torch.inference_mode():
+                emb = embed_with_visual_tokens(parts, ids_red, packed)
+                out = parts.model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids_red),
+                                           max_new_tokens=g.max_new_tokens, do_sample=False)
+            b = out[0].tolist()  # generate from inputs_embeds alone returns the new tokens only
             same = sum(1 for i in range(min(len(a), len(b))) if a[i] == b[i])
             exact += int(a == b)
             agree += same
             total += max(len(a), len(b))
             rows.append({"prompt": prompt, "image": name, "exact": a == b,
-                         "full": tok.decode(a) if tok else a, "reduced": tok.decode(b) if tok else b})
-    return ({"samples": rows, "max_new_tokens": g.max_new_tokens, "decoding": "greedy"},
+                         "full": tok.decode(a) if tok else a, "reduced": tok.decode(b) if tok else b,
+                         "llm_visual_tokens": [n_full, int(packed.shape[0])]})
+    return ({"samples": rows, "max_new_tokens": g.max_new_tokens, "decoding": "greedy",
+             "reference_run": "the unmodified checkpoint's generate() on the pixel values",
+             "reduced_run": "model.onnx (ONNX Runtime) tokens, packed by their positions as the model packs "
+                        "(LLaVA-NeXT: base view, stitched tile rows, image_newline after every row), fed as "
+                        "inputs_embeds"},
             {"generation_exact_match": (1.0, exact / len(rows)),
              "generation_token_agreement": (1.0, agree / max(total, 1))})
 
@@ -216,6 +243,11 @@ class VisualTokens(Task):
                     f"verify.accuracy.metrics.{name}: cannot gate: the retained attention mass is measured with the "
                     "attention the selector itself ranks tokens by (vision.eval_layer/eval_source), so it says "
                     "nothing about accuracy and is reported for information only; remove its threshold")
+        vs = self.recipe.verify.vs_baselines
+        for name in (vs.metrics or []) if vs is not None else []:
+            if name not in COMPARED:
+                raise InputError(f"verify.vs_baselines.metrics: {name} is not compared with the baselines for task "
+                                 f"visual-tokens (compared: {', '.join(COMPARED)})")
 
     def load(self, stages: Stages) -> None:
         from ..recipe import VisionConfig
@@ -230,6 +262,16 @@ class VisualTokens(Task):
         rows_cols = tuple(vis.grid) if vis.grid else None
         if vm.kind == "llava" and rows_cols:
             raise InputError("vision.grid: LLaVA-1.5 takes one view; remove grid (LLaVA-NeXT uses it)")
+        if vm.kind == "llava_next":  # the tiles must be the ones the model cuts itself: its packing depends on them
+            pins = [list(p) for p in vm.llava.grid_pinpoints]
+            if not rows_cols:
+                raise InputError("vision.grid: LLaVA-NeXT takes the full view plus anyres tiles; set grid: [rows, cols], "
+                                 f"one of its image_grid_pinpoints {pins} divided by the view size {s}")
+            want = vm.llava.anyres_grid((s * rows_cols[0], s * rows_cols[1]))
+            if want != rows_cols:
+                raise InputError(f"vision.grid: LLaVA-NeXT cuts a {s * rows_cols[0]}×{s * rows_cols[1]} image into "
+                                 f"{list(want)} tiles, not {list(rows_cols)} (image_grid_pinpoints {pins}); "
+                                 f"set grid: {list(want)}")
         layout = self.layout = VisualLayout(views=1 + (rows_cols[0] * rows_cols[1] if rows_cols else 0), grid=(gh, gw),
                                             sub_grid=rows_cols)
         cfg = recipe.reduction
@@ -308,31 +350,49 @@ class VisualTokens(Task):
         r = run_rows(OrtRunner(graphs.model), feed)  # the shipped graph
         proto = run_rows(base_runner, {INPUT_NAME: self.proto_x})["visual_tokens"].mean(axis=1)
         red_tokens, pos = r["visual_tokens"], r["positions"]
-        patch_pos = np.where(pos >= 0, pos, 0)
-        is_patch = (pos >= 0).astype(np.float64)
-        w_kept = np.take_along_axis(weights, patch_pos, axis=1) * is_patch
-        orig_mean, red_mean = orig.mean(axis=1), red_tokens.mean(axis=1)
         n_orig_prefix = orig.shape[1] - layout.total
-        orig_attn = (orig[:, n_orig_prefix:] * weights[:, :, None]).sum(axis=1)
-        red_attn = (red_tokens * w_kept[:, :, None]).sum(axis=1) / np.maximum(w_kept.sum(axis=1, keepdims=True), 1e-12)
         protos = M.class_prototypes(proto, iset.proto_y, iset.n_classes)
+        ps = per_sample(orig, red_tokens, pos, weights, n_orig_prefix, protos, iset.eval_y)
+        orig_top1 = M.nearest_prototype_top1(orig.mean(axis=1), iset.eval_y, protos)
         vis = self.vision
         metrics = {
-            "feature_cosine": V.Metric(1.0, M.mean_cosine(orig_mean, red_mean), th.get("feature_cosine")).as_dict(),
-            "attn_pooled_cosine": V.Metric(1.0, M.mean_cosine(orig_attn, red_attn), th.get("attn_pooled_cosine")).as_dict(),
-            "instance_top1": V.Metric(M.nearest_prototype_top1(orig_mean, iset.eval_y, protos),
-                                      M.nearest_prototype_top1(red_mean, iset.eval_y, protos),
-                                      th.get("instance_top1")).as_dict(),
+            "feature_cosine": V.Metric(1.0, float(ps["feature_cosine"].mean()), th.get("feature_cosine")).as_dict(),
+            "attn_pooled_cosine": V.Metric(1.0, float(ps["attn_pooled_cosine"].mean()),
+                                           th.get("attn_pooled_cosine")).as_dict(),
+            "instance_top1": V.Metric(orig_top1, float(ps["instance_top1"].mean()), th.get("instance_top1")).as_dict(),
             # share of the eval block's attention the kept tokens hold (all tokens: 1.0); information only
-            "attention_mass": info(float(w_kept.sum(axis=1).mean()), eval_layer=vis.eval_layer,
+            "attention_mass": info(float(ps["attention_mass"].mean()), eval_layer=vis.eval_layer,
                                    eval_source=vis.eval_source),
         }
+        self.baselines = None
+        bl = self.recipe.verify.baselines
+        if bl.enabled:
+            with stages.stage("verify: baselines"):
+                self.baselines = self._baselines(ps, orig, weights, n_orig_prefix, protos)
         if self.recipe.verify.generation is not None:
             with stages.stage("verify: generation"):
-                self.generation, gen = _generation(self.recipe, self.vm, self.red, layout)
+                self.generation, gen = _generation(self.recipe, self.vm, graphs.model, layout)
             for name, (o, rr) in gen.items():
                 metrics[name] = V.Metric(o, rr, th.get(name)).as_dict()
         return metrics
+
+    def _baselines(self, ps: dict, orig: np.ndarray, weights: np.ndarray, n_orig_prefix: int,
+                   protos: np.ndarray) -> dict:
+        """The report's ``baselines`` section: random keep per image over seeds and the 2-D uniform
+        lattice at the method's K, on the same crops (tokexport.vlm.baselines)."""
+        from ..stages.baselines import baselines_section
+
+        recipe, lay, k = self.recipe, self.layout, self.red.k
+        bl, acc = recipe.verify.baselines, recipe.verify.accuracy
+        seeds = [acc.seed * 1000 + i for i in range(bl.random_seeds)]
+        runs = baseline_runs(orig, weights, n_orig_prefix, protos, self.iset.eval_y, lay, k, seeds)
+        budget = {"visual_tokens_kept": k, "of": lay.total, "views": lay.views,
+                  "held_equal": "kept visual tokens K (hence the LLM prefill FLOPs)"}
+        data = {"split": "eval", "samples": int(len(self.iset.eval_y)), "classes": self.iset.n_classes,
+                "what": "seeded random crops of the bundled photographs (instance recognition set)"}
+        return baselines_section(self.selector.name, {m: ps[m] for m in COMPARED}, runs,
+                                 {m: "higher" for m in COMPARED}, budget, data, recipe.verify.vs_baselines,
+                                 resamples=bl.resamples, seed=acc.seed)
 
     # ---- bench and deploy
     def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
@@ -365,6 +425,7 @@ class VisualTokens(Task):
         prefill_red = llm_prefill_flops(text, vis.prompt_tokens + n_out)
         input_shape = [("batch" if dynamic else ex.batch), *list(self.eval_x.shape[1:])]
         return {
+            **({"baselines": self.baselines} if getattr(self, "baselines", None) else {}),
             "model": {"source": vm.source, "source_kind": vm.source_kind, "path": str(vm.path),
                       "family": vm.adapter.family, "kind": vm.kind, "task": "visual-tokens", "params": vm.params,
                       "image_size": vm.image_size, "tower_params": sum(p.numel() for p in vm.tower.parameters())},

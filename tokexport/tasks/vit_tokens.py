@@ -1,7 +1,9 @@
 """ViT token pruning (recipe `task: auto | feature-extraction | image-classification`): the host model's
 forward runs unchanged under the reversible reduction patch; model.onnx is the pruned graph,
 baseline.onnx the same model without reduction; accuracy is instance recognition on the bundled
-photographs (plus top-1 agreement / ImageFolder top-1 for classifiers)."""
+photographs (plus top-1 agreement / ImageFolder top-1 for classifiers), and the report's ``baselines``
+section compares the method with per-image random keep (over seeds) and a 2-D uniform lattice at the same
+schedule, on the same crops (:mod:`tokexport.reduce.baselines_vit`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -77,13 +79,18 @@ class VitTokens(Task):
         acc = recipe.verify.accuracy
         with stages.stage("data"):
             pre = Preprocess(lm.image_size, lm.mean, lm.std)
-            self.iset = instance_recognition_set(natural_images(include_optional=False), pre, acc.samples_per_class,
+            self.iset = instance_recognition_set(natural_images(include_optional=False, include_dependencies=True),
+                                                 pre, acc.samples_per_class,
                                                  acc.prototypes_per_class, tuple(acc.crop_scale), acc.seed)
             self.labelled = image_folder(folder, pre, acc.imagefolder_limit_per_class) if folder else None
         ev = self.iset.eval_x
         self.parity_x = ev[np.linspace(0, len(ev) - 1, recipe.verify.parity.samples).round().astype(int)]
         self.original_fn = forward_fn(lm)
         self._rng = np.random.default_rng(0)
+        self.baseline_section: dict | None = None
+        if recipe.verify.vs_baselines is not None and not self.schedule:
+            raise InputError("verify.vs_baselines: the reduction prunes nothing (empty schedule), so there is no "
+                             "budget to compare baselines at; remove vs_baselines or add prune_layers")
 
     def _imagefolder(self) -> Path | None:
         acc, lm = self.recipe.verify.accuracy, self.lm
@@ -134,14 +141,19 @@ class VitTokens(Task):
 
         lm, iset, acc = self.lm, self.iset, self.recipe.verify.accuracy
         feat = lm.adapter.feature_output(graphs.model_info.output_names)
+        from ..reduce.baselines_vit import record_block
+
         orig_runner, red_ort = TorchRunner(self.original_fn), OrtRunner(graphs.model)
-        orig_eval = run_rows(orig_runner, {"pixel_values": iset.eval_x})
+        first = self.schedule[0].layer if self.schedule and self.recipe.verify.baselines.enabled else None
+        with record_block(lm.model, lm.adapter, first) as self._recorded:  # the baselines start from it
+            orig_eval = run_rows(orig_runner, {"pixel_values": iset.eval_x})
         orig_proto = run_rows(orig_runner, {"pixel_values": iset.proto_x})[feat]
         red_eval = run_rows(red_ort, {"pixel_values": iset.eval_x})  # the shipped graph, not the PyTorch twin
         metrics = V.feature_metrics(orig_eval[feat], red_eval[feat], orig_proto, iset.eval_y, iset.proto_y,
                                     iset.n_classes, acc.metrics)
         if lm.task == "image-classification":
             metrics |= V.classifier_metrics(orig_eval["logits"], red_eval["logits"], acc.metrics)
+        self.baseline_section = self._baselines(orig_eval, red_eval, orig_proto, feat, stages)
         if self.labelled is not None:
             lx, ly, _ = self.labelled
             o = run_rows(orig_runner, {"pixel_values": lx})["logits"]
@@ -149,6 +161,58 @@ class VitTokens(Task):
             metrics |= V.labelled_metrics(o, r, ly, acc.metrics)
         self.feature = feat
         return {k: v.as_dict() for k, v in metrics.items()}
+
+    def _baselines(self, orig_eval: dict, red_eval: dict, orig_proto: np.ndarray, feat: str,
+                   stages: Stages) -> dict | None:
+        """The report's ``baselines`` section: the method (model.onnx) against per-image random keep over
+        seeds and the 2-D uniform lattice (PyTorch), same schedule, same eval crops."""
+        import time
+
+        from .. import metrics as M
+        from ..reduce.baselines_vit import BETTER, COMPARED, baseline_runs, per_sample
+        from ..stages.baselines import baselines_section
+
+        v, lm, iset = self.recipe.verify, self.lm, self.iset
+        if not v.baselines.enabled or not self.schedule:
+            return None
+        wanted = set(v.accuracy.metrics) | set((v.vs_baselines.metrics or []) if v.vs_baselines else [])
+        gated = [m for m in COMPARED if m in wanted and (m != "top1_agreement" or "logits" in red_eval)]
+        names = gated or ["feature_cosine", "instance_top1"]
+        protos = M.class_prototypes(orig_proto, iset.proto_y, iset.n_classes)
+
+        def figures(out: dict) -> dict:
+            return per_sample(names, orig_eval, out, feat, protos, iset.eval_y)
+
+        seeds = list(range(v.baselines.random_seeds))
+        replayed = bool(getattr(self, "_recorded", None))
+        t0 = time.perf_counter()
+        with stages.stage("verify: baselines", total=len(seeds) + 1) as advance:
+            runs = baseline_runs(lm.model, lm.adapter, self.original_fn, self.schedule, iset.eval_x, figures, seeds,
+                                 on_step=advance, recorded=getattr(self, "_recorded", None))
+        self._recorded = None
+        seconds = time.perf_counter() - t0
+        base, red = self._flops()
+        from ..reduce.baselines_vit import pruning_stages
+
+        dims, head = lm.adapter.dims(), lm.adapter.head_macs(lm.model)
+        bl = encoder_flops(dims, self.n_tokens, self.n_prefix, pruning_stages(self.schedule), head)
+        budget = {"held_equal": "the method's schedule: the same blocks and the same number of tokens after each "
+                                "stage, on the same eval crops",
+                  "tokens_per_stage": [{"layer": s.layer, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out,
+                                        "kind": s.kind} for s in self.schedule],
+                  "flops_per_image": {"original": base["flops"], "method": red["flops"], "baselines": bl["flops"]},
+                  "flops_note": ("baselines prune after each stage's block and pay no selection overhead; "
+                                 + ("the method merges inside the block (its MLP runs on fewer tokens)"
+                                    if any(s.kind == "merge" for s in self.schedule) else
+                                    "the method's FLOPs include its selection overhead"))}
+        data = {"split": "eval", "samples": int(len(iset.eval_y)), "classes": iset.n_classes,
+                "method_from": "model.onnx (onnxruntime)", "baselines_from": "PyTorch (reduce.patch)",
+                "seconds": round(seconds, 3),
+                "note": (f"baselines start from the original model's output of block {self.schedule[0].layer} "
+                         "(identical up to the first stage), recorded on these crops" if replayed else
+                         "baselines computed from the input")}
+        return baselines_section(self.method.name, figures(red_eval), runs, BETTER, budget, data,
+                                 gate=v.vs_baselines, resamples=v.baselines.resamples, seed=0)
 
     # ---- bench and deploy
     def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
@@ -182,7 +246,7 @@ class VitTokens(Task):
         lm, ex, iset, acc = self.lm, self.recipe.export, self.iset, self.recipe.verify.accuracy
         dynamic = ex.batch == "dynamic"
         _, red = self._flops()
-        return {
+        out = {
             "model": {"source": lm.source, "source_kind": lm.source_kind, "path": str(lm.path),
                       "family": lm.adapter.family, "model_type": lm.config.model_type,
                       "architecture": type(lm.model).__name__, "task": lm.task, "params": lm.params,
@@ -202,8 +266,19 @@ class VitTokens(Task):
                                 f"ORIGINAL model on {len(iset.proto_y)} separate crops; feature = "
                                 f"`{getattr(self, 'feature', '?')}`; reduced = model.onnx (onnxruntime), original = "
                                 "unmodified PyTorch model"),
-                "classes": iset.n_classes, "samples": len(iset.eval_y)},
+                "classes": iset.n_classes, "samples": len(iset.eval_y),
+                "splits": {
+                    "eval": {"samples": len(iset.eval_y), "role": "the verdict (every metric and baseline above)",
+                             "crops": f"random crops, stream default_rng([{acc.seed}, 0])"},
+                    "prototypes": {"samples": len(iset.proto_y), "role": "class prototypes (original model)",
+                                   "crops": f"random crops, stream default_rng([{acc.seed}, 1]), disjoint from eval"},
+                    "photographs": iset.class_names,
+                    "chosen_on_eval": "nothing: thresholds are fixed rules (docs/verdicts.md), the schedule is the "
+                                      "recipe's"}},
         }
+        if self.baseline_section is not None:
+            out["baselines"] = self.baseline_section
+        return out
 
     @classmethod
     def markdown(cls, report: dict) -> list[str]:

@@ -22,9 +22,11 @@ from ..errors import InputError
 from ..stages import metric as MC
 from ..stages.compare import parity as compare_outputs
 from ..stages.runners import OrtRunner, TorchRunner, run_rows
+from ..vocab import rank as R
 from ..vocab import verify as V
-from ..vocab.corpus import coverage, encode_all, load_corpus, mine
+from ..vocab.corpus import Mined, count_ids, coverage, encode_all, load_corpus, mine
 from ..vocab.export import INPUTS, export_text_onnx, graph_for
+from ..vocab.keepfile import read_keep_file, write_keep_ids
 from ..vocab.model import (
     ID_MAP,
     config_ids,
@@ -37,10 +39,17 @@ from ..vocab.model import (
     vocab_tensors,
 )
 from ..vocab.selfgen import self_generated_counts
-from ..vocab.tokenizer import BYTE_FALLBACK_TOKENS, complete_keep, inspect_tokenizer, trim_state, write_tokenizer_files
+from ..vocab.tokenizer import (
+    BYTE_FALLBACK_TOKENS,
+    complete_keep,
+    inspect_tokenizer,
+    trim_state,
+    write_tokenizer_files,
+)
 from .base import TASKS, Graphs, ParityCase, Stages, Task
 
 MODEL_DIR = "model"  # the ready-to-run trimmed model folder inside the output directory
+KEEP_LIST = "keep_ids.txt"  # the kept original ids, one per line: trim.keep_file reads it back
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -134,6 +143,39 @@ def required_ids(recipe, info, lookup: dict[str, int], model, keep_user: list[in
     return required, dropped
 
 
+def per_token_params(model, vt) -> int:
+    """Parameters each kept id costs: one row of every distinct vocabulary tensor (embedding, untied
+    head, head bias, final_logits_bias-style vectors)."""
+    named = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    params = {id(p) for p in model.parameters()}
+    seen, total = set(), 0
+    for name, axis in vt.axes.items():
+        t = named[name]
+        if id(t) in seen or id(t) not in params:
+            continue
+        seen.add(id(t))
+        total += t.numel() // t.shape[axis]
+    return int(total)
+
+
+def keep_list_report(kl, keep: np.ndarray, required: dict[str, list[int]], lookup: dict[str, int]) -> dict:
+    """What trim.keep_file asked for and what had to be added for the tokenizer to stay valid, by reason."""
+    inverse = {i: t for t, i in lookup.items()}
+    listed = set(kl.ids)
+    added: dict[str, list[dict]] = {}
+    seen = set(listed)
+    for reason, ids in required.items():
+        extra = sorted(set(ids) - seen)
+        if extra:
+            added[reason] = [{"id": int(i), "token": inverse.get(int(i))} for i in extra]
+            seen.update(extra)
+    closure = sorted({int(i) for i in keep} - seen)
+    if closure:
+        added["bpe_merge_paths"] = [{"id": i, "token": inverse.get(i)} for i in closure]
+    return {"path": str(kl.path), "format": kl.format, "entries": kl.entries, "listed_ids": len(listed),
+            "kept": len(keep), "added_total": sum(len(v) for v in added.values()), "added": added}
+
+
 def evenly(items: list, n: int) -> list:
     if len(items) <= n:
         return list(items)
@@ -214,15 +256,61 @@ class VocabTrim(Task):
             def encode_plain(texts):
                 return tok(texts, add_special_tokens=False)["input_ids"]
 
+            trim = recipe.trim
             required, dropped = required_ids(recipe, info, lookup, model, keep_user)
             forced = {i for ids in required.values() for i in ids}
-            mining_ids = [ids for docs in corpus.mining.values() for ids in encode_all(encode_special, docs)]
-            extra, self_gen = None, None
-            if recipe.trim.self_generated is not None:
-                pad_gen = tok.pad_token_id if tok.pad_token_id is not None else (config.pad_token_id or 0)
-                extra, self_gen = self_generated_counts(model, recipe.trim.self_generated, mining_ids, rows, pad_gen)
-            mined = mine(corpus, encode_special, encode_plain, rows, recipe.trim, forced, extra)
+            mining_rows = {lang: encode_all(encode_special, docs) for lang, docs in corpus.mining.items()}
+            mining_ids = [ids for rs in mining_rows.values() for ids in rs]
+            paths = R.MergePaths(state)
+            base = {int(i) for i in complete_keep(state, forced)[0]}
+            budget = R.budget_of(trim, count_params(model), rows, per_token_params(model, vt), len(base))
+            size = R.Size(mined=trim.target_vocab_size, total=budget.max_tokens if budget else None)
+            pad_gen = tok.pad_token_id if tok.pad_token_id is not None else (config.pad_token_id or 0)
+            extra, self_gen, ranking, keep_list, weighted_rows = None, None, None, None, None
+            if trim.keep_file is not None:
+                kl = read_keep_file(trim.keep_file, self.base_dir, lookup, info.vocab_size)
+                picks = [int(i) for i in kl.ids]
+                mined = Mined(counts=None, selected=np.array(sorted(picks), dtype=np.int64), eligible=len(picks),
+                              mining_tokens=sum(len(r) for r in mining_ids))
+                keep_list = kl
+            elif trim.ranking == "coverage":
+                cfg = trim.coverage
+                weighted_rows = {lang: encode_all(encode_plain, [t for t, _ in entries])
+                                 for lang, entries in corpus.weighted.items()}
+                ev, dev_masks = R.gather_evidence(corpus, mining_rows, encode_plain, rows, cfg.dev_fraction,
+                                                  recipe.corpus.seed, any(x > 0 for x in cfg.numbers), weighted_rows)
+                if trim.self_generated is not None:  # prompts from the train split only: the dev split stays unseen
+                    train_rows = [r for lang, rs in mining_rows.items() for r, dev in zip(rs, dev_masks[lang]) if not dev]
+                    extra, self_gen = self_generated_counts(model, trim.self_generated, train_rows, rows, pad_gen)
+                    ev.generated = extra.astype(np.float64) / max(1, extra.sum()) if extra.sum() else None
+                best, trials = R.tune(ev, cfg, base, paths, size)
+                score = R.blend(ev, ev.full(), best["prior_strength"], best["numbers"], best["self_generated"])
+                _, picks = R.choose(score, score > 0, base, paths, size)
+                mined = Mined(counts=None, selected=np.array(sorted(picks), dtype=np.int64), eligible=int((score > 0).sum()),
+                              mining_tokens=sum(len(r) for r in mining_ids))
+                ranking = {"method": "coverage", "chosen": best, "dev_documents": ev.dev_documents,
+                           "dev_fraction": cfg.dev_fraction, "trials": trials,
+                           "note": "blend weights chosen by token coverage of a dev split of the mining documents "
+                                   "(mined from the rest) at the recipe's size; held-out text is never used to choose"}
+                self._rank_ctx = (ev, best)
+            else:
+                if trim.self_generated is not None:
+                    extra, self_gen = self_generated_counts(model, trim.self_generated, mining_ids, rows, pad_gen)
+                if budget is None:
+                    mined = mine(corpus, encode_special, encode_plain, rows, trim, forced, extra)
+                else:
+                    counts = count_ids(corpus, encode_special, encode_plain, rows, extra, mining_rows)
+                    if counts.sum() == 0:
+                        raise InputError("corpus: the mining part tokenises to no tokens at all; give text in the "
+                                         "target language")
+                    eligible = counts >= trim.min_frequency
+                    _, picks = R.choose(counts.astype(np.float64), eligible, base, paths, size)
+                    mined = Mined(counts=counts, selected=np.array(sorted(picks), dtype=np.int64),
+                                  eligible=int(eligible.sum()), mining_tokens=int(counts.sum()))
+                ranking = {"method": "frequency", "min_frequency": trim.min_frequency}
             keep, closure_added = complete_keep(state, forced | {int(i) for i in mined.selected})
+            if budget is not None and len(keep) > budget.max_tokens:  # cannot happen: fill() counts merge paths
+                raise AssertionError(f"budget overrun: {len(keep)} > {budget.max_tokens}")
             keep_mask = np.zeros(rows, dtype=bool)
             keep_mask[keep] = True
             old2new = np.full(rows, -1, dtype=np.int64)
@@ -230,10 +318,31 @@ class VocabTrim(Task):
             texts = [d for _, d in heldout]
             orig_ids = encode_all(encode_special, texts)
             in_vocab = [i for i, ids in enumerate(orig_ids) if keep_mask[np.asarray(ids, dtype=np.int64)].all()]
-            if not in_vocab:
+            if not in_vocab and keep_list is None:
                 raise InputError("corpus: no held-out sentence is fully inside the kept vocabulary, so exactness cannot "
                                  "be checked; lower trim.min_frequency or raise trim.target_vocab_size")
+            # (a keep_file vocabulary that covers no held-out sentence is the user's choice: the exactness
+            # metrics then fail, exit 4, instead of refusing the input)
             self.mining_cov = coverage(mining_ids, keep_mask)
+            self.heldout_counts = {}
+            for lang in sorted({lang for lang, _ in heldout}):
+                ids = [t for (lg, _), row in zip(heldout, orig_ids) if lg == lang for t in row]
+                self.heldout_counts[lang] = np.bincount(np.asarray(ids, dtype=np.int64), minlength=rows)[:rows]
+            if ranking is not None and ranking["method"] == "coverage":
+                ev, best = self._rank_ctx
+                plain = count_ids(corpus, encode_special, encode_plain, rows, None, mining_rows, weighted_rows)
+                corpus_only = sum((c for c in ev.full().values()), np.zeros(rows))
+                ranking["heldout_ablation"] = R.ablation(
+                    ev, best, base, paths, size, self.heldout_counts,
+                    {"corpus counts only (vocabtrimmer, min_frequency)": (corpus_only, corpus_only >= trim.min_frequency),
+                     "ranking: frequency (corpus + word-list pseudo-counts)": (plain.astype(np.float64),
+                                                                              plain >= trim.min_frequency)})
+                del self._rank_ctx
+            if keep_list is not None:
+                self.keep_list_info = keep_list_report(keep_list, keep, required, lookup)
+            else:
+                self.keep_list_info = None
+            self.budget, self.ranking = budget, ranking
 
         self.model_dir, self.config, self.architecture = model_dir, config, architecture
         self.tok, self.state, self.info, self.corpus, self.heldout, self.lookup = tok, state, info, corpus, heldout, lookup
@@ -257,6 +366,7 @@ class VocabTrim(Task):
                 if getattr(trimmed, "generation_config", None) is not None else {}
             out_model.mkdir()
             save_trimmed(trimmed, out_model, keep)
+            write_keep_ids(tmp / KEEP_LIST, keep)
             self.tok_notes = write_tokenizer_files(self.model_dir, out_model, new_state, old2new)
             del trimmed
             self.reloaded, self.reload_s = load_checkpoint(out_model, self.architecture)
@@ -333,6 +443,12 @@ class VocabTrim(Task):
                 1.0, 1.0 if ck["passed"] else 0.0, {"min": 1}, mismatched=ck["mismatched"][:10], missing=ck["missing"][:10],
                 criterion="every tensor equal to the expected slice after save/reload"),
         }
+        if self.multilingual:
+            bad_set = set(bad)
+            for lang in self.per_lang:
+                docs = [i for i in in_vocab_docs if self.heldout[i][0] == lang]
+                metrics[f"tokenizer_remap_exact_{lang}"] = MC.info(
+                    1 - sum(i in bad_set for i in docs) / len(docs) if docs else None, documents=len(docs))
         metrics |= self._coverage_metrics()
         if self.architecture == "encoder":
             metrics |= self._encoder_metrics(new_ort)
@@ -340,41 +456,76 @@ class VocabTrim(Task):
             metrics |= self._decoder_metrics()
         return metrics
 
+    @property
+    def multilingual(self) -> bool:
+        return len(self.per_lang) > 1
+
     def _coverage_metrics(self) -> dict[str, dict]:
-        min_cov = getattr(self.recipe.verify.accuracy, "min_token_coverage", None)  # no such recipe field yet: ungated
+        min_cov = self.recipe.verify.accuracy.min_token_coverage
         hc = self.held_cov
         out = {"heldout_token_coverage": MC.metric(
             1.0, hc["token_coverage"], {"min": min_cov} if min_cov is not None else None, "higher",
             tokens=hc["tokens"], documents=hc["documents"], documents_fully_in_vocab=hc["documents_fully_in_vocab"],
             note="share of the held-out text's original tokens that are kept")}
         for lang, c in self.per_lang.items():
-            out[f"heldout_token_coverage_{lang}"] = MC.info(
-                c["token_coverage"], tokens=c["tokens"], documents=c["documents"],
-                documents_fully_in_vocab=c["documents_fully_in_vocab"])
+            detail = {"tokens": c["tokens"], "documents": c["documents"],
+                      "documents_fully_in_vocab": c["documents_fully_in_vocab"]}
+            if self.multilingual and min_cov is not None:  # each language must reach the bar, not only their mix
+                out[f"heldout_token_coverage_{lang}"] = MC.metric(1.0, c["token_coverage"], {"min": min_cov}, "higher",
+                                                                  **detail)
+            else:
+                out[f"heldout_token_coverage_{lang}"] = MC.info(c["token_coverage"], **detail)
         return out
+
+    def _lang_rows(self, rows: list[int], n: int) -> list[int]:
+        """``n`` rows evenly spaced, per language when there are several (each language gets ``n``)."""
+        if not self.multilingual:
+            return evenly(rows, n)
+        out = []
+        for lang in self.per_lang:
+            out += evenly([i for i in rows if self.heldout[i][0] == lang], n)
+        return sorted(out)
 
     def _encoder_metrics(self, new_ort: OrtRunner) -> dict[str, dict]:
         ex, acc = self.recipe.export, self.recipe.verify.accuracy
         orig_ids, new_ids = self.orig_ids, self.new_ids
         torch_base, torch_new = self._torch(self.base_graph), self._torch(self.new_graph)
-        sel = evenly(self.in_vocab, acc.samples)
-        fo = V.pad_rows([orig_ids[i] for i in sel], ex.seq_len, self.pad_old)
-        fn = V.pad_rows([new_ids[i] for i in sel], ex.seq_len, self.pad_new)
-        ref = run_rows(torch_base, fo)
-        diffs = output_diffs(run_rows(torch_new, fn), ref, fo["attention_mask"])
-        worst = max(d["max_abs_diff"] for d in diffs.values())
-        masks_equal = bool(np.array_equal(fo["attention_mask"], fn["attention_mask"]))
-        out = {"in_vocab_max_abs_diff": MC.metric(
-            0.0, worst, {"max": acc.max_abs_diff}, "lower", documents=len(sel), outputs=diffs,
-            attention_masks_equal=masks_equal,
-            note="trimmed checkpoint (reloaded) with the trimmed tokenizer's ids vs the original with its own, PyTorch")}
-        if not masks_equal:  # the same text tokenised to another length: not the same computation
-            out["in_vocab_max_abs_diff"]["passed"] = False
-        onnx_diffs = output_diffs(run_rows(new_ort, fn), ref, fo["attention_mask"])
-        out["in_vocab_onnx_max_abs_diff"] = MC.info(
-            max(d["max_abs_diff"] for d in onnx_diffs.values()), outputs=onnx_diffs,
-            note="model.onnx (onnxruntime) vs the original PyTorch model: includes ONNX Runtime rounding")
-        sel = evenly(list(range(len(self.texts))), acc.samples)
+        sel = self._lang_rows(self.in_vocab, acc.samples)
+        out = {}
+        if not sel:  # a keep_file vocabulary holding no held-out sentence: exactness cannot be shown
+            out["in_vocab_max_abs_diff"] = MC.metric(
+                0.0, float("inf"), {"max": acc.max_abs_diff}, "lower", documents=0,
+                note="no held-out sentence is fully inside the kept vocabulary")
+            out["in_vocab_onnx_max_abs_diff"] = MC.info(None, documents=0)
+        else:
+            fo = V.pad_rows([orig_ids[i] for i in sel], ex.seq_len, self.pad_old)
+            fn = V.pad_rows([new_ids[i] for i in sel], ex.seq_len, self.pad_new)
+            ref = run_rows(torch_base, fo)
+            got = run_rows(torch_new, fn)
+            diffs = output_diffs(got, ref, fo["attention_mask"])
+            worst = max(d["max_abs_diff"] for d in diffs.values())
+            masks_equal = bool(np.array_equal(fo["attention_mask"], fn["attention_mask"]))
+            out["in_vocab_max_abs_diff"] = MC.metric(
+                0.0, worst, {"max": acc.max_abs_diff}, "lower", documents=len(sel), outputs=diffs,
+                attention_masks_equal=masks_equal,
+                note="trimmed checkpoint (reloaded) with the trimmed tokenizer's ids vs the original with its own, PyTorch")
+            if not masks_equal:  # the same text tokenised to another length: not the same computation
+                out["in_vocab_max_abs_diff"]["passed"] = False
+            onnx_diffs = output_diffs(run_rows(new_ort, fn), ref, fo["attention_mask"])
+            out["in_vocab_onnx_max_abs_diff"] = MC.info(
+                max(d["max_abs_diff"] for d in onnx_diffs.values()), outputs=onnx_diffs,
+                note="model.onnx (onnxruntime) vs the original PyTorch model: includes ONNX Runtime rounding")
+            if self.multilingual:  # exactness per language, on the same rows
+                for lang in self.per_lang:
+                    rows = [k for k, i in enumerate(sel) if self.heldout[i][0] == lang]
+                    if not rows:
+                        out[f"in_vocab_max_abs_diff_{lang}"] = MC.info(None, documents=0)
+                        continue
+                    d = output_diffs({k: v[rows] for k, v in got.items()}, {k: v[rows] for k, v in ref.items()},
+                                     fo["attention_mask"][rows])
+                    out[f"in_vocab_max_abs_diff_{lang}"] = MC.info(max(x["max_abs_diff"] for x in d.values()),
+                                                                   documents=len(rows))
+        sel = self._lang_rows(list(range(len(self.texts))), acc.samples)
         fo = V.pad_rows([orig_ids[i] for i in sel], ex.seq_len, self.pad_old)
         fn = V.pad_rows([new_ids[i] for i in sel], ex.seq_len, self.pad_new)
         e_old = run_rows(torch_base, fo)["sentence_embedding"]
@@ -385,6 +536,11 @@ class VocabTrim(Task):
             1.0, float(cos.mean()), {"min": acc.min_cosine}, "higher", documents=len(sel), min=float(cos.min()),
             oov_documents=len(oov_rows), oov_mean=float(cos[oov_rows].mean()) if oov_rows else None,
             note="all held-out documents, out-of-vocabulary text included; trimmed = model.onnx")
+        if self.multilingual:
+            for lang in self.per_lang:
+                rows = [k for k, i in enumerate(sel) if self.heldout[i][0] == lang]
+                out[f"heldout_embedding_cosine_{lang}"] = MC.info(float(cos[rows].mean()) if rows else None,
+                                                                  documents=len(rows))
         self.generations = None
         return out
 
@@ -418,17 +574,18 @@ class VocabTrim(Task):
         out["generation_differences_explained"] = MC.metric(
             1.0, value, {"min": 1}, "higher", differing=len(diverged), explained=len(explained),
             criterion="every difference starts where the original's token or prompt is not kept")
-        sel = evenly(self.in_vocab, acc.samples)
+        sel = self._lang_rows(self.in_vocab, acc.samples)
         s_old = V.lm_scores(self.model, [orig_ids[i] for i in sel], ex.seq_len)
         s_new = V.lm_scores(self.reloaded, [new_ids[i] for i in sel], ex.seq_len)
-        agree = np.concatenate([a == keep[b] for (a, _), (b, _) in zip(s_old, s_new)])
-        orig_top = np.concatenate([a for a, _ in s_old])
+        # (no rows: a keep_file vocabulary holding no held-out sentence; the agreement is then NaN and fails)
+        agree = np.concatenate([np.zeros(0, bool)] + [a == keep[b] for (a, _), (b, _) in zip(s_old, s_new)])
+        orig_top = np.concatenate([np.zeros(0, np.int64)] + [a for a, _ in s_old])
         on_kept = keep_mask[orig_top] if orig_top.size else np.zeros(0, bool)
         n_tok = sum(max(0, min(len(orig_ids[i]), ex.seq_len) - 1) for i in sel)
         ppl_old = float(np.exp(sum(n for _, n in s_old) / max(n_tok, 1)))
         ppl_new = float(np.exp(sum(n for _, n in s_new) / max(n_tok, 1)))
         out["next_token_top1_agreement"] = MC.metric(
-            1.0, float(agree.mean()), {"min": acc.min_top1_agreement}, "higher", documents=len(sel),
+            1.0, float(agree.mean()) if agree.size else float("nan"), {"min": acc.min_top1_agreement}, "higher", documents=len(sel),
             positions=int(agree.size), perplexity_in_vocab={"original": ppl_old, "trimmed": ppl_new},
             original_top1_kept=float(on_kept.mean()) if on_kept.size else None)
         kept_agree = float(agree[on_kept].mean()) if on_kept.any() else 1.0
@@ -506,7 +663,12 @@ class VocabTrim(Task):
                      "min_frequency": recipe.trim.min_frequency, "target_vocab_size": recipe.trim.target_vocab_size,
                      "required": {k: len(v) for k, v in self.required.items()}, "special_dropped": len(self.dropped),
                      "bpe_closure_added": self.closure_added, "self_generated": self.self_gen,
-                     "config_ids": self.config_changes, "generation_config_ids": self.gen_changes},
+                     "config_ids": self.config_changes, "generation_config_ids": self.gen_changes,
+                     "ranking": self.ranking,
+                     "budget": self.budget.describe(len(self.keep), self.held_cov["token_coverage"],
+                                                    {k: v["token_coverage"] for k, v in self.per_lang.items()})
+                     if self.budget is not None else None,
+                     "keep_file": self.keep_list_info},
             "coverage": {"mining": self.mining_cov, "heldout": self.held_cov, "heldout_by_language": self.per_lang,
                          "heldout_oov": self.oov},
             "checkpoint": self.checkpoint,
@@ -514,7 +676,7 @@ class VocabTrim(Task):
                        "seq_len": ex.seq_len, "target": ex.target, "trt_target": ex.trt_target,
                        "inputs": {n: [b, ex.seq_len] for n in INPUTS},
                        "outputs": graphs.model_info.output_shapes, "baseline_outputs": graphs.baseline_info.output_shapes},
-            "artifacts_extra": {"model_dir": MODEL_DIR, "id_map": f"{MODEL_DIR}/{ID_MAP}"},
+            "artifacts_extra": {"model_dir": MODEL_DIR, "id_map": f"{MODEL_DIR}/{ID_MAP}", "keep_list": KEEP_LIST},
             "accuracy_extra": {
                 "dataset": "held-out corpus text",
                 "description": (f"{len(self.texts)} held-out documents of the corpus (never mined); original = the "
@@ -565,15 +727,22 @@ class VocabTrim(Task):
         m, t, tr, c, ck = report["model"], report["tokenizer"], report["trim"], report["coverage"], report["checkpoint"]
         oov, ex, art = c["heldout_oov"], report["export"], report["artifacts"]
         lines = [
-            f"- Trimmed: `{m['class']}` ({m['architecture']}, tied embeddings: {m['tied_embeddings']}); tokenizer "
-            f"{t['model_type']} ({t['family']}), out-of-vocabulary text: {t['oov_behaviour']}",
-            (f"- Kept {tr['kept']:,} ids: {tr['mined']:,} mined (of {tr['eligible']:,} seen ≥ {tr['min_frequency']} times; "
-             f"target {tr['target_vocab_size']}), required {json.dumps(tr['required'])}, BPE merge-path closure "
+            (f"- Trimmed: `{m['class']}` ({m['architecture']}, tied embeddings: {m['tied_embeddings']}); tokenizer "
+             f"{t['model_type']} ({t['family']}), out-of-vocabulary text: {t['oov_behaviour']}"),
+            (f"- Kept {tr['kept']:,} ids: {tr['mined']:,} " + (
+                "listed in the keep file" if tr.get("keep_file") else
+                f"ranked by expected coverage (of {tr['eligible']:,} with any evidence)"
+                if (tr.get("ranking") or {}).get("method") == "coverage" else
+                f"mined (of {tr['eligible']:,} seen ≥ {tr['min_frequency']} times; target {tr['target_vocab_size']})")
+             + f"; required {json.dumps(tr['required'])}, BPE merge-path closure "
              f"+{tr['bpe_closure_added']}, special tokens dropped by pattern {tr['special_dropped']}"),
             f"- Config ids remapped: {json.dumps(tr['config_ids'])}; generation config: {json.dumps(tr['generation_config_ids'])}",
             (f"- Graphs: inputs input_ids/attention_mask [{ex['batch']}, {ex['seq_len']}], outputs "
              f"{json.dumps(ex['outputs'])}"),
-            f"- `{art['model_dir']}/`: trimmed model (save_pretrained) and tokenizer; `{art['id_map']}`: new id → original id",
+            f"- `{art['model_dir']}/`: trimmed model (save_pretrained) and tokenizer; `{art['id_map']}`: new id → original id"
+            + (f"; `{art['keep_list']}`: the kept original ids (reproduce this vocabulary with `trim.keep_file`)"
+               if art.get("keep_list") else ""),
+            *cls._trim_lines(tr),
             "",
             "## Size and speed (original → trimmed)",
             md_table(["", "original", "trimmed", "ratio"], cls._size_rows(report)),
@@ -597,6 +766,41 @@ class VocabTrim(Task):
         if t["files"]:
             lines += ["", "## Tokenizer files", *[f"- {n}" for n in t["files"]]]
         return lines
+
+    @staticmethod
+    def _trim_lines(tr: dict) -> list[str]:
+        """Budget, ranking and keep-list lines of report.md (absent from reports of older runs)."""
+        out = []
+        b = tr.get("budget")
+        if b:
+            limit = " and ".join(x for x in (f"{b['max_params']:,} parameters" if b["max_params"] else "",
+                                             f"{b['max_bytes']:,} bytes at {b['precision']}" if b["max_bytes"] else "") if x)
+            cov = (f", held-out token coverage {_pct(b['heldout_token_coverage'])}"
+                   if b.get("heldout_token_coverage") is not None else "")
+            by_lang = b.get("heldout_token_coverage_by_language") or {}
+            langs = f" ({', '.join(f'{k} {_pct(v)}' for k, v in by_lang.items())})" if len(by_lang) > 1 else ""
+            out.append(f"- Budget {limit}: {b['fixed_params']:,} parameters outside the vocabulary + {b['params_per_token']} "
+                       f"per id → at most {b['max_tokens']:,} ids; bought {b['kept']:,} ids = {b['params']:,} parameters "
+                       f"({b['bytes']:,} bytes at {b['precision']}){cov}{langs}")
+        r = tr.get("ranking")
+        if r and r.get("method") == "coverage":
+            c = r["chosen"]
+            out.append(f"- Ranking: expected coverage; the dev split ({sum(r['dev_documents'].values())} mining documents) "
+                       f"chose word-list prior strength {c['prior_strength']:g}, numbers {c['numbers']:g}, model's own "
+                       f"tokens {c['self_generated']:g} (dev token coverage {_pct(c['dev_token_coverage'])}, "
+                       f"{len(r['trials'])} blends tried)")
+            abl = r.get("heldout_ablation") or {}
+            if abl:
+                out.append("- Held-out token coverage at the same size (measured after the choice, never used for it): "
+                           + "; ".join(f"{k} {_pct(v['heldout_token_coverage'])}" if "heldout_token_coverage" in v
+                                       else f"{k}: n/a" for k, v in abl.items()))
+        k = tr.get("keep_file")
+        if k:
+            added = ", ".join(f"{reason} +{len(v)} ({', '.join(repr(x['token']) for x in v[:5])}"
+                              f"{', …' if len(v) > 5 else ''})" for reason, v in k["added"].items())
+            out.append(f"- Keep file `{k['path']}` ({k['format']}, {k['listed_ids']:,} ids): kept {k['kept']:,}; added for "
+                       f"the tokenizer to stay valid: {added or 'nothing'}")
+        return out
 
     @classmethod
     def console_lines(cls, report: dict) -> list[str]:

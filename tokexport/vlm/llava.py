@@ -18,8 +18,11 @@ Checked against transformers 5.24 (``LlavaModel`` / ``LlavaNextModel``). What ma
   full image + the tiles of the best ``image_grid_pinpoints`` resolution. Its ``get_image_features``
   additionally calls ``pack_image_features``, which reshapes the tiles into one spatial grid, *unpads*
   it to the original aspect ratio and appends the learned ``image_newline`` after every row, so the
-  token count depends on ``image_sizes``. Selected tokens no longer form a grid: under
-  ``reduced_visual_tokens`` that packing is bypassed and **no image_newline tokens are inserted**.
+  token count depends on ``image_sizes``. :mod:`tokexport.vlm.packing` reproduces that packing for any
+  kept subset of positions (``pack_visual_tokens`` here: base view first, then the stitched, unpadded
+  tile grid row-major with ``image_newline`` after every row); with every position kept it equals
+  ``pack_image_features`` exactly. ``reduced_visual_tokens`` and ``embed_with_visual_tokens`` feed
+  whatever sequence they are given, so pack first.
 
 The LLaVA convention for ``vision_feature_layer``: ``hidden_states[i]`` with index 0 = embeddings
 (after CLIP's ``pre_layrnorm``), i = output of block i-1; -2 (the default) = the penultimate block.
@@ -232,6 +235,62 @@ def visual_tokens(parts: LlavaParts, pixel_values: torch.Tensor, image_sizes=Non
     return feats.reshape(b, v * feats.shape[1], feats.shape[-1])
 
 
+def packing_layout(parts: LlavaParts, image_size=None) -> tuple[int, tuple[int, int], tuple[int, int] | None]:
+    """(views, grid, sub_grid) of the model's input for an image of ``image_size`` = (H, W): LLaVA-1.5
+    one view; LLaVA-NeXT 1 + rows·cols views, (rows, cols) from the model's grid pinpoints."""
+    if parts.kind == "llava":
+        return 1, parts.grid, None
+    if image_size is None:
+        raise InputError("LLaVA-NeXT packing needs the image size (H, W): it picks the tile grid and the unpadding")
+    rows, cols = parts.anyres_grid(tuple(int(v) for v in image_size))
+    return 1 + rows * cols, parts.grid, (rows, cols)
+
+
+def pack_visual_tokens(parts: LlavaParts, tokens, positions, image_size=None, empty_rows: str = "newline"):
+    """One image's kept tokens [K, D_llm] (and their ``positions`` [K] in the view-major V·P sequence, as
+    model.onnx returns them) in the order the model feeds its language model: LLaVA-1.5 as given
+    (CLS first with ``full``, patches ascending); LLaVA-NeXT ``pack_image_features``' order with
+    ``image_newline`` (see :mod:`tokexport.vlm.packing`). numpy or torch in, the same out."""
+    from .packing import pack
+
+    views, grid, sub_grid = packing_layout(parts, image_size)
+    newline = parts.image_newline.detach() if parts.image_newline is not None else None
+    if newline is not None and not hasattr(tokens, "detach"):
+        newline = newline.cpu().numpy()
+    try:
+        return pack(tokens, positions, views, grid, sub_grid, newline, image_size if sub_grid else None, empty_rows)
+    except ValueError as e:
+        raise InputError(f"visual tokens: {e}") from None
+
+
+def num_llm_visual_tokens(parts: LlavaParts, image_size=None) -> int:
+    """Image placeholders the unmodified model fills for one image (LLaVA-NeXT: newlines included)."""
+    from .packing import packed_length
+
+    views, grid, sub_grid = packing_layout(parts, image_size)
+    n = views * grid[0] * grid[1]
+    pos = ([-1] if parts.feature_select == "full" else []) + list(range(n))  # CLS first with "full"
+    try:
+        return packed_length(pos, views, grid, sub_grid, parts.image_newline is not None,
+                             image_size if sub_grid else None)
+    except ValueError as e:
+        raise InputError(f"visual tokens: {e}") from None
+
+
+def embed_with_visual_tokens(parts: LlavaParts, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """``inputs_embeds`` [B, L, D_llm] for ``generate``/``forward``: the prompt's token embeddings with the
+    ``image_token_id`` placeholders replaced, in order, by ``features`` [N, D_llm] (all images' packed
+    tokens concatenated) — what the model's own forward does with the image features it computes."""
+    emb = parts.model.get_input_embeddings()(input_ids)
+    mask = input_ids == parts.image_token_id
+    n = int(mask.sum())
+    if features.dim() != 2 or features.shape[0] != n or features.shape[1] != emb.shape[-1]:
+        raise InputError(f"the prompt holds {n} image placeholder tokens but {tuple(features.shape)} visual "
+                         f"features were given (expected [{n}, {emb.shape[-1]}]); expand the prompt with "
+                         "expand_image_tokens(input_ids, image_token_id, len(features))")
+    return emb.masked_scatter(mask[..., None], features.to(emb.device, emb.dtype))
+
+
 def _num_images(pixel_values: torch.Tensor, image_sizes) -> int:
     if image_sizes is not None:
         return len(image_sizes)
@@ -246,7 +305,8 @@ def reduced_visual_tokens(parts: LlavaParts, select_fn: SelectFn):
     The prompt must then hold exactly K ``image_token_id`` placeholders per image (see
     ``expand_image_tokens``); a mismatch raises ``InputError`` before the scatter. For LLaVA-NeXT,
     ``pack_image_features`` (unpadding, ``image_newline`` after each row) is bypassed: the K tokens go to
-    the language model as returned, with no newline tokens. The feature layer and select strategy are
+    the language model as returned, so return them packed (``pack_visual_tokens``) to get the model's
+    order and newlines. The feature layer and select strategy are
     ``select_fn``'s business; ``vision_feature_layer``/``vision_feature_select_strategy`` arguments are
     accepted and ignored. Instance attributes are restored on exit, even on error.
     """

@@ -3,8 +3,10 @@
 Layout. The vision tower turns each view into P = gh·gw patch tokens. LLaVA-1.5 has one view;
 LLaVA-NeXT "anyres" has V = 1 + rows·cols: view 0 is the full image resized, views 1.. are the
 sub-images of a fixed rows×cols grid in raster order. Positions index the flattened V·P sequence
-(view-major, raster order inside a view); every selector returns them ascending, so the kept tokens
-keep the order the LLM expects.
+(view-major, raster order inside a view); every selector returns them ascending. That is LLaVA-1.5's
+order; LLaVA-NeXT reads the base view, then the tiles stitched into one grid row-major with
+``image_newline`` after each row: ``tokexport.vlm.packing`` puts the kept tokens in that order from
+their positions.
 
 Static export (docs/methods/static-export.md): K and every count are Python ints fixed at
 export time; selection uses TopK with constant K (< 3840) and ``sort_positions`` (never
@@ -18,7 +20,10 @@ tokens identically and give identical HiRED shares, so the choice does not chang
 
 Methods: ``fopru-rank``, ``fopru-row`` (FoPru, arXiv 2411.14164; no public code, details
 [unverified]), ``hired`` (HiRED, arXiv 2408.10945, with the reference code's defects fixed),
-``uniform-spatial`` and ``random-visual`` (constant baselines).
+``uniform-spatial`` (a 2-D lattice per view) and ``random-visual`` (a *fixed* random subset, the same
+for every image) — both deployable constant methods. The honest baselines every report carries (random
+keep drawn per image over several seeds, the 2-D lattice) are evaluated in PyTorch by
+:mod:`tokexport.vlm.baselines`, not exported.
 """
 from __future__ import annotations
 
@@ -292,12 +297,17 @@ _SOURCE_DESC = ("Significance: 'cls' = CLS-query attention to each patch (needs 
                 "Heads are summed.")
 
 
+_FOPRU_SOURCE_DEFAULT = (" Default 'received', chosen by measurement (README, visual tokens: FoPru significance; "
+                         "scripts/bench_fopru_significance.py): on DINOv2-S at 64 of 256 it preserved the mean-pooled "
+                         "features better than 'cls' for both strategies. [unverified: paper code not public]")
+
+
 class FoPruRankConfig(VisualReductionConfig):
     """FoPru rank strategy: the K most significant tokens over all views (global view)."""
 
     method: Literal["fopru-rank"] = Field(default="fopru-rank", description="Method name.")
     select_layer: Count(-1024, 1023) = Field(default=-2, description=_SELECT_LAYER_DESC + " [unverified: paper code not public]")
-    source: Source = Field(default="cls", description=_SOURCE_DESC + " [unverified: paper code not public]")
+    source: Source = Field(default="received", description=_SOURCE_DESC + _FOPRU_SOURCE_DEFAULT)
 
 
 @register_visual_method
@@ -315,7 +325,7 @@ class FoPruRowConfig(VisualReductionConfig):
 
     method: Literal["fopru-row"] = Field(default="fopru-row", description="Method name.")
     select_layer: Count(-1024, 1023) = Field(default=-2, description=_SELECT_LAYER_DESC + " [unverified: paper code not public]")
-    source: Source = Field(default="cls", description=_SOURCE_DESC + " [unverified: paper code not public]")
+    source: Source = Field(default="received", description=_SOURCE_DESC + _FOPRU_SOURCE_DEFAULT)
 
     def check_k(self, layout: VisualLayout, k: int, field: str = "k") -> None:
         gw, total = layout.grid[1], layout.total
@@ -493,6 +503,9 @@ class HiRED(VisualSelector):
     - Each view keeps the tokens whose within-view rank (``_rank``) is below its quota; one global
       TopK(K) over keep·BIG − position then gives exactly K positions, sorted ascending.
     - One view (sub_grid None): all K go to view 0, i.e. a per-view (= global) TopK; no allocation.
+    - Output: positions ascending (view order). The LLM gets them in LLaVA-NeXT's packed order (base view,
+      stitched tile rows, ``image_newline`` after every row, as HiRED's reference packs its mask):
+      ``tokexport.vlm.packing.pack`` (tests/test_llava_packing.py checks it against transformers).
     [unverified] The block geometry ignores the padding LLaVA-NeXT adds when it resizes the image to the
     anyres resolution (view 0 is the unpadded image squashed to a square).
     """
@@ -587,7 +600,8 @@ class UniformSpatial(VisualSelector):
 
 
 class RandomVisualConfig(VisualReductionConfig):
-    """Seeded random subset of the V·P positions, identical for every image."""
+    """Fixed random subset: seeded random V·P positions, identical for every image (a deployable constant
+    method; the per-image random *baseline* of the report is tokexport.vlm.baselines)."""
 
     method: Literal["random-visual"] = Field(default="random-visual", description="Method name.")
     seed: Count(0, 2**40) = Field(
@@ -624,7 +638,8 @@ class RandomVisual(VisualSelector):
         return _constant_rows(self.positions(layout.total, k), sig, sig_alloc)
 
     def resolved(self, layout, k):
-        return {"subset": "first K of torch.randperm(V·P) with the seed, sorted; identical for every image"}
+        return {"subset": "fixed random subset: first K of torch.randperm(V·P) with the seed, sorted; identical "
+                          "for every image"}
 
 
 __all__ = [

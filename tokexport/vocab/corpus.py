@@ -27,6 +27,7 @@ class Corpus:
     heldout: dict[str, list[str]] = field(default_factory=dict)
     weighted: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    wordfreq_langs: dict[str, set[str]] = field(default_factory=dict)  # label -> wordfreq codes of its lists
 
     def describe(self) -> dict:
         langs = sorted(set(self.mining) | set(self.weighted))
@@ -122,6 +123,7 @@ def load_corpus(cfg: CorpusConfig, base_dir: Path) -> Corpus:
             if not entries:
                 raise InputError(f"{where}.wordfreq: the list for {src.wordfreq.lang!r} is empty")
             corpus.weighted.setdefault(lang, []).extend(entries)
+            corpus.wordfreq_langs.setdefault(lang, set()).add(src.wordfreq.lang)
             corpus.files.append(f"wordfreq:{src.wordfreq.lang}:top{src.wordfreq.top_n}")
             continue
         if src.dataset_build is not None:
@@ -166,17 +168,7 @@ def mine(corpus: Corpus, encode_special: Callable[[list[str]], list[list[int]]],
     """Count ids over the mining part, keep those seen ``min_frequency`` times, most frequent first,
     at most ``target_vocab_size``. Documents are encoded with special tokens (they count too); list
     words without (they are not documents). ``extra_counts`` (per old id) are added as they are."""
-    counts = np.zeros(vocab_size, dtype=np.int64)
-    for docs in corpus.mining.values():
-        ids = [i for row in encode_all(encode_special, docs) for i in row]
-        counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab_size)[:vocab_size]
-    for entries in corpus.weighted.values():
-        rows = encode_all(encode_plain, [t for t, _ in entries])
-        ids = np.asarray([i for row in rows for i in row], dtype=np.int64)
-        weights = np.asarray([c for row, (_, c) in zip(rows, entries) for _ in row], dtype=np.float64)
-        counts += np.bincount(ids, weights=weights, minlength=vocab_size)[:vocab_size].astype(np.int64)
-    if extra_counts is not None:  # e.g. the model's own generations (trim.self_generated)
-        counts += extra_counts[:vocab_size]
+    counts = count_ids(corpus, encode_special, encode_plain, vocab_size, extra_counts)
     total = int(counts.sum())
     if total == 0:
         raise InputError("corpus: the mining part tokenises to no tokens at all; give text in the target language")
@@ -191,6 +183,29 @@ def mine(corpus: Corpus, encode_special: Callable[[list[str]], list[list[int]]],
                 f"{trim.target_vocab_size:,}; add corpus text, lower trim.min_frequency or trim.target_vocab_size")
         order = order[: trim.target_vocab_size]
     return Mined(counts=counts, selected=np.sort(order), eligible=len(candidates), mining_tokens=total)
+
+
+def count_ids(corpus: Corpus, encode_special: Callable[[list[str]], list[list[int]]],
+              encode_plain: Callable[[list[str]], list[list[int]]], vocab_size: int,
+              extra_counts: np.ndarray | None = None, rows: dict[str, list[list[int]]] | None = None,
+              weighted_rows: dict[str, list[list[int]]] | None = None) -> np.ndarray:
+    """Occurrences of every id in the mining part (documents with special tokens, list words with
+    their pseudo-counts, ``extra_counts`` as they are); ``rows`` / ``weighted_rows``: the documents /
+    list entries already encoded."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for lang, docs in corpus.mining.items():
+        encoded = rows[lang] if rows is not None and lang in rows else encode_all(encode_special, docs)
+        ids = [i for row in encoded for i in row]
+        counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab_size)[:vocab_size]
+    for lang, entries in corpus.weighted.items():
+        rows = weighted_rows[lang] if weighted_rows is not None and lang in weighted_rows else \
+            encode_all(encode_plain, [t for t, _ in entries])
+        ids = np.asarray([i for row in rows for i in row], dtype=np.int64)
+        weights = np.asarray([c for row, (_, c) in zip(rows, entries) for _ in row], dtype=np.float64)
+        counts += np.bincount(ids, weights=weights, minlength=vocab_size)[:vocab_size].astype(np.int64)
+    if extra_counts is not None:  # e.g. the model's own generations (trim.self_generated)
+        counts += extra_counts[:vocab_size]
+    return counts
 
 
 def coverage(id_lists: Sequence[Sequence[int]], keep_mask: np.ndarray) -> dict:

@@ -15,6 +15,7 @@ from ..errors import SchemaErrors
 from ..recipe_base import (
     DeployConfig,
     ParityConfig,
+    ProviderSettings,
     Strict,
     TargetedExport,
     format_errors,
@@ -71,9 +72,25 @@ class SelfGenerated(Strict):
     batch: Count(1, 1024) = Field(16, description="Prompts generated together (left padding), 1..1024.")
 
 
+class CoverageRanking(Strict):
+    """How ``ranking: coverage`` blends its ingredients; every weight is chosen on a dev split of the
+    mining part (never on held-out text)."""
+
+    dev_fraction: Real(0, 1, lo_open=True, hi_open=True) = Field(0.2, description="Share of each language's mining documents held back as the dev split the blend is tuned on, in (0, 1); the final counts use the whole mining part.")
+    prior_strength: list[Real(0, 1e9)] = Field(default_factory=lambda: [0, 1e3, 1e4, 3e4, 1e5, 3e5], min_length=1, max_length=32, description="Candidates for the strength (in pseudo-tokens) of the word-list prior of each language: score = (corpus count + strength x word-list share) / (corpus tokens + strength), so a small corpus leans on the list more than a large one. 0: corpus only. Each value in [0, 1000000000].")
+    numbers: list[Real(0, 10)] = Field(default_factory=lambda: [0, 0.05, 0.2], min_length=1, max_length=32, description="Candidates for the weight of the integers 0..2100 (wordfreq's estimated frequencies, with and without a leading space) inside each language's word-list prior, relative to the words; each in [0, 10].")
+    self_generated: list[Real(0, 1)] = Field(default_factory=lambda: [0, 0.1, 0.3], min_length=1, max_length=32, description="Decoders with trim.self_generated: candidates for the share of the score given to the model's own greedy tokens, each in [0, 1].")
+
+
 class TrimConfig(Strict):
-    min_frequency: Count(1, 1_000_000_000) = Field(2, description="Mined ids seen fewer times in the mining part are dropped, 1..1000000000 (the reference uses 2).")
-    target_vocab_size: Count(1, 10_000_000) | None = Field(None, description="Keep this many mined ids (most frequent first), 1..10000000; null keeps every id reaching min_frequency. The corpus must yield at least this many. Special, required and tokens_to_keep ids come on top.")
+    min_frequency: Count(1, 1_000_000_000) = Field(2, description="ranking: frequency: mined ids seen fewer times in the mining part are dropped, 1..1000000000 (the reference uses 2). ranking: coverage ranks every id with any evidence and ignores it.")
+    target_vocab_size: Count(1, 10_000_000) | None = Field(None, description="Keep this many mined ids (best ranked first), 1..10000000; null keeps every id reaching min_frequency. The corpus must yield at least this many. Special, required and tokens_to_keep ids (and BPE merge paths) come on top. Not with max_params/max_bytes.")
+    max_params: Count(1, 10**12) | None = Field(None, description="Parameter budget of the trimmed model, 1..1000000000000: the vocabulary is as large as fits (required ids, best-ranked ids and their BPE merge paths, counted exactly). Not with target_vocab_size.")
+    max_bytes: Count(1, 10**13) | None = Field(None, description="Byte budget of the trimmed model's parameters at trim.precision, 1..10000000000000 (with max_params too, the tighter one counts). Not with target_vocab_size.")
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = Field("fp32", description="Bytes per parameter max_bytes counts (fp32: 4, fp16/bf16: 2, int8: 1); the exported ONNX is fp32.")
+    ranking: Literal["frequency", "coverage"] = Field("frequency", description="frequency: mined ids by count in the mining part, most frequent first (vocabtrimmer). coverage: by expected held-out coverage — per language, corpus counts smoothed with the language's word-list prior (wordfreq sources, plus numbers), and the model's own tokens for decoders — with the blend tuned on a dev split of the mining part. Needs a size (target_vocab_size, max_params or max_bytes).")
+    coverage: CoverageRanking = Field(default_factory=CoverageRanking, description="ranking: coverage: the ingredient weights tried on the dev split.")
+    keep_file: str | None = Field(None, description="Keep exactly these vocabulary entries (relative to the recipe file): one token string per line as tokenizer.json spells it, or one original id per line (a file whose every line is a decimal number is read as ids), e.g. keep_ids.txt of a previous run. Required ids (special, config, unk, byte symbols) and BPE merge paths are added and listed in the report. Not with target_vocab_size, max_params, max_bytes, self_generated or ranking: coverage.")
     tokens_to_keep: list[str] = Field(default_factory=list, description="Vocabulary entries (token strings, as in tokenizer.json) always kept.")
     tokens_to_keep_file: str | None = Field(None, description="File with one vocabulary entry per line, always kept (relative to the recipe file).")
     self_generated: SelfGenerated | None = Field(None, description="Decoders only: also count the tokens the original model generates greedily from the beginnings of mining-part documents (what the model writes, not only what people write), so that fewer greedy generations reach a dropped token. Uses the mining part only: held-out text and verify.generation prompts stay unseen.")
@@ -81,6 +98,17 @@ class TrimConfig(Strict):
 
     @model_validator(mode="after")
     def _pattern(self):
+        if self.target_vocab_size is not None and (self.max_params is not None or self.max_bytes is not None):
+            raise ValueError("give either target_vocab_size or a budget (max_params / max_bytes), not both")
+        if self.keep_file is not None:
+            clash = [k for k in ("target_vocab_size", "max_params", "max_bytes", "self_generated")
+                     if getattr(self, k) is not None] + (["ranking: coverage"] if self.ranking == "coverage" else [])
+            if clash:
+                raise ValueError(f"keep_file keeps exactly the listed ids; remove {', '.join(clash)}")
+        if self.ranking == "coverage" and self.target_vocab_size is None and self.max_params is None \
+                and self.max_bytes is None:
+            raise ValueError("ranking: coverage ranks every id with any evidence; give a size: target_vocab_size, "
+                             "max_params or max_bytes")
         if self.drop_special is not None:
             try:
                 re.compile(self.drop_special)
@@ -106,6 +134,7 @@ class VocabAccuracyConfig(Strict):
     max_abs_diff: Real(0, 1, lo_open=True) = Field(1e-5, description="Encoders: max |trimmed - original| on in-vocabulary held-out text (hidden states and embedding), both in PyTorch from the saved checkpoints; finite, in (0, 1].")
     min_cosine: Real(-1, 1) = Field(0.95, description="Encoders: mean cosine between trimmed and original embeddings on all held-out documents (out-of-vocabulary text included); in [-1, 1].")
     min_top1_agreement: Real(0, 1) = Field(0.95, description="Decoders: next-token argmax agreement on in-vocabulary held-out text; in [0, 1].")
+    min_token_coverage: Real(0, 1) | None = Field(None, description="Smallest share of the held-out text's original tokens that must be kept, overall and (with several languages) in each language; in [0, 1]. null: reported, not gated.")
     max_perplexity_increase: Real(0, 100) = Field(0.05, description="Decoders: relative increase of perplexity per character on all held-out text allowed; finite, in [0, 100].")
 
 
@@ -115,7 +144,7 @@ class VocabVerifyConfig(Strict):
     generation: GenerationCheck | None = Field(None, description="Decoders: greedy generation check (required for decoders).")
 
 
-class VocabBenchConfig(Strict):
+class VocabBenchConfig(ProviderSettings):
     enabled: bool = True
     warmup: Count(0, 1000) = Field(2, description="Untimed forward passes per graph first, 0..1000.")
     repeats: Count(1, 10000) = Field(10, description="Timed forward passes per graph, 1..10000 (baseline and trimmed alternate).")

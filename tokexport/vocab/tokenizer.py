@@ -71,7 +71,7 @@ def _vocab_items(model: dict) -> list[tuple[str, int]]:
     return list(model["vocab"].items())
 
 
-def _merge_pair(m) -> tuple[str, str]:
+def merge_pair(m) -> tuple[str, str]:
     return tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1])
 
 
@@ -147,7 +147,7 @@ def bpe_closure(state: dict, keep: set[int]) -> set[int]:
     prefix = model.get("continuing_subword_prefix") or ""
     producers: dict[str, list[tuple[str, str]]] = {}
     for m in model["merges"]:
-        a, b = _merge_pair(m)
+        a, b = merge_pair(m)
         result = a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
         producers.setdefault(result, []).append((a, b))
     inverse = {i: t for t, i in vocab.items()}
@@ -206,7 +206,7 @@ def trim_state(state: dict, keep: np.ndarray) -> tuple[dict, dict]:
             prefix = model.get("continuing_subword_prefix") or ""
             kept_merges = []
             for m in model["merges"]:
-                a, b = _merge_pair(m)
+                a, b = merge_pair(m)
                 result = a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
                 if a in vocab and b in vocab and result in vocab:
                     kept_merges.append(m)
@@ -260,7 +260,7 @@ def write_tokenizer_files(src_dir: Path, dest: Path, state: dict, old2new: np.nd
         notes.append("vocab.txt rewritten from the trimmed vocabulary (slow BertTokenizer gives the same ids)")
     if (src_dir / "vocab.json").is_file() and model["type"] == "BPE":
         (dest / "vocab.json").write_text(json.dumps(dict(ordered), ensure_ascii=False) + "\n", encoding="utf-8")
-        merges = [" ".join(_merge_pair(m)) for m in model["merges"]]
+        merges = [" ".join(merge_pair(m)) for m in model["merges"]]
         (dest / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
         notes.append("vocab.json and merges.txt rewritten from the trimmed vocabulary and merges")
     for name in SLOW_MODEL_FILES:

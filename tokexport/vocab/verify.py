@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-
 Feed = dict[str, np.ndarray]
 
 
