@@ -80,8 +80,7 @@ def test_precision_is_validated():
 def test_default_recipe_converts_in_fp16(tmp_path):
     """Done-when of issue 17: the default recipe with export.precision: fp16 passes parity at fp16
     tolerances and model.onnx is about half the size of the fp32 one (88.6 MB)."""
-    if real_model_dir() is None:
-        pytest.skip("the bundled DINOv2-S is not fetched (tokexport models fetch dinov2-small)")
+    assert real_model_dir() is not None, "run `tokexport models fetch dinov2-small` first"
     src = REPO / "recipes" / "dinov2-small-zero-tprune.yaml"
     data = yaml.safe_load(src.read_text())
     data["export"]["precision"] = "fp16"
