@@ -116,6 +116,17 @@ def test_yaml_syntax_error(tmp_path, out):
     ({"task": "visual-tokens", "reduction": {"method": "hired", "keep": 4, "alpha": 1.5}}, ["reduction.alpha"]),
     ({"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4, "source": "col"}}, ["reduction.source"]),
     ({"reduction.iterations": [5, 5, 5]}, ["reduction"]),
+    ({"verify.baselines": {"random_seeds": 3}}, ["verify.baselines.random_seeds", "5..64"]),
+    ({"verify.baselines": {"resamples": 10}}, ["verify.baselines.resamples"]),
+    ({"verify.vs_baselines": {"bound": "median"}}, ["verify.vs_baselines.bound"]),
+    ({"verify.vs_baselines": {"min_margin": 2}}, ["verify.vs_baselines.min_margin", "[-1, 1]"]),
+    ({"verify.vs_baselines": {"metrics": []}}, ["verify.vs_baselines.metrics"]),
+    ({"verify.vs_baselines": {"min_margin": 0}, "verify.baselines": {"enabled": False}},
+     ["vs_baselines needs verify.baselines.enabled"]),
+    ({"export.precision": "int4"}, ["export.precision"]),
+    ({"export.fold": "maybe"}, ["export.fold"]),
+    ({"bench.provider": "rocm"}, ["bench.provider"]),
+    ({"bench.provider_options": {"device_id": -1}}, ["bench.provider_options"]),
 ])
 def test_bad_fields(tmp_path, out, tiny_models, over, needles):
     p = write(tmp_path, recipe(tiny_models["dinov2"], **over))
