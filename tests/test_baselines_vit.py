@@ -196,3 +196,88 @@ def test_baselines_can_be_disabled_and_a_gate_then_refused(tmp_path, tiny_models
 
     with pytest.raises(InputError, match="vs_baselines"):
         convert(write(tmp_path, bad, "bad.yaml"), tmp_path / "out2")
+
+
+# ------------------------------------------------------------------ the same runs in ONNX Runtime
+
+
+def _tiny(tiny_models):
+    from tokexport.load import load_model
+    from tokexport.reduce.schedule import plan
+
+    lm = load_model(str(tiny_models["vit"]), tiny_models["vit"].parent, None, "auto", 56)
+    fwd = lambda t: lm.adapter.outputs(lm.model, lm.model(pixel_values=t))  # noqa: E731
+    stages = plan(UniformKeepConfig(prune_layers=[1, 2], keep=[12, 6]), 17, 1, lm.adapter.num_layers)
+    x = np.random.default_rng(0).normal(size=(30, 3, 56, 56)).astype(np.float32)  # 24 + a padded chunk of 6
+    return lm, fwd, stages, x
+
+
+def test_keep_plan_draws_what_the_pytorch_run_draws(tiny_models):
+    """The positions handed to the tail graph are the ones the PyTorch run selects: same generator, same
+    order of calls (chunk, then stage), for the random baseline and the lattice."""
+    from tokexport.reduce import baselines_vit as B
+    from tokexport.reduce.base import Method
+
+    lm, fwd, stages, x = _tiny(tiny_models)
+    for make in (lambda: B.PerImageRandom(3), lambda: UniformKeep(UniformKeepConfig())):
+        seen: list[np.ndarray] = []
+        method = make()
+        original = type(method).select
+
+        def spy(self, inputs, n_keep, _orig=original, _seen=seen):
+            idx = _orig(self, inputs, n_keep)
+            _seen.append(idx.numpy().copy())
+            return idx
+
+        method.select = spy.__get__(method, Method)
+        B._torch_outputs(lm.model, lm.adapter, fwd, B.pruning_stages(stages), x, method, None)
+        plan = B.keep_plan(make(), B.pruning_stages(stages), 17, 1, lm.adapter.num_layers, len(x), B.BATCH)
+        flat = [k for chunk in plan for k in chunk]
+        assert len(flat) == len(seen) == -(-len(x) // B.BATCH) * len(stages) and len(x) % B.BATCH  # a short chunk too
+        for a, b in zip(flat, seen):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(B.keep_plan(B.PerImageRandom(0), stages, 17, 1, 4, 30, 24)[0][0],
+                              B.keep_plan(B.PerImageRandom(1), stages, 17, 1, 4, 30, 24)[0][0])
+
+
+def test_onnxruntime_baselines_equal_the_pytorch_ones(tiny_models, tmp_path):
+    from tokexport.reduce.baselines_vit import baseline_runs, record_block, record_prefix
+    from tokexport.stages.runners import TorchRunner, run_rows
+
+    lm, fwd, stages, x = _tiny(tiny_models)
+    with record_block(lm.model, lm.adapter, 1) as full:
+        run_rows(TorchRunner(fwd), {"pixel_values": x}, batch=4)
+    rec = record_prefix(lm.model, lm.adapter, fwd, 1, x)  # only blocks 0..1 ran
+    assert torch.equal(rec["hidden"], full["hidden"]) and rec["as_tuple"] == full["as_tuple"]
+    assert isinstance(lm.adapter.layers(lm.model)[0], type(lm.adapter.layers(lm.model)[3]))  # blocks restored
+    feat = lm.adapter.feature_output(list(run_rows(TorchRunner(fwd), {"pixel_values": x[:1]})))
+    figures = lambda out: {"f": out[feat].reshape(len(x), -1)[:, 0].astype(np.float64),  # noqa: E731
+                           "c": out[feat].reshape(len(x), -1).mean(1).astype(np.float64)}
+    info: dict = {}
+    a = baseline_runs(lm.model, lm.adapter, fwd, stages, x, figures, range(5), recorded=rec, engine="onnxruntime",
+                      workdir=tmp_path, info=info)
+    assert info["engine"] == "onnxruntime" and info["check_max_abs_diff"] <= 1e-3, info
+    b = baseline_runs(lm.model, lm.adapter, fwd, stages, x, figures, range(5), recorded=rec)
+    for ra, rb in zip(a, b):
+        assert ra.name == rb.name
+        for name in ("f", "c"):
+            for da, db in zip(ra.per_sample[name], rb.per_sample[name]):
+                assert da.shape == (30,)
+                np.testing.assert_allclose(da, db, atol=2e-5)
+    assert isinstance(lm.adapter.layers(lm.model)[1], type(lm.adapter.layers(lm.model)[3]))  # blocks restored
+
+
+def test_a_tail_graph_that_disagrees_is_not_used(tiny_models, tmp_path, monkeypatch):
+    """The tail graph must reproduce the PyTorch run on its first rows; when it does not (here: a tolerance
+    no graph meets), every baseline is computed in PyTorch and the report says why."""
+    from tokexport.reduce import baselines_vit as B
+
+    lm, fwd, stages, x = _tiny(tiny_models)
+    rec = B.record_prefix(lm.model, lm.adapter, fwd, 1, x)
+    monkeypatch.setattr(B, "CHECK_ATOL", -1.0)
+    info: dict = {}
+    feat = "last_hidden_state" if "last_hidden_state" in fwd(torch.from_numpy(x[:1])) else "logits"
+    runs = B.baseline_runs(lm.model, lm.adapter, fwd, stages, x, lambda o: {"f": o[feat].reshape(len(x), -1)[:, 0]},
+                           range(5), recorded=rec, engine="onnxruntime", workdir=tmp_path, info=info)
+    assert info["engine"] == "torch" and "differs from PyTorch" in info["note"], info
+    assert len(runs[0].per_sample["f"]) == 5

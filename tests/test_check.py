@@ -68,7 +68,7 @@ def test_noise_within_tolerance_passes_and_improvements_pass(base):
     rep = copy.deepcopy(base)
     rep["accuracy"]["metrics"]["instance_top1"]["reduced"] -= 2 / 136  # 2 crops: within abs 0.03
     rep["bench"]["batches"]["8"]["speedup"] *= 0.9  # within factor 0.85
-    rep["bench"]["batches"]["1"]["speedup"] *= 0.8  # batch 1: per-batch factor 0.75
+    rep["bench"]["batches"]["1"]["speedup"] *= 0.75  # batch 1: per-batch factor 0.70
     rep["bench"]["flops"]["reduced"] *= 0.9  # fewer FLOPs is better
     rep["accuracy"]["metrics"]["feature_cosine"]["reduced"] = 0.99
     assert not compare(rep, base, load_tolerances(CI_TOL)).failed

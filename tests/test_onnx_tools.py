@@ -428,3 +428,23 @@ def test_check_target_from_path_with_lint(tmp_path):
     assert d["target"] == "tensorrt-10" and d["tensorrt"] == "10.3" and d["errors"] == len(res.errors)
     assert d["lint"]["ran"] is True and d["lint"]["failing_nodes"] == []  # ONNX Runtime runs it fine
     assert isinstance(res.findings[0], ot.Finding) and res.findings[0].to_dict()["level"] in ("error", "warning")
+
+
+def test_lint_in_process_reports_what_the_polygraphy_cli_reports(tmp_path, monkeypatch):
+    """polygraphy check lint runs in this process (its CLI entry point; the subprocess spends ~2 s on imports):
+    same summary and findings as the subprocess, on a graph that lints clean and on one it rejects."""
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    onnx.save_model(_topk_model(k=4), str(good))
+    m = _topk_model(k=4)
+    m.graph.node[0].op_type = "NoSuchOperator"  # the ONNX checker and ONNX Runtime both refuse it
+    onnx.save_model(m, str(bad))
+    inproc = {p: ot.polygraphy_lint(p) for p in (good, bad)}
+    calls = []
+    monkeypatch.setattr(ot, "_lint_in_process", lambda p, o: calls.append(p) or False)
+    sub = {p: ot.polygraphy_lint(p) for p in (good, bad)}
+    assert calls == [good, bad]
+    for p in (good, bad):
+        assert inproc[p][0] == sub[p][0]
+        assert [(f.level, f.code, f.message) for f in inproc[p][1]] == [(f.level, f.code, f.message) for f in sub[p][1]]
+    assert inproc[good][0]["ran"] and not inproc[good][1]
+    assert inproc[bad][0]["ran"] and any(f.level == "error" for f in inproc[bad][1])

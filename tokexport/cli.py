@@ -154,8 +154,18 @@ def _schedule(d: dict) -> tuple[str, str]:
         sched = f"merge r={r['r']} {where}"
     if d.get("task") == "vocab-trim":
         trim = d.get("trim") or {}
-        return "vocab-trim", (f"keep {trim.get('target_vocab_size') or 'all'} mined ids "
-                              f"(min frequency {trim.get('min_frequency', 2)})")
+        if not isinstance(trim, dict):
+            trim = {}
+        ranking = trim.get("ranking", "frequency")
+        if trim.get("keep_file"):
+            return "vocab-trim", f"keep the ids listed in {trim['keep_file']}"
+        budget = [x for x in (f"{trim['max_params']:,} parameters" if isinstance(trim.get("max_params"), int) else "",
+                              f"{trim['max_bytes']:,} bytes at {trim.get('precision', 'fp32')}"
+                              if isinstance(trim.get("max_bytes"), int) else "") if x]
+        if budget:
+            return "vocab-trim", f"as many ids as fit in {' and '.join(budget)} ({ranking} ranking)"
+        how = f"{ranking} ranking" if ranking == "coverage" else f"min frequency {trim.get('min_frequency', 2)}"
+        return "vocab-trim", f"keep {trim.get('target_vocab_size') or 'all'} mined ids ({how})"
     return str(r.get("method")), sched
 
 

@@ -91,18 +91,23 @@ def run_exporter(module: nn.Module, args: tuple, path: Path, opset: int, exporte
     return m
 
 
-def pin_shapes(m: onnx.ModelProto, path: Path, shapes: dict[str, list]) -> None:
-    """Declare the inputs/outputs with the shapes PyTorch produced, check them by strict shape inference, save."""
+def pin_shapes(m: onnx.ModelProto, path: Path, shapes: dict[str, list], check: bool = True) -> None:
+    """Declare the inputs/outputs with the shapes PyTorch produced, check them by strict shape inference
+    (unless ``check`` is False: :func:`finish_graph` checks the folded / fp16 graph anyway), save."""
     set_io_shapes(m, shapes)
-    try:
-        check_shapes(m)
-    except ValueError as e:
-        raise ExportError(f"exported graph failed shape checks: {e}") from e
+    if check:
+        try:
+            check_shapes(m)
+        except ValueError as e:
+            raise ExportError(f"exported graph failed shape checks: {e}") from e
     onnx.save(m, str(path))
 
 
 def export_onnx(model: nn.Module, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], example: torch.Tensor,
-                path: Path, opset: int, dynamic_batch: bool, exporter: str = "auto") -> ExportInfo:
+                path: Path, opset: int, dynamic_batch: bool, exporter: str = "auto",
+                check_shapes: bool = True) -> ExportInfo:
+    """Export ``fn`` (the model's forward, returning named outputs) at ``example``'s shape to ``path``, with
+    the I/O shapes declared; ``check_shapes=False`` when :func:`finish_graph` will run (it checks the result)."""
     exporter = choose_exporter(opset, exporter)
     with torch.inference_mode():
         ref = fn(example)
@@ -114,7 +119,7 @@ def export_onnx(model: nn.Module, fn: Callable[[torch.Tensor], dict[str, torch.T
     shapes = {INPUT_NAME: [batch, *example.shape[1:]]}
     for n, t in ref.items():
         shapes[n] = [batch, *t.shape[1:]]
-    pin_shapes(m, path, shapes)
+    pin_shapes(m, path, shapes, check_shapes)
     return ExportInfo(path=path, exporter=exporter, opset=opset, output_names=names,
                       output_shapes={n: shapes[n] for n in names})
 
@@ -182,8 +187,12 @@ def finish_graphs(graphs, export_config, stages=None) -> dict:
     steps = " + ".join(s for s, on in (("fold", fold), ("fp16", precision == "fp16")) if on)
     nodes = {}
     ctx = stages.stage(f"export: {steps}", total=2) if stages is not None else contextlib.nullcontext(lambda n=1: None)
-    with ctx as advance:
-        for name, p in (("model", graphs.model), ("baseline", graphs.baseline)):
-            nodes[name] = finish_graph(p, fold, precision)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ctx as advance, ThreadPoolExecutor(2) as pool:  # ONNX Runtime's passes release the GIL: both at once
+        jobs = {name: pool.submit(finish_graph, p, fold, precision)
+                for name, p in (("model", graphs.model), ("baseline", graphs.baseline))}
+        for name, job in jobs.items():
+            nodes[name] = job.result()
             advance()
     return {"fold": fold, "precision": precision, "nodes": nodes}

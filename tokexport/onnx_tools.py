@@ -532,6 +532,31 @@ def _polygraphy_exe() -> str | None:
     return str(local) if local.is_file() else shutil.which("polygraphy")
 
 
+def _lint_in_process(path: PathLike, out: Path) -> bool:
+    """``polygraphy check lint PATH -o OUT`` through polygraphy's own CLI entry point in this process (the
+    subprocess spends ~2 s importing what is imported here already); True when it wrote ``out``."""
+    import contextlib
+    import io
+    import warnings
+
+    try:
+        from polygraphy.logger import G_LOGGER
+        from polygraphy.tools._main import main
+    except Exception:  # noqa: BLE001 - any import problem: use the subprocess
+        return False
+    severity = G_LOGGER.module_severity
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            main(["check", "lint", str(path), "-o", str(out)])
+    except (Exception, SystemExit):  # noqa: BLE001 - polygraphy failed in-process: the subprocess decides
+        return False
+    finally:
+        G_LOGGER.module_severity = severity
+    return out.is_file()
+
+
 def polygraphy_lint(path: PathLike) -> tuple[dict, list[Finding]]:
     """Run ``polygraphy check lint`` (ONNX checker, ONNX Runtime per-node run, graph surgeon checks).
 
@@ -549,14 +574,15 @@ def polygraphy_lint(path: PathLike) -> tuple[dict, list[Finding]]:
         return {"ran": False, "reason": "polygraphy check lint needs onnx-graphsurgeon (pip install onnx-graphsurgeon)"}, []
     with tempfile.TemporaryDirectory(prefix="tokexport-lint-") as tmp:
         out = Path(tmp) / "lint.json"
-        try:
-            res = subprocess.run([exe, "check", "lint", str(path), "-o", str(out)], capture_output=True, text=True, check=False,
-                                 timeout=900)
-        except (OSError, subprocess.SubprocessError) as exc:
-            return {"ran": False, "reason": f"polygraphy check lint could not run: {exc}"}, []
-        if not out.is_file():
-            tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-            return {"ran": False, "reason": f"polygraphy check lint wrote no report: {tail[0]}"}, []
+        if not _lint_in_process(path, out):  # a fresh interpreter when polygraphy's own entry point fails here
+            try:
+                res = subprocess.run([exe, "check", "lint", str(path), "-o", str(out)], capture_output=True, text=True,
+                                     check=False, timeout=900)
+            except (OSError, subprocess.SubprocessError) as exc:
+                return {"ran": False, "reason": f"polygraphy check lint could not run: {exc}"}, []
+            if not out.is_file():
+                tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+                return {"ran": False, "reason": f"polygraphy check lint wrote no report: {tail[0]}"}, []
         import json
 
         report = json.loads(out.read_text())

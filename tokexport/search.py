@@ -558,7 +558,7 @@ def _summary(recipe, label, metric, max_drop, layers, step, ev: Evaluator, ref: 
 # visual tokens (K) and vocab trims (trim.target_vocab_size): one knob, bisection over full conversions
 
 def _absolute_paths(recipe, base_dir: Path):
-    """The recipe with its local paths (model directory, corpus files, tokens_to_keep_file) made absolute, so
+    """The recipe with its local paths (model directory, corpus files, tokens_to_keep_file, keep_file) made absolute, so
     the winner's YAML, written next to the outputs, still resolves them."""
     from .zoo import BUNDLED, GENERATED
 
@@ -577,8 +577,10 @@ def _absolute_paths(recipe, base_dir: Path):
                                          else absolute(s.path)})
             sources.append(s)
         update["corpus"] = recipe.corpus.model_copy(update={"sources": sources})
-        if recipe.trim.tokens_to_keep_file:
-            update["trim"] = recipe.trim.model_copy(update={"tokens_to_keep_file": absolute(recipe.trim.tokens_to_keep_file)})
+        files = {k: absolute(getattr(recipe.trim, k)) for k in ("tokens_to_keep_file", "keep_file")
+                 if getattr(recipe.trim, k, None)}
+        if files:
+            update["trim"] = recipe.trim.model_copy(update=files)
     return recipe.model_copy(update=update) if update else recipe
 
 

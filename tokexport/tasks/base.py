@@ -67,6 +67,8 @@ class Task(ABC):
     kind: ClassVar[str]  # the report's `kind`
     recipe_tasks: ClassVar[tuple[str, ...]]  # the recipe `task:` values this task runs
     extra_outputs: ClassVar[str] = ""  # what else the task writes into the output directory (for the CLI line)
+    # set by the driver after the parity stage, before ``metrics``: {"parity": {...}, "parity_baseline": {...}}
+    parity_results: dict | None = None
 
     def __init__(self, recipe, base_dir: Path, label: str):
         self.recipe = recipe

@@ -157,6 +157,7 @@ def produce(task: Task, tmp: Path, stages: Stages) -> dict:
 
     finished = finish_graphs(graphs, task.recipe.export, stages)  # export.fold / export.precision, in place
     par = _parity(task, graphs, stages)
+    task.parity_results = par  # a task may use a graph that passed parity as the original's stand-in
     with stages.stage("verify: accuracy"):
         metrics = task.metrics(graphs, stages)
     acc_passed = MC.accuracy_passed(metrics)

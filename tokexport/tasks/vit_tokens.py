@@ -6,6 +6,7 @@ section compares the method with per-image random keep (over seeds) and a 2-D un
 schedule, on the same crops (:mod:`tokexport.reduce.baselines_vit`)."""
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,11 +33,29 @@ def selection_margins(fn: Callable[[torch.Tensor], dict], x: np.ndarray) -> list
 
     out = []
     with torch.inference_mode():
-        for i in range(len(x)):
+        for i in range(0, len(x), 8):  # margins are recorded per sample ([B] per decision)
             with recording() as rec:
-                fn(torch.from_numpy(np.ascontiguousarray(x[i:i + 1])))
-            out += sample_margins(rec, 1)
+                fn(torch.from_numpy(np.ascontiguousarray(x[i:i + 8])))
+            out += sample_margins(rec, len(x[i:i + 8]))
     return out
+
+
+class MarginRecordingRunner(TorchRunner):
+    """The PyTorch reference of the parity check that also records, per sample and in row order, the smallest
+    relative score gap of any selection it made into ``sink`` (what :func:`selection_margins` computes, without
+    a second forward)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], dict], sink: list[float]):
+        super().__init__(fn)
+        self.sink = sink
+
+    def infer(self, feed):
+        from ..reduce.margins import recording, sample_margins
+
+        with recording() as rec:
+            out = super().infer(feed)
+        self.sink += sample_margins(rec, len(feed[self.input_names[0]]))
+        return out
 
 
 def forward_fn(lm: LoadedModel) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
@@ -119,20 +138,26 @@ class VitTokens(Task):
         n = 1 if dynamic else ex.batch
         example = torch.from_numpy(np.resize(self.parity_x, (n, *self.parity_x.shape[1:])).copy())
         model_path, base_path = tmp / "model.onnx", tmp / "baseline.onnx"
+        finished = bool(getattr(ex, "fold", True)) or getattr(ex, "precision", "fp32") != "fp32"  # checked there
         with stages.stage("export", total=2) as advance:
-            base_info = export_onnx(lm.model, self.original_fn, example, base_path, ex.opset, dynamic, ex.exporter)
+            base_info = export_onnx(lm.model, self.original_fn, example, base_path, ex.opset, dynamic, ex.exporter,
+                                    check_shapes=not finished)
             advance()
             with reduced(lm.model, lm.adapter, self.schedule, self.method):
-                red_info = export_onnx(lm.model, self.original_fn, example, model_path, ex.opset, dynamic, ex.exporter)
+                red_info = export_onnx(lm.model, self.original_fn, example, model_path, ex.opset, dynamic, ex.exporter,
+                                       check_shapes=not finished)
             advance()
         return Graphs(model_path, base_path, red_info, base_info)
 
     def parity_cases(self, graphs: Graphs) -> dict[str, ParityCase]:
         par = self.recipe.verify.parity
-        margins = selection_margins(self.reduced_fn, self.parity_x) if par.tie_margin > 0 else None
         feed = {"pixel_values": self.parity_x}
-        return {"parity": ParityCase(graphs.model, TorchRunner(self.reduced_fn), feed, margins=margins,
-                                     tie_margin=par.tie_margin),
+        if par.tie_margin > 0:  # the margins are recorded while the reference runs (filled before they are read)
+            margins: list[float] | None = []
+            reference = MarginRecordingRunner(self.reduced_fn, margins)
+        else:
+            margins, reference = None, TorchRunner(self.reduced_fn)
+        return {"parity": ParityCase(graphs.model, reference, feed, margins=margins, tie_margin=par.tie_margin),
                 "parity_baseline": ParityCase(graphs.baseline, TorchRunner(self.original_fn), feed)}
 
     # ---- metrics
@@ -143,10 +168,21 @@ class VitTokens(Task):
         feat = lm.adapter.feature_output(graphs.model_info.output_names)
         from ..reduce.baselines_vit import record_block
 
-        orig_runner, red_ort = TorchRunner(self.original_fn), OrtRunner(graphs.model)
+        red_ort = OrtRunner(graphs.model)
         first = self.schedule[0].layer if self.schedule and self.recipe.verify.baselines.enabled else None
-        with record_block(lm.model, lm.adapter, first) as self._recorded:  # the baselines start from it
-            orig_eval = run_rows(orig_runner, {"pixel_values": iset.eval_x})
+        # The original model's outputs: baseline.onnx through onnxruntime (about 2x faster than PyTorch eager on
+        # CPU) when it is an fp32 graph that passed its parity check against PyTorch in this run; else PyTorch.
+        par = (getattr(self, "parity_results", None) or {}).get("parity_baseline") or {}
+        fp32 = getattr(self.recipe.export, "precision", "fp32") == "fp32"
+        if fp32 and par.get("passed") is True:
+            orig_runner = OrtRunner(graphs.baseline)
+            self.original_from = "baseline.onnx (onnxruntime CPU), which passed parity against the PyTorch model above"
+            orig_eval, self._recorded = self._original_and_record(graphs, orig_runner, first)
+        else:
+            orig_runner = TorchRunner(self.original_fn)
+            self.original_from = "unmodified PyTorch model" + ("" if fp32 else " (the exported graphs are fp16)")
+            with record_block(lm.model, lm.adapter, first) as self._recorded:  # the baselines start from it
+                orig_eval = run_rows(orig_runner, {"pixel_values": iset.eval_x})
         orig_proto = run_rows(orig_runner, {"pixel_values": iset.proto_x})[feat]
         red_eval = run_rows(red_ort, {"pixel_values": iset.eval_x})  # the shipped graph, not the PyTorch twin
         metrics = V.feature_metrics(orig_eval[feat], red_eval[feat], orig_proto, iset.eval_y, iset.proto_y,
@@ -161,6 +197,28 @@ class VitTokens(Task):
             metrics |= V.labelled_metrics(o, r, ly, acc.metrics)
         self.feature = feat
         return {k: v.as_dict() for k, v in metrics.items()}
+
+    def _original_and_record(self, graphs: Graphs, runner, first: int | None) -> tuple[dict, dict]:
+        """The original model's eval outputs through onnxruntime, and (for the baselines) block ``first``'s output
+        on the same rows: read from a copy of baseline.onnx that also outputs it, when that block's output can be
+        found in the graph and matches PyTorch's on the first rows; else recorded in PyTorch (blocks 0..first)."""
+        from ..reduce.baselines_vit import CHECK_ROWS, record_prefix, with_block_output
+        from ..stages.runners import OrtRunner, run_rows
+
+        lm, x = self.lm, self.iset.eval_x
+        if first is None:
+            return run_rows(runner, {"pixel_values": x}), {}
+        with tempfile.TemporaryDirectory(prefix="tokexport-eval-") as work:
+            found = with_block_output(graphs.baseline, lm.model, lm.adapter, first, work)
+            if found is not None:
+                out = run_rows(OrtRunner(found[0]), {"pixel_values": x})
+                hidden = out.pop(found[1])
+                ref = record_prefix(lm.model, lm.adapter, self.original_fn, first, x[:CHECK_ROWS])
+                if ref and hidden.shape[1:] == tuple(ref["hidden"].shape[1:]) and np.allclose(
+                        hidden[:CHECK_ROWS], ref["hidden"].numpy(), rtol=1e-4, atol=1e-3):
+                    return out, {"layer": first, "hidden": torch.from_numpy(np.ascontiguousarray(hidden)),
+                                 "as_tuple": ref["as_tuple"]}
+        return run_rows(runner, {"pixel_values": x}), record_prefix(lm.model, lm.adapter, self.original_fn, first, x)
 
     def _baselines(self, orig_eval: dict, red_eval: dict, orig_proto: np.ndarray, feat: str,
                    stages: Stages) -> dict | None:
@@ -186,9 +244,12 @@ class VitTokens(Task):
         seeds = list(range(v.baselines.random_seeds))
         replayed = bool(getattr(self, "_recorded", None))
         t0 = time.perf_counter()
-        with stages.stage("verify: baselines", total=len(seeds) + 1) as advance:
+        engine: dict = {}
+        with stages.stage("verify: baselines", total=len(seeds) + 1) as advance, \
+                tempfile.TemporaryDirectory(prefix="tokexport-baselines-") as work:
             runs = baseline_runs(lm.model, lm.adapter, self.original_fn, self.schedule, iset.eval_x, figures, seeds,
-                                 on_step=advance, recorded=getattr(self, "_recorded", None))
+                                 on_step=advance, recorded=getattr(self, "_recorded", None), engine="onnxruntime",
+                                 workdir=work, info=engine)
         self._recorded = None
         seconds = time.perf_counter() - t0
         base, red = self._flops()
@@ -206,7 +267,13 @@ class VitTokens(Task):
                                     if any(s.kind == "merge" for s in self.schedule) else
                                     "the method's FLOPs include its selection overhead"))}
         data = {"split": "eval", "samples": int(len(iset.eval_y)), "classes": iset.n_classes,
-                "method_from": "model.onnx (onnxruntime)", "baselines_from": "PyTorch (reduce.patch)",
+                "method_from": "model.onnx (onnxruntime)", "original_from": self.original_from,
+                "baselines_from": (f"onnxruntime CPU: the PyTorch model with the baselines' positions as inputs (the "
+                                   f"patch of reduce.patch), exported from block {self.schedule[0].layer}'s output; "
+                                   f"checked against the PyTorch run on its first rows (max abs diff "
+                                   f"{engine.get('check_max_abs_diff', float('nan')):.2g})"
+                                   if engine.get("engine") == "onnxruntime" else
+                                   "PyTorch (reduce.patch)" + (f"; {engine['note']}" if engine.get("note") else "")),
                 "seconds": round(seconds, 3),
                 "note": (f"baselines start from the original model's output of block {self.schedule[0].layer} "
                          "(identical up to the first stage), recorded on these crops" if replayed else
@@ -265,7 +332,7 @@ class VitTokens(Task):
                                 f"(scale {list(acc.crop_scale)}, flips, seed {acc.seed}); class prototypes from the "
                                 f"ORIGINAL model on {len(iset.proto_y)} separate crops; feature = "
                                 f"`{getattr(self, 'feature', '?')}`; reduced = model.onnx (onnxruntime), original = "
-                                "unmodified PyTorch model"),
+                                f"{getattr(self, 'original_from', 'unmodified PyTorch model')}"),
                 "classes": iset.n_classes, "samples": len(iset.eval_y),
                 "splits": {
                     "eval": {"samples": len(iset.eval_y), "role": "the verdict (every metric and baseline above)",
