@@ -1,4 +1,5 @@
-"""Selection margins (parity's near-tie detection) recorded for a batch equal the per-sample ones."""
+"""Selection margins (parity's near-tie detection): recorded for a batch, or by the parity reference while
+it runs, they equal the per-sample ones."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,8 @@ from tokexport.reduce.zero_tprune import ZeroTPruneConfig
 from tokexport.tasks.vit_tokens import selection_margins
 
 
-def test_batched_margins_equal_per_sample_margins(tiny_models):
+def _zero_tprune_fn(tiny_models):
+    """Tiny ViT under Zero-TPrune (pruning after blocks 1 and 2): its forward, returning named outputs."""
     from tokexport.load import load_model
 
     lm = load_model(str(tiny_models["vit"]), tiny_models["vit"].parent, None, "auto", 56)
@@ -24,6 +26,11 @@ def test_batched_margins_equal_per_sample_margins(tiny_models):
         with reduced(lm.model, lm.adapter, stages, method):
             return lm.adapter.outputs(lm.model, lm.model(pixel_values=t))
 
+    return fn
+
+
+def test_batched_margins_equal_per_sample_margins(tiny_models):
+    fn = _zero_tprune_fn(tiny_models)
     x = np.random.default_rng(1).normal(size=(11, 3, 56, 56)).astype(np.float32)
     got = selection_margins(fn, x)
     one = []
@@ -39,19 +46,10 @@ def test_batched_margins_equal_per_sample_margins(tiny_models):
 def test_the_parity_reference_records_the_margins_it_used(tiny_models):
     """The parity check's reference run records the selection margins (no second forward): the same values
     as selection_margins, in row order, over run_rows' chunks."""
-    from tokexport.load import load_model
     from tokexport.stages.runners import run_rows
     from tokexport.tasks.vit_tokens import MarginRecordingRunner
 
-    lm = load_model(str(tiny_models["vit"]), tiny_models["vit"].parent, None, "auto", 56)
-    cfg = ZeroTPruneConfig(prune_layers=[1, 2], keep=[12, 6])
-    method = METHODS["zero-tprune"](cfg)
-    stages = plan(cfg, 17, 1, lm.adapter.num_layers)
-
-    def fn(t):
-        with reduced(lm.model, lm.adapter, stages, method):
-            return lm.adapter.outputs(lm.model, lm.model(pixel_values=t))
-
+    fn = _zero_tprune_fn(tiny_models)
     x = np.random.default_rng(2).normal(size=(11, 3, 56, 56)).astype(np.float32)
     sink: list[float] = []
     out = run_rows(MarginRecordingRunner(fn, sink), {"pixel_values": x}, batch=4)

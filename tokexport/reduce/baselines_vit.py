@@ -346,6 +346,9 @@ class TailGraph:
                              ["hidden", *[f"keep_{i}" for i in range(len(keeps))]], self.names, False)
         except ExportError as e:
             raise TailGraphError(f"the baselines' tail graph did not export ({e})") from e
+        except Exception as e:  # the probe forward under the patch: any failure means PyTorch computes them
+            raise TailGraphError(f"the baselines' tail graph could not be traced ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
         finally:
             for i, block in enumerate(originals):
                 layers[i] = block
