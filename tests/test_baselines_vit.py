@@ -281,3 +281,17 @@ def test_a_tail_graph_that_disagrees_is_not_used(tiny_models, tmp_path, monkeypa
                            range(5), recorded=rec, engine="onnxruntime", workdir=tmp_path, info=info)
     assert info["engine"] == "torch" and "differs from PyTorch" in info["note"], info
     assert len(runs[0].per_sample["f"]) == 5
+
+
+def test_record_prefix_keeps_what_fits_and_refuses_what_does_not(tiny_models, monkeypatch):
+    """The size bound is on all rows of the block's output (not one chunk times the rows)."""
+    from tokexport.reduce import baselines_vit as B
+
+    lm, fwd, _, x = _tiny(tiny_models)
+    full = B.record_prefix(lm.model, lm.adapter, fwd, 1, x)
+    total = full["hidden"].numel() * full["hidden"].element_size()
+    monkeypatch.setattr(B, "MAX_CACHE_BYTES", total)  # exactly fits: kept
+    assert torch.equal(B.record_prefix(lm.model, lm.adapter, fwd, 1, x)["hidden"], full["hidden"])
+    monkeypatch.setattr(B, "MAX_CACHE_BYTES", total - 1)  # one byte short: refused, blocks restored
+    assert B.record_prefix(lm.model, lm.adapter, fwd, 1, x) == {}
+    assert isinstance(lm.adapter.layers(lm.model)[1], type(lm.adapter.layers(lm.model)[3]))

@@ -411,15 +411,15 @@ def record_prefix(model, adapter, forward: Callable, layer: int, x: np.ndarray) 
         def forward(self, hidden_states, *args, **kwargs):
             return (hidden_states,) if kind["tuple"] else hidden_states
 
-    n, t = len(x), None
+    n = len(x)
     handle = hidden.register_forward_hook(hook)
     try:
         for i in range(layer + 1, len(originals)):
             layers[i] = _Pass()
         for s in range(0, n, BATCH):
             run_rows(TorchRunner(forward), {"pixel_values": x[s:s + BATCH]}, batch=BATCH)
-            t = parts[0]
-            if t.numel() * t.element_size() * n > MAX_CACHE_BYTES:
+            row = parts[0][0]  # one row of block `layer`'s output: all n rows must fit
+            if row.numel() * row.element_size() * n > MAX_CACHE_BYTES:
                 return {}
     finally:
         handle.remove()

@@ -208,9 +208,10 @@ class VitTokens(Task):
         lm, x = self.lm, self.iset.eval_x
         if first is None:
             return run_rows(runner, {"pixel_values": x}), {}
+        out = None
         with tempfile.TemporaryDirectory(prefix="tokexport-eval-") as work:
             found = with_block_output(graphs.baseline, lm.model, lm.adapter, first, work)
-            if found is not None:
+            if found is not None:  # the copy's other outputs are baseline.onnx's: kept whatever the check says
                 out = run_rows(OrtRunner(found[0]), {"pixel_values": x})
                 hidden = out.pop(found[1])
                 ref = record_prefix(lm.model, lm.adapter, self.original_fn, first, x[:CHECK_ROWS])
@@ -218,7 +219,9 @@ class VitTokens(Task):
                         hidden[:CHECK_ROWS], ref["hidden"].numpy(), rtol=1e-4, atol=1e-3):
                     return out, {"layer": first, "hidden": torch.from_numpy(np.ascontiguousarray(hidden)),
                                  "as_tuple": ref["as_tuple"]}
-        return run_rows(runner, {"pixel_values": x}), record_prefix(lm.model, lm.adapter, self.original_fn, first, x)
+        if out is None:
+            out = run_rows(runner, {"pixel_values": x})
+        return out, record_prefix(lm.model, lm.adapter, self.original_fn, first, x)
 
     def _baselines(self, orig_eval: dict, red_eval: dict, orig_proto: np.ndarray, feat: str,
                    stages: Stages) -> dict | None:
