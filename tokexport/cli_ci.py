@@ -82,50 +82,39 @@ SEARCH_METRICS = ("feature_cosine", "instance_top1", "top1_agreement")
 
 def write_merged(report: Path, device: Path, out: Path, force: bool, allow_kind_change: bool = False) -> dict:
     """`tokexport report merge`: REPORT with DEVICE's results under ``device_results``, validated against the
-    report contract, written to OUT (a temporary sibling renamed into place). OUT may not be either input, a
-    directory, or an existing file without ``force``; with ``force`` only a tokexport report is replaced.
-    Nothing is written on any error."""
-    import json
+    report contract, written to OUT (a temporary sibling renamed into place). OUT follows the rules of every
+    output file (:func:`tokexport.outdir.check_out_file`): not either input, not a folder, not under /proc,
+    never through a symbolic link, an existing file only with ``force`` and only a tokexport report.
+    Nothing is written on any error; a full disk is exit 10."""
     import os
-    import tempfile
 
     from .check import load_device_results, load_report, merged_report
-    from .errors import ContractError, InputError
-    from .report import write_json
+    from .errors import ContractError
+    from .outdir import check_out_file, write_file_atomic
+    from .report import json_text
     from .stages.report_schema import validate_report
 
     rep = load_report(report, "report")
     dev = load_device_results(device)
-    for src, what in ((report, "REPORT"), (device, "DEVICE_RESULTS")):
-        if out.exists() and src.exists() and os.path.samefile(out, src):
-            raise InputError(f"--out {out}: is the {what} file itself; write the merged report to a new file")
-    if out.is_dir():
-        raise InputError(f"--out {out}: a directory; name the merged .json file to write")
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: its folder {out.parent} does not exist; create it first")
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise InputError(f"--out {out}: already exists; pass --force to replace it")
-        try:
-            old = json.loads(out.read_text(encoding="utf-8")) if out.is_file() and not out.is_symlink() else None
-        except (OSError, ValueError):
-            old = None
-        if not (isinstance(old, dict) and "schema_version" in old):
-            raise InputError(f"--out {out}: exists and is not a tokexport report; refusing to replace it even with "
-                             "--force (choose another file)")
+    out_path = check_out_file(os.path.expanduser(out), force, protect=(report, device), kind="merged report",
+                              recognise=_is_tokexport_report)
     merged = merged_report(rep, dev, allow_kind_change, (str(report), str(device)))
     problems = validate_report(merged)
     if problems:
         raise ContractError(f"the merged report breaks the report contract: {'; '.join(problems[:5])}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        write_json(merged, Path(tmp))
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_file_atomic(out_path, json_text(merged), shown=f"--out {out}")
     return merged
+
+
+def _is_tokexport_report(path: Path) -> bool:
+    from .errors import TokexportError
+    from .files import read_json
+
+    try:
+        old = read_json(path, "report")
+    except TokexportError:
+        return False
+    return isinstance(old, dict) and "schema_version" in old
 
 
 def _register_report_merge(app: typer.Typer) -> None:

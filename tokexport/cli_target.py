@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -15,14 +17,21 @@ _TARGET_HELP = f"Deployment target: {', '.join(TARGET_NAMES)}."
 def _sources(src: Path) -> dict[str, Path]:
     """{name: graph} from a convert output directory (model.onnx [+ baseline.onnx]) or one .onnx file."""
     from .errors import InputError
+    from .files import os_problem, stat_regular
 
-    if src.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(src).st_mode)
+    except FileNotFoundError:
+        raise InputError(f"{src}: not found; pass a `tokexport convert` output directory or an .onnx file") from None
+    except OSError as e:
+        raise InputError(f"{src}: cannot read it: {os_problem(e)}; pass a `tokexport convert` output directory or an "
+                         ".onnx file") from None
+    if is_dir:
         found = {n: src / f"{n}.onnx" for n in ("model", "baseline") if (src / f"{n}.onnx").is_file()}
         if "model" not in found:
             raise InputError(f"{src}: no model.onnx inside; pass a `tokexport convert` output directory or an .onnx file")
         return found
-    if not src.exists():
-        raise InputError(f"{src}: not found; pass a `tokexport convert` output directory or an .onnx file")
+    stat_regular(src, "graph")  # a FIFO or a device: refused by what it is
     return {"model": src}
 
 
@@ -34,15 +43,18 @@ def _recipe_target(src: Path) -> str | None:
     """
     from .errors import InputError
 
+    from .files import read_json
+
     rep = src / "report.json"
-    if not (src.is_dir() and rep.is_file()):
-        return None
     try:
-        data = json.loads(rep.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise InputError(f"{rep}: not a readable UTF-8 JSON report ({why}); fix it, or pass --target to "
-                         "choose the target without it") from None
+        if not (stat.S_ISDIR(os.stat(src).st_mode) and os.path.lexists(rep)):
+            return None
+    except OSError:
+        return None  # _sources names the problem
+    try:
+        data = read_json(rep, "report")
+    except InputError as exc:
+        raise InputError(f"{exc}; or pass --target to choose the target without it") from None
     recipe = data.get("recipe") if isinstance(data, dict) else None
     export = recipe.get("export") if isinstance(recipe, dict) else None
     target = export.get("target") if isinstance(export, dict) else None
@@ -73,14 +85,17 @@ def _convert_inputs(deploy: Path) -> dict | None:
     None for an older or damaged deploy/ (generated inputs are used instead); InputError when its
     manifest.json lists an input file outside deploy/ (nothing outside is read).
     """
-    import numpy as np
+    from .errors import InputError
+    from .files import load_array, read_json
 
     try:
-        manifest = json.loads((deploy / "manifest.json").read_bytes().decode("utf-8"))
+        manifest = read_json(deploy / "manifest.json", "manifest")
         entries = manifest["inputs"].items()
         files = {name: _contained(deploy, i["file"], f"input {name!r}") for name, i in entries}
-        return {name: np.load(path) for name, path in files.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {name: load_array(path) for name, path in files.items()}
+    except (InputError, KeyError, TypeError, AttributeError) as e:
+        if isinstance(e, InputError) and "refusing to read" in str(e):
+            raise
         return None  # an older or damaged deploy/: fall back to generated inputs
 
 
@@ -92,14 +107,14 @@ def _npz_inputs(path: Path, models: dict[str, Path]) -> dict:
     from .errors import InputError
     from .onnx_tools import inspect_model
 
+    from .files import load_array
+
+    z = load_array(path)  # a regular file, never unpickled; InputError otherwise
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise InputError(f"{path}: a single array, not an .npz of named input arrays (np.savez)")
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise InputError(f"{path}: a single array, not an .npz of named input arrays (np.savez)")
         with z:
             feed = {k: z[k] for k in z.files}
-    except InputError:
-        raise
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, BadZipFile, EOFError, ...: all mean unreadable
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise InputError(f"{path}: not a readable .npz of input arrays ({why})") from None
@@ -186,12 +201,22 @@ def register(app: typer.Typer) -> None:
                 b = write_bundle(out_dir, models, tgt, feed, fp16=fp16, max_batch=max_batch, force=force)
         except TokexportError as e:
             fail(e)
+        failed = []
         for name, m in b.manifest["models"].items():
             tc = m["target_check"]
             out_console.print(f"{name}.onnx on {tgt.label}: {'PASS' if tc['passed'] else 'FAIL'} "
                               f"({tc['errors']} error(s), {tc['warnings']} warning(s))", highlight=False)
+            if not tc["passed"]:
+                failed.append(f"{name}.onnx")
         out_console.print(escape(f"wrote {b.path}/ and {b.archive} ({len(b.manifest['files'])} files); on the device: "
                                  "./build_engine.sh && python3 verify_on_device.py"), highlight=False)
+        if failed:  # written (the findings are in manifest.json), but the target would not build it as is
+            from .errors import TargetCheckFailed
+
+            err_console.print(escape(f"target check failed: {', '.join(failed)} on {tgt.label} (see "
+                                     f"`tokexport check-target`); the bundle is written but will not build as is"),
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(TargetCheckFailed.exit_code)
 
     @app.command("build")
     def build_cmd(

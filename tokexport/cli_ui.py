@@ -9,7 +9,10 @@ here imports them, and rich's progress machinery is only imported when a progres
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
+import re
 import shlex
 import sys
 import time
@@ -60,6 +63,16 @@ def fail(e: TokexportError) -> NoReturn:
             logger.error("error: %s", message, extra={"console": False})
         err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(e.exit_code)
+
+
+def os_error(e: OSError) -> TokexportError:
+    """An OS error that reached the command line: exit 10 when it means the output cannot be written
+    (disk full, file too large, read-only), else a bad path (exit 2), each as one line naming the file."""
+    from .errors import write_error
+    from .files import os_problem
+
+    where = os.fsdecode(e.filename) if e.filename is not None else "tokexport"
+    return write_error(e, where) or InputError(f"{where}: {os_problem(e)}")
 
 
 def result(message: str) -> None:
@@ -159,11 +172,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     console = ConsoleLogHandler(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
-        try:
-            fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
-        except OSError as e:
-            raise InputError(f"--log-file {log_file}: cannot open it for appending ({e.strerror or e}); "
-                             "give a writable file path") from None
+        fh = LogFileHandler(open_log_file(log_file))
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter(_FILE_FORMAT))
         handlers.append(fh)
@@ -175,9 +184,80 @@ def setup_logging(verbose: bool = False, quiet: bool = False, log_file: Path | N
     logger.info("tokexport %s: %s", version(), shlex.join(["tokexport", *sys.argv[1:]]), extra={"console": False})
 
 
+# the first line every log file tokexport writes starts like this (the run's command line, _FILE_FORMAT)
+_LOG_LINE = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ +tokexport")
+
+
+class LogFileHandler(logging.StreamHandler):
+    """The --log-file handler: writes to the file :func:`open_log_file` opened, and closes it."""
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self.stream.close()
+        finally:
+            super().close()
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass  # a full disk under the log file must not print a traceback per message, nor stop the run
+
+
+def open_log_file(path: Path):
+    """The --log-file opened for appending, by the rules of every file tokexport writes (docs/files.md):
+    never through a symbolic link, never under /proc or /sys, never inside a tokexport output (which a
+    run may replace), and never any file but a new one, an empty one or a log tokexport wrote before —
+    so the recipe, a report or any other input given by mistake is refused, not appended to.
+    Registers the file with :mod:`tokexport.outdir`, so no output of this run may hold it."""
+    import stat
+
+    from . import outdir
+
+    raw = os.path.expanduser(os.fspath(path))
+    shown = f"--log-file {path}"
+    absolute = os.path.abspath(raw)
+    real = os.path.realpath(absolute)
+    for special in ("/proc", "/sys"):
+        if any(p == special or p.startswith(special + "/") for p in (absolute, real)):
+            raise InputError(f"{shown}: is under {special}, which holds no ordinary files; give a log file path")
+    for folder in Path(real).parents:
+        if outdir.is_tokexport_output(folder):
+            raise InputError(f"{shown}: is inside {folder}, a tokexport output (a later run may replace it); "
+                             "keep the log outside the outputs")
+    try:
+        fd = os.open(raw, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{shown}: is a symbolic link; tokexport never writes through one (give the real "
+                             "path)") from None
+        from .files import os_problem
+
+        raise InputError(f"{shown}: cannot open it for appending ({os_problem(e)}); give a writable file path") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            from .files import kind_of
+
+            raise InputError(f"{shown}: is {kind_of(st.st_mode)}, not a regular file; give a log file path")
+        if st.st_size and not _LOG_LINE.match(os.pread(fd, 256, 0)):
+            raise InputError(f"{shown}: exists and is not a tokexport log (the recipe, a report or another file "
+                             "of yours?); it is left as it is: give a new file, or a log tokexport wrote")
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        stream = os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+    outdir.protect_written(absolute, "--log-file")
+    return stream
+
+
 def reset_logging() -> None:
     """Remove what ``setup_logging`` installed (handlers, level, quiet console)."""
     global err_console, _quiet
+    from . import outdir
+
+    outdir.protect_written(None)
     for h in [h for h in logger.handlers if getattr(h, "_tokexport_cli", False)]:
         logger.removeHandler(h)
         h.close()
@@ -258,8 +338,15 @@ def find_shipped_recipe(name: str) -> Path | None:
 def resolve_recipe(recipe: Path) -> Path:
     """The recipe file a command should read: ``recipe`` itself when it exists, otherwise the shipped
     recipe of that name (said on stderr, not in quiet mode). InputError (one line) when neither exists."""
-    if recipe.exists():
-        return recipe
+    from .files import os_problem
+
+    try:
+        os.stat(recipe)
+        return recipe  # a folder, a FIFO or a device is refused by the recipe reader, by what it is
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise InputError(f"{recipe}: cannot read it: {os_problem(e)}; give the path of a recipe file") from None
     shipped = None if recipe.is_absolute() else find_shipped_recipe(str(recipe))
     if shipped is None:
         raise InputError(f"{recipe}: recipe file not found, and no shipped recipe has that name; list the "

@@ -293,32 +293,98 @@ HERE = Path(__file__).resolve().parent
 
 
 class BundleError(Exception):
-    """manifest.json is unreadable or lists a path outside this bundle: exit 2, nothing outside is read."""
+    """manifest.json is unreadable or names something outside this bundle, a graph's external data lies
+    outside it, an array holds pickled objects: exit 2, one line, nothing outside the bundle is read."""
+
+
+class WriteFailed(Exception):
+    """device_results.json cannot be written (disk full, read-only, no permission): exit 10, nothing partial."""
+
+
+MAX_MANIFEST_BYTES = 64 * 2**20
+MAX_LOG_BYTES = 16 * 2**20
+MAX_JSON_DEPTH = 64
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def one_line(text):
-    return (str(text).strip().splitlines() or [""])[0][:200]
+    return (str(text).strip().splitlines() or [""])[0][:300]
+
+
+def plain_name(name, what):
+    """A name manifest.json uses inside a file name (a model's): letters, digits, _ and -, nothing else."""
+    if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= NAME_CHARS:
+        raise BundleError("manifest.json: %s %r is not a plain name (letters, digits, _ and -; no separators or "
+                          "'..'); refusing the bundle (copy it again)" % (what, name))
+    return name
+
+
+def bad_relative(rel):
+    """True unless ``rel`` is a relative path of plain parts: no '..', '.', empty part, backslash or NUL."""
+    return (not isinstance(rel, str) or not rel or chr(0) in rel or chr(92) in rel or rel.startswith("/")
+            or any(part in ("", ".", "..") for part in rel.split("/")))
 
 
 def bundle_file(rel, what="file"):
-    """The bundle file manifest.json calls ``rel``, resolved; BundleError unless it stays inside the bundle."""
-    if not isinstance(rel, str) or not rel or "\\0" in rel:
-        raise BundleError("manifest.json lists a %s that is not a file name: %r" % (what, rel))
+    """The bundle file manifest.json calls ``rel``, resolved; BundleError unless it is a relative path
+    without '..' (or a backslash) that stays inside the bundle."""
+    if bad_relative(rel):
+        raise BundleError("manifest.json lists a %s path that is not a plain relative path (an absolute path, a "
+                          "'..' or '.' part, a backslash): %r; refusing to read it (copy the bundle again)"
+                          % (what, rel))
     try:
         path = (HERE / rel).resolve()
     except (OSError, RuntimeError):  # a symlink loop
         path = HERE
-    if Path(rel).is_absolute() or HERE not in path.parents:
+    if HERE not in path.parents:
         raise BundleError("manifest.json lists a %s outside the bundle: %r; refusing to read it "
                           "(copy the bundle again)" % (what, rel))
     return path
 
 
-def read_manifest():
-    """manifest.json, after checking that every path it lists stays inside this bundle."""
+def regular_file(path, what, limit=None):
+    """``path`` when it is a regular file (not a FIFO or a device) within ``limit`` bytes; BundleError."""
     try:
-        manifest = json.loads((HERE / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        st = os.stat(path)
+    except OSError as exc:
+        raise BundleError("%s %s cannot be read (%s); copy the bundle again" % (what, path.name, exc.strerror))
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError("%s %s is not a regular file; copy the bundle again" % (what, path.name))
+    if limit is not None and st.st_size > limit:
+        raise BundleError("%s %s has %d bytes, more than %d; copy the bundle again"
+                          % (what, path.name, st.st_size, limit))
+    return path
+
+
+def _unique_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError("key %r appears twice in one object" % key)
+        out[key] = value
+    return out
+
+
+def _too_deep(data):
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return True
+            stack.extend((c, depth + 1) for c in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
+def read_manifest():
+    """manifest.json, after checking that every model name is a plain name and every path it lists
+    stays inside this bundle."""
+    try:
+        path = regular_file(HERE / "manifest.json", "manifest.json", MAX_MANIFEST_BYTES)
+        manifest = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_unique_keys)
+        if _too_deep(manifest):
+            raise ValueError("nested more than %d levels" % MAX_JSON_DEPTH)
+    except (OSError, ValueError, RecursionError) as exc:
         raise BundleError("manifest.json is unreadable (%s); copy the bundle again" % one_line(exc))
     try:
         for entry in manifest["files"]:
@@ -327,7 +393,8 @@ def read_manifest():
                 raise TypeError("files entry %r" % entry["path"])
         for i in manifest["inputs"].values():
             bundle_file(i["file"], "input file")
-        for entry in manifest["models"].values():
+        for name, entry in manifest["models"].items():
+            plain_name(name, "model name")
             bundle_file(entry["onnx"], "graph")
             bundle_file(entry["engine"], "engine")
             for f in entry["expected"].values():
@@ -337,6 +404,107 @@ def read_manifest():
         raise BundleError("manifest.json lacks a field or has a malformed one (%s: %s); copy the bundle again"
                           % (type(exc).__name__, one_line(exc)))
     return manifest
+
+
+def load_array(rel, what):
+    """A bundled .npy array, never unpickled (an object array is refused)."""
+    path = regular_file(bundle_file(rel, what), what)
+    try:
+        with open(path, "rb") as f:
+            return np.load(f, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise BundleError("%s %s holds pickled Python objects, which are never loaded; copy the bundle again"
+                              % (what, rel))
+        raise BundleError("%s %s is not a readable .npy file (%s); copy the bundle again" % (what, rel, one_line(exc)))
+    except OSError as exc:
+        raise BundleError("%s %s cannot be read (%s); copy the bundle again" % (what, rel, one_line(exc)))
+
+
+# ONNX messages that can hold tensors, by field number (onnx.proto): where external data may be named
+_ONNX_FIELDS = {
+    "model": {7: "graph", 25: "function"},
+    "function": {7: "node"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {13: "entry"},
+}
+
+
+def _varint(buf, i):
+    value, shift = 0, 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated or malformed protobuf")
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf):
+    """(field number, length-delimited bytes or None) of one protobuf message."""
+    i, n = 0, len(buf)
+    while i < n:
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+            yield key >> 3, None
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            length, i = _varint(buf, i)
+            if i + length > n:
+                raise ValueError("truncated protobuf")
+            yield key >> 3, buf[i:i + length]
+            i += length
+        else:
+            raise ValueError("unsupported protobuf wire type %d" % wire)
+
+
+def external_locations(data):
+    """Every external-data location a serialized ONNX model names (graph, subgraphs, functions,
+    attributes, sparse tensors), read with a small protobuf walker: nothing of it is loaded."""
+    out, stack = [], [("model", memoryview(data), 0)]
+    while stack:
+        kind, msg, depth = stack.pop()
+        if depth > 64:
+            raise ValueError("graph nested too deeply")
+        for number, value in _fields(msg):
+            child = _ONNX_FIELDS[kind].get(number)
+            if child is None or value is None:
+                continue
+            if child == "entry":
+                kv = {k: bytes(v).decode("utf-8", "replace") for k, v in _fields(value) if v is not None}
+                if kv.get(1) == "location":
+                    out.append(kv.get(2, ""))
+            else:
+                stack.append((child, value, depth + 1))
+    return out
+
+
+def check_external_data(graph):
+    """BundleError unless every external-data file ``graph`` names is a relative path without '..' that
+    resolves to a regular file inside this bundle (checked before a runtime opens the graph)."""
+    regular_file(graph, "graph")
+    try:
+        with open(graph, "rb") as f:
+            locations = external_locations(f.read())
+    except (OSError, ValueError) as exc:
+        raise BundleError("graph %s is not a readable ONNX file (%s); copy the bundle again" % (graph.name, one_line(exc)))
+    for loc in sorted(set(locations)):
+        target = None if bad_relative(loc) else (graph.parent / loc).resolve()
+        if target is None or HERE not in target.parents:
+            raise BundleError("graph %s names external data %r outside the bundle; refusing to run it (copy the "
+                              "bundle again)" % (graph.name, loc))
+        regular_file(target, "external data of %s:" % graph.name)
 
 
 def sha256(path):
@@ -383,7 +551,9 @@ def ort_providers(choice):
 def run_onnxruntime(entry, feed, providers, used):
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(bundle_file(entry["onnx"], "graph")), providers=providers)
+    graph = bundle_file(entry["onnx"], "graph")
+    check_external_data(graph)
+    sess = ort.InferenceSession(str(graph), providers=providers)
     used[:] = sess.get_providers()
     if used[0] != providers[0]:  # onnxruntime fell back with a warning only: say so, and record it
         print("note: asked for %s, onnxruntime runs on %s" % (providers[0], used[0]))
@@ -396,8 +566,8 @@ def run_tensorrt(entry, feed, manifest):
     from polygraphy.backend.trt import Profile, TrtRunner
 
     engine = bundle_file(entry["engine"], "engine")
-    if engine.is_file():  # built by build_engine.sh
-        loader = EngineFromBytes(engine.read_bytes())
+    if os.path.lexists(engine):  # built by build_engine.sh
+        loader = EngineFromBytes(regular_file(engine, "engine").read_bytes())
     else:
         profile = Profile()
         for i in entry["inputs"]:
@@ -410,7 +580,9 @@ def run_tensorrt(entry, feed, manifest):
         # TensorRT >= 11 builds strongly typed only (no fp16 flag): the engine takes the graph's precision
         strong = bool(entry.get("strongly_typed")) or int(trt.__version__.split(".")[0]) >= 11
         config = CreateConfig(fp16=bool(manifest["fp16"]) and not strong, profiles=[profile] if len(profile) else None)
-        network = NetworkFromOnnxPath(str(bundle_file(entry["onnx"], "graph")), strongly_typed=True if strong else None)
+        graph = bundle_file(entry["onnx"], "graph")
+        check_external_data(graph)
+        network = NetworkFromOnnxPath(str(graph), strongly_typed=True if strong else None)
         loader = EngineFromNetwork(network, config=config)
     with TrtRunner(loader) as runner:
         return {k: np.array(v) for k, v in runner.infer({n: feed[n] for n in feed}).items()}
@@ -439,10 +611,25 @@ def finite(value):
 
 
 def write_results(path, results):
-    """device_results.json, written whole (a temporary file renamed into place)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(finite(results), indent=2, allow_nan=False) + "\\n")
-    os.replace(tmp, path)
+    """device_results.json, written whole: a new temporary file (created exclusively, so never through a
+    name or a symbolic link someone left there) renamed over ``path`` (which replaces a link, never
+    writes through it). WriteFailed when the disk is full, read-only or not writable; nothing is left."""
+    text = json.dumps(finite(results), indent=2, allow_nan=False) + "\\n"
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise WriteFailed("cannot write %s (%s); nothing was written" % (path, exc.strerror or exc))
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     print("wrote %s" % path)
 
 
@@ -450,9 +637,9 @@ def trtexec_summaries(manifest):
     """The Performance summary of each build_<name>.log that build_engine.sh left here."""
     out = {}
     for name in manifest["models"]:
-        log = HERE / ("build_%s.log" % name)
+        log = HERE / ("build_%s.log" % plain_name(name, "model name"))
         if log.is_file():
-            summary = parse_trtexec_log(log.read_text(errors="replace"))
+            summary = parse_trtexec_log(regular_file(log, "build log", MAX_LOG_BYTES).read_text(errors="replace"))
             if summary is not None:
                 out[name] = dict(summary, log=log.name)
     return out
@@ -461,7 +648,7 @@ def trtexec_summaries(manifest):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Check this bundle's files and compare the runtime's outputs with "
                                              "the expected ones; write device_results.json. Exit 0 PASS, 1 FAIL, "
-                                             "2 damaged bundle, 5 no runtime.")
+                                             "2 damaged bundle, 5 no runtime, 10 the results cannot be written.")
     ap.add_argument("--runtime", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
                     help="auto: TensorRT when `tensorrt` and `polygraphy` import, else ONNX Runtime")
     ap.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"], default="auto",
@@ -471,10 +658,17 @@ def main(argv=None):
                          "bring it back: tokexport check device_results.json --baseline report.json")
     args = ap.parse_args(argv)
     try:
-        manifest = read_manifest()
+        return verify(args)
     except BundleError as exc:
-        print("error: %s" % exc, file=sys.stderr)
+        print("error: %s" % one_line(exc), file=sys.stderr)
         return 2
+    except WriteFailed as exc:
+        print("error: %s" % one_line(exc), file=sys.stderr)
+        return 10
+
+
+def verify(args):
+    manifest = read_manifest()
     results_path = Path(args.results)
     results_path = results_path if results_path.is_absolute() else HERE / results_path
     results = {"format": "tokexport-device-results", "format_version": 1, "created_unix": int(time.time()),
@@ -520,13 +714,15 @@ def main(argv=None):
     used = []
     results["runtime"] = {"name": runtime, "versions": versions(runtime), "providers": used}
     tol = manifest["tolerances"]
-    feed = {n: np.load(bundle_file(i["file"], "input file")) for n, i in manifest["inputs"].items()}
+    feed = {n: load_array(i["file"], "input file") for n, i in manifest["inputs"].items()}
+    for entry in manifest["models"].values():  # before any runtime opens a graph
+        check_external_data(bundle_file(entry["onnx"], "graph"))
     passed = True
     for name, entry in manifest["models"].items():
         t0 = time.perf_counter()
         out = run_tensorrt(entry, feed, manifest) if runtime == "tensorrt" else run_onnxruntime(entry, feed, providers, used)
         ms = 1000 * (time.perf_counter() - t0)
-        expected = {o: np.load(bundle_file(f["file"], "expected output file")) for o, f in entry["expected"].items()}
+        expected = {o: load_array(f["file"], "expected output file") for o, f in entry["expected"].items()}
         rows = compare_outputs(out, expected, tol)
         where = runtime + (" " + used[0] if used else "")
         print(f"{name} ({entry['onnx']}, {where}, first run {ms:.0f} ms incl. load):")
@@ -557,10 +753,11 @@ def verify_script() -> str:
               'TensorRT\n(when `tensorrt` and `polygraphy` import) or ONNX Runtime on the bundled inputs, '
               'compared with\nthe expected outputs; writes device_results.json. Usage: python3 verify_on_device.py '
               '[--runtime auto|tensorrt|onnxruntime] [--provider auto|cpu|cuda|tensorrt]\nExit: 0 PASS, 1 FAIL (outputs differ), 2 damaged bundle (a file differs, '
-              'or\nmanifest.json is unreadable or lists a path outside the bundle), 5 no runtime.\n'
+              'or\nmanifest.json is unreadable or names something outside the bundle, external data lies '
+              'outside it,\nan array holds pickled objects), 5 no runtime, 10 the results cannot be written.\n'
               f'Written by tokexport {tokexport.__version__}."""\n'
               "import argparse\nimport hashlib\nimport importlib.util\nimport json\nimport os\nimport platform\n"
-              "import sys\nimport time\nfrom pathlib import Path\n\nimport numpy as np\n\n\n")
+              "import stat\nimport sys\nimport tempfile\nimport time\nfrom pathlib import Path\n\nimport numpy as np\n\n\n")
     return header + "\n\n".join(inspect.getsource(f) for f in (compare_outputs, format_row, parse_trtexec_log)) \
         + _VERIFY_MAIN
 
@@ -679,7 +876,7 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
     File names inside the bundle never come from graph or input names: arrays are stored by position
     (``inputs/input_<i>.npy``, ``expected/<model>/output_<i>.npy``) and manifest.json maps names to files.
     """
-    dest = Path(dest)
+    dest = Path(os.path.expanduser(dest))  # a leading ~: the home directory, as in the shell
     tgt = target if isinstance(target, Target) else resolve_target(target)
     archive_path = _check_dest(dest, force, archive, protect=list(models.values()))
     if not models:

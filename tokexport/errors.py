@@ -9,9 +9,13 @@ Exit codes (stable, CI scripts rely on them):
   6  `tokexport check`: a figure regressed beyond its tolerance against the baseline report
   7  `tokexport check`: a report or baseline cannot be read (missing, not JSON, unknown schema)
   8  `tokexport build`: TensorRT or an NVIDIA GPU is absent (build on the device from the bundle)
-  9  `tokexport check-target`: the graph has errors for the target (the report names each node)
+  9  `tokexport check-target` / `tokexport bundle`: the graph has errors for the target (each node named)
+ 10  the output cannot be written: disk full, file too large, read-only file system, no permission
+     (nothing partial is left; the previous output, if any, is kept)
 """
 from __future__ import annotations
+
+import errno
 
 
 class TokexportError(Exception):
@@ -82,6 +86,58 @@ class TargetCheckFailed(TokexportError):
     exit_code = 9
 
 
+class OutputWriteError(TokexportError):
+    """The output could not be written (disk full, file too large, read-only file system, no permission).
+    The staging directory is removed; an earlier output stays as it was."""
+
+    exit_code = 10
+
+
+# errno values that only a write produces: mapped to OutputWriteError wherever they surface
+WRITE_ERRNOS = tuple(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS") if hasattr(errno, n))
+# ... and the ones a write produces among others (no permission): mapped when the failing path is the output's
+PERMISSION_ERRNOS = (errno.EACCES, errno.EPERM)
+
+
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def write_failure(e: BaseException, inside: str | None = None) -> OSError | None:
+    """The OS error behind ``e`` (or behind whatever ``e`` was raised from) that means the output
+    cannot be written: ENOSPC, EFBIG, EDQUOT, EROFS, or EACCES/EPERM on a path under ``inside``.
+    Libraries that wrap the OS error in their own exception (a Rust or C++ writer) are recognised by
+    the OS error text in their message. None when ``e`` is something else."""
+    import os
+
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.errno is not None:
+            if x.errno in WRITE_ERRNOS:
+                return x
+            if x.errno in PERMISSION_ERRNOS and inside and x.filename is not None and \
+                    os.path.abspath(os.fsdecode(x.filename)).startswith(inside.rstrip("/") + "/"):
+                return x
+    for x in _chain(e):
+        text = str(x)
+        for code in WRITE_ERRNOS:
+            if os.strerror(code) in text or f"os error {code})" in text:
+                return OSError(code, os.strerror(code))
+    return None
+
+
+def write_error(e: BaseException, what: str, inside: str | None = None) -> OutputWriteError | None:
+    """``OutputWriteError`` (exit 10, one line naming ``what``) when ``e`` is a failure to write."""
+    x = write_failure(e, inside)
+    if x is None:
+        return None
+    return OutputWriteError(f"{what}: cannot write the output ({x.strerror or 'write error'}); nothing was left "
+                            "behind and any earlier output is unchanged: free space or choose another location")
+
+
 EXIT_OK = 0
 EXIT_INPUT = InputError.exit_code
 EXIT_PARITY = ParityError.exit_code
@@ -91,3 +147,4 @@ EXIT_REGRESSION = RegressionError.exit_code
 EXIT_UNREADABLE = UnreadableReport.exit_code
 EXIT_NO_TENSORRT = TensorRTUnavailable.exit_code
 EXIT_TARGET = TargetCheckFailed.exit_code
+EXIT_WRITE = OutputWriteError.exit_code

@@ -121,7 +121,7 @@ def _convert(recipe, base_dir: str, out_dir: str, label: str, torch_threads: int
         if key not in _LOADED:
             _LOADED.clear()
             _LOADED[key] = load_model(recipe.model, Path(base_dir), recipe.family, recipe.task,
-                                      recipe.export.image_size)
+                                      recipe.export.image_size, allow_pickle=recipe.allow_pickle)
         kwargs["loaded"] = _LOADED[key]
     res = run(recipe, Path(base_dir), Path(out_dir), force=True, label=label, **kwargs)
     return res.exit_code
@@ -397,7 +397,8 @@ class _EvalActor:
         self.ev, self.error = None, None
         try:  # raised by evaluate(), where Ray hands the error itself back to the driver
             check_model_here(recipe, base_dir, None)
-            lm = load_model(recipe.model, Path(base_dir), recipe.family, recipe.task, recipe.export.image_size)
+            lm = load_model(recipe.model, Path(base_dir), recipe.family, recipe.task, recipe.export.image_size,
+                            allow_pickle=recipe.allow_pickle)
             self.ev = evaluator_cls(recipe, lm, metric, max_drop)
         except TokexportError as e:
             self.error = e

@@ -5,7 +5,6 @@ task → Auto class); architectures optimum does not map fall back to the class 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -20,8 +19,10 @@ from torch import nn
 
 from .adapters import Adapter, adapter_for
 from .adapters.base import check_config_values
-from .bounds import BoundsError, check_count, check_real, read_text_bounded, show
+from .bounds import BoundsError, check_count, check_real, show
+from .checkpoints import weights_kwargs
 from .errors import EnvironmentProblem, InputError
+from .files import read_json
 from .zoo import resolve_bundled
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,8 +31,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Overall limit on one Hub download (seconds); per-request limits are set from it too.
 HUB_TIMEOUT_ENV = "TOKEXPORT_HUB_TIMEOUT"
 DEFAULT_HUB_TIMEOUT = 300.0
-# Model-directory JSON files are small; these limits keep a hostile one to one line.
-MAX_JSON_BYTES = 64 * 2**20
 # Ranges of the preprocessor values the pipeline reads (0..1 pixel scale, as transformers' processors).
 MEAN_RANGE = (-10.0, 10.0)
 STD_RANGE = (0.0, 10.0)  # open at 0
@@ -218,13 +217,7 @@ def _model_class(config, task: str):
 def read_json_file(p: Path) -> dict:
     """A model directory's JSON file as a mapping, or InputError naming it (unreadable, not JSON, too
     large, nested too deeply, not an object)."""
-    text = read_text_bounded(p, MAX_JSON_BYTES, "expected a Hugging Face JSON config file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p}: invalid JSON ({e.msg}, line {e.lineno})") from None
-    except RecursionError:
-        raise InputError(f"{p}: JSON nested too deeply; not a Hugging Face config file") from None
+    data = read_json(p, "model file", finite=True)
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a JSON object (a mapping of settings), got {type(data).__name__}")
     return data
@@ -309,14 +302,17 @@ def _preprocessing(path: Path, adapter: Adapter, image_size: int | None):
 
 
 def load_model(model: str, base_dir: Path, family: str | None = None, task: str = "auto",
-               image_size: int | None = None, before_weights: Callable[[Adapter, int], None] | None = None) -> LoadedModel:
+               image_size: int | None = None, before_weights: Callable[[Adapter, int], None] | None = None,
+               allow_pickle: bool | None = None) -> LoadedModel:
     """Load the checkpoint. ``before_weights(adapter, image_size)`` runs once the config is read and
-    before the weights load, so recipe checks that need the architecture fail fast."""
+    before the weights load, so recipe checks that need the architecture fail fast. Safetensors weights
+    only, unless ``allow_pickle`` (default: the running conversion's recipe, :mod:`tokexport.checkpoints`)."""
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI shows its own progress
     path, kind = resolve_source(model, base_dir)
+    weights = weights_kwargs(path, allow_pickle)  # a pickle-only checkpoint: refused before anything loads
     cfg_file = path / "config.json"
     # The values the pipeline reads, checked in the file itself first: one line naming the field, not a
     # transformers traceback (a wrong type) or a division by zero later (patch_size: 0).
@@ -333,7 +329,8 @@ def load_model(model: str, base_dir: Path, family: str | None = None, task: str 
         before_weights(adapter, size)
     task, cls = _model_class(config, task)
     try:
-        net, info = cls.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True, dtype=torch.float32)
+        net, info = cls.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True, dtype=torch.float32,
+                                        **weights)
     except Exception as e:  # corrupt / truncated weights, wrong class
         raise InputError(
             f"model: cannot load weights from {path}: {str(e).splitlines()[0][:200]}; re-fetch or re-save the checkpoint"

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tokexport.errors import InputError
+from tokexport.files import stat_regular
 from tokexport.targets import (
     CONTROL_FLOW_OPS,
     DATA_DEPENDENT_SHAPE_OPS,
@@ -141,10 +142,7 @@ def _int_entry(entries: dict[str, str], key: str, tensor: TensorProto, path: Pat
 
 def _parse_graph_file(path: Path) -> onnx.ModelProto:
     """Parse the graph file only (no external data). InputError for missing / non-ONNX files."""
-    if not path.exists():
-        raise InputError(f"{path}: ONNX file not found; check the path (export the model first).")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file; pass the path of the .onnx graph file.")
+    stat_regular(path, "graph", missing="ONNX file not found; check the path (export the model first).")
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # DecodeError, RuntimeError, ... from protobuf/onnx  # noqa: BLE001

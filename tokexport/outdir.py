@@ -29,6 +29,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import stat
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, write_error
 
 MARKER = ".tokexport-output"
 OWNER = ".tokexport-owner"
@@ -51,8 +52,19 @@ _SPECIAL = ("/proc", "/sys")
 # force of the last check_out_dir per absolute path, for callers that check first and stage later
 # without a claim (staged_dir then claims with the same force)
 _CHECKED: dict[str, bool] = {}
+# files this process writes for the whole run (the --log-file): no output may hold them
+_WRITTEN: dict[str, str] = {}
 
 log = logging.getLogger("tokexport")
+
+
+def protect_written(path: str | os.PathLike | None, why: str = "") -> None:
+    """Refuse, from now on, any output that is or holds ``path`` (a file written for the whole run,
+    such as the --log-file); None forgets every such file."""
+    if path is None:
+        _WRITTEN.clear()
+    else:
+        _WRITTEN[os.path.abspath(os.fspath(path))] = why
 
 
 # ------------------------------------------------------------------------------------------ markers
@@ -147,6 +159,9 @@ def check_out_dir(out: str | os.PathLike, force: bool, *, protect: Iterable[str 
     raw = os.fspath(out) or "."
     shown = raw
     other = f"choose another {what}"
+    if raw.startswith("~"):  # the command line and the library entry points expand it; never a folder named ~
+        raise InputError(f"{shown}: starts with '~', which was not expanded; give the full path "
+                         f"(e.g. {os.path.expanduser(raw)})")
     if ".." in Path(raw).parts:
         raise InputError(f"{shown}: the path has a '..' component; give the output directory without '..' "
                          f"(e.g. {os.path.abspath(raw)})")
@@ -193,6 +208,9 @@ def check_out_dir(out: str | os.PathLike, force: bool, *, protect: Iterable[str 
         if _holds(resolved, rp):
             where = "is" if resolved == rp else "holds"
             raise InputError(f"{shown}: {where} {p}, which this run reads; {other}")
+    for p, why in _WRITTEN.items():
+        if _holds(resolved, _real(Path(p))):
+            raise InputError(f"{shown}: holds {p}, which this run writes ({why}); {other}")
     if os.path.lexists(absolute):
         if not os.path.isdir(absolute):
             raise InputError(f"{shown}: exists and is not a directory; {other}")
@@ -337,6 +355,9 @@ class Claim:
         try:
             scratch = Path(tempfile.mkdtemp(prefix=f".{name}{TMP_TAG}", dir=parent))
         except OSError as e:
+            err = write_error(e, self.shown)
+            if err is not None:
+                raise err from None
             raise InputError(f"{self.shown}: cannot create a temporary directory in {parent} ({e.strerror}); "
                              f"choose another {self.what}") from None
         self.scratch, self.extras = scratch, []
@@ -347,6 +368,13 @@ class Claim:
             write_marker(tmp, self.kind)
             yield tmp
             self._swap(tmp)
+        except Exception as e:
+            # disk full, file too large, read-only: one line and exit 10, whatever library was writing (an
+            # inner output's OutputWriteError too, renamed after this, the output the user named)
+            err = write_error(e, self.shown, inside=str(scratch))
+            if err is not None:
+                raise err from None
+            raise
         finally:
             self.scratch = None
             shutil.rmtree(scratch, ignore_errors=True)
@@ -418,14 +446,87 @@ def _remove_created(created: list[Path]) -> None:
             os.rmdir(d)  # only if still empty
 
 
+LOCK_TAG = "tokexport-lock"
+_LOCK_RECORD = re.compile(rb"^\d+( " + LOCK_TAG.encode() + rb")?\n?$")
+
+
+def _lock_record() -> bytes:
+    return f"{os.getpid()} {LOCK_TAG}\n".encode()
+
+
+def _create_lock(lock: Path) -> int | None:
+    """Create ``lock`` holding this process's record, only if nothing is there (the record is written
+    before the name appears: a temporary file hard-linked into place). The open descriptor, or None
+    when the name exists already."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{lock.name}.", suffix=".new", dir=lock.parent)
+    try:
+        os.write(fd, _lock_record())
+        try:
+            os.link(tmp, lock)
+        except FileExistsError:
+            os.close(fd)
+            return None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            os.close(fd)  # no hard links on this file system: exclusive create, then the record
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                return None
+            os.write(fd, _lock_record())
+        return fd
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _open_existing_lock(lock: Path, shown: str, other: str) -> int | None:
+    """Open a lock file someone else created, after checking it is one: a regular file (never through
+    a symbolic link) holding a tokexport lock record. None when it vanished meanwhile."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{shown}: its lock file {lock} is a symbolic link, not a tokexport lock; "
+                             f"remove it yourself or {other}") from None
+        raise InputError(f"{shown}: cannot open the lock file {lock} ({e.strerror}); {other}") from None
+    try:
+        st = os.fstat(fd)
+        head = os.pread(fd, 256, 0) if stat.S_ISREG(st.st_mode) and st.st_size <= 256 else b""
+    except OSError:
+        head = b""
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode) or not _LOCK_RECORD.match(head):
+        os.close(fd)
+        raise InputError(f"{shown}: {lock} exists and is not a tokexport lock file (a file of yours?); it is left "
+                         f"as it is: move it away or {other}")
+    return fd
+
+
 def _lock(path: Path, shown: str, what: str, wait: bool) -> tuple[Path, int]:
+    """Take ``.NAME.lock``: created only if absent (holding ``PID tokexport-lock``); an existing one is
+    used only when it is a tokexport lock (a dead run's is taken over once flock succeeds); a user's
+    file of that name, or a symbolic link, is refused and left alone."""
     lock = path.with_name(f".{path.name}{LOCK_SUFFIX}")
+    other = f"choose another {what}"
     for _ in range(100):
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = _create_lock(lock)
+            if fd is None:
+                fd = _open_existing_lock(lock, shown, other)
+                if fd is None:
+                    continue  # removed between our two looks: create it again
+        except InputError:
+            raise
         except OSError as e:
-            raise InputError(f"{shown}: cannot create the lock file {lock} ({e.strerror}); "
-                             f"choose another {what}") from None
+            raise InputError(f"{shown}: cannot create the lock file {lock} ({e.strerror}); {other}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as e:
@@ -435,8 +536,8 @@ def _lock(path: Path, shown: str, what: str, wait: bool) -> tuple[Path, int]:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise InputError(f"{shown}: another tokexport run{holder} is writing this output right now; "
-                                 f"wait for it to finish or choose another {what}") from None
-            raise InputError(f"{shown}: cannot lock {lock} ({e.strerror}); choose another {what}") from None
+                                 f"wait for it to finish or {other}") from None
+            raise InputError(f"{shown}: cannot lock {lock} ({e.strerror}); {other}") from None
         try:
             st = os.stat(lock, follow_symlinks=False)
         except OSError:
@@ -445,7 +546,7 @@ def _lock(path: Path, shown: str, what: str, wait: bool) -> tuple[Path, int]:
         if st is not None and (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                os.pwrite(fd, _lock_record(), 0)
             return lock, fd
         os.close(fd)  # the holder unlinked it between our open and flock: take the new one
     raise InputError(f"{shown}: could not take the lock {lock}; try again")
@@ -520,3 +621,91 @@ def staged_dir(out_dir: str | os.PathLike, *, force: bool | None = None, kind: s
         force = _CHECKED.get(os.path.abspath(os.fspath(out_dir)), False)
     with claim_out_dir(out_dir, force, kind=kind, protect=protect) as claim, claim.staged() as tmp:
         yield tmp
+
+
+# ------------------------------------------------------------------------------------ single files
+
+
+def check_out_file(out: str | os.PathLike, force: bool, *, protect: Iterable[str | os.PathLike] = (),
+                   what: str = "--out", recognise: Callable[[Path], bool] | None = None,
+                   kind: str = "file") -> Path:
+    """The rules of :func:`check_out_dir` for an output that is one file (``report merge --out``): not
+    under /proc or /sys, no '..', no symbolic link on the way or at the name, a folder that exists and is
+    writable, not a file the run reads (``protect``) or writes; an existing file only with ``force`` and
+    only when ``recognise`` says tokexport wrote it. Returns the absolute path; writes nothing."""
+    raw = os.fspath(out)
+    shown = f"{what} {raw}"
+    other = f"write the {kind} to another file"
+    if not raw:
+        raise InputError(f"{what}: empty; name the {kind} to write")
+    if raw.startswith("~"):
+        raise InputError(f"{shown}: starts with '~', which was not expanded; give the full path")
+    if ".." in Path(raw).parts:
+        raise InputError(f"{shown}: the path has a '..' component; give it without '..'")
+    absolute = Path(os.path.abspath(raw))
+    for special in _SPECIAL:
+        for p in (absolute, _real(absolute)):
+            if _holds(Path(special), p):
+                raise InputError(f"{shown}: is under {special}, which holds no ordinary files; {other}")
+    if len(os.fsencode(str(absolute))) + _RESERVE + 16 > 4096:
+        raise InputError(f"{shown}: the path is too long; {other}")
+    name_max = _name_max(absolute.parent)
+    parts = absolute.parts[1:]
+    for i, part in enumerate(parts):
+        room = name_max - (len(".") + 9 + len(".tmp") if i == len(parts) - 1 else 0)  # the temporary sibling
+        if len(os.fsencode(part)) > room:
+            raise InputError(f"{shown}: a path component is too long (at most {room} bytes here); {other}")
+    parent = absolute.parent
+    if not os.path.isdir(parent):
+        raise InputError(f"{shown}: its folder {parent} does not exist; create it first")
+    if _real(parent) != parent:
+        raise InputError(f"{shown}: the path goes through a symbolic link ({parent} resolves to {_real(parent)}); "
+                         "give the real path")
+    if os.path.islink(absolute):
+        raise InputError(f"{shown}: is a symbolic link; tokexport never writes through one ({other})")
+    for p in protect:
+        rp = _real(Path(os.path.abspath(os.path.expanduser(os.fspath(p)))))
+        if rp == _real(absolute):
+            raise InputError(f"{shown}: is {p}, which this run reads; {other}")
+    if str(absolute) in _WRITTEN:
+        raise InputError(f"{shown}: is {absolute}, which this run writes ({_WRITTEN[str(absolute)]}); {other}")
+    if os.path.lexists(absolute):
+        if os.path.isdir(absolute):
+            raise InputError(f"{shown}: a folder; name the {kind} file to write")
+        if not os.path.isfile(absolute):
+            raise InputError(f"{shown}: exists and is not a regular file; {other}")
+        if not force:
+            raise InputError(f"{shown}: already exists; pass --force to replace it")
+        if recognise is not None and not recognise(absolute):
+            raise InputError(f"{shown}: exists and was not written by tokexport; refusing to replace it even with "
+                             f"--force ({other})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{shown}: its folder {parent} is not writable; {other}")
+    return absolute
+
+
+def write_file_atomic(path: str | os.PathLike, data: bytes | str, shown: str | None = None) -> None:
+    """Write ``path`` whole: a new temporary sibling (created exclusively, so never through an existing
+    name or link), then renamed over ``path`` (which replaces a link, never writes through it). On any
+    failure the temporary file is removed and ``path`` is as it was; a full disk, a file too large, a
+    read-only file system or no permission is an OutputWriteError (exit 10)."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except Exception as e:
+        err = write_error(e, shown or str(path), inside=str(path.parent))
+        if err is not None:
+            raise err from None
+        raise
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

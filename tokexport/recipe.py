@@ -37,6 +37,7 @@ from .recipe_base import (  # noqa: F401 (re-exported: imported from tokexport.r
     TargetedExport,
     Threshold,
     VsBaselines,
+    allow_pickle_field,
     error_message,
     error_where,
     format_errors,
@@ -163,6 +164,7 @@ class Recipe(Strict):
     name: str | None = Field(None, description="Free-form name shown in reports.")
     description: str | None = None
     model: str = Field(description="Bundled model name (see `tokexport models list`), a local Hugging Face directory (relative to the recipe file), or a Hub id.")
+    allow_pickle: bool = allow_pickle_field()
     family: str | None = Field(None, description="Model family adapter (vit, deit, dinov2); default: from config.json's model_type.")
     task: Literal["auto", "feature-extraction", "image-classification", "visual-tokens"] = Field(
         "auto", description="visual-tokens: export a VLM visual-token graph (tower + selection [+ projector]) instead of pruning inside the network.")
@@ -300,11 +302,7 @@ def validate_recipe(path: str, data) -> Recipe | VocabRecipe:
 
 def load_recipe(path: str | Path) -> Recipe | VocabRecipe:
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: recipe file not found; list the bundled ones with `tokexport recipes list`")
-    if not p.is_file():
-        raise InputError(f"{p}: not a file; pass a recipe YAML file")
-    data = read_yaml(p)
+    data = read_yaml(p)  # a missing file, a folder, a FIFO, a device: one line (tokexport.files)
     if not isinstance(data, dict):
         raise InputError(f"{p}: a recipe is a YAML mapping with at least `model` and `reduction`")
     return validate_recipe(str(p), data)

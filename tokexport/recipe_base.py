@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import targets as _targets
-from .bounds import Batch, Count, Real, read_text_bounded
+from .bounds import Batch, Count, Real
 from .errors import InputError
 
 
@@ -29,6 +29,13 @@ class Strict(BaseModel):
     """A recipe section: unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def allow_pickle_field() -> Any:
+    """The recipe's ``allow_pickle`` (next to ``model``): a pickle-based checkpoint is loaded only with it."""
+    return Field(False, description="Load the model from pickle-based weights (pytorch_model.bin) when it has no "
+                                    "safetensors weights. Unpickling a file can run code: set true only for a "
+                                    "checkpoint you trust; default false (safetensors only, anything else refused).")
 
 
 class TargetedExport(Strict):
@@ -359,20 +366,16 @@ def check_size(p: Path, data) -> None:
 
 
 def read_yaml(p: Path):
-    """A recipe file's YAML (safe loader: no Python tags), or InputError naming the file: too large, not
-    text, not YAML, nested too deeply, or expanding to too many values."""
-    text = read_text_bounded(p, MAX_RECIPE_BYTES, "a recipe is YAML",
-                             " (put long token lists in trim.tokens_to_keep_file)")
+    """A recipe file's YAML (safe loader: no Python tags), or InputError naming the file: not a regular
+    file, too large, not text, not YAML, a key given twice, nested too deeply, or expanding to too many
+    values (the shared reader, :mod:`tokexport.files`)."""
+    from .files import loads_yaml, read_text, yaml_message
+
+    text = read_text(p, "recipe", missing="recipe file not found; list the shipped ones with `tokexport recipes list`")
     try:
-        data = yaml.safe_load(text)
+        data = loads_yaml(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
-        if isinstance(e, yaml.constructor.ConstructorError):  # !!python/... and other tags: never constructed
-            raise InputError(one_line(f"{p}:{where}: YAML tag refused: {problem}; a recipe holds plain mappings, "
-                                      "lists, strings and numbers")) from None
-        raise InputError(one_line(f"{p}:{where}: YAML syntax error: {problem}")) from None
+        raise InputError(yaml_message(str(p), e)) from None
     except RecursionError:
         raise InputError(f"{p}: YAML nested too deeply; a recipe is a few levels of mappings and lists "
                          "(see `tokexport recipes schema`)") from None

@@ -28,12 +28,17 @@ def write_json(report: dict, path: Path) -> None:
     compare). A non-finite float is written as null and listed in a top-level ``non_finite`` list
     (``{"path": "bench.batches.8.speedup", "value": "nan"}``), so nothing else of the report is lost and
     `tokexport check` refuses a gated figure recorded there (exit 7). ``report`` itself is not modified."""
+    path.write_text(json_text(report))
+
+
+def json_text(report: dict) -> str:
+    """The text :func:`write_json` writes."""
     found: list[dict] = []
     clean = _finite_copy(report, "", found)
     if found:
         earlier = clean.get("non_finite") if isinstance(clean.get("non_finite"), list) else []
         clean["non_finite"] = earlier + [f for f in found if not f["path"].startswith("non_finite.")]
-    path.write_text(json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    return json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
 def _task(report: dict):

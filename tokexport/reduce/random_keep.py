@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-import torch
+from tokexport.lazy import torch
 from pydantic import Field
 
 from ..bounds import Count

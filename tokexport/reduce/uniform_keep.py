@@ -31,8 +31,8 @@ import math
 from functools import lru_cache
 from typing import Literal
 
-import numpy as np
-import torch
+from tokexport.lazy import np
+from tokexport.lazy import torch
 from pydantic import Field
 
 from .base import LayerInputs, Method, ReductionConfig, register_method

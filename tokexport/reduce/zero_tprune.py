@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
+from tokexport.lazy import torch
 from pydantic import Field, model_validator
 
 from tokexport.bounds import Count, OneOrMany, Real

@@ -5,13 +5,16 @@ Every task (:mod:`tokexport.tasks.base`) runs through :func:`run`; what differs 
 the task, what a conversion is lives here."""
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import AccuracyError, ContractError, ParityError
+from ..checkpoints import pickle_policy
+from ..errors import AccuracyError, ContractError, InputError, ParityError
 from ..stages import metric as MC
 from ..stages.compare import parity as compare_parity
 from ..stages.environment import environment
@@ -194,6 +197,36 @@ def produce(task: Task, tmp: Path, stages: Stages) -> dict:
     return report
 
 
+@contextlib.contextmanager
+def naming_the_recipe(recipe, label: str):
+    """Errors about a recipe field found once the model is known (``reduction.prune_layers[1]: block 9 is
+    out of range; the model has 4 blocks``) name the recipe file first, as the recipe's schema errors do:
+    ``r.yaml: reduction.prune_layers[1]: ...``."""
+    try:
+        yield
+    except InputError as e:
+        msg = str(e)
+        field = re.split(r"[.:\[ ]", msg, maxsplit=1)[0]
+        fields = getattr(type(recipe), "model_fields", {})
+        if type(e) is InputError and label and not label.startswith("<") and not msg.startswith(f"{label}:") \
+                and field in fields:
+            raise InputError(f"{label}: {msg}") from None
+        raise
+
+
+def final_paths(report, staging: Path, final: Path):
+    """``report`` with every path into the staging directory (``trt_check.model``, ...) naming the final
+    output instead: the staging directory is gone once the output is in place."""
+    old, new = str(staging), str(final)
+    if isinstance(report, dict):
+        return {k: final_paths(v, staging, final) for k, v in report.items()}
+    if isinstance(report, list):
+        return [final_paths(v, staging, final) for v in report]
+    if isinstance(report, str) and (report == old or report.startswith(old + os.sep)):
+        return new + report[len(old):]
+    return report
+
+
 def exit_code(report: dict) -> int:
     if not report["parity"]["passed"] or not report["parity_baseline"]["passed"]:
         return ParityError.exit_code
@@ -239,15 +272,16 @@ def run(recipe, base_dir: Path, out_dir: Path, force: bool = False, stages: Stag
     from ..outdir import claim_out_dir
 
     stages = stages or Stages()
-    out_dir, base_dir = Path(out_dir), Path(base_dir)
+    out_dir, base_dir = Path(os.path.expanduser(out_dir)), Path(base_dir)  # a leading ~: the home directory
     task = make_task(recipe, base_dir, label, **task_kwargs)
     from ..stages.runners import preflight
 
     preflight(recipe.bench.provider, recipe.bench.provider_options)  # exit 5 before any model is loaded
     protect = (*protect, base_dir, *model_paths(recipe.model, base_dir))
-    with claim_out_dir(out_dir, force, kind="convert", protect=protect) as claim:
+    with claim_out_dir(out_dir, force, kind="convert", protect=protect) as claim, naming_the_recipe(recipe, label), \
+            pickle_policy(getattr(recipe, "allow_pickle", False)):
         task.load(stages)
         with claim.staged() as tmp:
-            report = produce(task, tmp, stages)
+            report = final_paths(produce(task, tmp, stages), tmp, claim.path)
             write_reports(task, report, tmp)
     return Result(report=report, out_dir=out_dir, exit_code=exit_code(report), extra_outputs=task.extra_outputs)

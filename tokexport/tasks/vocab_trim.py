@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoints import weights_kwargs
 from ..errors import InputError
+from ..files import read_text, stat_regular
 from ..stages import metric as MC
 from ..stages.compare import parity as compare_outputs
 from ..stages.runners import OrtRunner, TorchRunner, run_rows
@@ -26,7 +28,8 @@ from ..vocab import rank as R
 from ..vocab import verify as V
 from ..vocab.corpus import Mined, count_ids, coverage, encode_all, load_corpus, mine
 from ..vocab.export import INPUTS, export_text_onnx, graph_for
-from ..vocab.keepfile import read_keep_file, write_keep_ids
+from ..vocab.keepfile import check_keep_file, read_keep_file, write_keep_ids
+from ..vocab.keepfile import resolve as resolve_keep_file
 from ..vocab.model import (
     ID_MAP,
     config_ids,
@@ -88,7 +91,8 @@ def load_checkpoint(path: Path, architecture: str):
     hf_logging.set_verbosity_error()  # length warnings of long corpus lines, init notes: the report says what matters
     cls = AutoModelForCausalLM if architecture == "decoder" else AutoModel
     t0 = time.perf_counter()
-    kwargs = {"dtype": torch.float32, "attn_implementation": "eager", "output_loading_info": True}
+    kwargs = {"dtype": torch.float32, "attn_implementation": "eager", "output_loading_info": True,
+              **weights_kwargs(path)}  # safetensors only, unless the recipe allows pickle (tokexport.checkpoints)
     try:
         model, info = cls.from_pretrained(path, **kwargs)
         missing = list(info.get("missing_keys") or [])
@@ -106,16 +110,21 @@ def load_checkpoint(path: Path, architecture: str):
     return model.eval(), time.perf_counter() - t0
 
 
+def _tokens_file(recipe, base_dir: Path) -> Path:
+    """trim.tokens_to_keep_file, resolved against the recipe's folder; InputError unless a regular file."""
+    p = Path(recipe.trim.tokens_to_keep_file).expanduser()
+    p = p if p.is_absolute() else base_dir / p
+    stat_regular(p, "token list", missing="does not exist", label="trim.tokens_to_keep_file")
+    return p
+
+
 def tokens_to_keep(recipe, base_dir: Path, lookup: dict[str, int]) -> list[int]:
     """The ids of trim.tokens_to_keep and trim.tokens_to_keep_file (each must be a vocabulary entry)."""
     entries = [("trim.tokens_to_keep", t) for t in recipe.trim.tokens_to_keep]
     if recipe.trim.tokens_to_keep_file:
-        p = Path(recipe.trim.tokens_to_keep_file).expanduser()
-        p = p if p.is_absolute() else base_dir / p
-        if not p.is_file():
-            raise InputError(f"trim.tokens_to_keep_file: {p} does not exist")
-        entries += [(f"trim.tokens_to_keep_file ({p.name})", line) for line in p.read_text(encoding="utf-8").splitlines()
-                    if line.strip()]
+        p = _tokens_file(recipe, base_dir)
+        entries += [(f"trim.tokens_to_keep_file ({p.name})", line)
+                    for line in read_text(p, "token list", label="trim.tokens_to_keep_file").splitlines() if line.strip()]
     ids = []
     for where, tok in entries:
         if tok not in lookup:
@@ -217,11 +226,18 @@ class VocabTrim(Task):
 
     # ---- load: inputs (every check that can fail on a bad recipe), then mining and the keep set
     def load(self, stages: Stages) -> None:
+        # the recipe's own input files first, by the reading rules (a FIFO, a device, a missing file: one line
+        # now, not after the model and the corpus loaded)
+        if self.recipe.trim.keep_file is not None:
+            check_keep_file(resolve_keep_file(self.recipe.trim.keep_file, self.base_dir), read=False)
+        if self.recipe.trim.tokens_to_keep_file:
+            _tokens_file(self.recipe, self.base_dir)
         from transformers import AutoConfig, AutoTokenizer
 
         recipe, ver = self.recipe, self.recipe.verify
         with stages.stage("load"):
             model_dir, self.source_kind = resolve_model_dir(recipe.model, self.base_dir)
+            weights_kwargs(model_dir)  # a pickle-only checkpoint without allow_pickle: refused now, not after mining
             config = AutoConfig.from_pretrained(model_dir)
             architecture = architecture_of(recipe, config)
             if architecture == "encoder" and recipe.trim.self_generated is not None:

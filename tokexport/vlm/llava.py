@@ -38,7 +38,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..checkpoints import weights_kwargs
 from ..errors import InputError
+from ..files import read_json
 
 KINDS = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -106,10 +108,9 @@ def load_llava(path_or_dir) -> LlavaParts:
     path = Path(path_or_dir).expanduser()
     if not (path.is_dir() and (path / "config.json").is_file()):
         path, _ = resolve_source(str(path_or_dir), Path.cwd())
-    try:
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"model: cannot read {path}/config.json: {e}") from None
+    cfg = read_json(path / "config.json", "model file", finite=True, label="model")
+    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    weights = weights_kwargs(path)  # safetensors only, unless the recipe allows pickle (tokexport.checkpoints)
     if model_type not in KINDS:
         raise InputError(f"model: {path} has model_type {model_type!r}; LLaVA loading supports {', '.join(KINDS)}")
     from transformers import AutoConfig
@@ -129,7 +130,7 @@ def load_llava(path_or_dir) -> LlavaParts:
     cls = _model_class(config, model_type)
     try:
         model, info = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
-                                          output_loading_info=True)
+                                          output_loading_info=True, **weights)
     except Exception as e:
         raise InputError(f"model: cannot load {path}: {str(e).splitlines()[0][:200]}") from None
     if type(model).__name__ != KINDS[model_type]:
@@ -161,10 +162,7 @@ def image_mean_std(path) -> tuple[tuple, tuple]:
     pre = Path(path) / "preprocessor_config.json"
     if not pre.is_file():
         return CLIP_MEAN, CLIP_STD
-    try:
-        d = json.loads(pre.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"model: cannot read {pre}: {e}") from None
+    d = read_json(pre, "model file", finite=True, label="model")
     if not isinstance(d, dict):
         raise InputError(f"model: {pre} is not a JSON object")
     return tuple(d.get("image_mean", CLIP_MEAN)), tuple(d.get("image_std", CLIP_STD))

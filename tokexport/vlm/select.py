@@ -35,8 +35,8 @@ import warnings
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import numpy as np
-import torch
+from tokexport.lazy import np
+from tokexport.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..bounds import Count, Real

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EnvironmentProblem, InputError
+from ..files import read_text, stat_regular
 from .recipe import CorpusConfig, CorpusSource, TrimConfig
 
 BATCH = 256
@@ -65,18 +66,14 @@ def _expand(pattern: str, base_dir: Path, where: str) -> list[Path]:
         if not found:
             raise InputError(f"{where}: folder {p} holds no *.txt file")
         return found
-    if not p.is_file():
-        raise InputError(f"{where}: {p} does not exist; give a text file, a folder or a glob")
+    stat_regular(p, "corpus", missing="does not exist; give a text file, a folder or a glob", label=where)
     return [p]
 
 
 def _read_docs(files: Sequence[Path], where: str) -> list[str]:
     docs = []
     for f in files:
-        try:
-            text = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{where}: {f} is not UTF-8 text") from None
+        text = read_text(f, "corpus", label=where)  # a regular file, bounded, UTF-8 (tokexport.files)
         docs += [line.strip() for line in text.splitlines() if line.strip()]
     return docs
 

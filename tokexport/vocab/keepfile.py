@@ -7,13 +7,12 @@ stripping: SentencePiece and Gemma have whitespace tokens; only the line break e
 token containing a line break can only be given by id). Empty lines are skipped, duplicates merged."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..files import read_bytes, stat_regular
 
-MAX_BYTES = 64 * 2**20
 FIELD = "trim.keep_file"
 HINT = "give one token string (as tokenizer.json spells it) or one original id per line, e.g. keep_ids.txt of a previous run"
 
@@ -31,22 +30,20 @@ def resolve(name: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else Path(base_dir) / p
 
 
+def check_keep_file(p: Path, read: bool = True) -> bytes:
+    """The bytes of the keep file ``p`` (``read=False``: only check it), or InputError naming the field:
+    missing, not a regular file (a folder, a FIFO, a device), larger than the limit (tokexport.files)."""
+    if read:
+        return read_bytes(p, "keep file", missing=f"does not exist; {HINT}", label=FIELD)
+    stat_regular(p, "keep file", missing=f"does not exist; {HINT}", label=FIELD)
+    return b""
+
+
 def read_keep_file(name: str, base_dir: Path, lookup: dict[str, int], vocab_size: int) -> KeepList:
     """The ids of a keep file; InputError (one line naming the file and the fix) when the file is
     missing, a folder, too large, not UTF-8, empty, or names a token or id the tokenizer lacks."""
     p = resolve(name, base_dir)
-    if not os.path.lexists(p):
-        raise InputError(f"{FIELD}: {p} does not exist; {HINT}")
-    if p.is_dir():
-        raise InputError(f"{FIELD}: {p} is a folder, not a file; {HINT}")
-    try:
-        size = p.stat().st_size
-        if size > MAX_BYTES:
-            raise InputError(f"{FIELD}: {p} has {size:,} bytes, more than {MAX_BYTES // 2**20} MiB; a keep list has "
-                             "one line per kept token")
-        raw = p.read_bytes()
-    except OSError as e:
-        raise InputError(f"{FIELD}: {p}: cannot read ({e.strerror or type(e).__name__}); {HINT}") from None
+    raw = check_keep_file(p)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

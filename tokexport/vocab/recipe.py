@@ -18,6 +18,7 @@ from ..recipe_base import (
     ProviderSettings,
     Strict,
     TargetedExport,
+    allow_pickle_field,
     format_errors,
 )
 
@@ -156,6 +157,7 @@ class VocabRecipe(Strict):
     description: str | None = None
     task: Literal["vocab-trim"] = Field(description="vocab-trim: drop vocabulary entries a target language does not use.")
     model: str = Field(description="Bundled model name (see `tokexport models list`), or a local Hugging Face directory (relative to this file).")
+    allow_pickle: bool = allow_pickle_field()
     architecture: Literal["auto", "encoder", "decoder"] = Field("auto", description="encoder: hidden states + pooled embedding; decoder: causal-LM logits. auto: decoder when config.architectures names a *ForCausalLM class.")
     corpus: CorpusConfig
     trim: TrimConfig = TrimConfig()

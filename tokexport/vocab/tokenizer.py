@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..files import read_json
 
 SUPPORTED = ("Unigram", "WordPiece", "BPE")
 BYTE_FALLBACK_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
@@ -237,14 +238,14 @@ def write_tokenizer_files(src_dir: Path, dest: Path, state: dict, old2new: np.nd
     (dest / "tokenizer.json").write_text(json.dumps(state, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     cfg_path = src_dir / "tokenizer_config.json"
     if cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json(cfg_path, "model file")
         if "added_tokens_decoder" in cfg:
             cfg["added_tokens_decoder"] = {str(int(old2new[int(k)])): v for k, v in cfg["added_tokens_decoder"].items()
                                            if int(k) < len(old2new) and old2new[int(k)] >= 0}
         (dest / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=2) + "\n")
     added_path = src_dir / "added_tokens.json"
     if added_path.is_file():
-        added = json.loads(added_path.read_text())
+        added = read_json(added_path, "model file")
         (dest / "added_tokens.json").write_text(json.dumps(
             {t: int(old2new[i]) for t, i in added.items() if i < len(old2new) and old2new[i] >= 0}, indent=2) + "\n")
     for name in ("special_tokens_map.json", "chat_template.jinja", "chat_template.json"):
