@@ -103,7 +103,8 @@ def test_bundle_from_a_convert_directory_reuses_its_real_inputs_and_target(tmp_p
     (src / "report.json").write_text(json.dumps({"recipe": {"export": {"target": "jetpack-5.1"}}}))
     out = tmp_path / "bundle"
     res = run_cli("bundle", str(out), "--from", str(src))
-    assert res.returncode == 0, res.stderr
+    # the tiny graphs are opset 17, above TensorRT 8.5's: written, and exit 9 (target check failed)
+    assert res.returncode == 9 and "target check failed" in res.stderr, res.stderr
     man = json.loads((out / "manifest.json").read_text())
     assert man["target"]["name"] == "jetpack-5.1" and set(man["models"]) == {"model", "baseline"}
     assert np.array_equal(np.load(out / man["inputs"]["x"]["file"]), x)

@@ -258,13 +258,13 @@ def verify(w, *extra) -> list[str]:
     return [str(w.bundle / "verify_on_device.py"), "--runtime", "onnxruntime", "--provider", "cpu", *extra]
 
 
-def vocab_recipe(w, keep_file: str) -> Path:
+def vocab_recipe(w, keep_file: str | None, model: str = "minilm-l6") -> Path:
     """A valid vocab-trim recipe on the bundled MiniLM whose trim.keep_file is ``keep_file``."""
     (w.root / "recipes" / "corpus.txt").write_text("".join(f"the cat number {i} sat on the mat\n" for i in range(50)))
     p = w.root / "recipes" / "v.yaml"
     p.write_text(yaml.safe_dump({
-        "task": "vocab-trim", "model": "minilm-l6", "corpus": {"sources": [{"path": "corpus.txt"}]},
-        "trim": {"keep_file": keep_file}, "bench": {"enabled": False}}))
+        "task": "vocab-trim", "model": model, "corpus": {"sources": [{"path": "corpus.txt"}]},
+        "trim": {"keep_file": keep_file} if keep_file else {}, "bench": {"enabled": False}}))
     return p
 
 
@@ -427,6 +427,19 @@ def case_keep_file_fifo(w):
     return Run(["convert", str(vocab_recipe(w, str(fifo(w, "keep.txt")))), "--out", str(w.root / "o")], 2,
                ("trim.keep_file", "named pipe"), how="proc", address_space=None,
                env={"TOKEXPORT_MODELS_DIR": str(MODELS)}, absent=("o",))
+
+
+def case_model_dir_fifo(w):
+    """A model directory whose tokenizer.json is a FIFO (links to the real MiniLM for everything else)."""
+    pipe = fifo(w, "tokenizer.json")
+    model = pipe.parent / "minilm"
+    model.mkdir()
+    for f in (MODELS / "minilm-l6").iterdir():
+        if f.name != "tokenizer.json":
+            (model / f.name).symlink_to(f)
+    pipe.rename(model / "tokenizer.json")
+    return Run(["convert", str(vocab_recipe(w, None, str(model))), "--out", str(w.root / "o")], 2,
+               ("tokenizer.json", "named pipe"), how="proc", address_space=None, absent=("o",))
 
 
 def case_long_path_convert(w):
@@ -594,3 +607,130 @@ def test_case(name, world, monkeypatch):
         assert not os.path.lexists(world.root / rel), rel
     new = sorted(set(partial_leftovers(world.root)) - leftovers_before)
     assert not new, new
+
+
+# ------------------------------------------------------------------------------- beyond the table
+
+HEAVY = ("torch._C", "transformers", "onnxruntime", "onnx", "optimum")
+
+
+def _heavy_after(code: str, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run ``code`` in a fresh interpreter; which heavy modules it executed (printed on its last line)."""
+    probe = (f"import sys, json\ntry:\n" + "".join(f"    {line}\n" for line in code.splitlines())
+             + f"finally:\n    print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    res = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=120, preexec_fn=_limits(Run([], 0)))
+    return res, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_validating_a_recipe_imports_nothing_heavy(tmp_path):
+    """`import tokexport.recipe` and validating a recipe: no torch, transformers, ONNX or ONNX Runtime."""
+    res, heavy = _heavy_after("from tokexport.recipe import load_recipe\n"
+                              "r = load_recipe(sys.argv[1])\nassert r.reduction.method == 'zero-tprune'",
+                              str(REPO / "tokexport" / "recipes" / "dinov2-small-zero-tprune.yaml"))
+    assert res.returncode == 0, res.stderr
+    assert heavy == [], heavy
+
+
+def test_a_bad_recipe_is_answered_before_any_heavy_import(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("model: dinov2-small\nreductoin: {method: random}\n")
+    res, heavy = _heavy_after("from tokexport.cli import main\nsys.argv = ['tokexport', 'convert', sys.argv[1]]\n"
+                              "main()", str(p))
+    assert res.returncode == 2, res.stderr
+    assert "reductoin: unknown field; did you mean 'reduction'?" in res.stderr
+    assert heavy == [], heavy
+    # negative control: the probe does see torch once something uses it
+    res, heavy = _heavy_after("from tokexport.reduce.common import keep_topk\nimport tokexport.lazy as L\n"
+                              "L.torch.zeros(1)")
+    assert "torch._C" in heavy, (heavy, res.stderr)
+
+
+@pytest.mark.parametrize("code, expected", [("ENOSPC", EXIT_WRITE), ("EFBIG", EXIT_WRITE), ("EDQUOT", EXIT_WRITE),
+                                            ("EROFS", EXIT_WRITE), ("EACCES", EXIT_WRITE), ("ENOENT", 2)])
+def test_a_write_failure_anywhere_in_the_output_is_exit_10(world, monkeypatch, code, expected):
+    """Fault injection on the bundle's real write path: every errno that means 'cannot write' is exit 10
+    with one line and nothing left; another OS error (ENOENT, the negative control) is not."""
+    import errno
+
+    from tokexport import deploy
+
+    real = deploy._fill_bundle
+
+    def failing(root, *a, **k):
+        real(root, *a, **k)  # writes the whole bundle first: the failure comes at the end
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(root / "manifest.json"))
+
+    monkeypatch.setattr(deploy, "_fill_bundle", failing)
+    before = snapshot(world.root)
+    run = Run(["bundle", str(world.root / "b"), "--from", str(world.graph)], expected,
+              ("cannot write the output",) if expected == EXIT_WRITE else ("manifest.json",))
+    res = execute(run, monkeypatch)
+    check_outcome(res, run)
+    assert_unchanged(before, world.root)
+    assert not partial_leftovers(world.root)
+
+
+def test_a_library_wrapping_the_os_error_is_recognised():
+    """Writers that wrap the OS error in their own exception (safetensors' Rust error, an exporter's)."""
+    from tokexport.errors import write_error
+
+    class RustError(Exception):
+        pass
+
+    assert write_error(RustError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                                 "\"No space left on device\" })"), "o").exit_code == EXIT_WRITE
+    try:
+        try:
+            raise OSError(27, "File too large")
+        except OSError as e:
+            raise RuntimeError("ONNX export failed") from e
+    except RuntimeError as wrapped:
+        assert write_error(wrapped, "o") is not None
+    assert write_error(ValueError("bad value"), "o") is None
+
+
+def test_trt_check_names_the_final_path(world):
+    """No path into the (deleted) staging directory survives in report.json."""
+    import tokexport
+
+    out = world.root / "o"
+    result = tokexport.convert(str(world.recipe), out=str(out))
+    text = (out / "report.json").read_text()
+    assert ".tmp-" not in text
+    assert result.report["trt_check"]["model"] == str(out / "model.onnx")
+
+
+def test_allow_pickle_opts_in_to_a_pickle_checkpoint(world):
+    """The positive control of the pickle refusal: with the opt-in, the same checkpoint loads."""
+    import torch
+    from transformers import AutoModel
+
+    from tokexport.checkpoints import pickle_policy
+    from tokexport.errors import InputError
+    from tokexport.load import load_model
+    from tokexport.recipe import recipe_schema
+
+    m = AutoModel.from_pretrained(world.model)
+    (world.model / "model.safetensors").unlink()
+    torch.save(m.state_dict(), world.model / "pytorch_model.bin")
+    with pytest.raises(InputError, match="allow_pickle: true"):
+        load_model(str(world.model), world.root)
+    lm = load_model(str(world.model), world.root, allow_pickle=True)
+    assert torch.equal(next(lm.model.parameters()), next(m.parameters()))
+    with pickle_policy(True):  # what the driver sets from the recipe
+        load_model(str(world.model), world.root)
+    defs = recipe_schema()["$defs"]
+    assert all("allow_pickle" in defs[k]["properties"] for k in ("ViTRecipe", "VocabRecipe"))
+
+
+def test_yaml_merge_keys_still_override():
+    """A key given twice is refused, but YAML's merge key `<<` still provides overridable defaults."""
+    import yaml as _yaml
+
+    from tokexport.files import loads_yaml
+
+    assert loads_yaml("base: &b {a: 1, c: 3}\nx:\n  <<: *b\n  a: 2\n")["x"] == {"a": 2, "c": 3}
+    with pytest.raises(_yaml.YAMLError, match="appears twice"):
+        loads_yaml("x:\n  a: 1\n  a: 2\n")

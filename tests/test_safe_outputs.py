@@ -26,7 +26,7 @@ from test_cli_bad_input import recipe, run_cli, write
 
 from conftest import REPO
 from tokexport import outdir
-from tokexport.errors import InputError
+from tokexport.errors import InputError, OutputWriteError
 from tokexport.outdir import MARKER, OWNER, check_out_dir, claim_out_dir, staged_dir, write_marker
 
 
@@ -326,8 +326,8 @@ def test_swap_restores_the_old_output_when_the_rename_fails(tmp_path, monkeypatc
         return real_rename(src, dst, *a, **kw)
 
     monkeypatch.setattr(os, "rename", failing)
-    with pytest.raises(OSError, match="No space"), staged_dir(out, force=True, kind="convert") as tmp:
-        (tmp / "v").write_text("2")
+    with pytest.raises(OutputWriteError, match="No space"), staged_dir(out, force=True, kind="convert") as tmp:
+        (tmp / "v").write_text("2")  # a full disk: exit 10 (docs/files.md), the old output kept
     assert (out / "v").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["o"]
     monkeypatch.undo()
     with pytest.raises(KeyboardInterrupt), staged_dir(out, force=True, kind="convert") as tmp:  # Ctrl-C

@@ -247,17 +247,17 @@ def _schema_error(where: str, role: str, e: ValidationError) -> UnreadableReport
                             "`tokexport convert`)")
 
 
-def parse_report(data: Any, where: str = "report", role: str = "report") -> ReportSchema:
+def parse_report(data: Any, where: str = "report", role: str = "report", gate: bool = True) -> ReportSchema:
     """Validate the parts of a report `check` reads; ``UnreadableReport`` (exit 7) naming the file and the
-    figure on a mistyped section, a non-numeric or non-finite figure, or a figure the report itself records
-    as non-finite (written as null by ``report.write_json``)."""
+    figure on a mistyped section, a non-numeric or non-finite figure, or (``gate``) a figure the report
+    itself records as non-finite (written as null by ``report.write_json``: honest, but nothing to gate)."""
     if isinstance(data, ReportSchema):
         return data
     try:
         rep = ReportSchema.model_validate(data)
     except ValidationError as e:
         raise _schema_error(where, role, e) from None
-    for nf in rep.non_finite or []:
+    for nf in (rep.non_finite or []) if gate else []:
         if _READ_PATHS.match(nf.path):
             raise UnreadableReport(f"{where}: {role} figure {nf.path} was {nf.value or 'not finite'} when the report "
                                    "was written (stored as null, listed in non_finite); a non-finite figure cannot "
@@ -265,11 +265,12 @@ def parse_report(data: Any, where: str = "report", role: str = "report") -> Repo
     return rep
 
 
-def load_report(path: str | Path, role: str = "report") -> dict:
-    """Read a report.json; anything unusable is an ``UnreadableReport`` naming the file and the fix."""
+def load_report(path: str | Path, role: str = "report", gate: bool = True) -> dict:
+    """Read a report.json; anything unusable is an ``UnreadableReport`` naming the file and the fix
+    (``gate=False``: a figure the report records as non-finite is allowed, :func:`parse_report`)."""
     p = Path(path)
-    data = read_json(p, "report", UnreadableReport, missing=f"{role} not found; pass the report.json written by "
-                                                           "`tokexport convert`")
+    data = read_json(p, "report", UnreadableReport, label=None if role == "report" else role,
+                     missing="not found; pass the report.json written by `tokexport convert`")
     if not isinstance(data, dict) or "schema_version" not in data:
         raise UnreadableReport(f"{p}: {role} has no schema_version; not a tokexport report.json")
     sv = data["schema_version"]
@@ -277,7 +278,7 @@ def load_report(path: str | Path, role: str = "report") -> dict:
         raise UnreadableReport(f"{p}: {role} schema_version {_json_kind(sv)} is not supported by this "
                                f"tokexport (supported: {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); "
                                "compare reports written by the same tokexport release")
-    parse_report(data, str(p), role)
+    parse_report(data, str(p), role, gate)
     return data
 
 

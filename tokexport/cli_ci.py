@@ -86,18 +86,23 @@ def write_merged(report: Path, device: Path, out: Path, force: bool, allow_kind_
     output file (:func:`tokexport.outdir.check_out_file`): not either input, not a folder, not under /proc,
     never through a symbolic link, an existing file only with ``force`` and only a tokexport report.
     Nothing is written on any error; a full disk is exit 10."""
+    import contextlib
     import os
 
     from .check import load_device_results, load_report, merged_report
-    from .errors import ContractError
+    from .errors import ContractError, InputError
     from .outdir import check_out_file, write_file_atomic
     from .report import json_text
     from .stages.report_schema import validate_report
 
     rep = load_report(report, "report")
     dev = load_device_results(device)
+    for src, what in ((report, "REPORT"), (device, "DEVICE_RESULTS")):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(os.path.expanduser(out), src):
+                raise InputError(f"--out {out}: is the {what} file itself; write the merged report to a new file")
     out_path = check_out_file(os.path.expanduser(out), force, protect=(report, device), kind="merged report",
-                              recognise=_is_tokexport_report)
+                              recognise=_is_tokexport_report, recognised_as="a tokexport report")
     merged = merged_report(rep, dev, allow_kind_change, (str(report), str(device)))
     problems = validate_report(merged)
     if problems:

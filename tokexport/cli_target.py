@@ -260,7 +260,9 @@ def register(app: typer.Typer) -> None:
                 feed = sample_inputs(inspect_model(path))
                 with err_console.status(f"building {name}.engine"):
                     results[name] = build_and_compare(path, dest / f"{name}.engine", feed, tol, fp16, repeats=repeats)
-            (dest / "build.json").write_text(json.dumps(results, indent=2) + "\n")
+            from .outdir import write_file_atomic
+
+            write_file_atomic(dest / "build.json", json.dumps(results, indent=2) + "\n")  # never through a link
         except TokexportError as e:
             fail(e)
         from .deploy import format_row

@@ -172,6 +172,23 @@ def read_text(path: str | os.PathLike, kind: str | Kind, error: Error = InputErr
         raise error(f"{where}: not a UTF-8 text file (byte {e.start}); {_kind(kind).hint}") from None
 
 
+def check_model_dir(path: str | os.PathLike, error: Error = InputError) -> None:
+    """Every entry of a model directory that the loaders may open is a regular file or a folder (links
+    followed): a FIFO named tokenizer.json would hang transformers, a device would feed it forever."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError as e:
+        raise error(f"model: {os.fspath(path)}: cannot list it: {os_problem(e)}") from None
+    for entry in entries:
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError:
+            continue  # a dangling link: whoever needs the file says it is missing
+        what = kind_of(mode)
+        if what is not None and not stat.S_ISDIR(mode):
+            raise error(f"model: {entry.path}: is {what}, not a regular file; a model directory holds regular files")
+
+
 # ------------------------------------------------------------------------------------------------ JSON
 
 

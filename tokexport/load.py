@@ -22,7 +22,7 @@ from .adapters.base import check_config_values
 from .bounds import BoundsError, check_count, check_real, show
 from .checkpoints import weights_kwargs
 from .errors import EnvironmentProblem, InputError
-from .files import read_json
+from .files import check_model_dir, read_json
 from .zoo import resolve_bundled
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -312,6 +312,7 @@ def load_model(model: str, base_dir: Path, family: str | None = None, task: str 
 
     hf_logging.disable_progress_bar()  # the CLI shows its own progress
     path, kind = resolve_source(model, base_dir)
+    check_model_dir(path)  # regular files only: a FIFO would hang transformers
     weights = weights_kwargs(path, allow_pickle)  # a pickle-only checkpoint: refused before anything loads
     cfg_file = path / "config.json"
     # The values the pipeline reads, checked in the file itself first: one line naming the field, not a

@@ -628,7 +628,7 @@ def staged_dir(out_dir: str | os.PathLike, *, force: bool | None = None, kind: s
 
 def check_out_file(out: str | os.PathLike, force: bool, *, protect: Iterable[str | os.PathLike] = (),
                    what: str = "--out", recognise: Callable[[Path], bool] | None = None,
-                   kind: str = "file") -> Path:
+                   kind: str = "file", recognised_as: str = "a file tokexport wrote") -> Path:
     """The rules of :func:`check_out_dir` for an output that is one file (``report merge --out``): not
     under /proc or /sys, no '..', no symbolic link on the way or at the name, a folder that exists and is
     writable, not a file the run reads (``protect``) or writes; an existing file only with ``force`` and
@@ -677,7 +677,7 @@ def check_out_file(out: str | os.PathLike, force: bool, *, protect: Iterable[str
         if not force:
             raise InputError(f"{shown}: already exists; pass --force to replace it")
         if recognise is not None and not recognise(absolute):
-            raise InputError(f"{shown}: exists and was not written by tokexport; refusing to replace it even with "
+            raise InputError(f"{shown}: exists and is not {recognised_as}; refusing to replace it even with "
                              f"--force ({other})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{shown}: its folder {parent} is not writable; {other}")

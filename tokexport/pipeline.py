@@ -6,6 +6,8 @@ The recipe is read and validated before the driver (torch, transformers, onnx, o
 imported: a bad recipe is answered at once."""
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +33,11 @@ def convert(recipe_path: str | Path, out: str | Path | None = None, force: bool 
     """Load and validate the recipe file, then run it into ``out`` (default ``out/<recipe stem>``)."""
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
+    t0 = time.perf_counter()
     from .tasks.run import run
+
+    logging.getLogger("tokexport").debug("pipeline modules (torch, transformers, onnx) imported in %.1f s",
+                                         time.perf_counter() - t0)
 
     out_dir = Path(out) if out is not None else Path("out") / recipe_path.stem
     return run(recipe, recipe_path.resolve().parent, out_dir, force, stages, label=str(recipe_path),

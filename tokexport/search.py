@@ -34,6 +34,7 @@ from . import __version__
 from . import verify as V
 from .data import SEARCH_STREAM, Preprocess, instance_recognition_set, natural_images
 from .errors import InputError
+from .files import read_json
 from .flops import encoder_flops
 from .load import LoadedModel, load_model
 from .outdir import check_out_dir, claim_out_dir, staged_dir
@@ -473,7 +474,7 @@ def _ray_conversions(fo, stages, jobs: list[tuple], base_dir: Path) -> list[tupl
     out = []
     for spec, rec in zip(specs, records):
         raise_failed(rec, spec.key)
-        out.append((json.loads((Path(spec.run_dir) / "report.json").read_text()), rec["exit_code"]))
+        out.append((read_json(Path(spec.run_dir) / "report.json", "report"), rec["exit_code"]))
     return out
 
 
@@ -707,7 +708,7 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
             out = []
             for v, spec, rec in zip(values, specs, records):
                 raise_failed(rec, f"{knob} {v if v is not None else '(the recipe’s)'}")
-                rep = json.loads((Path(spec.run_dir) / "report.json").read_text())
+                rep = read_json(Path(spec.run_dir) / "report.json", "report")
                 out.append(entry(v, what, rep, rec["exit_code"], rec.get("seconds")))
             return out
 

@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import InputError, ParityError
+from .files import read_json
 from .outdir import check_out_dir, claim_out_dir, write_marker
 from .recipe import METRICS, Recipe, load_recipe
 from .report import fmt_value
@@ -430,7 +431,7 @@ def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: l
             rows.append(_failed_row(p, rec))
             continue
         run_dir = root / "runs" / p.label
-        report = json.loads((run_dir / "report.json").read_text())
+        report = read_json(run_dir / "report.json", "report")  # kept from an earlier run with --resume, too
         reports.append(report)
         rows.append(None)
     done_idx = [i for i, r in enumerate(rows) if r is None]
@@ -508,8 +509,8 @@ def _write_atomic(path: Path, data: str | bytes) -> None:
 
 def _read_record(path: Path) -> dict | None:
     try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
+        rec = read_json(path, "report")
+    except InputError:
         return None
     return rec if isinstance(rec, dict) else None
 

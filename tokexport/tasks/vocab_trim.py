@@ -20,7 +20,7 @@ import torch
 
 from ..checkpoints import weights_kwargs
 from ..errors import InputError
-from ..files import read_text, stat_regular
+from ..files import check_model_dir, read_json, read_text, stat_regular
 from ..stages import metric as MC
 from ..stages.compare import parity as compare_outputs
 from ..stages.runners import OrtRunner, TorchRunner, run_rows
@@ -237,7 +237,9 @@ class VocabTrim(Task):
         recipe, ver = self.recipe, self.recipe.verify
         with stages.stage("load"):
             model_dir, self.source_kind = resolve_model_dir(recipe.model, self.base_dir)
+            check_model_dir(model_dir)  # regular files only: a FIFO would hang transformers
             weights_kwargs(model_dir)  # a pickle-only checkpoint without allow_pickle: refused now, not after mining
+            read_json(model_dir / "config.json", "model file", finite=True)  # a FIFO, a NaN, a key twice: one line
             config = AutoConfig.from_pretrained(model_dir)
             architecture = architecture_of(recipe, config)
             if architecture == "encoder" and recipe.trim.self_generated is not None:

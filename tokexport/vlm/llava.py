@@ -40,7 +40,7 @@ from torch import nn
 
 from ..checkpoints import weights_kwargs
 from ..errors import InputError
-from ..files import read_json
+from ..files import check_model_dir, read_json
 
 KINDS = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -108,6 +108,7 @@ def load_llava(path_or_dir) -> LlavaParts:
     path = Path(path_or_dir).expanduser()
     if not (path.is_dir() and (path / "config.json").is_file()):
         path, _ = resolve_source(str(path_or_dir), Path.cwd())
+    check_model_dir(path)  # regular files only: a FIFO would hang transformers
     cfg = read_json(path / "config.json", "model file", finite=True, label="model")
     model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
     weights = weights_kwargs(path)  # safetensors only, unless the recipe allows pickle (tokexport.checkpoints)
