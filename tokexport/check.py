@@ -496,7 +496,7 @@ def check(report_path: str | Path, baseline_path: str | Path, tol: Tolerances,
     """Load both reports (``UnreadableReport`` on a bad one) and compare them. A device_results.json in
     place of the report (what verify_on_device.py writes) is gated against the baseline report by
     :func:`compare_device`."""
-    first = read_json(Path(report_path), "report", UnreadableReport,
+    first = read_json(Path(report_path), "report or device results", UnreadableReport,
                       missing="report not found; pass the report.json written by `tokexport convert`")
     if is_device_results(first):
         device = load_device_results(report_path)

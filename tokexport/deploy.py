@@ -329,9 +329,9 @@ def bundle_file(rel, what="file"):
     """The bundle file manifest.json calls ``rel``, resolved; BundleError unless it is a relative path
     without '..' (or a backslash) that stays inside the bundle."""
     if bad_relative(rel):
-        raise BundleError("manifest.json lists a %s that may lead outside the bundle (not a plain relative path: "
-                          "an absolute path, a '..' or '.' part, a backslash): %r; refusing to read it (copy the "
-                          "bundle again)" % (what, rel))
+        raise BundleError("manifest.json: %s path %r may lead outside the bundle (not a plain relative path: an "
+                          "absolute path, a '..' or '.' part, a backslash); refusing to read it (copy the bundle "
+                          "again)" % (what, rel))
     try:
         path = (HERE / rel).resolve()
     except (OSError, RuntimeError):  # a symlink loop

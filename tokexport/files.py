@@ -53,6 +53,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("tolerances", 4 * MiB, "a tolerance file is a small YAML mapping (docs/ci.md)"),
     Kind("report", 256 * MiB, "pass the report.json written by `tokexport convert`"),
     Kind("device results", 256 * MiB, "pass the device_results.json verify_on_device.py wrote"),
+    Kind("report or device results", 256 * MiB, "pass a report.json written by `tokexport convert` or the "
+                                                "device_results.json verify_on_device.py wrote"),
     Kind("manifest", 64 * MiB, "a bundle's manifest.json, written by `tokexport bundle`"),
     Kind("model file", 64 * MiB, "expected a Hugging Face JSON config file"),
     Kind("tokenizer", 1 * GiB, "expected a tokenizer.json written by the tokenizers library"),
