@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import cli_runner
 import yaml
 
 from conftest import REPO
@@ -27,9 +28,7 @@ class _Evil:
 
 
 def _cli(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "tokexport", *args], capture_output=True, text=True, cwd=cwd or REPO,
-                          env=env, timeout=900)
+    return cli_runner.run_cli(*args, cwd=cwd or REPO, env={"TRANSFORMERS_OFFLINE": "1"}, timeout=900)
 
 
 def _copy_model(src: Path, dest: Path) -> Path:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+import cli_runner
 import numpy as np
 import pytest
 import torch
@@ -131,8 +131,7 @@ def test_minilm_wordpiece_end_to_end(shipped):
 def _cli(recipe: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    return subprocess.run([sys.executable, "-m", "tokexport", "convert", str(path), "--out", str(tmp_path / "out")],
-                          check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return cli_runner.run_cli("convert", str(path), "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=300)
 
 
 def _bad(result: subprocess.CompletedProcess, tmp_path: Path, match: str, present: tuple[str, ...] = ()) -> None:
