@@ -191,10 +191,22 @@ def pytest_unconfigure(config):
         shutil.rmtree(_GUARD["tripwire"], ignore_errors=True)
 
 
+def _schedule_key(item) -> tuple[int, str]:
+    """Longest work first: xdist hands out work units in collection order, so the groups of the slowest
+    shipped conversions (Gemma's, then the other real ones) start at once and the short tests fill in."""
+    groups = [m.args[0] for m in item.iter_markers("xdist_group") if m.args]
+    if item.get_closest_marker("gemma"):
+        return 0, groups[0] if groups else ""
+    if groups:
+        return 1, groups[0]
+    return (2 if item.get_closest_marker("real_model") else 3), ""
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gemma") and not item.get_closest_marker("real_model"):
             raise pytest.UsageError(f"{item.nodeid}: a gemma test loads a real checkpoint: mark it real_model too")
+    items.sort(key=_schedule_key)  # stable: the order within a group and a file is kept
 
 
 # ------------------------------------------------------------------------- shipped recipes, converted once
