@@ -1,12 +1,30 @@
 """Shared fixtures: tiny randomly initialised checkpoints of every supported family (shape/graph
-tests only), saved in Hugging Face layout so the real loading code path is exercised."""
+tests only), saved in Hugging Face layout so the real loading code path is exercised; the shipped
+recipes converted once per test session (:func:`shipped`); and the guard of the two tiers.
+
+Tiers (docs/ci.md): a test that loads a real checkpoint (the bundled DINOv2-S, e5, MiniLM, SmolLM2,
+Gemma; a real ``tokexport models fetch``) carries ``@pytest.mark.real_model``; ``pytest -m "not
+real_model"`` is the fast tier. The guard below makes an unmarked test that touches a real checkpoint
+fail: while it runs, ``$TOKEXPORT_MODELS_DIR`` points at an empty directory (a subprocess finds no real
+model there, and one it fetches is caught), and in this process a call of the zoo's real loading path
+(``tokexport.zoo.fetch`` / ``resolve_bundled`` of a bundled name), of :func:`real_model_dir`, or an
+``open()`` of a file under the real models directory is recorded and fails the test."""
 from __future__ import annotations
 
+import functools
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+from tokexport import zoo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +67,17 @@ def make_tiny(kind: str, path: Path) -> Path:
 TINY_KINDS = ["vit-classifier", "vit", "deit-teacher", "dinov2", "clip-vision", "siglip-vision"]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores for PyTorch (here and in the CLI runs it
+    starts), so that two workers on two cores do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
@@ -61,8 +90,196 @@ def _offline(monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
+# ---------------------------------------------------------------------------------------------- tiers
+
+REAL_MODELS = zoo.models_dir()  # read before any test changes $TOKEXPORT_MODELS_DIR
+_REAL_PREFIXES = tuple({str(REAL_MODELS.absolute()) + os.sep, str(REAL_MODELS.resolve()) + os.sep})
+_GUARD: dict = {"allowed": True, "touched": [], "tripwire": None, "item": None}
+
+
+def _touch(what: str) -> None:
+    if not _GUARD["allowed"]:
+        _GUARD["touched"].append(what)
+
+
 def real_model_dir() -> Path | None:
-    """The bundled DINOv2-S, when fetched (CI fetches it before the tests)."""
-    base = Path(os.environ.get("TOKEXPORT_MODELS_DIR", REPO / "models"))
-    p = base / "dinov2-small"
+    """The bundled DINOv2-S, when fetched (CI fetches it before the tests). Only for real_model tests."""
+    _touch("conftest.real_model_dir()")
+    p = REAL_MODELS / "dinov2-small"
     return p if (p / "model.safetensors").is_file() else None
+
+
+def _guarded(fn):
+    """``fn`` of the zoo, recording a call that reached a real checkpoint (it returned: a real model's
+    folder, or the installed package file a real fetch converts); the generated tiny twins are not real."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        out = fn(model, *args, **kwargs)
+        name = getattr(model, "name", model)
+        if name in zoo.BUNDLED:
+            _touch(f"tokexport.zoo.{fn.__name__}({name!r})")
+        return out
+
+    wrapper.__tokexport_tier_guard__ = True
+    return wrapper
+
+
+if not getattr(zoo.fetch, "__tokexport_tier_guard__", False):
+    # the real loading path: fetch and resolve_bundled (a bundled name to its folder), _source_path (the
+    # installed package file a fetch reads); a test that monkeypatches one of them replaces the guard with
+    # its fake, which is no real checkpoint
+    for _fn in ("fetch", "resolve_bundled", "_source_path"):
+        setattr(zoo, _fn, _guarded(getattr(zoo, _fn)))
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event != "open" or _GUARD["allowed"] or not args or isinstance(args[0], int) or args[0] is None:
+        return
+    try:
+        path = os.path.abspath(os.fsdecode(args[0]))
+    except (TypeError, ValueError):
+        return
+    if path.startswith(_REAL_PREFIXES):
+        _GUARD["touched"].append(f"open({path!r})")
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """An unmarked test runs with $TOKEXPORT_MODELS_DIR on an empty tripwire directory."""
+    allowed = item.get_closest_marker("real_model") is not None
+    if _GUARD["tripwire"] is None:
+        _GUARD["tripwire"] = Path(tempfile.mkdtemp(prefix="tokexport-no-real-models-"))
+    saved = os.environ.get(zoo.ENV_MODELS_DIR)
+    # swap only the real models directory (or the tripwire): a module fixture's own models directory stays
+    swap = saved is None or saved == str(_GUARD["tripwire"]) or Path(saved).resolve() == REAL_MODELS.resolve()
+    mine = str(REAL_MODELS if allowed else _GUARD["tripwire"])
+    if swap:
+        os.environ[zoo.ENV_MODELS_DIR] = mine
+    _GUARD.update(allowed=allowed, touched=[], item=item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _GUARD.update(allowed=True, item=None)
+        if swap and os.environ.get(zoo.ENV_MODELS_DIR) == mine:  # not changed by a fixture that outlives the test
+            if saved is None:
+                os.environ.pop(zoo.ENV_MODELS_DIR, None)
+            else:
+                os.environ[zoo.ENV_MODELS_DIR] = saved
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield
+    touched = list(dict.fromkeys(_GUARD["touched"]))
+    trip = _GUARD["tripwire"]
+    left = sorted(p.name for p in trip.iterdir()) if trip is not None and trip.exists() else []
+    for p in left:
+        shutil.rmtree(trip / p, ignore_errors=True)
+    left = [p for p in left if p in zoo.BUNDLED]  # a generated tiny twin is no real checkpoint
+    if not _GUARD["allowed"] and (touched or left):
+        what = touched[:5] + [f"fetched into $TOKEXPORT_MODELS_DIR: {p}" for p in left]
+        pytest.fail(f"{item.nodeid} touches a real checkpoint but is not marked @pytest.mark.real_model: "
+                    + "; ".join(what), pytrace=False)
+    return result
+
+
+def pytest_unconfigure(config):
+    if _GUARD["tripwire"] is not None:
+        shutil.rmtree(_GUARD["tripwire"], ignore_errors=True)
+
+
+def _schedule_key(item) -> tuple[int, str]:
+    """Longest work first: xdist hands out work units in collection order, so the groups of the slowest
+    shipped conversions (Gemma's, then the other real ones) start at once and the short tests fill in."""
+    groups = [m.args[0] for m in item.iter_markers("xdist_group") if m.args]
+    if item.get_closest_marker("gemma"):
+        return 0, groups[0] if groups else ""
+    if groups:
+        return 1, groups[0]
+    return (2 if item.get_closest_marker("real_model") else 3), ""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("gemma") and not item.get_closest_marker("real_model"):
+            raise pytest.UsageError(f"{item.nodeid}: a gemma test loads a real checkpoint: mark it real_model too")
+    items.sort(key=_schedule_key)  # stable: the order within a group and a file is kept
+
+
+# ------------------------------------------------------------------------- shipped recipes, converted once
+
+
+@dataclass
+class Conversion:
+    """`tokexport convert NAME --out OUT` of a shipped recipe, as a user runs it."""
+
+    name: str
+    out_dir: Path
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @functools.cached_property
+    def report(self) -> dict:
+        path = self.out_dir / "report.json"
+        assert path.is_file(), f"{self.name}: no report.json (exit {self.exit_code}): {self.stderr[-3000:]}"
+        return json.loads(path.read_text())
+
+
+def shipped_recipes(task: str | None = None) -> list[str]:
+    """Every shipped recipe (`tokexport recipes list`: tokexport/recipes/*.yaml, not the tiny twins), by
+    name, optionally of one recipe ``task`` (ViT recipes: task auto, feature-extraction or
+    image-classification)."""
+    import yaml
+
+    out = []
+    for p in sorted((REPO / "tokexport" / "recipes").glob("*.yaml")):
+        t = yaml.safe_load(p.read_text()).get("task") or "auto"
+        vit = t in ("auto", "feature-extraction", "image-classification")
+        if task is None or t == task or (task == "vit" and vit):
+            out.append(p.stem)
+    return out
+
+
+def group(name: str):
+    """The xdist group of the tests reading the shipped conversion ``name`` (`--dist loadgroup` puts
+    them on one worker, so the session converts each recipe once)."""
+    return pytest.mark.xdist_group(name)
+
+
+@pytest.fixture(scope="session")
+def _shipped_root(tmp_path_factory) -> Path:
+    """$TOKEXPORT_TEST_OUT (set by .ci/run: it gates the default recipe's report afterwards), or a
+    session temporary directory."""
+    env = os.environ.get("TOKEXPORT_TEST_OUT")
+    if env:
+        Path(env).mkdir(parents=True, exist_ok=True)
+        return Path(env)
+    return tmp_path_factory.mktemp("shipped")
+
+
+@pytest.fixture(scope="session")
+def _shipped_cache() -> dict:
+    return {}
+
+
+@pytest.fixture
+def shipped(request, _shipped_root, _shipped_cache):
+    """``shipped(NAME)``: the shipped recipe NAME converted as shipped (bench, deploy and every verify
+    setting as in the file), once per session; the test must carry ``group(NAME)``."""
+
+    def get(name: str) -> Conversion:
+        marks = {m.args[0] for m in request.node.iter_markers("xdist_group") if m.args}
+        assert name in marks, f"{request.node.nodeid} reads shipped({name!r}): mark it conftest.group({name!r})"
+        if name not in _shipped_cache:
+            out = _shipped_root / name
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            res = subprocess.run([sys.executable, "-m", "tokexport", "convert", name, "--out", str(out), "--force"],
+                                 capture_output=True, text=True, cwd=REPO, env=env, timeout=3600, check=False)
+            _shipped_cache[name] = Conversion(name, out, res.returncode, res.stdout, res.stderr)
+        return _shipped_cache[name]
+
+    return get

@@ -122,7 +122,7 @@ def test_per_sample_figures():
 
 _VERIFY = {"parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 2},
            "accuracy": {"samples_per_class": 2, "prototypes_per_class": 1,
-                        "metrics": {"feature_cosine": {"min": -1.0}}}}
+                        "metrics": {"feature_cosine": {"min": 0.5}}}}  # tiny CLIP tower: >= 0.78 measured
 _OFF = {"bench": {"enabled": False}, "deploy": {"bundle": False, "engines": False}}
 
 

@@ -143,6 +143,7 @@ def test_per_sample_means_are_the_report_metrics():
     proto_x, proto_y, y = rng.normal(size=(8, 8)), np.repeat(np.arange(4), 2), rng.integers(0, 4, 20)
     protos = M.class_prototypes(proto_x, proto_y, 4)
     ps = per_sample(["feature_cosine", "instance_top1", "top1_agreement"], orig, red, "f", protos, y)
+    # thresholds only to build the metrics (their values are compared below); no verdict is asserted
     t = {"feature_cosine": Threshold(min=0.0), "instance_top1": Threshold(max_drop=1.0)}
     ref = V.feature_metrics(orig["f"], red["f"], proto_x, y, proto_y, 4, t)
     ref |= V.classifier_metrics(orig["logits"], red["logits"], {"top1_agreement": Threshold(min=0.0)})

@@ -20,6 +20,7 @@ import time
 import typing
 from pathlib import Path
 
+import cli_runner
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -159,9 +160,7 @@ def _write_recipe(tmp_path: Path, spec) -> Path:
 
 
 def run_cli(*args, env=None, timeout=600):
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tokexport", *args], capture_output=True, text=True, cwd=REPO,
-                          env=e, timeout=timeout)
+    return cli_runner.run_cli(*args, cwd=REPO, env=env, timeout=timeout)
 
 
 # Rows run through the CLI (a subprocess each, seconds of imports); the others call the same loader in-process.

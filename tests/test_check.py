@@ -89,9 +89,17 @@ def test_tightened_threshold_fails_cli_with_regression_exit_code(tmp_path, base)
     assert {r["name"] for r in out["rows"] if r["status"] == "FAIL"} == {"accuracy.instance_top1",
                                                                         "accuracy.instance_top1.drop"}
     assert "regression:" in res.stderr and "Traceback" not in res.stderr
-    # the speed-up flag tightens too
-    fast = run_cli("check", str(BASELINE), "--baseline", str(BASELINE), "--speedup-factor", "1.0")
-    assert fast.returncode == 0, fast.stderr
+    # the speed-up flag tightens too: 95% of the baseline's batch-8 speed-up passes the default factor
+    # (0.85) and fails --speedup-factor 1.0
+    slower = copy.deepcopy(base)
+    slower["bench"]["batches"]["8"]["speedup"] *= 0.95
+    p = _write(tmp_path, slower)
+    ok = run_cli("check", str(p), "--baseline", str(BASELINE), "--tolerances", str(CI_TOL))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    fast = run_cli("check", str(p), "--baseline", str(BASELINE), "--tolerances", str(CI_TOL),
+                   "--speedup-factor", "1.0", "--json")
+    assert fast.returncode == 6, fast.stdout + fast.stderr
+    assert {r["name"] for r in json.loads(fast.stdout)["rows"] if r["status"] == "FAIL"} == {"speedup.b8"}
 
 
 def test_unreadable_reports_exit_7(tmp_path, base):

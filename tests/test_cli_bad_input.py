@@ -2,11 +2,9 @@
 nothing written."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_runner
 import pytest
 import yaml
 
@@ -23,9 +21,8 @@ BASE = {
 
 
 def run_cli(*args, cwd=None, env=None):
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tokexport", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, env=e, timeout=600)
+    """`python -m tokexport ARGS` in a process of its own (tests/cli_runner.py)."""
+    return cli_runner.run_cli(*args, cwd=cwd, env=env, timeout=600)
 
 
 def write(tmp_path: Path, data, name="r.yaml") -> Path:

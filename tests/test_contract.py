@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import TINY_KINDS
+from conftest import TINY, TINY_KINDS
 from torch import nn
 
 from tokexport.adapters import ADAPTERS, adapter_for
@@ -51,6 +51,42 @@ def _unsupported(lm, m) -> bool:
     return False
 
 
+def _n_prefix(kind: str) -> int:
+    """The prefix tokens (CLS, distillation, registers) of a tiny kind, from its config alone."""
+    import transformers as T
+
+    cls = {"vit-classifier": T.ViTConfig, "vit": T.ViTConfig, "deit-teacher": T.DeiTConfig,
+           "dinov2": T.Dinov2Config, "clip-vision": T.CLIPVisionConfig, "siglip-vision": T.SiglipVisionConfig}[kind]
+    return adapter_for(cls(**TINY)).n_prefix()
+
+
+def _runs_on(kind: str, name: str) -> bool:
+    try:
+        _method(name, prune_layers=[1, 2], keep_rate=[0.5, 0.5]).check(_n_prefix(kind))
+    except InputError:
+        return False
+    return True
+
+
+# (kind, method) pairs: the ones a method runs on, and the ones it must refuse (a method that needs a CLS
+# token on a model without one); each pair is one test case, none is skipped
+PAIRS = [(k, n) for k in TINY_KINDS for n in sorted(METHODS)]
+SUPPORTED = [p for p in PAIRS if _runs_on(*p)]
+REFUSED = [p for p in PAIRS if not _runs_on(*p)]
+
+
+def test_the_refused_pairs_are_the_methods_needing_cls_on_a_model_without_one():
+    assert len(SUPPORTED) >= len(TINY_KINDS) * 2 and REFUSED, (SUPPORTED, REFUSED)
+    assert all(_n_prefix(k) == 0 for k, _ in REFUSED), REFUSED
+
+
+@pytest.mark.parametrize("kind,name", REFUSED)
+def test_a_method_needing_cls_refuses_a_model_without_one(tiny_models, kind, name):
+    lm, _ = _setup(tiny_models, kind)
+    for cfg in ({"prune_layers": [0, 2], "keep_rate": 1.0}, {"prune_layers": [1, 2], "keep_rate": [0.5, 0.5]}):
+        assert _unsupported(lm, _method(name, **cfg)), (kind, name, cfg)
+
+
 def _x(lm, b=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, 3, lm.image_size, lm.image_size, generator=g)
@@ -62,15 +98,13 @@ def test_every_family_has_a_tiny_checkpoint():
     assert covered == set(ADAPTERS)
 
 
-@pytest.mark.parametrize("kind", TINY_KINDS)
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("kind,name", SUPPORTED)
 def test_keep_everything_equals_original(tiny_models, kind, name):
     lm, fn = _setup(tiny_models, kind)
     x = _x(lm)
     n = lm.adapter.n_tokens(lm.image_size)
     m = _method(name, prune_layers=[0, 2], keep_rate=1.0)
-    if _unsupported(lm, m):
-        return
+    assert not _unsupported(lm, m)
     stages = plan(m.config, n, lm.adapter.n_prefix(), lm.adapter.num_layers)
     with torch.no_grad():
         ref = fn(x)
@@ -80,15 +114,13 @@ def test_keep_everything_equals_original(tiny_models, kind, name):
         torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", TINY_KINDS)
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("kind,name", SUPPORTED)
 def test_token_counts_patch_reversible_and_onnx_parity(tiny_models, kind, name, tmp_path):
     lm, fn = _setup(tiny_models, kind)
     ad = lm.adapter
     n = ad.n_tokens(lm.image_size)
     m = _method(name, prune_layers=[1, 2], keep_rate=[0.5, 0.5])
-    if _unsupported(lm, m):
-        return
+    assert not _unsupported(lm, m)
     stages = plan(m.config, n, ad.n_prefix(), ad.num_layers)
     x = _x(lm)
     layer_types = [type(b) for b in ad.layers(lm.model)]

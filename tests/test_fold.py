@@ -16,7 +16,7 @@ from tokexport.recipe import validate_recipe
 from tokexport.tasks.run import run
 
 ACC = {"parity": {"samples": 2},
-       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": -1.0}}}}
+       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}}}  # tiny DINOv2: >= 0.99 measured
 
 
 def _convert(tiny_models, tmp_path, name: str, **export):

@@ -18,7 +18,7 @@ from tokexport.tasks.run import run
 from conftest import real_model_dir
 
 ACC = {"parity": {"samples": 4},
-       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": -1.0}}}}
+       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}}}  # tiny DINOv2: >= 0.99 measured
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -8,12 +8,14 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
+import cli_runner
 import yaml
 
 from conftest import REPO
+from tokexport.tasks.run import HOLD_ENV
 from test_cli_bad_input import recipe
 
 
@@ -26,9 +28,7 @@ class _Evil:
 
 
 def _cli(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "tokexport", *args], capture_output=True, text=True, cwd=cwd or REPO,
-                          env=env, timeout=900)
+    return cli_runner.run_cli(*args, cwd=cwd or REPO, env={"TRANSFORMERS_OFFLINE": "1"}, timeout=900)
 
 
 def _copy_model(src: Path, dest: Path) -> Path:
@@ -81,21 +81,43 @@ def test_reexports_are_byte_identical(tiny_models, tmp_path):
 
 
 def test_ctrl_c_leaves_nothing_behind(tiny_models, tmp_path):
+    """Ctrl-C at a known stage: the run holds once its graphs are in the staging directory
+    ($TOKEXPORT_TEST_HOLD_AT, tokexport.tasks.run.hold_for_tests), the test sees the staged files and
+    sends SIGINT; the output, the staging directory and the lock are all gone afterwards."""
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump(recipe(tiny_models["dinov2"])))
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", HOLD_ENV: "exported"}
     proc = subprocess.Popen([sys.executable, "-m", "tokexport", "convert", str(p), "--out", str(out)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    staged = []
-    while time.monotonic() < deadline and proc.poll() is None and not staged:
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = _wait_for_line(proc, "tokexport: holding at exported")
         staged = [q for q in tmp_path.iterdir() if q.name.startswith(".out.tmp-")]
-        time.sleep(0.02)
-    assert staged, "the run never reached its staging directory"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode != 0
+        assert staged, seen
+        assert list(staged[0].rglob("model.onnx")), sorted(str(f) for f in staged[0].rglob("*"))  # mid-run
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode not in (0, None), err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert not out.exists()
     assert sorted(q.name for q in tmp_path.iterdir()) == ["r.yaml"]  # no output, no staging dir, no lock
+
+
+def _wait_for_line(proc: subprocess.Popen, marker: str) -> str:
+    """stderr of ``proc`` up to the line ``marker`` (the run holds there until its stdin gets a line).
+    A run that never gets there is killed after 15 minutes (a hang is a failure, not a stuck suite)."""
+    seen = []
+    watchdog = threading.Timer(900, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.strip() == marker:
+                return "".join(seen)
+    finally:
+        watchdog.cancel()
+    proc.wait(timeout=60)
+    raise AssertionError(f"the run ended (exit {proc.returncode}) without reaching {marker!r}: {''.join(seen)[-3000:]}")

@@ -1,43 +1,52 @@
-"""Negative controls of every shipped ViT token-pruning recipe (issue 14, docs/verdicts.md rule 4): the same
-recipe with a deliberately broken selection must FAIL its gate (`tokexport convert` exit 4), and the
-recipe as shipped must pass.
+"""Negative controls of every shipped ViT token-pruning recipe (issue 14, docs/verdicts.md rule 4): the recipe
+as shipped passes its gate (`tokexport convert` exit 0), and the same recipe with a deliberately broken
+selection FAILS it (exit 4) on a check the shipped run passes, judged against the very same baselines.
 
-Broken variants (the verify section stays exactly the shipped one; bench and deploy are switched off in
-both runs, they do not touch the gate):
+Broken variants (``BREAKS``, one row per method; a shipped recipe whose method has no row fails
+``test_every_shipped_vit_recipe_is_covered``). Each break touches the method under test only, never the
+honest baselines it is judged against (the per-image random draw and the uniform lattice of
+tokexport.reduce.baselines_vit): the test asserts the broken run's baselines equal the shipped run's.
 
 - scored methods (zero-tprune, topk-cls): the method's scores negated — it keeps its LEAST significant tokens;
 - tome: the B side's keys negated — it merges the most DISSIMILAR pairs;
-- random (fixed subset) and uniform: one contiguous corner block (the first rows of the patch grid).
+- random (fixed subset) and uniform: one contiguous corner block (the first rows of the patch grid), through
+  a subclass registered for the method's name only (the uniform baseline keeps its lattice).
 
-Runs on the real bundled DINOv2-S (`tokexport models fetch dinov2-small`), like tests/test_real_model.py.
+The shipped run is the session's one conversion of the recipe (conftest ``shipped``); the broken run has bench
+and deploy off (they gate nothing; the verify section is exactly the shipped one). Real DINOv2-S.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 import torch
 import yaml
 
+from tokexport.reduce import METHODS
 from tokexport.stages import metric as MC
 
-from conftest import REPO, real_model_dir
+from conftest import REPO, group, real_model_dir, shipped_recipes
 
-RECIPES = sorted(p.stem for p in (REPO / "tokexport" / "recipes").glob("*.yaml")
-                 if (yaml.safe_load(p.read_text()).get("task") or "auto") in ("auto", "feature-extraction",
-                                                                                "image-classification"))
+RECIPES = shipped_recipes("vit")
 
 
-def _negated_topk(module):
-    from tokexport.reduce.common import keep_topk
+def _negated_topk(module_name: str) -> Callable[[pytest.MonkeyPatch], None]:
+    def apply(mp: pytest.MonkeyPatch) -> None:
+        import importlib
 
-    def broken(scores, n_keep, n_prefix):
-        return keep_topk(-scores, n_keep, n_prefix)  # the least significant tokens
+        from tokexport.reduce.common import keep_topk
 
-    return {(module, "keep_topk"): broken}
+        def broken(scores, n_keep, n_prefix):
+            return keep_topk(-scores, n_keep, n_prefix)  # the least significant tokens
+
+        mp.setattr(importlib.import_module(f"tokexport.reduce.{module_name}"), "keep_topk", broken)
+
+    return apply
 
 
-def _tome_dissimilar():
+def _tome_dissimilar(mp: pytest.MonkeyPatch) -> None:
     from tokexport.reduce import tome
 
     orig = tome.bipartite_merge
@@ -48,86 +57,103 @@ def _tome_dissimilar():
         sign[sb::2] = -1.0  # cosine(A, -B) = -cosine(A, B): the most similar pairs become the least
         return orig(x, keys * sign[None, None, :, None], size, n_prefix, r)
 
-    return {(tome, "bipartite_merge"): broken}
+    mp.setattr(tome, "bipartite_merge", broken)
 
 
-def _corner_block():
+def _corner_random(mp: pytest.MonkeyPatch) -> None:
     from tokexport.reduce.random_keep import RandomKeep
+
+    class CornerRandom(RandomKeep):
+        def scores_for(self, layer, n_candidates):
+            return torch.arange(n_candidates, 0, -1, dtype=torch.float32)  # the first positions: the top rows
+
+    mp.setitem(METHODS, "random", CornerRandom)
+
+
+def _corner_uniform(mp: pytest.MonkeyPatch) -> None:
     from tokexport.reduce.uniform_keep import UniformKeep
 
-    def scores_for(self, layer, n_candidates):
-        return torch.arange(n_candidates, 0, -1, dtype=torch.float32)  # the first positions: the top rows
+    class CornerUniform(UniformKeep):  # registered for the method only: the uniform BASELINE keeps its lattice
+        def select(self, x, n_keep):
+            pos = torch.arange(x.n_prefix, x.n_prefix + n_keep, dtype=torch.int64)
+            return pos.expand(int(x.hidden.shape[0]), n_keep)
 
-    def select(self, x, n_keep):
-        pos = torch.arange(x.n_prefix, x.n_prefix + n_keep, dtype=torch.int64)
-        return pos.expand(int(x.hidden.shape[0]), n_keep)
-
-    return {(RandomKeep, "scores_for"): scores_for, (UniformKeep, "select"): select}
+    mp.setitem(METHODS, "uniform", CornerUniform)
 
 
-def breakage(method: str) -> dict:
-    from tokexport.reduce import topk_cls, zero_tprune
-
-    if method == "zero-tprune":
-        return _negated_topk(zero_tprune)
-    if method == "topk-cls":
-        return _negated_topk(topk_cls)
-    if method == "tome":
-        return _tome_dissimilar()
-    if method in ("random", "uniform"):
-        return _corner_block()
-    raise AssertionError(f"no negative control for method {method!r}: add one to this test")
+# method -> how to break it (applied with monkeypatch for the broken run only); a new method adds its row
+BREAKS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "zero-tprune": _negated_topk("zero_tprune"),
+    "topk-cls": _negated_topk("topk_cls"),
+    "tome": _tome_dissimilar,
+    "random": _corner_random,
+    "uniform": _corner_uniform,
+}
 
 
-def _fast_copy(name: str, tmp_path):
-    """The shipped recipe with bench and deploy off (the verify section unchanged)."""
-    data = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
-    data["bench"] = {**data.get("bench", {}), "enabled": False}
-    data["deploy"] = {"bundle": False, "engines": False}
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(data, sort_keys=False))
-    return p, data
+def _data(name: str) -> dict:
+    return yaml.safe_load((REPO / "tokexport" / "recipes" / f"{name}.yaml").read_text())
 
 
-def _convert(name, tmp_path, broken: bool, monkeypatch=None):
-    from tokexport.pipeline import convert
+def failed_checks(rep: dict) -> set[str]:
+    """The gated checks a report fails: metrics below their threshold, and the baselines gate."""
+    out = {n for n, m in rep["accuracy"]["metrics"].items() if not MC.is_info(m) and m.get("passed") is False}
+    if (rep.get("baselines") or {}).get("gate", {}).get("passed") is False:
+        out.add("vs_baselines")
+    return out
 
-    assert real_model_dir() is not None, "run `tokexport models fetch dinov2-small` first"
-    path, data = _fast_copy(name, tmp_path)
-    if broken:
-        for (owner, attr), fn in breakage(data["reduction"]["method"]).items():
-            monkeypatch.setattr(owner, attr, fn)
-    res = convert(path, tmp_path / "out")
-    rep = json.loads((tmp_path / "out" / "report.json").read_text())
-    shipped = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
-    assert rep["recipe"]["verify"]["vs_baselines"] == {**shipped["verify"]["vs_baselines"]}
-    return res, rep
+
+def baseline_figures(rep: dict) -> dict[str, float]:
+    """The honest baselines a report is judged against: {baseline.metric: mean}."""
+    return {f"{b}.{m}": v["mean"] for b, sec in rep["baselines"]["baselines"].items()
+            for m, v in sec["metrics"].items()}
 
 
 def test_every_shipped_vit_recipe_is_covered():
     assert {"dinov2-small-zero-tprune", "dinov2-small-topk-cls", "dinov2-small-tome", "dinov2-small-random"} <= \
         set(RECIPES)
     for name in RECIPES:
-        data = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
-        breakage(data["reduction"]["method"])  # every method has a broken variant
+        data = _data(name)
+        assert data["reduction"]["method"] in BREAKS, f"{name}: no negative control for its method: add it to BREAKS"
         assert data["verify"].get("vs_baselines"), f"{name}: no verify.vs_baselines (docs/verdicts.md rule V2)"
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("name", RECIPES)
-def test_shipped_recipe_passes(name, tmp_path):
-    res, rep = _convert(name, tmp_path, broken=False)
-    assert res.exit_code == 0, rep["failures"]
+@pytest.mark.parametrize("name", [pytest.param(n, marks=group(n)) for n in RECIPES])
+def test_shipped_recipe_passes(name, shipped):
+    conv = shipped(name)
+    rep = conv.report
+    assert conv.exit_code == 0, rep["failures"]
+    assert rep["passed"] is True and rep["accuracy"]["passed"] is True and failed_checks(rep) == set()
     assert rep["baselines"]["gate"]["passed"] is True
+    gated = [n for n, m in rep["accuracy"]["metrics"].items() if not MC.is_info(m) and m.get("threshold")]
+    assert set(gated) == set(_data(name)["verify"]["accuracy"]["metrics"]), gated  # every shipped floor was applied
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("name", RECIPES)
-def test_broken_selection_fails_the_gate(name, tmp_path, monkeypatch):
-    res, rep = _convert(name, tmp_path, broken=True, monkeypatch=monkeypatch)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=group(n)) for n in RECIPES])
+def test_broken_selection_fails_the_gate(name, shipped, tmp_path, monkeypatch):
+    from tokexport.pipeline import convert
+
+    assert real_model_dir() is not None, "run `tokexport models fetch dinov2-small` first"
+    ref = shipped(name).report
+    data = _data(name)
+    data["bench"] = {**data.get("bench", {}), "enabled": False}
+    data["deploy"] = {"bundle": False, "engines": False}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    BREAKS[data["reduction"]["method"]](monkeypatch)
+    res = convert(path, tmp_path / "out")
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["recipe"]["verify"] == ref["recipe"]["verify"]  # the gate under test is exactly the shipped one
     assert res.exit_code == 4, (name, rep["accuracy"]["metrics"], rep["baselines"]["margins"])
     assert rep["parity"]["passed"]  # the broken graph is exported faithfully: it is the choice that is wrong
     assert rep["passed"] is False and rep["failures"]
+    # the yardstick is untouched: the same baselines as the shipped run, figure for figure
+    want, got = baseline_figures(ref), baseline_figures(rep)
+    assert want.keys() == got.keys() and all(abs(got[k] - want[k]) <= 1e-4 for k in want), (want, got)
+    # the break changes a verdict: a check the shipped run passes, the broken run fails
+    assert failed_checks(rep) - failed_checks(ref), (failed_checks(rep), failed_checks(ref))
 
 
 # ------------------------------------------------------------------ a figure nobody set a bar for

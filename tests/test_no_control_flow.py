@@ -10,8 +10,16 @@ import pytest
 from tokexport.recipe import validate_recipe
 from tokexport.tasks.run import run
 
-ACC = {"parity": {"samples": 2},
-       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": -1.0}}}}
+# Real floors on the tiny random models (measured: >= 0.99 for every ViT method on the tiny DINOv2, >= 0.78 for
+# every visual-token selector on the tiny CLIP tower): a run whose reduced features stop resembling the
+# original's fails them (tests/test_fold.py and tests/test_task_visual.py use the same floors).
+FLOOR = {"vit": 0.9, "visual-tokens": 0.5}
+
+
+def _verify(task: str) -> dict:
+    return {"parity": {"samples": 2},
+            "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1,
+                         "metrics": {"feature_cosine": {"min": FLOOR[task]}}}}
 CASES = {
     **{m: ("dinov2", {"reduction": {"method": m, "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]}})
        for m in ("zero-tprune", "topk-cls", "random", "uniform")},
@@ -27,7 +35,8 @@ CASES = {
 def test_exported_graphs_have_no_control_flow(tiny_models, tmp_path, case):
     family, extra = CASES[case]
     data = {"model": str(tiny_models[family]), "export": {"image_size": 56, "target": "jetpack-6.0"},
-            "verify": ACC, "bench": {"enabled": False}, "deploy": {"bundle": False}, **extra}
+            "verify": _verify(extra.get("task", "vit")), "bench": {"enabled": False}, "deploy": {"bundle": False},
+            **extra}
     res = run(validate_recipe(f"{case}.yaml", data), tmp_path, tmp_path / "out", label=case)
     assert res.exit_code == 0, res.report["failures"]
     for name in ("model.onnx", "baseline.onnx"):

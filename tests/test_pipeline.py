@@ -29,8 +29,9 @@ def test_classifier_end_to_end(tmp_path, tiny_models):
     r = recipe(tiny_models["vit-classifier"], **{
         "reduction.method": "zero-tprune",
         "verify.accuracy.imagefolder": str(folder),
-        "verify.accuracy.metrics": {"feature_cosine": {"min": -1.0}, "top1_agreement": {"min": 0.0},
-                                    "imagefolder_top1": {"max_drop": 1.0}},
+        # real floors on the tiny random classifier (measured: cosine 0.98, top-1 agreement 0.89); the random
+        # ImageFolder photos carry no class, so imagefolder_top1 is measured and reported but not gated
+        "verify.accuracy.metrics": {"feature_cosine": {"min": 0.9}, "top1_agreement": {"min": 0.5}},
         "bench": {"enabled": True, "batch_sizes": [1, 2], "warmup": 1, "repeats": 2},
     })
     res = convert(write(tmp_path, r), tmp_path / "out")
@@ -46,6 +47,7 @@ def test_classifier_end_to_end(tmp_path, tiny_models):
     assert set(rep["accuracy"]["metrics"]) == {"feature_cosine", "instance_top1", "top1_agreement", "imagefolder_top1"}
     for m in rep["accuracy"]["metrics"].values():
         assert set(m) == {"original", "reduced", "delta", "better", "threshold", "passed"}
+    assert rep["accuracy"]["metrics"]["imagefolder_top1"]["passed"] is None  # no threshold: never counted as passed
     assert set(rep["bench"]["batches"]) == {"1", "2"}
     for b in rep["bench"]["batches"].values():
         assert b["baseline_ms"] > 0 and b["reduced_ms"] > 0 and b["speedup"] > 0

@@ -1,39 +1,31 @@
-"""The default recipe on the real bundled DINOv2-S checkpoint: parity, real accuracy numbers for the
-original and the reduced model, and a measured batch-8 speed-up. CI fetches the model first
-(`tokexport models fetch dinov2-small`); without it this test fails rather than skips."""
+"""The shipped DINOv2-S recipes on the real bundled checkpoint, as a user runs them (`tokexport convert
+NAME`, the session's one conversion of each: conftest ``shipped``): parity, real accuracy numbers for the
+original and the reduced model, the verdicts, and every tool on the outputs. CI fetches the model first
+(`tokexport models fetch dinov2-small`); without it these tests fail rather than skip. Speed is not
+asserted here (a shared machine's timing is no test): the measured speed-ups are gated by .ci/run's
+`tokexport check` against the committed baseline, as same-run ratios with their tolerance (docs/ci.md)."""
 from __future__ import annotations
 
-import json
+import math
 
 import pytest
 
-from conftest import REPO, real_model_dir
+from conftest import group
 from task_tools import assert_every_tool_accepts
-from test_cli_bad_input import run_cli
+from test_negative_controls_vit import failed_checks
 
 pytestmark = pytest.mark.real_model
 
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """Each real recipe converted once per module: {name: (result of the CLI, output directory)}."""
-    done = {}
-
-    def get(name: str):
-        if name not in done:
-            assert real_model_dir() is not None, "run `tokexport models fetch dinov2-small` first"
-            out = tmp_path_factory.mktemp(name) / "out"
-            done[name] = (run_cli("convert", str(REPO / "recipes" / f"{name}.yaml"), "--out", str(out)), out)
-        return done[name]
-
-    return get
+DEFAULT = "dinov2-small-zero-tprune"
 
 
-def test_default_recipe_passes_on_dinov2_small(converted):
-    res, out = converted("dinov2-small-zero-tprune")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "PASS" in res.stdout
-    rep = json.loads((out / "report.json").read_text())
+@group(DEFAULT)
+def test_default_recipe_passes_on_dinov2_small(shipped):
+    conv = shipped(DEFAULT)
+    assert conv.exit_code == 0, conv.stdout + conv.stderr
+    assert "PASS" in conv.stdout
+    rep = conv.report
+    assert rep["passed"] is True and failed_checks(rep) == set()
     assert rep["model"]["source_kind"] == "bundled" and rep["model"]["params"] == 22_056_576
     assert [(s["layer"], s["tokens_in"], s["tokens_out"]) for s in rep["reduction"]["schedule"]] == \
         [(2, 257, 231), (5, 231, 185), (8, 185, 129)]
@@ -41,20 +33,45 @@ def test_default_recipe_passes_on_dinov2_small(converted):
     m = rep["accuracy"]["metrics"]
     assert 0.3 < m["instance_top1"]["original"] <= 1.0 and 0.3 < m["instance_top1"]["reduced"] <= 1.0
     assert 0.9 < m["feature_cosine"]["reduced"] < 1.0  # real, reduced features differ from the original
-    assert rep["bench"]["batches"]["8"]["speedup"] > 1.0
-    assert rep["bench"]["flops"]["predicted_speedup"] > 1.2
+    # measured at both batch sizes (a positive, finite ratio; its size is the CI gate's business)
+    assert set(rep["bench"]["batches"]) == {"1", "8"}
+    assert all(math.isfinite(b["speedup"]) and b["speedup"] > 0 for b in rep["bench"]["batches"].values())
+    assert rep["bench"]["flops"]["predicted_speedup"] > 1.2  # analytic: FLOPs, not time
     assert rep["trt_check"]["errors"] == 0, rep["trt_check"]
 
 
-@pytest.mark.parametrize("name,views,k_out", [("fopru-rank", 1, 64), ("fopru-row", 1, 64), ("hired", 5, 256)])
-def test_visual_token_recipes_on_dinov2_small(converted, name, views, k_out):
+@group(DEFAULT)
+def test_real_dinov2_graph_passes_its_target_and_names_nodes_for_51(shipped):
+    """The default recipe's reduced graph: clean for its target (jetpack-6.0, polygraphy lint included); on
+    jetpack-5.1 (opset 17 export) the check names every LayerNormalization node."""
+    from tokexport.onnx_tools import check_target
+
+    path = shipped(DEFAULT).out_dir / "model.onnx"
+    res = check_target(path, "jetpack-6.0")
+    assert res.passed and res.lint["ran"] and res.lint["failing_nodes"] == [], [str(f) for f in res.errors]
+    old = check_target(path, "jetpack-5.1", lint=False)
+    ln = [f for f in old.errors if f.code == "UNSUPPORTED_OP"]
+    assert ln and all(f.op == "LayerNormalization" and f.node for f in ln)
+
+
+VISUAL = [("dinov2-small-fopru-rank", 1, 64), ("dinov2-small-fopru-row", 1, 64), ("dinov2-small-hired", 5, 256)]
+
+
+@pytest.mark.parametrize("name,views,k_out", [pytest.param(*v, marks=group(v[0])) for v in VISUAL])
+def test_visual_token_recipes_on_dinov2_small(shipped, name, views, k_out):
     """On DINOv2-S every selecting method loses to the 2-D uniform lattice at the same K (docs/verdicts.md,
-    rule V2), so the shipped recipes exit 4 with the baselines gate among the failures: a finding, kept."""
-    res, out = converted(f"dinov2-small-{name}")
-    assert res.returncode == 4, res.stdout + res.stderr
-    rep = json.loads((out / "report.json").read_text())
+    rule V2), so the shipped recipes exit 4 with the baselines gate among the failures: a finding, kept.
+    The FoPru recipes clear every floor of their own (rule V1): the baselines gate is their only failure."""
+    conv = shipped(name)
+    assert conv.exit_code == 4, conv.stdout + conv.stderr
+    rep = conv.report
     assert rep["baselines"]["gate"]["passed"] is False and any("vs_baselines" in f for f in rep["failures"])
     assert rep["baselines"]["margins"]["feature_cosine"]["best_baseline"] == "uniform"
+    if "fopru" in name:
+        assert failed_checks(rep) == {"vs_baselines"}, rep["failures"]
+        gated = {n: m for n, m in rep["accuracy"]["metrics"].items() if m.get("threshold")}
+        assert {"feature_cosine", "attn_pooled_cosine", "instance_top1"} <= set(gated)
+        assert all(m["passed"] is True for m in gated.values()), gated
     red = rep["reduction"]
     assert (red["layout"]["views"], red["visual_tokens_in"], red["visual_tokens_out"]) == (views, 256 * views, k_out)
     assert rep["parity"]["passed"] and rep["parity_baseline"]["passed"]
@@ -66,10 +83,10 @@ def test_visual_token_recipes_on_dinov2_small(converted, name, views, k_out):
     assert rep["trt_check"]["errors"] == 0, rep["trt_check"]
 
 
-@pytest.mark.parametrize("name", ["dinov2-small-zero-tprune", "dinov2-small-hired"])
-def test_every_tool_accepts_the_default_recipes(converted, name, tmp_path):
+@pytest.mark.parametrize("name", [pytest.param(n, marks=group(n)) for n in (DEFAULT, "dinov2-small-hired")])
+def test_every_tool_accepts_the_default_recipes(shipped, name, tmp_path):
     """The default recipe of the ViT and the visual-token task: schema, check (and a worse figure
     failing it), bundle, build (exit 8 here)."""
-    res, out = converted(name)
-    assert res.returncode == (4 if name == "dinov2-small-hired" else 0), res.stdout + res.stderr  # hired: see above
-    assert_every_tool_accepts(out, tmp_path)
+    conv = shipped(name)
+    assert conv.exit_code == (4 if name == "dinov2-small-hired" else 0), conv.stdout + conv.stderr  # hired: see above
+    assert_every_tool_accepts(conv.out_dir, tmp_path)

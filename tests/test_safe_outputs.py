@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +24,8 @@ from sentinel import assert_unchanged, make_tree, snapshot
 from test_cli_bad_input import recipe, run_cli, write
 
 from conftest import REPO
+from test_held_up import _wait_for_line
+from tokexport.tasks.run import HOLD_ENV
 from tokexport import outdir
 from tokexport.errors import InputError, OutputWriteError
 from tokexport.outdir import MARKER, OWNER, check_out_dir, claim_out_dir, staged_dir, write_marker
@@ -259,24 +260,24 @@ def test_force_replaces_a_tokexport_output_and_keeps_it_when_the_new_run_fails(w
 
 
 def test_two_concurrent_converts_one_wins(world):
+    """The first run holds the output's lock at a known stage ($TOKEXPORT_TEST_HOLD_AT: its graphs are
+    staged); a second run into the same output then fails at once (exit 2, one line) while the first
+    still holds it; released, the first completes. The loser is decided by the lock, not by timing."""
     out = world.root / "race"
     cmd = [sys.executable, "-m", "tokexport", "convert", str(world.recipe), "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    t0 = time.time()
-    procs = [subprocess.Popen(cmd, cwd=world.work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    done = {}
-    while len(done) < 2:
-        for i, p in enumerate(procs):
-            if i not in done and p.poll() is not None:
-                o, e = p.communicate()
-                done[i] = (time.time() - t0, SimpleNamespace(returncode=p.returncode, stdout=o, stderr=e))
-        time.sleep(0.05)
-    codes = sorted(r.returncode for _, r in done.values())
-    assert codes == [0, 2], [(r.returncode, r.stderr[-2000:]) for _, r in done.values()]
-    (t_win, _), (t_lose, lost) = sorted(done.values(), key=lambda x: x[1].returncode)
+    first = subprocess.Popen(cmd, cwd=world.work, env={**env, HOLD_ENV: "exported"}, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_line(first, "tokexport: holding at exported")
+        lost = subprocess.run(cmd, cwd=world.work, env=env, capture_output=True, text=True, timeout=600)
+        assert first.poll() is None  # the winner was still holding the output when the loser gave up
+        o, e = first.communicate("\n", timeout=900)  # release it
+    finally:
+        if first.poll() is None:
+            first.kill()
     one_error(lost, str(out), "another tokexport run")
-    assert t_lose < t_win  # failed at once, did not wait for the winner
+    assert first.returncode == 0, e[-2000:]
     assert (out / "report.json").is_file() and (out / MARKER).is_file()
     assert leftovers(world.root, "race") == []
     assert_unchanged(world.before, world.root, allow=("race",))

@@ -112,4 +112,5 @@ def test_no_private_names_across_modules():
 def test_no_paths_outside_the_repository():
     res = subprocess.run(["grep", "-rn", "shared/", "tokexport", "README.md", "docs", "scripts"], cwd=REPO,
                          capture_output=True, text=True)
-    assert res.stdout == "", res.stdout
+    # grep exits 1 when nothing matched; 0 is a match, 2 an error (a missing path: nothing was searched)
+    assert res.returncode == 1 and res.stdout == "" and res.stderr == "", (res.returncode, res.stdout, res.stderr)

@@ -29,7 +29,7 @@ def visual_recipe(tmp_path_factory, tiny_models):
          "reduction": {"method": "fopru-rank", "keep": 4},
          "verify": {"parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 2},
                     "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1,
-                                 "metrics": {"feature_cosine": {"min": -1.0}}}},
+                                 "metrics": {"feature_cosine": {"min": 0.5}}}},  # >= 0.78 measured
          "bench": {"batch_sizes": [1], "warmup": 1, "repeats": 2}, "deploy": {"bundle": False}}
     return write(tmp, r, "tiny-clip.yaml")
 

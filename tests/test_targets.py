@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, real_model_dir
+from conftest import REPO
 from onnx import TensorProto, helper, numpy_helper
 from test_cli_bad_input import assert_one_line_error, run_cli, write
 
@@ -143,29 +143,3 @@ def test_tiny_recipe_export_passes_its_target(tiny_models, tmp_path):
         res = check_target(path, rec.export.target, lint=False)
         assert res.passed, [str(f) for f in res.findings]
         assert check_target(path, "tensorrt-10", lint=False).passed
-
-
-def test_real_dinov2_export_passes_jetpack60_and_names_nodes_for_51(tmp_path):
-    """The default recipe's reduced graph on the real DINOv2-S: clean for its target (jetpack-6.0); on
-    jetpack-5.1 (opset 17 export) the check names every LayerNormalization node."""
-    assert real_model_dir() is not None, "run `tokexport models fetch dinov2-small` first"
-    import torch
-
-    from tokexport.export import export_onnx
-    from tokexport.load import load_model
-    from tokexport.tasks.vit_tokens import forward_fn as _forward
-    from tokexport.reduce import METHODS
-    from tokexport.reduce.patch import reduced
-    from tokexport.reduce.schedule import plan
-
-    rec = load_recipe(REPO / "recipes" / "dinov2-small-zero-tprune.yaml")
-    lm = load_model(rec.model, REPO / "recipes", rec.family, rec.task, rec.export.image_size)
-    sched = plan(rec.reduction, lm.adapter.n_tokens(lm.image_size), lm.adapter.n_prefix(), lm.adapter.num_layers)
-    path = tmp_path / "model.onnx"
-    with reduced(lm.model, lm.adapter, sched, METHODS[rec.reduction.method](rec.reduction)):
-        export_onnx(lm.model, _forward(lm), torch.randn(1, 3, 224, 224), path, rec.export.opset, True)
-    res = check_target(path, rec.export.target)
-    assert res.passed and res.lint["ran"] and res.lint["failing_nodes"] == [], [str(f) for f in res.errors]
-    old = check_target(path, "jetpack-5.1", lint=False)
-    ln = [f for f in old.errors if f.code == "UNSUPPORTED_OP"]
-    assert ln and all(f.op == "LayerNormalization" and f.node for f in ln)

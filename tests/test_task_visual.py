@@ -19,7 +19,8 @@ from conftest import REPO
 
 _VERIFY = {"parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 3},
            "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1,
-                        "metrics": {"feature_cosine": {"min": -1.0}}}}  # random weights: measured, barely judged
+                        # random weights: a real floor all the same (>= 0.78 measured on the tiny towers)
+                        "metrics": {"feature_cosine": {"min": 0.5}}}}
 
 TOWER_CASES = {
     # one view, CLS significance, dynamic batch, bench on
@@ -159,7 +160,7 @@ def test_console_lines(runs, recipes):
 @pytest.mark.parametrize("over,needles", [
     ({"verify.accuracy.metrics": {"attention_mass": {"min": 0.5}}},
      ["verify.accuracy.metrics.attention_mass", "cannot gate", "information only"]),
-    ({"verify.accuracy.metrics": {"feature_cosine": {"min": -1.0}, "attention_mass": {"max_drop": 0.9}}},
+    ({"verify.accuracy.metrics": {"feature_cosine": {"min": 0.5}, "attention_mass": {"max_drop": 0.9}}},
      ["attention_mass", "cannot gate"]),
     ({"verify.accuracy.metrics": {"top1_agreement": {"min": 0.5}}}, ["top1_agreement", "not measured"]),
     ({"verify.generation": {"prompts": ["hi"]}}, ["verify.generation", "LLaVA"]),

@@ -13,8 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import transformers
-from conftest import REPO, real_model_dir
+from conftest import REPO, group
 from test_cli_bad_input import assert_one_line_error, recipe, run_cli, write
 
 from tokexport.adapters import adapter_for
@@ -175,9 +174,10 @@ def test_scatter_detector_catches_the_reference_merge(tmp_path):
 
 
 def _dims():
-    d = real_model_dir()
-    assert d is not None, "run `tokexport models fetch dinov2-small` first"
-    return adapter_for(transformers.AutoConfig.from_pretrained(d)).dims()
+    """DINOv2-S's dimensions, from the config the zoo writes for it (no checkpoint is read)."""
+    from tokexport.zoo import _dinov2_small_config
+
+    return adapter_for(_dinov2_small_config()).dims()
 
 
 def _flops(path: Path) -> float:
@@ -241,31 +241,17 @@ def test_tome_on_a_family_without_cls_exits_2_one_line(tiny_models, tmp_path):
 # --- the recipe on the real DINOv2-S ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> Path:
-    """`tokexport convert` on the shipped recipe with its reduction, export, parity and feature-cosine
-    threshold; to fit the test budget the benchmark is off and the accuracy set is smaller (2 crops per
-    photograph, 1 prototype), so instance top-1 is reported but not thresholded (one crop is 3 pp here;
-    the full set is measured by scripts/bench_token_pruning.py), and the baselines gate is left to the full
-    set too (on 36 crops its bootstrap interval is too wide to mean anything; the shipped recipe's gate is
-    run on the full set by tests/test_negative_controls_vit.py)."""
-    assert real_model_dir() is not None, "run `tokexport models fetch dinov2-small` first"
-    tmp = tmp_path_factory.mktemp("tome")
-    data = json.loads(load_recipe(TOME_RECIPE).model_dump_json())
-    data["bench"]["enabled"] = False
-    acc = data["verify"]["accuracy"]
-    acc.update(samples_per_class=2, prototypes_per_class=1)
-    acc["metrics"]["instance_top1"] = {"max_drop": 1.0}
-    data["verify"]["vs_baselines"] = None
-    data["verify"]["baselines"]["enabled"] = False
-    path = tmp / "dinov2-small-tome.yaml"
-    path.write_text(json.dumps(data))  # JSON is YAML; `model: dinov2-small` is a bundled name
-    res = run_cli("convert", str(path), "--out", str(tmp / "out"))
-    assert res.returncode == 0, res.stdout + res.stderr
-    return tmp / "out"
+@pytest.fixture
+def converted(shipped) -> Path:
+    """The shipped ToMe recipe as shipped (the session's one conversion: full accuracy set, baselines gate,
+    bench and deploy)."""
+    conv = shipped("dinov2-small-tome")
+    assert conv.exit_code == 0, conv.stdout + conv.stderr
+    return conv.out_dir
 
 
 @pytest.mark.real_model
+@group("dinov2-small-tome")
 def test_recipe_converts_with_parity_passed(converted):
     rep = json.loads((converted / "report.json").read_text())
     assert rep["passed"] and rep["parity"]["passed"] and rep["parity_baseline"]["passed"]
@@ -278,11 +264,13 @@ def test_recipe_converts_with_parity_passed(converted):
 
 
 @pytest.mark.real_model
+@group("dinov2-small-tome")
 def test_exported_graph_has_no_scatter(converted):
     assert scatter_nodes(onnx.load(str(converted / "model.onnx"))) == []
 
 
 @pytest.mark.real_model
+@group("dinov2-small-tome")
 def test_exported_graph_equals_scatter_reduce_reference_on_real_images(converted):
     from tokexport.load import load_model
 

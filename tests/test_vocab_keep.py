@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+import cli_runner
 import numpy as np
 import pytest
 import yaml
@@ -109,8 +109,7 @@ def test_keep_file_of_token_strings_adds_what_the_tokenizer_needs(root, first, t
 
 
 def _cli(recipe: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tokexport", "convert", str(recipe), "--out", str(out)],
-                          check=False, capture_output=True, text=True, timeout=600, cwd=recipe.parent)
+    return cli_runner.run_cli("convert", str(recipe), "--out", str(out), cwd=recipe.parent, timeout=600)
 
 
 @pytest.mark.parametrize("content, match", [

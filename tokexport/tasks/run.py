@@ -151,6 +151,21 @@ def _failures(parity: dict, parity_base: dict, metrics: dict, baselines: dict | 
     return out
 
 
+HOLD_ENV = "TOKEXPORT_TEST_HOLD_AT"
+
+
+def hold_for_tests(stage: str) -> None:
+    """Test hook, inert unless ``$TOKEXPORT_TEST_HOLD_AT`` names ``stage``: say so on stderr and wait for a
+    line on stdin, so that a test can act at a known point of a run (interrupt it, or race it for the
+    output's lock: tests/test_held_up.py, tests/test_safe_outputs.py). Stages: ``exported`` (the graphs are
+    in the staging directory, parity not run yet)."""
+    if os.environ.get(HOLD_ENV) == stage:
+        import sys
+
+        print(f"tokexport: holding at {stage}", file=sys.stderr, flush=True)
+        sys.stdin.readline()  # Ctrl-C (SIGINT) while waiting raises KeyboardInterrupt, as anywhere else
+
+
 def produce(task: Task, tmp: Path, stages: Stages) -> dict:
     """Run the stages of a loaded task into ``tmp``; the report (validated against the contract)."""
     from ..onnx_tools import check_target
@@ -159,6 +174,7 @@ def produce(task: Task, tmp: Path, stages: Stages) -> dict:
     from ..export import finish_graphs
 
     finished = finish_graphs(graphs, task.recipe.export, stages)  # export.fold / export.precision, in place
+    hold_for_tests("exported")
     par = _parity(task, graphs, stages)
     task.parity_results = par  # a task may use a graph that passed parity as the original's stand-in
     with stages.stage("verify: accuracy"):

@@ -1,0 +1,80 @@
+"""The tier guard of tests/conftest.py can fail: an unmarked test that touches a real checkpoint fails
+(in its teardown, naming what it touched), the same test marked real_model passes, and a fast-tier
+test that loads nothing real is left alone. Runs the suite's own conftest in a separate pytest."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import REPO
+
+pytest_plugins = ["pytester"]
+
+INNER = """
+import os
+from pathlib import Path
+
+import pytest
+
+import conftest
+from tokexport import zoo
+
+
+def test_unmarked_reads_the_real_models_dir():
+    (conftest.REAL_MODELS / "some-model").mkdir(parents=True, exist_ok=True)
+    with open(conftest.REAL_MODELS / "some-model" / "config.json", "w") as f:
+        f.write("{}")
+
+
+def test_unmarked_asks_for_the_real_dinov2():
+    conftest.real_model_dir()
+
+
+def test_unmarked_subprocess_fetches_a_real_model():
+    # what `tokexport models fetch minilm-l6` in a subprocess leaves in $TOKEXPORT_MODELS_DIR (the tripwire)
+    (Path(os.environ[zoo.ENV_MODELS_DIR]) / "minilm-l6").mkdir()
+
+
+def test_unmarked_resolves_a_bundled_model(monkeypatch):
+    (Path(os.environ[zoo.ENV_MODELS_DIR]) / "e5-small").mkdir()
+    monkeypatch.setattr(zoo, "_problem", lambda model, path: None)  # as if a real fetch were there
+    assert zoo.resolve_bundled("e5-small") is not None
+
+
+@pytest.mark.real_model
+def test_marked_asks_for_the_real_dinov2():
+    conftest.real_model_dir()
+
+
+def test_unmarked_tiny_work():
+    assert os.environ[zoo.ENV_MODELS_DIR] != str(conftest.REAL_MODELS)
+    assert zoo.resolve_bundled("not-a-bundled-name") is None
+    zoo.fetch("tiny-llava")  # a generated tiny twin is no real checkpoint
+"""
+
+EXPECTED = {"test_unmarked_reads_the_real_models_dir": "open(",
+            "test_unmarked_asks_for_the_real_dinov2": "conftest.real_model_dir()",
+            "test_unmarked_subprocess_fetches_a_real_model": "fetched into $TOKEXPORT_MODELS_DIR: minilm-l6",
+            "test_unmarked_resolves_a_bundled_model": "tokexport.zoo.resolve_bundled('e5-small')"}
+
+
+def test_an_unmarked_test_touching_a_real_checkpoint_fails(pytester, tmp_path):
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(test_inner=INNER)
+    res = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", "-rA",
+                                        f"--basetemp={tmp_path / 'inner'}")
+    out = res.stdout.str()
+    errors = {ln.split("::")[1].split(" ")[0] for ln in out.splitlines() if ln.startswith("ERROR test_inner.py::")}
+    assert errors == set(EXPECTED), out[-4000:]
+    for name, what in EXPECTED.items():
+        assert what in out, (name, what, out[-4000:])
+    assert out.count("not marked @pytest.mark.real_model") >= len(EXPECTED), out[-4000:]
+    assert res.parseoutcomes().get("passed", 0) >= 2  # the marked test and the tiny one
+
+
+@pytest.fixture
+def pytester(pytester, tmp_path, monkeypatch):
+    """The inner run sees a private "real" models directory (the guard is keyed to it)."""
+    real = tmp_path / "real-models"
+    real.mkdir(exist_ok=True)
+    monkeypatch.setenv("TOKEXPORT_MODELS_DIR", str(real))
+    return pytester
