@@ -419,13 +419,13 @@ def case_convert_fifo_recipe(w):
 
 def case_keep_file_dev_zero(w):
     return Run(["convert", str(vocab_recipe(w, "/dev/zero")), "--out", str(w.root / "o")], 2,
-               ("trim.keep_file", "/dev/zero", "character device"), how="proc", address_space=None,
+               ("trim.keep_file", "/dev/zero", "character device"), how="proc", address_space=2 * GiB,
                env={"TOKEXPORT_MODELS_DIR": str(MODELS)}, absent=("o",))
 
 
 def case_keep_file_fifo(w):
     return Run(["convert", str(vocab_recipe(w, str(fifo(w, "keep.txt")))), "--out", str(w.root / "o")], 2,
-               ("trim.keep_file", "named pipe"), how="proc", address_space=None,
+               ("trim.keep_file", "named pipe"), how="proc", address_space=2 * GiB,
                env={"TOKEXPORT_MODELS_DIR": str(MODELS)}, absent=("o",))
 
 
@@ -439,7 +439,7 @@ def case_model_dir_fifo(w):
             (model / f.name).symlink_to(f)
     pipe.rename(model / "tokenizer.json")
     return Run(["convert", str(vocab_recipe(w, None, str(model))), "--out", str(w.root / "o")], 2,
-               ("tokenizer.json", "named pipe"), how="proc", address_space=None, absent=("o",))
+               ("tokenizer.json", "named pipe"), how="proc", address_space=2 * GiB, absent=("o",))
 
 
 def case_long_path_convert(w):

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from . import cli_ui as ui
 from .errors import InputError, TokexportError
 
+
 class _Commands(TyperGroup):
     """The command group: an OS error no command turned into a message (a path too long, a full disk, no
     permission) still ends in one line and a documented exit code, never a traceback."""

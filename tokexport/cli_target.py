@@ -42,7 +42,6 @@ def _recipe_target(src: Path) -> str | None:
     the caller asks only when no --target was given, and guessing a target would bundle for the wrong device.
     """
     from .errors import InputError
-
     from .files import read_json
 
     rep = src / "report.json"

@@ -193,8 +193,9 @@ class LogFileHandler(logging.StreamHandler):
 
     def close(self) -> None:
         try:
-            self.flush()
-            self.stream.close()
+            if not self.stream.closed:
+                self.flush()
+                self.stream.close()
         finally:
             super().close()
 
