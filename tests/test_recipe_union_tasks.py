@@ -14,7 +14,7 @@ from conftest import REPO
 
 from tokexport.errors import InputError
 from tokexport.recipe import Recipe, VisualTokensRecipe, ViTRecipe, load_recipe
-from tokexport.reduce import METHODS
+from tokexport.reduce import method_classes
 from tokexport.vlm.select import VISUAL_METHODS
 
 
@@ -26,7 +26,7 @@ def _tags(cls) -> set[str]:
 
 
 def test_each_kind_takes_its_own_registry():
-    assert _tags(ViTRecipe) == set(METHODS)
+    assert _tags(ViTRecipe) == set(method_classes())
     assert _tags(VisualTokensRecipe) == set(VISUAL_METHODS)
 
 

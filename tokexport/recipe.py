@@ -48,7 +48,7 @@ from .recipe_base import (  # noqa: F401 (re-exported: imported from tokexport.r
     read_yaml,
 )
 from .recipe_base import ProviderSettings
-from .reduce import METHODS
+from .reduce import METHODS, method_classes
 from .vlm.select import VISUAL_METHODS
 from .vocab.recipe import VocabRecipe, format_vocab_errors
 
@@ -173,7 +173,7 @@ class Recipe(Strict):
     family: str | None = Field(None, description="Model family adapter (vit, deit, dinov2); default: from config.json's model_type.")
     task: Literal["auto", "feature-extraction", "image-classification", "visual-tokens"] = Field(
         "auto", description="visual-tokens: export a VLM visual-token graph (tower + selection [+ projector]) instead of pruning inside the network.")
-    reduction: _union(METHODS)  # the ViT methods; VisualTokensRecipe takes the visual-token ones
+    reduction: _union(method_classes())  # the ViT methods (+ composites); VisualTokensRecipe: the visual-token ones
     vision: VisionConfig | None = Field(None, description="Visual-token settings (task: visual-tokens).")
     export: ExportConfig = ExportConfig()
     verify: VerifyConfig = VerifyConfig()
@@ -263,8 +263,18 @@ RECIPE_ADAPTER: TypeAdapter = TypeAdapter(AnyRecipe)
 def _method_error(e: dict, parts: tuple, visual: bool) -> str | None:
     """``reduction.method`` missing or unknown for the recipe's task; a method of the other task says which
     task to set."""
-    own, other = (VISUAL_METHODS, METHODS) if visual else (METHODS, VISUAL_METHODS)
+    vit = method_classes()
+    own, other = (VISUAL_METHODS, vit) if visual else (vit, VISUAL_METHODS)
     known = ", ".join(sorted(own))
+    if len(parts) == 3 and parts[:2] == ("reduction", "steps") and isinstance(parts[2], int) and not visual:
+        steps = ", ".join(sorted(METHODS))
+        where = f"reduction.steps[{parts[2]}].method"
+        if e["type"] == "union_tag_not_found":
+            return f"{where}: missing; a step is one of {steps}"
+        if e["type"] == "union_tag_invalid":
+            tag = one_line(str((e.get("ctx") or {}).get("tag", "")), 60)
+            return f"{where}: {tag!r} cannot be a step; a step is one of {steps}"
+        return None
     if e["type"] == "union_tag_not_found" and parts == ("reduction",):
         return f"reduction.method: missing; choose one of {known}"
     if e["type"] != "union_tag_invalid" or parts != ("reduction",):
