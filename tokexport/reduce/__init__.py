@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from tokexport.errors import InputError
 
-from . import pitome, random_keep, tome, topk_cls, uniform_keep, zero_tprune  # noqa: F401  (registration)
+from . import dart, divprune, pitome, random_keep, tome, topk_cls, uniform_keep, zero_tprune  # noqa: F401  (registration)
 from .base import (
     COMPOSITES,
     METHODS,
