@@ -4,6 +4,7 @@ from __future__ import annotations
 from tokexport.errors import InputError
 
 from . import dart, divprune, pitome, random_keep, tome, topk_cls, uniform_keep, zero_tprune  # noqa: F401  (registration)
+from . import hybrid  # noqa: I001  (registration; last: its steps may be any method registered above)
 from .base import (
     COMPOSITES,
     METHODS,
@@ -16,6 +17,9 @@ from .base import (
     register_composite,
     register_method,
 )
+
+
+hybrid.finalize()
 
 
 def get_method(name: str) -> type[Method]:
