@@ -2,8 +2,9 @@
 
 Per block with N tokens, width D, MLP width M: q/k/v/o projections 4·N·D², attention scores and
 weighted sum 2·N²·D, MLP 2·N·D·M multiply-accumulates. Patch embedding: N_patches·C·p²·D. Linear
-heads/poolers outside the blocks run once per image. Methods that score with attention add the
-recomputed scores (N²·D) and their PageRank iterations (H·N² each) at every pruning layer.
+heads/poolers outside the blocks run once per image. Each stage adds its method's selection cost
+(``Method.selection_macs``: e.g. the recomputed attention scores, N²·D, of methods that score with them,
+Zero-TPrune's PageRank iterations, a merge's similarities and assignment MatMul).
 LayerNorm, softmax, GELU and residual adds are left out (linear in N, <2% here). FLOPs = 2 × MACs.
 
 Merge stages (ToMe) sit between a block's attention and its MLP: the attention half runs on the tokens
@@ -14,8 +15,13 @@ every attention logit of the later blocks: H·N² additions (FLOPs, not MACs) pe
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .adapters import Dims
 from .reduce.schedule import Stage, tokens_per_layer
+
+if TYPE_CHECKING:
+    from .reduce.base import Method
 
 
 def attention_macs(n: int, d: Dims) -> int:
@@ -39,8 +45,13 @@ def merge_macs(stage: Stage, n_prefix: int, d: Dims) -> int:
 
 
 def encoder_flops(d: Dims, n_tokens: int, n_prefix: int, stages: list[Stage], head_macs: int,
-                  attention_scored: bool = False, iterations: list[int] | None = None) -> dict:
-    """FLOPs per image, with a per-block breakdown of token counts."""
+                  attention_scored: bool = False, iterations: list[int] | None = None,
+                  method: Method | None = None) -> dict:
+    """FLOPs per image, with a per-block breakdown of token counts.
+
+    With ``method`` each stage's selection cost is ``method.for_stage(stage).selection_macs(...)`` (the way
+    every report computes it). Without it (older callers): merges cost :func:`merge_macs`, and
+    ``attention_scored`` / ``iterations`` give the attention recomputation and PageRank iterations."""
     counts = tokens_per_layer(stages, n_tokens, d.layers)
     by_layer = {s.layer: s for s in stages}
     patches = n_tokens - n_prefix
@@ -52,12 +63,15 @@ def encoder_flops(d: Dims, n_tokens: int, n_prefix: int, stages: list[Stage], he
         s = by_layer.get(i)
         if s is not None and s.kind == "merge":
             macs += attention_macs(n, d) + mlp_macs(s.tokens_out, d)
-            overhead += merge_macs(s, n_prefix, d)
+            if method is None:
+                overhead += merge_macs(s, n_prefix, d)
         else:
             macs += block_macs(n, d)
         if prop_from is not None and i > prop_from:
             bias_flops += d.heads * n * n
-    if attention_scored:
+    if method is not None:
+        overhead += sum(method.for_stage(s).selection_macs(s, d, n_prefix) for s in stages)
+    elif attention_scored:
         for i, s in enumerate(stages):
             overhead += s.tokens_in ** 2 * d.hidden
             if iterations:

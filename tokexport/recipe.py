@@ -1,7 +1,10 @@
 """Recipe: the YAML a user writes. Validated with pydantic against one union of recipe kinds,
 discriminated by ``task``: ``vocab-trim`` (:class:`~tokexport.vocab.recipe.VocabRecipe`),
 ``visual-tokens`` (:class:`VisualTokensRecipe`) and every other value, or none, (:class:`ViTRecipe`,
-token reduction inside a ViT). Every error becomes one line naming the file and the field
+token reduction inside a ViT). Each kind's ``reduction`` is its own union of method configs, discriminated
+by ``method``: ViT recipes take :data:`tokexport.reduce.METHODS`, visual-token recipes ``VISUAL_METHODS``
+(a name may exist in both; a method of the other kind is an error that names the task to set). Every error
+becomes one line naming the file and the field
 (``recipe.yaml: reduction.keep_rate[1]: ...``); a recipe with several errors gets one line for each,
 in the order the recipe is written.
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -45,7 +49,7 @@ from .recipe_base import (  # noqa: F401 (re-exported: imported from tokexport.r
     read_yaml,
 )
 from .recipe_base import ProviderSettings
-from .reduce import METHODS
+from .reduce import METHODS, method_classes
 from .vlm.select import VISUAL_METHODS
 from .vocab.recipe import VocabRecipe, format_vocab_errors
 
@@ -155,8 +159,11 @@ class GenerationConfig(Strict):
     images: Count(1, 32) = Field(2, description="Bundled photographs used per prompt, 1..32.")
 
 
-def _reduction_union():
-    configs = tuple(cls.config_cls for cls in METHODS.values()) + tuple(c.config_cls for c in VISUAL_METHODS.values())
+def _union(registry):
+    """The recipe's ``reduction``: one discriminated union (on ``method``) of a registry's config classes. The ViT
+    registry (:data:`tokexport.reduce.METHODS`) and the visual-token one (``VISUAL_METHODS``) are separate unions,
+    so the same method name may exist in both (``divprune``: inside a ViT, or on a VLM's visual tokens)."""
+    configs = tuple(cls.config_cls for cls in registry.values())
     return Annotated[Union[configs], Field(discriminator="method")]  # noqa: UP007
 
 
@@ -168,21 +175,24 @@ class Recipe(Strict):
     family: str | None = Field(None, description="Model family adapter (vit, deit, dinov2); default: from config.json's model_type.")
     task: Literal["auto", "feature-extraction", "image-classification", "visual-tokens"] = Field(
         "auto", description="visual-tokens: export a VLM visual-token graph (tower + selection [+ projector]) instead of pruning inside the network.")
-    reduction: _reduction_union()
+    reduction: _union(method_classes())  # the ViT methods (+ composites); VisualTokensRecipe: the visual-token ones
     vision: VisionConfig | None = Field(None, description="Visual-token settings (task: visual-tokens).")
     export: ExportConfig = ExportConfig()
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
     deploy: DeployConfig = DeployConfig()
 
+    @classmethod
+    def model_validate(cls, obj, *args, **kwargs):
+        """``Recipe.model_validate`` validates as the kind the mapping's ``task`` names (ViTRecipe or
+        VisualTokensRecipe: their ``reduction`` unions differ); a subclass validates as itself."""
+        if cls is Recipe and isinstance(obj, dict):
+            kind = VisualTokensRecipe if obj.get("task") == "visual-tokens" else ViTRecipe
+            return kind.model_validate(obj, *args, **kwargs)
+        return super().model_validate(obj, *args, **kwargs)
+
     @model_validator(mode="after")
-    def _task_matches_method(self):
-        visual = self.reduction.method in VISUAL_METHODS
-        if visual and self.task != "visual-tokens":
-            raise ValueError(f"reduction.method {self.reduction.method!r} selects visual tokens for a VLM; set task: visual-tokens")
-        if self.task == "visual-tokens" and not visual:
-            raise ValueError(f"task visual-tokens needs a visual-token method ({', '.join(sorted(VISUAL_METHODS))}), "
-                             f"not {self.reduction.method!r}")
+    def _task_sections(self):
         if self.task != "visual-tokens":
             if self.vision is not None:
                 raise ValueError("vision: only used with task: visual-tokens")
@@ -217,6 +227,7 @@ class VisualTokensRecipe(Recipe):
 
     task: Literal["visual-tokens"] = Field(
         description="visual-tokens: export a VLM visual-token graph (tower + selection [+ projector]) instead of pruning inside the network.")
+    reduction: _union(VISUAL_METHODS)
 
 
 TASKS = ("auto", "feature-extraction", "image-classification", "visual-tokens", "vocab-trim")
@@ -251,17 +262,41 @@ AnyRecipe = Annotated[
 RECIPE_ADAPTER: TypeAdapter = TypeAdapter(AnyRecipe)
 
 
-def _method_tags() -> set[str]:
-    return set(METHODS) | set(VISUAL_METHODS)
-
-
-def _special(e: dict, parts: tuple) -> str | None:
-    """Messages of a ViT / visual-token recipe worded here rather than by pydantic."""
-    if e["type"] == "union_tag_invalid" and parts == ("reduction",):
-        tag = one_line(str((e.get("ctx") or {}).get("tag", "")), 60)
-        return f"reduction.method: unknown method {tag!r}; known: {', '.join(sorted(_method_tags()))}"
+def _method_error(e: dict, parts: tuple, visual: bool) -> str | None:
+    """``reduction.method`` missing or unknown for the recipe's task; a method of the other task says which
+    task to set."""
+    vit = method_classes()
+    own, other = (VISUAL_METHODS, vit) if visual else (vit, VISUAL_METHODS)
+    known = ", ".join(sorted(own))
+    if len(parts) == 3 and parts[:2] == ("reduction", "steps") and isinstance(parts[2], int) and not visual:
+        steps = ", ".join(sorted(METHODS))
+        where = f"reduction.steps[{parts[2]}].method"
+        if e["type"] == "union_tag_not_found":
+            return f"{where}: missing; a step is one of {steps}"
+        if e["type"] == "union_tag_invalid":
+            tag = one_line(str((e.get("ctx") or {}).get("tag", "")), 60)
+            return f"{where}: {tag!r} cannot be a step; a step is one of {steps}"
+        return None
     if e["type"] == "union_tag_not_found" and parts == ("reduction",):
-        return f"reduction.method: missing; choose one of {', '.join(sorted(_method_tags()))}"
+        return f"reduction.method: missing; choose one of {known}"
+    if e["type"] != "union_tag_invalid" or parts != ("reduction",):
+        return None
+    tag = (e.get("ctx") or {}).get("tag", "")
+    shown = one_line(str(tag), 60)
+    if tag in other and visual:
+        return (f"reduction.method: {shown} reduces tokens inside a ViT, not a VLM's visual tokens; set task: auto "
+                f"(or feature-extraction / image-classification), or choose a visual-token method ({known})")
+    if tag in other:
+        return (f"reduction.method: {shown} selects visual tokens for a VLM; set task: visual-tokens, or choose a "
+                f"ViT method ({known})")
+    return f"reduction.method: unknown method {shown!r}; known for this task: {known}"
+
+
+def _special(e: dict, parts: tuple, visual: bool = False) -> str | None:
+    """Messages of a ViT / visual-token recipe worded here rather than by pydantic."""
+    text = _method_error(e, parts, visual)
+    if text is not None:
+        return text
     if e["type"] == "literal_error" and parts == ("task",):
         value = e.get("input")
         hint = difflib.get_close_matches(value, TASKS, n=1, cutoff=0.5) if isinstance(value, str) else []
@@ -270,11 +305,18 @@ def _special(e: dict, parts: tuple) -> str | None:
     return None
 
 
+def _special_for(cls) -> Callable[[dict, tuple], str | None]:
+    visual = cls is VisualTokensRecipe
+    return lambda e, parts: _special(e, parts, visual)
+
+
 def format_error(path: str, err: ValidationError, data) -> str:
     """The errors of ``Recipe.model_validate`` (or of a ViT / visual-token recipe class), one line each
     naming the file and the field, in document order."""
-    cls = next((c for c in (Recipe, ViTRecipe, VisualTokensRecipe) if c.__name__ == err.title), Recipe)
-    return format_errors(path, err.errors(), data, cls, _special)
+    cls = next((c for c in (ViTRecipe, VisualTokensRecipe) if c.__name__ == err.title), None)
+    if cls is None:
+        cls = VisualTokensRecipe if isinstance(data, dict) and data.get("task") == "visual-tokens" else ViTRecipe
+    return format_errors(path, err.errors(), data, cls, _special_for(cls))
 
 
 def format_recipe_errors(path: str, err: ValidationError, data) -> str:
@@ -288,7 +330,7 @@ def format_recipe_errors(path: str, err: ValidationError, data) -> str:
     inner = [{**e, "loc": tuple(e["loc"])[1:] if tuple(e["loc"])[:1] == (tag,) else tuple(e["loc"])} for e in errors]
     if cls is VocabRecipe:
         return format_vocab_errors(path, inner, data)
-    return format_errors(path, inner, data, cls, _special)
+    return format_errors(path, inner, data, cls, _special_for(cls))
 
 
 def validate_recipe(path: str, data) -> Recipe | VocabRecipe:

@@ -9,21 +9,29 @@ Static-keep rules (docs/methods/static-export.md): ``n_keep`` is a Python int fi
 time, selection uses TopK with that constant K, indices come back sorted ascending so survivors keep
 their original order, prefix tokens (CLS, distillation, registers) are never candidates.
 
-Merging methods (ToMe) implement ``merge`` instead of ``select``: between a block's attention and its
-MLP they combine tokens into size-weighted means and return the new tokens with their sizes (how many
+Merging methods (ToMe, PiToMe) implement ``merge`` instead of ``select``: between a block's attention and
+its MLP they combine tokens into size-weighted means and return the new tokens with their sizes (how many
 patches each stands for); the patch carries the sizes to later blocks.
+
+Everything a method needs besides its tensor code lives on its class too, so that a new method is one file
+and a recipe: its schedule rule (``ReductionConfig.removals``), its selection cost (``selection_macs``,
+read by :func:`tokexport.flops.encoder_flops` per stage) and its budget knob (``knob``: one number that
+moves its FLOPs, used to place it at a FLOPs target by :mod:`tokexport.reduce.budget`).
 """
 from __future__ import annotations
 
 from tokexport.registry import Registry
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from tokexport.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..bounds import Count, OneOrMany, Real
+
+if TYPE_CHECKING:  # type hints only (``Stage``, ``Removal``: tokexport.reduce.schedule, which imports this module)
+    from ..adapters import Dims
 
 Rounding = Literal["floor", "ceil", "round"]
 
@@ -60,10 +68,16 @@ class ReductionConfig(BaseModel):
         description="How keep_rate x tokens becomes a count: floor (early Zero-TPrune code), ceil (EViT) or round.",
     )
 
-    def removals(self, num_layers: int) -> list[tuple[int, int, str]] | None:
-        """Schedules given as tokens removed per block (ToMe's ``r``) rather than ``prune_layers`` +
-        ``keep_rate``/``keep``: ``(block, tokens removed, recipe field for errors)`` per step, or None to
-        plan from those fields. ``num_layers`` lets a per-block list be checked against the model."""
+    def removals(self, num_layers: int) -> list[tuple[int, Removal, str]] | None:
+        """Schedules given as tokens removed per block (ToMe's ``r``, PiToMe's ``ratio``) rather than
+        ``prune_layers`` + ``keep_rate``/``keep``: ``(block, tokens removed, recipe field for errors)`` per step
+        — the count, or a rule from the non-prefix tokens entering the block to the count — or None to plan
+        from those fields. ``num_layers`` lets a per-block list be checked against the model."""
+        return None
+
+    def own_plan(self, n_tokens: int, n_prefix: int, num_layers: int) -> list[Stage] | None:
+        """A schedule this config plans itself (a hybrid's steps), or None for the common planning of
+        :func:`tokexport.reduce.schedule.plan`."""
         return None
 
     def stage_options(self) -> dict:
@@ -88,17 +102,45 @@ class LayerInputs:
 
 class Method:
     """Base class of a reduction method. Subclasses set ``name``, ``config_cls``,
-    ``needs_attention`` and implement ``select``."""
+    ``needs_attention`` (``needs_keys``) and implement ``select``."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type[ReductionConfig]]
-    needs_attention: ClassVar[bool] = True
+    needs_attention: ClassVar[bool] = True  # LayerInputs.attn (and keys) at its stages
+    needs_keys: ClassVar[bool] = False  # LayerInputs.keys only (no attention probabilities recomputed)
+    knob_range: ClassVar[tuple[float, float]] = (0.02, 1.0)  # values of ``knob`` that plan on any model
 
     def __init__(self, config: ReductionConfig):
         self.config = config
 
+    def for_stage(self, stage: Stage) -> Method:
+        """The method that runs ``stage`` (itself; a hybrid answers with the method of the stage's step)."""
+        return self
+
     def check(self, n_prefix: int) -> None:
         """Raise ``InputError`` when the method cannot work on a model with ``n_prefix`` prefix tokens."""
+
+    def selection_macs(self, stage: Stage, d: Dims, n_prefix: int) -> int:
+        """Multiply-accumulates per image the method adds at ``stage`` beyond the blocks themselves: by default,
+        recomputing the block's attention probabilities from its q/k (N²·D) when the method scores with them."""
+        return stage.tokens_in ** 2 * d.hidden if self.needs_attention else 0
+
+    @classmethod
+    def knob_bounds(cls, template: ReductionConfig | None) -> tuple[float, float]:
+        """The values of ``knob`` worth trying with ``template`` (default: ``knob_range``)."""
+        return cls.knob_range
+
+    @classmethod
+    def knob(cls, template: ReductionConfig | None, value: float, num_layers: int) -> ReductionConfig:
+        """The method's configuration at budget knob ``value`` in (0, 1] (1: reduce least; FLOPs fall as it
+        falls), keeping what ``template`` (e.g. a shipped recipe's reduction) says about everything else.
+        Default for pruning methods: keep the fraction ``value`` of the tokens at each of the template's
+        ``prune_layers`` (none given: the Zero-TPrune code's blocks 2, 5, 8 of 12, scaled to the depth)."""
+        layers = list(template.prune_layers) if template is not None and template.prune_layers else \
+            default_prune_layers(num_layers)
+        base = template.model_dump(exclude={"keep", "keep_rate", "prune_layers"}) if template is not None else {}
+        return cls.config_cls.model_validate({**base, "method": cls.name, "prune_layers": layers,
+                                              "keep_rate": float(value)})
 
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
         """Return int64 [B, n_keep]: absolute positions (>= n_prefix) of kept tokens, ascending."""
@@ -125,17 +167,51 @@ class MergingMethod(Method):
     """Base class of methods that merge tokens (stages of kind "merge") instead of selecting survivors."""
 
     needs_attention = False
+    needs_keys = True
+    knob_range = (0.5, 1.0)  # one bipartite merge removes at most half of the tokens
+
+    @classmethod
+    def knob(cls, template: ReductionConfig | None, value: float, num_layers: int) -> ReductionConfig:
+        """Merging methods: ``value`` is the fraction of the tokens kept by the merge in each of the template's
+        ``prune_layers`` (none given: every block)."""
+        layers = list(template.prune_layers) if template is not None and template.prune_layers else \
+            list(range(num_layers))
+        base = template.model_dump(exclude={"keep", "keep_rate", "prune_layers"}) if template is not None else {}
+        return cls.config_cls.model_validate({**base, "method": cls.name, "prune_layers": layers,
+                                              "keep_rate": float(value), "rounding": "ceil"})
 
     def merge(self, x: MergeInputs, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [B, n_prefix + n_keep, D], sizes [B, n_prefix + n_keep, 1]), prefix tokens first and unchanged."""
         raise NotImplementedError
 
 
+def default_prune_layers(num_layers: int) -> list[int]:
+    """Blocks 2, 5 and 8 of a 12-block model (the early Zero-TPrune code's schedule), scaled to ``num_layers``."""
+    blocks = sorted({min(num_layers - 1, round(f * num_layers / 12)) for f in (2, 5, 8)})
+    return blocks
+
+
+# Methods whose every stage is their own (pruning or merging): the steps any schedule is made of. The contract
+# tests run over every one of them.
 METHODS: Registry[type[Method]] = Registry("reduction method")
+# Schedules made of METHODS (a hybrid): they plan stages and hand each to a step's method (Method.for_stage).
+COMPOSITES: Registry[type[Method]] = Registry("composite reduction")
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    if cls.name in METHODS:
+    if cls.name in METHODS or cls.name in COMPOSITES:
         raise RuntimeError(f"reduction method {cls.name!r} registered twice")
     METHODS[cls.name] = cls
     return cls
+
+
+def register_composite(cls: type[Method]) -> type[Method]:
+    if cls.name in METHODS or cls.name in COMPOSITES:
+        raise RuntimeError(f"reduction method {cls.name!r} registered twice")
+    COMPOSITES[cls.name] = cls
+    return cls
+
+
+def method_classes() -> dict[str, type[Method]]:
+    """Every reduction a ViT recipe may name: the methods and the composites."""
+    return {**METHODS, **COMPOSITES}

@@ -56,3 +56,16 @@ def sample_margins(recorded: list[torch.Tensor], n: int) -> list[float]:
     if not recorded:
         return [float("inf")] * n
     return torch.stack([r.reshape(-1)[:n] for r in recorded]).amin(dim=0).tolist()
+
+
+def note_order(scores: torch.Tensor, k: int) -> None:
+    """A choice that depends on the ORDER of the ``k`` largest scores along the last axis (not only on which
+    k are largest: an alternating split by rank, an output order): note, per sample, the smallest relative
+    gap between consecutive scores among the k + 1 largest (all of them when k >= N)."""
+    rec = _active()
+    if rec is None or scores.shape[-1] < 2 or k < 1:
+        return
+    kk = min(k + 1, int(scores.shape[-1]))
+    v = torch.topk(scores.detach().double(), kk, dim=-1, largest=True, sorted=True).values
+    gap = (v[..., :-1] - v[..., 1:]) / torch.maximum(v[..., :-1].abs(), v[..., 1:].abs()).clamp_min(_TINY)
+    rec.append(gap.reshape(scores.shape[0], -1).amin(dim=-1))

@@ -7,11 +7,12 @@ transformers materialises while tracing has the full token count, which would no
 pruning. Query/key projections of pruning blocks are wrapped to capture their outputs, from which
 the block's attention probabilities are recomputed (static-export.md: fused SDPA elsewhere is fine).
 
-Merging methods (ToMe) act inside the block, between attention and MLP: a merge block runs the host
+Merging methods (ToMe, PiToMe) act inside the block, between attention and MLP: a merge block runs the host
 block's own modules as two halves (``Adapter.halves``) with the merge in between, and the token sizes
 it produces are carried to later blocks, whose attention gets log(size) as an additive float bias
 through the host attention's ``attention_mask`` (proportional attention). Blocks without a merge run
-the host forward unchanged (with that bias once sizes exist).
+the host forward unchanged (with that bias once sizes exist). One schedule may mix both kinds (a hybrid):
+a prune stage after a merge gathers the token sizes along with the tokens.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from ..adapters.base import Adapter, get_path
-from .base import LayerInputs, MergeInputs, MergingMethod, Method
+from .base import LayerInputs, MergeInputs, Method
 from .common import attention_probs, gather_tokens
 from .schedule import Stage
 
@@ -59,23 +60,6 @@ def with_mask(args: tuple, kwargs: dict, mask: torch.Tensor) -> tuple[tuple, dic
     return args, {**kwargs, "attention_mask": mask}
 
 
-class _Wrapped(nn.Module):
-    """What every block wrapper knows: the host block, its place, its stage and the model's shape."""
-
-    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method,
-                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter):
-        super().__init__()
-        self.inner = inner
-        self.index = index
-        self.stage = stage
-        self.method = method
-        self.capture = capture
-        self.n_prefix = adapter.n_prefix()
-        self.heads = adapter.num_heads
-        self.head_dim = adapter.head_dim
-        self.num_layers = adapter.num_layers
-
-
 class _Grid:
     """The original patch grid of the current forward, read at block 0 (before any pruning): pruning
     methods that place tokens by their 2-D position (uniform) need it at every later stage."""
@@ -86,34 +70,6 @@ class _Grid:
     def see(self, n_patches: int) -> None:
         side = math.isqrt(n_patches)
         self.shape = (side, side) if side * side == n_patches else (1, n_patches)  # not square: one row
-
-
-class _Block(_Wrapped):
-    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: Method | None,
-                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, temperature: float,
-                 grid: _Grid | None = None):
-        super().__init__(inner, index, stage, method, capture, adapter)
-        self.temperature = temperature
-        self.grid = grid if grid is not None else _Grid()
-
-    def forward(self, hidden_states, *args, **kwargs):
-        args, kwargs = without_mask(args, kwargs)
-        if self.index == 0:  # a new forward: every patch token is still there (static shape: a Python int)
-            self.grid.see(int(hidden_states.shape[1]) - self.n_prefix)
-        out = self.inner(hidden_states, *args, **kwargs)
-        if self.stage is None:
-            return out
-        h = out[0] if isinstance(out, tuple) else out
-        attn = keys = None
-        if self.capture is not None:
-            attn, keys = captured_attention(self.capture, self.heads, self.head_dim, self.temperature)
-        idx = self.method.select(
-            LayerInputs(hidden=h, attn=attn, keys=keys, n_prefix=self.n_prefix, layer=self.index,
-                        num_layers=self.num_layers, grid=self.grid.shape),
-            self.stage.n_keep,
-        )
-        h = gather_tokens(h, idx, self.n_prefix)
-        return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
 class _Sizes:
@@ -130,24 +86,50 @@ class _Sizes:
         return torch.log(self.size)[:, None, None, :, 0]
 
 
-class _MergeBlock(_Wrapped):
-    """A block of a merging run: merge between attention and MLP at a merge stage, bias from sizes otherwise."""
+class _Block(nn.Module):
+    """One host block under the patch. Whatever the stage's method:
 
-    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: MergingMethod,
-                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, sizes: _Sizes):
-        super().__init__(inner, index, stage, method, capture, adapter)
-        self.halves = adapter.halves(inner) if stage is not None else None
+    - once a merge with proportional attention happened, the block's attention gets log(size) as its mask;
+    - at a merge stage, the block runs as two halves (``Adapter.halves``) with the merge in between;
+    - at a prune stage, the block runs whole, then its method picks the tokens to keep, which are gathered
+      together with their sizes (when an earlier merge made sizes).
+
+    Blocks without a stage run the host forward unchanged."""
+
+    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: Method | None,
+                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, grid: _Grid, sizes: _Sizes):
+        super().__init__()
+        self.inner = inner
+        self.index = index
+        self.stage = stage
+        self.method = method
+        self.capture = capture
+        self.n_prefix = adapter.n_prefix()
+        self.heads = adapter.num_heads
+        self.head_dim = adapter.head_dim
+        self.num_layers = adapter.num_layers
+        self.grid = grid
         self.sizes = sizes
+        self.halves = adapter.halves(inner) if stage is not None and stage.kind == "merge" else None
 
     def forward(self, hidden_states, *args, **kwargs):
         args, kwargs = without_mask(args, kwargs)
-        if self.index == 0:  # a new forward: every token is one patch again
+        if self.index == 0:  # a new forward: every patch token is there, each one patch (static: Python ints)
+            self.grid.see(int(hidden_states.shape[1]) - self.n_prefix)
             self.sizes.size, self.sizes.prop_attn = None, False
         bias = self.sizes.bias()
+        if self.halves is not None:
+            return self._merge(hidden_states, bias, kwargs)
+        if bias is not None:
+            args, kwargs = with_mask(args, kwargs, bias)
+        out = self.inner(hidden_states, *args, **kwargs)
         if self.stage is None:
-            if bias is not None:
-                args, kwargs = with_mask(args, kwargs, bias)
-            return self.inner(hidden_states, *args, **kwargs)
+            return out
+        h = out[0] if isinstance(out, tuple) else out
+        h = self._prune(h)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    def _merge(self, hidden_states, bias, kwargs):
         x = self.halves.attention(hidden_states, bias, **kwargs)
         keys = captured_keys(self.capture, self.heads, self.head_dim)
         x, size = self.method.merge(
@@ -157,6 +139,22 @@ class _MergeBlock(_Wrapped):
         )
         self.sizes.size, self.sizes.prop_attn = size, self.sizes.prop_attn or self.stage.prop_attn
         return self.halves.mlp(x)
+
+    def _prune(self, h: torch.Tensor) -> torch.Tensor:
+        attn = keys = None
+        if self.capture is not None and self.method.needs_attention:
+            temperature = float(getattr(self.method.config, "temperature", 1.0))
+            attn, keys = captured_attention(self.capture, self.heads, self.head_dim, temperature)
+        elif self.capture is not None:
+            keys = captured_keys(self.capture, self.heads, self.head_dim)
+        idx = self.method.select(
+            LayerInputs(hidden=h, attn=attn, keys=keys, n_prefix=self.n_prefix, layer=self.index,
+                        num_layers=self.num_layers, grid=self.grid.shape),
+            self.stage.n_keep,
+        )
+        if self.sizes.size is not None:  # tokens that stand for several patches keep their sizes
+            self.sizes.size = gather_tokens(self.sizes.size, idx, self.n_prefix)
+        return gather_tokens(h, idx, self.n_prefix)
 
 
 def _set_path(root: nn.Module, path: str, value: nn.Module) -> None:
@@ -214,24 +212,27 @@ def captured_attention(capture: tuple[_Capture, _Capture], heads: int, head_dim:
 
 @contextlib.contextmanager
 def reduced(model: nn.Module, adapter: Adapter, stages: list[Stage], method: Method | None):
-    """Patch ``model`` in place for the duration of the block; restores every module on exit."""
+    """Patch ``model`` in place for the duration of the block; restores every module on exit. Each stage
+    runs with ``method.for_stage(stage)`` (a hybrid's step methods; any other method itself)."""
+    by_layer = {s.layer: s for s in stages}
+    methods = {s.layer: method.for_stage(s) for s in stages} if method is not None else {}
     if method is not None and stages:
         method.check(adapter.n_prefix())
     layers = adapter.layers(model)
     originals = list(layers)
-    by_layer = {s.layer: s for s in stages}
-    temperature = float(getattr(method.config, "temperature", 1.0)) if method is not None else 1.0
-    merging = isinstance(method, MergingMethod) and bool(stages)
-    scored = [s.layer for s in stages] if method is not None and (method.needs_attention or merging) else []
+    captured = [s.layer for s in stages if s.layer in methods and _needs_qk(methods[s.layer], s)]
     try:
-        with capture_qk(model, adapter, scored) as captures:
+        with capture_qk(model, adapter, captured) as captures:
             sizes, grid = _Sizes(), _Grid()
             for i, block in enumerate(originals):
-                if merging:
-                    layers[i] = _MergeBlock(block, i, by_layer.get(i), method, captures.get(i), adapter, sizes)
-                else:
-                    layers[i] = _Block(block, i, by_layer.get(i), method, captures.get(i), adapter, temperature, grid)
+                layers[i] = _Block(block, i, by_layer.get(i) if i in methods else None, methods.get(i),
+                                   captures.get(i), adapter, grid, sizes)
             yield model
     finally:
         for i, block in enumerate(originals):
             layers[i] = block
+
+
+def _needs_qk(method: Method, stage: Stage) -> bool:
+    """Whether ``stage`` reads the block's q/k projections: merges (keys), attention scores, or keys."""
+    return stage.kind == "merge" or method.needs_attention or method.needs_keys

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from ..errors import InputError
@@ -23,9 +24,17 @@ class Stage:
     # Merge stages only: from the next block on, attention adds log(token size) to its logits (ToMe's
     # proportional attention), so a merged token weighs as much as the patches it stands for.
     prop_attn: bool = False
+    # Hybrid schedules only (reduce/hybrid.py): the method of this stage and its step in ``reduction.steps``;
+    # None for a single-method schedule (its method is the recipe's). ``Method.for_stage`` resolves it.
+    method: str | None = None
+    step: int | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("method", "step"):  # single-method reports keep their schedule entries as they were
+            if d[key] is None:
+                del d[key]
+        return d
 
 
 def round_count(x: float, rule: str = "floor") -> int:
@@ -41,9 +50,13 @@ def round_count(x: float, rule: str = "floor") -> int:
 def plan(cfg: ReductionConfig, n_tokens: int, n_prefix: int, num_layers: int) -> list[Stage]:
     """Keep counts for every pruning (or merging) layer. Errors name the recipe field (``reduction.*``).
 
-    Schedules come either from ``prune_layers`` + ``keep_rate``/``keep`` (every method) or from the
-    config's own per-block removal counts (``ReductionConfig.removals``, e.g. ToMe's ``r``).
+    Schedules come either from ``prune_layers`` + ``keep_rate``/``keep`` (every method), from the
+    config's own per-block removal counts (``ReductionConfig.removals``, e.g. ToMe's ``r``, PiToMe's
+    ``ratio``), or from the config's own planner (``ReductionConfig.own_plan``: a hybrid's steps).
     """
+    own = cfg.own_plan(n_tokens, n_prefix, num_layers)
+    if own is not None:
+        return own
     layers = list(cfg.prune_layers)
     for i, layer in enumerate(layers):
         if layer >= num_layers:
@@ -84,10 +97,17 @@ def _check_merge(field: str, layer: int, n: int, removed: int, n_prefix: int) ->
         )
 
 
-def _plan_removals(removals: list[tuple[int, int, str]], n_tokens: int, n_prefix: int, options: dict) -> list[Stage]:
+Removal = int | Callable[[int], int]  # tokens removed, or a rule: non-prefix tokens entering the block -> removed
+
+
+def _plan_removals(removals: list[tuple[int, Removal, str]], n_tokens: int, n_prefix: int,
+                   options: dict) -> list[Stage]:
     stages = []
     n = n_tokens - n_prefix
-    for layer, removed, field in removals:
+    for layer, rule, field in removals:
+        removed = rule(n) if callable(rule) else rule
+        if removed <= 0:
+            continue
         if options.get("kind") == "merge":
             _check_merge(field, layer, n, removed, n_prefix)
         if removed >= n:

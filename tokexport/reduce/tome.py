@@ -151,3 +151,17 @@ class ToMe(MergingMethod):
     def merge(self, x: MergeInputs, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = int(x.hidden.shape[1]) - x.n_prefix - n_keep
         return bipartite_merge(x.hidden, x.keys, x.size, x.n_prefix, r)
+
+    def selection_macs(self, stage, d, n_prefix: int) -> int:
+        """Key-mean similarities between the two halves and the one-hot assignment MatMul."""
+        from ..flops import merge_macs
+
+        return merge_macs(stage, n_prefix, d)
+
+    @classmethod
+    def knob(cls, template, value: float, num_layers: int):
+        """ToMe's knob is the fraction kept by each merge (``keep_rate`` in every block, or in the template's
+        ``prune_layers``); the template's constant ``r`` is dropped."""
+        if template is not None and template.r is not None:
+            template = template.model_copy(update={"r": None})
+        return super().knob(template, value, num_layers)

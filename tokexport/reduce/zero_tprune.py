@@ -299,6 +299,12 @@ class ZeroTPrune(Method):
             s = s * k + (k - 1.0)  # dropped tokens -> -1, below every PageRank score (>= 0)
         return s
 
+    def selection_macs(self, stage, d, n_prefix: int) -> int:
+        """The recomputed attention (N²·D) and the PageRank iterations of the I stage plus the I' iteration,
+        each H·N² per head-vector product."""
+        iterations = self.iterations_for(stage.layer, d.layers)
+        return super().selection_macs(stage, d, n_prefix) + (iterations + 1) * d.heads * stage.tokens_in ** 2
+
     def check(self, n_prefix: int) -> None:
         if n_prefix == 0 and self.config.init == "cls":
             raise InputError("reduction.init: cls boosts the CLS token's PageRank start, and this model has no CLS "

@@ -118,8 +118,10 @@ def render_markdown(report: dict, task_lines: Sequence[str] = ()) -> str:
         if b.get("note"):
             lines += ["", f"- {b['note']}"]
     lines += ["", "## Artifacts",
-              f"- `{art['onnx']}` sha256 `{art['onnx_sha256']}` ({art['onnx_bytes']:,} bytes)",
-              f"- `{art['baseline_onnx']}` sha256 `{art['baseline_onnx_sha256']}` ({art['baseline_onnx_bytes']:,} bytes)"]
+              f"- `{art['onnx']}` sha256 `{art['onnx_sha256']}` ({art['onnx_bytes']:,} bytes"
+              + (f", {art['onnx_nodes']:,} nodes)" if art.get("onnx_nodes") is not None else ")"),
+              f"- `{art['baseline_onnx']}` sha256 `{art['baseline_onnx_sha256']}` ({art['baseline_onnx_bytes']:,} bytes"
+              + (f", {art['baseline_onnx_nodes']:,} nodes)" if art.get("baseline_onnx_nodes") is not None else ")")]
     if report.get("trt_check"):
         lines += ["", *_target(report["trt_check"])]
     if report.get("deploy"):

@@ -92,6 +92,8 @@ class Artifacts(_Open):
     baseline_onnx: str
     baseline_onnx_sha256: str
     baseline_onnx_bytes: int = Field(ge=0)
+    onnx_nodes: int | None = Field(None, ge=0)  # top-level graph nodes (reports before issue 24 lack them)
+    baseline_onnx_nodes: int | None = Field(None, ge=0)
 
 
 class Environment(_Open):

@@ -126,14 +126,18 @@ def _deploy(task: Task, tmp: Path, graphs: Graphs, stages: Stages) -> dict | Non
 
 
 def _artifacts(graphs: Graphs) -> dict:
-    from ..onnx_tools import onnx_files, sha256_onnx
+    from ..onnx_tools import load, onnx_files, sha256_onnx
 
     def nbytes(p: Path) -> int:
         return sum(f.stat().st_size for f in onnx_files(p))
 
+    def nodes(p: Path) -> int:  # graph size: the reduction's selection adds nodes (external data is not read)
+        return len(load(p, load_external=False).graph.node)
+
     return {"onnx": graphs.model.name, "onnx_sha256": sha256_onnx(graphs.model), "onnx_bytes": nbytes(graphs.model),
+            "onnx_nodes": nodes(graphs.model),
             "baseline_onnx": graphs.baseline.name, "baseline_onnx_sha256": sha256_onnx(graphs.baseline),
-            "baseline_onnx_bytes": nbytes(graphs.baseline)}
+            "baseline_onnx_bytes": nbytes(graphs.baseline), "baseline_onnx_nodes": nodes(graphs.baseline)}
 
 
 def _failures(parity: dict, parity_base: dict, metrics: dict, baselines: dict | None = None) -> list[str]:

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..export import export_onnx
 from ..flops import encoder_flops
 from ..load import LoadedModel, load_model
-from ..reduce import METHODS
+from ..reduce import make_method
 from ..reduce.patch import reduced
 from ..reduce.schedule import plan
 from ..stages.runners import TorchRunner
@@ -85,7 +85,7 @@ class VitTokens(Task):
             def check_schedule(adapter, image_size):
                 steps = plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
                 if steps:
-                    METHODS[recipe.reduction.method](recipe.reduction).check(adapter.n_prefix())
+                    make_method(recipe.reduction).check(adapter.n_prefix())
 
             with stages.stage("load"):
                 self.lm = load_model(recipe.model, self.base_dir, recipe.family, recipe.task, recipe.export.image_size,
@@ -93,7 +93,7 @@ class VitTokens(Task):
         lm = self.lm
         folder = self._imagefolder()
         self.n_tokens, self.n_prefix = lm.adapter.n_tokens(lm.image_size), lm.adapter.n_prefix()
-        self.method = METHODS[recipe.reduction.method](recipe.reduction)
+        self.method = make_method(recipe.reduction)
         self.schedule = plan(recipe.reduction, self.n_tokens, self.n_prefix, lm.adapter.num_layers)
         acc = recipe.verify.accuracy
         with stages.stage("data"):
@@ -292,10 +292,8 @@ class VitTokens(Task):
     def _flops(self) -> tuple[dict, dict]:
         lm = self.lm
         dims, head = lm.adapter.dims(), lm.adapter.head_macs(lm.model)
-        by_layer = self.method.describe().get("iterations_by_layer") or {}
-        iters = [int(by_layer.get(s.layer, 0)) for s in self.schedule] if by_layer else None
         base = encoder_flops(dims, self.n_tokens, self.n_prefix, [], head)
-        red = encoder_flops(dims, self.n_tokens, self.n_prefix, self.schedule, head, self.method.needs_attention, iters)
+        red = encoder_flops(dims, self.n_tokens, self.n_prefix, self.schedule, head, method=self.method)
         return base, red
 
     def bench_extra(self, batches: dict) -> dict:
