@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
+from tokexport.lazy import torch
 from pydantic import Field
 
 from tokexport.bounds import Count

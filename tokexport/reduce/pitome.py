@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
+from tokexport.lazy import torch
 from pydantic import Field, field_validator, model_validator
 
 from tokexport.bounds import Count, OneOrMany, Real
