@@ -31,6 +31,7 @@ import contextlib
 import html
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from pydantic import ValidationError
 from . import __version__
 from .errors import InputError, ParityError
 from .files import read_json
-from .outdir import check_out_dir, claim_out_dir, write_marker
+from .outdir import check_out_dir, claim_out_dir, write_file_atomic, write_marker
 from .recipe import METRICS, Recipe, load_recipe
 from .report import fmt_value
 from .stages import metric as MC
@@ -498,13 +499,9 @@ def fingerprint(recipe: Recipe, base_dir: Path) -> str:
 
 
 def _write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file next to its final name and rename it into place (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+    """Write a file next to its final name and rename it into place (never half-written, never through a
+    link left at a temporary name: :func:`tokexport.outdir.write_file_atomic`)."""
+    write_file_atomic(path, data)
 
 
 def _read_record(path: Path) -> dict | None:
@@ -518,9 +515,14 @@ def _read_record(path: Path) -> dict | None:
 def write_summary(summary: dict, root: Path) -> None:
     """sweep.json, pareto.png and sweep.html of one recipe into ``root`` (each written atomically)."""
     png = root / "pareto.png"
-    tmp = png.with_name(f".pareto.png.tmp-{os.getpid()}.png")
-    plot(summary, tmp)
-    os.replace(tmp, png)
+    fd, name = tempfile.mkstemp(prefix=".pareto.", suffix=".png", dir=root)  # a new file: no link to write through
+    os.close(fd)
+    try:
+        plot(summary, Path(name))
+        os.replace(name, png)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
     _write_atomic(root / "sweep.html", render_html(summary, png.read_bytes()))
     _write_atomic(root / "sweep.json", json.dumps(summary, indent=2) + "\n")
 
