@@ -7,7 +7,15 @@ least significant tokens of each view (its allocation scores, clamped at 0, beco
 export, parity, the evaluation attention (vision.eval_layer/eval_source) and every ``verify`` field stay
 exactly the recipe's; only bench and deploy are off (they gate nothing).
 
-Which recipes run here: the three DINOv2-S recipes (the bundled real checkpoint; like
+Methods that do not rank by a significance map get a break of their own (``CONTROLS``): DivPrune picks
+the token MOST similar to those already picked (argmin instead of argmax of the distance to the kept
+set). For these the test runs the shipped recipe as well and asserts a check that differs between the
+two — the broken variant fails a check (a V1 floor, or the baselines gate) that the shipped recipe
+passes — so the control holds whatever the shipped recipe's own verdict (DivPrune's is exit 4 on
+DINOv2-S: it loses to the lattice). The shipped run also checks what every recipe promises: it exports,
+passes parity and its target check.
+
+Which recipes run here: the DINOv2-S recipes (the bundled real checkpoint; like
 tests/test_real_model.py this fails rather than skips without it). The two 7B LLaVA recipes
 (``llava-1.5-7b-fopru-rank.yaml``, ``llava-v1.6-mistral-7b-hired.yaml``) need the 7B checkpoints from the
 Hub, which this machine cannot reach, and their tiny twins (recipes/tiny/) carry random weights: on
@@ -21,6 +29,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+import torch
 
 from tokexport.recipe import load_recipe
 from tokexport.tasks.run import run
@@ -32,6 +41,26 @@ pytestmark = pytest.mark.real_model
 
 RECIPES = ["dinov2-small-fopru-rank", "dinov2-small-fopru-row", "dinov2-small-hired"]
 NOT_RUNNABLE_HERE = ["llava-1.5-7b-fopru-rank", "llava-v1.6-mistral-7b-hired"]
+
+
+@contextlib.contextmanager
+def divprune_most_similar(mp: pytest.MonkeyPatch):
+    """DivPrune's greedy step takes the unpicked token NEAREST to the picked set (argmin of the max–min
+    distance) instead of the farthest: it keeps near-duplicates of the first pick."""
+    from tokexport.vlm import divprune
+    from tokexport.vlm.diversity import MASKED
+
+    original = divprune.divprune_positions
+
+    def nearest(m, dim):
+        return torch.argmax(torch.where(m <= MASKED, torch.full_like(m, 2 * MASKED), -m), dim=dim)
+
+    mp.setattr(divprune, "divprune_positions", lambda tokens, k: original(tokens, k, choose=nearest))
+    yield
+
+
+# recipe -> its deliberately broken variant (methods that select from the tokens, not from a significance map)
+CONTROLS = {"dinov2-small-divprune": divprune_most_similar}
 
 
 @contextlib.contextmanager
@@ -59,7 +88,7 @@ def _control_recipe(name: str):
 def test_every_shipped_visual_recipe_is_covered():
     shipped = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml")
                      if load_recipe(p).task == "visual-tokens")
-    assert shipped == sorted(RECIPES + NOT_RUNNABLE_HERE)
+    assert shipped == sorted(RECIPES + list(CONTROLS) + NOT_RUNNABLE_HERE)
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -79,3 +108,31 @@ def test_broken_selection_fails_the_gate(name, tmp_path):
     assert any(f.startswith("accuracy: ") for f in rep["failures"]), rep["failures"]
     if recipe.verify.vs_baselines is not None:
         assert rep["baselines"]["gate"]["passed"] is False
+
+
+def _failed_checks(rep: dict) -> set[str]:
+    """The gated checks a report fails: V1 floors by metric name, and the V2 baselines gate."""
+    failed = {name for name, m in rep["accuracy"]["metrics"].items() if m.get("passed") is False}
+    if rep.get("baselines", {}).get("gate", {}).get("passed") is False:
+        failed.add("vs_baselines")
+    return failed
+
+
+@pytest.mark.parametrize("name", list(CONTROLS))
+def test_broken_method_fails_a_check_the_shipped_recipe_passes(name, tmp_path):
+    assert real_model_dir() is not None, "run `tokexport models fetch dinov2-small` first"
+    recipe = _control_recipe(name)
+    shipped = run(recipe, REPO / "recipes", tmp_path / "shipped", label=f"{name}.yaml").report
+    # the shipped recipe exports faithfully, static, and passes its target check
+    assert shipped["parity"]["passed"] and shipped["parity_baseline"]["passed"]
+    assert shipped["trt_check"]["passed"] and shipped["trt_check"]["target"] == recipe.export.target
+    with pytest.MonkeyPatch.context() as mp, CONTROLS[name](mp):
+        res = run(recipe, REPO / "recipes", tmp_path / "broken", label=f"{name}.yaml (broken)")
+    broken = res.report
+    assert broken["parity"]["passed"]  # the broken graph exports faithfully too: what differs is the choice
+    assert res.exit_code == 4 and broken["passed"] is False, broken["failures"]
+    newly_failed = _failed_checks(broken) - _failed_checks(shipped)
+    assert newly_failed, (_failed_checks(shipped), broken["failures"])
+    # the break shows in the figure the gate reads: the broken selection preserves the features worse
+    assert (broken["accuracy"]["metrics"]["feature_cosine"]["reduced"]
+            < shipped["accuracy"]["metrics"]["feature_cosine"]["reduced"])
