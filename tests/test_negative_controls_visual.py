@@ -7,18 +7,20 @@ least significant tokens of each view (its allocation scores, clamped at 0, beco
 export, parity, the evaluation attention (vision.eval_layer/eval_source) and every ``verify`` field stay
 exactly the recipe's; only bench and deploy are off (they gate nothing).
 
-Methods that do not rank by a significance map get a break of their own (``CONTROLS``): DivPrune picks
-the token MOST similar to those already picked (argmin instead of argmax of the distance to the kept
-set). For these the test runs the shipped recipe as well and asserts a check that differs between the
+Methods that do not only rank by a significance map get a break of their own (``CONTROLS``): DivPrune
+picks the token MOST similar to those already picked (argmin instead of argmax of the distance to the
+kept set), VisionZip takes the LEAST attended patches as its dominant tokens, DART keeps the tokens MOST
+similar to each pivot. For these the test runs the shipped recipe as well and asserts a check that differs between the
 two — the broken variant fails a check (a V1 floor, or the baselines gate) that the shipped recipe
 passes — so the control holds whatever the shipped recipe's own verdict (DivPrune's is exit 4 on
 DINOv2-S: it loses to the lattice). The shipped run also checks what every recipe promises: it exports,
 passes parity and its target check.
 
 Which recipes run here: the DINOv2-S recipes (the bundled real checkpoint; like
-tests/test_real_model.py this fails rather than skips without it). The two 7B LLaVA recipes
-(``llava-1.5-7b-fopru-rank.yaml``, ``llava-v1.6-mistral-7b-hired.yaml``) need the 7B checkpoints from the
-Hub, which this machine cannot reach, and their tiny twins (recipes/tiny/) carry random weights: on
+tests/test_real_model.py this fails rather than skips without it). The three 7B LLaVA recipes
+(``llava-1.5-7b-fopru-rank.yaml``, ``llava-v1.6-mistral-7b-hired.yaml``, ``llava-1.5-7b-cdpruner.yaml``)
+need the 7B checkpoints from the Hub, which this machine cannot reach, and their tiny twins (recipes/tiny/)
+carry random weights: on
 random attention "the least significant tokens" are as arbitrary as "the most significant", so a
 negative control there could not tell a meaningful gate from a meaningless one — it would test nothing.
 Their gates come from the same written rule as the DINOv2-S recipes (docs/verdicts.md, visual tokens);
@@ -40,7 +42,7 @@ from conftest import REPO, real_model_dir
 pytestmark = pytest.mark.real_model
 
 RECIPES = ["dinov2-small-fopru-rank", "dinov2-small-fopru-row", "dinov2-small-hired"]
-NOT_RUNNABLE_HERE = ["llava-1.5-7b-fopru-rank", "llava-v1.6-mistral-7b-hired"]
+NOT_RUNNABLE_HERE = ["llava-1.5-7b-fopru-rank", "llava-v1.6-mistral-7b-hired", "llava-1.5-7b-cdpruner"]
 
 
 @contextlib.contextmanager
@@ -59,8 +61,30 @@ def divprune_most_similar(mp: pytest.MonkeyPatch):
     yield
 
 
-# recipe -> its deliberately broken variant (methods that select from the tokens, not from a significance map)
-CONTROLS = {"dinov2-small-divprune": divprune_most_similar}
+@contextlib.contextmanager
+def visionzip_least_attended(mp: pytest.MonkeyPatch):
+    """VisionZip's dominant tokens are the patches the CLS query attends to LEAST (its merge unchanged)."""
+    from tokexport.vlm import visionzip
+
+    original = visionzip.dominant_and_remainder
+    mp.setattr(visionzip, "dominant_and_remainder", lambda score, d, with_rest: original(-score, d, with_rest))
+    yield
+
+
+@contextlib.contextmanager
+def dart_most_similar(mp: pytest.MonkeyPatch):
+    """DART keeps, for every pivot, the tokens MOST cosine-similar to it (the duplicates it should drop)."""
+    from tokexport.vlm import dart
+
+    original = dart.dart_positions
+    mp.setattr(dart, "dart_positions", lambda tokens, k, pivots: original(tokens, k, pivots, order=1.0))
+    yield
+
+
+# recipe -> its deliberately broken variant (methods whose choice a negated significance map does not break:
+# they select from the tokens, or merge)
+CONTROLS = {"dinov2-small-divprune": divprune_most_similar, "dinov2-small-visionzip": visionzip_least_attended,
+            "dinov2-small-dart": dart_most_similar}
 
 
 @contextlib.contextmanager
@@ -131,8 +155,8 @@ def test_broken_method_fails_a_check_the_shipped_recipe_passes(name, tmp_path):
     broken = res.report
     assert broken["parity"]["passed"]  # the broken graph exports faithfully too: what differs is the choice
     assert res.exit_code == 4 and broken["passed"] is False, broken["failures"]
+    # a check the shipped recipe passes and the broken one fails (not necessarily the mean-pooled cosine: on
+    # DINOv2-S VisionZip's least-attended dominant set keeps it HIGHER, 0.954 against 0.895, and fails the
+    # instance top-1 floor instead, 0.949 -> 0.868)
     newly_failed = _failed_checks(broken) - _failed_checks(shipped)
     assert newly_failed, (_failed_checks(shipped), broken["failures"])
-    # the break shows in the figure the gate reads: the broken selection preserves the features worse
-    assert (broken["accuracy"]["metrics"]["feature_cosine"]["reduced"]
-            < shipped["accuracy"]["metrics"]["feature_cosine"]["reduced"])

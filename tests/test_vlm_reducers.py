@@ -17,7 +17,13 @@ from tokexport.export import pin_shapes, run_exporter
 from tokexport.onnx_tools import check_target
 from tokexport.vlm.select import VISUAL_METHODS, VisualLayout
 
-from visual_reference import dart_reference, divprune_reference, visionzip_reference
+from visual_reference import (
+    cdpruner_reference,
+    dart_reference,
+    divprune_reference,
+    dpp_map_reference,
+    visionzip_reference,
+)
 
 FORBIDDEN = {"Loop", "If", "Scan", "ScatterND", "ScatterElements", "Scatter", "NonZero"}
 
@@ -278,3 +284,82 @@ def test_dart_exports_static_and_matches(lay_name, k, tmp_path):
         np.testing.assert_array_equal(got_p, want_p.numpy())
         np.testing.assert_allclose(got_t, want_t.numpy(), atol=1e-6)
         assert [dart_reference(x[i], k, 4) for i in range(b)] == got_p.tolist()
+
+
+# ---------------------------------------------------------------------------------------------- CDPruner
+
+
+# token width 48 > the 30 tokens of a view: a full-rank kernel, as LLaVA's 4096-d tokens over 576 give
+def rand_cdpruner_inputs(layout: VisualLayout, b: int, seed: int, e: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, layout.total, e, generator=g), torch.randn(b, e, generator=g)
+
+
+def test_dpp_greedy_matches_the_reference_loop():
+    from tokexport.vlm.cdpruner import dpp_greedy, dpp_kernel, relevance
+
+    for seed in range(4):
+        lay = LAYOUTS["1view-6x5"]
+        x = rand_tokens(lay, 3, seed, d=48)
+        img, txt = rand_cdpruner_inputs(lay, 3, seed + 50)
+        kern = dpp_kernel(x, relevance(img, txt))
+        for k in (1, 7, 29):
+            got = dpp_greedy(kern, k)
+            assert got.tolist() == [dpp_map_reference(kern[b], k) for b in range(3)]
+
+
+@pytest.mark.parametrize("lay_name,k", [("1view-4x4", 5), ("1view-6x5", 12), ("1+2x2", 20), ("1+2x2", 23)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cdpruner_picks_the_reference_indices(lay_name, k, seed):
+    from tokexport.vlm.cdpruner import cdpruner_positions
+    from tokexport.vlm.select import split_evenly
+
+    lay = LAYOUTS[lay_name]
+    x = rand_tokens(lay, 3, seed, d=48)
+    img, txt = rand_cdpruner_inputs(lay, 3, seed + 7)
+    pos = cdpruner_positions(x, img, txt, lay, k)
+    for b in range(3):
+        assert pos[b].tolist() == cdpruner_reference(x[b], img[b], txt[b], split_evenly(k, lay.views), lay.patches)
+
+
+def test_cdpruner_relevance_steers_the_selection():
+    """Two identical-looking halves; the instruction points at one (in CLIP's space, with CDPruner's
+    negated sign): every pick comes from the relevant half."""
+    from tokexport.vlm.cdpruner import cdpruner_positions
+
+    lay = VisualLayout(1, (2, 4))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 6, generator=g)
+    img = torch.zeros(1, 8, 2)
+    img[0, :4, 0], img[0, 4:, 1] = 1.0, 1.0
+    img = img + 0.01 * torch.randn(1, 8, 2, generator=g)
+    txt = torch.tensor([[-1.0, 0.0]])  # −cos is largest for tokens 0..3
+    assert cdpruner_positions(x, img, txt, lay, 3)[0].tolist() and all(
+        i < 4 for i in cdpruner_positions(x, img, txt, lay, 3)[0].tolist())
+
+
+class _CDCore(torch.nn.Module):
+    def __init__(self, layout, k):
+        super().__init__()
+        self.layout, self.k, self.signal_names = layout, k, ("image_embeds", "instruction_embeds")
+
+    def forward(self, tokens, image_embeds, text):
+        from tokexport.vlm.cdpruner import cdpruner_positions
+
+        idx = cdpruner_positions(tokens, image_embeds, text, self.layout, self.k)
+        return torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])), idx
+
+
+@pytest.mark.parametrize("lay_name,k", [("1view-6x5", 9), ("1+2x2", 20)])
+def test_cdpruner_exports_static_and_matches(lay_name, k, tmp_path):
+    lay = LAYOUTS[lay_name]
+    module = _CDCore(lay, k)
+    export_and_check(module, (rand_tokens(lay, 2, 0, d=48), *rand_cdpruner_inputs(lay, 2, 1)), tmp_path / "cd.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "cd.onnx"), providers=["CPUExecutionProvider"])
+    for seed, b in [(5, 1), (6, 3)]:
+        x = rand_tokens(lay, b, seed, d=48)
+        img, txt = rand_cdpruner_inputs(lay, b, seed + 1)
+        got_t, got_p = sess.run(None, {"tokens": x.numpy(), "image_embeds": img.numpy(), "instruction_embeds": txt.numpy()})
+        want_t, want_p = module(x, img, txt)
+        np.testing.assert_array_equal(got_p, want_p.numpy())
+        np.testing.assert_allclose(got_t, want_t.numpy(), atol=1e-6)

@@ -89,10 +89,29 @@ def dpp_map_reference(kernel: torch.Tensor, k: int) -> list[int]:
         j = int(torch.argmax(d))
         picked.append(j)
         e = kernel[j].clone()
-        for c in cs:
-            e = e - c[j] * c
+        if cs:
+            c = torch.stack(cs)  # [t, N]
+            e = e - (c[:, j:j + 1] * c).sum(dim=0)
         e = e / torch.sqrt(d[j])
         cs.append(e)
         d = d - e * e
         d[j] = -math.inf
     return sorted(picked)
+
+
+def cdpruner_reference(tokens: torch.Tensor, image_embeds: torch.Tensor, text_embed: torch.Tensor,
+                       per_view: list[int], patches: int) -> list[int]:
+    """CDPruner (official form) on one image: tokens [V·P, D] the projected tokens, image_embeds [V·P, E]
+    in CLIP's joint space, text_embed [E]; relevance −cos, min–max normalised over all the image's tokens
+    (the official batch of crops), then the greedy MAP per view with that view's T."""
+    e = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
+    t = text_embed / text_embed.norm()
+    rel = -(e @ t)
+    rel = (rel - rel.min() + 1e-6) / (rel.max() - rel.min())
+    out: list[int] = []
+    for v, kv in enumerate(per_view):
+        sl = slice(v * patches, (v + 1) * patches)
+        x = tokens[sl] / tokens[sl].norm(dim=-1, keepdim=True)
+        kernel = rel[sl].unsqueeze(1) * (x @ x.T) * rel[sl].unsqueeze(0)
+        out += [v * patches + i for i in dpp_map_reference(kernel, kv)] if kv else []
+    return out

@@ -2,4 +2,4 @@
 
 Importing the package registers every visual-token method in ``tokexport.vlm.select.VISUAL_METHODS``:
 the significance-based selectors and constant baselines of ``select``, and one module per further method."""
-from . import dart, divprune, select, visionzip  # noqa: F401  (registration)
+from . import cdpruner, dart, divprune, select, visionzip  # noqa: F401  (registration)

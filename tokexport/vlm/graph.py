@@ -92,6 +92,8 @@ class VisualTokenGraph(nn.Module):
             if "keys" in selector.needs:
                 self.keys_block = self.score_blocks["select"]
         self.source = getattr(selector.config, "source", "cls") if selector is not None else "cls"
+        # weights the method runs inside the graph (registered so that the exporter writes them)
+        self.method_modules = nn.ModuleDict(selector.graph_modules() if selector is not None else {})
 
     @contextlib.contextmanager
     def _patched(self):
@@ -135,7 +137,8 @@ class VisualTokenGraph(nn.Module):
                     sig["keys"] = keys.mean(dim=1)[:, self.n_prefix:]
         return feats, sig
 
-    def forward(self, pixel_values: torch.Tensor):
+    def forward(self, pixel_values: torch.Tensor, *extra: torch.Tensor):
+        """``extra``: the selector's further graph inputs (``VisualSelector.graph_inputs``), in order."""
         lay = self.layout
         if pixel_values.dim() == 4:
             pixel_values = pixel_values.unsqueeze(1)
@@ -151,6 +154,12 @@ class VisualTokenGraph(nn.Module):
             tokens = patches
         else:
             signals = {kind: s.reshape(-1, lay.views, lay.patches, *s.shape[2:]) for kind, s in sig.items()}
+            names = list(self.selector.graph_inputs())
+            if len(extra) != len(names):
+                raise ValueError(f"{self.selector.name} takes the graph inputs {names}, got {len(extra)} extra tensor(s)")
+            signals.update(zip(names, extra))
+            if "features" in self.selector.needs:  # the tower's features even when the method sees projected tokens
+                signals["features"] = patches
             if self.selector.on == "projected" and self.projector is not None:
                 patches, projected = self.projector(patches), True
             tokens, idx = self.selector.reduce(patches, signals, lay, self.k)

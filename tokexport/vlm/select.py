@@ -234,6 +234,26 @@ class VisualSelector:
         self._last = (layout, k)
         return self._select(sig, sig_alloc, layout, k)
 
+    def prepare(self, tower_config, base_dir) -> None:
+        """Load what the method needs beyond the tower (CDPruner: a CLIP checkpoint) and check that it
+        fits ``tower_config``; ValueError whose message starts with the recipe field (``reduction.<it>``).
+        Default: nothing."""
+
+    def graph_inputs(self) -> dict[str, tuple[int, ...]]:
+        """Further graph inputs after ``pixel_values`` (name → shape after the batch axis), passed to
+        ``reduce`` in ``signals`` under their names. Default: none."""
+        return {}
+
+    def graph_modules(self) -> dict[str, torch.nn.Module]:
+        """Modules with weights the method runs inside the graph (CDPruner: CLIP's relevance head); the
+        graph registers them, so the exporter writes their weights. Default: none."""
+        return {}
+
+    def input_values(self, prompt: str | None = None) -> dict[str, np.ndarray]:
+        """Values of ``graph_inputs`` for one image (no batch axis): for ``prompt``, or the recipe's own
+        when None (the convert's evaluation). Default: none."""
+        return {}
+
     def check_budget(self, layout: VisualLayout, k: int) -> int:
         """``k`` as an int after the checks every method shares (1 ≤ k ≤ V·P, k < TensorRT's TopK limit)
         and the method's own (``check_k``); remembered for ``describe``."""
