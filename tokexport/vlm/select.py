@@ -24,6 +24,11 @@ Methods: ``fopru-rank``, ``fopru-row`` (FoPru, arXiv 2411.14164; no public code,
 for every image) — both deployable constant methods. The honest baselines every report carries (random
 keep drawn per image over several seeds, the 2-D lattice) are evaluated in PyTorch by
 :mod:`tokexport.vlm.baselines`, not exported.
+
+Methods that read more than a significance map live in their own modules and override
+``VisualSelector.reduce`` (what the graph calls): ``visionzip`` (merges: returns its own tokens),
+``divprune`` and ``dart`` (select from the tokens themselves), ``cdpruner`` (also takes the instruction
+embedding as a further graph input). ``tokexport.vlm`` imports them all, so they register here.
 """
 from __future__ import annotations
 
