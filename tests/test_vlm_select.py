@@ -28,7 +28,8 @@ from tokexport.vlm.select import (
     split_evenly,
 )
 
-ALL = sorted(VISUAL_METHODS)
+# methods that select from significance maps (tokens-based ones: tests/test_vlm_reducers.py)
+ALL = sorted(n for n, c in VISUAL_METHODS.items() if "tokens" not in c.needs)
 
 LAYOUTS = {
     "1view-4x4": VisualLayout(1, (4, 4)),

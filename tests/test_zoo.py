@@ -189,7 +189,7 @@ def test_unknown_and_missing(models_root):
         zoo.resolve_bundled(NAME)
     rows = zoo.list_models()
     assert [r["name"] for r in rows] == [NAME, "e5-small", "gemma3-270m", "smollm2-135m", "minilm-l6",
-                                         "tiny-llava", "tiny-llava-next"]
+                                         "tiny-llava", "tiny-llava-next", "tiny-clip"]
     assert not any(r["fetched"] for r in rows)
     assert not models_root.exists()  # listing and resolving create nothing
 

@@ -40,8 +40,8 @@ class _Named(nn.Module):
         self.fn = fn
         self.names = names
 
-    def forward(self, pixel_values):
-        out = self.fn(pixel_values)
+    def forward(self, pixel_values, *extra):
+        out = self.fn(pixel_values, *extra)
         return tuple(out[n] for n in self.names)
 
 
@@ -103,20 +103,23 @@ def pin_shapes(m: onnx.ModelProto, path: Path, shapes: dict[str, list], check: b
     onnx.save(m, str(path))
 
 
-def export_onnx(model: nn.Module, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], example: torch.Tensor,
+def export_onnx(model: nn.Module, fn: Callable[..., dict[str, torch.Tensor]], example: torch.Tensor,
                 path: Path, opset: int, dynamic_batch: bool, exporter: str = "auto",
-                check_shapes: bool = True) -> ExportInfo:
+                check_shapes: bool = True, extra_inputs: dict[str, torch.Tensor] | None = None) -> ExportInfo:
     """Export ``fn`` (the model's forward, returning named outputs) at ``example``'s shape to ``path``, with
-    the I/O shapes declared; ``check_shapes=False`` when :func:`finish_graph` will run (it checks the result)."""
+    the I/O shapes declared; ``check_shapes=False`` when :func:`finish_graph` will run (it checks the result).
+    ``extra_inputs``: further named inputs after ``pixel_values`` (same batch axis), passed to ``fn`` in order."""
     exporter = choose_exporter(opset, exporter)
+    extra = dict(extra_inputs or {})
     with torch.inference_mode():
-        ref = fn(example)
+        ref = fn(example, *extra.values())
     names = list(ref)
     module = _Named(model, fn, names).eval()
     path = Path(path)
-    m = run_exporter(module, (example,), path, opset, exporter, [INPUT_NAME], names, dynamic_batch)
+    m = run_exporter(module, (example, *extra.values()), path, opset, exporter, [INPUT_NAME, *extra], names,
+                     dynamic_batch)
     batch = "batch" if dynamic_batch else int(example.shape[0])
-    shapes = {INPUT_NAME: [batch, *example.shape[1:]]}
+    shapes = {INPUT_NAME: [batch, *example.shape[1:]], **{n: [batch, *t.shape[1:]] for n, t in extra.items()}}
     for n, t in ref.items():
         shapes[n] = [batch, *t.shape[1:]]
     pin_shapes(m, path, shapes, check_shapes)

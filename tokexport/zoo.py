@@ -187,6 +187,9 @@ GENERATED: dict[str, GeneratedModel] = {
     "tiny-llava-next": GeneratedModel(
         "tiny-llava-next", "tiny random LLaVA-NeXT (anyres 2x2 grid + full view) - not pretrained",
         "tokexport.vlm.llava:tiny_llava_next"),
+    "tiny-clip": GeneratedModel(
+        "tiny-clip", "tiny random CLIP (vision tower shaped like tiny-llava's, text tower, projections) - not pretrained",
+        "tokexport.vlm.llava:tiny_clip"),
 }
 
 

@@ -141,11 +141,17 @@ class _Probe(nn.Module):
 
 
 def _named(graph: VisualTokenGraph):
-    """The graph as the exported function: named outputs."""
-    def f(x):
-        tokens, pos = graph(x)
+    """The graph as the exported function: named outputs (``extra``: the selector's further inputs)."""
+    def f(x, *extra):
+        tokens, pos = graph(x, *extra)
         return {"visual_tokens": tokens, "positions": pos}
     return f
+
+
+def _with_inputs(feed: dict, values: dict) -> dict:
+    """``feed`` plus the selector's further inputs (one value per image, no batch axis) for every row."""
+    n = len(feed[INPUT_NAME])
+    return {**feed, **{k: np.repeat(np.asarray(v, dtype=np.float32)[None], n, axis=0) for k, v in values.items()}}
 
 
 def _prompt_ids(tok, prompt: str, parts) -> torch.Tensor:
@@ -155,7 +161,7 @@ def _prompt_ids(tok, prompt: str, parts) -> torch.Tensor:
     return tok(text, return_tensors="pt").input_ids
 
 
-def _generation(recipe, vm: VisualModel, model_path: Path, layout: VisualLayout):
+def _generation(recipe, vm: VisualModel, model_path: Path, layout: VisualLayout, inputs_for=lambda prompt: {}):
     """Greedy generation on the recipe's prompts and the bundled photographs, the unmodified model
     against the tokens model.onnx produced.
 
@@ -164,7 +170,8 @@ def _generation(recipe, vm: VisualModel, model_path: Path, layout: VisualLayout)
     - reduced: model.onnx run by ONNX Runtime on the same pixel values; its ``visual_tokens`` are packed
       by their ``positions`` the way the model packs (``pack_visual_tokens``: LLaVA-NeXT's base view,
       then the stitched tile grid row-major with ``image_newline`` after every row) and scattered into
-      the placeholders of the prompt's embeddings, then ``generate(inputs_embeds=...)``.
+      the placeholders of the prompt's embeddings, then ``generate(inputs_embeds=...)``. A method with
+      further graph inputs (CDPruner's instruction embedding) gets the prompt's own (``inputs_for``).
     With every token kept the two agree token for token (tests/test_llava_packing.py)."""
     from ..vlm.llava import (
         embed_with_visual_tokens,
@@ -202,7 +209,7 @@ def _generation(recipe, vm: VisualModel, model_path: Path, layout: VisualLayout)
                 out = parts.model.generate(input_ids=ids_full, pixel_values=torch.from_numpy(x),
                                            max_new_tokens=g.max_new_tokens, do_sample=False, **extra)
             a = out[0, ids_full.shape[1]:].tolist()
-            r = run_rows(runner, {INPUT_NAME: x})
+            r = run_rows(runner, _with_inputs({INPUT_NAME: x}, inputs_for(prompt)))
             packed = pack_visual_tokens(parts, torch.from_numpy(r["visual_tokens"][0]), r["positions"][0], hw)
             ids_red = expand_image_tokens(ids, parts.image_token_id, int(packed.shape[0]))
             with torch.inference_mode():
@@ -280,6 +287,11 @@ class VisualTokens(Task):
             k = cfg.resolve_k(layout)
         except ValueError as e:
             raise InputError(f"reduction: {e}") from None
+        try:  # what the method needs beyond the tower (CDPruner: a CLIP checkpoint matching it)
+            self.selector.prepare(vm.tower.config, self.base_dir)
+        except ValueError as e:
+            raise InputError(f"reduction.{e}") from None
+        self.inputs = self.selector.input_values()  # further graph inputs for the evaluation, per image
         try:
             self.red = VisualTokenGraph(vm.tower, ad, layout, s, vm.feature_layer, vm.feature_select, vm.projector,
                                         self.selector, k)
@@ -330,14 +342,18 @@ class VisualTokens(Task):
         with stages.stage("export", total=2) as advance:
             base_info = export_onnx(self.base, _named(self.base), example, base_path, ex.opset, dynamic, ex.exporter)
             advance()
-            red_info = export_onnx(self.red, _named(self.red), example, model_path, ex.opset, dynamic, ex.exporter)
+            extra = {k: torch.from_numpy(v) for k, v in _with_inputs({INPUT_NAME: example.numpy()}, self.inputs).items()
+                     if k != INPUT_NAME}
+            red_info = export_onnx(self.red, _named(self.red), example, model_path, ex.opset, dynamic, ex.exporter,
+                                   extra_inputs=extra)
             advance()
         return Graphs(model_path, base_path, red_info, base_info)
 
     def parity_cases(self, graphs: Graphs) -> dict[str, ParityCase]:
         # visual selectors record no decision margins: no near-tie exemption (as before the driver)
         feed = {INPUT_NAME: self.parity_x}
-        return {"parity": ParityCase(graphs.model, TorchRunner(_named(self.red)), feed),
+        red_feed = _with_inputs(feed, self.inputs)
+        return {"parity": ParityCase(graphs.model, TorchRunner(_named(self.red), list(red_feed)), red_feed),
                 "parity_baseline": ParityCase(graphs.baseline, TorchRunner(_named(self.base)), feed)}
 
     # ---- metrics
@@ -347,7 +363,7 @@ class VisualTokens(Task):
         base_runner = TorchRunner(_named(self.base))
         orig = run_rows(base_runner, feed)["visual_tokens"]  # all tokens, original model
         weights = run_rows(TorchRunner(lambda x: {"w": self.probe(x)}), feed)["w"]  # [N, V·P], sums to 1
-        r = run_rows(OrtRunner(graphs.model), feed)  # the shipped graph
+        r = run_rows(OrtRunner(graphs.model), _with_inputs(feed, self.inputs))  # the shipped graph
         proto = run_rows(base_runner, {INPUT_NAME: self.proto_x})["visual_tokens"].mean(axis=1)
         red_tokens, pos = r["visual_tokens"], r["positions"]
         n_orig_prefix = orig.shape[1] - layout.total
@@ -371,7 +387,8 @@ class VisualTokens(Task):
                 self.baselines = self._baselines(ps, orig, weights, n_orig_prefix, protos)
         if self.recipe.verify.generation is not None:
             with stages.stage("verify: generation"):
-                self.generation, gen = _generation(self.recipe, self.vm, graphs.model, layout)
+                self.generation, gen = _generation(self.recipe, self.vm, graphs.model, layout,
+                                                   lambda prompt: self.selector.input_values(prompt))
             for name, (o, rr) in gen.items():
                 metrics[name] = V.Metric(o, rr, th.get(name)).as_dict()
         return metrics
@@ -397,7 +414,8 @@ class VisualTokens(Task):
     # ---- bench and deploy
     def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
         pool = self.eval_x
-        return {INPUT_NAME: np.ascontiguousarray(pool[self._rng.choice(len(pool), batch, replace=len(pool) < batch)])}
+        feed = {INPUT_NAME: np.ascontiguousarray(pool[self._rng.choice(len(pool), batch, replace=len(pool) < batch)])}
+        return _with_inputs(feed, self.inputs)  # baseline.onnx reads pixel_values only
 
     def bench_extra(self, batches: dict) -> dict:
         return {"batches": {b: {**v, "selection_overhead": v["reduced_ms"] / v["baseline_ms"] - 1.0}
@@ -406,7 +424,7 @@ class VisualTokens(Task):
                         "selection: the ratio is the selection overhead (the saving is in the LLM prefill)"}
 
     def deploy_feed(self) -> dict[str, np.ndarray]:
-        return {INPUT_NAME: self._at_export_batch()}
+        return _with_inputs({INPUT_NAME: self._at_export_batch()}, self.inputs)
 
     # ---- report
     def _token_counts(self, graphs: Graphs) -> tuple[int, int]:
@@ -435,7 +453,9 @@ class VisualTokens(Task):
                           "visual_tokens_in": n_in, "visual_tokens_out": n_out,
                           "feature_layer": vm.feature_layer, "feature_select": vm.feature_select},
             "export": {"opset": ex.opset, "exporter": graphs.model_info.exporter, "batch": ex.batch,
-                       "target": ex.target, "trt_target": ex.trt_target, "inputs": {INPUT_NAME: input_shape},
+                       "target": ex.target, "trt_target": ex.trt_target,
+                       "inputs": {INPUT_NAME: input_shape, **{k: [input_shape[0], *shape] for k, shape in
+                                                              self.selector.graph_inputs().items()}},
                        "input_shape": input_shape, "outputs": graphs.model_info.output_shapes,
                        "baseline_outputs": graphs.baseline_info.output_shapes},
             "llm": {"dims": vm.llm_dims, "prompt_tokens": vis.prompt_tokens, "prefill_flops_full": prefill_full,

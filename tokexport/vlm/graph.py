@@ -4,9 +4,12 @@
       → vision tower, run only up to the feature layer (LLaVA's ``vision_feature_layer``, default -2)
       → feature select ("default" drops the prefix tokens, "full" keeps them, first)
       → significance from the tower's own attention at the selection (and allocation) block,
-        recomputed from that block's q/k projections
-      → selector: K positions in the flattened V·P patch sequence, ascending (raster order)
-      → Gather → projector (per-token MLP, so projecting only the kept tokens is exact)
+        recomputed from that block's q/k projections (and that block's keys, for methods that need them)
+      → method (``VisualSelector.reduce``): K tokens and their positions in the flattened V·P patch
+        sequence, ascending (raster order). A selector gathers K tokens; a merging method (VisionZip)
+        returns its own tokens, each at one position
+      → projector (per-token MLP, so projecting only the K outputs is exact for a selection). Methods
+        with ``on = "projected"`` (DivPrune, DART) get the projected tokens of all V·P positions instead
       → tokens [B, K, D], positions [B, K] int64
 
 The tower's own forward runs (patched reversibly for each call): its blocks list is truncated to the
@@ -21,7 +24,6 @@ import torch
 from torch import nn
 
 from ..adapters.base import Adapter
-from ..reduce.common import gather_tokens
 from ..reduce.patch import capture_qk, captured_attention, without_mask
 from .select import VisualLayout, VisualSelector, significance
 
@@ -77,16 +79,21 @@ class VisualTokenGraph(nn.Module):
             raise ValueError(f"the tower makes {p} patch tokens per view at {image_size}px, layout expects {layout.patches}")
         self.k = layout.total if selector is None else int(k)
         self.score_blocks: dict[str, int] = {}
+        self.keys_block: int | None = None  # the block whose head-averaged keys the method reads ("keys")
         if selector is not None:
             cfg = selector.config
             for kind, attr in (("select", "select_layer"), ("alloc", "alloc_layer")):
-                if kind in selector.needs:
+                if kind in selector.needs or (kind == "select" and "keys" in selector.needs):
                     b = block_index(int(getattr(cfg, attr)), n_layers)
                     if b >= self.depth:
                         raise ValueError(f"{attr} {getattr(cfg, attr)} is deeper than the feature layer; "
                                          "scoring blocks must run before the features are taken")
                     self.score_blocks[kind] = b
+            if "keys" in selector.needs:
+                self.keys_block = self.score_blocks["select"]
         self.source = getattr(selector.config, "source", "cls") if selector is not None else "cls"
+        # weights the method runs inside the graph (registered so that the exporter writes them)
+        self.method_modules = nn.ModuleDict(selector.graph_modules() if selector is not None else {})
 
     @contextlib.contextmanager
     def _patched(self):
@@ -108,19 +115,30 @@ class VisualTokenGraph(nn.Module):
             for m in originals:
                 layers.append(m)
 
-    def tower_features(self, pixel_values: torch.Tensor):
-        """(features [B·V, N, D] at the feature layer, {kind: significance [B·V, P]})."""
+    def tower_features(self, pixel_values: torch.Tensor, also: tuple[str, ...] = ()):
+        """(features [B·V, N, D] at the feature layer, {kind: significance [B·V, P]}; with a keys block
+        also "keys": that block's patch keys averaged over heads [B·V, P, dh]). ``also``: further
+        significance sources computed from the same attention, keyed "kind/source" (one tower pass for
+        several methods' signals: scripts/bench_visual_frontier.py)."""
         kwargs = self.adapter.forward_kwargs(self.image_size)
         with self._patched() as (last, caps):
             self.tower(pixel_values=pixel_values, **kwargs)
             feats = last.last
             sig = {}
+            computed = {}
             for kind, b in self.score_blocks.items():
-                attn, _ = captured_attention(caps[b], self.adapter.num_heads, self.adapter.head_dim)
+                if b not in computed:  # select and alloc may share a block: captured once
+                    computed[b] = captured_attention(caps[b], self.adapter.num_heads, self.adapter.head_dim)
+                attn, keys = computed[b]
                 sig[kind] = significance(attn, self.n_prefix, self.source, heads="sum")
+                for src in also:
+                    sig[f"{kind}/{src}"] = significance(attn, self.n_prefix, src, heads="sum")
+                if b == self.keys_block and kind == "select":
+                    sig["keys"] = keys.mean(dim=1)[:, self.n_prefix:]
         return feats, sig
 
-    def forward(self, pixel_values: torch.Tensor):
+    def forward(self, pixel_values: torch.Tensor, *extra: torch.Tensor):
+        """``extra``: the selector's further graph inputs (``VisualSelector.graph_inputs``), in order."""
         lay = self.layout
         if pixel_values.dim() == 4:
             pixel_values = pixel_values.unsqueeze(1)
@@ -130,21 +148,24 @@ class VisualTokenGraph(nn.Module):
         d = feats.shape[-1]
         prefix = feats[:, : self.n_prefix].reshape(-1, lay.views * self.n_prefix, d) if self.n_prefix else None
         patches = feats[:, self.n_prefix :].reshape(-1, lay.total, d)  # batch stays symbolic when traced
+        projected = False
         if self.selector is None:
             idx = torch.arange(lay.total, device=x.device).unsqueeze(0).expand(patches.shape[0], -1)
             tokens = patches
         else:
-            sel = sig.get("select")
-            alloc = sig.get("alloc")
-            sel = sel.reshape(-1, lay.views, lay.patches) if sel is not None else None
-            alloc = alloc.reshape(-1, lay.views, lay.patches) if alloc is not None else None
-            idx = self.selector.select(sel, alloc, lay, self.k)
-            if sel is None and alloc is None:  # constant subsets (uniform, random): one row for every image
-                idx = idx[:1].expand(patches.shape[0], -1)
-            tokens = gather_tokens(patches, idx, 0)
+            signals = {kind: s.reshape(-1, lay.views, lay.patches, *s.shape[2:]) for kind, s in sig.items()}
+            names = list(self.selector.graph_inputs())
+            if len(extra) != len(names):
+                raise ValueError(f"{self.selector.name} takes the graph inputs {names}, got {len(extra)} extra tensor(s)")
+            signals.update(zip(names, extra))
+            if "features" in self.selector.needs:  # the tower's features even when the method sees projected tokens
+                signals["features"] = patches
+            if self.selector.on == "projected" and self.projector is not None:
+                patches, projected = self.projector(patches), True
+            tokens, idx = self.selector.reduce(patches, signals, lay, self.k)
         if self.feature_select == "full" and prefix is not None:
-            tokens = torch.cat([prefix, tokens], dim=1)
+            tokens = torch.cat([self.projector(prefix) if projected else prefix, tokens], dim=1)
             idx = torch.cat([torch.full_like(idx[:, :1], -1).expand(-1, prefix.shape[1]), idx], dim=1)
-        if self.projector is not None:
+        if self.projector is not None and not projected:
             tokens = self.projector(tokens)
         return tokens, idx

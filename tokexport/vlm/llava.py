@@ -419,6 +419,23 @@ def tiny_llava(path, seed: int = 0) -> Path:
     return _tiny(path, "llava", seed)
 
 
+def tiny_clip(path, seed: int = 0) -> Path:
+    """Write a randomly initialised CLIP (vision tower shaped like the tiny twins' — 56/14, 32 wide, 3
+    blocks — plus a 2-layer text tower and both projections, no tokenizer) in Hugging Face layout: the
+    ``clip_model`` of the tiny CDPruner twin. Returns the directory."""
+    import transformers as T
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    text = T.CLIPTextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=77, projection_dim=32, bos_token_id=1,
+                            eos_token_id=2, pad_token_id=0)
+    cfg = T.CLIPConfig(text_config=text.to_dict(), vision_config=T.CLIPVisionConfig(**TINY_VISION).to_dict(),
+                       projection_dim=32)
+    T.CLIPModel(cfg).eval().save_pretrained(path)
+    return path
+
+
 def tiny_llava_next(path, seed: int = 0) -> Path:
     """Write a randomly initialised LLaVA-NeXT twin (same tower and LM; one grid pinpoint 112×112, so
     every image is 2×2 tiles of 56 + the full view = 5 views of 4×4 patches)."""

@@ -24,6 +24,11 @@ Methods: ``fopru-rank``, ``fopru-row`` (FoPru, arXiv 2411.14164; no public code,
 for every image) — both deployable constant methods. The honest baselines every report carries (random
 keep drawn per image over several seeds, the 2-D lattice) are evaluated in PyTorch by
 :mod:`tokexport.vlm.baselines`, not exported.
+
+Methods that read more than a significance map live in their own modules and override
+``VisualSelector.reduce`` (what the graph calls): ``visionzip`` (merges: returns its own tokens),
+``divprune`` and ``dart`` (select from the tokens themselves), ``cdpruner`` (also takes the instruction
+embedding as a further graph input). ``tokexport.vlm`` imports them all, so they register here.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from tokexport.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..bounds import Count, Real
-from ..reduce.common import keep_topk, sort_positions
+from ..reduce.common import gather_tokens, keep_topk, sort_positions
 from ..reduce.schedule import round_count
 from ..reduce.uniform_keep import uniform_positions
 
@@ -185,16 +190,25 @@ class VisualReductionConfig(BaseModel):
 
 
 class VisualSelector:
-    """Base class of a visual-token selector. Subclasses set ``name``, ``config_cls``, ``needs`` and
-    implement ``_select``.
+    """Base class of a visual-token method. Subclasses set ``name``, ``config_cls``, ``needs`` and
+    implement ``_select`` (a selection from significance maps) or override ``reduce`` (anything else:
+    a selection from the tokens themselves, or a merge).
 
-    ``needs``: the significance maps consumed: "select" (at the config's ``select_layer``) and/or
-    "alloc" (at ``alloc_layer``). Empty for constant subsets.
+    ``needs``: the signals consumed: "select" (significance at the config's ``select_layer``), "alloc"
+    (at ``alloc_layer``), "keys" (the ``select_layer`` block's keys averaged over heads, [B, V, P, dh]),
+    "tokens" (nothing from the tower's attention: the method reads the tokens ``reduce`` is given).
+    Empty for constant subsets.
+
+    ``on``: the tokens ``reduce`` is given. "features" (default): the tower's feature-layer patch tokens;
+    the projector then runs on the K outputs only (exact for a selection: the projector is per token).
+    "projected": the projector runs on all V·P tokens first and the method works in the LLM's embedding
+    space, as DivPrune and DART do; identical to "features" for a bare tower (no projector).
     """
 
     name: ClassVar[str]
     config_cls: ClassVar[type[VisualReductionConfig]]
     needs: ClassVar[frozenset[str]] = frozenset()
+    on: ClassVar[Literal["features", "projected"]] = "features"
 
     def __init__(self, config: VisualReductionConfig):
         if not isinstance(config, self.config_cls):
@@ -212,12 +226,7 @@ class VisualSelector:
         sig / sig_alloc: [B, V, P] significance at the selection / allocation layer, or None when the
         method does not need it. Constant methods given neither return [1, k] (one row for every image).
         """
-        k = int(k)
-        if not 1 <= k <= layout.total:
-            raise ValueError(f"k={k} outside [1, {layout.total}]")
-        if k >= TOPK_LIMIT:
-            raise ValueError(f"k={k}: TensorRT's TopK needs K < {TOPK_LIMIT}")
-        self.config.check_k(layout, k, "k")
+        k = self.check_budget(layout, k)
         for kind, t in (("select", sig), ("alloc", sig_alloc)):
             if t is None:
                 if kind in self.needs and not (kind == "alloc" and layout.n_sub == 0):
@@ -230,8 +239,54 @@ class VisualSelector:
         self._last = (layout, k)
         return self._select(sig, sig_alloc, layout, k)
 
+    def prepare(self, tower_config, base_dir) -> None:
+        """Load what the method needs beyond the tower (CDPruner: a CLIP checkpoint) and check that it
+        fits ``tower_config``; ValueError whose message starts with the recipe field (``reduction.<it>``).
+        Default: nothing."""
+
+    def graph_inputs(self) -> dict[str, tuple[int, ...]]:
+        """Further graph inputs after ``pixel_values`` (name → shape after the batch axis), passed to
+        ``reduce`` in ``signals`` under their names. Default: none."""
+        return {}
+
+    def graph_modules(self) -> dict[str, torch.nn.Module]:
+        """Modules with weights the method runs inside the graph (CDPruner: CLIP's relevance head); the
+        graph registers them, so the exporter writes their weights. Default: none."""
+        return {}
+
+    def input_values(self, prompt: str | None = None) -> dict[str, np.ndarray]:
+        """Values of ``graph_inputs`` for one image (no batch axis): for ``prompt``, or the recipe's own
+        when None (the convert's evaluation). Default: none."""
+        return {}
+
+    def check_budget(self, layout: VisualLayout, k: int) -> int:
+        """``k`` as an int after the checks every method shares (1 ≤ k ≤ V·P, k < TensorRT's TopK limit)
+        and the method's own (``check_k``); remembered for ``describe``."""
+        k = int(k)
+        if not 1 <= k <= layout.total:
+            raise ValueError(f"k={k} outside [1, {layout.total}]")
+        if k >= TOPK_LIMIT:
+            raise ValueError(f"k={k}: TensorRT's TopK needs K < {TOPK_LIMIT}")
+        self.config.check_k(layout, k, "k")
+        self._last = (layout, k)
+        return k
+
     def _select(self, sig, sig_alloc, layout: VisualLayout, k: int) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.name} does not select from significance maps; use reduce()")
+
+    def reduce(self, tokens: torch.Tensor, signals: dict[str, torch.Tensor], layout: VisualLayout,
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [B, k, D], positions [B, k] int64 ascending): what the graph outputs.
+
+        tokens: [B, V·P, D] (see ``on``); signals: {"select", "alloc": [B, V, P], "keys": [B, V, P, dh]},
+        those in ``needs``. Default: the positions ``select`` returns and the tokens there (one Gather).
+        A merging method overrides this and returns its own tokens; each output token still carries one
+        position of [0, V·P) (the method documents which), distinct and ascending, so the LLM-side packing
+        (``tokexport.vlm.packing``) places it."""
+        idx = self.select(signals.get("select"), signals.get("alloc"), layout, k)
+        if not self.needs & {"select", "alloc"}:  # constant subsets: one row for every image
+            idx = idx[:1].expand(tokens.shape[0], -1)
+        return gather_tokens(tokens, idx, 0), idx
 
     def resolved(self, layout: VisualLayout, k: int) -> dict:
         """Layout-dependent parameters (override)."""
