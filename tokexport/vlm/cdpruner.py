@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
+from tokexport.lazy import torch
 from pydantic import Field
 from torch import nn
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
+from tokexport.lazy import torch
 from pydantic import Field
 
 from ..bounds import Count

@@ -8,7 +8,7 @@ casts). Rows of a matrix are read with ``torch.gather`` (ONNX GatherElements) at
 """
 from __future__ import annotations
 
-import torch
+from tokexport.lazy import torch
 
 #: below any score the greedy loops compare (cosines, distances and their negations lie in [-2, 2]);
 #: finite, so no ``-inf * 0 = NaN`` anywhere

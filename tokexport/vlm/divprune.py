@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
+from tokexport.lazy import torch
 from pydantic import Field
 
 from ..reduce.common import gather_tokens, sort_positions

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
+from tokexport.lazy import torch
 from pydantic import Field
 
 from ..bounds import Count, Real
