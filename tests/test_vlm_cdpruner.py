@@ -115,7 +115,7 @@ def test_dinov2_tower_is_refused(zoo, tiny_models, tmp_path):
     with pytest.raises(InputError) as e:
         run(recipe, tmp_path, out, label="r.yaml")
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("reduction.method: cdpruner")
+    assert "\n" not in msg and msg.startswith("r.yaml: reduction.method: cdpruner")  # the recipe file named first
     assert "dinov2" in msg and "text tower" in msg
     assert not out.exists()
 
@@ -125,12 +125,12 @@ def test_mismatched_clip_checkpoint_is_refused(zoo, tiny_models, tmp_path):
     recipe = Recipe.model_validate({
         "model": str(tiny_models["clip-vision"]), "task": "visual-tokens", "vision": {"feature_layer": -2},
         "reduction": {"method": "cdpruner", "keep": 4, "clip_model": "tiny-clip"}})
-    with pytest.raises(InputError, match=r"^reduction\.clip_model: its vision tower's num_hidden_layers is 3"):
+    with pytest.raises(InputError, match=r"^r\.yaml: reduction\.clip_model: its vision tower's num_hidden_layers is 3"):
         run(recipe, tmp_path, tmp_path / "out", label="r.yaml")
     recipe = Recipe.model_validate({
         "model": str(tiny_models["clip-vision"]), "task": "visual-tokens",
         "reduction": {"method": "cdpruner", "keep": 4, "clip_model": str(tiny_models["vit"])}})
-    with pytest.raises(InputError, match=r"^reduction\.clip_model: .* is not a CLIP checkpoint with a text tower"):
+    with pytest.raises(InputError, match=r"^r\.yaml: reduction\.clip_model: .* is not a CLIP checkpoint with a text tower"):
         run(recipe, tmp_path, tmp_path / "out", label="r.yaml")
     assert not (tmp_path / "out").exists()
 

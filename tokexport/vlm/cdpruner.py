@@ -40,7 +40,6 @@ from typing import Literal
 import numpy as np
 from tokexport.lazy import torch
 from pydantic import Field
-from torch import nn
 
 from ..reduce.common import gather_tokens, sort_positions
 from .diversity import MASKED, gather_row, one_hot, unit_rows
@@ -121,16 +120,12 @@ def cdpruner_positions(tokens: torch.Tensor, image_embeds: torch.Tensor, text_em
     return torch.cat(out, dim=1)
 
 
-class RelevanceHead(nn.Module):
-    """CLIP's post_layernorm + visual_projection: tower features → CLIP's joint image-text space."""
+def relevance_head(post_layernorm, visual_projection):
+    """CLIP's post_layernorm + visual_projection: tower features → CLIP's joint image-text space (a module
+    with those two named children, built when a recipe asks for cdpruner: no torch import before that)."""
+    from collections import OrderedDict
 
-    def __init__(self, post_layernorm: nn.Module, visual_projection: nn.Module):
-        super().__init__()
-        self.post_layernorm = post_layernorm
-        self.visual_projection = visual_projection
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.visual_projection(self.post_layernorm(features))
+    return torch.nn.Sequential(OrderedDict(post_layernorm=post_layernorm, visual_projection=visual_projection))
 
 
 def _config_of(path: Path) -> dict:
@@ -150,7 +145,7 @@ class CDPruner(VisualSelector):
 
     def __init__(self, config):
         super().__init__(config)
-        self.head: RelevanceHead | None = None
+        self.head = None  # relevance_head(...), loaded by prepare()
         self._text = None  # (CLIPTextModelWithProjection, tokenizer or None)
 
     # ---- what the graph and the task need beyond the tower
@@ -159,7 +154,7 @@ class CDPruner(VisualSelector):
             raise RuntimeError("cdpruner: prepare() has not loaded the CLIP checkpoint")
         return {INSTRUCTION_INPUT: (int(self.head.visual_projection.out_features),)}
 
-    def graph_modules(self) -> dict[str, nn.Module]:
+    def graph_modules(self) -> dict:
         return {"relevance_head": self.head} if self.head is not None else {}
 
     def prepare(self, tower_config, base_dir: Path) -> None:
@@ -190,7 +185,7 @@ class CDPruner(VisualSelector):
                                  f"{getattr(tower_config, key, None)}: it must be the CLIP checkpoint the VLM's tower "
                                  "comes from")
         clip = CLIPModel.from_pretrained(path).eval()
-        self.head = RelevanceHead(clip.vision_model.post_layernorm, clip.visual_projection).eval()
+        self.head = relevance_head(clip.vision_model.post_layernorm, clip.visual_projection).eval()
         try:
             from transformers import AutoTokenizer
 
@@ -236,5 +231,5 @@ class CDPruner(VisualSelector):
                 "text": "CLIP text tower outside the graph, one 77-token segment"}
 
 
-__all__ = ["CDPruner", "CDPrunerConfig", "INSTRUCTION_INPUT", "RelevanceHead", "cdpruner_positions", "dpp_greedy",
+__all__ = ["CDPruner", "CDPrunerConfig", "INSTRUCTION_INPUT", "relevance_head", "cdpruner_positions", "dpp_greedy",
            "dpp_kernel", "relevance"]
