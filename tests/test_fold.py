@@ -15,8 +15,9 @@ from tokexport.onnx_tools import check_target
 from tokexport.recipe import validate_recipe
 from tokexport.tasks.run import run
 
+# a real floor: the tiny DINOv2's reduced features measure >= 0.99 against the original's
 ACC = {"parity": {"samples": 2},
-       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}}}  # tiny DINOv2: >= 0.99 measured
+       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}}}
 
 
 def _convert(tiny_models, tmp_path, name: str, **export):

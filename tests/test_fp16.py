@@ -17,8 +17,9 @@ from tokexport.tasks.run import run
 
 from conftest import real_model_dir
 
+# a real floor: the tiny DINOv2's reduced features measure >= 0.99 against the original's
 ACC = {"parity": {"samples": 4},
-       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}}}  # tiny DINOv2: >= 0.99 measured
+       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}}}
 REPO = Path(__file__).resolve().parents[1]
 
 

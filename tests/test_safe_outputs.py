@@ -272,7 +272,7 @@ def test_two_concurrent_converts_one_wins(world):
         _wait_for_line(first, "tokexport: holding at exported")
         lost = subprocess.run(cmd, cwd=world.work, env=env, capture_output=True, text=True, timeout=600)
         assert first.poll() is None  # the winner was still holding the output when the loser gave up
-        o, e = first.communicate("\n", timeout=900)  # release it
+        _, e = first.communicate("\n", timeout=900)  # release it
     finally:
         if first.poll() is None:
             first.kill()

@@ -89,7 +89,6 @@ def test_broken_keep_list_fails_the_gate(name, shipped, tmp_path):
     ref = shipped(name)
     assert ref.exit_code == 0 and failed_checks(ref.report) == set(), ref.report["failures"]
     size = len(json.loads((ref.out_dir / "model" / "new_to_old_ids.json").read_text()))
-    assert size == ref.report["tokenizer"]["vocab_size_trimmed"]
     keep = tmp_path / "broken_keep_ids.txt"
     keep.write_text("".join(f"{i}\n" for i in broken_keep_list(name, size, tmp_path)))
     data = _keep_file_trim(_data(name), keep)
