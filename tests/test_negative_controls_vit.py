@@ -10,7 +10,11 @@ tokexport.reduce.baselines_vit): the test asserts the broken run's baselines equ
 - scored methods (zero-tprune, topk-cls): the method's scores negated — it keeps its LEAST significant tokens;
 - tome: the B side's keys negated — it merges the most DISSIMILAR pairs;
 - random (fixed subset) and uniform: one contiguous corner block (the first rows of the patch grid), through
-  a subclass registered for the method's name only (the uniform baseline keeps its lattice).
+  a subclass registered for the method's name only (the uniform baseline keeps its lattice);
+- pitome: the energy ranking reversed and the pair similarities negated — it protects the HIGH-energy
+  (redundant) tokens and merges into dissimilar partners;
+- divprune: the distance negated — it keeps a tight cluster; dart: each pivot keeps its near-copies;
+- hybrid: every step broken as its own method is (``break_reduction``).
 
 The shipped run is the session's one conversion of the recipe (conftest ``shipped``); the broken run has bench
 and deploy off (they gate nothing; the verify section is exactly the shipped one). Real DINOv2-S.
@@ -81,6 +85,33 @@ def _corner_uniform(mp: pytest.MonkeyPatch) -> None:
     mp.setitem(METHODS, "uniform", CornerUniform)
 
 
+def _pitome_inverted(mp: pytest.MonkeyPatch) -> None:
+    from tokexport.reduce import pitome
+
+    order, pairs = pitome.energy_order, pitome._pair_scores
+
+    def reversed_order(metric, margin, alpha):
+        sim, idx = order(metric, margin, alpha)
+        return sim, idx.flip(-1)  # ascending energy: the redundant tokens are protected
+
+    mp.setattr(pitome, "energy_order", reversed_order)
+    mp.setattr(pitome, "_pair_scores", lambda sim, rows, cols: -pairs(sim, rows, cols))
+
+
+def _divprune_clustered(mp: pytest.MonkeyPatch) -> None:
+    from tokexport.reduce import divprune
+
+    distance = divprune.cosine_distance
+    mp.setattr(divprune, "cosine_distance", lambda h: -distance(h))  # the nearest token is picked next
+
+
+def _dart_duplicates(mp: pytest.MonkeyPatch) -> None:
+    from tokexport.reduce import dart
+
+    cosines = dart.pivot_cosines
+    mp.setattr(dart, "pivot_cosines", lambda hp, hn: -cosines(hp, hn))  # each pivot keeps its near-copies
+
+
 # method -> how to break it (applied with monkeypatch for the broken run only); a new method adds its row
 BREAKS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "zero-tprune": _negated_topk("zero_tprune"),
@@ -88,7 +119,21 @@ BREAKS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "tome": _tome_dissimilar,
     "random": _corner_random,
     "uniform": _corner_uniform,
+    "pitome": _pitome_inverted,
+    "divprune": _divprune_clustered,
+    "dart": _dart_duplicates,
 }
+
+
+def step_methods(reduction: dict) -> list[str]:
+    """The methods a reduction runs: its own, or each step's for a hybrid."""
+    return [s["method"] for s in reduction["steps"]] if reduction["method"] == "hybrid" else [reduction["method"]]
+
+
+def break_reduction(reduction: dict, mp: pytest.MonkeyPatch) -> None:
+    """Break every method the reduction runs (a hybrid: each of its steps)."""
+    for method in step_methods(reduction):
+        BREAKS[method](mp)
 
 
 def _data(name: str) -> dict:
@@ -114,7 +159,8 @@ def test_every_shipped_vit_recipe_is_covered():
         set(RECIPES)
     for name in RECIPES:
         data = _data(name)
-        assert data["reduction"]["method"] in BREAKS, f"{name}: no negative control for its method: add it to BREAKS"
+        for method in step_methods(data["reduction"]):
+            assert method in BREAKS, f"{name}: no negative control for {method}: add it to BREAKS"
         assert data["verify"].get("vs_baselines"), f"{name}: no verify.vs_baselines (docs/verdicts.md rule V2)"
 
 
@@ -142,7 +188,7 @@ def test_broken_selection_fails_the_gate(name, shipped, tmp_path, monkeypatch):
     data["deploy"] = {"bundle": False, "engines": False}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    BREAKS[data["reduction"]["method"]](monkeypatch)
+    break_reduction(data["reduction"], monkeypatch)
     res = convert(path, tmp_path / "out")
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["recipe"]["verify"] == ref["recipe"]["verify"]  # the gate under test is exactly the shipped one

@@ -44,7 +44,8 @@ class HybridConfig(ReductionConfig):
 
     @model_validator(mode="after")
     def _schedule_in_steps(self) -> HybridConfig:
-        given = [f for f in _SCHEDULE_FIELDS if f in self.model_fields_set]
+        defaults = {f: type(self).model_fields[f].get_default(call_default_factory=True) for f in _SCHEDULE_FIELDS}
+        given = [f for f in _SCHEDULE_FIELDS if getattr(self, f) != defaults[f]]  # a dump's defaults round-trip
         if given:
             raise ValueError(f"{given[0]}: a hybrid's schedule is given in each step (steps[i].{given[0]}), not at "
                              "the top level")
