@@ -63,7 +63,7 @@ class PiToMeConfig(ReductionConfig):
         default=None,
         description=(
             "Blocks 0..bsm_blocks-1 use the pitome_bsm step (energy-ranked alternating split of all tokens, then "
-            "bipartite soft matching), later blocks the pitome step (protect the low-energy tokens); null: ceil(L/2), "
+            "bipartite soft matching), later blocks the pitome step (protect the low-energy tokens); 0..1024; null: ceil(L/2), "
             "as the official DeiT patch; 0: the pitome step everywhere."
         ),
     )
