@@ -84,7 +84,7 @@ def dpp_kernel(tokens: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
     return rel.unsqueeze(2) * sim * rel.unsqueeze(1)
 
 
-def dpp_greedy(kernel: torch.Tensor, k: int, choose=torch.argmax) -> torch.Tensor:
+def dpp_greedy(kernel: torch.Tensor, k: int, choose=None) -> torch.Tensor:
     """int64 [B, k]: the greedy MAP picks of the DPP with kernel [B, N, N], ascending; the k steps
     unrolled. ``choose`` is the per-step pick (the negative control in tests swaps it)."""
     n = int(kernel.shape[-1])
@@ -92,7 +92,7 @@ def dpp_greedy(kernel: torch.Tensor, k: int, choose=torch.argmax) -> torch.Tenso
     cs = None  # [B, i, N]: the c vectors of the steps so far
     picks = []
     for _ in range(k):
-        j = choose(d, dim=-1)
+        j = (choose or torch.argmax)(d, dim=-1)  # default: argmax (looked up when called: lazy torch)
         picks.append(j)
         row = gather_row(kernel, j)  # [B, N]
         dj = gather_row(d.unsqueeze(-1), j)[:, 0].clamp_min(1e-12)  # [B]

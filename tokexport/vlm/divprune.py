@@ -48,7 +48,7 @@ def first_pick(dist: torch.Tensor) -> torch.Tensor:
     return torch.argmax(nearest_other, dim=-1)
 
 
-def divprune_positions(tokens: torch.Tensor, k: int, choose=torch.argmax) -> torch.Tensor:
+def divprune_positions(tokens: torch.Tensor, k: int, choose=None) -> torch.Tensor:
     """int64 [B, k]: DivPrune's K picks, ascending. ``choose`` is the per-step pick (the greedy's
     argmax; the negative control in tests swaps it)."""
     dist = cosine_distances(tokens)
@@ -58,7 +58,7 @@ def divprune_positions(tokens: torch.Tensor, k: int, choose=torch.argmax) -> tor
     # m[b, t]: distance of token t to the nearest token picked so far; picked tokens masked out
     m = torch.where(one_hot(j, n) > 0, torch.full_like(dist[:, 0], MASKED), gather_row(dist, j))
     for _ in range(k - 1):  # static unroll: K is an export-time constant
-        j = choose(m, dim=-1)
+        j = (choose or torch.argmax)(m, dim=-1)  # default: argmax (looked up when called: lazy torch)
         picks.append(j)
         m = torch.where(one_hot(j, n) > 0, torch.full_like(m, MASKED), torch.minimum(m, gather_row(dist, j)))
     return sort_positions(torch.stack(picks, dim=1))
