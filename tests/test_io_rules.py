@@ -595,7 +595,12 @@ def case_out_tilde_expands(w):
 CASES = {name.removeprefix("case_"): fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# cases that fetch a real bundled checkpoint (the zoo's real loading path): the real_model tier
+REAL = {"models_dir_symlink", "disk_full_models_fetch"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.real_model) if n in REAL else n
+                                  for n in sorted(CASES)])
 def test_case(name, world, monkeypatch):
     run = CASES[name](world)
     before = snapshot(world.root)
