@@ -11,6 +11,7 @@ model there, and one it fetches is caught), and in this process a call of the zo
 ``open()`` of a file under the real models directory is recorded and fails the test."""
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -69,13 +70,17 @@ TINY_KINDS = ["vit-classifier", "vit", "deit-teacher", "dinov2", "clip-vision", 
 
 def pytest_configure(config):
     """Under pytest-xdist each worker gets its share of the cores for PyTorch (here and in the CLI runs it
-    starts), so that two workers on two cores do not oversubscribe them."""
+    starts), so that two workers on two cores do not oversubscribe them. The controller makes the folder
+    through which the workers tell it the xdist groups (:func:`pytest_xdist_make_scheduler`)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         torch.set_num_threads(threads)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, str(threads))
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        _GUARD["groups"] = tempfile.mkdtemp(prefix="tokexport-xdist-groups-")
+        os.environ[_GROUPS_ENV] = _GUARD["groups"]  # the workers start after this and inherit it
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +99,8 @@ def _offline(monkeypatch):
 
 REAL_MODELS = zoo.models_dir()  # read before any test changes $TOKEXPORT_MODELS_DIR
 _REAL_PREFIXES = tuple({str(REAL_MODELS.absolute()) + os.sep, str(REAL_MODELS.resolve()) + os.sep})
-_GUARD: dict = {"allowed": True, "touched": [], "tripwire": None, "item": None}
+_GUARD: dict = {"allowed": True, "touched": [], "tripwire": None, "item": None, "groups": None}
+_GROUPS_ENV = "TOKEXPORT_TEST_XDIST_GROUPS"
 
 
 def _touch(what: str) -> None:
@@ -187,8 +193,9 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 def pytest_unconfigure(config):
-    if _GUARD["tripwire"] is not None:
-        shutil.rmtree(_GUARD["tripwire"], ignore_errors=True)
+    for d in (_GUARD["tripwire"], _GUARD["groups"]):
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _schedule_key(item) -> tuple[int, str]:
@@ -207,6 +214,43 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("gemma") and not item.get_closest_marker("real_model"):
             raise pytest.UsageError(f"{item.nodeid}: a gemma test loads a real checkpoint: mark it real_model too")
     items.sort(key=_schedule_key)  # stable: the order within a group and a file is kept
+    worker, folder = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(_GROUPS_ENV)
+    if worker and folder:
+        groups = {}
+        for item in items:
+            names = {str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                     for m in item.iter_markers("xdist_group")}
+            if names:  # as pytest-xdist names a test's group
+                groups[item.nodeid] = "_".join(sorted(names))
+        tmp = Path(folder) / f"{worker}.json.part"
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(Path(folder) / f"{worker}.json")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` that keeps its promise. pytest-xdist tags a grouped test by appending
+    ``@GROUP`` to ``item._nodeid``, which pytest >= 9.2 no longer reads (``nodeid`` comes from
+    ``item._id``): every test became its own group and each worker converted the shipped recipes its
+    tests read (the Gemma conversion twice). Here the workers write ``{nodeid: group}`` at collection
+    and the controller's scheduler reads it; a tag that does arrive is used as before."""
+    if config.getvalue("dist") != "loadgroup" or not _GUARD["groups"]:
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    folder, cache = Path(_GUARD["groups"]), {}
+
+    class _Scheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if "@" in nodeid:
+                return super()._split_scope(nodeid)
+            if not cache:  # every worker has collected (and written) before the first schedule
+                for f in sorted(folder.glob("*.json")):
+                    cache.update(json.loads(f.read_text()))
+                cache.setdefault("", "")
+            return cache.get(nodeid, nodeid)
+
+    return _Scheduling(config, log)
 
 
 # ------------------------------------------------------------------------- shipped recipes, converted once
@@ -252,34 +296,40 @@ def group(name: str):
 
 @pytest.fixture(scope="session")
 def _shipped_root(tmp_path_factory) -> Path:
-    """$TOKEXPORT_TEST_OUT (set by .ci/run: it gates the default recipe's report afterwards), or a
-    session temporary directory."""
-    env = os.environ.get("TOKEXPORT_TEST_OUT")
-    if env:
-        Path(env).mkdir(parents=True, exist_ok=True)
-        return Path(env)
-    return tmp_path_factory.mktemp("shipped")
+    """Where the shipped conversions of this run go: the folder all xdist workers of the run share (the
+    parent of their own temporary folders), or the session's own without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shipped"
+    root.mkdir(exist_ok=True)
+    return root
 
 
-@pytest.fixture(scope="session")
-def _shipped_cache() -> dict:
-    return {}
+def convert_shipped_once(name: str, root: Path) -> Conversion:
+    """`tokexport convert NAME --out ROOT/NAME`, run once per run whichever worker asks first: the others
+    wait on the lock and read the recorded result (one conversion even where two workers read it)."""
+    out, record = root / name, root / f"{name}.conversion.json"
+    with open(root / f"{name}.testlock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not record.is_file():
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+            res = subprocess.run([sys.executable, "-m", "tokexport", "convert", name, "--out", str(out), "--force"],
+                                 capture_output=True, text=True, cwd=REPO, env=env, timeout=3600, check=False)
+            tmp = record.with_suffix(".part")
+            tmp.write_text(json.dumps({"exit_code": res.returncode, "stdout": res.stdout, "stderr": res.stderr}))
+            tmp.replace(record)
+        done = json.loads(record.read_text())
+    return Conversion(name, out, done["exit_code"], done["stdout"], done["stderr"])
 
 
 @pytest.fixture
-def shipped(request, _shipped_root, _shipped_cache):
+def shipped(request, _shipped_root):
     """``shipped(NAME)``: the shipped recipe NAME converted as shipped (bench, deploy and every verify
-    setting as in the file), once per session; the test must carry ``group(NAME)``."""
+    setting as in the file), once per run; the test must carry ``group(NAME)`` (the tests that read one
+    conversion then run on one worker, one after the other)."""
 
     def get(name: str) -> Conversion:
         marks = {m.args[0] for m in request.node.iter_markers("xdist_group") if m.args}
         assert name in marks, f"{request.node.nodeid} reads shipped({name!r}): mark it conftest.group({name!r})"
-        if name not in _shipped_cache:
-            out = _shipped_root / name
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-            res = subprocess.run([sys.executable, "-m", "tokexport", "convert", name, "--out", str(out), "--force"],
-                                 capture_output=True, text=True, cwd=REPO, env=env, timeout=3600, check=False)
-            _shipped_cache[name] = Conversion(name, out, res.returncode, res.stdout, res.stderr)
-        return _shipped_cache[name]
+        return convert_shipped_once(name, _shipped_root)
 
     return get

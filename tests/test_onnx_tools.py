@@ -448,3 +448,40 @@ def test_lint_in_process_reports_what_the_polygraphy_cli_reports(tmp_path, monke
         assert [(f.level, f.code, f.message) for f in inproc[p][1]] == [(f.level, f.code, f.message) for f in sub[p][1]]
     assert inproc[good][0]["ran"] and not inproc[good][1]
     assert inproc[bad][0]["ran"] and any(f.level == "error" for f in inproc[bad][1])
+
+
+# ---------------------------------------------------------------- shape checks without the weights' bytes
+
+
+def _weighted(declared_rows: int = 24) -> onnx.ModelProto:
+    """MatMul by a weight larger than the skeleton limit, then a Reshape by a small constant target."""
+    w = numpy_helper.from_array(np.random.default_rng(0).random((256, 512), dtype=np.float32), "W")
+    s = numpy_helper.from_array(np.array([0, -1, 64], dtype=np.int64), "S")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("Reshape", ["y", "S"], ["z"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 256])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", declared_rows, 64])], [w, s])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_check_shapes_reads_no_weight_bytes_and_leaves_the_model_alone():
+    m = _weighted()
+    before = m.SerializeToString()
+    inferred = ot.check_shapes(m)
+    assert m.SerializeToString() == before
+    assert len(ot._skeleton(m).SerializeToString()) < 4096 < len(before)  # the weight is not copied
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    assert shapes["y"] == ["b", 3, 512]
+
+
+def test_check_shapes_still_catches_a_wrong_declaration_a_wrong_weight_and_short_bytes():
+    with pytest.raises(ValueError, match="Reshape"):
+        ot.check_shapes(_weighted(declared_rows=25))  # the small constant target is still read
+    m = _weighted()
+    m.graph.initializer[0].dims[0] = 255
+    with pytest.raises(ValueError, match="holds 524288 bytes"):
+        ot.check_shapes(m)
+    m = _weighted()
+    m.graph.initializer[0].dims[:] = [255, 512]
+    m.graph.initializer[0].raw_data = m.graph.initializer[0].raw_data[: 255 * 512 * 4]
+    with pytest.raises(ValueError, match="MatMul"):
+        ot.check_shapes(m)  # consistent bytes, incompatible with x: shape inference sees the moved tensor's dims

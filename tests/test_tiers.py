@@ -78,3 +78,48 @@ def pytester(pytester, tmp_path, monkeypatch):
     real.mkdir(exist_ok=True)
     monkeypatch.setenv("TOKEXPORT_MODELS_DIR", str(real))
     return pytester
+
+
+GROUPED = """
+import os
+from pathlib import Path
+
+import pytest
+
+import conftest
+
+LOG = Path(os.environ["TOKEXPORT_TEST_GROUP_LOG"])
+
+
+@pytest.mark.parametrize("i", range({n}))
+@conftest.group("{g}")
+def test_grouped(i):
+    with open(LOG, "a") as f:
+        f.write(f"{g} {{os.environ['PYTEST_XDIST_WORKER']}}\\n")
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_free(i):
+    with open(LOG, "a") as f:
+        f.write(f"free {{os.environ['PYTEST_XDIST_WORKER']}}\\n")
+"""
+
+
+def test_loadgroup_keeps_a_group_on_one_worker(pytester, tmp_path, monkeypatch):
+    """The tests of one shipped conversion run on one worker (else each worker converts it again): two
+    groups spread over two files, beside ungrouped tests, under the suite's own `-n 2 --dist loadgroup`."""
+    log = tmp_path / "workers.log"
+    monkeypatch.setenv("TOKEXPORT_TEST_GROUP_LOG", str(log))
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(test_one=GROUPED.format(n=6, g="alpha"), test_two=GROUPED.format(n=6, g="beta"),
+                        test_three=GROUPED.format(n=4, g="alpha"))
+    res = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider",
+                                        f"--basetemp={tmp_path / 'inner'}")
+    assert res.parseoutcomes().get("passed") == 6 + 6 + 4 + 3 * 8, res.stdout.str()[-3000:]
+    seen: dict[str, set[str]] = {}
+    for line in log.read_text().split("\n"):
+        if line:
+            what, worker = line.split()
+            seen.setdefault(what, set()).add(worker)
+    assert len(seen["alpha"]) == 1 and len(seen["beta"]) == 1, seen
+    assert seen["free"] == {"gw0", "gw1"}, seen  # both workers ran: the run was in parallel

@@ -440,18 +440,58 @@ def set_io_shapes(model: onnx.ModelProto, shapes: dict[str, list[int | str]]) ->
                 raise ValueError(f"set_io_shapes: dim {d!r} for {name} must be an int or a non-empty str")
 
 
+_SKELETON_BYTES = 4096  # initializers above this size are shape-only in the checked copy (check_shapes)
+
+
+def _copy_fields(dst, src, skip: tuple[str, ...] = ()) -> None:
+    """Copy ``src``'s set fields into ``dst`` (same message type), except those named in ``skip``."""
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers are graph inputs of the same dtype and dims (no bytes):
+    the nodes, the declared inputs/outputs and every small tensor a shape computation may read stay as they
+    are, so checking it is checking the model, without serialising the weights (a GiB for Gemma-3-270M)
+    twice through protobuf."""
+    g = model.graph
+    big = [t for t in g.initializer if len(t.raw_data) > _SKELETON_BYTES]
+    if not big:
+        return model  # the checker and shape inference do not modify it
+    for t in big:  # what the checker would verify of a moved tensor: its bytes fill its dims
+        size = int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        if size != len(t.raw_data):
+            raise ValueError(f"ONNX checker failed: initializer {t.name} holds {len(t.raw_data)} bytes, "
+                             f"its dims {list(t.dims)} need {size}")
+    sk = onnx.ModelProto()
+    _copy_fields(sk, model, skip=("graph",))
+    _copy_fields(sk.graph, g, skip=("initializer",))
+    sk.graph.initializer.extend(t for t in g.initializer if len(t.raw_data) <= _SKELETON_BYTES)
+    sk.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big)
+    return sk
+
+
 def check_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run onnx.checker and strict shape inference; returns the inferred model.
+    """Run onnx.checker and strict shape inference; returns the inferred model (its large initializers
+    without their bytes: use it for shapes, not to save).
 
     Raises ValueError (one clear message) when a declared shape/type conflicts with what the
     graph computes, or the model is invalid.
     """
+    sk = _skeleton(model)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(sk)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"ONNX checker failed: {exc}") from None
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(sk, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:  # noqa: BLE001
         msg = str(exc).strip().splitlines()
         raise ValueError(
