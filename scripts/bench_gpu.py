@@ -41,7 +41,7 @@ MARKER = "bench_gpu.json"
 
 def shipped_recipes() -> list[Path]:
     """Shipped recipes whose checkpoint is bundled (the LLaVA recipes need 7B checkpoints that are not)."""
-    from tokexport.cli_ui import shipped_recipes as shipped
+    from tokexport.shipped import shipped_recipes as shipped
     from tokexport.zoo import BUNDLED
 
     out = []

@@ -19,7 +19,8 @@ from conftest import REPO
 from test_cli_bad_input import assert_one_line_error, run_cli
 
 import tokexport
-from tokexport.cli_ui import find_shipped_recipe, reset_logging, shipped_recipes
+from tokexport.cli_ui import reset_logging
+from tokexport.shipped import find_shipped_recipe, shipped_recipes
 
 HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "optimum")
 SHIPPED = sorted(p.relative_to(REPO / "tokexport" / "recipes").as_posix()

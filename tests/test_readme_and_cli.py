@@ -67,7 +67,7 @@ def test_models_list_shows_bundled():
 def test_documented_recipe_paths_exist():
     """Every `recipes/....yaml` the docs name works from the repository root (recipes/ links to the
     package's tokexport/recipes) and, by name, from anywhere (`tokexport convert NAME`)."""
-    from tokexport.cli_ui import find_shipped_recipe
+    from tokexport.shipped import find_shipped_recipe
 
     docs = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
     named = {m for d in docs for m in re.findall(r"recipes/[\w./-]+\.yaml", d.read_text())}

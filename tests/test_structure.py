@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO
@@ -114,3 +115,29 @@ def test_no_paths_outside_the_repository():
                          capture_output=True, text=True)
     # grep exits 1 when nothing matched; 0 is a match, 2 an error (a missing path: nothing was searched)
     assert res.returncode == 1 and res.stdout == "" and res.stderr == "", (res.returncode, res.stdout, res.stderr)
+
+
+CLI_MODULES = {"tokexport.__main__", "tokexport.cli", "tokexport.cli_ci", "tokexport.cli_target", "tokexport.cli_ui"}
+UI_PACKAGES = ("typer", "rich", "click")
+
+
+def test_the_library_never_imports_the_cli():
+    """No library module imports a command module or a terminal-UI package (function-level imports
+    included), and `import tokexport` plus the modules `tokexport.convert` runs through load neither."""
+    edges, _ = _edges()
+    up = sorted(f"{m} imports {d}" for m, ds in edges.items() if m not in CLI_MODULES for d in ds if d in CLI_MODULES)
+    assert up == []
+    ui = []
+    for mod, path in _modules().items():
+        if mod in CLI_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            ui += [f"{mod} imports {n}" for n in names if n.split(".")[0] in UI_PACKAGES]
+    assert ui == []
+    code = ("import sys, tokexport, tokexport.pipeline, tokexport.report, tokexport.tasks.run, tokexport.tasks.registered, tokexport.shipped\n"
+            "assert tokexport.shipped.find_shipped_recipe('dinov2-small-zero-tprune') is not None\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {UI_PACKAGES!r} or m in {sorted(CLI_MODULES)!r}))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", (res.stdout, res.stderr[-2000:])

@@ -31,7 +31,7 @@ def convert(recipe, out=None, force: bool = False, stages=None):
         return run(recipe, Path.cwd(), Path(out), force, stages, label=getattr(recipe, "name", None) or "<recipe>")
     path = Path(recipe)
     if not path.exists():
-        from .cli_ui import find_shipped_recipe
+        from .shipped import find_shipped_recipe
 
         shipped = find_shipped_recipe(str(recipe))
         path = shipped if shipped is not None else path

@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from . import cli_ui as ui
 from .errors import InputError, TokexportError
+from .shipped import shipped_recipes, shipped_recipes_dir
 
 
 class _Commands(TyperGroup):
@@ -108,9 +109,9 @@ def convert(
                                                                                          stages)
     except TokexportError as e:
         ui.fail(e)
-    from .report import console_summary
+    from .report import console_lines
 
-    ui.out_console.print(console_summary(result.report))
+    ui.out_console.print(ui.console_summary(result.report, console_lines(result.report)))
     files = ["model.onnx", "baseline.onnx", "report.json", "report.md"] + (["deploy/"] if result.report.get("deploy") else [])
     ui.result(f"wrote {result.out_dir}/: {', '.join(files)}{result.extra_outputs}")
     raise typer.Exit(result.exit_code)
@@ -188,9 +189,9 @@ def recipes_list() -> None:
     """Recipes shipped with tokexport; run one with `tokexport convert NAME`."""
     from .files import read_yaml
 
-    shipped = ui.shipped_recipes()
+    shipped = shipped_recipes()
     width = max((len(name) for name, _ in shipped), default=6)
-    t = _table(caption=f"shipped in {ui.shipped_recipes_dir()}; run one with `tokexport convert NAME`",
+    t = _table(caption=f"shipped in {shipped_recipes_dir()}; run one with `tokexport convert NAME`",
                caption_justify="left")
     t.add_column("recipe", no_wrap=True, min_width=width)  # the NAME to run: never truncated
     t.add_column("model", overflow="fold")

@@ -16,7 +16,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.text import Text
 
 from .errors import InputError, TokexportError
+from .shipped import find_shipped_recipe
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -299,42 +300,6 @@ def version_lines() -> list[str]:
 
 # --- shipped recipes -------------------------------------------------------------------------------
 
-RECIPE_SUFFIXES = (".yaml", ".yml")
-_resources = contextlib.ExitStack()
-
-
-def shipped_recipes_dir() -> Path:
-    """The recipes shipped inside the package (``tokexport/recipes``), as a filesystem directory."""
-    from importlib.resources import as_file, files
-
-    root = files("tokexport").joinpath("recipes")
-    if isinstance(root, Path):
-        return root
-    return _resources.enter_context(as_file(root))  # a zipped install: extracted for this process
-
-
-def shipped_recipes() -> list[tuple[str, Path]]:
-    """(name, path) of every shipped recipe, name relative to the recipes directory
-    (``dinov2-small-zero-tprune.yaml``, ``tiny/llava-next-tiny-hired.yaml``), sorted."""
-    root = shipped_recipes_dir()
-    found = [p for p in root.rglob("*") if p.suffix in RECIPE_SUFFIXES and p.is_file()]
-    return sorted((p.relative_to(root).as_posix(), p) for p in found)
-
-
-def find_shipped_recipe(name: str) -> Path | None:
-    """The shipped recipe called ``name`` (with or without ``.yaml``; a leading ``recipes/`` is
-    ignored, so the commands of the README work from any directory), or None."""
-    n = name.replace("\\", "/").strip()
-    if not n or n.startswith("/") or ".." in n.split("/"):
-        return None
-    candidates = [n] + ([n.removeprefix("recipes/")] if n.startswith("recipes/") else [])
-    by_name = dict(shipped_recipes())
-    for c in candidates:
-        for key in ((c,) if c.endswith(RECIPE_SUFFIXES) else (c + ".yaml", c + ".yml", c)):
-            if key in by_name:
-                return by_name[key]
-    return None
-
 
 def resolve_recipe(recipe: Path) -> Path:
     """The recipe file a command should read: ``recipe`` itself when it exists, otherwise the shipped
@@ -354,3 +319,33 @@ def resolve_recipe(recipe: Path) -> Path:
                          "shipped ones with `tokexport recipes list`")
     logger.info("%s: no such file here; using the shipped recipe %s", recipe, shipped)
     return shipped
+
+
+def console_summary(report: dict, task_lines: Sequence[str] = ()):
+    """The report as the terminal shows it after `convert`: the task's lines, the parity, accuracy and
+    speed tables, the verdict."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    from .stages import render
+
+    parts = [Text(line) for line in task_lines]
+    for title, header, rows, right in (
+            ("parity", ["graph", "max abs", "mean abs", "tolerance", ""], render.parity_rows(report), False),
+            ("accuracy against the original", ["metric", "original", "reduced", "delta", "threshold", ""],
+             render.metric_rows(report), False),
+            ("speed" + (f" ({report['bench']['runtime']})" if report.get("bench") else ""),
+             ["batch", "baseline ms", "reduced ms", "base p90", "red p90", "measured"], render.speed_rows(report), True)):
+        if not rows:
+            continue
+        t = Table(title=title, show_edge=False)
+        for h in header:
+            t.add_column(h, justify="right" if right else "left")
+        for r in rows:
+            t.add_row(*[escape(c) for c in r])
+        parts.append(t)
+    parts.append(Text("PASS", style="bold green") if report["passed"]
+                 else Text("FAIL: " + "; ".join(report["failures"]), style="bold red"))
+    return Group(*parts)

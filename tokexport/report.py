@@ -54,7 +54,6 @@ def render_markdown(report: dict) -> str:
     return render(report, _task(report).markdown(report))
 
 
-def console_summary(report: dict):
-    from .stages.render import console_summary as summary
-
-    return summary(report, _task(report).console_lines(report))
+def console_lines(report: dict) -> list[str]:
+    """The report's own task's lines above the console summary (plain text; the CLI draws the tables)."""
+    return list(_task(report).console_lines(report))

@@ -129,32 +129,6 @@ def render_markdown(report: dict, task_lines: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def console_summary(report: dict, task_lines: Sequence[str] = ()):
-    from rich.console import Group
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
-    parts = [Text(line) for line in task_lines]
-    for title, header, rows, right in (
-            ("parity", ["graph", "max abs", "mean abs", "tolerance", ""], parity_rows(report), False),
-            ("accuracy against the original", ["metric", "original", "reduced", "delta", "threshold", ""],
-             metric_rows(report), False),
-            ("speed" + (f" ({report['bench']['runtime']})" if report.get("bench") else ""),
-             ["batch", "baseline ms", "reduced ms", "base p90", "red p90", "measured"], speed_rows(report), True)):
-        if not rows:
-            continue
-        t = Table(title=title, show_edge=False)
-        for h in header:
-            t.add_column(h, justify="right" if right else "left")
-        for r in rows:
-            t.add_row(*[escape(c) for c in r])
-        parts.append(t)
-    parts.append(Text("PASS", style="bold green") if report["passed"]
-                 else Text("FAIL: " + "; ".join(report["failures"]), style="bold red"))
-    return Group(*parts)
-
-
 def baselines_lines(section: Mapping | None) -> list[str]:
     """report.md: the method and the baselines side by side, and the margins."""
     if not section:
