@@ -69,14 +69,14 @@ def test_recipe_model_validate_picks_the_kind_by_task():
 
 SHARED_NAME = r'''
 from typing import Literal
-from tokexport.reduce.base import Method, ReductionConfig, register_method
-from tokexport.vlm.select import VisualReductionConfig, VisualSelector, register_visual_method
+from tokexport.reduce.base import METHODS, Method, ReductionConfig
+from tokexport.vlm.select import VISUAL_METHODS, VisualReductionConfig, VisualSelector
 
 class ViTCfg(ReductionConfig):
     method: Literal["shared-name"] = "shared-name"
     vit_only: int = 1
 
-@register_method
+@METHODS.register
 class ViTShared(Method):
     name = "shared-name"
     config_cls = ViTCfg
@@ -85,7 +85,7 @@ class VisCfg(VisualReductionConfig):
     method: Literal["shared-name"] = "shared-name"
     visual_only: int = 2
 
-@register_visual_method
+@VISUAL_METHODS.register
 class VisShared(VisualSelector):
     name = "shared-name"
     config_cls = VisCfg

@@ -141,3 +141,53 @@ def test_the_library_never_imports_the_cli():
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {UI_PACKAGES!r} or m in {sorted(CLI_MODULES)!r}))")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
     assert res.returncode == 0 and res.stdout.strip() == "[]", (res.stdout, res.stderr[-2000:])
+
+
+def test_one_registration_form():
+    """Everything looked up by name registers through `Registry.register` (a decorator reading the class's
+    key): no other function registers, no module writes into a registry by hand."""
+    registries = {"METHODS", "COMPOSITES", "VISUAL_METHODS", "ADAPTERS", "TASKS"}
+    found = []
+    for mod, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("register_"):
+                found.append(f"{mod}: def {node.name}")
+            if isinstance(node, ast.Assign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id in registries:
+                        found.append(f"{mod}:{node.lineno}: {t.value.id}[...] = ")
+    assert found == []
+
+
+def test_the_registry_refuses_duplicates_across_shared_names_and_lists_the_known():
+    import pytest
+
+    from tokexport.registry import Registry
+
+    steps, schedules = Registry("step"), None
+    schedules = Registry("schedule", disjoint=(steps,))
+
+    @steps.register
+    class A:
+        name = "a"
+
+    with pytest.raises(RuntimeError, match="'a' registered twice"):
+        @schedules.register
+        class B:
+            name = "a"
+
+    @schedules.register
+    class C:
+        name = "c"
+
+    with pytest.raises(RuntimeError, match="'c' registered twice"):
+        @steps.register
+        class D:
+            name = "c"
+
+    with pytest.raises(RuntimeError, match="class attribute 'name'"):
+        steps.register(type("E", (), {}))
+    assert steps.register(A) is A and dict(steps) == {"a": A}  # the same class again is no duplicate
+    with pytest.raises(KeyError, match="known: a"):
+        steps["zz"]

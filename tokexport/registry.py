@@ -1,29 +1,33 @@
-"""One registry type for everything tokexport looks up by name: reduction methods, visual-token
-selectors, model-family adapters, tasks. A dict that refuses duplicate names and answers unknown
-names with the known ones."""
+"""One registry type for everything tokexport looks up by name: reduction methods, composite schedules,
+visual-token selectors, model-family adapters, tasks. A dict that refuses duplicate names (also across
+registries that share one namespace) and answers unknown names with the known ones."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class Registry(dict, Generic[T]):
-    """``name -> T``; ``register(name)`` as a decorator; unknown names raise KeyError listing the known."""
+    """``name -> T``. ``@REGISTRY.register`` on a class registers it under its ``key`` attribute (``name``
+    for methods, ``family`` for adapters, ``kind`` for tasks); unknown names raise KeyError listing the
+    known. ``disjoint``: registries whose names this one must not repeat (a recipe names either)."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, key: str = "name", disjoint: tuple[Registry, ...] = ()):
         super().__init__()
-        self.what = what
+        self.what, self.key, self.disjoint = what, key, disjoint
+        for reg in disjoint:
+            reg.disjoint = (*reg.disjoint, self)
 
-    def register(self, name: str) -> Callable[[T], T]:
-        def deco(obj: T) -> T:
-            if name in self and self[name] is not obj:
-                raise ValueError(f"{self.what} {name!r} registered twice")
-            self[name] = obj
-            return obj
-
-        return deco
+    def register(self, obj: T) -> T:
+        name = getattr(obj, self.key, None)
+        if not isinstance(name, str) or not name:
+            raise RuntimeError(f"{self.what} {obj!r}: set the class attribute {self.key!r} before registering")
+        for reg in (self, *self.disjoint):
+            if name in reg and reg[name] is not obj:
+                raise RuntimeError(f"{self.what} {name!r} registered twice (already a {reg.what})")
+        self[name] = obj
+        return obj
 
     def __missing__(self, name: str):
         raise KeyError(f"unknown {self.what} {name!r}; known: {', '.join(sorted(self)) or 'none'}")

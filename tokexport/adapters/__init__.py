@@ -8,8 +8,6 @@ from .base import (
     BlockLayout,
     Dims,
     adapter_for,
-    register_adapter,
 )
 
-__all__ = ["ADAPTERS", "TESTED_TRANSFORMERS", "Adapter", "BlockHalves", "BlockLayout", "Dims", "adapter_for",
-           "register_adapter"]
+__all__ = ["ADAPTERS", "TESTED_TRANSFORMERS", "Adapter", "BlockHalves", "BlockLayout", "Dims", "adapter_for"]

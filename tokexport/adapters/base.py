@@ -287,14 +287,7 @@ class Adapter:
         return output_names[0]
 
 
-ADAPTERS: Registry[type[Adapter]] = Registry("model family adapter")
-
-
-def register_adapter(cls: type[Adapter]) -> type[Adapter]:
-    if cls.family in ADAPTERS:
-        raise RuntimeError(f"adapter {cls.family!r} registered twice")
-    ADAPTERS[cls.family] = cls
-    return cls
+ADAPTERS: Registry[type[Adapter]] = Registry("model family adapter", key="family")
 
 
 def adapter_for(config, family: str | None = None, source: str = "config.json") -> Adapter:

@@ -11,10 +11,10 @@ Only the vision model is supported: a full ``CLIPModel`` checkpoint (model_type 
 """
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout, register_adapter
+from .base import ADAPTERS, Adapter, BlockLayout
 
 
-@register_adapter
+@ADAPTERS.register
 class CLIPVisionAdapter(Adapter):
     family = "clip"
     model_types = ("clip_vision_model",)

@@ -1,10 +1,10 @@
 """DeiT (facebook/deit-*): CLS + distillation token (two prefix tokens, never pruned)."""
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout, register_adapter
+from .base import ADAPTERS, Adapter, BlockLayout
 
 
-@register_adapter
+@ADAPTERS.register
 class DeiTAdapter(Adapter):
     family = "deit"
     model_types = ("deit",)

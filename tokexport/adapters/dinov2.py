@@ -4,10 +4,10 @@ Position embeddings are always interpolated to the input size by the model itsel
 """
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout, register_adapter
+from .base import ADAPTERS, Adapter, BlockLayout
 
 
-@register_adapter
+@ADAPTERS.register
 class Dinov2Adapter(Adapter):
     family = "dinov2"
     model_types = ("dinov2", "dinov2_with_registers")

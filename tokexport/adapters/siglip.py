@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Adapter, BlockLayout, register_adapter
+from .base import ADAPTERS, Adapter, BlockLayout
 
 
-@register_adapter
+@ADAPTERS.register
 class SiglipVisionAdapter(Adapter):
     family = "siglip"
     model_types = ("siglip_vision_model",)

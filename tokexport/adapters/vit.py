@@ -1,10 +1,10 @@
 """ViT (google/vit-*): one CLS token; blocks at ``vit.layers`` (transformers 5) or ``vit.encoder.layer`` (4.x)."""
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout, register_adapter
+from .base import ADAPTERS, Adapter, BlockLayout
 
 
-@register_adapter
+@ADAPTERS.register
 class ViTAdapter(Adapter):
     family = "vit"
     model_types = ("vit",)

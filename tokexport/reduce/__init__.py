@@ -14,8 +14,6 @@ from .base import (
     Method,
     ReductionConfig,
     method_classes,
-    register_composite,
-    register_method,
 )
 
 
@@ -37,5 +35,4 @@ def make_method(config: ReductionConfig) -> Method:
 
 
 __all__ = ["COMPOSITES", "METHODS", "LayerInputs", "MergeInputs", "MergingMethod", "Method", "ReductionConfig",
-           "get_method", "make_method", "method_classes", "register_composite",
-           "register_method"]
+           "get_method", "make_method", "method_classes"]

@@ -195,21 +195,7 @@ def default_prune_layers(num_layers: int) -> list[int]:
 # tests run over every one of them.
 METHODS: Registry[type[Method]] = Registry("reduction method")
 # Schedules made of METHODS (a hybrid): they plan stages and hand each to a step's method (Method.for_stage).
-COMPOSITES: Registry[type[Method]] = Registry("composite reduction")
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    if cls.name in METHODS or cls.name in COMPOSITES:
-        raise RuntimeError(f"reduction method {cls.name!r} registered twice")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def register_composite(cls: type[Method]) -> type[Method]:
-    if cls.name in METHODS or cls.name in COMPOSITES:
-        raise RuntimeError(f"reduction method {cls.name!r} registered twice")
-    COMPOSITES[cls.name] = cls
-    return cls
+COMPOSITES: Registry[type[Method]] = Registry("composite reduction", disjoint=(METHODS,))
 
 
 def method_classes() -> dict[str, type[Method]]:

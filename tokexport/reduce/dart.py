@@ -27,7 +27,7 @@ from pydantic import Field
 
 from tokexport.bounds import Count
 
-from .base import LayerInputs, Method, ReductionConfig, register_method
+from .base import LayerInputs, METHODS, Method, ReductionConfig
 from .common import sort_positions
 from .margins import note_boundary
 
@@ -84,7 +84,7 @@ def dart_picks(h: torch.Tensor, keys: torch.Tensor, n_keep: int, pivots: int) ->
     return torch.cat(picks, dim=1)
 
 
-@register_method
+@METHODS.register
 class Dart(Method):
     """Pivots by key L1 norm, then per pivot the least-similar tokens (duplication-aware pruning)."""
 

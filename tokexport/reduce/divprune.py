@@ -25,7 +25,7 @@ from typing import Literal
 from tokexport.lazy import torch
 from pydantic import Field
 
-from .base import LayerInputs, Method, ReductionConfig, register_method
+from .base import LayerInputs, METHODS, Method, ReductionConfig
 from .common import sort_positions
 from .margins import note_boundary
 
@@ -83,7 +83,7 @@ def _row(dist: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     return torch.gather(dist, 1, j[:, :, None].expand(-1, 1, m))[:, 0, :]
 
 
-@register_method
+@METHODS.register
 class DivPrune(Method):
     """Greedy max–min cosine diversity on the block's output tokens."""
 

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from tokexport.errors import InputError
 
-from .base import METHODS, Method, ReductionConfig, register_composite
+from .base import COMPOSITES, METHODS, Method, ReductionConfig
 from .schedule import Stage, plan
 
 _SCHEDULE_FIELDS = ("prune_layers", "keep_rate", "keep", "rounding")
@@ -83,7 +83,7 @@ def _in_step(message: str, i: int) -> str:
     return f"reduction.steps[{i}]: {message}"
 
 
-@register_composite
+@COMPOSITES.register
 class Hybrid(Method):
     """Runs each stage with the method of its step."""
 

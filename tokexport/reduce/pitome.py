@@ -33,7 +33,7 @@ from pydantic import Field, field_validator, model_validator
 from tokexport.bounds import Count, OneOrMany, Real
 from tokexport.errors import InputError
 
-from .base import MergeInputs, MergingMethod, ReductionConfig, register_method
+from .base import METHODS, MergeInputs, MergingMethod, ReductionConfig
 from .margins import note_boundary, note_order
 
 _EPS = 1e-12  # F.normalize's eps
@@ -191,7 +191,7 @@ def pitome_merge(x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor | None,
     return out / out_size, out_size
 
 
-@register_method
+@METHODS.register
 class PiToMe(MergingMethod):
     """PiToMe: energy-protected bipartite merging of head-averaged keys between attention and MLP."""
 

@@ -21,7 +21,7 @@ from tokexport.lazy import torch
 from pydantic import Field
 
 from ..bounds import Count
-from .base import LayerInputs, Method, ReductionConfig, register_method
+from .base import LayerInputs, METHODS, Method, ReductionConfig
 from .common import keep_topk
 
 _LAYER_STRIDE = 1_000_003  # prime larger than any block count: (seed, layer) -> distinct generator seeds
@@ -37,7 +37,7 @@ class RandomKeepConfig(ReductionConfig):
     )
 
 
-@register_method
+@METHODS.register
 class RandomKeep(Method):
     name = "random"
     config_cls = RandomKeepConfig

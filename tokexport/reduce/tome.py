@@ -29,7 +29,7 @@ from pydantic import Field, field_validator, model_validator
 from tokexport.bounds import Count, OneOrMany
 from tokexport.errors import InputError
 
-from .base import MergeInputs, MergingMethod, ReductionConfig, register_method
+from .base import METHODS, MergeInputs, MergingMethod, ReductionConfig
 from .common import sort_positions
 from .margins import note_boundary
 
@@ -135,7 +135,7 @@ def bipartite_merge(x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor | No
     return out / out_size, out_size
 
 
-@register_method
+@METHODS.register
 class ToMe(MergingMethod):
     """ToMe: bipartite soft matching on key means between attention and MLP, size-weighted merge."""
 

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from tokexport.errors import InputError
 
-from .base import LayerInputs, Method, ReductionConfig, register_method
+from .base import LayerInputs, METHODS, Method, ReductionConfig
 from .common import keep_topk
 
 
@@ -25,7 +25,7 @@ class TopKCLSConfig(ReductionConfig):
     )
 
 
-@register_method
+@METHODS.register
 class TopKCLS(Method):
     name = "topk-cls"
     config_cls = TopKCLSConfig

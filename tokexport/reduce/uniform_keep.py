@@ -35,7 +35,7 @@ from tokexport.lazy import np
 from tokexport.lazy import torch
 from pydantic import Field
 
-from .base import LayerInputs, Method, ReductionConfig, register_method
+from .base import LayerInputs, METHODS, Method, ReductionConfig
 
 
 def uniform_positions(n_candidates: int, n_keep: int) -> list[int]:
@@ -117,7 +117,7 @@ class UniformKeepConfig(ReductionConfig):
     method: Literal["uniform"] = Field(default="uniform", description="Method name.")
 
 
-@register_method
+@METHODS.register
 class UniformKeep(Method):
     name = "uniform"
     config_cls = UniformKeepConfig

@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 from tokexport.bounds import Count, OneOrMany, Real
 from tokexport.errors import InputError
 
-from .base import LayerInputs, Method, ReductionConfig, register_method
+from .base import LayerInputs, METHODS, Method, ReductionConfig
 from .common import keep_topk
 from .margins import note_boundary
 
@@ -230,7 +230,7 @@ def similarity_drop(scores: torch.Tensor, keys: torch.Tensor, n_prefix: int, n_d
     return 1.0 - hit
 
 
-@register_method
+@METHODS.register
 class ZeroTPrune(Method):
     """Zero-TPrune: I' -> S -> I per pruning layer. Needs attention probabilities, and keys for the S stage."""
 

@@ -129,7 +129,7 @@ class Task(ABC):
         return []
 
 
-TASKS: Registry[type[Task]] = Registry("task")
+TASKS: Registry[type[Task]] = Registry("task", key="kind")
 
 
 def task_for(recipe) -> type[Task]:

@@ -234,7 +234,7 @@ def _generation(recipe, vm: VisualModel, model_path: Path, layout: VisualLayout,
 
 
 # ---- the task ------------------------------------------------------------------------------------
-@TASKS.register("visual-tokens")
+@TASKS.register
 class VisualTokens(Task):
     kind = "visual-tokens"
     recipe_tasks = ("visual-tokens",)

@@ -68,7 +68,7 @@ def forward_fn(lm: LoadedModel) -> Callable[[torch.Tensor], dict[str, torch.Tens
     return fn
 
 
-@TASKS.register("vit-token-pruning")
+@TASKS.register
 class VitTokens(Task):
     kind = "vit-token-pruning"
     recipe_tasks = ("auto", "feature-extraction", "image-classification")

@@ -207,7 +207,7 @@ def output_diffs(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], mask: n
 # ------------------------------------------------------------------------------------------------ task
 
 
-@TASKS.register("vocab-trim")
+@TASKS.register
 class VocabTrim(Task):
     kind = "vocab-trim"
     recipe_tasks = ("vocab-trim",)

@@ -43,7 +43,7 @@ from pydantic import Field
 
 from ..reduce.common import gather_tokens, sort_positions
 from .diversity import MASKED, gather_row, one_hot, unit_rows
-from .select import VisualLayout, VisualReductionConfig, VisualSelector, register_visual_method, split_evenly
+from .select import VISUAL_METHODS, VisualLayout, VisualReductionConfig, VisualSelector, split_evenly
 
 INSTRUCTION_INPUT = "instruction_embeds"
 TEXT_CONTEXT = 77  # CLIP's text context: one segment
@@ -135,7 +135,7 @@ def _config_of(path: Path) -> dict:
         raise ValueError(f"clip_model: cannot read {path / 'config.json'}: {e}") from None
 
 
-@register_visual_method
+@VISUAL_METHODS.register
 class CDPruner(VisualSelector):
     name = "cdpruner"
     config_cls = CDPrunerConfig

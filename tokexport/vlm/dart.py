@@ -41,7 +41,7 @@ from pydantic import Field
 from ..bounds import Count
 from ..reduce.common import gather_tokens, sort_positions
 from .diversity import MASKED, gather_vec, mask_out, one_hot
-from .select import VisualLayout, VisualReductionConfig, VisualSelector, register_visual_method
+from .select import VISUAL_METHODS, VisualLayout, VisualReductionConfig, VisualSelector
 
 COSINE_EPS = 1e-8  # the cosine's denominator floor (torch.nn.functional.cosine_similarity's, Edge-LLM's)
 
@@ -89,7 +89,7 @@ def dart_positions(tokens: torch.Tensor, k: int, pivots: int, order=-1.0) -> tor
     return sort_positions(torch.cat(picks, dim=1))
 
 
-@register_visual_method
+@VISUAL_METHODS.register
 class Dart(VisualSelector):
     name = "dart"
     config_cls = DartConfig

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from ..reduce.common import gather_tokens, sort_positions
 from .diversity import MASKED, gather_row, one_hot, unit_rows
-from .select import VisualLayout, VisualReductionConfig, VisualSelector, register_visual_method
+from .select import VISUAL_METHODS, VisualLayout, VisualReductionConfig, VisualSelector
 
 
 class DivPruneConfig(VisualReductionConfig):
@@ -64,7 +64,7 @@ def divprune_positions(tokens: torch.Tensor, k: int, choose=None) -> torch.Tenso
     return sort_positions(torch.stack(picks, dim=1))
 
 
-@register_visual_method
+@VISUAL_METHODS.register
 class DivPrune(VisualSelector):
     name = "divprune"
     config_cls = DivPruneConfig

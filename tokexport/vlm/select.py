@@ -309,13 +309,6 @@ class VisualSelector:
 VISUAL_METHODS: Registry[type[VisualSelector]] = Registry("visual-token method")
 
 
-def register_visual_method(cls: type[VisualSelector]) -> type[VisualSelector]:
-    if cls.name in VISUAL_METHODS:
-        raise RuntimeError(f"visual-token method {cls.name!r} registered twice")
-    VISUAL_METHODS[cls.name] = cls
-    return cls
-
-
 def make_visual_selector(spec: dict | VisualReductionConfig) -> VisualSelector:
     """Selector from a config or a dict with ``method``."""
     method = spec.method if isinstance(spec, BaseModel) else spec.get("method")
@@ -365,7 +358,7 @@ class FoPruRankConfig(VisualReductionConfig):
     source: Source = Field(default="received", description=_SOURCE_DESC + _FOPRU_SOURCE_DEFAULT)
 
 
-@register_visual_method
+@VISUAL_METHODS.register
 class FoPruRank(VisualSelector):
     name = "fopru-rank"
     config_cls = FoPruRankConfig
@@ -399,7 +392,7 @@ class FoPruRowConfig(VisualReductionConfig):
                          f"{what}; nearest valid {field}: {alts or 'none'}")
 
 
-@register_visual_method
+@VISUAL_METHODS.register
 class FoPruRow(VisualSelector):
     name = "fopru-row"
     config_cls = FoPruRowConfig
@@ -546,7 +539,7 @@ class HiREDConfig(VisualReductionConfig):
                              f"alpha={self.alpha:g}) but they have only {layout.n_sub * p}; raise alpha or lower K")
 
 
-@register_visual_method
+@VISUAL_METHODS.register
 class HiRED(VisualSelector):
     """Static HiRED.
 
@@ -634,7 +627,7 @@ class UniformSpatialConfig(VisualReductionConfig):
     method: Literal["uniform-spatial"] = Field(default="uniform-spatial", description="Method name.")
 
 
-@register_visual_method
+@VISUAL_METHODS.register
 class UniformSpatial(VisualSelector):
     name = "uniform-spatial"
     config_cls = UniformSpatialConfig
@@ -666,7 +659,7 @@ class RandomVisualConfig(VisualReductionConfig):
     )
 
 
-@register_visual_method
+@VISUAL_METHODS.register
 class RandomVisual(VisualSelector):
     name = "random-visual"
     config_cls = RandomVisualConfig
@@ -699,6 +692,6 @@ class RandomVisual(VisualSelector):
 
 __all__ = [
     "TOPK_LIMIT", "VISUAL_METHODS", "VisualLayout", "VisualReductionConfig", "VisualSelector", "block_matrix",
-    "block_of", "hired_quotas", "make_visual_selector", "register_visual_method", "significance",
+    "block_of", "hired_quotas", "make_visual_selector", "significance",
     "spatial_positions", "split_evenly",
 ]

@@ -45,14 +45,7 @@ from ..bounds import Count, Real
 from ..reduce.common import sort_positions
 from ..reduce.schedule import round_count
 from .diversity import one_hot, positions_row, unit_rows
-from .select import (
-    Source,
-    VisualLayout,
-    VisualReductionConfig,
-    VisualSelector,
-    register_visual_method,
-    split_evenly,
-)
+from .select import Source, VISUAL_METHODS, VisualLayout, VisualReductionConfig, VisualSelector, split_evenly
 
 OFFICIAL_SHARE = 10 / 64  # the official README setting: 54 dominant (CLS included) + 10 contextual of 64
 
@@ -149,7 +142,7 @@ def merge_contextual(hidden: torch.Tensor, keys: torch.Tensor, rest: torch.Tenso
     return targets, target_tokens + merged
 
 
-@register_visual_method
+@VISUAL_METHODS.register
 class VisionZip(VisualSelector):
     """Static VisionZip (module docstring). ``select`` gives the positions from the significance alone
     (dominant patches and the targets: both depend on the attention ranking only); ``reduce`` also
