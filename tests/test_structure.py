@@ -191,3 +191,27 @@ def test_the_registry_refuses_duplicates_across_shared_names_and_lists_the_known
     assert steps.register(A) is A and dict(steps) == {"a": A}  # the same class again is no duplicate
     with pytest.raises(KeyError, match="known: a"):
         steps["zz"]
+
+
+def test_a_new_method_module_registers_by_being_there(tmp_path, monkeypatch):
+    """The method packages import every module they hold (no list to extend), the named ones last."""
+    from tokexport.registry import Registry, import_submodules
+
+    pkg = tmp_path / "newpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from tokexport.registry import Registry\nREG = Registry('thing')\nORDER = []\n")
+    for name in ("zeta", "alpha", "last_one", "_private"):
+        (pkg / f"{name}.py").write_text(
+            f"from newpkg import REG, ORDER\nORDER.append({name!r})\n\n@REG.register\nclass T:\n    name = {name!r}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_submodules("newpkg", last=("last_one",)) == ["alpha", "zeta", "last_one"]
+    import newpkg
+
+    assert newpkg.ORDER == ["alpha", "zeta", "last_one"] and sorted(newpkg.REG) == ["alpha", "last_one", "zeta"]
+    assert isinstance(newpkg.REG, Registry)
+    res = subprocess.run([sys.executable, "-c", "import sys, tokexport.reduce, tokexport.vlm\n"
+                          "print(sorted(m for m in sys.modules if m.startswith(('tokexport.reduce.', 'tokexport.vlm.'))))"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    on_disk = sorted(f"tokexport.{p.parent.name}.{p.stem}" for d in ("reduce", "vlm")
+                     for p in (PKG / d).glob("*.py") if not p.stem.startswith("_"))
+    assert set(on_disk) <= set(eval(res.stdout)), res.stdout  # every module of both packages was imported

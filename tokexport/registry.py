@@ -31,3 +31,17 @@ class Registry(dict, Generic[T]):
 
     def __missing__(self, name: str):
         raise KeyError(f"unknown {self.what} {name!r}; known: {', '.join(sorted(self)) or 'none'}")
+
+
+def import_submodules(package: str, last: tuple[str, ...] = ()) -> list[str]:
+    """Import every module of ``package`` (sorted by name; those named in ``last`` after the others), so
+    that each registers what it defines: a new method is one new file, with no list to extend."""
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+    order = [n for n in names if n not in last] + [n for n in last if n in names]
+    for name in order:
+        importlib.import_module(f"{package}.{name}")
+    return order

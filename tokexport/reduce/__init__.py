@@ -1,10 +1,11 @@
-"""Token-reduction methods. Importing this package registers every method module below."""
+"""Token-reduction methods. Importing this package imports every module in it, and each method module
+registers its method (``@METHODS.register``): a new method is one new file here. The hybrid composite is
+imported last, so that its steps may be any method registered before it."""
 from __future__ import annotations
 
 from tokexport.errors import InputError
+from tokexport.registry import import_submodules
 
-from . import dart, divprune, pitome, random_keep, tome, topk_cls, uniform_keep, zero_tprune  # noqa: F401  (registration)
-from . import hybrid  # noqa: I001  (registration; last: its steps may be any method registered above)
 from .base import (
     COMPOSITES,
     METHODS,
@@ -16,6 +17,9 @@ from .base import (
     method_classes,
 )
 
+
+import_submodules(__name__, last=("hybrid",))
+from . import hybrid  # noqa: E402  (imported above; named for finalize)
 
 hybrid.finalize()
 
