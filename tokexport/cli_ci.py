@@ -242,7 +242,8 @@ def register(app: typer.Typer) -> None:
             "--vocab-sizes",
             help="Vocab-trim recipes: comma-separated trim.target_vocab_size values, e.g. 8000,12000,16000.")] = None,
         methods: Annotated[str | None, typer.Option(
-            "--methods", "-m", help="Methods, comma-separated (default: the recipe's): zero-tprune,topk-cls,random.")
+            "--methods", "-m", help="Methods, comma-separated (default: the recipe's); any method of the recipe's task "
+                                  "(docs/methods/; an unknown name lists the known ones).")
         ] = None,
         jobs: Annotated[str, typer.Option("--jobs", "-j", metavar="N",
                                           help="Local backend: conversions run in parallel processes (1 to cores × 4).")
