@@ -239,6 +239,9 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadGroupScheduling
 
     folder, cache = Path(_GUARD["groups"]), {}
+    # hand the work out in collection order (:func:`_schedule_key`: the longest first), not by the number of
+    # tests in a group (xdist's default), which put Gemma's two-test group, the longest, last
+    config.option.loadscopereorder = False
 
     class _Scheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
