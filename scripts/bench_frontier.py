@@ -373,7 +373,7 @@ def markdown(summary: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(summary["rows"], key=lambda r: (-r["budget"], r["baseline_row"], r["method"])):
         s = r.get("speed") or {}
-        sp = lambda ref: " / ".join(f"{s[b][ref]:.2f}×" if s.get(b) and ref in s[b] else "–" for b in ("1", "8"))  # noqa: E731
+        sp = lambda ref, s=s: " / ".join(f"{s[b][ref]:.2f}×" if s.get(b) and ref in s[b] else "–" for b in ("1", "8"))  # noqa: E731
         toks = r["tokens"]
         tok = (" → ".join(str(t) for t in toks) if len(toks) <= 4 else f"{toks[0]} → … → {toks[-1]} ({len(toks)} stages)")
         m = r.get("margin")

@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
+    from tokexport.tasks.vocab_trim import load_checkpoint, required_ids, resolve_model_dir, tokens_to_keep
     from tokexport.vocab.corpus import encode_all, load_corpus, mine
     from tokexport.vocab.model import count_params
-    from tokexport.tasks.vocab_trim import load_checkpoint, required_ids, resolve_model_dir, tokens_to_keep
     from tokexport.vocab.recipe import SelfGenerated, validate_vocab_recipe
     from tokexport.vocab.selfgen import self_generated_counts
     from tokexport.vocab.tokenizer import complete_keep, inspect_tokenizer

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tokexport.stages.report_schema import validate_report
 from test_cli_bad_input import run_cli
+
+from tokexport.stages.report_schema import validate_report
 
 
 def assert_every_tool_accepts(out: Path, tmp: Path) -> None:

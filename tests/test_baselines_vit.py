@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_cli_bad_input import recipe, write
 
 from tokexport.reduce.base import LayerInputs
 from tokexport.reduce.baselines_vit import PerImageRandom, per_sample
 from tokexport.reduce.uniform_keep import UniformKeep, UniformKeepConfig, lattice_order, lattice_select
 from tokexport.stages.report_schema import Baselines
-
-from test_cli_bad_input import recipe, write
 
 
 def _grid(keep, h, w):

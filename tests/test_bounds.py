@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 import typing
@@ -23,10 +20,9 @@ from pathlib import Path
 import cli_runner
 import pytest
 import yaml
+from conftest import REPO
 from pydantic import BaseModel
 from sentinel import assert_unchanged, make_tree, snapshot
-
-from conftest import REPO
 
 NAN, INF = float("nan"), float("inf")
 
@@ -290,7 +286,7 @@ class _StalledHub:
         while not self._stop.is_set() and time.time() < self._deadline:
             try:
                 conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self.conns.append(conn)  # held open, never read or written
 

@@ -9,9 +9,9 @@ import pytest
 from conftest import REPO
 from test_cli_bad_input import assert_one_line_error, run_cli
 
-from tokexport.stages.report_schema import validate_report
 from tokexport.check import compare, figures, load_tolerances
 from tokexport.errors import RegressionError, UnreadableReport
+from tokexport.stages.report_schema import validate_report
 
 BASELINE = REPO / "tests" / "baselines" / "dinov2-small-zero-tprune.report.json"
 CI_TOL = REPO / "tests" / "baselines" / "tolerances.yaml"

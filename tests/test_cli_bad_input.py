@@ -8,8 +8,6 @@ import cli_runner
 import pytest
 import yaml
 
-from conftest import REPO
-
 BASE = {
     "model": None,  # filled per test
     "reduction": {"method": "topk-cls", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 from test_cli_bad_input import assert_one_line_error, run_cli
 

@@ -9,13 +9,12 @@ import numpy as np
 import onnx
 import pytest
 import yaml
+from conftest import real_model_dir
 from onnx import TensorProto
 
 from tokexport.export import FP16_KEEP_FP32
 from tokexport.recipe import load_recipe, validate_recipe
 from tokexport.tasks.run import run
-
-from conftest import real_model_dir
 
 # a real floor: the tiny DINOv2's reduced features measure >= 0.99 against the original's
 ACC = {"parity": {"samples": 4},

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import cli_runner
 import yaml
-
 from conftest import REPO
-from tokexport.tasks.run import HOLD_ENV
 from test_cli_bad_input import recipe
+
+from tokexport.tasks.run import HOLD_ENV
 
 
 class _Evil:

@@ -28,10 +28,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO
 from sentinel import assert_unchanged, make_tree, snapshot
 from test_cli_bad_input import recipe
-
-from conftest import REPO
 
 BASELINE_REPORT = REPO / "tests" / "baselines" / "dinov2-small-zero-tprune.report.json"
 MODELS = Path(os.environ.get("TOKEXPORT_MODELS_DIR", REPO / "models"))
@@ -363,7 +362,6 @@ def case_manifest_path_dotdot(w):
 
 
 def case_external_data_outside(w):
-    import onnx
     from onnx import TensorProto, helper
 
     (w.root / "secret.bin").write_bytes(np.ones(4, np.float32).tobytes())
@@ -621,7 +619,7 @@ HEAVY = ("torch._C", "transformers", "onnxruntime", "onnx", "optimum")
 
 def _heavy_after(code: str, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run ``code`` in a fresh interpreter; which heavy modules it executed (printed on its last line)."""
-    probe = (f"import sys, json\ntry:\n" + "".join(f"    {line}\n" for line in code.splitlines())
+    probe = ("import sys, json\ntry:\n" + "".join(f"    {line}\n" for line in code.splitlines())
              + f"finally:\n    print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     res = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env, cwd=REPO,

@@ -13,7 +13,6 @@ from tokexport.metrics import (
     top1_agreement,
 )
 
-
 # ---------------------------------------------------------------- cosine
 
 def test_cosine_rows_known_values():

@@ -33,13 +33,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import REPO, group, real_model_dir, shipped_recipes
+from test_negative_controls_vit import baseline_figures, failed_checks
 
 from tokexport.recipe import load_recipe
 from tokexport.tasks.run import run
 from tokexport.vlm.select import VisualSelector
-
-from conftest import REPO, group, real_model_dir, shipped_recipes
-from test_negative_controls_vit import baseline_figures, failed_checks
 
 NOT_RUNNABLE_HERE = ["llava-1.5-7b-fopru-rank", "llava-v1.6-mistral-7b-hired", "llava-1.5-7b-cdpruner"]
 RECIPES = [n for n in shipped_recipes("visual-tokens") if n not in NOT_RUNNABLE_HERE]

@@ -27,11 +27,10 @@ from collections.abc import Callable
 import pytest
 import torch
 import yaml
+from conftest import REPO, group, real_model_dir, shipped_recipes
 
 from tokexport.reduce import METHODS
 from tokexport.stages import metric as MC
-
-from conftest import REPO, group, real_model_dir, shipped_recipes
 
 RECIPES = shipped_recipes("vit")
 

@@ -7,11 +7,10 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from test_cli_bad_input import assert_nothing_written, recipe, run_cli, write
 
 from tokexport.outdir import write_marker
 from tokexport.pipeline import convert
-
-from test_cli_bad_input import assert_nothing_written, recipe, run_cli, write
 
 
 def _imagefolder(root):

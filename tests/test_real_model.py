@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import group
 from task_tools import assert_every_tool_accepts
 from test_negative_controls_vit import failed_checks

@@ -7,8 +7,8 @@ import json
 import math
 
 import pytest
-
 from conftest import REPO
+
 from tokexport.stages import metric as MC
 from tokexport.stages.report_schema import report_schema, validate_report
 

@@ -20,16 +20,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import REPO
 from sentinel import assert_unchanged, make_tree, snapshot
 from test_cli_bad_input import recipe, run_cli, write
-
-from conftest import REPO
 from test_held_up import _wait_for_line
-from tokexport.tasks.run import HOLD_ENV
+
 from tokexport import outdir
 from tokexport.errors import InputError, OutputWriteError
 from tokexport.outdir import MARKER, OWNER, check_out_dir, claim_out_dir, staged_dir, write_marker
-
+from tokexport.tasks.run import HOLD_ENV
 
 # ----------------------------------------------------------------------------------------------- helpers
 

@@ -8,14 +8,12 @@ import copy
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from tokexport.errors import InputError
 from tokexport.recipe import Recipe, load_recipe
 from tokexport.stages.report_schema import validate_report
-from tokexport.tasks.base import Stages
 from tokexport.tasks.run import run
-
-from conftest import REPO
 
 _VERIFY = {"parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 3},
            "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1,
@@ -122,7 +120,7 @@ def test_driver_runs_visual_tokens(runs, case):
     assert len(b["baselines"]["random"]["seeds"]) >= 5 and "uniform" in b["baselines"]
     assert set(b["margins"]) == set(GATED) and b["data"]["samples"] == rep["accuracy"]["samples"]
     # bench: the generic side-by-side, plus the selection overhead of each batch and the note
-    for b, row in rep["bench"]["batches"].items():
+    for row in rep["bench"]["batches"].values():
         assert row["selection_overhead"] == pytest.approx(row["reduced_ms"] / row["baseline_ms"] - 1.0)
     assert "selection overhead" in rep["bench"]["note"]
     # deploy bundle: the sample feed at the export batch, under the graph's input name

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import group
+
 from tokexport.recipe import load_recipe
 from tokexport.stages.report_schema import validate_report
 

@@ -4,7 +4,6 @@ test that loads nothing real is left alone. Runs the suite's own conftest in a s
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO
 
 pytest_plugins = ["pytester"]

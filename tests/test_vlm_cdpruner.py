@@ -11,14 +11,13 @@ import copy
 import numpy as np
 import onnx
 import pytest
+from conftest import REPO
 
 from tokexport.errors import InputError
 from tokexport.recipe import Recipe, load_recipe
-from tokexport.stages.runners import OrtRunner
 from tokexport.stages.report_schema import validate_report
+from tokexport.stages.runners import OrtRunner
 from tokexport.tasks.run import run
-
-from conftest import REPO
 
 FORBIDDEN = {"Loop", "If", "Scan", "ScatterND", "ScatterElements", "Scatter", "NonZero"}
 TWIN = REPO / "recipes" / "tiny" / "llava-1.5-tiny-cdpruner.yaml"

@@ -9,15 +9,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import REPO
+from test_cli_bad_input import assert_nothing_written, assert_one_line_error, recipe, run_cli, write
 
 from tokexport.export import export_onnx
 from tokexport.load import load_model
 from tokexport.stages.runners import OrtRunner
 from tokexport.vlm.graph import VisualTokenGraph
 from tokexport.vlm.select import VISUAL_METHODS, VisualLayout
-
-from conftest import REPO
-from test_cli_bad_input import assert_nothing_written, assert_one_line_error, recipe, run_cli, write
 
 TOWERS = ["dinov2", "clip-vision", "siglip-vision"]
 

@@ -12,11 +12,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from tokexport.export import pin_shapes, run_exporter
-from tokexport.onnx_tools import check_target
-from tokexport.vlm.select import VISUAL_METHODS, VisualLayout
-
 from visual_reference import (
     cdpruner_reference,
     dart_reference,
@@ -24,6 +19,10 @@ from visual_reference import (
     dpp_map_reference,
     visionzip_reference,
 )
+
+from tokexport.export import pin_shapes, run_exporter
+from tokexport.onnx_tools import check_target
+from tokexport.vlm.select import VISUAL_METHODS, VisualLayout
 
 FORBIDDEN = {"Loop", "If", "Scan", "ScatterND", "ScatterElements", "Scatter", "NonZero"}
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import REPO, group
 
 NAME = "gemma3-270m-vocab-fr"

@@ -18,15 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO, group, shipped_recipes
+from test_negative_controls_vit import failed_checks
 
 from tokexport.tasks.base import Stages
 from tokexport.tasks.run import run
 from tokexport.tasks.vocab_trim import VocabTrim
 from tokexport.vocab.corpus import count_ids
 from tokexport.vocab.recipe import VocabRecipe
-
-from conftest import REPO, group, shipped_recipes
-from test_negative_controls_vit import failed_checks
 
 RECIPES = REPO / "tokexport" / "recipes"
 # shipped vocab recipe -> the bundled model it trims; a new shipped vocab recipe adds its row

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import group
 
 from tokexport import zoo
-
-from conftest import group
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"

@@ -32,7 +32,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -121,60 +121,60 @@ class _Section(BaseModel):
 
 
 class _Metric(_Section):
-    original: Optional[_Finite] = None
-    reduced: Optional[_Finite] = None
-    better: Optional[Literal["higher", "lower"]] = None
-    info: Optional[StrictBool] = None
+    original: _Finite | None = None
+    reduced: _Finite | None = None
+    better: Literal["higher", "lower"] | None = None
+    info: StrictBool | None = None
 
 
 class _Accuracy(_Section):
-    metrics: Optional[dict[StrictStr, _Metric]] = None
-    passed: Optional[StrictBool] = None
+    metrics: dict[StrictStr, _Metric] | None = None
+    passed: StrictBool | None = None
 
 
 class _Batch(_Section):
-    speedup: Optional[Annotated[_Finite, Field(gt=0)]] = None
+    speedup: Annotated[_Finite, Field(gt=0)] | None = None
 
 
 class _Flops(_Section):
-    baseline: Optional[Annotated[_Finite, Field(gt=0)]] = None
-    reduced: Optional[Annotated[_Finite, Field(ge=0)]] = None
+    baseline: Annotated[_Finite, Field(gt=0)] | None = None
+    reduced: Annotated[_Finite, Field(ge=0)] | None = None
 
 
 class _Bench(_Section):
-    batches: Optional[dict[_BatchKey, _Batch]] = None
-    flops: Optional[_Flops] = None
+    batches: dict[_BatchKey, _Batch] | None = None
+    flops: _Flops | None = None
 
 
 class _Llm(_Section):
-    prefill_flops_saved: Optional[_Finite] = None
+    prefill_flops_saved: _Finite | None = None
 
 
 class _Parity(_Section):
-    max_abs_diff: Optional[Annotated[_Finite, Field(ge=0)]] = None
-    passed: Optional[StrictBool] = None
+    max_abs_diff: Annotated[_Finite, Field(ge=0)] | None = None
+    passed: StrictBool | None = None
 
 
 class _Model(_Section):
-    source: Optional[StrictStr] = None
-    task: Optional[StrictStr] = None
-    params: Optional[_Count] = None
-    tower_params: Optional[_Count] = None
-    params_trimmed: Optional[_Count] = None
+    source: StrictStr | None = None
+    task: StrictStr | None = None
+    params: _Count | None = None
+    tower_params: _Count | None = None
+    params_trimmed: _Count | None = None
 
 
 class _Artifacts(_Section):
-    onnx_bytes: Optional[_Count] = None
-    baseline_onnx_bytes: Optional[_Count] = None
+    onnx_bytes: _Count | None = None
+    baseline_onnx_bytes: _Count | None = None
 
 
 class _Recipe(_Section):
-    name: Optional[StrictStr] = None
+    name: StrictStr | None = None
 
 
 class _NonFinite(_Section):
     path: StrictStr
-    value: Optional[StrictStr] = None
+    value: StrictStr | None = None
 
 
 class _DeviceVerdict(_Section):
@@ -187,17 +187,17 @@ class ReportSchema(_Section):
 
     schema_version: StrictInt
     kind: StrictStr
-    recipe: Optional[_Recipe] = None
-    model: Optional[_Model] = None
-    accuracy: Optional[_Accuracy] = None
-    bench: Optional[_Bench] = None
-    llm: Optional[_Llm] = None
-    parity: Optional[_Parity] = None
-    parity_baseline: Optional[_Parity] = None
-    artifacts: Optional[_Artifacts] = None
-    passed: Optional[StrictBool] = None
-    non_finite: Optional[list[_NonFinite]] = None
-    device_results: Optional[_DeviceVerdict] = None
+    recipe: _Recipe | None = None
+    model: _Model | None = None
+    accuracy: _Accuracy | None = None
+    bench: _Bench | None = None
+    llm: _Llm | None = None
+    parity: _Parity | None = None
+    parity_baseline: _Parity | None = None
+    artifacts: _Artifacts | None = None
+    passed: StrictBool | None = None
+    non_finite: list[_NonFinite] | None = None
+    device_results: _DeviceVerdict | None = None
 
 
 # Paths (dotted, as report.write_json names them in ``non_finite``) of the values `check` turns into figures.
@@ -518,13 +518,13 @@ DEVICE_FORMAT = "tokexport-device-results"
 class _DevRow(_Section):
     output: StrictStr
     passed: StrictBool
-    kind: Optional[Literal["float", "exact"]] = None
-    median_abs: Optional[_Finite] = None
-    max_abs: Optional[_Finite] = None
-    within: Optional[_Finite] = None
-    cosine: Optional[_Finite] = None
-    agreement: Optional[_Finite] = None
-    problem: Optional[StrictStr] = None
+    kind: Literal["float", "exact"] | None = None
+    median_abs: _Finite | None = None
+    max_abs: _Finite | None = None
+    within: _Finite | None = None
+    cosine: _Finite | None = None
+    agreement: _Finite | None = None
+    problem: StrictStr | None = None
 
 
 class _DevModel(_Section):
@@ -534,7 +534,7 @@ class _DevModel(_Section):
 
 class _DevBundleModel(_Section):
     onnx: StrictStr
-    source_sha256: Optional[StrictStr] = None
+    source_sha256: StrictStr | None = None
 
 
 class _DevBundle(_Section):
@@ -549,13 +549,13 @@ class _DevSha(_Section):
 
 class _DevRuntime(_Section):
     name: StrictStr
-    provider: Optional[StrictStr] = None
+    provider: StrictStr | None = None
     versions: dict[StrictStr, StrictStr]
 
 
 class _TrtexecSummary(_Section):
-    throughput_qps: Optional[_Finite] = None
-    latency_ms: Optional[dict[StrictStr, _Finite]] = None
+    throughput_qps: _Finite | None = None
+    latency_ms: dict[StrictStr, _Finite] | None = None
 
 
 class DeviceResultsSchema(_Section):
@@ -565,7 +565,7 @@ class DeviceResultsSchema(_Section):
     format_version: Literal[1]
     bundle: _DevBundle
     sha256: _DevSha
-    runtime: Optional[_DevRuntime]
+    runtime: _DevRuntime | None
     tolerances: dict[StrictStr, _Finite]
     models: dict[StrictStr, _DevModel]
     trtexec: dict[StrictStr, _TrtexecSummary]

@@ -10,13 +10,12 @@ import errno
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from typer.core import TyperGroup
 
 from . import cli_ui as ui
-from .errors import InputError, TokexportError
+from .errors import TokexportError
 from .shipped import shipped_recipes, shipped_recipes_dir
 
 
@@ -59,7 +58,7 @@ def global_options(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug messages too (each stage with its duration)."),
     quiet: bool = typer.Option(False, "--quiet", "-q",
                                help="Only errors and the final result lines; no progress display."),
-    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="PATH",
+    log_file: Path | None = typer.Option(None, "--log-file", metavar="PATH",
                                             help="Append every message, with timestamps, to this file."),
 ) -> None:
     """Options of every command: version, verbosity, log file (set up before the command runs)."""
@@ -86,10 +85,10 @@ def _row(table, *cells) -> None:
 def convert(
     recipe: Path = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe "
                                             "(`tokexport recipes list`)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: out/<recipe name>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: out/<recipe name>)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory that tokexport wrote "
                                                       "(it holds .tokexport-output); anything else is refused."),
-    provider: Optional[str] = typer.Option(None, "--provider", metavar="cpu|cuda|tensorrt",
+    provider: str | None = typer.Option(None, "--provider", metavar="cpu|cuda|tensorrt",
                                            help="ONNX Runtime execution provider for bench and parity (overrides the "
                                                 "recipe's bench.provider; options stay in bench.provider_options). "
                                                 "One the installed onnxruntime cannot start: exit 5, before loading."),
@@ -117,7 +116,7 @@ def convert(
     raise typer.Exit(result.exit_code)
 
 
-def _convert_on(provider: str, path: Path, out: Optional[Path], force: bool, stages):
+def _convert_on(provider: str, path: Path, out: Path | None, force: bool, stages):
     """`convert --provider P`: the recipe with bench.provider = P, run as `tokexport.pipeline.convert` runs it."""
     from .recipe import load_recipe
 

@@ -190,7 +190,7 @@ def register(app: typer.Typer) -> None:
 
         from .check import check as run_check
         from .check import load_tolerances
-        from .cli_ui import fail, err_console, out_console
+        from .cli_ui import err_console, fail, out_console
         from .errors import RegressionError, TokexportError
 
         try:
@@ -270,7 +270,7 @@ def register(app: typer.Typer) -> None:
         pareto.png (several recipes: one folder each plus index.html)."""
         from rich.table import Table
 
-        from .cli_ui import fail, err_console, out_console
+        from .cli_ui import err_console, fail, out_console
         from .errors import TokexportError
         from .sweep import ALL_METRICS, exit_code, parse_keep_rates, parse_vocab_sizes
         from .sweep import sweep as run_sweep
@@ -371,7 +371,7 @@ def register(app: typer.Typer) -> None:
             TimeElapsedColumn,
         )
 
-        from .cli_ui import RichStages, fail, err_console, out_console
+        from .cli_ui import RichStages, err_console, fail, out_console
         from .errors import InputError, TokexportError
         from .search import parse_budget
         from .search import search as run_search

@@ -104,9 +104,8 @@ def _npz_inputs(path: Path, models: dict[str, Path]) -> dict:
     import numpy as np
 
     from .errors import InputError
-    from .onnx_tools import inspect_model
-
     from .files import load_array
+    from .onnx_tools import inspect_model
 
     z = load_array(path)  # a regular file, never unpickled; InputError otherwise
     if not isinstance(z, np.lib.npyio.NpzFile):
@@ -183,7 +182,7 @@ def register(app: typer.Typer) -> None:
         sample inputs and ONNX Runtime's expected outputs (.npy), build_engine.sh (trtexec), verify_on_device.py."""
         from rich.markup import escape
 
-        from .cli_ui import fail, err_console, out_console
+        from .cli_ui import err_console, fail, out_console
         from .deploy import write_bundle
         from .errors import TokexportError
         from .targets import resolve
@@ -228,7 +227,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build TensorRT engines, time them and compare with ONNX Runtime. Needs `tensorrt` and an NVIDIA GPU:
         without them, one line and exit 8 (build on the device from `tokexport bundle`)."""
-        from .cli_ui import fail, err_console, out_console
+        from .cli_ui import err_console, fail, out_console
         from .deploy import DEFAULT_TOLERANCES, build_and_compare, require_tensorrt, sample_inputs
         from .errors import InputError, ParityError, TokexportError
         from .onnx_tools import inspect_model

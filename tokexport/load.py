@@ -9,9 +9,9 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 import torch
@@ -179,7 +179,7 @@ def resolve_source(model: str, base_dir: Path) -> tuple[Path, str]:
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
     try:  # already in the local Hugging Face cache?
         return Path(snapshot_download(model, allow_patterns=patterns, local_files_only=True)), "hub"
-    except Exception:
+    except Exception:  # noqa: BLE001  (a cache miss raises one of several hub error types: then ask the hub)
         pass
     if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
         raise InputError(
@@ -332,7 +332,7 @@ def load_model(model: str, base_dir: Path, family: str | None = None, task: str 
     try:
         net, info = cls.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True, dtype=torch.float32,
                                         **weights)
-    except Exception as e:  # corrupt / truncated weights, wrong class
+    except Exception as e:  # noqa: BLE001  (corrupt / truncated weights, wrong class: transformers raises many types)
         raise InputError(
             f"model: cannot load weights from {path}: {str(e).splitlines()[0][:200]}; re-fetch or re-save the checkpoint"
         ) from None

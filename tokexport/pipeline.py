@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .tasks.base import Stages
     from .tasks.run import Result
 
-__all__ = ["Result", "Stages", "convert", "run"]
+__all__ = ["Result", "Stages", "convert", "run"]  # noqa: F822  (Result, Stages, run: module __getattr__)
 
 
 def __getattr__(name: str):

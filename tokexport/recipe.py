@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -37,6 +37,7 @@ from .recipe_base import (  # noqa: F401 (re-exported: imported from tokexport.r
     BaselinesConfig,
     DeployConfig,
     ParityConfig,
+    ProviderSettings,
     Strict,
     TargetedExport,
     Threshold,
@@ -48,7 +49,6 @@ from .recipe_base import (  # noqa: F401 (re-exported: imported from tokexport.r
     one_line,
     read_yaml,
 )
-from .recipe_base import ProviderSettings
 from .reduce import METHODS, method_classes
 from .vlm.select import VISUAL_METHODS
 from .vocab.recipe import VocabRecipe, format_vocab_errors

@@ -136,7 +136,7 @@ class ProviderSettings(Strict):
     every task's ``bench`` section (tokexport.stages.runners.provider_list)."""
 
     provider: Literal["cpu", "cuda", "tensorrt"] = Field("cpu", description="ONNX Runtime execution provider for bench and parity: cpu | cuda (onnxruntime-gpu) | tensorrt (onnxruntime-gpu with TensorRT). A provider this onnxruntime does not offer, or cannot start, is an error (exit 5) before the model is loaded; never a silent CPU fallback. `tokexport convert --provider` overrides it.")
-    provider_options: dict[str, Union[bool, Count(0, 2**40), str]] = Field(default_factory=dict, max_length=32, description="Options of that provider (true/false, whole numbers 0..1099511627776, or text), passed to ONNX Runtime as strings, e.g. {device_id: 0} or {trt_fp16_enable: true}.")
+    provider_options: dict[str, bool | Count(0, 2 ** 40) | str] = Field(default_factory=dict, max_length=32, description="Options of that provider (true/false, whole numbers 0..1099511627776, or text), passed to ONNX Runtime as strings, e.g. {device_id: 0} or {trt_fp16_enable: true}.")
 
 
 class DeployConfig(Strict):

@@ -651,7 +651,7 @@ def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, method
         staged = exists and force
         with (claim.staged() if staged else _in_place(out_dir)) as root:
             specs, records, where = [], {}, {}
-            for n, it in enumerate(items):
+            for it in items:
                 base = root / it.sub if it.sub else root
                 (base / "runs").mkdir(parents=True, exist_ok=True)
                 local = model_paths(it.recipe.model, it.base_dir)

@@ -8,13 +8,13 @@ it tried when a model matches none of them: a structure it does not recognise is
 """
 from __future__ import annotations
 
-from tokexport.registry import Registry
-
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from tokexport.registry import Registry
 
 from ..bounds import BoundsError, check_count, check_real, show
 from ..errors import InputError

@@ -17,7 +17,6 @@ from .base import (
     method_classes,
 )
 
-
 import_submodules(__name__, last=("hybrid",))
 from . import hybrid  # noqa: E402  (imported above; named for finalize)
 

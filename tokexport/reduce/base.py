@@ -20,18 +20,19 @@ moves its FLOPs, used to place it at a FLOPs target by :mod:`tokexport.reduce.bu
 """
 from __future__ import annotations
 
-from tokexport.registry import Registry
-
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from tokexport.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from tokexport.lazy import torch
+from tokexport.registry import Registry
 
 from ..bounds import Count, OneOrMany, Real
 
 if TYPE_CHECKING:  # type hints only (``Stage``, ``Removal``: tokexport.reduce.schedule, which imports this module)
     from ..adapters import Dims
+    from .schedule import Removal, Stage
 
 Rounding = Literal["floor", "ceil", "round"]
 

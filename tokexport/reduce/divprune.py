@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tokexport.lazy import torch
 from pydantic import Field
 
-from .base import LayerInputs, METHODS, Method, ReductionConfig
+from tokexport.lazy import torch
+
+from .base import METHODS, LayerInputs, Method, ReductionConfig
 from .common import sort_positions
 from .margins import note_boundary
 

@@ -27,11 +27,11 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from tokexport.lazy import torch
 from pydantic import Field, field_validator, model_validator
 
 from tokexport.bounds import Count, OneOrMany, Real
 from tokexport.errors import InputError
+from tokexport.lazy import torch
 
 from .base import METHODS, MergeInputs, MergingMethod, ReductionConfig
 from .margins import note_boundary, note_order

@@ -17,11 +17,12 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-from tokexport.lazy import torch
 from pydantic import Field
 
+from tokexport.lazy import torch
+
 from ..bounds import Count
-from .base import LayerInputs, METHODS, Method, ReductionConfig
+from .base import METHODS, LayerInputs, Method, ReductionConfig
 from .common import keep_topk
 
 _LAYER_STRIDE = 1_000_003  # prime larger than any block count: (seed, layer) -> distinct generator seeds

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tokexport.lazy import torch
 from pydantic import Field, field_validator, model_validator
 
 from tokexport.bounds import Count, OneOrMany
 from tokexport.errors import InputError
+from tokexport.lazy import torch
 
 from .base import METHODS, MergeInputs, MergingMethod, ReductionConfig
 from .common import sort_positions

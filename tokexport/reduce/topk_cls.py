@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tokexport.lazy import torch
 from pydantic import Field
 
 from tokexport.errors import InputError
+from tokexport.lazy import torch
 
-from .base import LayerInputs, METHODS, Method, ReductionConfig
+from .base import METHODS, LayerInputs, Method, ReductionConfig
 from .common import keep_topk
 
 

@@ -31,11 +31,11 @@ import math
 from functools import lru_cache
 from typing import Literal
 
-from tokexport.lazy import np
-from tokexport.lazy import torch
 from pydantic import Field
 
-from .base import LayerInputs, METHODS, Method, ReductionConfig
+from tokexport.lazy import np, torch
+
+from .base import METHODS, LayerInputs, Method, ReductionConfig
 
 
 def uniform_positions(n_candidates: int, n_keep: int) -> list[int]:

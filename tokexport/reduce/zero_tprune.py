@@ -29,13 +29,13 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from tokexport.lazy import torch
 from pydantic import Field, model_validator
 
 from tokexport.bounds import Count, OneOrMany, Real
 from tokexport.errors import InputError
+from tokexport.lazy import torch
 
-from .base import LayerInputs, METHODS, Method, ReductionConfig
+from .base import METHODS, LayerInputs, Method, ReductionConfig
 from .common import keep_topk
 from .margins import note_boundary
 
@@ -120,7 +120,7 @@ class ZeroTPruneConfig(ReductionConfig):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "ZeroTPruneConfig":
+    def _check(self) -> ZeroTPruneConfig:
         if self.v_min > self.v_max:
             raise ValueError(f"v_min={self.v_min} is larger than v_max={self.v_max}")
         if isinstance(self.iterations, list) and len(self.iterations) != len(self.prune_layers):

@@ -1,4 +1,6 @@
 """Importing this module registers every task (each task module registers itself in TASKS)."""
-from . import vit_tokens  # noqa: F401
-from . import visual_tokens  # noqa: F401
-from . import vocab_trim  # noqa: F401
+from . import (
+    visual_tokens,  # noqa: F401
+    vit_tokens,  # noqa: F401
+    vocab_trim,  # noqa: F401
+)

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tokexport.lazy import torch
 from pydantic import Field
+
+from tokexport.lazy import torch
 
 from ..reduce.common import gather_tokens, sort_positions
 from .diversity import MASKED, gather_row, one_hot, unit_rows
@@ -167,12 +168,13 @@ class CDPruner(VisualSelector):
                 f"(post_layernorm + visual_projection of the tower's features against CLIP's text tower), so the vision "
                 f"tower must be a CLIP tower; this tower is {kind or 'unknown'}, which has no text tower aligned with "
                 "its features (use another method for it)")
-        from ..load import resolve_source
         from transformers import CLIPModel
+
+        from ..load import resolve_source
 
         try:
             path, _ = resolve_source(self.config.clip_model, Path(base_dir))
-        except Exception as e:  # InputError names `model`: reword for this field
+        except Exception as e:  # noqa: BLE001  (InputError names `model`, a hub failure any type: reword for this field)
             raise ValueError(f"clip_model: {str(e).removeprefix('model: ')}") from None
         cfg = _config_of(path)
         vis = cfg.get("vision_config", {})
@@ -190,7 +192,7 @@ class CDPruner(VisualSelector):
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(path)
-        except Exception:  # generated tiny checkpoints ship no tokenizer: see embed_instruction
+        except Exception:  # noqa: BLE001  (generated tiny checkpoints ship no tokenizer, any of several error types: see embed_instruction)
             tok = None
         self._text = (clip, tok)
 

@@ -35,12 +35,13 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from tokexport.lazy import torch
 from pydantic import Field
+
+from tokexport.lazy import torch
 
 from ..bounds import Count
 from ..reduce.common import gather_tokens, sort_positions
-from .diversity import MASKED, gather_vec, mask_out, one_hot
+from .diversity import gather_vec, mask_out, one_hot
 from .select import VISUAL_METHODS, VisualLayout, VisualReductionConfig, VisualSelector
 
 COSINE_EPS = 1e-8  # the cosine's denominator floor (torch.nn.functional.cosine_similarity's, Edge-LLM's)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tokexport.lazy import torch
 from pydantic import Field
+
+from tokexport.lazy import torch
 
 from ..reduce.common import gather_tokens, sort_positions
 from .diversity import MASKED, gather_row, one_hot, unit_rows

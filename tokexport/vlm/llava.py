@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -95,7 +95,7 @@ def _model_class(config, model_type: str):
 
             task = TasksManager.infer_task_from_model(arch_cls)
             return TasksManager.get_model_class_for_task(task, framework="pt", library="transformers")
-        except Exception:  # optimum absent, or the architecture/task is not mapped
+        except Exception:  # noqa: BLE001  (optimum absent, or the architecture/task is not mapped: several error types)
             pass
     return getattr(transformers, KINDS[model_type])
 
@@ -132,7 +132,7 @@ def load_llava(path_or_dir) -> LlavaParts:
     try:
         model, info = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
                                           output_loading_info=True, **weights)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (corrupt / truncated weights: transformers raises many types)
         raise InputError(f"model: cannot load {path}: {str(e).splitlines()[0][:200]}") from None
     if type(model).__name__ != KINDS[model_type]:
         raise InputError(f"model: {path} loaded as {type(model).__name__}, expected {KINDS[model_type]}")

@@ -122,7 +122,7 @@ def packing_order(positions, views: int, grid: tuple[int, int], sub_grid: tuple[
     tile_idx, r = tile_idx[srt], r[srt]
     out = [base]
     starts = np.searchsorted(r, np.arange(r0, r1 + 1))
-    for i, row in enumerate(range(r0, r1)):
+    for i in range(r1 - r0):
         kept = tile_idx[starts[i]:starts[i + 1]]
         out.append(kept)
         if newline and (len(kept) or empty_rows == "newline"):

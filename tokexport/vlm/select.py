@@ -32,17 +32,16 @@ embedding as a further graph input). ``tokexport.vlm`` imports them all, so they
 """
 from __future__ import annotations
 
-from tokexport.registry import Registry
-
 import functools
 import math
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from tokexport.lazy import np
-from tokexport.lazy import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tokexport.lazy import np, torch
+from tokexport.registry import Registry
 
 from ..bounds import Count, Real
 from ..reduce.common import gather_tokens, keep_topk, sort_positions

@@ -38,14 +38,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tokexport.lazy import torch
 from pydantic import Field
+
+from tokexport.lazy import torch
 
 from ..bounds import Count, Real
 from ..reduce.common import sort_positions
 from ..reduce.schedule import round_count
 from .diversity import one_hot, positions_row, unit_rows
-from .select import Source, VISUAL_METHODS, VisualLayout, VisualReductionConfig, VisualSelector, split_evenly
+from .select import VISUAL_METHODS, Source, VisualLayout, VisualReductionConfig, VisualSelector, split_evenly
 
 OFFICIAL_SHARE = 10 / 64  # the official README setting: 54 dominant (CLS included) + 10 contextual of 64
 
