@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, real_model_dir
+from conftest import REPO, group
 from graph_checks import assert_static_and_trt_ready
 from test_cli_bad_input import assert_one_line_error, recipe, run_cli, write
 from test_tome import reference_matching, reference_merge_wavg
@@ -179,21 +179,13 @@ def test_tiny_dinov2_hybrid_equals_the_reference_and_exports_static(tiny_models,
 
 
 @pytest.mark.real_model
-def test_shipped_recipe_converts_static_with_parity(tmp_path):
-    assert real_model_dir() is not None, "run `tokexport models fetch dinov2-small` first"
-    data = json.loads(load_recipe(RECIPE).model_dump_json(exclude_none=True))
-    data["bench"]["enabled"] = False
-    data["deploy"] = {"bundle": False, "engines": False}
-    data["verify"]["accuracy"].update(samples_per_class=2, prototypes_per_class=1)  # the gate: negative controls
-    data["verify"]["accuracy"]["metrics"]["instance_top1"] = {"max_drop": 1.0}
-    data["verify"].pop("vs_baselines")
-    data["verify"]["baselines"]["enabled"] = False
-    path = tmp_path / "r.yaml"
-    path.write_text(json.dumps(data))
-    res = run_cli("convert", str(path), "--out", str(tmp_path / "out"))
-    assert res.returncode == 0, res.stdout + res.stderr
-    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+@group("dinov2-small-hybrid")
+def test_shipped_recipe_converts_static_with_parity(shipped):
+    """The run's one conversion of the shipped recipe (its gate: tests/test_negative_controls_vit.py)."""
+    conv = shipped("dinov2-small-hybrid")
+    rep = conv.report
+    assert conv.exit_code == 0, rep["failures"]
     assert rep["parity"]["passed"] and rep["trt_check"]["errors"] == 0
     assert [s["method"] for s in rep["reduction"]["schedule"]] == ["divprune"] + ["tome"] * 9
     assert rep["artifacts"]["onnx_nodes"] > rep["artifacts"]["baseline_onnx_nodes"]
-    assert_static_and_trt_ready(tmp_path / "out" / "model.onnx")
+    assert_static_and_trt_ready(conv.out_dir / "model.onnx")

@@ -4,7 +4,6 @@ algorithm, tests only), on random inputs and through a tiny DINOv2 (PyTorch and 
 (r = floor(T - T*rho), margins, bsm blocks), bad input, and the shipped recipe on the real DINOv2-S."""
 from __future__ import annotations
 
-import json
 import math
 import warnings
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, real_model_dir
+from conftest import REPO, group
 from graph_checks import assert_static_and_trt_ready
 from test_cli_bad_input import assert_one_line_error, recipe, run_cli, write
 
@@ -248,22 +247,14 @@ def test_bad_pitome_recipes_exit_2_one_line(tiny_models, tmp_path, reduction, ne
 
 
 @pytest.mark.real_model
-def test_shipped_recipe_converts_static_with_parity(tmp_path):
-    assert real_model_dir() is not None, "run `tokexport models fetch dinov2-small` first"
-    data = json.loads(load_recipe(RECIPE).model_dump_json())
-    data["bench"]["enabled"] = False
-    data["deploy"] = {"bundle": False, "engines": False}
-    data["verify"]["accuracy"].update(samples_per_class=2, prototypes_per_class=1)  # the gate: negative controls
-    data["verify"]["accuracy"]["metrics"]["instance_top1"] = {"max_drop": 1.0}
-    data["verify"]["vs_baselines"] = None
-    data["verify"]["baselines"]["enabled"] = False
-    path = tmp_path / "r.yaml"
-    path.write_text(json.dumps(data))
-    res = run_cli("convert", str(path), "--out", str(tmp_path / "out"))
-    assert res.returncode == 0, res.stdout + res.stderr
-    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+@group("dinov2-small-pitome")
+def test_shipped_recipe_converts_static_with_parity(shipped):
+    """The run's one conversion of the shipped recipe (its gate: tests/test_negative_controls_vit.py)."""
+    conv = shipped("dinov2-small-pitome")
+    rep = conv.report
+    assert conv.exit_code == 0, rep["failures"]
     assert rep["parity"]["passed"] and rep["trt_check"]["errors"] == 0
-    assert_static_and_trt_ready(tmp_path / "out" / "model.onnx")
+    assert_static_and_trt_ready(conv.out_dir / "model.onnx")
     for target in ("jetpack-6.0", "jetpack-7.0"):
-        chk = run_cli("check-target", str(tmp_path / "out" / "model.onnx"), "--target", target)
+        chk = run_cli("check-target", str(conv.out_dir / "model.onnx"), "--target", target)
         assert chk.returncode == 0, chk.stdout + chk.stderr
