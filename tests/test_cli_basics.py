@@ -318,3 +318,16 @@ def test_method_notes_exist_and_are_linked():
     for page in pages:
         assert (notes / page).is_file() and f"]({page})" in index, page
     assert "docs/methods/README.md" in (REPO / "README.md").read_text()
+
+
+def test_piped_tables_keep_their_cells(monkeypatch):
+    """Output that is not a terminal (a pipe, a CI log) is drawn full width: rich's default of 80 columns
+    squeezed the recipe table into "dinov2-small-zero-…" cells."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    res = subprocess.run([sys.executable, "-m", "tokexport", "recipes", "list"], capture_output=True, text=True,
+                         cwd=REPO, env={k: v for k, v in os.environ.items() if k != "COLUMNS"}, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "…" not in res.stdout
+    for name, _ in shipped_recipes():
+        assert name in res.stdout, name
+    assert max(len(line) for line in res.stdout.splitlines()) > 80

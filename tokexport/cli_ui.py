@@ -34,13 +34,27 @@ LOGGER_NAME = "tokexport"
 logger = logging.getLogger(LOGGER_NAME)
 
 # Final results (tables, "wrote ..." lines) go to stdout; progress, messages and errors to stderr.
-out_console = Console()
-err_console = Console(stderr=True)
+PIPED_WIDTH = 200  # columns of output that is not a terminal (a pipe, a file, a CI log)
+
+
+def _width(stream) -> int | None:
+    """None (rich asks the terminal) on a terminal or when $COLUMNS says; otherwise PIPED_WIDTH, so that a
+    table piped or logged in CI keeps its full cells ("zero-tprune", not "zero-…") instead of rich's 80."""
+    if os.environ.get("COLUMNS"):
+        return None
+    try:
+        return None if stream.isatty() else PIPED_WIDTH
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return PIPED_WIDTH
+
+
+out_console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 _DEFAULT_ERR_CONSOLE = err_console
 # In quiet mode ``err_console`` is swapped for one that never counts as a terminal: rich then draws no
 # live progress or status spinner on it (commands that build their own Progress/status on
 # ``err_console`` go quiet too), while plain prints (errors, verdict lines) still come through.
-_QUIET_ERR_CONSOLE = Console(stderr=True, force_terminal=False)
+_QUIET_ERR_CONSOLE = Console(stderr=True, force_terminal=False, width=_width(sys.stderr))
 _quiet = False
 
 # Distributions whose versions ``tokexport --version`` reports (read from their metadata, not imported).
