@@ -228,3 +228,21 @@ def test_a_new_method_module_registers_by_being_there(tmp_path, monkeypatch):
     on_disk = sorted(f"tokexport.{p.parent.name}.{p.stem}" for d in ("reduce", "vlm")
                      for p in (PKG / d).glob("*.py") if not p.stem.startswith("_"))
     assert set(on_disk) <= set(eval(res.stdout)), res.stdout  # every module of both packages was imported
+
+
+def test_the_device_script_needs_only_numpy_and_a_runtime():
+    """tokexport/device/verify_on_device.py runs where tokexport is not installed: it imports the standard
+    library, numpy, and (inside functions) the runtimes it finds; never tokexport."""
+    path = PKG / "device" / "verify_on_device.py"
+    allowed = set(sys.stdlib_module_names) | {"numpy", "onnxruntime", "tensorrt", "polygraphy", "onnx"}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert not node.level, f"relative import in {path.name}"
+            found.add((node.module or "").split(".")[0])
+    assert found - allowed == set(), found - allowed
+    res = subprocess.run([sys.executable, "-I", str(path), "--help"], capture_output=True, text=True, check=False,
+                         cwd=path.parent.parent.parent.parent)  # -I: no tokexport on the path, as on the device
+    assert res.returncode == 0 and "usage" in res.stdout.lower(), res.stdout + res.stderr
