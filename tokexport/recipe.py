@@ -30,10 +30,7 @@ from pydantic import (
 from . import targets as _targets
 from .bounds import Count, Real, Threads, show
 from .errors import InputError, SchemaErrors
-from .recipe_base import (  # noqa: F401 (re-exported: imported from tokexport.recipe by other modules)
-    MAX_DEPTH,
-    MAX_RECIPE_BYTES,
-    MAX_VALUES,
+from .recipe_base import (
     BaselinesConfig,
     DeployConfig,
     ParityConfig,
@@ -44,7 +41,6 @@ from .recipe_base import (  # noqa: F401 (re-exported: imported from tokexport.r
     VsBaselines,
     allow_pickle_field,
     error_message,
-    error_where,
     format_errors,
     one_line,
     read_yaml,
