@@ -167,3 +167,30 @@ def test_bench_gpu_dry_run(tmp_path, tiny_models):
         lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
         assert r.returncode == 5 and len(lines) == 1 and "--dry-run" in lines[0], r.stderr
         assert not (tmp_path / "gpu").exists()
+
+
+def test_default_threads_follow_the_process_share(monkeypatch, tmp_path):
+    """A session whose recipe sets no threads takes $OMP_NUM_THREADS (a CI worker's share), else the CPUs the
+    process may use; the session really runs with that many."""
+    import os
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tokexport.stages.runners import OrtRunner, default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads() == 1
+    for junk in ("", "0", "two"):
+        monkeypatch.setenv("OMP_NUM_THREADS", junk)
+        assert default_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads() == len(os.sched_getaffinity(0))
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runner = OrtRunner(path)
+    assert runner.session.get_session_options().intra_op_num_threads == 1

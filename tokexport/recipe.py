@@ -118,7 +118,7 @@ class BenchConfig(ProviderSettings):
                                              description="Batch sizes timed, 1 to 16 of them, each 1..256.")
     warmup: Count(0, 1000) = Field(3, description="Untimed runs per model and batch size first, 0..1000.")
     repeats: Count(1, 10000) = Field(20, description="Timed runs per model and batch size, 1..10000; baseline and reduced alternate.")
-    threads: Threads = Field(None, description="onnxruntime intra-op threads, 1..4 x CPU cores of this machine; default (null): all cores.")
+    threads: Threads = Field(None, description="onnxruntime intra-op threads, 1..4 x CPU cores of this machine; default (null): $OMP_NUM_THREADS when set, else the CPUs this process may use.")
 
 
 class LLMDims(Strict):

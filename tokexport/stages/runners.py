@@ -117,6 +117,20 @@ def preflight(name: str = "cpu", options: Mapping | None = None) -> list[tuple[s
     return plist
 
 
+def default_threads() -> int:
+    """Threads of a session (and of a benchmark) whose recipe sets none: ``$OMP_NUM_THREADS`` when it is set
+    (a CI worker, a job sharing the machine, a container's CPU quota say so), otherwise the CPUs this
+    process may run on. The old default, every CPU of the machine, made each of two processes on two
+    cores start two spinning ONNX Runtime threads."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class OrtRunner:
     """An ONNX Runtime session on the asked-for execution provider (CPU by default). ``provider`` is
     the provider the session runs on, ``providers`` every provider it may hand nodes to, in order."""
@@ -126,7 +140,7 @@ class OrtRunner:
         ort = _ort()
         plist = check_provider(provider, provider_options)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads or default_threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), opts, providers=plist)

@@ -86,12 +86,12 @@ def _bench(task: Task, graphs: Graphs, stages: Stages) -> dict | None:
                                   b.threads, on_step=advance, provider=b.provider, provider_options=b.provider_options)
     import onnxruntime
 
-    from ..stages.runners import PROVIDERS
+    from ..stages.runners import PROVIDERS, default_threads
 
     ep = PROVIDERS[b.provider]  # OrtRunner refused any other: the provider actually used
     return {"runtime": f"onnxruntime {onnxruntime.__version__} {ep}", "provider": ep,
             "provider_options": {k: str(v) for k, v in b.provider_options.items()},
-            "threads": b.threads or os.cpu_count() or 1, "repeats": b.repeats, "warmup": b.warmup, "batches": batches,
+            "threads": b.threads or default_threads(), "repeats": b.repeats, "warmup": b.warmup, "batches": batches,
             **task.bench_extra(batches)}
 
 
