@@ -78,7 +78,7 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, str(threads))
-    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):  # the controller
         _GUARD["groups"] = tempfile.mkdtemp(prefix="tokexport-xdist-groups-")
         os.environ[_GROUPS_ENV] = _GUARD["groups"]  # the workers start after this and inherit it
 
@@ -214,7 +214,8 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("gemma") and not item.get_closest_marker("real_model"):
             raise pytest.UsageError(f"{item.nodeid}: a gemma test loads a real checkpoint: mark it real_model too")
     items.sort(key=_schedule_key)  # stable: the order within a group and a file is kept
-    worker, folder = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(_GROUPS_ENV)
+    worker = getattr(config, "workerinput", {}).get("workerid")  # a pytest-xdist worker (not its environment:
+    folder = os.environ.get(_GROUPS_ENV)                          # a run started inside a worker is no worker)
     if worker and folder:
         groups = {}
         for item in items:
@@ -298,11 +299,11 @@ def group(name: str):
 
 
 @pytest.fixture(scope="session")
-def _shipped_root(tmp_path_factory) -> Path:
+def _shipped_root(tmp_path_factory, pytestconfig) -> Path:
     """Where the shipped conversions of this run go: the folder all xdist workers of the run share (the
     parent of their own temporary folders), or the session's own without xdist."""
     base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shipped"
+    root = (base.parent if hasattr(pytestconfig, "workerinput") else base) / "shipped"
     root.mkdir(exist_ok=True)
     return root
 

@@ -138,7 +138,7 @@ def test_bench_gpu_dry_run(tmp_path, tiny_models):
     import subprocess
     import sys
 
-    from test_cli_bad_input import REPO
+    from conftest import REPO
 
     script = REPO / "scripts" / "bench_gpu.py"
     rec = write(tmp_path, recipe(tiny_models["dinov2"]))

@@ -33,14 +33,16 @@ class Registry(dict, Generic[T]):
         raise KeyError(f"unknown {self.what} {name!r}; known: {', '.join(sorted(self)) or 'none'}")
 
 
-def import_submodules(package: str, last: tuple[str, ...] = ()) -> list[str]:
-    """Import every module of ``package`` (sorted by name; those named in ``last`` after the others), so
-    that each registers what it defines: a new method is one new file, with no list to extend."""
+def import_submodules(package: str, last: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> list[str]:
+    """Import every module of ``package`` except the infrastructure named in ``skip`` (sorted by name; those
+    named in ``last`` after the others), so that each registers what it defines: a new method is one new
+    file, with no list to extend. ``skip`` keeps what the methods do not need out of a plain import (torch
+    stays unloaded until a model is: recipe validation imports the method packages)."""
     import importlib
     import pkgutil
 
     pkg = importlib.import_module(package)
-    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.name not in skip)
     order = [n for n in names if n not in last] + [n for n in last if n in names]
     for name in order:
         importlib.import_module(f"{package}.{name}")

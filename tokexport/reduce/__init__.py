@@ -17,7 +17,9 @@ from .base import (
     method_classes,
 )
 
-import_submodules(__name__, last=("hybrid",))
+# infrastructure, not methods (imported where used): the baselines, the block patch (both import torch eagerly)
+INFRASTRUCTURE = ("baselines_vit", "patch")
+import_submodules(__name__, last=("hybrid",), skip=INFRASTRUCTURE)
 from . import hybrid  # noqa: E402  (imported above; named for finalize)
 
 hybrid.finalize()

@@ -5,4 +5,6 @@ the significance-based selectors and constant baselines of ``select``, and one m
 (every module of the package is imported, so a new method needs no list to be extended)."""
 from tokexport.registry import import_submodules
 
-import_submodules(__name__)  # a new visual-token method is one new module here
+# a new visual-token method is one new module here; the graph and the LLaVA loader are infrastructure (torch)
+INFRASTRUCTURE = ("graph", "llava")
+import_submodules(__name__, skip=INFRASTRUCTURE)
