@@ -30,9 +30,9 @@ from tokexport.registry import Registry
 
 from ..bounds import Count, OneOrMany, Real
 
-if TYPE_CHECKING:  # type hints only (``Stage``, ``Removal``: tokexport.reduce.schedule, which imports this module)
+if TYPE_CHECKING:  # type hints only
     from ..adapters import Dims
-    from .schedule import Removal, Stage
+    from .stage import Removal, Stage
 
 Rounding = Literal["floor", "ceil", "round"]
 

@@ -2,39 +2,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 from ..errors import InputError
 from .base import ReductionConfig
+from .stage import Removal, Stage
 
 # TensorRT rejects TopK with K >= 3840 on every version (static-export.md).
 TOPK_LIMIT = 3840
-
-
-@dataclass(frozen=True)
-class Stage:
-    layer: int  # pruning happens after this 0-indexed block
-    tokens_in: int  # tokens entering the pruning step (prefix included)
-    tokens_out: int  # tokens leaving it (prefix included)
-    n_keep: int  # non-prefix tokens kept
-    # "prune": tokens are dropped after the block. "merge": tokens are merged between the block's attention
-    # and its MLP (ToMe), so that block's MLP already runs on tokens_out.
-    kind: str = "prune"
-    # Merge stages only: from the next block on, attention adds log(token size) to its logits (ToMe's
-    # proportional attention), so a merged token weighs as much as the patches it stands for.
-    prop_attn: bool = False
-    # Hybrid schedules only (reduce/hybrid.py): the method of this stage and its step in ``reduction.steps``;
-    # None for a single-method schedule (its method is the recipe's). ``Method.for_stage`` resolves it.
-    method: str | None = None
-    step: int | None = None
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for key in ("method", "step"):  # single-method reports keep their schedule entries as they were
-            if d[key] is None:
-                del d[key]
-        return d
 
 
 def round_count(x: float, rule: str = "floor") -> int:
@@ -96,8 +70,6 @@ def _check_merge(field: str, layer: int, n: int, removed: int, n_prefix: int) ->
             f"halves, so at most half of the {n} non-prefix tokens entering it can go (max {limit})"
         )
 
-
-Removal = int | Callable[[int], int]  # tokens removed, or a rule: non-prefix tokens entering the block -> removed
 
 
 def _plan_removals(removals: list[tuple[int, Removal, str]], n_tokens: int, n_prefix: int,
