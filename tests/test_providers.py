@@ -43,8 +43,9 @@ def test_check_provider_names_what_is_missing():
     assert [p for p, _ in check_provider("tensorrt", {"device_id": 0}, available=gpu)] == gpu
 
 
-@pytest.mark.skipif(GPU_HERE, reason="this onnxruntime offers a GPU provider")
-def test_missing_provider_here_is_exit_5():
+def test_missing_provider_here_is_exit_5(monkeypatch):
+    if GPU_HERE:  # a GPU build offers them: ask as a CPU-only onnxruntime would answer
+        monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert preflight("cpu") == [("CPUExecutionProvider", {})]
     for name in ("cuda", "tensorrt"):
         with pytest.raises(EnvironmentProblem) as e:
@@ -57,8 +58,10 @@ def test_cpu_fallback_is_never_silent(tmp_path, monkeypatch):
     simulated by claiming CUDA is available to a CPU-only onnxruntime, which then does exactly that."""
     src = tiny_model(tmp_path / "m.onnx", external=False)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    if GPU_HERE:
-        pytest.skip("a real GPU provider would start")
+    if GPU_HERE:  # a real GPU would start CUDA: make every session do what a GPU build without a usable GPU does
+        real = ort.InferenceSession
+        monkeypatch.setattr(ort, "InferenceSession",
+                            lambda path, opts=None, providers=None: real(path, opts, providers=["CPUExecutionProvider"]))
     with pytest.raises(EnvironmentProblem, match="started CPUExecutionProvider instead"):
         preflight("cuda")
     with pytest.raises(EnvironmentProblem, match="asked for CUDAExecutionProvider, onnxruntime started "
