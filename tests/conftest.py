@@ -239,7 +239,7 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadGroupScheduling
 
-    folder, cache = Path(_GUARD["groups"]), {}
+    folder, cache, loaded = Path(_GUARD["groups"]), {}, []
     # hand the work out in collection order (:func:`_schedule_key`: the longest first), not by the number of
     # tests in a group (xdist's default), which put Gemma's two-test group, the longest, last
     config.option.loadscopereorder = False
@@ -248,10 +248,10 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             if "@" in nodeid:
                 return super()._split_scope(nodeid)
-            if not cache:  # every worker has collected (and written) before the first schedule
+            if not loaded:  # every worker has collected (and written) before the first schedule
                 for f in sorted(folder.glob("*.json")):
                     cache.update(json.loads(f.read_text()))
-                cache.setdefault("", "")
+                loaded.append(True)
             return cache.get(nodeid, nodeid)
 
     return _Scheduling(config, log)
