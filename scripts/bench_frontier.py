@@ -23,8 +23,11 @@ The baseline rows: the uniform lattice is the deployable ``uniform`` method at t
 (blocks 2/5/8, one keep rate set by the budget; its own graph is timed), and random keep per image runs at that
 same schedule (from the same point's baselines; not a graph: it has the lattice's token counts and speed).
 
-Resumable: every finished point is cached as ``OUT/points/<method>@<budget>/result.json``; a rerun skips them.
-Long on a 2-core machine (several minutes a point): run it under ``nice``.
+Two passes. Accuracy first, point by point (deterministic, so it may run on a busy machine: ``--no-bench``), each
+point cached as ``OUT/points/<method>@<budget>/result.json`` beside its ``model.onnx``; then speed, every graph
+timed in one stretch (``speed.json``, keyed by the timing settings), which wants a quiet machine. A rerun skips
+what is cached, so ``--no-bench`` under load and the same command without it later times only. Long on a 2-core
+machine (a few minutes a point, ~90 MB of graph each): run it under ``nice``.
 
     nice python scripts/bench_frontier.py --out out/frontier --update-readme
     python scripts/bench_frontier.py --out out/frontier --methods pitome tome --budgets 0.65 --crops-per-class 2
@@ -163,7 +166,7 @@ def point_recipe(setup: Setup, reduction: dict):
     return ViTRecipe.model_validate(data)
 
 
-def run_point(setup: Setup, method: str, budget: float, work: Path, seeds: int, timing) -> dict:
+def run_point(setup: Setup, method: str, budget: float, work: Path, seeds: int) -> dict:
     from tokexport.onnx_tools import check_target, inspect_model
     from tokexport.reduce import get_method
     from tokexport.reduce.baselines_vit import baseline_runs
@@ -201,7 +204,6 @@ def run_point(setup: Setup, method: str, budget: float, work: Path, seeds: int, 
     per_sample = {"method": {k: v.tolist() for k, v in mine.items()}}
     for r in runs:
         per_sample[r.name] = {k: np.mean(np.stack(v), axis=0).tolist() for k, v in r.per_sample.items()}
-    speed = timing(model, base) if timing else None
     return {
         "method": method, "budget": budget, "reduction": reduction, "flops_ratio": ratio,
         "tokens_per_stage": [{"layer": s.layer, "tokens_out": s.tokens_out, "kind": s.kind,
@@ -213,7 +215,7 @@ def run_point(setup: Setup, method: str, budget: float, work: Path, seeds: int, 
         "bytes": {"model": rep["artifacts"]["onnx_bytes"], "baseline": rep["artifacts"]["baseline_onnx_bytes"]},
         "baselines": {"margins": section["margins"], "means": {k: v["metrics"] for k, v in section["baselines"].items()},
                       "engine": engine},
-        "per_sample": per_sample, "speed": speed, "seconds": round(time.perf_counter() - t0, 1),
+        "per_sample": per_sample, "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -477,35 +479,55 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     setup = Setup(a.crops_per_class, a.seed)
-    key = {"crops_per_class": a.crops_per_class, "seed": a.seed, "random_seeds": a.random_seeds,
-           "batch": a.batch, "repeats": a.repeats, "threads": a.threads, "bench": not a.no_bench,
-           "optimum": not (a.no_bench or a.no_optimum)}
-    timing = None if a.no_bench else Timing(out, None if a.no_optimum else a.optimum_venv, setup.lm.path,
-                                            setup.base.export.opset, a.batch, a.warmup, a.repeats, a.threads)
+    key = {"crops_per_class": a.crops_per_class, "seed": a.seed, "random_seeds": a.random_seeds}
+    bench_key = {"batch": a.batch, "warmup": a.warmup, "repeats": a.repeats, "threads": a.threads,
+                 "optimum": not a.no_optimum}
     points = []
+    # pass 1, accuracy (deterministic: may run on a busy machine); every point keeps its model.onnx for pass 2
     for budget in budgets:
         for method in a.methods:
             pid = f"{method}@{budget:g}"
-            cache = out / "points" / pid / "result.json"
+            work = out / "points" / pid
+            cache = work / "result.json"
             if cache.is_file():
                 got = json.loads(cache.read_text())
-                if got.get("settings") == key:
+                if got.get("settings") == key and (work / "model.onnx").is_file():
                     points.append(got)
                     print(f"{pid}: cached", flush=True)
                     continue
-            work = out / "points" / pid
             work.mkdir(parents=True, exist_ok=True)
-            print(f"{pid}: converting and measuring ...", flush=True)
-            res = run_point(setup, method, budget, work, a.random_seeds, timing)
+            print(f"{pid}: converting and measuring accuracy ...", flush=True)
+            res = run_point(setup, method, budget, work, a.random_seeds)
             res["settings"] = key
             shutil.copyfile(work / "convert" / "report.json", work / "report.json")
-            if not (out / "baseline.onnx").is_file():
+            os.replace(work / "convert" / "model.onnx", work / "model.onnx")
+            if not (out / "baseline.onnx").is_file():  # the same unreduced graph at every point
                 shutil.copyfile(work / "convert" / "baseline.onnx", out / "baseline.onnx")
-            shutil.rmtree(work / "convert")  # the graphs are large; the report and the figures stay
+            shutil.rmtree(work / "convert")
+            (work / "speed.json").unlink(missing_ok=True)  # a new graph: its old timing no longer applies
             cache.write_text(json.dumps(res, indent=1) + "\n")
             print(f"{pid}: FLOPs {res['flops_ratio']:.3f}, cosine {np.mean(res['per_sample']['method']['feature_cosine']):.4f}, "
                   f"{res['seconds']:.0f} s", flush=True)
             points.append(res)
+
+    # pass 2, speed: every point's graph timed in one stretch, so that all ratios share the machine's state
+    timing = None if a.no_bench else Timing(out, None if a.no_optimum else a.optimum_venv, setup.lm.path,
+                                            setup.base.export.opset, a.batch, a.warmup, a.repeats, a.threads)
+    for p in points:
+        pid = f"{p['method']}@{p['budget']:g}"
+        sfile = out / "points" / pid / "speed.json"
+        p["speed"] = None
+        if timing is None:
+            continue
+        got = json.loads(sfile.read_text()) if sfile.is_file() else {}
+        if got.get("settings") != bench_key:
+            print(f"{pid}: timing ...", flush=True)
+            t0 = time.perf_counter()
+            got = {"settings": bench_key, "speed": timing(out / "points" / pid / "model.onnx", out / "baseline.onnx"),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            sfile.write_text(json.dumps(got, indent=1) + "\n")
+        p["speed"] = got["speed"]
+        p["seconds"] = p["seconds"] + got["seconds"]
 
     if setup.orig is None:
         setup.original(out / "baseline.onnx")
