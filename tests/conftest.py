@@ -11,19 +11,17 @@ model there, and one it fetches is caught), and in this process a call of the zo
 ``open()`` of a file under the real models directory is recorded and fails the test."""
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from shipped_runs import ROOT_ENV, Conversion, convert_shipped_once
 
 from tokexport import zoo
 
@@ -260,23 +258,6 @@ def pytest_xdist_make_scheduler(config, log):
 # ------------------------------------------------------------------------- shipped recipes, converted once
 
 
-@dataclass
-class Conversion:
-    """`tokexport convert NAME --out OUT` of a shipped recipe, as a user runs it."""
-
-    name: str
-    out_dir: Path
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @functools.cached_property
-    def report(self) -> dict:
-        path = self.out_dir / "report.json"
-        assert path.is_file(), f"{self.name}: no report.json (exit {self.exit_code}): {self.stderr[-3000:]}"
-        return json.loads(path.read_text())
-
-
 def shipped_recipes(task: str | None = None) -> list[str]:
     """Every shipped recipe (`tokexport recipes list`: tokexport/recipes/*.yaml, not the tiny twins), by
     name, optionally of one recipe ``task`` (ViT recipes: task auto, feature-extraction or
@@ -300,29 +281,15 @@ def group(name: str):
 
 @pytest.fixture(scope="session")
 def _shipped_root(tmp_path_factory, pytestconfig) -> Path:
-    """Where the shipped conversions of this run go: the folder all xdist workers of the run share (the
-    parent of their own temporary folders), or the session's own without xdist."""
+    """Where the shipped conversions of this run go: ``$TOKEXPORT_TEST_SHIPPED_ROOT`` when set (.ci/run converts
+    the default recipe there before the suite, tests/shipped_runs.py), else the folder all xdist workers of the
+    run share (the parent of their own temporary folders), or the session's own without xdist."""
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV])
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if hasattr(pytestconfig, "workerinput") else base) / "shipped"
     root.mkdir(exist_ok=True)
     return root
-
-
-def convert_shipped_once(name: str, root: Path) -> Conversion:
-    """`tokexport convert NAME --out ROOT/NAME`, run once per run whichever worker asks first: the others
-    wait on the lock and read the recorded result (one conversion even where two workers read it)."""
-    out, record = root / name, root / f"{name}.conversion.json"
-    with open(root / f"{name}.testlock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not record.is_file():
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-            res = subprocess.run([sys.executable, "-m", "tokexport", "convert", name, "--out", str(out), "--force"],
-                                 capture_output=True, text=True, cwd=REPO, env=env, timeout=3600, check=False)
-            tmp = record.with_suffix(".part")
-            tmp.write_text(json.dumps({"exit_code": res.returncode, "stdout": res.stdout, "stderr": res.stderr}))
-            tmp.replace(record)
-        done = json.loads(record.read_text())
-    return Conversion(name, out, done["exit_code"], done["stdout"], done["stderr"])
 
 
 @pytest.fixture

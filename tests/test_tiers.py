@@ -76,6 +76,8 @@ def pytester(pytester, tmp_path, monkeypatch):
     real = tmp_path / "real-models"
     real.mkdir(exist_ok=True)
     monkeypatch.setenv("TOKEXPORT_MODELS_DIR", str(real))
+    monkeypatch.delenv("TOKEXPORT_TEST_SHIPPED_ROOT", raising=False)
+    pytester.makepyfile(shipped_runs=(REPO / "tests" / "shipped_runs.py").read_text())  # conftest imports it
     return pytester
 
 
@@ -122,3 +124,45 @@ def test_loadgroup_keeps_a_group_on_one_worker(pytester, tmp_path, monkeypatch):
             seen.setdefault(what, set()).add(worker)
     assert len(seen["alpha"]) == 1 and len(seen["beta"]) == 1, seen
     assert seen["free"] == {"gw0", "gw1"}, seen  # both workers ran: the run was in parallel
+
+
+READS_SHIPPED = """
+import conftest
+
+NAME = "dinov2-small-zero-tprune"
+
+
+@conftest.group(NAME)
+def test_reads_the_premade_conversion(shipped):
+    conv = shipped(NAME)
+    assert conv.exit_code == 0 and conv.report == {"premade": True}
+"""
+
+
+def _premade(root, name: str, exit_code: int = 0) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "report.json").write_text('{"premade": true}')
+    (root / f"{name}.conversion.json").write_text(f'{{"exit_code": {exit_code}, "stdout": "", "stderr": "x"}}')
+
+
+def test_the_suite_reads_the_conversion_ci_made_before_it(pytester, tmp_path, monkeypatch):
+    """.ci/run converts the default recipe before the suite (tests/shipped_runs.py) and passes the folder in
+    $TOKEXPORT_TEST_SHIPPED_ROOT; the suite's tests read that conversion instead of converting again (here the
+    folder holds a recorded conversion no real run could write: reading it proves nothing was converted)."""
+    root = tmp_path / "shipped"
+    _premade(root, "dinov2-small-zero-tprune")
+    monkeypatch.setenv("TOKEXPORT_TEST_SHIPPED_ROOT", str(root))
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(test_inner=READS_SHIPPED)
+    res = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'in'}")
+    assert res.parseoutcomes().get("passed") == 1, res.stdout.str()[-3000:]
+
+
+def test_shipped_runs_exits_with_the_conversions_code(tmp_path, capsys):
+    from shipped_runs import main
+
+    _premade(tmp_path, "a")
+    _premade(tmp_path, "b", exit_code=4)  # accuracy failed: .ci/run must stop there
+    assert main([str(tmp_path), "a"]) == 0
+    assert main([str(tmp_path), "a", "b"]) == 4
+    assert main([str(tmp_path)]) == 2
