@@ -166,10 +166,41 @@ def point_recipe(setup: Setup, reduction: dict):
     return ViTRecipe.model_validate(data)
 
 
+def shared_baselines(setup: Setup, stages, seeds: int, cache_dir: Path):
+    """The honest baselines (random per image over ``seeds`` draws, the uniform lattice) at ``stages``' token
+    counts, cached by those counts: methods placed at the same schedule (every pruning method at one budget)
+    are judged against one computation of the same baselines, as their reports would compute them."""
+    import hashlib
+
+    from tokexport.reduce.baselines_vit import baseline_runs, pruning_stages
+    from tokexport.stages.baselines import BaselineRun
+
+    counts = [[s.layer, s.tokens_in, s.tokens_out, s.n_keep] for s in pruning_stages(stages)]
+    key = json.dumps({"counts": counts, "seeds": seeds, "crops": len(setup.iset.eval_y), "seed": setup.seed})
+    path = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        got = json.loads(path.read_text())
+        if got["key"] == key:
+            return [BaselineRun(r["name"], r["description"], {k: [np.asarray(v) for v in vs]
+                                                             for k, vs in r["per_sample"].items()}, r["seeds"])
+                    for r in got["runs"]], got["engine"]
+    with tempfile.TemporaryDirectory(prefix="frontier-baselines-") as tmp:
+        engine: dict = {}
+        runs = baseline_runs(setup.lm.model, setup.lm.adapter, setup.forward, stages, setup.iset.eval_x,
+                             setup.figures, list(range(seeds)), recorded=setup.record(stages[0].layer),
+                             engine="onnxruntime", workdir=tmp, info=engine)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_suffix(".part")
+    tmp_path.write_text(json.dumps({"key": key, "engine": engine, "runs": [
+        {"name": r.name, "description": r.description, "seeds": r.seeds,
+         "per_sample": {k: [np.asarray(v).tolist() for v in vs] for k, vs in r.per_sample.items()}} for r in runs]}))
+    tmp_path.replace(path)
+    return runs, engine
+
+
 def run_point(setup: Setup, method: str, budget: float, work: Path, seeds: int) -> dict:
     from tokexport.onnx_tools import check_target, inspect_model
     from tokexport.reduce import get_method
-    from tokexport.reduce.baselines_vit import baseline_runs
     from tokexport.reduce.schedule import plan
     from tokexport.stages.baselines import baselines_section
     from tokexport.stages.runners import OrtRunner, run_rows
@@ -193,11 +224,7 @@ def run_point(setup: Setup, method: str, budget: float, work: Path, seeds: int) 
     mine = setup.figures(red)
     cfg = get_method(method).config_cls.model_validate(reduction)
     stages = plan(cfg, setup.shape.n_tokens, setup.shape.n_prefix, setup.shape.num_layers)
-    with tempfile.TemporaryDirectory(prefix="frontier-baselines-") as tmp:
-        engine: dict = {}
-        runs = baseline_runs(setup.lm.model, setup.lm.adapter, setup.forward, stages, setup.iset.eval_x,
-                             setup.figures, list(range(seeds)), recorded=setup.record(stages[0].layer),
-                             engine="onnxruntime", workdir=tmp, info=engine)
+    runs, engine = shared_baselines(setup, stages, seeds, work.parent.parent / "baselines")
     from tokexport.reduce.baselines_vit import BETTER
 
     section = baselines_section(method, mine, runs, BETTER, {}, setup.split())
