@@ -88,8 +88,11 @@ def test_ctrl_c_leaves_nothing_behind(tiny_models, tmp_path):
     p.write_text(yaml.safe_dump(recipe(tiny_models["dinov2"])))
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", HOLD_ENV: "exported"}
+    # a user's Ctrl-C reaches a process whose SIGINT is at its default; a test suite started in the background
+    # of a non-interactive shell (`pytest &`) inherits SIGINT ignored, and so would the run: reset it
     proc = subprocess.Popen([sys.executable, "-m", "tokexport", "convert", str(p), "--out", str(out)], cwd=REPO,
-                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = _wait_for_line(proc, "tokexport: holding at exported")
         staged = [q for q in tmp_path.iterdir() if q.name.startswith(".out.tmp-")]
