@@ -207,10 +207,28 @@ def _schedule_key(item) -> tuple[int, str]:
     return (2 if item.get_closest_marker("real_model") else 3), ""
 
 
+def _module_fixture_group(item) -> str | None:
+    """The group of a test that uses a module-scoped fixture of its own module (a sweep, a Ray instance, a
+    conversion shared by the module's tests): one group per module (its fixtures may depend on each other),
+    so that the tests sharing them run on one worker and each is computed once per run, not once per
+    worker. None when the test uses no such fixture."""
+    info = getattr(item, "_fixtureinfo", None)
+    module = item.nodeid.split("::")[0]
+    for name in getattr(item, "fixturenames", ()):
+        for fd in (info.name2fixturedefs.get(name, ()) if info is not None else ()):
+            if fd.scope == "module" and fd.baseid == module:
+                return f"{module}::module-fixtures"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gemma") and not item.get_closest_marker("real_model"):
             raise pytest.UsageError(f"{item.nodeid}: a gemma test loads a real checkpoint: mark it real_model too")
+        if not any(item.iter_markers("xdist_group")):
+            shared = _module_fixture_group(item)
+            if shared:
+                item.add_marker(pytest.mark.xdist_group(shared))
     items.sort(key=_schedule_key)  # stable: the order within a group and a file is kept
     worker = getattr(config, "workerinput", {}).get("workerid")  # a pytest-xdist worker (not its environment:
     folder = os.environ.get(_GROUPS_ENV)                          # a run started inside a worker is no worker)

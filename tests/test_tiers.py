@@ -126,6 +126,49 @@ def test_loadgroup_keeps_a_group_on_one_worker(pytester, tmp_path, monkeypatch):
     assert seen["free"] == {"gw0", "gw1"}, seen  # both workers ran: the run was in parallel
 
 
+MODULE_FIXTURE = """
+import os
+from pathlib import Path
+
+import pytest
+
+LOG = Path(os.environ["TOKEXPORT_TEST_GROUP_LOG"])
+
+
+@pytest.fixture(scope="module")
+def expensive():
+    with open(LOG, "a") as f:
+        f.write(f"fixture {os.environ['PYTEST_XDIST_WORKER']}\\n")
+    return 1
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_uses_it(i, expensive):
+    assert expensive == 1
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_free(i):
+    with open(LOG, "a") as f:
+        f.write(f"free {os.environ['PYTEST_XDIST_WORKER']}\\n")
+"""
+
+
+def test_a_module_fixture_is_computed_once_per_run(pytester, tmp_path, monkeypatch):
+    """A module-scoped fixture of a test module (the sweep of test_sweep.py, the Ray instance of
+    test_ray_backend.py) is computed once per run, not once per worker: conftest groups its tests."""
+    log = tmp_path / "workers.log"
+    monkeypatch.setenv("TOKEXPORT_TEST_GROUP_LOG", str(log))
+    pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(test_mod=MODULE_FIXTURE)
+    res = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider",
+                                        f"--basetemp={tmp_path / 'inner'}")
+    assert res.parseoutcomes().get("passed") == 16, res.stdout.str()[-3000:]
+    lines = log.read_text().split()
+    assert lines.count("fixture") == 1, lines
+    assert {w for what, w in zip(lines[::2], lines[1::2]) if what == "free"} == {"gw0", "gw1"}, lines
+
+
 READS_SHIPPED = """
 import conftest
 
