@@ -254,7 +254,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
-        from tokexport.cli_ui import resolve_recipe
+        from tokexport.cli.ui import resolve_recipe
 
         runtimes, why_not = available_runtimes(args.runtimes, args.dry_run)
         if not runtimes:

@@ -18,7 +18,7 @@ from conftest import REPO
 from test_cli_bad_input import assert_one_line_error, run_cli
 
 import tokexport
-from tokexport.cli_ui import reset_logging
+from tokexport.cli.ui import reset_logging
 from tokexport.shipped import find_shipped_recipe, shipped_recipes
 
 HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "optimum")
@@ -172,7 +172,7 @@ def test_verbose_and_quiet_together_is_an_error():
 def test_stage_messages_are_logged_literally(tmp_path, capsys):
     """Progress hooks: stage starts/ends are debug messages with durations, ``log`` lines are info
     messages, and text in brackets (search logs "[deepest layer first] ...") is never eaten as markup."""
-    from tokexport import cli_ui
+    from tokexport.cli import ui as cli_ui
 
     log = tmp_path / "stages.log"
     try:
@@ -293,15 +293,25 @@ def test_wheel_install_lists_and_runs_the_shipped_recipes(tmp_path, a_file):
 # --- structure ----------------------------------------------------------------------------------------------
 
 
-def test_command_modules_use_cli_ui_not_cli():
-    """UI plumbing comes from tokexport.cli_ui; only the entry points import tokexport.cli."""
+def test_only_the_cli_package_imports_it():
+    """The commands live in tokexport/cli/ (one module per command group, UI plumbing in tokexport.cli.ui); no
+    module outside that package but the entry point (__main__) imports it, relative imports included."""
     for p in sorted((REPO / "tokexport").rglob("*.py")):
-        if p.name == "__main__.py" or p.name == "cli.py":
+        rel = p.relative_to(REPO / "tokexport")
+        if rel.parts[0] == "cli" or p.name == "__main__.py":
             continue
+        package = ["tokexport", *rel.parts[:-1]]
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
-                target = ("." * node.level) + (node.module or "")
-                assert target not in (".cli", "tokexport.cli"), f"{p.relative_to(REPO)} imports {target}"
+                base = package[:len(package) - node.level + 1] if node.level else []
+                target = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+                names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+                for name in names:
+                    assert not (name == "tokexport.cli" or name.startswith("tokexport.cli.")), \
+                        f"{p.relative_to(REPO)} imports {name}"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    assert not a.name.startswith("tokexport.cli"), f"{p.relative_to(REPO)} imports {a.name}"
 
 
 def test_no_path_outside_the_repository():

@@ -85,8 +85,8 @@ def file_size_limit(nbytes: int | None):
 def _in_process(run: Run, monkeypatch) -> Outcome:
     from typer.testing import CliRunner
 
-    from tokexport import cli_ui
     from tokexport.cli import app
+    from tokexport.cli import ui as cli_ui
 
     for k, v in run.env.items():
         monkeypatch.setenv(k, v)

@@ -117,7 +117,8 @@ def test_no_paths_outside_the_repository():
     assert res.returncode == 1 and res.stdout == "" and res.stderr == "", (res.returncode, res.stdout, res.stderr)
 
 
-CLI_MODULES = {"tokexport.__main__", "tokexport.cli", "tokexport.cli_ci", "tokexport.cli_target", "tokexport.cli_ui"}
+CLI_MODULES = {"tokexport.__main__", "tokexport.cli", "tokexport.cli.app", "tokexport.cli.ci", "tokexport.cli.target",
+               "tokexport.cli.ui"}
 UI_PACKAGES = ("typer", "rich", "click")
 
 

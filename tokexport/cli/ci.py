@@ -8,7 +8,7 @@ import typer
 
 
 def _fmt(v) -> str:
-    from .report import fmt_value
+    from ..report import fmt_value
 
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
@@ -20,7 +20,7 @@ def _overrides(pairs: list[str]) -> dict:
     """``--set key=value`` pairs; values parsed as YAML scalars (numbers, booleans)."""
     import yaml
 
-    from .errors import InputError
+    from ..errors import InputError
 
     out = {}
     for pair in pairs:
@@ -39,7 +39,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 def _positive_int(text: str, flag: str, lo: int, hi: int | None = None) -> int:
     """``--jobs`` / ``--step``: an integer in [lo, hi]."""
-    from .errors import InputError
+    from ..errors import InputError
 
     try:
         v = int(text.strip())
@@ -59,7 +59,7 @@ def _jobs(text: str) -> int:
 
 
 def _metric(name: str, known: tuple[str, ...], what: str) -> str:
-    from .errors import InputError
+    from ..errors import InputError
 
     if name not in known:
         raise InputError(f"--metric: unknown metric {name!r} for {what}; known: {', '.join(known)}")
@@ -69,7 +69,7 @@ def _metric(name: str, known: tuple[str, ...], what: str) -> str:
 def _finite_in(v: float, flag: str, text: str, lo: float, hi: float, lo_open: bool) -> float:
     import math
 
-    from .errors import InputError
+    from ..errors import InputError
 
     if not math.isfinite(v) or not (lo < v if lo_open else lo <= v) or not v <= hi:
         raise InputError(f"{flag}: {text.strip()!r} is not a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}]")
@@ -89,11 +89,11 @@ def write_merged(report: Path, device: Path, out: Path, force: bool, allow_kind_
     import contextlib
     import os
 
-    from .check import load_device_results, load_report, merged_report
-    from .errors import ContractError, InputError
-    from .outdir import check_out_file, write_file_atomic
-    from .report import json_text
-    from .stages.report_schema import validate_report
+    from ..check import load_device_results, load_report, merged_report
+    from ..errors import ContractError, InputError
+    from ..outdir import check_out_file, write_file_atomic
+    from ..report import json_text
+    from ..stages.report_schema import validate_report
 
     rep = load_report(report, "report")
     dev = load_device_results(device)
@@ -112,8 +112,8 @@ def write_merged(report: Path, device: Path, out: Path, force: bool, allow_kind_
 
 
 def _is_tokexport_report(path: Path) -> bool:
-    from .errors import TokexportError
-    from .files import read_json
+    from ..errors import TokexportError
+    from ..files import read_json
 
     try:
         old = read_json(path, "report")
@@ -141,8 +141,8 @@ def _register_report_merge(app: typer.Typer) -> None:
     ) -> None:
         """Add what the device measured (device_results.json) to a convert report, as `device_results`; the result
         conforms to the report contract. Exit 7 for an unreadable file or graphs of another conversion."""
-        from .cli_ui import fail, result
-        from .errors import TokexportError
+        from ..errors import TokexportError
+        from .ui import fail, result
 
         try:
             merged = write_merged(report, device, out, force, allow_kind_change)
@@ -188,10 +188,10 @@ def register(app: typer.Typer) -> None:
 
         from rich.table import Table
 
-        from .check import check as run_check
-        from .check import load_tolerances
-        from .cli_ui import err_console, fail, out_console
-        from .errors import RegressionError, TokexportError
+        from ..check import check as run_check
+        from ..check import load_tolerances
+        from ..errors import RegressionError, TokexportError
+        from .ui import err_console, fail, out_console
 
         try:
             over = _overrides(set_ or [])
@@ -270,10 +270,10 @@ def register(app: typer.Typer) -> None:
         pareto.png (several recipes: one folder each plus index.html)."""
         from rich.table import Table
 
-        from .cli_ui import err_console, fail, out_console
-        from .errors import TokexportError
-        from .sweep import ALL_METRICS, exit_code, parse_keep_rates, parse_vocab_sizes
-        from .sweep import sweep as run_sweep
+        from ..errors import TokexportError
+        from ..sweep import ALL_METRICS, exit_code, parse_keep_rates, parse_vocab_sizes
+        from ..sweep import sweep as run_sweep
+        from .ui import err_console, fail, out_console
 
         try:
             rates = ([_finite_in(r, "--keep-rates", f"{r}", 0.0, 1.0, lo_open=True) for r in parse_keep_rates(keep_rates)]
@@ -371,11 +371,11 @@ def register(app: typer.Typer) -> None:
             TimeElapsedColumn,
         )
 
-        from .cli_ui import RichStages, err_console, fail, out_console
-        from .errors import InputError, TokexportError
-        from .search import parse_budget
-        from .search import search as run_search
-        from .sweep import ALL_METRICS
+        from ..errors import InputError, TokexportError
+        from ..search import parse_budget
+        from ..search import search as run_search
+        from ..sweep import ALL_METRICS
+        from .ui import RichStages, err_console, fail, out_console
 
         try:
             budget = _finite_in(parse_budget(max_drop), "--max-drop", max_drop, 0.0, 1.0, lo_open=False)
