@@ -106,22 +106,22 @@ _LOADED: dict = {}
 
 
 def _convert(recipe, base_dir: str, out_dir: str, label: str, torch_threads: int | None) -> int:
-    """Run one conversion (in a worker or in-process) into ``out_dir``; its exit code. The loaded ViT
-    model is cached per process, keyed by what the loader depends on."""
+    """Run one conversion (in a worker or in-process) into ``out_dir``; its exit code. Where the recipe's
+    sweep axis gives a cache key (ViT: what the loader depends on), the loaded model is kept per process."""
     import torch
 
-    from .load import load_model
+    from .tasks.axes import axis_for
     from .tasks.run import run
 
     if torch_threads:
         torch.set_num_threads(torch_threads)
     kwargs = {}
-    if recipe.task not in ("visual-tokens", "vocab-trim"):
-        key = (recipe.model, base_dir, recipe.family, recipe.task, recipe.export.image_size)
+    axis = axis_for(recipe)
+    key = axis.model_cache_key(recipe, base_dir)
+    if key is not None:
         if key not in _LOADED:
             _LOADED.clear()
-            _LOADED[key] = load_model(recipe.model, Path(base_dir), recipe.family, recipe.task,
-                                      recipe.export.image_size, allow_pickle=recipe.allow_pickle)
+            _LOADED[key] = axis.load_model(recipe, base_dir)
         kwargs["loaded"] = _LOADED[key]
     res = run(recipe, Path(base_dir), Path(out_dir), force=True, label=label, **kwargs)
     return res.exit_code

@@ -326,7 +326,8 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
     tasks) and every conversion is one Ray task; the search takes the local backend's path and pick."""
     from .fanout import Fanout, check_backend
     from .pipeline import Stages, run
-    from .sweep import check_metric, is_vocab
+    from .sweep import check_metric
+    from .tasks.axes import is_vocab
 
     check_backend(backend, 1, cpus_per_job)
 
@@ -591,7 +592,7 @@ def _budget_verify(recipe, metric: str, max_drop: float):
     """The recipe's verify section with the searched metric's threshold tightened to the budget (the stricter
     of the recipe's and the budget's); the note says how. Vocab thresholds are fields, originals fixed
     (1 for shares and cosines, 0 for the perplexity increase)."""
-    from .sweep import is_vocab
+    from .tasks.axes import is_vocab
 
     v = recipe.verify
     if not is_vocab(recipe):
@@ -655,7 +656,7 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
     import shutil
 
     from .pipeline import run
-    from .sweep import is_vocab, vocab_recipe
+    from .tasks.axes import is_vocab, vocab_recipe
     from .tasks.run import model_paths
 
     vocab = is_vocab(recipe)

@@ -36,98 +36,37 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from . import __version__
 from .errors import InputError, ParityError
 from .files import read_json
 from .outdir import check_out_dir, claim_out_dir, write_file_atomic, write_marker
-from .recipe import METRICS, Recipe, load_recipe
+from .recipe import Recipe, load_recipe
 from .report import fmt_value
 from .stages import metric as MC
+from .tasks.axes import ALL_METRICS, Point, axis_for, axis_of_report  # noqa: F401  (ALL_METRICS: for the CLI)
 
 PLOT_SIZE = (8.0, 5.0)  # inches; at PLOT_DPI the PNG is 800 x 500 pixels
 PLOT_DPI = 100
 
 
-@dataclass(frozen=True)
-class Point:
-    """One conversion of the sweep: a (method, keep rate), or a vocab trim's target vocabulary size."""
-
-    method: str
-    keep_rate: float | None = None
-    vocab_size: int | None = None
-
-    @property
-    def label(self) -> str:
-        return f"v{self.vocab_size}" if self.vocab_size is not None else f"{self.method}-k{self.keep_rate:g}"
-
-    def fields(self) -> dict:
-        if self.vocab_size is not None:
-            return {"method": self.method, "target_vocab_size": self.vocab_size}
-        return {"method": self.method, "keep_rate": self.keep_rate}
-
-
-# metrics per task ------------------------------------------------------------------------------------
-
-VIT_METRICS = ("feature_cosine", "instance_top1", "top1_agreement", "imagefolder_top1")
-VISUAL_METRICS = ("feature_cosine", "attn_pooled_cosine", "instance_top1", "generation_exact_match",
-                  "generation_token_agreement")
-VISUAL_INFO_ONLY = ("attention_mass",)  # {value, info: true}: the selector's own ranking signal, gates nothing
-# the gated figures of a vocab trim, the default (the quality figure the recipe's thresholds bound) first
-VOCAB_METRICS = {
-    "encoder": ("heldout_embedding_cosine", "in_vocab_max_abs_diff", "heldout_token_coverage",
-                "tokenizer_remap_exact", "checkpoint_tensors_exact"),
-    "decoder": ("next_token_top1_agreement", "perplexity_per_char_increase", "generation_exact_match",
-                "generation_differences_explained", "top1_agreement_where_kept", "heldout_token_coverage",
-                "tokenizer_remap_exact", "checkpoint_tensors_exact"),
-}
-# every name --metric may take for some task (the CLI's check before the recipe is read)
-ALL_METRICS = tuple(dict.fromkeys((*METRICS, *VOCAB_METRICS["encoder"], *VOCAB_METRICS["decoder"])))
-
-
-def is_vocab(recipe) -> bool:
-    return getattr(recipe, "task", None) == "vocab-trim"
-
-
-def vocab_architecture(recipe, base_dir: Path) -> str:
-    """encoder or decoder: the recipe's ``architecture``, or what the model's config.json says (read only)."""
-    from .tasks.vocab_trim import architecture_of, resolve_model_dir
-
-    if recipe.architecture != "auto":
-        return recipe.architecture
-    model_dir, _ = resolve_model_dir(recipe.model, base_dir)
-    try:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(model_dir)
-    except Exception as e:  # noqa: BLE001  (unreadable config: one line)
-        raise InputError(f"model: cannot read {model_dir / 'config.json'} ({type(e).__name__})") from None
-    return architecture_of(recipe, config)
-
-
 def task_metrics(recipe, base_dir: Path) -> tuple[tuple[str, ...], str]:
     """(the gated metrics this recipe's task measures, the default ``--metric``)."""
-    if is_vocab(recipe):
-        names = VOCAB_METRICS[vocab_architecture(recipe, base_dir)]
-        return names, names[0]
-    if recipe.task == "visual-tokens":
-        return VISUAL_METRICS, "instance_top1"
-    return VIT_METRICS, "instance_top1"
+    return axis_for(recipe).metrics(recipe, base_dir)
 
 
 def check_metric(recipe, base_dir: Path, metric: str | None, what: str) -> str:
     """The ``--metric`` of ``what`` (sweep, search) for this recipe: known to its task and gated."""
-    known, default = task_metrics(recipe, base_dir)
+    ax = axis_for(recipe)
+    known, default = ax.metrics(recipe, base_dir)
     if metric is None:
         return default
-    if metric in VISUAL_INFO_ONLY and recipe.task == "visual-tokens":
+    if metric in ax.info_only:
         raise InputError(f"--metric {metric}: an information-only figure ({{value, info: true}}: the attention the "
                          f"selector itself ranks by), not an accuracy measure; {what} needs a gated metric: "
                          f"{', '.join(known)}")
     if metric not in known:
-        task = recipe.task if not is_vocab(recipe) else f"vocab-trim ({vocab_architecture(recipe, base_dir)})"
-        raise InputError(f"--metric: unknown metric {metric!r} for task {task}; known: {', '.join(known)}")
+        raise InputError(f"--metric: unknown metric {metric!r} for task {ax.task_name(recipe, base_dir)}; known: "
+                         f"{', '.join(known)}")
     return metric
 
 
@@ -171,59 +110,9 @@ def parse_keep_rates(text: str) -> list[float]:
     return rates
 
 
-def _registry(recipe: Recipe) -> dict:
-    if recipe.task == "visual-tokens":
-        from .vlm.select import VISUAL_METHODS
-
-        return VISUAL_METHODS
-    from .reduce import METHODS
-
-    return METHODS
-
-
 def point_recipe(recipe: Recipe, point: Point, threads: int | None = None) -> Recipe:
-    """The recipe of one point: the loaded recipe with its reduction's keep rate (and method) replaced, or
-    (vocab) its ``trim.target_vocab_size``. Method-specific fields carry over when the method is the
-    recipe's own; otherwise they take the method's defaults."""
-    if point.vocab_size is not None:
-        return vocab_recipe(recipe, point.vocab_size, f"{recipe.name or 'recipe'}-{point.label}", threads)
-    red = recipe.reduction
-    same = point.method == red.method
-    fields = red.model_dump(mode="json", exclude_none=True) if same else {}
-    fields.update(method=point.method, keep_rate=point.keep_rate)
-    fields.pop("keep", None)
-    if recipe.task != "visual-tokens":
-        if not red.prune_layers:
-            raise InputError("reduction.prune_layers: empty; a ViT sweep keeps the recipe's prune layers and "
-                             "varies the keep rate, so list the blocks to prune after")
-        fields.update(prune_layers=list(red.prune_layers), rounding=red.rounding)
-    cls = _registry(recipe)[point.method].config_cls
-    try:
-        new_red = cls.model_validate(fields)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise InputError(f"sweep point {point.label}: reduction.{where}: {err['msg']}") from None
-    update: dict = {"reduction": new_red, "name": f"{recipe.name or 'recipe'}-{point.label}"}
-    if threads is not None and recipe.bench.threads is None:
-        update["bench"] = recipe.bench.model_copy(update={"threads": threads})
-    return recipe.model_copy(update=update)
-
-
-def vocab_recipe(recipe, size: int, name: str, threads: int | None = None, **update):
-    """A vocab recipe with ``trim.target_vocab_size = size`` (validated like the recipe file); the size
-    replaces a budget the recipe sets instead (``max_params`` / ``max_bytes``)."""
-    from .vocab.recipe import TrimConfig
-
-    try:
-        trim = TrimConfig.model_validate({**recipe.trim.model_dump(mode="json"), "target_vocab_size": size,
-                                          "max_params": None, "max_bytes": None})
-    except ValidationError as e:
-        raise InputError(f"trim.target_vocab_size: {size}: {e.errors()[0]['msg']}") from None
-    update = {"trim": trim, "name": name, **update}
-    if threads is not None and recipe.bench.threads is None:
-        update["bench"] = recipe.bench.model_copy(update={"threads": threads})
-    return recipe.model_copy(update=update)
+    """The recipe of one point (its task's axis: :meth:`tokexport.tasks.axes.SweepAxis.point_recipe`)."""
+    return axis_for(recipe).point_recipe(recipe, point, threads)
 
 
 # summary ---------------------------------------------------------------------------------------------
@@ -237,28 +126,7 @@ def _row(point: Point, report: dict, metric: str, batch: str | None, run_dir: st
         raise InputError(f"--metric {metric}: an information-only figure in the reports; give a gated metric")
     bench = report.get("bench") or {}
     b = (bench.get("batches") or {}).get(batch) if batch else None
-    row: dict = {**point.fields(), "run_dir": run_dir, "exit_code": code}
-    if report["kind"] == "vocab-trim":
-        mod, tok, art = report["model"], report["tokenizer"], report["artifacts"]
-        row.update(vocab_size=tok["vocab_size"], vocab_size_trimmed=tok["vocab_size_trimmed"],
-                   kept=report["trim"]["kept"], params=mod["params"], params_trimmed=mod["params_trimmed"],
-                   params_ratio=mod["params_trimmed"] / mod["params"],
-                   params_reduction=mod["params"] / mod["params_trimmed"],
-                   onnx_bytes_ratio=art["onnx_bytes"] / art["baseline_onnx_bytes"])
-    else:
-        fl = bench.get("flops") or {}
-        red = report["reduction"]
-        llm = report.get("llm") or {}
-        saved = llm.get("prefill_flops_saved")
-        row.update(
-            tokens=([s["tokens_out"] for s in red.get("schedule") or []] if red.get("schedule")
-                    else [red.get("visual_tokens_out")]),
-            predicted_speedup=fl.get("predicted_speedup"),
-            flops_ratio=fl["reduced"] / fl["baseline"] if fl.get("baseline") else None,
-            llm_prefill_flops_saved=saved)
-        if report["kind"] == "visual-tokens":
-            row["visual_tokens_in"] = red.get("visual_tokens_in")
-            row["prefill_speedup"] = llm["prefill_flops_full"] / llm["prefill_flops_reduced"]
+    row: dict = {**point.fields(), "run_dir": run_dir, "exit_code": code, **axis_of_report(report["kind"]).row(report)}
     row.update({
         "speedup": b["speedup"] if b else None,
         "metric": m["reduced"], "metric_original": m["original"], "metric_better": m.get("better", "higher"),
@@ -322,27 +190,12 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def _columns(summary: dict) -> list[tuple[str, object]]:
-    """(header, cell of a point) of the HTML table, per task."""
+    """(header, cell of a point) of the HTML table; the task's own columns come from its axis."""
     def fmt(v, d=4):
         return html.escape("→".join(map(str, v)) if isinstance(v, list) else fmt_value(v, d))
 
-    xk, kind = summary["x"]["key"], summary["task_kind"]
     cols: list[tuple[str, object]] = [("method", lambda p: fmt(p["method"]))]
-    if kind == "vocab-trim":
-        cols += [("target vocab size", lambda p: f"{p['target_vocab_size']:,}"),
-                 ("vocab kept", lambda p: f"{p['vocab_size_trimmed']:,} of {p['vocab_size']:,}"),
-                 ("parameters kept", lambda p: f"{p['params_trimmed']:,} ({p['params_ratio']:.3f}×)"),
-                 (summary["x"]["label"], lambda p: fmt(p[xk], 3)),
-                 ("measured speed-up", lambda p: fmt(p["speedup"], 3)),
-                 ("ONNX bytes ratio", lambda p: fmt(p["onnx_bytes_ratio"], 3))]
-    else:
-        cols += [("keep rate", lambda p: f"{p['keep_rate']:g}"), ("tokens", lambda p: fmt(p["tokens"])),
-                 (summary["x"]["label"], lambda p: fmt(p[xk], 3))]
-        if kind == "visual-tokens":
-            cols += [("tower speed-up (selection overhead)", lambda p: fmt(p["speedup"], 3))]
-        else:
-            cols += [("predicted speed-up", lambda p: fmt(p["predicted_speedup"], 3)),
-                     ("FLOPs ratio", lambda p: fmt(p["flops_ratio"], 3))]
+    cols += axis_of_report(summary["task_kind"]).html_columns(summary, fmt)
     cols += [(f"{summary['metric']} (original → reduced)", lambda p: f"{p['metric_original']:.4f} → {p['metric']:.4f}"),
              ("drop", lambda p: f"{p['metric_drop']:+.4f}"),
              ("parity max abs", lambda p: f"{p['parity_max_abs_diff']:.1e}"),
@@ -385,32 +238,6 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#e
 """
 
 
-def _axis(kind: str, rows: list[dict], batch: str | None) -> tuple[dict, dict, str]:
-    """(x axis, varied parameter, what a point's conversion changes) of the task's sweep."""
-    if kind == "vocab-trim":
-        x = {"key": "params_reduction", "short": "parameter reduction",
-             "label": "parameter reduction (original ÷ trimmed parameters)", "batch": int(batch) if batch else None}
-        return x, {"key": "target_vocab_size", "label": "trim.target_vocab_size"}, (
-            "trim.target_vocab_size replaced (mined ids kept, most frequent first; special, required and closure ids "
-            "come on top); x = parameter reduction, what a trim buys (an embedding lookup costs little time: the "
-            "measured baseline.onnx ÷ model.onnx speed-up at the export batch is in every point)")
-    varied = {"key": "keep_rate", "label": "keep rate"}
-    if kind == "visual-tokens":
-        x = {"key": "prefill_speedup", "short": "LLM prefill FLOPs ratio",
-             "label": "LLM prefill FLOPs ratio (original ÷ reduced, predicted)", "batch": int(batch) if batch else None}
-        return x, varied, ("reduction.keep_rate of all visual tokens replaced (K = floor(V·P·rate)); x = the LLM "
-                           "prefill FLOPs with all visual tokens ÷ with the K kept (the tower's measured "
-                           "model.onnx ÷ baseline.onnx ratio is only the selection overhead, in every point)")
-    if batch:
-        x = {"key": "speedup", "label": f"measured speed-up at batch {batch}", "batch": int(batch)}
-    else:
-        x = {"key": "predicted_speedup", "label": "FLOP-predicted speed-up (bench disabled)", "batch": None}
-        if any(r[x["key"]] is None for r in rows):
-            raise InputError("bench.enabled: false and no FLOP prediction in the reports; enable bench to sweep")
-    return x, varied, ("keep rate applied at every pruning step of the recipe's schedule; speed-up = baseline.onnx ÷ "
-                       "model.onnx latency measured in the same run")
-
-
 TIMING_NOTE = ("Timing figures are ratios measured inside one task: baseline.onnx and model.onnx are timed "
                "interleaved in the same process on the same node, so points run on different workers or machines "
                "stay comparable; absolute latencies are not compared across points.")
@@ -437,8 +264,8 @@ def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: l
         rows.append(None)
     done_idx = [i for i, r in enumerate(rows) if r is None]
     first = reports[0] if reports else None
-    kind = first["kind"] if first else ("vocab-trim" if is_vocab(recipe) else
-                                        "visual-tokens" if recipe.task == "visual-tokens" else "vit")
+    ax = axis_of_report(first["kind"]) if first else axis_for(recipe)
+    kind = ax.report_kind
     batches = ((first or {}).get("bench") or {}).get("batches") or {}
     batch = str(max(int(b) for b in batches)) if batches else None
     for i, rep in zip(done_idx, reports):
@@ -447,9 +274,7 @@ def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: l
         row.update(status="done", host=rec.get("host"), seconds=rec.get("seconds"), resumed=bool(rec.get("resumed")))
         rows[i] = row
     done = [r for r in rows if r["status"] == "done"]
-    x, varied, what = _axis(kind, done, batch) if done or kind != "vit" else (
-        {"key": "speedup", "label": "measured speed-up", "batch": None}, {"key": "keep_rate", "label": "keep rate"},
-        "keep rate applied at every pruning step of the recipe's schedule")
+    x, varied, what = ax.axis(done, batch)
     x_short = x.pop("short", "speed-up")
     better = done[0]["metric_better"] if done else "higher"
     orig = done[0]["metric_original"] if done else None
@@ -460,8 +285,7 @@ def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: l
         for r, on in zip(done, front[:-1]):
             r["pareto"] = on
     bench = (first or {}).get("bench") or {}
-    changed = ({"trim": recipe.trim.model_dump(mode="json")} if is_vocab(recipe)
-               else {"reduction": recipe.reduction.model_dump(mode="json")})
+    changed = ax.changed(recipe)
     failed = [r for r in rows if r["status"] != "done"]
     resumed = sum(r["resumed"] for r in rows)
     where = (f"{backend['name']} backend, {backend['parallel']} at a time"
@@ -541,36 +365,27 @@ class _Recipe:
 
 
 def _points(r: _Recipe, keep_rates, methods, vocab_sizes) -> list[Point]:
-    if is_vocab(r.recipe):
-        return [Point("vocab-trim", vocab_size=n) for n in vocab_sizes]
-    registry = _registry(r.recipe)
-    names = methods or [r.recipe.reduction.method]
-    for m in names:
-        if m not in registry:
-            raise InputError(f"--methods: unknown method {m!r} for task {r.recipe.task}"
-                             + (f" ({r.path})" if methods else "") + f"; known: {', '.join(sorted(registry))}")
-    return [Point(m, k) for m in names for k in keep_rates]
+    return axis_for(r.recipe).points(r.recipe, r.path, keep_rates, methods, vocab_sizes)
 
 
 def _check_axes(items: list[_Recipe], keep_rates, methods, vocab_sizes) -> None:
-    """Each recipe takes the axis its task supports: --keep-rates (and --methods) for ViT and visual-token
-    recipes, --vocab-sizes for vocab-trim recipes. A flag no recipe takes, or an axis a recipe lacks, is an
-    error."""
-    vocab = [r for r in items if is_vocab(r.recipe)]
-    other = [r for r in items if not is_vocab(r.recipe)]
-    if not other and (keep_rates is not None or methods):
-        flag = "--keep-rates" if keep_rates is not None else "--methods"
-        raise InputError(f"{flag}: {vocab[0].path} is a vocab-trim recipe; sweep its vocabulary with "
-                         "--vocab-sizes 8000,12000,16000 (trim.target_vocab_size)")
-    if vocab and not vocab_sizes:
-        raise InputError(f"--vocab-sizes: required for the vocab-trim recipe {vocab[0].path}, e.g. "
-                         "--vocab-sizes 8000,12000,16000")
-    if not vocab and vocab_sizes is not None:
-        raise InputError(f"--vocab-sizes: only for task vocab-trim recipes; {other[0].path} is task "
-                         f"{other[0].recipe.task} (vary its keep rate with --keep-rates)")
-    if other and not keep_rates:
-        raise InputError(f"--keep-rates: required for {other[0].path} (task {other[0].recipe.task}), e.g. "
-                         "--keep-rates 0.9,0.7,0.5")
+    """Each recipe takes the axis its task supports (its :class:`~tokexport.tasks.axes.SweepAxis`'s flag):
+    --keep-rates (and --methods) for token reduction, --vocab-sizes for vocabulary trims. A flag no recipe
+    takes, or an axis a recipe lacks, is an error."""
+    given = {"--keep-rates": keep_rates, "--vocab-sizes": vocab_sizes}
+    by_flag: dict[str, list[_Recipe]] = {}
+    for r in items:
+        by_flag.setdefault(axis_for(r.recipe).flag, []).append(r)
+    for flag, values in given.items():
+        if flag not in by_flag and (values is not None or (methods and flag == "--keep-rates")):
+            other = next(iter(by_flag.values()))[0]
+            shown, ax = (flag if values is not None else "--methods"), axis_for(other.recipe)
+            raise InputError(f"{shown}: {other.path} is task {other.recipe.task}: sweep it with {ax.flag} "
+                             f"({ax.varied['label']}, e.g. {ax.flag} {ax.example}), not {shown}")
+    for flag, rs in by_flag.items():
+        if not given[flag]:
+            raise InputError(f"{flag}: required for {rs[0].path} (task {rs[0].recipe.task}), e.g. {flag} "
+                             f"{axis_for(rs[0].recipe).example}")
 
 
 @contextlib.contextmanager

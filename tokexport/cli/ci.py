@@ -273,6 +273,7 @@ def register(app: typer.Typer) -> None:
         from ..errors import TokexportError
         from ..sweep import ALL_METRICS, exit_code, parse_keep_rates, parse_vocab_sizes
         from ..sweep import sweep as run_sweep
+        from ..tasks.axes import axis_of_report
         from .ui import err_console, fail, out_console
 
         try:
@@ -296,24 +297,14 @@ def register(app: typer.Typer) -> None:
         except TokexportError as e:
             fail(e)
         for s in summary.get("sweeps") or [summary]:
-            x, kind = s["x"], s["task_kind"]
+            kind = s["task_kind"]
             done_pts = [p for p in s["points"] if p["status"] == "done"]
-            if kind == "vocab-trim":
-                t = Table("target vocab", "vocab kept", "params kept", x["label"], "speed-up", f"{s['metric']}",
-                          "drop", "report", "Pareto", show_edge=False, title=s["recipe_path"] if "sweeps" in summary
-                          else None)
-                for p in done_pts:
-                    t.add_row(f"{p['target_vocab_size']:,}", f"{p['vocab_size_trimmed']:,}", f"{p['params_ratio']:.3f}×",
-                              f"{p[x['key']]:.3f}×", _fmt(p["speedup"]), f"{p['metric']:.4f}", f"{p['metric_drop']:+.4f}",
-                              _fmt(p["passed"]), "★" if p["pareto"] else "")
-            else:
-                extra = "FLOPs ratio" if kind != "visual-tokens" else "tower speed-up"
-                t = Table("method", "keep rate", "tokens", x["label"], extra, f"{s['metric']}", "drop", "report",
-                          "Pareto", show_edge=False, title=s["recipe_path"] if "sweeps" in summary else None)
-                for p in done_pts:
-                    t.add_row(p["method"], f"{p['keep_rate']:g}", "→".join(map(str, p["tokens"])), f"{p[x['key']]:.3f}×",
-                              _fmt(p["flops_ratio"] if kind != "visual-tokens" else p["speedup"]), f"{p['metric']:.4f}",
-                              f"{p['metric_drop']:+.4f}", _fmt(p["passed"]), "★" if p["pareto"] else "")
+            cols = axis_of_report(kind).cli_columns(s) + [
+                (f"{s['metric']}", lambda p: f"{p['metric']:.4f}"), ("drop", lambda p: f"{p['metric_drop']:+.4f}"),
+                ("report", lambda p: p["passed"]), ("Pareto", lambda p: "★" if p["pareto"] else "")]
+            t = Table(*(h for h, _ in cols), show_edge=False, title=s["recipe_path"] if "sweeps" in summary else None)
+            for p in done_pts:
+                t.add_row(*((c if isinstance(c := cell(p), str) else _fmt(c)) for _, cell in cols))
             out_console.print(t)
             vkey = s["varied"]["key"]
             for p in s["points"]:
