@@ -209,6 +209,22 @@ def test_recipes_list_reads_the_package():
     assert str(REPO / "tokexport" / "recipes") in res.stdout
 
 
+def test_recipes_list_says_every_shipped_schedule():
+    """The schedule column comes from each method's own config (``summary``): every shipped recipe's, a
+    hybrid's steps included (the column once read "visual tokens keep None" for the ViT hybrid and PiToMe)."""
+    from tokexport.cli.app import _schedule
+
+    for name, path in shipped_recipes():
+        method, sched = _schedule(yaml.safe_load(path.read_text()))
+        assert "None" not in sched and "does not validate" not in sched, (name, sched)
+        if "visual tokens" in sched:
+            assert yaml.safe_load(path.read_text())["task"] == "visual-tokens", (name, sched)
+    hybrid = _schedule(yaml.safe_load((REPO / "recipes" / "dinov2-small-hybrid.yaml").read_text()))
+    assert hybrid[0] == "hybrid" and hybrid[1].startswith("divprune after [2] keep") and "then tome merge" in hybrid[1]
+    assert _schedule({"model": "m", "reduction": {"method": "tome", "r": "x"}}) == \
+        ("tome", "(reduction does not validate: `tokexport convert` says why)")
+
+
 @pytest.mark.parametrize("name, expected", [
     ("dinov2-small-tome", "dinov2-small-tome.yaml"),
     ("dinov2-small-tome.yaml", "dinov2-small-tome.yaml"),

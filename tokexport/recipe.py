@@ -187,6 +187,20 @@ class Recipe(Strict):
             return kind.model_validate(obj, *args, **kwargs)
         return super().model_validate(obj, *args, **kwargs)
 
+    @classmethod
+    def listing(cls, data: dict) -> tuple[str, str]:
+        """(method, its schedule in a few words) of a recipe mapping for `tokexport recipes list`, from its
+        ``reduction`` alone (the method's config says it: ``summary``); a recipe that does not validate still lists."""
+        from pydantic import TypeAdapter
+
+        red = data.get("reduction")
+        method = str(red.get("method")) if isinstance(red, dict) else "?"
+        try:
+            cfg = TypeAdapter(cls.model_fields["reduction"].rebuild_annotation()).validate_python(red)
+        except ValidationError:
+            return method, "(reduction does not validate: `tokexport convert` says why)"
+        return method, cfg.summary()
+
     @model_validator(mode="after")
     def _task_sections(self):
         if self.task != "visual-tokens":

@@ -157,30 +157,10 @@ def models_fetch(
 
 
 def _schedule(d: dict) -> tuple[str, str]:
-    """(method, schedule) columns of ``recipes list`` for one recipe's YAML mapping."""
-    r = d.get("reduction") or {}
-    if not isinstance(r, dict):
-        r = {}
-    keep = r.get("keep_rate", r.get("keep"))
-    sched = f"after {r.get('prune_layers')} keep {keep}" if r.get("prune_layers") else f"visual tokens keep {keep}"
-    if "r" in r:  # ToMe: tokens merged per block
-        where = f"in blocks {r['prune_layers']}" if r.get("prune_layers") else "in every block"
-        sched = f"merge r={r['r']} {where}"
-    if d.get("task") == "vocab-trim":
-        trim = d.get("trim") or {}
-        if not isinstance(trim, dict):
-            trim = {}
-        ranking = trim.get("ranking", "frequency")
-        if trim.get("keep_file"):
-            return "vocab-trim", f"keep the ids listed in {trim['keep_file']}"
-        budget = [x for x in (f"{trim['max_params']:,} parameters" if isinstance(trim.get("max_params"), int) else "",
-                              f"{trim['max_bytes']:,} bytes at {trim.get('precision', 'fp32')}"
-                              if isinstance(trim.get("max_bytes"), int) else "") if x]
-        if budget:
-            return "vocab-trim", f"as many ids as fit in {' and '.join(budget)} ({ranking} ranking)"
-        how = f"{ranking} ranking" if ranking == "coverage" else f"min frequency {trim.get('min_frequency', 2)}"
-        return "vocab-trim", f"keep {trim.get('target_vocab_size') or 'all'} mined ids ({how})"
-    return str(r.get("method")), sched
+    """(method, schedule) columns of ``recipes list`` for one recipe's YAML mapping: its recipe kind says them."""
+    from ..recipe import RECIPE_KINDS, recipe_kind
+
+    return RECIPE_KINDS[recipe_kind(d)].listing(d)
 
 
 @recipes_app.command("list")

@@ -69,6 +69,12 @@ class ReductionConfig(BaseModel):
         description="How keep_rate x tokens becomes a count: floor (early Zero-TPrune code), ceil (EViT) or round.",
     )
 
+    def summary(self) -> str:
+        """The schedule in a few words (`tokexport recipes list`)."""
+        keep = self.keep_rate if self.keep_rate is not None else self.keep
+        where = f"after {list(self.prune_layers)}" if self.prune_layers else "after the default blocks"
+        return f"{where} keep {keep}"
+
     def removals(self, num_layers: int) -> list[tuple[int, Removal, str]] | None:
         """Schedules given as tokens removed per block (ToMe's ``r``, PiToMe's ``ratio``) rather than
         ``prune_layers`` + ``keep_rate``/``keep``: ``(block, tokens removed, recipe field for errors)`` per step

@@ -54,6 +54,9 @@ class HybridConfig(ReductionConfig):
                 raise ValueError(f"steps[{i}]: a step cannot itself be a hybrid; list its steps here instead")
         return self
 
+    def summary(self) -> str:
+        return "; then ".join(f"{step.method} {step.summary()}" for step in self.steps)
+
     def own_plan(self, n_tokens: int, n_prefix: int, num_layers: int) -> list[Stage]:
         stages: list[Stage] = []
         n, last = n_tokens, None

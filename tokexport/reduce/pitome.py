@@ -92,6 +92,12 @@ class PiToMeConfig(ReductionConfig):
                              "per listed block, or a single value")
         return self
 
+    def summary(self) -> str:
+        where = f"in blocks {list(self.prune_layers)}" if self.prune_layers else "in every block"
+        if self.ratio is not None:
+            return f"merge {where} keep ratio {self.ratio}"
+        return f"merge {where} keep {self.keep_rate if self.keep_rate is not None else self.keep}"
+
     def removals(self, num_layers: int):
         if self.ratio is None:
             return None

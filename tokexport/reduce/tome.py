@@ -53,6 +53,12 @@ class ToMeConfig(ReductionConfig):
         description="Proportional attention: after a merge, attention logits get + log(token size) (ToMe's default).",
     )
 
+    def summary(self) -> str:
+        where = f"in blocks {list(self.prune_layers)}" if self.prune_layers else "in every block"
+        if self.r is not None:
+            return f"merge r={self.r} {where}"
+        return f"merge {where} keep {self.keep_rate if self.keep_rate is not None else self.keep}"
+
     @field_validator("r")
     @classmethod
     def _non_negative(cls, r: int | list[int] | None) -> int | list[int] | None:

@@ -167,6 +167,10 @@ class VisualReductionConfig(BaseModel):
     def budget_field(self) -> str:
         return "keep" if self.keep is not None else "keep_rate"
 
+    def summary(self) -> str:
+        """The budget in a few words (`tokexport recipes list`)."""
+        return f"visual tokens keep {self.keep if self.keep is not None else self.keep_rate}"
+
     def resolve_k(self, layout: VisualLayout) -> int:
         """K for ``layout``: ``keep``, or floor(total·keep_rate) (at least 1). ValueError naming the field
         when K exceeds the token count, reaches TensorRT's TopK limit, or does not suit the method."""

@@ -117,6 +117,18 @@ class TrimConfig(Strict):
                 raise ValueError(f"drop_special: not a regular expression ({e})") from None
         return self
 
+    def summary(self) -> str:
+        """What the trim keeps, in a few words (`tokexport recipes list`)."""
+        if self.keep_file:
+            return f"keep the ids listed in {self.keep_file}"
+        budget = [x for x in (f"{self.max_params:,} parameters" if self.max_params is not None else "",
+                              f"{self.max_bytes:,} bytes at {self.precision}" if self.max_bytes is not None else "")
+                  if x]
+        if budget:
+            return f"as many ids as fit in {' and '.join(budget)} ({self.ranking} ranking)"
+        how = f"{self.ranking} ranking" if self.ranking == "coverage" else f"min frequency {self.min_frequency}"
+        return f"keep {self.target_vocab_size or 'all'} mined ids ({how})"
+
 
 class VocabExportConfig(TargetedExport):
     seq_len: Count(2, 8192) = Field(128, description="Static sequence length of input_ids/attention_mask, 2..8192 (inputs are padded/truncated to it).")
@@ -163,6 +175,16 @@ class VocabRecipe(Strict):
     trim: TrimConfig = TrimConfig()
     export: VocabExportConfig = VocabExportConfig()
     verify: VocabVerifyConfig = VocabVerifyConfig()
+
+    @classmethod
+    def listing(cls, data: dict) -> tuple[str, str]:
+        """(method, what it keeps) of a recipe mapping for `tokexport recipes list`, from its ``trim`` alone (a
+        recipe that does not validate as a whole still lists)."""
+        trim = data.get("trim") if data.get("trim") is not None else {}
+        try:
+            return data.get("task", "vocab-trim"), TrimConfig.model_validate(trim).summary()
+        except ValidationError:
+            return data.get("task", "vocab-trim"), "(trim does not validate: `tokexport convert` says why)"
     bench: VocabBenchConfig = VocabBenchConfig()
     deploy: DeployConfig = DeployConfig()
 
