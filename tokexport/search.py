@@ -327,7 +327,7 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
     from .fanout import Fanout, check_backend
     from .pipeline import Stages, run
     from .sweep import check_metric
-    from .tasks.axes import is_vocab
+    from .tasks.axes import axis_for
 
     check_backend(backend, 1, cpus_per_job)
 
@@ -336,12 +336,11 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
     recipe = load_recipe(recipe_path)
     base_dir = recipe_path.resolve().parent
     out_dir = Path(os.path.expanduser(out)) if out is not None else Path("out") / f"{recipe_path.stem}-search"
-    if recipe.task == "visual-tokens" or is_vocab(recipe):
-        what = "vocab-trim" if is_vocab(recipe) else "visual-tokens"
+    axis = axis_for(recipe)
+    if axis.search_knob is not None:
         if layers is not None:
-            raise InputError(f"--layers: {recipe_path} is task {what}: the search varies "
-                             f"{'trim.target_vocab_size' if is_vocab(recipe) else 'K (reduction.keep)'}, not a "
-                             "layer-wise schedule")
+            raise InputError(f"--layers: {recipe_path} is task {recipe.task}: the search varies {axis.search_knob}, "
+                             "not a layer-wise schedule")
         if max_evals is not None and max_evals < 2:
             raise InputError(f"--max-evals: {max_evals}; give 2 or more (the recipe's own value is the first)")
         metric = check_metric(recipe, base_dir, metric, "the search")
@@ -588,35 +587,6 @@ def _absolute_paths(recipe, base_dir: Path):
     return recipe.model_copy(update=update) if update else recipe
 
 
-def _budget_verify(recipe, metric: str, max_drop: float):
-    """The recipe's verify section with the searched metric's threshold tightened to the budget (the stricter
-    of the recipe's and the budget's); the note says how. Vocab thresholds are fields, originals fixed
-    (1 for shares and cosines, 0 for the perplexity increase)."""
-    from .tasks.axes import is_vocab
-
-    v = recipe.verify
-    if not is_vocab(recipe):
-        thresholds = dict(v.accuracy.metrics)
-        t = thresholds.get(metric)
-        thresholds[metric] = Threshold(min=t.min if t else None,
-                                       max_drop=min(max_drop, t.max_drop) if t and t.max_drop is not None else max_drop)
-        return v.model_copy(update={"accuracy": v.accuracy.model_copy(update={"metrics": thresholds})}), \
-            f"verify.accuracy.metrics.{metric}.max_drop"
-    acc = v.accuracy
-    fields = {"heldout_embedding_cosine": ("accuracy", "min_cosine", "min"),
-              "next_token_top1_agreement": ("accuracy", "min_top1_agreement", "min"),
-              "perplexity_per_char_increase": ("accuracy", "max_perplexity_increase", "max"),
-              "generation_exact_match": ("generation", "min_exact_match", "min")}
-    if metric not in fields or (fields[metric][0] == "generation" and v.generation is None):
-        return v, None  # no recipe field bounds this figure: the budget is the search's alone (search.json)
-    part, name, kind = fields[metric]
-    section = acc if part == "accuracy" else v.generation
-    cur = getattr(section, name)
-    new = max(cur, 1.0 - max_drop) if kind == "min" else min(cur, max_drop)
-    section = section.model_copy(update={name: new})
-    return v.model_copy(update={part: section}), f"verify.{part}.{name}"
-
-
 def _judge(report: dict, metric: str, max_drop: float) -> dict:
     from .sweep import metric_drop
 
@@ -656,17 +626,17 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
     import shutil
 
     from .pipeline import run
-    from .tasks.axes import is_vocab, vocab_recipe
+    from .tasks.axes import axis_for
     from .tasks.run import model_paths
 
-    vocab = is_vocab(recipe)
+    axis = axis_for(recipe)
     base_dir = recipe_path.resolve().parent
-    knob = "trim.target_vocab_size" if vocab else "reduction.keep"
+    knob = axis.search_knob
     protect = (recipe_path, base_dir, *model_paths(recipe.model, base_dir))
     with claim_out_dir(out_dir, force, kind="search", protect=protect), staged_dir(out_dir) as tmp:
         name = f"{recipe.name or recipe_path.stem}-search"
         winner_file = tmp / f"{name}.yaml"
-        verify, gate = _budget_verify(recipe, metric, max_drop)
+        verify, gate = axis.budget_verify(recipe, metric, max_drop)
         template = _absolute_paths(recipe, base_dir).model_copy(update={"name": name, "verify": verify})
         label = str(out_dir / winner_file.name)
         trace: list[dict] = []
@@ -674,17 +644,10 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
         rounds: list[list] = []  # Ray: the values converted together, round by round
 
         def candidate(value):
-            if vocab:
-                return vocab_recipe(template, value, name) if value is not None else template
-            if value is None:
-                return template
-            red = recipe.reduction.model_dump(mode="json", exclude_none=True)
-            red.pop("keep_rate", None)
-            red["keep"] = value
-            return template.model_copy(update={"reduction": type(recipe.reduction).model_validate(red)})
+            return template if value is None else axis.knob_recipe(recipe, template, value)
 
         def tag_of(value) -> str:
-            return "recipe" if value is None else f"{'v' if vocab else 'k'}{value}"
+            return "recipe" if value is None else f"{axis.search_tag}{value}"
 
         def evaluate_many(values: list, what: str = "candidate") -> list[dict]:
             """Convert every value's candidate (on Ray: one task each, all at once); their trace entries."""
@@ -718,17 +681,12 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
 
         def entry(value, what: str, rep: dict, exit_code: int, seconds) -> dict:
             tag = tag_of(value)
-            measured = rep["trim"]["mined"] if vocab else rep["reduction"]["visual_tokens_out"]
+            measured = axis.knob_measured(rep)
             got = value if value is not None else measured
             e = {"value": got, "measured_value": measured, "role": what, "run": tag, "exit_code": exit_code, "seconds": seconds,
                  **_judge(rep, metric, max_drop), "speedups": {b: v["speedup"] for b, v in
                                                                ((rep.get("bench") or {}).get("batches") or {}).items()}}
-            if vocab:
-                e.update(vocab_size_trimmed=rep["tokenizer"]["vocab_size_trimmed"],
-                         params_ratio=rep["model"]["params_trimmed"] / rep["model"]["params"])
-            else:
-                e.update(visual_tokens_in=rep["reduction"]["visual_tokens_in"],
-                         prefill_flops_saved=rep["llm"]["prefill_flops_saved"])
+            e.update(axis.knob_figures(rep))
             stages.log(f"{knob} {got}: {metric} drop {e['drop']:+.4f} "
                        f"{'ok' if e['feasible'] else 'over budget / threshold failed'}")
             trace.append(e)
@@ -738,27 +696,8 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
         t0 = time.time()
         ref = evaluate(None, "reference (the recipe's own)")
         ref_value = ref["value"]
-        if vocab:
-            top = runs[ref_value][1]["trim"]["eligible"]
-            st = step or 1
-            grid = sorted({*range(st, top + 1, st), ref_value, top})
-        else:
-            from .vlm.select import TOPK_LIMIT, VisualLayout
-
-            lay = runs[ref_value][1]["reduction"]["layout"]
-            layout = VisualLayout(views=lay["views"], grid=tuple(lay["grid"]),
-                                  sub_grid=tuple(lay["sub_grid"]) if lay["sub_grid"] else None)
-            st = step or 1
-
-            def valid(k: int) -> bool:
-                try:
-                    candidate(k).reduction.resolve_k(layout)
-                    return True
-                except ValueError:
-                    return False
-
-            top = min(layout.total, TOPK_LIMIT - 1)
-            grid = sorted({k for k in range(1, top + 1) if (k % st == 0 or k == ref_value) and valid(k)} | {ref_value})
+        st = step or 1
+        grid = axis.knob_grid(recipe, runs[ref_value][1], ref_value, st, candidate)
         evaluated = {ref_value: ref}
         budget_left = max_evals - 1
         on_path: set = set()
@@ -822,7 +761,7 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
         summary = {
             "schema_version": 1, "kind": "search", "tokexport_version": __version__, "created_unix": int(time.time()),
             "recipe_path": str(recipe_path), "task": recipe.task, "metric": metric, "metric_better": best["better"],
-            "max_drop": max_drop, "knob": knob, "method": "vocab-trim" if vocab else recipe.reduction.method,
+            "max_drop": max_drop, "knob": knob, "method": axis.method_name(recipe),
             "algorithm": ("bisection over an ascending grid (step " f"{st}) of {knob} values, assuming more never "
                           "hurts the metric: the recipe's own value first, then the grid below it (or above it when "
                           "over budget); every candidate a full conversion"),

@@ -103,6 +103,42 @@ class SweepAxis:
         formats)."""
         raise NotImplementedError
 
+    # --- `tokexport search`: one knob bisected over full conversions (None: the task searches otherwise)
+    search_knob: ClassVar[str | None] = None  # the recipe field searched, as search.json names it
+    search_tag: ClassVar[str] = ""  # prefix of a candidate's run folder (k64, v8000)
+
+    def knob_recipe(self, recipe, template, value):
+        """``template`` (the searched recipe, budget applied) with the knob at ``value``."""
+        raise NotImplementedError
+
+    def knob_measured(self, report: dict) -> int:
+        """The knob's value a conversion used (the recipe's own may be a rate or a budget)."""
+        raise NotImplementedError
+
+    def knob_figures(self, report: dict) -> dict:
+        """What a search's trace records of a candidate beyond the metric."""
+        return {}
+
+    def knob_grid(self, recipe, report: dict, ref_value: int, step: int, candidate) -> list[int]:
+        """The ascending values the bisection may try, the recipe's own included."""
+        raise NotImplementedError
+
+    def method_name(self, recipe) -> str:
+        return recipe.reduction.method
+
+    def budget_verify(self, recipe, metric: str, max_drop: float):
+        """(the recipe's verify section with ``metric``'s threshold tightened to the search budget, the field
+        set, or None when no recipe field bounds that figure)."""
+        from ..recipe import Threshold
+
+        v = recipe.verify
+        thresholds = dict(v.accuracy.metrics)
+        t = thresholds.get(metric)
+        thresholds[metric] = Threshold(min=t.min if t else None,
+                                       max_drop=min(max_drop, t.max_drop) if t and t.max_drop is not None else max_drop)
+        return v.model_copy(update={"accuracy": v.accuracy.model_copy(update={"metrics": thresholds})}), \
+            f"verify.accuracy.metrics.{metric}.max_drop"
+
     # --- fan-out
     def model_cache_key(self, recipe, base_dir: str) -> tuple | None:
         """A key under which a worker may keep the loaded model between points (None: load it every time)."""
@@ -270,6 +306,41 @@ class VisualTokensAxis(_KeepRateAxis):
     def cli_columns(self, summary: dict) -> list[tuple[str, Any]]:
         return super().cli_columns(summary) + [("tower speed-up", lambda p: p["speedup"])]
 
+    search_knob = "reduction.keep"
+    search_tag = "k"
+
+    def knob_recipe(self, recipe, template, value):
+        red = recipe.reduction.model_dump(mode="json", exclude_none=True)
+        red.pop("keep_rate", None)
+        red["keep"] = value
+        return template.model_copy(update={"reduction": type(recipe.reduction).model_validate(red)})
+
+    def knob_measured(self, report: dict) -> int:
+        return report["reduction"]["visual_tokens_out"]
+
+    def knob_figures(self, report: dict) -> dict:
+        return {"visual_tokens_in": report["reduction"]["visual_tokens_in"],
+                "prefill_flops_saved": report["llm"]["prefill_flops_saved"]}
+
+    def knob_grid(self, recipe, report: dict, ref_value: int, step: int, candidate) -> list[int]:
+        """Every K from 1 to min(all visual tokens, TopK's limit) on the ``step`` grid that the method accepts
+        for the recipe's layout."""
+        from ..vlm.select import TOPK_LIMIT, VisualLayout
+
+        lay = report["reduction"]["layout"]
+        layout = VisualLayout(views=lay["views"], grid=tuple(lay["grid"]),
+                              sub_grid=tuple(lay["sub_grid"]) if lay["sub_grid"] else None)
+
+        def valid(k: int) -> bool:
+            try:
+                candidate(k).reduction.resolve_k(layout)
+                return True
+            except ValueError:
+                return False
+
+        top = min(layout.total, TOPK_LIMIT - 1)
+        return sorted({k for k in range(1, top + 1) if (k % step == 0 or k == ref_value) and valid(k)} | {ref_value})
+
 
 # the gated figures of a vocab trim, the default (the quality figure the recipe's thresholds bound) first
 VOCAB_METRICS = {
@@ -364,6 +435,43 @@ class VocabTrimAxis(SweepAxis):
                 (summary["x"]["label"], lambda p: fmt(p[xk], 3)),
                 ("measured speed-up", lambda p: fmt(p["speedup"], 3)),
                 ("ONNX bytes ratio", lambda p: fmt(p["onnx_bytes_ratio"], 3))]
+
+    search_knob = "trim.target_vocab_size"
+    search_tag = "v"
+
+    def knob_recipe(self, recipe, template, value):
+        return vocab_recipe(template, value, template.name)
+
+    def knob_measured(self, report: dict) -> int:
+        return report["trim"]["mined"]
+
+    def knob_figures(self, report: dict) -> dict:
+        return {"vocab_size_trimmed": report["tokenizer"]["vocab_size_trimmed"],
+                "params_ratio": report["model"]["params_trimmed"] / report["model"]["params"]}
+
+    def knob_grid(self, recipe, report: dict, ref_value: int, step: int, candidate) -> list[int]:
+        top = report["trim"]["eligible"]
+        return sorted({*range(step, top + 1, step), ref_value, top})
+
+    def method_name(self, recipe) -> str:
+        return self.recipe_kind
+
+    # the recipe field that bounds each figure: (section, field, min or max); the originals are fixed (1 for
+    # shares and cosines, 0 for the perplexity increase)
+    BOUNDED = {"heldout_embedding_cosine": ("accuracy", "min_cosine", "min"),
+               "next_token_top1_agreement": ("accuracy", "min_top1_agreement", "min"),
+               "perplexity_per_char_increase": ("accuracy", "max_perplexity_increase", "max"),
+               "generation_exact_match": ("generation", "min_exact_match", "min")}
+
+    def budget_verify(self, recipe, metric: str, max_drop: float):
+        v = recipe.verify
+        if metric not in self.BOUNDED or (self.BOUNDED[metric][0] == "generation" and v.generation is None):
+            return v, None  # no recipe field bounds this figure: the budget is the search's alone (search.json)
+        part, name, kind = self.BOUNDED[metric]
+        section = v.accuracy if part == "accuracy" else v.generation
+        cur = getattr(section, name)
+        new = max(cur, 1.0 - max_drop) if kind == "min" else min(cur, max_drop)
+        return v.model_copy(update={part: section.model_copy(update={name: new})}), f"verify.{part}.{name}"
 
     def cli_columns(self, summary: dict) -> list[tuple[str, Any]]:
         xk = summary["x"]["key"]
