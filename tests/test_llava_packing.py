@@ -200,7 +200,7 @@ def _filtered(model_order: list[int], kept: set[int], empty_rows: str) -> list[i
 
 @pytest.mark.parametrize("k", [6, 20])
 def test_hired_output_follows_the_model_packing(parts, k):
-    from tokexport.vlm.select import HiRED, HiREDConfig
+    from tokexport.vlm.hired import HiRED, HiREDConfig
 
     p = parts["llava_next"]
     graph = _graph(p, HiRED(HiREDConfig(keep=k, alpha=0.5)), k)
@@ -246,7 +246,8 @@ def test_task_generation_identity_through_model_onnx(ckpts, parts, kind, tmp_pat
     """_generation: the unmodified generate() vs model.onnx's tokens. A selector keeping every token
     (HiRED with alpha 0.2 at keep_rate 1 on NeXT: 16 + 4·16; FoPru rank K = 16 on 1.5) matches exactly."""
     from tokexport.tasks.visual_tokens import _generation
-    from tokexport.vlm.select import FoPruRank, FoPruRankConfig, HiRED, HiREDConfig
+    from tokexport.vlm.fopru import FoPruRank, FoPruRankConfig
+    from tokexport.vlm.hired import HiRED, HiREDConfig
 
     p = parts[kind]
     sel, k = ((HiRED(HiREDConfig(keep_rate=1.0, alpha=0.2)), 80) if kind == "llava_next"
@@ -264,7 +265,7 @@ def test_task_generation_identity_through_model_onnx(ckpts, parts, kind, tmp_pat
 def test_task_generation_reduced(ckpts, parts, tmp_path):
     """A real reduction (HiRED 20 of 80) through model.onnx: K tokens + 8 newlines reach the LLM."""
     from tokexport.tasks.visual_tokens import _generation
-    from tokexport.vlm.select import HiRED, HiREDConfig
+    from tokexport.vlm.hired import HiRED, HiREDConfig
 
     p = parts["llava_next"]
     graph = _graph(p, HiRED(HiREDConfig(keep=20, alpha=0.5)), 20)

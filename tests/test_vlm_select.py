@@ -15,13 +15,10 @@ import pydantic
 import pytest
 import torch
 
+from tokexport.vlm.hired import HiRED, HiREDConfig, block_matrix, hired_quotas
 from tokexport.vlm.select import (
     VISUAL_METHODS,
-    HiRED,
-    HiREDConfig,
     VisualLayout,
-    block_matrix,
-    hired_quotas,
     make_visual_selector,
     significance,
     spatial_positions,
@@ -455,7 +452,8 @@ def test_export_hired_llava_next_size(tmp_path):
 def test_fopru_default_significance_is_the_measured_one():
     """FoPru's default `source` is the one chosen by measurement (README, visual tokens: FoPru
     significance, scripts/bench_fopru_significance.py); HiRED keeps the paper's CLS attention."""
-    from tokexport.vlm.select import FoPruRankConfig, FoPruRowConfig, HiREDConfig
+    from tokexport.vlm.fopru import FoPruRankConfig, FoPruRowConfig
+    from tokexport.vlm.hired import HiREDConfig
 
     assert FoPruRankConfig(keep=4).source == FoPruRowConfig(keep=4).source == "received"
     assert HiREDConfig(keep=4).source == "cls"
