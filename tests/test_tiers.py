@@ -123,7 +123,7 @@ def test_loadgroup_keeps_a_group_on_one_worker(pytester, tmp_path, monkeypatch):
             what, worker = line.split()
             seen.setdefault(what, set()).add(worker)
     assert len(seen["alpha"]) == 1 and len(seen["beta"]) == 1, seen
-    assert seen["free"] == {"gw0", "gw1"}, seen  # both workers ran: the run was in parallel
+    assert set().union(*seen.values()) == {"gw0", "gw1"}, seen  # both workers ran: the run was in parallel
 
 
 MODULE_FIXTURE = """
@@ -166,7 +166,9 @@ def test_a_module_fixture_is_computed_once_per_run(pytester, tmp_path, monkeypat
     assert res.parseoutcomes().get("passed") == 16, res.stdout.str()[-3000:]
     lines = log.read_text().split()
     assert lines.count("fixture") == 1, lines
-    assert {w for what, w in zip(lines[::2], lines[1::2]) if what == "free"} == {"gw0", "gw1"}, lines
+    # both workers ran tests (each gets work at the start): the run was in parallel. Which tests each ran
+    # depends on which is free first, so nothing more is asserted about the free ones.
+    assert set(lines[1::2]) == {"gw0", "gw1"}, lines
 
 
 READS_SHIPPED = """
