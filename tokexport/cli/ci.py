@@ -6,6 +6,10 @@ from typing import Annotated
 
 import typer
 
+# the Ray cluster option of sweep and search
+_Address = Annotated[str | None, typer.Option(
+    "--address", help="Ray cluster address (default: RAY_ADDRESS, else a Ray instance started here).")]
+
 
 def _fmt(v) -> str:
     from ..report import fmt_value
@@ -251,8 +255,7 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str, typer.Option("--backend", help="local (this machine) or ray (one Ray task per "
                                                                "conversion; needs the ray extra, docs/ray.md).")
                            ] = "local",
-        address: Annotated[str | None, typer.Option(
-            "--address", help="Ray cluster address (default: RAY_ADDRESS, else a Ray instance started here).")] = None,
+        address: _Address = None,
         cpus_per_job: Annotated[str | None, typer.Option(
             "--cpus-per-job", metavar="N", help="CPUs reserved per conversion, also its torch and bench threads "
                                                "(default: 1 on Ray, cores ÷ jobs locally).")] = None,
@@ -343,8 +346,7 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str, typer.Option("--backend", help="local, or ray: each round's candidates evaluated in "
                                                                "parallel, each conversion a Ray task (same pick).")
                            ] = "local",
-        address: Annotated[str | None, typer.Option(
-            "--address", help="Ray cluster address (default: RAY_ADDRESS, else a Ray instance started here).")] = None,
+        address: _Address = None,
         cpus_per_job: Annotated[str | None, typer.Option(
             "--cpus-per-job", metavar="N", help="Ray: CPUs reserved per conversion or evaluator, also its torch and "
                                                "bench threads (default 1).")] = None,
