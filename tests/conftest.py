@@ -196,15 +196,21 @@ def pytest_unconfigure(config):
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _schedule_key(item) -> tuple[int, str]:
+def _schedule_key(item) -> tuple[int, int, str]:
     """Longest work first: xdist hands out work units in collection order, so the groups of the slowest
     shipped conversions (Gemma's, then the other real ones) start at once and the short tests fill in."""
     groups = [m.args[0] for m in item.iter_markers("xdist_group") if m.args]
     if item.get_closest_marker("gemma"):
-        return 0, groups[0] if groups else ""
-    if groups:
-        return 1, groups[0]
-    return (2 if item.get_closest_marker("real_model") else 3), ""
+        return 0, 0, groups[0] if groups else ""
+    if groups and not groups[0].endswith(MODULE_GROUP):  # a shipped conversion's group
+        return 1, 0, groups[0]
+    # a module's shared fixture (:func:`_module_fixture_group`) keeps its tier's place, first in it (its
+    # tests run one after the other on one worker: started early, they do not make the run's tail)
+    tier = 2 if item.get_closest_marker("real_model") else 3
+    return (tier, 0, groups[0]) if groups else (tier, 1, "")
+
+
+MODULE_GROUP = "::module-fixtures"  # suffix of the xdist group of a module's shared fixtures
 
 
 def _module_fixture_group(item) -> str | None:
@@ -217,7 +223,7 @@ def _module_fixture_group(item) -> str | None:
     for name in getattr(item, "fixturenames", ()):
         for fd in (info.name2fixturedefs.get(name, ()) if info is not None else ()):
             if fd.scope == "module" and fd.baseid == module:
-                return f"{module}::module-fixtures"
+                return f"{module}{MODULE_GROUP}"
     return None
 
 
