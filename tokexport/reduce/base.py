@@ -69,11 +69,18 @@ class ReductionConfig(BaseModel):
         description="How keep_rate x tokens becomes a count: floor (early Zero-TPrune code), ceil (EViT) or round.",
     )
 
+    def kept(self):
+        """The keep budget as the recipe gives it: ``keep_rate``, else ``keep`` (None: neither)."""
+        return self.keep_rate if self.keep_rate is not None else self.keep
+
+    def merge_summary(self, budget: str) -> str:
+        """A merging method's schedule in a few words: the blocks that merge and ``budget``."""
+        return f"merge {budget} in {f'blocks {list(self.prune_layers)}' if self.prune_layers else 'every block'}"
+
     def summary(self) -> str:
         """The schedule in a few words (`tokexport recipes list`)."""
-        keep = self.keep_rate if self.keep_rate is not None else self.keep
-        where = f"after {list(self.prune_layers)}" if self.prune_layers else "after the default blocks"
-        return f"{where} keep {keep}"
+        where = list(self.prune_layers) if self.prune_layers else "the default blocks"
+        return f"after {where} keep {self.kept()}"
 
     def removals(self, num_layers: int) -> list[tuple[int, Removal, str]] | None:
         """Schedules given as tokens removed per block (ToMe's ``r``, PiToMe's ``ratio``) rather than

@@ -93,10 +93,7 @@ class PiToMeConfig(ReductionConfig):
         return self
 
     def summary(self) -> str:
-        where = f"in blocks {list(self.prune_layers)}" if self.prune_layers else "in every block"
-        if self.ratio is not None:
-            return f"merge {where} keep ratio {self.ratio}"
-        return f"merge {where} keep {self.keep_rate if self.keep_rate is not None else self.keep}"
+        return self.merge_summary(f"keep ratio {self.ratio}" if self.ratio is not None else f"keep {self.kept()}")
 
     def removals(self, num_layers: int):
         if self.ratio is None:

@@ -54,10 +54,7 @@ class ToMeConfig(ReductionConfig):
     )
 
     def summary(self) -> str:
-        where = f"in blocks {list(self.prune_layers)}" if self.prune_layers else "in every block"
-        if self.r is not None:
-            return f"merge r={self.r} {where}"
-        return f"merge {where} keep {self.keep_rate if self.keep_rate is not None else self.keep}"
+        return self.merge_summary(f"r={self.r}" if self.r is not None else f"keep {self.kept()}")
 
     @field_validator("r")
     @classmethod
