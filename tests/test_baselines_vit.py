@@ -295,3 +295,50 @@ def test_record_prefix_keeps_what_fits_and_refuses_what_does_not(tiny_models, mo
     monkeypatch.setattr(B, "MAX_CACHE_BYTES", total - 1)  # one byte short: refused, blocks restored
     assert B.record_prefix(lm.model, lm.adapter, fwd, 1, x) == {}
     assert isinstance(lm.adapter.layers(lm.model)[1], type(lm.adapter.layers(lm.model)[3]))
+
+
+# ------------------------------------------------------------------ judged against an earlier run's draws
+
+
+def test_a_run_judged_against_an_earlier_runs_baselines_gets_its_figures_exactly(tmp_path, tiny_models):
+    """``baselines_from``: the second method (uniform keep at topk-cls's schedule) is judged against the first
+    run's draws, read from its report — the baselines and margins are those a computation would give (the
+    same draws, figure for figure), and a run at another schedule or on other crops is refused."""
+    from tokexport.errors import InputError
+    from tokexport.recipe import load_recipe
+    from tokexport.stages.baselines import runs_from_section
+    from tokexport.tasks.run import run
+
+    over = {"reduction.prune_layers": [1], "reduction.keep_rate": 0.5,
+            "verify.accuracy.metrics": {"feature_cosine": {"min": 0.0}, "top1_agreement": {"min": 0.0}},
+            "verify.baselines": {"random_seeds": 5, "resamples": 200},
+            "verify.vs_baselines": {"min_margin": -1.0, "bound": "estimate"}}
+    first = load_recipe(write(tmp_path, recipe(tiny_models["vit-classifier"], **{"reduction.method": "topk-cls",
+                                                                                   **over}), "a.yaml"))
+    a = run(first, tmp_path, tmp_path / "a").report["baselines"]
+    for entry in a["baselines"].values():  # every draw's per-sample values are in the report
+        for m in entry["metrics"].values():
+            assert len(m["per_sample"]) == a["data"]["samples"]
+            assert float(np.mean(m["per_sample"])) == pytest.approx(m["mean"])
+    second = load_recipe(write(tmp_path, recipe(tiny_models["vit-classifier"], **{"reduction.method": "uniform",
+                                                                                    **over}), "b.yaml"))
+    computed = run(second, tmp_path, tmp_path / "b").report["baselines"]
+    reused = run(second, tmp_path, tmp_path / "c", baselines_from=tmp_path / "a").report["baselines"]
+    assert reused["baselines"] == computed["baselines"] == a["baselines"]
+    assert reused["margins"] == computed["margins"] and reused["gate"] == computed["gate"]
+    assert reused["method"]["name"] == "uniform" and "reused from" in reused["data"]["baselines_from"]
+    assert "reused from" not in computed["data"]["baselines_from"]
+
+    other = load_recipe(write(tmp_path, recipe(tiny_models["vit-classifier"], **{
+        "reduction.method": "uniform", **over, "reduction.keep_rate": 0.75}), "c.yaml"))
+    with pytest.raises(InputError, match=r"baselines_from: .*report.json: tokens_per_stage is .* there"):
+        run(other, tmp_path, tmp_path / "d", baselines_from=tmp_path / "a")
+    crops = load_recipe(write(tmp_path, recipe(tiny_models["vit-classifier"], **{
+        "reduction.method": "uniform", **over, "verify.accuracy.seed": 1}), "d.yaml"))
+    with pytest.raises(InputError, match=r"verify.accuracy is .* there"):
+        run(crops, tmp_path, tmp_path / "e", baselines_from=tmp_path / "a")
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # refused: nothing written
+    old = json.loads((tmp_path / "a" / "report.json").read_text())["baselines"]
+    del old["baselines"]["uniform"]["metrics"]["feature_cosine"]["per_sample"]
+    with pytest.raises(ValueError, match=r"uniform.metrics.feature_cosine.per_sample: not in the report"):
+        runs_from_section(old, ["feature_cosine"])

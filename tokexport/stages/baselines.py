@@ -12,8 +12,8 @@ baselines:
   budget: {...}                      # what was held equal (kept tokens per stage, K, FLOPs)
   data: {split, samples}             # the samples every figure below rests on
   method: {name, metrics: {m: value}}
-  baselines: {random: {description, seeds: [..], metrics: {m: {mean, sd, values}}},
-              uniform: {description, metrics: {m: {mean, sd: 0.0, values: [v]}}}}
+  baselines: {random: {description, seeds: [..], metrics: {m: {mean, sd, values, per_sample}}},
+              uniform: {description, metrics: {m: {mean, sd: 0.0, values: [v], per_sample}}}}
   margins: {m: {better, best_baseline, margin, ci: [lo, hi], level, resamples}}
   gate: null | {min_margin, bound, metrics, passed, failures}
 ```
@@ -39,12 +39,45 @@ MIN_RANDOM_SEEDS = 5
 @dataclass
 class BaselineRun:
     """One baseline's per-sample values: ``per_sample[metric]`` is one array per draw (seed); a
-    deterministic baseline (uniform) has one draw."""
+    deterministic baseline (uniform) has one draw. A run read back from an earlier report
+    (:func:`runs_from_section`) has no draws but that report's ``summaries`` (mean, sd, per-draw values and
+    per-sample values), which give the same section figure for figure."""
 
     name: str
     description: str
     per_sample: dict[str, list[np.ndarray]] = field(default_factory=dict)
     seeds: list[int] | None = None
+    summaries: dict[str, dict] | None = None
+
+    def metrics(self) -> list[str]:
+        return list(self.summaries) if self.summaries is not None else [m for m, d in self.per_sample.items() if d]
+
+    def summary(self, metric: str) -> dict:
+        return self.summaries[metric] if self.summaries is not None else _summary(self.per_sample[metric])
+
+    def sample_means(self, metric: str) -> np.ndarray:
+        """One value per sample: the mean over the draws (what the paired bootstrap resamples)."""
+        if self.summaries is not None:
+            return np.asarray(self.summaries[metric]["per_sample"], dtype=np.float64)
+        return np.mean(np.stack([np.asarray(d, dtype=np.float64) for d in self.per_sample[metric]]), axis=0)
+
+
+def runs_from_section(section: Mapping, metrics: Sequence[str], where: str = "baselines") -> list[BaselineRun]:
+    """The baseline runs of an earlier report's ``baselines`` section (``metrics`` of each), to judge another
+    method against the very same draws without computing them again. Raises ``ValueError`` naming the field
+    when the section lacks what that needs (a report written before per-sample values were recorded)."""
+    runs = []
+    for name, entry in section["baselines"].items():
+        summaries = {}
+        for m in metrics:
+            s = (entry.get("metrics") or {}).get(m)
+            if not s or "per_sample" not in s:
+                raise ValueError(f"{where}.baselines.{name}.metrics.{m}.per_sample: not in the report (written by a "
+                                 "tokexport that did not record per-sample baseline values); convert it again")
+            summaries[m] = {"mean": float(s["mean"]), "sd": float(s["sd"]), "values": [float(v) for v in s["values"]],
+                            "per_sample": [float(v) for v in s["per_sample"]]}
+        runs.append(BaselineRun(name, entry["description"], seeds=entry.get("seeds"), summaries=summaries))
+    return runs
 
 
 def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, resamples: int = DEFAULT_RESAMPLES,
@@ -64,14 +97,19 @@ def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, resamples: int = DEFAULT_R
 def _summary(draws: Sequence[np.ndarray]) -> dict:
     values = [float(np.mean(d)) for d in draws]
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": float(np.mean(values)), "sd": sd, "values": values}
+    per_sample = np.mean(np.stack([np.asarray(d, dtype=np.float64) for d in draws]), axis=0)
+    return {"mean": float(np.mean(values)), "sd": sd, "values": values,
+            "per_sample": [float(v) for v in per_sample]}
 
 
 def _check_lengths(method: Mapping[str, np.ndarray], runs: Sequence[BaselineRun]) -> None:
     for name, v in method.items():
         n = np.asarray(v).shape[0]
         for run in runs:
-            for d in run.per_sample.get(name, []):
+            if name not in run.metrics():
+                continue
+            draws = [run.sample_means(name)] if run.summaries is not None else run.per_sample[name]
+            for d in draws:
                 if np.asarray(d).shape[0] != n:
                     raise ValueError(f"baseline {run.name}: metric {name} has {np.asarray(d).shape[0]} samples, the method {n}")
 
@@ -88,18 +126,18 @@ def baselines_section(method_name: str, method: Mapping[str, np.ndarray], runs: 
     out_runs = {}
     for run in runs:
         entry = {"description": run.description,
-                 "metrics": {m: _summary(draws) for m, draws in run.per_sample.items() if m in method}}
+                 "metrics": {m: run.summary(m) for m in run.metrics() if m in method}}
         if run.seeds is not None:
             entry["seeds"] = list(run.seeds)
         out_runs[run.name] = entry
     margins = {}
     for m, values in method.items():
         sign = 1.0 if better.get(m, "higher") == "higher" else -1.0
-        candidates = [r for r in runs if r.per_sample.get(m)]
+        candidates = [r for r in runs if m in r.metrics()]
         if not candidates:
             continue
         best = max(candidates, key=lambda r: sign * out_runs[r.name]["metrics"][m]["mean"])
-        best_per_sample = np.mean(np.stack([np.asarray(d, dtype=np.float64) for d in best.per_sample[m]]), axis=0)
+        best_per_sample = best.sample_means(m)
         mv = np.asarray(values, dtype=np.float64)
         lo, hi = paired_bootstrap_ci(sign * mv, sign * best_per_sample, resamples, level, seed)
         margins[m] = {"better": better.get(m, "higher"), "best_baseline": best.name,

@@ -121,7 +121,8 @@ class Margin(_Open):
 class BaselineSummary(_Open):
     mean: Finite
     sd: Finite = Field(ge=0)
-    values: list[Finite] = Field(min_length=1)
+    values: list[Finite] = Field(min_length=1)  # one mean per draw (seed)
+    per_sample: list[Finite] | None = None  # one value per evaluation sample, the mean over the draws
 
 
 class BaselineRunSection(_Open):

@@ -73,9 +73,16 @@ class VitTokens(Task):
     kind = "vit-token-pruning"
     recipe_tasks = ("auto", "feature-extraction", "image-classification")
 
-    def __init__(self, recipe, base_dir: Path, label: str, loaded: LoadedModel | None = None):
+    def __init__(self, recipe, base_dir: Path, label: str, loaded: LoadedModel | None = None,
+                 baselines_from: Path | None = None):
+        """``loaded``: a model already loaded (sweeps). ``baselines_from``: the output directory of an earlier
+        conversion of the same model, evaluation data and schedule, whose honest baselines (every draw's
+        per-sample values, in its report.json) this run is judged against instead of computing them again —
+        one computation for several methods at one budget, and a variant (a deliberately broken selection)
+        judged against exactly the draws of the recipe it varies. Checked before it is used (InputError)."""
         super().__init__(recipe, base_dir, label)
         self.lm = loaded
+        self.baselines_from = Path(baselines_from) if baselines_from is not None else None
 
 
     # ---- load
@@ -248,11 +255,15 @@ class VitTokens(Task):
         replayed = bool(getattr(self, "_recorded", None))
         t0 = time.perf_counter()
         engine: dict = {}
+        reused = None
         with stages.stage("verify: baselines", total=len(seeds) + 1) as advance, \
                 tempfile.TemporaryDirectory(prefix="tokexport-baselines-") as work:
-            runs = baseline_runs(lm.model, lm.adapter, self.original_fn, self.schedule, iset.eval_x, figures, seeds,
-                                 on_step=advance, recorded=getattr(self, "_recorded", None), engine="onnxruntime",
-                                 workdir=work, info=engine)
+            if self.baselines_from is not None:
+                runs, reused = self._reused_baselines(names)
+            else:
+                runs = baseline_runs(lm.model, lm.adapter, self.original_fn, self.schedule, iset.eval_x, figures,
+                                     seeds, on_step=advance, recorded=getattr(self, "_recorded", None),
+                                     engine="onnxruntime", workdir=work, info=engine)
         self._recorded = None
         seconds = time.perf_counter() - t0
         base, red = self._flops()
@@ -281,8 +292,53 @@ class VitTokens(Task):
                 "note": (f"baselines start from the original model's output of block {self.schedule[0].layer} "
                          "(identical up to the first stage), recorded on these crops" if replayed else
                          "baselines computed from the input")}
+        if reused is not None:
+            data |= {"baselines_from": f"reused from {reused['path']}: {reused['data'].get('baselines_from', '?')}",
+                     "note": f"baselines not computed in this run: the draws of {reused['path']} (same model, "
+                             "evaluation crops, seeds and schedule; checked)"}
         return baselines_section(self.method.name, figures(red_eval), runs, BETTER, budget, data,
                                  gate=v.vs_baselines, resamples=v.baselines.resamples, seed=0)
+
+    def _reused_baselines(self, names: list[str]) -> tuple[list, dict]:
+        """The baseline runs of ``baselines_from``'s report, after checking that they were computed on what this
+        run would compute them on: the same model, evaluation crops (verify.accuracy, image size), seeds and
+        token counts per stage."""
+        import json
+
+        from ..stages.baselines import runs_from_section
+
+        path = self.baselines_from / "report.json"
+        where = f"baselines_from: {path}"
+        try:
+            ref = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{where}: cannot read it ({exc})") from None
+        section = ref.get("baselines") if isinstance(ref, dict) else None
+        if not section:
+            raise InputError(f"{where}: has no baselines section (verify.baselines disabled there?)")
+        mine = self.recipe.model_dump(mode="json")
+        rv = (ref.get("recipe") or {}).get("verify") or {}
+        theirs = {"model.path": (ref.get("model") or {}).get("path"), "model.params": (ref.get("model") or {}).get("params"),
+                  "export.image_size": ((ref.get("recipe") or {}).get("export") or {}).get("image_size"),
+                  "verify.accuracy": {k: val for k, val in (rv.get("accuracy") or {}).items() if k != "metrics"},
+                  "verify.baselines.random_seeds": (rv.get("baselines") or {}).get("random_seeds"),
+                  "tokens_per_stage": section["budget"].get("tokens_per_stage"),
+                  "samples": section["data"].get("samples")}
+        here = {"model.path": str(self.lm.path), "model.params": self.lm.params,
+                "export.image_size": mine["export"]["image_size"],
+                "verify.accuracy": {k: val for k, val in mine["verify"]["accuracy"].items() if k != "metrics"},
+                "verify.baselines.random_seeds": mine["verify"]["baselines"]["random_seeds"],
+                "tokens_per_stage": [{"layer": s.layer, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out,
+                                      "kind": s.kind} for s in self.schedule],
+                "samples": int(len(self.iset.eval_y))}
+        for key, val in here.items():
+            if theirs[key] != val:
+                raise InputError(f"{where}: {key} is {theirs[key]!r} there, {val!r} here: its baselines were not "
+                                 "computed on what this run evaluates")
+        try:
+            return runs_from_section(section, names, where), {"path": str(self.baselines_from), "data": section["data"]}
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
     # ---- bench and deploy
     def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
