@@ -16,6 +16,22 @@ Exit codes (stable, CI scripts rely on them):
 from __future__ import annotations
 
 import errno
+import re
+
+# An argument named inside a message: ``\x1fname\x1flibrary spelling\x1fflag\x1e`` (see :func:`option`).
+_OPTION = re.compile("\x1f([A-Za-z_][A-Za-z0-9_]*)\x1f([^\x1f\x1e]*)\x1f([^\x1f\x1e]*)\x1e")
+
+
+def option(name: str, spelled: str | None = None, flag: str | None = None) -> str:
+    """How a library message names an argument its caller gave: ``max_drop`` (or ``spelled``, e.g.
+    ``force=True``) in the library's own message (``str(error)``), the command-line flag (``flag``, by default
+    ``--max-drop``) where the CLI prints it (:meth:`TokexportError.lines` with ``cli=True``). The library
+    knows its parameters, the CLI its flags."""
+    return f"\x1f{name}\x1f{spelled or name}\x1f{flag or '--' + name.replace('_', '-')}\x1e"
+
+
+def _render(text: str, cli: bool) -> str:
+    return _OPTION.sub(lambda m: m.group(3) if cli else m.group(2), text)
 
 
 class TokexportError(Exception):
@@ -23,9 +39,13 @@ class TokexportError(Exception):
 
     exit_code = 2
 
-    def lines(self) -> list[str]:
-        """What the CLI prints, one ``error:`` line each (one, except for :class:`SchemaErrors`)."""
-        return [str(self)]
+    def __str__(self) -> str:
+        return _render(super().__str__(), cli=False)
+
+    def lines(self, cli: bool = False) -> list[str]:
+        """What the CLI prints, one ``error:`` line each (one, except for :class:`SchemaErrors`); ``cli``: the
+        arguments named by their command-line flags (:func:`option`)."""
+        return [_render(super().__str__(), cli)]
 
 
 class InputError(TokexportError):
@@ -38,8 +58,8 @@ class SchemaErrors(InputError):
     """Every schema error of one input file, one per line of the message (``FILE: field: problem``);
     the CLI prints each as its own ``error:`` line."""
 
-    def lines(self) -> list[str]:
-        return [line for line in str(self).split("\n") if line.strip()]
+    def lines(self, cli: bool = False) -> list[str]:
+        return [line for line in super().lines(cli)[0].split("\n") if line.strip()]
 
 
 class ContractError(TokexportError):

@@ -68,11 +68,12 @@ def one_line(message: str) -> str:
 
 def fail(e: TokexportError) -> NoReturn:
     """Print ``error: <message>`` as one line on stderr (one line per error for :class:`SchemaErrors`:
-    every schema error of a recipe) and exit with the error's code.
+    every schema error of a recipe) and exit with the error's code. Arguments the library names
+    (:func:`tokexport.errors.option`) are shown as the command's flags.
 
     The message is printed literally: text in it that looks like rich markup (``[bold]``, ``[/]``,
     ``[red]`` in a path or a recipe value) is shown as written, never interpreted."""
-    for message in [one_line(line) for line in e.lines()] or [type(e).__name__]:
+    for message in [one_line(line) for line in e.lines(cli=True)] or [type(e).__name__]:
         message = message or type(e).__name__
         if _configured():  # the log file records it too (unconfigured, logging's last resort would print it twice)
             logger.error("error: %s", message, extra={"console": False})
