@@ -9,7 +9,7 @@ import cli_runner
 import yaml
 
 from tokexport.cli.app import _schedule
-from tokexport.search import _absolute_paths
+from tokexport.search.knob import _absolute_paths
 from tokexport.vocab.recipe import validate_vocab_recipe
 
 REPO = Path(__file__).resolve().parents[1]

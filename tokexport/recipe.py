@@ -360,6 +360,16 @@ def load_recipe(path: str | Path) -> Recipe | VocabRecipe:
     return validate_recipe(str(p), data)
 
 
+def write_recipe(recipe: Recipe | VocabRecipe, path: Path, comment: str) -> None:
+    """Write ``recipe`` as YAML (its fields in order, unset ones left out) under ``comment`` as ``#`` lines:
+    what `tokexport search` writes for its winner."""
+    import yaml
+
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    path.write_text("".join(f"# {line}\n" for line in comment.splitlines())
+                    + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+
+
 def recipe_schema() -> dict:
     """The JSON Schema of a recipe: one of ViTRecipe, VisualTokensRecipe, VocabRecipe (``$defs``), picked by ``task``."""
     schema = RECIPE_ADAPTER.json_schema()
