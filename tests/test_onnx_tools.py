@@ -440,7 +440,7 @@ def test_lint_in_process_reports_what_the_polygraphy_cli_reports(tmp_path, monke
     onnx.save_model(m, str(bad))
     inproc = {p: ot.polygraphy_lint(p) for p in (good, bad)}
     calls = []
-    monkeypatch.setattr(ot, "_lint_in_process", lambda p, o: calls.append(p) or False)
+    monkeypatch.setattr(ot.lint, "_lint_in_process", lambda p, o: calls.append(p) or False)
     sub = {p: ot.polygraphy_lint(p) for p in (good, bad)}
     assert calls == [good, bad]
     for p in (good, bad):
@@ -468,7 +468,7 @@ def test_check_shapes_reads_no_weight_bytes_and_leaves_the_model_alone():
     before = m.SerializeToString()
     inferred = ot.check_shapes(m)
     assert m.SerializeToString() == before
-    assert len(ot._skeleton(m).SerializeToString()) < 4096 < len(before)  # the weight is not copied
+    assert len(ot.shapes._skeleton(m).SerializeToString()) < 4096 < len(before)  # the weight is not copied
     shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
     assert shapes["y"] == ["b", 3, 512]
 
