@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from tokexport.tasks.vocab_trim import load_checkpoint, required_ids, resolve_model_dir, tokens_to_keep
+    from tokexport.tasks.vocab_trim_inputs import load_checkpoint, resolve_model_dir, tokens_to_keep
+    from tokexport.tasks.vocab_trim_keep import required_ids
     from tokexport.vocab.corpus import encode_all, load_corpus, mine
     from tokexport.vocab.model import count_params
     from tokexport.vocab.recipe import SelfGenerated, validate_vocab_recipe

@@ -354,7 +354,7 @@ VOCAB_METRICS = {
 
 def vocab_architecture(recipe, base_dir: Path) -> str:
     """encoder or decoder: the recipe's ``architecture``, or what the model's config.json says (read only)."""
-    from .vocab_trim import architecture_of, resolve_model_dir
+    from .vocab_trim_inputs import architecture_of, resolve_model_dir
 
     if recipe.architecture != "auto":
         return recipe.architecture

@@ -7,11 +7,14 @@ Accuracy is always against the original model with its own tokenizer, on held-ou
 encoders: exact outputs on in-vocabulary text and embedding cosine on all of it; decoders: identical
 greedy generations (and every difference explained by a dropped token), next-token top-1 agreement
 and perplexity per character. Every bad input is found in :meth:`VocabTrim.load`, before the
-staging directory exists; the trimmed checkpoint is written into it (``model/``) during export."""
+staging directory exists; the trimmed checkpoint is written into it (``model/``) during export.
+
+Beside this module: :mod:`.vocab_trim_inputs` (the model folder, checkpoint and token lists, read and
+checked), :mod:`.vocab_trim_keep` (choosing the kept ids) and :mod:`.vocab_trim_report` (report.md and
+the console lines)."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -20,19 +23,18 @@ import torch
 
 from ..checkpoints import weights_kwargs
 from ..errors import InputError
-from ..files import check_model_dir, read_json, read_text, stat_regular
+from ..files import check_model_dir, read_json
 from ..stages import metric as MC
 from ..stages.compare import parity as compare_outputs
 from ..stages.runners import OrtRunner, TorchRunner, run_rows
 from ..vocab import rank as R
 from ..vocab import verify as V
-from ..vocab.corpus import Mined, count_ids, coverage, encode_all, load_corpus, mine
+from ..vocab.corpus import coverage, encode_all, load_corpus
 from ..vocab.export import INPUTS, export_text_onnx, graph_for
-from ..vocab.keepfile import check_keep_file, read_keep_file, write_keep_ids
+from ..vocab.keepfile import check_keep_file, write_keep_ids
 from ..vocab.keepfile import resolve as resolve_keep_file
 from ..vocab.model import (
     ID_MAP,
-    config_ids,
     count_params,
     expected_state,
     remap_config,
@@ -41,7 +43,6 @@ from ..vocab.model import (
     verify_tensors,
     vocab_tensors,
 )
-from ..vocab.selfgen import self_generated_counts
 from ..vocab.tokenizer import (
     BYTE_FALLBACK_TOKENS,
     complete_keep,
@@ -49,140 +50,22 @@ from ..vocab.tokenizer import (
     trim_state,
     write_tokenizer_files,
 )
+from . import vocab_trim_report
 from .base import TASKS, Graphs, ParityCase, Stages, Task
+from .vocab_trim_inputs import architecture_of, load_checkpoint, resolve_model_dir, tokens_file, tokens_to_keep
+from .vocab_trim_keep import (
+    Mining,
+    heldout_ablation,
+    keep_file_ids,
+    keep_list_report,
+    per_token_params,
+    rank_by_coverage,
+    rank_by_frequency,
+    required_ids,
+)
 
 MODEL_DIR = "model"  # the ready-to-run trimmed model folder inside the output directory
 KEEP_LIST = "keep_ids.txt"  # the kept original ids, one per line: trim.keep_file reads it back
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-def resolve_model_dir(name: str, base_dir: Path) -> tuple[Path, str]:
-    """The recipe's model as a local Hugging Face directory: a bundled model, or a path (relative to
-    the recipe file)."""
-    from ..zoo import resolve_bundled
-
-    bundled = resolve_bundled(name)
-    if bundled is not None:
-        return Path(bundled), "bundled"
-    p = Path(name).expanduser()
-    p = p if p.is_absolute() else base_dir / p
-    if not (p / "config.json").is_file():
-        raise InputError(f"model: {name!r} is neither a bundled model (`tokexport models list`) nor a local Hugging "
-                         f"Face directory with config.json ({p})")
-    return p, "local"
-
-
-def architecture_of(recipe, config) -> str:
-    if recipe.architecture != "auto":
-        return recipe.architecture
-    archs = getattr(config, "architectures", None) or []
-    return "decoder" if any(a.endswith("ForCausalLM") for a in archs) else "encoder"
-
-
-def load_checkpoint(path: Path, architecture: str):
-    """The checkpoint in float32 with eager attention, and the seconds it took; InputError when it
-    cannot be loaded as that architecture or lacks tensors (which would be randomly initialised)."""
-    from transformers import AutoModel, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()  # length warnings of long corpus lines, init notes: the report says what matters
-    cls = AutoModelForCausalLM if architecture == "decoder" else AutoModel
-    t0 = time.perf_counter()
-    kwargs = {"dtype": torch.float32, "attn_implementation": "eager", "output_loading_info": True,
-              **weights_kwargs(path)}  # safetensors only, unless the recipe allows pickle (tokexport.checkpoints)
-    try:
-        model, info = cls.from_pretrained(path, **kwargs)
-        missing = list(info.get("missing_keys") or [])
-        if missing and all(k.startswith("pooler.") for k in missing):
-            # a BERT-style encoder saved without its (unused) pooler: build it without one instead
-            # of carrying a randomly initialised pooler into the trimmed checkpoint
-            model, info = cls.from_pretrained(path, add_pooling_layer=False, **kwargs)
-            missing = list(info.get("missing_keys") or [])
-    except (ValueError, TypeError) as e:
-        raise InputError(f"model {path}: cannot load as {'a causal LM' if architecture == 'decoder' else 'an encoder'} "
-                         f"({str(e).splitlines()[0][:200]})") from None
-    if missing:
-        raise InputError(f"model {path}: the checkpoint lacks {len(missing)} tensors the model needs (e.g. {missing[0]}); "
-                         "they would be randomly initialised")
-    return model.eval(), time.perf_counter() - t0
-
-
-def _tokens_file(recipe, base_dir: Path) -> Path:
-    """trim.tokens_to_keep_file, resolved against the recipe's folder; InputError unless a regular file."""
-    p = Path(recipe.trim.tokens_to_keep_file).expanduser()
-    p = p if p.is_absolute() else base_dir / p
-    stat_regular(p, "token list", missing="does not exist", label="trim.tokens_to_keep_file")
-    return p
-
-
-def tokens_to_keep(recipe, base_dir: Path, lookup: dict[str, int]) -> list[int]:
-    """The ids of trim.tokens_to_keep and trim.tokens_to_keep_file (each must be a vocabulary entry)."""
-    entries = [("trim.tokens_to_keep", t) for t in recipe.trim.tokens_to_keep]
-    if recipe.trim.tokens_to_keep_file:
-        p = _tokens_file(recipe, base_dir)
-        entries += [(f"trim.tokens_to_keep_file ({p.name})", line)
-                    for line in read_text(p, "token list", label="trim.tokens_to_keep_file").splitlines() if line.strip()]
-    ids = []
-    for where, tok in entries:
-        if tok not in lookup:
-            raise InputError(f"{where}: {tok!r} is not an entry of the tokenizer's vocabulary")
-        ids.append(lookup[tok])
-    return ids
-
-
-def required_ids(recipe, info, lookup: dict[str, int], model, keep_user: list[int]
-                 ) -> tuple[dict[str, list[int]], list[int]]:
-    """Ids kept whatever the corpus says, by reason (the tokenizer's specials, padding, unk, byte
-    symbols; ids named by the config and generation config; tokens_to_keep), and the special ids
-    ``trim.drop_special`` lets go."""
-    required = dict(info.required)
-    dropped: list[int] = []
-    if recipe.trim.drop_special:
-        pattern = re.compile(recipe.trim.drop_special)
-        special = required.get("special", [])
-        inverse = {i: t for t, i in lookup.items()}
-        dropped = [i for i in special if pattern.fullmatch(inverse.get(i, ""))]
-        required["special"] = [i for i in special if i not in set(dropped)]
-    gen_cfg = getattr(model, "generation_config", None)
-    required["config"] = sorted(config_ids(model.config) | (config_ids(gen_cfg) if gen_cfg is not None else set()))
-    required["tokens_to_keep"] = sorted(set(keep_user))
-    return required, dropped
-
-
-def per_token_params(model, vt) -> int:
-    """Parameters each kept id costs: one row of every distinct vocabulary tensor (embedding, untied
-    head, head bias, final_logits_bias-style vectors)."""
-    named = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
-    params = {id(p) for p in model.parameters()}
-    seen, total = set(), 0
-    for name, axis in vt.axes.items():
-        t = named[name]
-        if id(t) in seen or id(t) not in params:
-            continue
-        seen.add(id(t))
-        total += t.numel() // t.shape[axis]
-    return int(total)
-
-
-def keep_list_report(kl, keep: np.ndarray, required: dict[str, list[int]], lookup: dict[str, int]) -> dict:
-    """What trim.keep_file asked for and what had to be added for the tokenizer to stay valid, by reason."""
-    inverse = {i: t for t, i in lookup.items()}
-    listed = set(kl.ids)
-    added: dict[str, list[dict]] = {}
-    seen = set(listed)
-    for reason, ids in required.items():
-        extra = sorted(set(ids) - seen)
-        if extra:
-            added[reason] = [{"id": int(i), "token": inverse.get(int(i))} for i in extra]
-            seen.update(extra)
-    closure = sorted({int(i) for i in keep} - seen)
-    if closure:
-        added["bpe_merge_paths"] = [{"id": i, "token": inverse.get(i)} for i in closure]
-    return {"path": str(kl.path), "format": kl.format, "entries": kl.entries, "listed_ids": len(listed),
-            "kept": len(keep), "added_total": sum(len(v) for v in added.values()), "added": added}
 
 
 def evenly(items: list, n: int) -> list:
@@ -223,7 +106,6 @@ class VocabTrim(Task):
     @property
     def export_batch(self) -> int:
         return self.fixed_batch or 1
-
     # ---- load: inputs (every check that can fail on a bad recipe), then mining and the keep set
     def load(self, stages: Stages) -> None:
         # the recipe's own input files first, by the reading rules (a FIFO, a device, a missing file: one line
@@ -231,144 +113,121 @@ class VocabTrim(Task):
         if self.recipe.trim.keep_file is not None:
             check_keep_file(resolve_keep_file(self.recipe.trim.keep_file, self.base_dir), read=False)
         if self.recipe.trim.tokens_to_keep_file:
-            _tokens_file(self.recipe, self.base_dir)
+            tokens_file(self.recipe, self.base_dir)
+        from transformers import AutoConfig, AutoTokenizer  # noqa: F401  (the import's seconds stay outside the load stage)
+
+        with stages.stage("load"):
+            keep_user = self._load_inputs()
+        with stages.stage("mine"):
+            self._mine(keep_user)
+        tok, config = self.tok, self.config
+        self.pad_old = tok.pad_token_id if tok.pad_token_id is not None else (config.pad_token_id or 0)
+
+    def _load_inputs(self) -> list[int]:
+        """Model folder, config, tokenizer, corpus and checkpoint, each checked as it is read; the ids of
+        trim.tokens_to_keep(_file)."""
         from transformers import AutoConfig, AutoTokenizer
 
         recipe, ver = self.recipe, self.recipe.verify
-        with stages.stage("load"):
-            model_dir, self.source_kind = resolve_model_dir(recipe.model, self.base_dir)
-            check_model_dir(model_dir)  # regular files only: a FIFO would hang transformers
-            weights_kwargs(model_dir)  # a pickle-only checkpoint without allow_pickle: refused now, not after mining
-            read_json(model_dir / "config.json", "model file", finite=True)  # a FIFO, a NaN, a key twice: one line
-            config = AutoConfig.from_pretrained(model_dir)
-            architecture = architecture_of(recipe, config)
-            if architecture == "encoder" and recipe.trim.self_generated is not None:
-                raise InputError("trim.self_generated: only decoders generate text; remove it for an encoder")
-            if architecture == "decoder" and ver.generation is None:
-                raise InputError("verify.generation: required for a decoder (prompts generated by the original and the "
-                                 "trimmed model)")
-            tok = AutoTokenizer.from_pretrained(model_dir)
-            if not getattr(tok, "is_fast", False) or not hasattr(tok, "backend_tokenizer"):
-                raise InputError(f"model {model_dir}: tokenizer {type(tok).__name__} has no tokenizers (fast) backend; "
-                                 "vocabulary trimming edits tokenizer.json")
-            state = json.loads(tok.backend_tokenizer.to_str())
-            info = inspect_tokenizer(state)
-            corpus = load_corpus(recipe.corpus, self.base_dir)
-            heldout = corpus.heldout_docs()
-            if not heldout:
-                raise InputError("corpus: no running text to hold out (word lists are mining-only); add a path or "
-                                 "dataset_build source")
-            lookup = dict(tok.backend_tokenizer.get_vocab(with_added_tokens=True))
-            keep_user = tokens_to_keep(recipe, self.base_dir, lookup)
-            model, load_s = load_checkpoint(model_dir, architecture)
-            rows = model.get_input_embeddings().weight.shape[0]
-            if info.vocab_size > rows:
-                raise InputError(f"model {model_dir}: tokenizer emits ids up to {info.vocab_size - 1} but the embedding "
-                                 f"has {rows} rows")
-            vt = vocab_tensors(model, rows)
-
-        with stages.stage("mine"):
-            def encode_special(texts):
-                return tok(texts, add_special_tokens=True)["input_ids"]
-
-            def encode_plain(texts):
-                return tok(texts, add_special_tokens=False)["input_ids"]
-
-            trim = recipe.trim
-            required, dropped = required_ids(recipe, info, lookup, model, keep_user)
-            forced = {i for ids in required.values() for i in ids}
-            mining_rows = {lang: encode_all(encode_special, docs) for lang, docs in corpus.mining.items()}
-            mining_ids = [ids for rs in mining_rows.values() for ids in rs]
-            paths = R.MergePaths(state)
-            base = {int(i) for i in complete_keep(state, forced)[0]}
-            budget = R.budget_of(trim, count_params(model), rows, per_token_params(model, vt), len(base))
-            size = R.Size(mined=trim.target_vocab_size, total=budget.max_tokens if budget else None)
-            pad_gen = tok.pad_token_id if tok.pad_token_id is not None else (config.pad_token_id or 0)
-            extra, self_gen, ranking, keep_list, weighted_rows = None, None, None, None, None
-            if trim.keep_file is not None:
-                kl = read_keep_file(trim.keep_file, self.base_dir, lookup, info.vocab_size)
-                picks = [int(i) for i in kl.ids]
-                mined = Mined(counts=None, selected=np.array(sorted(picks), dtype=np.int64), eligible=len(picks),
-                              mining_tokens=sum(len(r) for r in mining_ids))
-                keep_list = kl
-            elif trim.ranking == "coverage":
-                cfg = trim.coverage
-                weighted_rows = {lang: encode_all(encode_plain, [t for t, _ in entries])
-                                 for lang, entries in corpus.weighted.items()}
-                ev, dev_masks = R.gather_evidence(corpus, mining_rows, encode_plain, rows, cfg.dev_fraction,
-                                                  recipe.corpus.seed, any(x > 0 for x in cfg.numbers), weighted_rows)
-                if trim.self_generated is not None:  # prompts from the train split only: the dev split stays unseen
-                    train_rows = [r for lang, rs in mining_rows.items() for r, dev in zip(rs, dev_masks[lang]) if not dev]
-                    extra, self_gen = self_generated_counts(model, trim.self_generated, train_rows, rows, pad_gen)
-                    ev.generated = extra.astype(np.float64) / max(1, extra.sum()) if extra.sum() else None
-                best, trials = R.tune(ev, cfg, base, paths, size)
-                score = R.blend(ev, ev.full(), best["prior_strength"], best["numbers"], best["self_generated"])
-                _, picks = R.choose(score, score > 0, base, paths, size)
-                mined = Mined(counts=None, selected=np.array(sorted(picks), dtype=np.int64), eligible=int((score > 0).sum()),
-                              mining_tokens=sum(len(r) for r in mining_ids))
-                ranking = {"method": "coverage", "chosen": best, "dev_documents": ev.dev_documents,
-                           "dev_fraction": cfg.dev_fraction, "trials": trials,
-                           "note": "blend weights chosen by token coverage of a dev split of the mining documents "
-                                   "(mined from the rest) at the recipe's size; held-out text is never used to choose"}
-                self._rank_ctx = (ev, best)
-            else:
-                if trim.self_generated is not None:
-                    extra, self_gen = self_generated_counts(model, trim.self_generated, mining_ids, rows, pad_gen)
-                if budget is None:
-                    mined = mine(corpus, encode_special, encode_plain, rows, trim, forced, extra)
-                else:
-                    counts = count_ids(corpus, encode_special, encode_plain, rows, extra, mining_rows)
-                    if counts.sum() == 0:
-                        raise InputError("corpus: the mining part tokenises to no tokens at all; give text in the "
-                                         "target language")
-                    eligible = counts >= trim.min_frequency
-                    _, picks = R.choose(counts.astype(np.float64), eligible, base, paths, size)
-                    mined = Mined(counts=counts, selected=np.array(sorted(picks), dtype=np.int64),
-                                  eligible=int(eligible.sum()), mining_tokens=int(counts.sum()))
-                ranking = {"method": "frequency", "min_frequency": trim.min_frequency}
-            keep, closure_added = complete_keep(state, forced | {int(i) for i in mined.selected})
-            if budget is not None and len(keep) > budget.max_tokens:  # cannot happen: fill() counts merge paths
-                raise AssertionError(f"budget overrun: {len(keep)} > {budget.max_tokens}")
-            keep_mask = np.zeros(rows, dtype=bool)
-            keep_mask[keep] = True
-            old2new = np.full(rows, -1, dtype=np.int64)
-            old2new[keep] = np.arange(len(keep))
-            texts = [d for _, d in heldout]
-            orig_ids = encode_all(encode_special, texts)
-            in_vocab = [i for i, ids in enumerate(orig_ids) if keep_mask[np.asarray(ids, dtype=np.int64)].all()]
-            if not in_vocab and keep_list is None:
-                raise InputError("corpus: no held-out sentence is fully inside the kept vocabulary, so exactness cannot "
-                                 "be checked; lower trim.min_frequency or raise trim.target_vocab_size")
-            # (a keep_file vocabulary that covers no held-out sentence is the user's choice: the exactness
-            # metrics then fail, exit 4, instead of refusing the input)
-            self.mining_cov = coverage(mining_ids, keep_mask)
-            self.heldout_counts = {}
-            for lang in sorted({lang for lang, _ in heldout}):
-                ids = [t for (lg, _), row in zip(heldout, orig_ids) if lg == lang for t in row]
-                self.heldout_counts[lang] = np.bincount(np.asarray(ids, dtype=np.int64), minlength=rows)[:rows]
-            if ranking is not None and ranking["method"] == "coverage":
-                ev, best = self._rank_ctx
-                plain = count_ids(corpus, encode_special, encode_plain, rows, None, mining_rows, weighted_rows)
-                corpus_only = sum((c for c in ev.full().values()), np.zeros(rows))
-                ranking["heldout_ablation"] = R.ablation(
-                    ev, best, base, paths, size, self.heldout_counts,
-                    {"corpus counts only (vocabtrimmer, min_frequency)": (corpus_only, corpus_only >= trim.min_frequency),
-                     "ranking: frequency (corpus + word-list pseudo-counts)": (plain.astype(np.float64),
-                                                                              plain >= trim.min_frequency)})
-                del self._rank_ctx
-            if keep_list is not None:
-                self.keep_list_info = keep_list_report(keep_list, keep, required, lookup)
-            else:
-                self.keep_list_info = None
-            self.budget, self.ranking = budget, ranking
-
+        model_dir, self.source_kind = resolve_model_dir(recipe.model, self.base_dir)
+        check_model_dir(model_dir)  # regular files only: a FIFO would hang transformers
+        weights_kwargs(model_dir)  # a pickle-only checkpoint without allow_pickle: refused now, not after mining
+        read_json(model_dir / "config.json", "model file", finite=True)  # a FIFO, a NaN, a key twice: one line
+        config = AutoConfig.from_pretrained(model_dir)
+        architecture = architecture_of(recipe, config)
+        if architecture == "encoder" and recipe.trim.self_generated is not None:
+            raise InputError("trim.self_generated: only decoders generate text; remove it for an encoder")
+        if architecture == "decoder" and ver.generation is None:
+            raise InputError("verify.generation: required for a decoder (prompts generated by the original and the "
+                             "trimmed model)")
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        if not getattr(tok, "is_fast", False) or not hasattr(tok, "backend_tokenizer"):
+            raise InputError(f"model {model_dir}: tokenizer {type(tok).__name__} has no tokenizers (fast) backend; "
+                             "vocabulary trimming edits tokenizer.json")
+        state = json.loads(tok.backend_tokenizer.to_str())
+        info = inspect_tokenizer(state)
+        corpus = load_corpus(recipe.corpus, self.base_dir)
+        heldout = corpus.heldout_docs()
+        if not heldout:
+            raise InputError("corpus: no running text to hold out (word lists are mining-only); add a path or "
+                             "dataset_build source")
+        lookup = dict(tok.backend_tokenizer.get_vocab(with_added_tokens=True))
+        keep_user = tokens_to_keep(recipe, self.base_dir, lookup)
+        model, load_s = load_checkpoint(model_dir, architecture)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if info.vocab_size > rows:
+            raise InputError(f"model {model_dir}: tokenizer emits ids up to {info.vocab_size - 1} but the embedding "
+                             f"has {rows} rows")
+        vt = vocab_tensors(model, rows)
         self.model_dir, self.config, self.architecture = model_dir, config, architecture
         self.tok, self.state, self.info, self.corpus, self.heldout, self.lookup = tok, state, info, corpus, heldout, lookup
         self.model, self.load_s, self.rows, self.vt = model, load_s, rows, vt
+        return keep_user
+
+    def _encode_special(self, texts):
+        return self.tok(texts, add_special_tokens=True)["input_ids"]
+
+    def _encode_plain(self, texts):
+        return self.tok(texts, add_special_tokens=False)["input_ids"]
+
+    def _mine(self, keep_user: list[int]) -> None:
+        """The keep set: the required ids plus the ids a keep file lists, or the corpus's ranked by coverage or
+        by frequency (within a budget); then the held-out text's coverage by it."""
+        recipe, trim, tok, rows, state = self.recipe, self.recipe.trim, self.tok, self.rows, self.state
+        required, dropped = required_ids(recipe, self.info, self.lookup, self.model, keep_user)
+        forced = {i for ids in required.values() for i in ids}
+        mining_rows = {lang: encode_all(self._encode_special, docs) for lang, docs in self.corpus.mining.items()}
+        mining_ids = [ids for rs in mining_rows.values() for ids in rs]
+        paths = R.MergePaths(state)
+        base = {int(i) for i in complete_keep(state, forced)[0]}
+        budget = R.budget_of(trim, count_params(self.model), rows, per_token_params(self.model, self.vt), len(base))
+        size = R.Size(mined=trim.target_vocab_size, total=budget.max_tokens if budget else None)
+        pad_gen = tok.pad_token_id if tok.pad_token_id is not None else (self.config.pad_token_id or 0)
+        m = Mining(recipe, self.corpus, self.model, rows, self._encode_special, self._encode_plain, mining_rows,
+                   mining_ids, forced, base, paths, size, budget, pad_gen)
+        self_gen, ranking, keep_list, weighted_rows, rank_ctx = None, None, None, None, None
+        if trim.keep_file is not None:
+            mined, keep_list = keep_file_ids(m, self.base_dir, self.lookup, self.info.vocab_size)
+        elif trim.ranking == "coverage":
+            mined, ranking, self_gen, weighted_rows, rank_ctx = rank_by_coverage(m)
+        else:
+            mined, ranking, self_gen = rank_by_frequency(m)
+        keep, closure_added = complete_keep(state, forced | {int(i) for i in mined.selected})
+        if budget is not None and len(keep) > budget.max_tokens:  # cannot happen: fill() counts merge paths
+            raise AssertionError(f"budget overrun: {len(keep)} > {budget.max_tokens}")
+        keep_mask = np.zeros(rows, dtype=bool)
+        keep_mask[keep] = True
+        old2new = np.full(rows, -1, dtype=np.int64)
+        old2new[keep] = np.arange(len(keep))
+        self._heldout(keep_mask, keep_list is not None)
+        self.mining_cov = coverage(mining_ids, keep_mask)
+        if ranking is not None and ranking["method"] == "coverage":
+            ranking["heldout_ablation"] = heldout_ablation(m, *rank_ctx, self.heldout_counts, weighted_rows)
+        if keep_list is not None:
+            self.keep_list_info = keep_list_report(keep_list, keep, required, self.lookup)
+        else:
+            self.keep_list_info = None
+        self.budget, self.ranking = budget, ranking
         self.required, self.dropped, self.self_gen, self.mined = required, dropped, self_gen, mined
         self.keep, self.closure_added, self.keep_mask, self.old2new = keep, closure_added, keep_mask, old2new
+
+    def _heldout(self, keep_mask: np.ndarray, from_keep_file: bool) -> None:
+        """The held-out documents in the original ids, those fully inside the kept vocabulary, and each
+        language's id counts."""
+        heldout, rows = self.heldout, self.rows
+        texts = [d for _, d in heldout]
+        orig_ids = encode_all(self._encode_special, texts)
+        in_vocab = [i for i, ids in enumerate(orig_ids) if keep_mask[np.asarray(ids, dtype=np.int64)].all()]
+        if not in_vocab and not from_keep_file:
+            raise InputError("corpus: no held-out sentence is fully inside the kept vocabulary, so exactness cannot "
+                             "be checked; lower trim.min_frequency or raise trim.target_vocab_size")
+        # (a keep_file vocabulary that covers no held-out sentence is the user's choice: the exactness
+        # metrics then fail, exit 4, instead of refusing the input)
         self.texts, self.orig_ids, self.in_vocab = texts, orig_ids, in_vocab
-        self.pad_old = tok.pad_token_id if tok.pad_token_id is not None else (config.pad_token_id or 0)
+        self.heldout_counts = {}
+        for lang in sorted({lang for lang, _ in heldout}):
+            ids = [t for (lg, _), row in zip(heldout, orig_ids) if lg == lang for t in row]
+            self.heldout_counts[lang] = np.bincount(np.asarray(ids, dtype=np.int64), minlength=rows)[:rows]
 
     # ---- export: surgery, save, reload, verify every tensor; held-out text through both tokenizers; the graphs
     def export(self, tmp: Path, stages: Stages) -> Graphs:
@@ -704,145 +563,9 @@ class VocabTrim(Task):
         }
 
     @classmethod
-    def _size_rows(cls, r: dict) -> list[list[str]]:
-        m, t, art = r["model"], r["tokenizer"], r["artifacts"]
-        rows = [
-            ["parameters", f"{m['params']:,}", f"{m['params_trimmed']:,}", f"{m['params_trimmed'] / m['params']:.3f}×"],
-            ["vocabulary", f"{t['vocab_size']:,}", f"{t['vocab_size_trimmed']:,}",
-             f"{t['vocab_size_trimmed'] / t['vocab_size']:.3f}×"],
-            ["ONNX bytes", f"{art['baseline_onnx_bytes']:,}", f"{art['onnx_bytes']:,}",
-             f"{art['onnx_bytes'] / art['baseline_onnx_bytes']:.3f}×"],
-        ]
-        b = r.get("bench")
-        if b:
-            for batch, row in b["batches"].items():
-                rows.append([f"forward ms (batch {batch}, seq {b['seq_len']})", f"{row['baseline_ms']:.2f}",
-                             f"{row['reduced_ms']:.2f}", f"{row['speedup']:.3f}× faster"])
-            ls = b["load_s"]
-            rows.append(["load s (PyTorch)", f"{ls['pytorch_original']:.2f}", f"{ls['pytorch_trimmed']:.2f}", ""])
-            if "onnx_original" in ls:
-                rows.append(["load s (onnxruntime session)", f"{ls['onnx_original']:.2f}", f"{ls['onnx_trimmed']:.2f}", ""])
-            if "lm_head_share" in b:
-                rows.append(["LM head share of MACs", _pct(b["lm_head_share"]["original"]),
-                             _pct(b["lm_head_share"]["trimmed"]), ""])
-        return rows
-
-    @staticmethod
-    def _coverage_rows(r: dict) -> list[list[str]]:
-        c = r["coverage"]
-        rows = [["mining part (running text)", f"{c['mining']['tokens']:,}", _pct(c["mining"]["token_coverage"]), "—"],
-                ["held-out (all)", f"{c['heldout']['tokens']:,}", _pct(c["heldout"]["token_coverage"]),
-                 f"{c['heldout']['documents_fully_in_vocab']}/{c['heldout']['documents']}"]]
-        for lang, v in c["heldout_by_language"].items():
-            rows.append([f"held-out {lang}", f"{v['tokens']:,}", _pct(v["token_coverage"]),
-                         f"{v['documents_fully_in_vocab']}/{v['documents']}"])
-        return rows
-
-    @classmethod
     def markdown(cls, report: dict) -> list[str]:
-        from ..stages.render import md_table
-
-        m, t, tr, c, ck = report["model"], report["tokenizer"], report["trim"], report["coverage"], report["checkpoint"]
-        oov, ex, art = c["heldout_oov"], report["export"], report["artifacts"]
-        lines = [
-            (f"- Trimmed: `{m['class']}` ({m['architecture']}, tied embeddings: {m['tied_embeddings']}); tokenizer "
-             f"{t['model_type']} ({t['family']}), out-of-vocabulary text: {t['oov_behaviour']}"),
-            (f"- Kept {tr['kept']:,} ids: {tr['mined']:,} " + (
-                "listed in the keep file" if tr.get("keep_file") else
-                f"ranked by expected coverage (of {tr['eligible']:,} with any evidence)"
-                if (tr.get("ranking") or {}).get("method") == "coverage" else
-                f"mined (of {tr['eligible']:,} seen ≥ {tr['min_frequency']} times; target {tr['target_vocab_size']})")
-             + f"; required {json.dumps(tr['required'])}, BPE merge-path closure "
-             f"+{tr['bpe_closure_added']}, special tokens dropped by pattern {tr['special_dropped']}"),
-            f"- Config ids remapped: {json.dumps(tr['config_ids'])}; generation config: {json.dumps(tr['generation_config_ids'])}",
-            (f"- Graphs: inputs input_ids/attention_mask [{ex['batch']}, {ex['seq_len']}], outputs "
-             f"{json.dumps(ex['outputs'])}"),
-            f"- `{art['model_dir']}/`: trimmed model (save_pretrained) and tokenizer; `{art['id_map']}`: new id → original id"
-            + (f"; `{art['keep_list']}`: the kept original ids (reproduce this vocabulary with `trim.keep_file`)"
-               if art.get("keep_list") else ""),
-            *cls._trim_lines(tr),
-            "",
-            "## Size and speed (original → trimmed)",
-            md_table(["", "original", "trimmed", "ratio"], cls._size_rows(report)),
-            "",
-            "## Coverage (original tokenization, share of tokens kept)",
-            md_table(["text", "tokens", "token coverage", "sentences fully in vocabulary"], cls._coverage_rows(report)),
-            "",
-            (f"Held-out sentences with out-of-vocabulary pieces: {oov['documents']} ({oov['original_tokens']:,} tokens "
-             f"originally, {oov['trimmed_tokens']:,} after trimming, {oov['unk_tokens']} unk, {oov['byte_tokens']} byte "
-             "tokens)."),
-            "",
-            "## Checkpoint (save_pretrained → reload → every tensor vs the expected slice)",
-            (f"- {ck['tensors']} tensors; mismatched {ck['mismatched'][:5]}, missing {ck['missing'][:5]}, unexpected "
-             f"{ck['unexpected'][:5]}; tied after reload: {ck['tied_after_reload']} → {'PASS' if ck['passed'] else 'FAIL'}"),
-        ]
-        gens = report["accuracy"].get("generations")
-        if gens:
-            lines += ["", "## Greedy generations", md_table(
-                ["prompt", "original", "trimmed", "first difference"],
-                [[g["prompt"], g["original"], g["trimmed"], _first_difference(g)] for g in gens])]
-        if t["files"]:
-            lines += ["", "## Tokenizer files", *[f"- {n}" for n in t["files"]]]
-        return lines
-
-    @staticmethod
-    def _trim_lines(tr: dict) -> list[str]:
-        """Budget, ranking and keep-list lines of report.md (absent from reports of older runs)."""
-        out = []
-        b = tr.get("budget")
-        if b:
-            limit = " and ".join(x for x in (f"{b['max_params']:,} parameters" if b["max_params"] else "",
-                                             f"{b['max_bytes']:,} bytes at {b['precision']}" if b["max_bytes"] else "") if x)
-            cov = (f", held-out token coverage {_pct(b['heldout_token_coverage'])}"
-                   if b.get("heldout_token_coverage") is not None else "")
-            by_lang = b.get("heldout_token_coverage_by_language") or {}
-            langs = f" ({', '.join(f'{k} {_pct(v)}' for k, v in by_lang.items())})" if len(by_lang) > 1 else ""
-            out.append(f"- Budget {limit}: {b['fixed_params']:,} parameters outside the vocabulary + {b['params_per_token']} "
-                       f"per id → at most {b['max_tokens']:,} ids; bought {b['kept']:,} ids = {b['params']:,} parameters "
-                       f"({b['bytes']:,} bytes at {b['precision']}){cov}{langs}")
-        r = tr.get("ranking")
-        if r and r.get("method") == "coverage":
-            c = r["chosen"]
-            out.append(f"- Ranking: expected coverage; the dev split ({sum(r['dev_documents'].values())} mining documents) "
-                       f"chose word-list prior strength {c['prior_strength']:g}, numbers {c['numbers']:g}, model's own "
-                       f"tokens {c['self_generated']:g} (dev token coverage {_pct(c['dev_token_coverage'])}, "
-                       f"{len(r['trials'])} blends tried)")
-            abl = r.get("heldout_ablation") or {}
-            if abl:
-                out.append("- Held-out token coverage at the same size (measured after the choice, never used for it): "
-                           + "; ".join(f"{k} {_pct(v['heldout_token_coverage'])}" if "heldout_token_coverage" in v
-                                       else f"{k}: n/a" for k, v in abl.items()))
-        k = tr.get("keep_file")
-        if k:
-            added = ", ".join(f"{reason} +{len(v)} ({', '.join(repr(x['token']) for x in v[:5])}"
-                              f"{', …' if len(v) > 5 else ''})" for reason, v in k["added"].items())
-            out.append(f"- Keep file `{k['path']}` ({k['format']}, {k['listed_ids']:,} ids): kept {k['kept']:,}; added for "
-                       f"the tokenizer to stay valid: {added or 'nothing'}")
-        return out
+        return vocab_trim_report.markdown(report)
 
     @classmethod
     def console_lines(cls, report: dict) -> list[str]:
-        out = ["original → trimmed: " + "; ".join(f"{name} {a} → {b}" + (f" ({ratio})" if ratio else "")
-                                                  for name, a, b, ratio in cls._size_rows(report))]
-        out.append("coverage: " + "; ".join(f"{name} {cov} of {tokens} tokens" + (f", {docs} sentences in vocabulary"
-                                                                                if docs != "—" else "")
-                                            for name, tokens, cov, docs in cls._coverage_rows(report)))
-        ck = report["checkpoint"]
-        out.append(f"checkpoint: {ck['tensors']} tensors after save/reload → {'PASS' if ck['passed'] else 'FAIL'}")
-        gens = report["accuracy"].get("generations")
-        if gens:
-            out.append(f"greedy generations: {sum(g['identical'] for g in gens)}/{len(gens)} identical")
-        return out
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def _first_difference(g: dict) -> str:
-    if g["identical"]:
-        return "identical"
-    d = g["first_difference"]
-    why = "prompt not in vocabulary" if not g["prompt_in_vocab"] else (
-        f"original's token {d['original_token']!r} {'kept' if d['original_token_kept'] else 'not kept'}")
-    return f"from token {d['position']}: {why}"
+        return vocab_trim_report.console_lines(report)
