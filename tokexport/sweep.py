@@ -39,7 +39,7 @@ from pathlib import Path
 from . import __version__
 from .errors import InputError, ParityError
 from .files import read_json
-from .outdir import check_out_dir, claim_out_dir, write_file_atomic, write_marker
+from .outdir import check_out_dir, claim_out_dir, read_marker, write_file_atomic, write_marker
 from .recipe import Recipe, load_recipe
 from .report import fmt_value
 from .stages import metric as MC
@@ -409,8 +409,7 @@ def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, method
     matrix ``{"kind": "sweep-matrix", "sweeps": [summary, ...]}``. ``on_done(point, exit_code)`` reports
     progress. A failed point is recorded (error, exit code) and the rest go on; ``resume`` keeps points
     an earlier run into ``out`` completed with the same recipe."""
-    from .fanout import Fanout, PointSpec, check_backend
-    from .outdir import read_marker
+    from .fanout import Fanout, check_backend
     from .tasks.run import model_paths
 
     paths = [Path(p) for p in (recipe_path if isinstance(recipe_path, (list, tuple)) else [recipe_path])]
@@ -423,6 +422,47 @@ def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, method
         raise InputError("--resume and --force: give one (--resume keeps the points an earlier run completed, "
                          "--force starts over)")
     check_backend(backend, jobs, cpus_per_job)
+    items = _load_items(paths, keep_rates, methods, vocab_sizes, metric)
+    out_dir = Path(os.path.expanduser(out)) if out is not None else Path("out") / (f"{paths[0].stem}-sweep" if not matrix else "sweep-matrix")
+    protect = [x for it in items for x in (it.path, it.base_dir, *model_paths(it.recipe.model, it.base_dir))]
+    exists = _check_out(out_dir, protect, force, resume)
+    fo = Fanout(backend, address, cpus_per_job, jobs)
+    threads = fo.threads()
+    for it in items:  # every point validated before anything runs
+        it.recipes = [point_recipe(it.recipe, p, threads) for p in it.points]
+
+    with fo, claim_out_dir(out_dir, force or (resume and exists), kind="sweep", protect=protect) as claim:
+        desc = fo.describe()
+        staged = exists and force
+        with (claim.staged() if staged else _in_place(out_dir)) as root:
+            specs, records, where = _pending(items, root, resume, threads, on_done)
+
+            def finished(spec, rec):
+                rec_file, fp, p = where[spec.key]
+                rec = {**rec, "fingerprint": fp, "point": p.label, "backend": backend}
+                _write_atomic(rec_file, json.dumps(rec, indent=2) + "\n")
+                records[spec.key] = rec
+                if on_done:
+                    on_done(p, rec.get("exit_code"))
+
+            fo.convert(specs, finished)
+            summaries = []
+            for it in items:
+                base = root / it.sub if it.sub else root
+                recs = [records[f"{it.sub}/{p.label}" if it.sub else p.label] for p in it.points]
+                summary = summarize(it.recipe, str(it.path), it.points, recs, it.metric, desc, threads, base)
+                write_summary(summary, base)
+                summaries.append(summary)
+            if not matrix:
+                return summaries[0], out_dir
+            index = _write_index(items, summaries, desc, root)
+    return {**index, "sweeps": summaries}, out_dir
+
+
+def _load_items(paths: list[Path], keep_rates, methods, vocab_sizes, metric: str | None) -> list[_Recipe]:
+    """Every recipe loaded, with its points and its metric (a matrix sweep: each recipe in ``OUT/<stem>/``;
+    ``metric`` for the recipes that measure it, each one's default for the others)."""
+    matrix = len(paths) > 1
     items = []
     for p in paths:
         r = load_recipe(p)
@@ -445,8 +485,11 @@ def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, method
             it.metric = check_metric(it.recipe, it.base_dir, metric, "a sweep")
     if matrix and metric is not None and not any(it.metric == metric for it in items):
         check_metric(items[0].recipe, items[0].base_dir, metric, "a sweep")  # names the known ones
-    out_dir = Path(os.path.expanduser(out)) if out is not None else Path("out") / (f"{paths[0].stem}-sweep" if not matrix else "sweep-matrix")
-    protect = [x for it in items for x in (it.path, it.base_dir, *model_paths(it.recipe.model, it.base_dir))]
+    return items
+
+
+def _check_out(out_dir: Path, protect: list, force: bool, resume: bool) -> bool:
+    """The output's checks (``resume`` into an existing one: it must be a sweep's); whether it exists."""
     exists = os.path.lexists(out_dir)
     if resume and exists:
         check_out_dir(out_dir, True, protect=protect)
@@ -456,61 +499,48 @@ def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, method
                              "into its own output directory (choose another --out)")
     else:
         check_out_dir(out_dir, force, protect=protect)
-    fo = Fanout(backend, address, cpus_per_job, jobs)
-    threads = fo.threads()
-    for it in items:  # every point validated before anything runs
-        it.recipes = [point_recipe(it.recipe, p, threads) for p in it.points]
+    return exists
 
-    with fo, claim_out_dir(out_dir, force or (resume and exists), kind="sweep", protect=protect) as claim:
-        desc = fo.describe()
-        staged = exists and force
-        with (claim.staged() if staged else _in_place(out_dir)) as root:
-            specs, records, where = [], {}, {}
-            for it in items:
-                base = root / it.sub if it.sub else root
-                (base / "runs").mkdir(parents=True, exist_ok=True)
-                local = model_paths(it.recipe.model, it.base_dir)
-                for p, r in zip(it.points, it.recipes):
-                    key = f"{it.sub}/{p.label}" if it.sub else p.label
-                    run_dir, rec_file = base / "runs" / p.label, base / "runs" / f"{p.label}.json"
-                    fp = fingerprint(r, it.base_dir)
-                    where[key] = (rec_file, fp, p)
-                    prev = _read_record(rec_file) if resume else None
-                    if (prev and prev.get("status") == "done" and prev.get("fingerprint") == fp
-                            and (run_dir / "report.json").is_file()):
-                        records[key] = {**prev, "resumed": True}
-                        if on_done:
-                            on_done(p, prev.get("exit_code"))
-                        continue
-                    specs.append(PointSpec(key, r, str(it.base_dir), str(run_dir.absolute()), f"{it.path}@{p.label}",
-                                           threads, str(local[0]) if local else None))
 
-            def finished(spec, rec):
-                rec_file, fp, p = where[spec.key]
-                rec = {**rec, "fingerprint": fp, "point": p.label, "backend": backend}
-                _write_atomic(rec_file, json.dumps(rec, indent=2) + "\n")
-                records[spec.key] = rec
+def _pending(items: list[_Recipe], root: Path, resume: bool, threads, on_done) -> tuple[list, dict, dict]:
+    """(the specs of the points to convert, the records of points kept from an earlier run, point key →
+    (its record file, its recipe's fingerprint, the point)). ``resume``: a point an earlier run completed
+    with the same recipe is kept (and reported to ``on_done``), not converted again."""
+    from .fanout import PointSpec
+    from .tasks.run import model_paths
+
+    specs, records, where = [], {}, {}
+    for it in items:
+        base = root / it.sub if it.sub else root
+        (base / "runs").mkdir(parents=True, exist_ok=True)
+        local = model_paths(it.recipe.model, it.base_dir)
+        for p, r in zip(it.points, it.recipes):
+            key = f"{it.sub}/{p.label}" if it.sub else p.label
+            run_dir, rec_file = base / "runs" / p.label, base / "runs" / f"{p.label}.json"
+            fp = fingerprint(r, it.base_dir)
+            where[key] = (rec_file, fp, p)
+            prev = _read_record(rec_file) if resume else None
+            if (prev and prev.get("status") == "done" and prev.get("fingerprint") == fp
+                    and (run_dir / "report.json").is_file()):
+                records[key] = {**prev, "resumed": True}
                 if on_done:
-                    on_done(p, rec.get("exit_code"))
+                    on_done(p, prev.get("exit_code"))
+                continue
+            specs.append(PointSpec(key, r, str(it.base_dir), str(run_dir.absolute()), f"{it.path}@{p.label}",
+                                   threads, str(local[0]) if local else None))
+    return specs, records, where
 
-            fo.convert(specs, finished)
-            summaries = []
-            for it in items:
-                base = root / it.sub if it.sub else root
-                recs = [records[f"{it.sub}/{p.label}" if it.sub else p.label] for p in it.points]
-                summary = summarize(it.recipe, str(it.path), it.points, recs, it.metric, desc, threads, base)
-                write_summary(summary, base)
-                summaries.append(summary)
-            if not matrix:
-                return summaries[0], out_dir
-            index = {"schema_version": 1, "kind": "sweep-matrix", "tokexport_version": __version__,
-                     "created_unix": int(time.time()), "backend": desc, "timing": TIMING_NOTE,
-                     "recipes": [{"recipe_path": str(it.path), "dir": it.sub, "task_kind": s["task_kind"],
-                                  "metric": s["metric"], "varied": s["varied"]["key"], "points": len(s["points"]),
-                                  "failed": s["failed"], "resumed": s["resumed"]} for it, s in zip(items, summaries)]}
-            _write_atomic(root / "index.json", json.dumps(index, indent=2) + "\n")
-            _write_atomic(root / "index.html", render_index(index, summaries, root))
-    return {**index, "sweeps": summaries}, out_dir
+
+def _write_index(items: list[_Recipe], summaries: list[dict], desc: dict, root: Path) -> dict:
+    """index.json and index.html of a matrix sweep; the index."""
+    index = {"schema_version": 1, "kind": "sweep-matrix", "tokexport_version": __version__,
+             "created_unix": int(time.time()), "backend": desc, "timing": TIMING_NOTE,
+             "recipes": [{"recipe_path": str(it.path), "dir": it.sub, "task_kind": s["task_kind"],
+                          "metric": s["metric"], "varied": s["varied"]["key"], "points": len(s["points"]),
+                          "failed": s["failed"], "resumed": s["resumed"]} for it, s in zip(items, summaries)]}
+    _write_atomic(root / "index.json", json.dumps(index, indent=2) + "\n")
+    _write_atomic(root / "index.html", render_index(index, summaries, root))
+    return index
 
 
 def render_index(index: dict, summaries: list[dict], root: Path) -> str:
