@@ -1,12 +1,15 @@
 """The package's import structure: no import cycle among tokexport's modules (function-level imports
-included), no module importing another module's _private name, no path outside the repository."""
+included), no module importing another module's _private name, no path outside the repository; and its
+size: no module over 600 lines, no function over 80."""
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 PKG = REPO / "tokexport"
@@ -115,6 +118,78 @@ def test_no_paths_outside_the_repository():
                          capture_output=True, text=True)
     # grep exits 1 when nothing matched; 0 is a match, 2 an error (a missing path: nothing was searched)
     assert res.returncode == 1 and res.stdout == "" and res.stderr == "", (res.returncode, res.stdout, res.stderr)
+
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80  # end_lineno - lineno + 1 of each def: methods and nested functions count on their own
+
+
+def check_module_lengths(root: Path, limit: int = MAX_MODULE_LINES) -> None:
+    """AssertionError naming every module under ``root`` longer than ``limit`` lines."""
+    too_long = []
+    for p in sorted(root.rglob("*.py")):
+        n = len(p.read_text(encoding="utf-8").splitlines())
+        if n > limit:
+            too_long.append(f"{p.relative_to(root.parent)}: {n} lines")
+    assert not too_long, f"modules over {limit} lines (split each along its seams): {'; '.join(too_long)}"
+
+
+def check_function_lengths(root: Path, limit: int = MAX_FUNCTION_LINES) -> None:
+    """AssertionError naming every function under ``root`` longer than ``limit`` lines."""
+    too_long = []
+    for p in sorted(root.rglob("*.py")):
+        defs = [node for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)]
+        for node in sorted(defs, key=lambda d: d.lineno):
+            n = node.end_lineno - node.lineno + 1
+            if n > limit:
+                too_long.append(f"{p.relative_to(root.parent)}:{node.lineno} {node.name}: {n} lines")
+    assert not too_long, f"functions over {limit} lines (split each into its steps): {'; '.join(too_long)}"
+
+
+def test_no_module_over_600_lines():
+    check_module_lengths(PKG)
+
+
+def test_no_function_over_80_lines():
+    check_function_lengths(PKG)
+
+
+def test_the_module_length_check_names_a_long_module(tmp_path):
+    """The check passes a module of exactly 600 lines and fails naming one of 601 (in a subpackage)."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "at_limit.py").write_text("x = 1\n" * 600)
+    check_module_lengths(pkg)
+    (pkg / "sub" / "over.py").write_text("x = 1\n" * 601)
+    with pytest.raises(AssertionError) as failed:
+        check_module_lengths(pkg)
+    first = str(failed.value).splitlines()[0]  # the message (pytest appends the failed expression)
+    assert first == "modules over 600 lines (split each along its seams): pkg/sub/over.py: 601 lines", first
+
+
+def _function(name: str, lines: int) -> str:
+    """A function of exactly ``lines`` lines: its def and ``lines - 1`` statements."""
+    return f"def {name}():\n" + "".join(f"    x{i} = {i}\n" for i in range(lines - 1))
+
+
+def test_the_function_length_check_names_a_long_function_method_and_nested_function(tmp_path):
+    """The check passes a function of exactly 80 lines and fails naming each one of 81: a function, a method,
+    a nested function (and the function holding it)."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "fits.py").write_text(_function("at_limit", 80))
+    check_function_lengths(pkg)
+    nested = "def outer():\n" + textwrap.indent(_function("inner", 81), "    ") + "    return inner\n"
+    method = "class C:\n" + textwrap.indent(_function("method", 81).replace("():", "(self):"), "    ")
+    (pkg / "long.py").write_text("\n\n".join([_function("too_long", 81), method, nested]))
+    with pytest.raises(AssertionError) as failed:
+        check_function_lengths(pkg)
+    first = str(failed.value).splitlines()[0]  # the message (pytest appends the failed expression)
+    assert first.startswith("functions over 80 lines (split each into its steps): "), first
+    named = first.split(": ", 1)[1].split("; ")
+    assert named == ["pkg/long.py:1 too_long: 81 lines", "pkg/long.py:85 method: 81 lines",
+                     "pkg/long.py:168 outer: 83 lines", "pkg/long.py:169 inner: 81 lines"], named
 
 
 CLI_MODULES = {"tokexport.__main__", "tokexport.cli", "tokexport.cli.app", "tokexport.cli.ci", "tokexport.cli.target",
