@@ -57,15 +57,13 @@ METHODS = {
 
 
 def schedule_flops(lm: LoadedModel, reduction: dict) -> int:
-    """Analytic FLOPs per image of a reduction, as the report computes them (Zero-TPrune's iterations resolved)."""
+    """Analytic FLOPs per image of a reduction, as the report computes them (each method's selection cost)."""
     ad = lm.adapter
     n, p = ad.n_tokens(lm.image_size), ad.n_prefix()
     cls = REGISTRY[reduction["method"]]
     method = cls(cls.config_cls(**reduction))
     stages = plan(method.config, n, p, ad.num_layers)
-    iters = ([method.iterations_for(s.layer, ad.num_layers) for s in stages]
-             if hasattr(method, "iterations_for") else None)
-    return encoder_flops(ad.dims(), n, p, stages, ad.head_macs(lm.model), method.needs_attention, iters)["flops"]
+    return encoder_flops(ad.dims(), n, p, stages, ad.head_macs(lm.model), method=method)["flops"]
 
 
 def tome_r_at_equal_flops(lm: LoadedModel, target: int) -> tuple[int, int]:

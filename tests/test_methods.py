@@ -329,6 +329,23 @@ def test_zero_tprune_iterations():
     assert m.describe()["iterations_by_layer"] == {2: 30, 5: 5, 9: 1}
 
 
+def test_a_config_at_searched_counts_keeps_its_own_fields():
+    """``at_counts`` (what `tokexport search` evaluates): the schedule becomes absolute counts at the searched
+    blocks, the method's other fields stay, and Zero-TPrune's per-layer iterations follow their layers."""
+    from tokexport.reduce.topk_cls import TopKCLSConfig
+
+    cfg = TopKCLSConfig(prune_layers=[2, 5, 8], keep_rate=[0.9, 0.8, 0.7], rounding="ceil")
+    got = cfg.at_counts({8: 100, 2: 200})
+    assert (got.prune_layers, got.keep, got.keep_rate, got.rounding) == ([2, 8], [200, 100], None, "ceil")
+    zt = ZeroTPruneConfig(prune_layers=[2, 5, 8], keep_rate=0.8, iterations=[7, 3, 1], head_filter=False)
+    got = zt.at_counts({5: 150, 8: 90})
+    assert (got.prune_layers, got.keep, got.iterations, got.head_filter) == ([5, 8], [150, 90], [3, 1], False)
+    with pytest.raises(InputError, match=r"reduction.iterations: .* blocks \[4\]"):
+        zt.at_counts({4: 150})
+    free = ZeroTPruneConfig(prune_layers=[2], keep_rate=0.8, iterations=4).at_counts({4: 150})
+    assert (free.prune_layers, free.iterations) == ([4], 4)  # one int covers any block
+
+
 # --- random and uniform ----------------------------------------------------------------------------
 
 

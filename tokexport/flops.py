@@ -45,13 +45,12 @@ def merge_macs(stage: Stage, n_prefix: int, d: Dims) -> int:
 
 
 def encoder_flops(d: Dims, n_tokens: int, n_prefix: int, stages: list[Stage], head_macs: int,
-                  attention_scored: bool = False, iterations: list[int] | None = None,
                   method: Method | None = None) -> dict:
     """FLOPs per image, with a per-block breakdown of token counts.
 
     With ``method`` each stage's selection cost is ``method.for_stage(stage).selection_macs(...)`` (the way
-    every report computes it). Without it (older callers): merges cost :func:`merge_macs`, and
-    ``attention_scored`` / ``iterations`` give the attention recomputation and PageRank iterations."""
+    every report computes it). Without it (the honest baselines, which pay no selection): merges cost
+    :func:`merge_macs`, pruning stages nothing beyond their blocks."""
     counts = tokens_per_layer(stages, n_tokens, d.layers)
     by_layer = {s.layer: s for s in stages}
     patches = n_tokens - n_prefix
@@ -71,10 +70,5 @@ def encoder_flops(d: Dims, n_tokens: int, n_prefix: int, stages: list[Stage], he
             bias_flops += d.heads * n * n
     if method is not None:
         overhead += sum(method.for_stage(s).selection_macs(s, d, n_prefix) for s in stages)
-    elif attention_scored:
-        for i, s in enumerate(stages):
-            overhead += s.tokens_in ** 2 * d.hidden
-            if iterations:
-                overhead += (iterations[i] + 1) * d.heads * s.tokens_in ** 2
     selection = 2 * overhead + bias_flops
     return {"flops": 2 * macs + selection, "selection_flops": selection, "tokens_per_block": counts}

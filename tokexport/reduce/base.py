@@ -89,6 +89,21 @@ class ReductionConfig(BaseModel):
         from those fields. ``num_layers`` lets a per-block list be checked against the model."""
         return None
 
+    def at_counts(self, keep: dict[int, int]):
+        """This configuration with the schedule ``keep`` (block -> non-prefix tokens kept after it, absolute
+        counts) in place of its own: what ``tokexport search`` evaluates. A method with per-block fields of its
+        own maps them to the new blocks (Zero-TPrune's ``iterations``)."""
+        layers = sorted(keep)
+        fields = self.model_dump(mode="json", exclude_none=True)
+        fields.update(prune_layers=layers, keep=[keep[layer] for layer in layers])
+        fields.pop("keep_rate", None)
+        return type(self).model_validate(self._per_block_fields(fields, layers))
+
+    def _per_block_fields(self, fields: dict, layers: list[int]) -> dict:
+        """``fields`` (this config's, at blocks ``layers``) with the method's own per-block lists mapped to
+        those blocks; none for most methods."""
+        return fields
+
     def own_plan(self, n_tokens: int, n_prefix: int, num_layers: int) -> list[Stage] | None:
         """A schedule this config plans itself (a hybrid's steps), or None for the common planning of
         :func:`tokexport.reduce.schedule.plan`."""

@@ -119,6 +119,18 @@ class ZeroTPruneConfig(ReductionConfig):
         ),
     )
 
+    def _per_block_fields(self, fields: dict, layers: list[int]) -> dict:
+        """``iterations`` given per prune layer follows its layers; a layer the recipe does not prune after
+        has no value to take (an int or null, the rule by depth, covers any layer)."""
+        if isinstance(self.iterations, list):
+            by_layer = dict(zip(self.prune_layers, self.iterations))
+            missing = [layer for layer in layers if layer not in by_layer]
+            if missing:
+                raise InputError(f"reduction.iterations: one value per recipe prune layer, but the search prunes after "
+                                 f"blocks {missing} too; use an int or null (the paper's rule by depth) to search")
+            fields["iterations"] = [by_layer[layer] for layer in layers]
+        return fields
+
     @model_validator(mode="after")
     def _check(self) -> ZeroTPruneConfig:
         if self.v_min > self.v_max:

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import verify as V
-from ..data import SEARCH_STREAM, Preprocess, instance_recognition_set, natural_images
+from ..data import SEARCH_STREAM
 from ..errors import InputError
 from ..flops import encoder_flops
 from ..load import LoadedModel
@@ -19,6 +18,7 @@ from ..reduce import METHODS
 from ..reduce.patch import reduced
 from ..reduce.schedule import Stage, plan
 from ..stages.runners import TorchRunner, run_rows
+from ..tasks.vit_tokens import evaluation_set, forward_fn, instance_metrics
 from .bisection import Bisection
 
 
@@ -43,52 +43,32 @@ class Evaluation:
 class Evaluator:
     """Scores schedules with the loaded PyTorch model (original outputs cached) on the SEARCH split: crops
     of the recipe's photographs from their own stream (``data.SEARCH_STREAM``), disjoint from the eval crops
-    the verdict (the winner's conversion) is judged on."""
+    the verdict (the winner's conversion) is judged on. The crops, the forward pass and the figures are the
+    ViT task's own (:mod:`tokexport.tasks.vit_tokens`); the FLOPs are the reports' (each method's selection
+    cost); the schedule is the method's configuration at the searched counts (``ReductionConfig.at_counts``)."""
 
     def __init__(self, recipe: Recipe, lm: LoadedModel, metric: str, max_drop: float):
         self.recipe, self.lm, self.metric, self.max_drop = recipe, lm, metric, max_drop
         ad = lm.adapter
         self.n_tokens, self.n_prefix = ad.n_tokens(lm.image_size), ad.n_prefix()
-        acc = recipe.verify.accuracy
-        pre = Preprocess(lm.image_size, lm.mean, lm.std)
-        self.iset = instance_recognition_set(natural_images(include_optional=False, include_dependencies=True), pre,
-                                             acc.samples_per_class, acc.prototypes_per_class, tuple(acc.crop_scale),
-                                             acc.seed, eval_stream=SEARCH_STREAM)
-        kwargs = ad.forward_kwargs(lm.image_size)
-        self.forward = lambda x: ad.outputs(lm.model, lm.model(pixel_values=x, **kwargs))
+        self.iset = evaluation_set(lm, recipe.verify.accuracy, eval_stream=SEARCH_STREAM)
+        self.forward = forward_fn(lm)
         orig = TorchRunner(self.forward)
         self.orig_eval = run_rows(orig, {"pixel_values": self.iset.eval_x})
         self.feat = ad.feature_output(list(self.orig_eval))
         self.orig_proto = run_rows(orig, {"pixel_values": self.iset.proto_x})[self.feat]
-        self.thresholds = dict(acc.metrics)
-        base = self.flops([], None)
-        self.base_flops = base
+        self.thresholds = dict(recipe.verify.accuracy.metrics)
+        self.base_flops = self.flops([], None)
         self.evaluations: list[Evaluation] = []
 
     def config(self, keep: dict[int, int]):
         """The recipe's reduction with ``keep`` (layer -> count) as its schedule."""
-        red = self.recipe.reduction
-        layers = sorted(keep)
-        fields = red.model_dump(mode="json", exclude_none=True)
-        fields.update(prune_layers=layers, keep=[keep[layer] for layer in layers])
-        fields.pop("keep_rate", None)
-        if isinstance(fields.get("iterations"), list):
-            by_layer = dict(zip(red.prune_layers, red.iterations))
-            missing = [layer for layer in layers if layer not in by_layer]
-            if missing:
-                raise InputError(f"reduction.iterations: one value per recipe prune layer, but the search prunes after "
-                                 f"blocks {missing} too; use an int or null (the paper's rule by depth) to search")
-            fields["iterations"] = [by_layer[layer] for layer in layers]
-        return type(red).model_validate(fields)
+        return self.recipe.reduction.at_counts(keep)
 
     def flops(self, stages: list[Stage], method) -> float:
         ad = self.lm.adapter
-        if not stages:
-            return encoder_flops(ad.dims(), self.n_tokens, self.n_prefix, [], ad.head_macs(self.lm.model))["flops"]
-        by_layer = method.describe().get("iterations_by_layer") or {}
-        iters = [int(by_layer.get(s.layer, 0)) for s in stages] if by_layer else None
         return encoder_flops(ad.dims(), self.n_tokens, self.n_prefix, stages, ad.head_macs(self.lm.model),
-                             method.needs_attention, iters)["flops"]
+                             method=method)["flops"]
 
     def __call__(self, keep: dict[int, int]) -> Evaluation:
         n = self.n_tokens - self.n_prefix
@@ -105,10 +85,8 @@ class Evaluator:
                 return self.forward(x)
 
         red = run_rows(TorchRunner(fn), {"pixel_values": self.iset.eval_x})
-        metrics = V.feature_metrics(self.orig_eval[self.feat], red[self.feat], self.orig_proto, self.iset.eval_y,
-                                    self.iset.proto_y, self.iset.n_classes, self.thresholds)
-        if self.lm.task == "image-classification":
-            metrics |= V.classifier_metrics(self.orig_eval["logits"], red["logits"], self.thresholds)
+        metrics = instance_metrics(self.lm, self.iset, self.feat, self.orig_eval, red, self.orig_proto,
+                                   self.thresholds)
         if self.metric not in metrics:
             raise InputError(f"--metric {self.metric}: not measured in the search (measured: {', '.join(metrics)})")
         md = {k: v.as_dict() for k, v in metrics.items()}

@@ -16,6 +16,7 @@ from ..load import load_model
 from ..outdir import check_out_dir, claim_out_dir, staged_dir
 from ..recipe import Recipe, Threshold, write_recipe
 from ..reduce.schedule import plan
+from ..tasks.vit_tokens import SCORED, scored_metrics
 from .greedy import Evaluation, Evaluator, greedy_parallel, greedy_search
 
 
@@ -34,7 +35,7 @@ def search_schedule(recipe_path: Path, recipe: Recipe, out_dir: Path, max_drop: 
     metric = metric or "instance_top1"
     protect = (recipe_path, base_dir, *model_paths(recipe.model, base_dir))
     check_out_dir(out_dir, force, protect=protect)
-    if metric not in ("feature_cosine", "instance_top1", "top1_agreement"):
+    if metric not in SCORED:
         raise InputError(f"--metric {metric}: the search measures feature_cosine, instance_top1 (and top1_agreement "
                          "for classifiers)")
     layers = sorted(set(layers if layers is not None else recipe.reduction.prune_layers))
@@ -89,7 +90,7 @@ def _load(recipe: Recipe, base_dir: Path, layers: list[int], step: int | None, m
         raise InputError(f"--layers: blocks {bad} out of range; the model has {nl} blocks (0..{nl - 1})")
     n = lm.adapter.n_tokens(lm.image_size) - lm.adapter.n_prefix()
     step = step or max(1, n // 32)
-    if metric == "top1_agreement" and lm.task != "image-classification":
+    if metric not in scored_metrics(lm.task):
         raise InputError(f"--metric {metric}: needs a classification head, but the model is {lm.task}")
     return lm, n, step
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import verify as V
-from ..data import Preprocess, image_folder, instance_recognition_set, natural_images
+from ..data import EVAL_STREAM, Preprocess, image_folder, instance_recognition_set, natural_images
 from ..errors import InputError
 from ..export import export_onnx
 from ..flops import encoder_flops
@@ -68,6 +68,34 @@ def forward_fn(lm: LoadedModel) -> Callable[[torch.Tensor], dict[str, torch.Tens
     return fn
 
 
+def evaluation_set(lm: LoadedModel, accuracy, eval_stream: int = EVAL_STREAM):
+    """The instance-recognition crops ``verify.accuracy`` asks for, preprocessed for ``lm``: prototypes and the
+    evaluation crops (``eval_stream``: another stream of crops of the same photographs, e.g. the search split)."""
+    pre = Preprocess(lm.image_size, lm.mean, lm.std)
+    return instance_recognition_set(natural_images(include_optional=False, include_dependencies=True), pre,
+                                    accuracy.samples_per_class, accuracy.prototypes_per_class,
+                                    tuple(accuracy.crop_scale), accuracy.seed, eval_stream=eval_stream)
+
+
+SCORED = ("feature_cosine", "instance_top1", "top1_agreement")  # what instance_metrics can give
+
+
+def scored_metrics(model_task: str) -> tuple[str, ...]:
+    """The figures :func:`instance_metrics` gives for a model of ``model_task`` (top-1 agreement needs logits)."""
+    return SCORED if model_task == "image-classification" else SCORED[:2]
+
+
+def instance_metrics(lm: LoadedModel, iset, feat: str, orig: dict, red: dict, orig_proto, thresholds) -> dict:
+    """The ViT task's accuracy figures of one reduced run against the original on ``iset``'s evaluation crops
+    (feature cosine, instance top-1, and for a classifier top-1 agreement), judged on ``thresholds``: what a
+    conversion reports and what ``tokexport search`` scores a schedule by."""
+    metrics = V.feature_metrics(orig[feat], red[feat], orig_proto, iset.eval_y, iset.proto_y, iset.n_classes,
+                                thresholds)
+    if "top1_agreement" in scored_metrics(lm.task):
+        metrics |= V.classifier_metrics(orig["logits"], red["logits"], thresholds)
+    return metrics
+
+
 @TASKS.register
 class VitTokens(Task):
     kind = "vit-token-pruning"
@@ -104,10 +132,8 @@ class VitTokens(Task):
         self.schedule = plan(recipe.reduction, self.n_tokens, self.n_prefix, lm.adapter.num_layers)
         acc = recipe.verify.accuracy
         with stages.stage("data"):
+            self.iset = evaluation_set(lm, acc)
             pre = Preprocess(lm.image_size, lm.mean, lm.std)
-            self.iset = instance_recognition_set(natural_images(include_optional=False, include_dependencies=True),
-                                                 pre, acc.samples_per_class,
-                                                 acc.prototypes_per_class, tuple(acc.crop_scale), acc.seed)
             self.labelled = image_folder(folder, pre, acc.imagefolder_limit_per_class) if folder else None
         ev = self.iset.eval_x
         self.parity_x = ev[np.linspace(0, len(ev) - 1, recipe.verify.parity.samples).round().astype(int)]
@@ -192,10 +218,7 @@ class VitTokens(Task):
                 orig_eval = run_rows(orig_runner, {"pixel_values": iset.eval_x})
         orig_proto = run_rows(orig_runner, {"pixel_values": iset.proto_x})[feat]
         red_eval = run_rows(red_ort, {"pixel_values": iset.eval_x})  # the shipped graph, not the PyTorch twin
-        metrics = V.feature_metrics(orig_eval[feat], red_eval[feat], orig_proto, iset.eval_y, iset.proto_y,
-                                    iset.n_classes, acc.metrics)
-        if lm.task == "image-classification":
-            metrics |= V.classifier_metrics(orig_eval["logits"], red_eval["logits"], acc.metrics)
+        metrics = instance_metrics(lm, iset, feat, orig_eval, red_eval, orig_proto, acc.metrics)
         self.baseline_section = self._baselines(orig_eval, red_eval, orig_proto, feat, stages)
         if self.labelled is not None:
             lx, ly, _ = self.labelled
