@@ -21,8 +21,9 @@ from tokexport.search import Evaluation, greedy_search, parse_budget
 def test_parse_budget():
     assert parse_budget("0.02") == 0.02
     assert parse_budget("0.5pp") == pytest.approx(0.005) and parse_budget("2%") == pytest.approx(0.02)
-    with pytest.raises(Exception, match="--max-drop"):
+    with pytest.raises(Exception, match="^max_drop: ") as err:  # the library names its parameter ...
         parse_budget("-1")
+    assert err.value.lines(cli=True)[0].startswith("--max-drop: -1 is negative")  # ... the CLI its flag
 
 
 def _fake(drop_of):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, option
 from ..outdir import check_out_dir
 from ..recipe import load_recipe
 from .bisection import Bisection, bisect_smallest
@@ -50,9 +50,9 @@ def parse_budget(text: str) -> float:
     try:
         v = float(t) * scale
     except ValueError:
-        raise InputError(f"--max-drop: {text!r} is not a number; e.g. 0.02 or 2pp") from None
+        raise InputError(f"{option('max_drop')}: {text!r} is not a number; e.g. 0.02 or 2pp") from None
     if v < 0:
-        raise InputError(f"--max-drop: {text} is negative; the budget is how much the metric may drop")
+        raise InputError(f"{option('max_drop')}: {text} is negative; the budget is how much the metric may drop")
     return v
 
 
@@ -87,10 +87,10 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
     axis = axis_for(recipe)
     if axis.search_knob is not None:
         if layers is not None:
-            raise InputError(f"--layers: {recipe_path} is task {recipe.task}: the search varies {axis.search_knob}, "
+            raise InputError(f"{option('layers')}: {recipe_path} is task {recipe.task}: the search varies {axis.search_knob}, "
                              "not a layer-wise schedule")
         if max_evals is not None and max_evals < 2:
-            raise InputError(f"--max-evals: {max_evals}; give 2 or more (the recipe's own value is the first)")
+            raise InputError(f"{option('max_evals')}: {max_evals}; give 2 or more (the recipe's own value is the first)")
         metric = check_metric(recipe, base_dir, metric, "the search")
         from ..tasks.run import model_paths
 
@@ -99,7 +99,7 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
             return search_knob(recipe_path, recipe, max_drop, metric, out_dir, step, reference, force, stages,
                                max_evals or DEFAULT_MAX_EVALS, fo=fo if backend == "ray" else None)
     if max_evals is not None:
-        raise InputError("--max-evals: only for visual-token and vocab-trim searches; the ViT schedule search is "
-                         "bounded by --step and --layers")
+        raise InputError(f"{option('max_evals')}: only for visual-token and vocab-trim searches; the ViT schedule search is "
+                         f"bounded by {option('step')} and {option('layers')}")
     return search_schedule(recipe_path, recipe, out_dir, max_drop, metric, layers, step, reference, force, stages,
                            backend=backend, address=address, cpus_per_job=cpus_per_job)

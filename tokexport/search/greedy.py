@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import SEARCH_STREAM
-from ..errors import InputError
+from ..errors import InputError, option
 from ..flops import encoder_flops
 from ..load import LoadedModel
 from ..recipe import Recipe
@@ -88,7 +88,7 @@ class Evaluator:
         metrics = instance_metrics(self.lm, self.iset, self.feat, self.orig_eval, red, self.orig_proto,
                                    self.thresholds)
         if self.metric not in metrics:
-            raise InputError(f"--metric {self.metric}: not measured in the search (measured: {', '.join(metrics)})")
+            raise InputError(f"{option('metric')} {self.metric}: not measured in the search (measured: {', '.join(metrics)})")
         md = {k: v.as_dict() for k, v in metrics.items()}
         drop = md[self.metric]["original"] - md[self.metric]["reduced"]
         feasible = drop <= self.max_drop + 1e-12 and all(m["passed"] is not False for m in md.values())

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, option
 from ..files import read_json
 from ..outdir import claim_out_dir, staged_dir
 from ..recipe import write_recipe
@@ -159,7 +159,7 @@ def _bisect(cands: _Candidates, ref: dict, grid: list, max_evals: int, max_drop:
     start = grid.index(ref_value)
     if not ref["feasible"]:  # the recipe's own value is over budget: search above it
         if grid[-1] == ref_value or budget_left < 1 or not feasible(grid[-1]):
-            raise InputError(f"--max-drop {max_drop:g}: no {knob} evaluated stays within the budget and the recipe's "
+            raise InputError(f"{option('max_drop')} {max_drop:g}: no {knob} evaluated stays within the budget and the recipe's "
                              f"thresholds (the recipe's {ref_value}: drop {ref['drop']:+.4f}"
                              + (f"; the largest, {grid[-1]}: drop {evaluated[grid[-1]]['drop']:+.4f}"
                                 if grid[-1] in evaluated and grid[-1] != ref_value else "") + "); raise the budget")

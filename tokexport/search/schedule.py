@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..data import SEARCH_STREAM
-from ..errors import InputError
+from ..errors import InputError, option
 from ..files import read_json
 from ..load import load_model
 from ..outdir import check_out_dir, claim_out_dir, staged_dir
@@ -36,11 +36,11 @@ def search_schedule(recipe_path: Path, recipe: Recipe, out_dir: Path, max_drop: 
     protect = (recipe_path, base_dir, *model_paths(recipe.model, base_dir))
     check_out_dir(out_dir, force, protect=protect)
     if metric not in SCORED:
-        raise InputError(f"--metric {metric}: the search measures feature_cosine, instance_top1 (and top1_agreement "
+        raise InputError(f"{option('metric')} {metric}: the search measures feature_cosine, instance_top1 (and top1_agreement "
                          "for classifiers)")
     layers = sorted(set(layers if layers is not None else recipe.reduction.prune_layers))
     if not layers:
-        raise InputError("reduction.prune_layers: empty; give --layers (blocks the search may prune after)")
+        raise InputError(f"reduction.prune_layers: empty; give {option('layers')} (blocks the search may prune after)")
     fo = Fanout(backend, address, cpus_per_job)
     with fo, claim_out_dir(out_dir, force, kind="search", protect=protect):
         lm, n, step = _load(recipe, base_dir, layers, step, metric, stages)
@@ -56,7 +56,7 @@ def search_schedule(recipe_path: Path, recipe: Recipe, out_dir: Path, max_drop: 
         best = min((e for e in ev.evaluations if e.feasible), key=lambda e: (e.flops, e.drop), default=None)
         seconds = time.time() - t0
         if best is None:
-            raise InputError(f"--max-drop {max_drop:g}: no schedule evaluated stays within the budget and the recipe's "
+            raise InputError(f"{option('max_drop')} {max_drop:g}: no schedule evaluated stays within the budget and the recipe's "
                              "thresholds; raise the budget")
         winner = _winner_recipe(recipe, recipe_path, ev, best, max_drop, metric, layers)
 
@@ -87,11 +87,11 @@ def _load(recipe: Recipe, base_dir: Path, layers: list[int], step: int | None, m
     nl = lm.adapter.num_layers
     bad = [x for x in layers if not 0 <= x < nl]
     if bad:
-        raise InputError(f"--layers: blocks {bad} out of range; the model has {nl} blocks (0..{nl - 1})")
+        raise InputError(f"{option('layers')}: blocks {bad} out of range; the model has {nl} blocks (0..{nl - 1})")
     n = lm.adapter.n_tokens(lm.image_size) - lm.adapter.n_prefix()
     step = step or max(1, n // 32)
     if metric not in scored_metrics(lm.task):
-        raise InputError(f"--metric {metric}: needs a classification head, but the model is {lm.task}")
+        raise InputError(f"{option('metric')} {metric}: needs a classification head, but the model is {lm.task}")
     return lm, n, step
 
 
@@ -133,8 +133,8 @@ def _winner_recipe(recipe: Recipe, recipe_path: Path, ev: Evaluator, best: Evalu
     metric's ``max_drop`` threshold (the recipe's own, when tighter)."""
     winner_keep = best.keep
     if not winner_keep:
-        raise InputError(f"--max-drop {max_drop:g}: even the mildest pruning at blocks {layers} drops {metric} beyond "
-                         "the budget (or breaks a recipe threshold); raise the budget or try other --layers")
+        raise InputError(f"{option('max_drop')} {max_drop:g}: even the mildest pruning at blocks {layers} drops {metric} beyond "
+                         f"the budget (or breaks a recipe threshold); raise the budget or try other {option('layers')}")
     red = ev.config(winner_keep)
     thresholds = dict(recipe.verify.accuracy.metrics)
     t = thresholds.get(metric)
