@@ -80,10 +80,6 @@ def _finite_in(v: float, flag: str, text: str, lo: float, hi: float, lo_open: bo
     return v
 
 
-# what `tokexport search` can measure in PyTorch (its own check, tokexport.search, says the same)
-SEARCH_METRICS = ("feature_cosine", "instance_top1", "top1_agreement")
-
-
 def write_merged(report: Path, device: Path, out: Path, force: bool, allow_kind_change: bool = False) -> dict:
     """`tokexport report merge`: REPORT with DEVICE's results under ``device_results``, validated against the
     report contract, written to OUT (a temporary sibling renamed into place). OUT follows the rules of every

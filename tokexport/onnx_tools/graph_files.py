@@ -46,15 +46,6 @@ def _iter_tensors(model: onnx.ModelProto):
                     yield from attr.tensors
 
 
-def _external_location(tensor: TensorProto) -> str | None:
-    if tensor.data_location != TensorProto.EXTERNAL:
-        return None
-    for entry in tensor.external_data:
-        if entry.key == "location":
-            return entry.value
-    return None
-
-
 def _external_entries(tensor: TensorProto, path: Path) -> dict[str, str]:
     """The external_data key/value pairs of ``tensor``; InputError when a key repeats (onnx's reader keeps
     the last ``location`` while a check of the first would pass) or ``location`` is absent."""
