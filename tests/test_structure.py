@@ -315,3 +315,65 @@ def test_the_device_script_needs_only_numpy_and_a_runtime():
     res = subprocess.run([sys.executable, "-I", str(path), "--help"], capture_output=True, text=True, check=False,
                          cwd=path.parent.parent.parent.parent)  # -I: no tokexport on the path, as on the device
     assert res.returncode == 0 and "usage" in res.stdout.lower(), res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------ who names a task, who names a method
+
+# string constants equal to a registered name that are not that name's use, each with why
+NAME_ALLOWED = {
+    # the recipe union: the `task:` tag chooses the recipe kind before any task is imported
+    ("task", "recipe.py"): "the recipe union", ("task", "vocab/recipe.py"): "the recipe union",
+    # Hugging Face / Optimum task names that choose the model class to load (the loader's own vocabulary)
+    ("task", "load.py"): "Optimum task names choosing the model class",
+    # the report contract: the `kind` values a report may carry, read by `check` without importing a task
+    ("task", "stages/report_schema.py"): "the report contract's kinds",
+    ("method", "reduce/__init__.py"): "'hybrid' imported last, so its steps may be any method",
+    ("method", "reduce/baselines_vit.py"): "the honest baselines' names (random, uniform)",
+    ("method", "vlm/baselines.py"): "the honest baselines' names (random, uniform)",
+    ("method", "reduce/zero_tprune.py"): "init: 'uniform' (a PageRank start, not the method)",
+}
+
+
+def stray_names(root: Path, owners: dict[str, set[Path]], tasks: set[str]) -> list[str]:
+    """String constants under ``root`` equal to a method name outside the module(s) that register it, or to a
+    task name outside ``tasks/``, less ``NAME_ALLOWED``."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            if node.value in owners and path.resolve() not in owners[node.value] and ("method", rel) not in NAME_ALLOWED:
+                out.append(f"{rel}:{node.lineno}: method {node.value!r}")
+            if node.value in tasks and not rel.startswith("tasks/") and ("task", rel) not in NAME_ALLOWED:
+                out.append(f"{rel}:{node.lineno}: task {node.value!r}")
+    return out
+
+
+def _registered_names() -> tuple[dict[str, set[Path]], set[str]]:
+    import inspect
+
+    import tokexport.tasks.registered  # noqa: F401  (registers every task)
+    from tokexport.reduce import method_classes
+    from tokexport.tasks.base import TASKS
+    from tokexport.vlm.select import VISUAL_METHODS
+
+    owners: dict[str, set[Path]] = {}
+    for name, cls in [*method_classes().items(), *VISUAL_METHODS.items()]:
+        owners.setdefault(name, set()).add(Path(inspect.getsourcefile(cls)).resolve())
+    tasks = {t for cls in TASKS.values() for t in (cls.kind, *cls.recipe_tasks)} - {"auto"}
+    return owners, tasks
+
+
+def test_no_task_or_method_name_outside_its_owner():
+    owners, tasks = _registered_names()
+    assert {"zero-tprune", "tome", "hired", "visionzip"} <= set(owners) and {"vocab-trim", "visual-tokens"} <= tasks
+    assert stray_names(REPO / "tokexport", owners, tasks) == []
+
+
+def test_a_stray_name_is_found(tmp_path):
+    owners, tasks = _registered_names()
+    (tmp_path / "sweep.py").write_text('if method == "tome" or task == "vocab-trim":\n    pass\n')
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "x.py").write_text('KIND = "vocab-trim"\n')  # a task's own module may name it
+    assert stray_names(tmp_path, owners, tasks) == ["sweep.py:1: method 'tome'", "sweep.py:1: task 'vocab-trim'"]
