@@ -97,9 +97,9 @@ class ReductionConfig(BaseModel):
         fields = self.model_dump(mode="json", exclude_none=True)
         fields.update(prune_layers=layers, keep=[keep[layer] for layer in layers])
         fields.pop("keep_rate", None)
-        return type(self).model_validate(self._per_block_fields(fields, layers))
+        return type(self).model_validate(self.per_block_fields(fields, layers))
 
-    def _per_block_fields(self, fields: dict, layers: list[int]) -> dict:
+    def per_block_fields(self, fields: dict, layers: list[int]) -> dict:
         """``fields`` (this config's, at blocks ``layers``) with the method's own per-block lists mapped to
         those blocks; none for most methods."""
         return fields

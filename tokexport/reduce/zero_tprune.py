@@ -119,7 +119,7 @@ class ZeroTPruneConfig(ReductionConfig):
         ),
     )
 
-    def _per_block_fields(self, fields: dict, layers: list[int]) -> dict:
+    def per_block_fields(self, fields: dict, layers: list[int]) -> dict:
         """``iterations`` given per prune layer follows its layers; a layer the recipe does not prune after
         has no value to take (an int or null, the rule by depth, covers any layer)."""
         if isinstance(self.iterations, list):
