@@ -165,7 +165,7 @@ def test_visual_tokens_reports_and_mixed_kinds(base):
     assert {r.name for r in compare(worse, vis, tol).failed} == {
         "llm.prefill_flops_saved", "accuracy.feature_cosine", "accuracy.feature_cosine.drop"}
     # a ViT report against a visual-tokens baseline is refused (exit 7) unless the kind change is allowed
-    with pytest.raises(UnreadableReport, match="another kind or model.*--allow-kind-change"):
+    with pytest.raises(UnreadableReport, match="another kind or model.*allow_kind_change=True"):
         compare(copy.deepcopy(base), vis, tol)
     # allowed: the common figures are compared; the baseline's figures the report lacks fail by default ...
     mixed = compare(copy.deepcopy(base), vis, tol, allow_kind_change=True)

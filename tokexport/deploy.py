@@ -29,7 +29,7 @@ import numpy as np
 import tokexport
 from tokexport import onnx_tools
 from tokexport.device.verify_on_device import compare_outputs, format_row, parse_trtexec_log  # noqa: F401  (one copy, also the device's)
-from tokexport.errors import InputError, TensorRTUnavailable
+from tokexport.errors import InputError, TensorRTUnavailable, option
 from tokexport.targets import Target
 from tokexport.targets import resolve as resolve_target
 
@@ -38,6 +38,8 @@ from tokexport.targets import resolve as resolve_target
 # min_cosine, and logits' top-1 (and integer outputs, e.g. kept-token positions) agree on min_agreement.
 DEFAULT_TOLERANCES = {"atol": 0.05, "rtol": 0.05, "quantile": 0.99, "median_atol": 0.01, "min_cosine": 0.999,
                       "min_agreement": 0.99}
+# the bundle's directory in messages: write_bundle's ``dest`` (the CLI's OUT_DIR argument)
+DEST = option("dest", flag="OUT_DIR")
 
 # --------------------------------------------------------------------------------------------
 # Environment
@@ -233,7 +235,7 @@ def sample_inputs(info: dict, batch: int = 1, seed: int = 0) -> dict[str, np.nda
     for i in info["inputs"]:
         shape = [batch if (ax == 0 and not isinstance(d, int)) else d for ax, d in enumerate(i["shape"] or [])]
         if any(not isinstance(d, int) for d in shape):
-            raise InputError(f"input {i['name']!r} has symbolic non-batch dims {i['shape']}; pass --inputs")
+            raise InputError(f"input {i['name']!r} has symbolic non-batch dims {i['shape']}; pass {option('inputs')}")
         dtype = np.dtype(i["dtype"])
         feed[i["name"]] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
                            else np.zeros(shape, dtype=dtype))
@@ -281,10 +283,10 @@ def _check_dest(dest: Path, force: bool, archive: bool, protect: Sequence = ()) 
     it holds a graph being bundled (``protect``), it is the current or home directory, ..."""
     from tokexport.outdir import check_archive, check_out_dir
 
-    check_out_dir(dest, force, protect=protect, what="OUT_DIR")
+    check_out_dir(dest, force, protect=protect, what=DEST)
     archive_path = dest.with_name(dest.name + ".tar.gz") if archive else None
     if archive_path is not None:
-        check_archive(archive_path, dest.name, force, protect=protect)
+        check_archive(archive_path, dest.name, force, protect=protect, what=DEST)
     return archive_path
 
 
@@ -334,10 +336,10 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
     # next to the directory right after it (tokexport.outdir)
     from tokexport.outdir import check_archive, claim_out_dir
 
-    with claim_out_dir(dest, force, kind="bundle", protect=list(models.values()), what="OUT_DIR") as claim, \
+    with claim_out_dir(dest, force, kind="bundle", protect=list(models.values()), what=DEST) as claim, \
             claim.staged() as tmp:
         if archive_path is not None:
-            check_archive(archive_path, dest.name, force, protect=list(models.values()))  # again, under the lock
+            check_archive(archive_path, dest.name, force, protect=list(models.values()), what=DEST)  # under the lock
         os.chmod(tmp, 0o755)
         sources = {n: onnx_tools.sha256_onnx(p) for n, p in models.items()}  # = the convert report's onnx_sha256
         manifest = _fill_bundle(tmp, models, infos, feed, expected, tgt, tol, fp16, max_batch, sources)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EnvironmentProblem, InputError, TokexportError
+from .errors import EnvironmentProblem, InputError, TokexportError, option
 
 BACKENDS = ("local", "ray")
 CRASH_EXIT = 1  # a worker that died without an exit status of its own (killed, segfault, out of memory)
@@ -44,21 +44,26 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise EnvironmentProblem(f"--backend ray: Ray is not installed; install it with `{RAY_INSTALL}` "
-                                 "(or run with --backend local)") from None
+        raise EnvironmentProblem(f"{_backend('ray')}: Ray is not installed; install it with `{RAY_INSTALL}` "
+                                 f"(or run with {_backend('local')})") from None
     return ray
+
+
+def _backend(name: str) -> str:
+    """``backend='ray'`` in the library's message, ``--backend ray`` where the CLI prints it."""
+    return option("backend", f"backend={name!r}", f"--backend {name}")
 
 
 def check_backend(backend: str, jobs: int, cpus_per_job: int | None) -> None:
     """Command-line checks of the fan-out options (before anything is read or written)."""
     if backend not in BACKENDS:
-        raise InputError(f"--backend: {backend!r}; give local or ray")
+        raise InputError(f"{option('backend')}: {backend!r}; give local or ray")
     if cpus_per_job is not None and cpus_per_job < 1:
-        raise InputError(f"--cpus-per-job: {cpus_per_job}; give 1 or more")
+        raise InputError(f"{option('cpus_per_job')}: {cpus_per_job}; give 1 or more")
     if backend == "ray":
         if jobs != 1:
-            raise InputError("--jobs: only for --backend local; on Ray the cluster's CPUs ÷ --cpus-per-job set how "
-                             "many conversions run at once")
+            raise InputError(f"{option('jobs')}: only for {_backend('local')}; on Ray the cluster's CPUs ÷ "
+                             f"{option('cpus_per_job')} set how many conversions run at once")
         require_ray()
 
 
@@ -236,10 +241,12 @@ class Fanout:
                 try:  # "local": a new instance here, never a cluster some `ray start` left running
                     ray.init(address=addr or "local", **kwargs)
                 except Exception as e:  # noqa: BLE001  (no cluster there: one line)
-                    where = f"--address {addr}" if self.address else (f"RAY_ADDRESS={addr}" if addr else "--backend ray")
+                    where = (f"{option('address')} {addr}" if self.address
+                             else (f"RAY_ADDRESS={addr}" if addr else _backend("ray")))
                     raise EnvironmentProblem(f"{where}: cannot start or reach Ray ({type(e).__name__}: "
                                              f"{one_line(e)[:200]}); start a cluster with `ray start --head` and "
-                                             "pass its address, or omit --address for a local instance") from None
+                                             f"pass its address, or omit {option('address')} for a local instance"
+                                             ) from None
                 self._owns = True
             self._ray = ray
             self.driver_node = ray.get_runtime_context().get_node_id()

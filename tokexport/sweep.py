@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import InputError, ParityError
+from .errors import InputError, ParityError, option
 from .files import read_json
 from .outdir import check_out_dir, claim_out_dir, read_marker, write_file_atomic, write_marker
 from .recipe import Recipe, load_recipe
@@ -54,6 +54,12 @@ def task_metrics(recipe, base_dir: Path) -> tuple[tuple[str, ...], str]:
     return axis_for(recipe).metrics(recipe, base_dir)
 
 
+def _metric_named(metric: str) -> str:
+    """``metric='NAME'`` in the library's message, ``--metric NAME`` where the CLI prints it (a metric name the
+    task knows: no control characters)."""
+    return option("metric", f"metric={metric!r}", f"--metric {metric}")
+
+
 def check_metric(recipe, base_dir: Path, metric: str | None, what: str) -> str:
     """The ``--metric`` of ``what`` (sweep, search) for this recipe: known to its task and gated."""
     ax = axis_for(recipe)
@@ -61,11 +67,11 @@ def check_metric(recipe, base_dir: Path, metric: str | None, what: str) -> str:
     if metric is None:
         return default
     if metric in ax.info_only:
-        raise InputError(f"--metric {metric}: an information-only figure ({{value, info: true}}: the attention the "
+        raise InputError(f"{_metric_named(metric)}: an information-only figure ({{value, info: true}}: the attention the "
                          f"selector itself ranks by), not an accuracy measure; {what} needs a gated metric: "
                          f"{', '.join(known)}")
     if metric not in known:
-        raise InputError(f"--metric: unknown metric {metric!r} for task {ax.task_name(recipe, base_dir)}; known: "
+        raise InputError(f"{option('metric')}: unknown metric {metric!r} for task {ax.task_name(recipe, base_dir)}; known: "
                          f"{', '.join(known)}")
     return metric
 
@@ -78,35 +84,35 @@ def metric_drop(m: dict) -> float:
 
 
 def parse_vocab_sizes(text: str) -> list[int]:
-    """``"8000,12000,16000"`` → [8000, 12000, 16000]; errors name ``--vocab-sizes``."""
+    """``"8000,12000,16000"`` → [8000, 12000, 16000]; errors name ``vocab_sizes`` (the CLI: ``--vocab-sizes``)."""
     sizes = []
     for part in (p.strip() for p in text.split(",")):
         try:
             n = int(part)
         except ValueError:
-            raise InputError(f"--vocab-sizes: {part!r} is not an integer; give target vocabulary sizes such as "
+            raise InputError(f"{option('vocab_sizes')}: {part!r} is not an integer; give target vocabulary sizes such as "
                              "8000,12000,16000") from None
         if not 1 <= n <= 10_000_000:
-            raise InputError(f"--vocab-sizes: {n} is outside 1..10000000 (trim.target_vocab_size)")
+            raise InputError(f"{option('vocab_sizes')}: {n} is outside 1..10000000 (trim.target_vocab_size)")
         sizes.append(n)
     if not sizes or len(set(sizes)) != len(sizes):
-        raise InputError(f"--vocab-sizes: give distinct sizes, got {text!r}")
+        raise InputError(f"{option('vocab_sizes')}: give distinct sizes, got {text!r}")
     return sizes
 
 
 def parse_keep_rates(text: str) -> list[float]:
-    """``"0.9,0.7,0.5"`` → [0.9, 0.7, 0.5]; errors name ``--keep-rates``."""
+    """``"0.9,0.7,0.5"`` → [0.9, 0.7, 0.5]; errors name ``keep_rates`` (the CLI: ``--keep-rates``)."""
     rates = []
     for part in (p.strip() for p in text.split(",")):
         try:
             r = float(part)
         except ValueError:
-            raise InputError(f"--keep-rates: {part!r} is not a number; give fractions such as 0.9,0.7,0.5") from None
+            raise InputError(f"{option('keep_rates')}: {part!r} is not a number; give fractions such as 0.9,0.7,0.5") from None
         if not 0 < r <= 1:
-            raise InputError(f"--keep-rates: {r:g} is outside (0, 1]; a keep rate is the fraction of tokens kept")
+            raise InputError(f"{option('keep_rates')}: {r:g} is outside (0, 1]; a keep rate is the fraction of tokens kept")
         rates.append(r)
     if not rates or len(set(rates)) != len(rates):
-        raise InputError(f"--keep-rates: give distinct fractions, got {text!r}")
+        raise InputError(f"{option('keep_rates')}: give distinct fractions, got {text!r}")
     return rates
 
 
@@ -120,10 +126,10 @@ def point_recipe(recipe: Recipe, point: Point, threads: int | None = None) -> Re
 def _row(point: Point, report: dict, metric: str, batch: str | None, run_dir: str, code: int) -> dict:
     m = report["accuracy"]["metrics"].get(metric)
     if m is None:
-        raise InputError(f"--metric {metric}: not measured by this recipe (measured: "
+        raise InputError(f"{_metric_named(metric)}: not measured by this recipe (measured: "
                          f"{', '.join(report['accuracy']['metrics'])})")
     if MC.is_info(m):
-        raise InputError(f"--metric {metric}: an information-only figure in the reports; give a gated metric")
+        raise InputError(f"{_metric_named(metric)}: an information-only figure in the reports; give a gated metric")
     bench = report.get("bench") or {}
     b = (bench.get("batches") or {}).get(batch) if batch else None
     row: dict = {**point.fields(), "run_dir": run_dir, "exit_code": code, **axis_of_report(report["kind"]).row(report)}
@@ -369,23 +375,30 @@ def _points(r: _Recipe, keep_rates, methods, vocab_sizes) -> list[Point]:
 
 
 def _check_axes(items: list[_Recipe], keep_rates, methods, vocab_sizes) -> None:
-    """Each recipe takes the axis its task supports (its :class:`~tokexport.tasks.axes.SweepAxis`'s flag):
-    --keep-rates (and --methods) for token reduction, --vocab-sizes for vocabulary trims. A flag no recipe
-    takes, or an axis a recipe lacks, is an error."""
-    given = {"--keep-rates": keep_rates, "--vocab-sizes": vocab_sizes}
-    by_flag: dict[str, list[_Recipe]] = {}
+    """Each recipe takes the axis its task supports (its :class:`~tokexport.tasks.axes.SweepAxis`'s
+    argument): ``keep_rates`` (and ``methods``) for token reduction, ``vocab_sizes`` for vocabulary trims.
+    An argument no recipe takes, or an axis a recipe lacks, is an error."""
+    given = {"keep_rates": keep_rates, "vocab_sizes": vocab_sizes}
+    by_arg: dict[str, list[_Recipe]] = {}
     for r in items:
-        by_flag.setdefault(axis_for(r.recipe).flag, []).append(r)
-    for flag, values in given.items():
-        if flag not in by_flag and (values is not None or (methods and flag == "--keep-rates")):
-            other = next(iter(by_flag.values()))[0]
-            shown, ax = (flag if values is not None else "--methods"), axis_for(other.recipe)
-            raise InputError(f"{shown}: {other.path} is task {other.recipe.task}: sweep it with {ax.flag} "
-                             f"({ax.varied['label']}, e.g. {ax.flag} {ax.example}), not {shown}")
-    for flag, rs in by_flag.items():
-        if not given[flag]:
-            raise InputError(f"{flag}: required for {rs[0].path} (task {rs[0].recipe.task}), e.g. {flag} "
-                             f"{axis_for(rs[0].recipe).example}")
+        by_arg.setdefault(axis_for(r.recipe).argument, []).append(r)
+    for arg, values in given.items():
+        if arg not in by_arg and (values is not None or (methods and arg == "keep_rates")):
+            other = next(iter(by_arg.values()))[0]
+            shown, ax = option(arg if values is not None else "methods"), axis_for(other.recipe)
+            raise InputError(f"{shown}: {other.path} is task {other.recipe.task}: sweep it with {option(ax.argument)} "
+                             f"({ax.varied['label']}, e.g. {_example(ax)}), not {shown}")
+    for arg, rs in by_arg.items():
+        if not given[arg]:
+            raise InputError(f"{option(arg)}: required for {rs[0].path} (task {rs[0].recipe.task}), e.g. "
+                             f"{_example(axis_for(rs[0].recipe))}")
+
+
+def _example(ax) -> str:
+    """The axis's example values: ``keep_rates=[0.9, 0.7, 0.5]`` in the library's message, ``--keep-rates
+    0.9,0.7,0.5`` where the CLI prints it."""
+    values = ", ".join(ax.example.split(","))
+    return option(ax.argument, f"{ax.argument}=[{values}]", f"--{ax.argument.replace('_', '-')} {ax.example}")
 
 
 @contextlib.contextmanager
@@ -417,10 +430,11 @@ def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, method
         raise InputError("sweep: give at least one recipe")
     matrix = len(paths) > 1
     if jobs < 1:
-        raise InputError(f"--jobs: {jobs}; give 1 or more parallel conversions")
+        raise InputError(f"{option('jobs')}: {jobs}; give 1 or more parallel conversions")
     if resume and force:
-        raise InputError("--resume and --force: give one (--resume keeps the points an earlier run completed, "
-                         "--force starts over)")
+        resume_, force_ = option("resume", "resume=True"), option("force", "force=True")
+        raise InputError(f"{resume_} and {force_}: give one ({resume_} keeps the points an earlier run completed, "
+                         f"{force_} starts over)")
     check_backend(backend, jobs, cpus_per_job)
     items = _load_items(paths, keep_rates, methods, vocab_sizes, metric)
     out_dir = Path(os.path.expanduser(out)) if out is not None else Path("out") / (f"{paths[0].stem}-sweep" if not matrix else "sweep-matrix")
@@ -495,8 +509,8 @@ def _check_out(out_dir: Path, protect: list, force: bool, resume: bool) -> bool:
         check_out_dir(out_dir, True, protect=protect)
         kind = (read_marker(out_dir) or {}).get("kind")
         if kind != "sweep":
-            raise InputError(f"{out_dir}: written by tokexport {kind}, not by a sweep; --resume continues a sweep "
-                             "into its own output directory (choose another --out)")
+            raise InputError(f"{out_dir}: written by tokexport {kind}, not by a sweep; {option('resume', 'resume=True')} "
+                             f"continues a sweep into its own output directory (choose another {option('out')})")
     else:
         check_out_dir(out_dir, force, protect=protect)
     return exists

@@ -10,7 +10,7 @@ from pydantic import StrictBool, StrictStr, ValidationError
 
 from ..errors import UnreadableReport
 from ..files import read_json
-from .figures import CheckResult, Row
+from .figures import ALLOW_KIND_CHANGE, CheckResult, Row
 from .schema import Count, Finite, Section, json_kind, parse_report
 
 DEVICE_FORMAT = "tokexport-device-results"
@@ -148,7 +148,7 @@ def compare_device(device: dict | DeviceResultsSchema, report: dict, allow_kind_
     bad, unknown = device_identity(dev, report)
     if bad and not allow_kind_change:
         raise UnreadableReport(f"{dl}: the bundle's graphs are not {rl}'s: {'; '.join(bad)}; gate device results "
-                               "against the report of the conversion they were bundled from, or pass --allow-kind-change")
+                               f"against the report of the conversion they were bundled from, or pass {ALLOW_KIND_CHANGE}")
     if bad:
         notes.append(f"the bundle's graphs differ from the report's ({'; '.join(bad)}; --allow-kind-change)")
     if unknown:
@@ -191,5 +191,5 @@ def merged_report(report: dict, device: dict, allow_kind_change: bool = False,
     bad, _ = device_identity(dev, report)
     if bad and not allow_kind_change:
         raise UnreadableReport(f"{dl}: the bundle's graphs are not {rl}'s: {'; '.join(bad)}; merge device results "
-                               "into the report of the conversion they were bundled from, or pass --allow-kind-change")
+                               f"into the report of the conversion they were bundled from, or pass {ALLOW_KIND_CHANGE}")
     return {**report, "device_results": device}

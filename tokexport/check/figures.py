@@ -7,11 +7,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from ..errors import UnreadableReport
+from ..errors import UnreadableReport, option
 from .schema import ReportSchema, parse_report
 from .tolerances import Tolerances
 
 Direction = Literal["higher", "lower", "equal", "true"]
+# the argument that lets reports of another kind, model or task be compared (the CLI prints --allow-kind-change)
+ALLOW_KIND_CHANGE = option("allow_kind_change", "allow_kind_change=True")
 
 
 @dataclass
@@ -149,7 +151,7 @@ def compare(report: dict | ReportSchema, baseline: dict | ReportSchema, tol: Tol
     if diffs and not allow_kind_change:
         raise UnreadableReport(f"{rl}: another kind or model than {bl} ({'; '.join(diffs)}); gate a "
                                "report against a baseline of the same kind, model and task, or pass "
-                               "--allow-kind-change")
+                               f"{ALLOW_KIND_CHANGE}")
     if diffs:
         notes.append(f"report differs from the baseline ({'; '.join(diffs)}; --allow-kind-change): figures of one "
                      "side only are listed" + (" and fail (fail_missing)" if tol.fail_missing else " as MISSING"))

@@ -17,7 +17,7 @@ from pydantic import (
     ValidationError,
 )
 
-from ..errors import InputError
+from ..errors import InputError, option
 from ..files import read_yaml
 from .schema import EXPECTED, json_kind
 
@@ -76,7 +76,9 @@ class Tolerances(BaseModel):
 def load_tolerances(path: str | Path | None = None, overrides: dict | None = None,
                     labels: dict[str, str] | None = None) -> Tolerances:
     """Tolerances from an optional YAML file, then ``overrides`` (dotted keys, e.g. ``metrics.instance_top1.abs``).
-    ``labels`` names the command-line option an override came from (default ``--set KEY``)."""
+    ``labels`` names the command-line option an override came from (default: ``overrides``, which the CLI
+    prints as ``--set``)."""
+    overrides_ = option("overrides", None, "--set")
     data: dict = {}
     where = "tolerances"
     if path is not None:
@@ -91,7 +93,7 @@ def load_tolerances(path: str | Path | None = None, overrides: dict | None = Non
         for part in parents:
             nxt = cur.setdefault(part, {})
             if not isinstance(nxt, dict):
-                raise InputError(f"--set {key}: {part} is not a section")
+                raise InputError(f"{overrides_} {key}: {part} is not a section")
             cur = nxt
         cur[last] = value
     try:
@@ -100,7 +102,7 @@ def load_tolerances(path: str | Path | None = None, overrides: dict | None = Non
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"] if x != "[key]") or "(top level)"
         if loc in (overrides or {}):
-            where = (labels or {}).get(loc, "--set")
+            where = (labels or {}).get(loc, overrides_)
         typ = err["type"]
         if typ == "extra_forbidden":
             msg = "unknown field"

@@ -9,8 +9,12 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, option
 from .markers import MARKER, TMP_TAG, is_bundle_archive, is_tokexport_output
+
+# how the messages name the arguments (``force=True``, ``out``; the CLI prints ``--force``, ``--out``)
+FORCE = option("force", "force=True")
+OUT = option("out")
 
 # ".NAME.tmp-XXXXXXXX" is the longest sibling name derived from an output's NAME
 _RESERVE = len(".") + len(TMP_TAG) + 8
@@ -56,10 +60,11 @@ def _name_max(path: Path) -> int:
 
 
 def check_out_dir(out: str | os.PathLike, force: bool, *, protect: Iterable[str | os.PathLike] = (),
-                  what: str = "--out", recognise: Callable[[Path], bool] | None = None) -> Path:
+                  what: str = OUT, recognise: Callable[[Path], bool] | None = None) -> Path:
     """Refuse (InputError, one line naming the path) every output location tokexport must not write;
     returns the absolute path. Writes nothing. ``protect``: files/directories the run reads (the output
-    may not be one of them or hold one); ``what``: how the user names the output, for the hints;
+    may not be one of them or hold one); ``what``: how the user names the output, for the hints (by default
+    the ``out`` argument: ``--out`` where the CLI prints it, :func:`tokexport.errors.option`);
     ``recognise``: what counts as a directory tokexport wrote (default: it has ``.tokexport-output``)."""
     raw = os.fspath(out) or "."
     shown = raw
@@ -122,11 +127,11 @@ def check_out_dir(out: str | os.PathLike, force: bool, *, protect: Iterable[str 
         ours = (recognise or is_tokexport_output)(absolute)
         if not force:
             if ours:
-                raise InputError(f"{shown}: output directory already exists; pass --force to replace it or {other}")
+                raise InputError(f"{shown}: output directory already exists; pass {FORCE} to replace it or {other}")
             raise InputError(f"{shown}: already exists and was not written by tokexport (no {MARKER} in it); "
-                             f"{other} (--force replaces only directories tokexport wrote)")
+                             f"{other} ({FORCE} replaces only directories tokexport wrote)")
         if not ours:
-            raise InputError(f"{shown}: was not written by tokexport (no {MARKER} in it), so --force will not "
+            raise InputError(f"{shown}: was not written by tokexport (no {MARKER} in it), so {FORCE} will not "
                              f"replace it; move it away yourself or {other}")
         if not os.access(absolute.parent, os.W_OK | os.X_OK):
             raise InputError(f"{shown}: cannot be replaced, {absolute.parent} is not writable; {other}")
@@ -151,14 +156,14 @@ def check_archive(path: str | os.PathLike, name: str, force: bool, *, protect: I
     if os.path.islink(path) or not os.path.isfile(path):
         raise InputError(f"{shown}: exists and is not a regular file; choose another {what}")
     if not force:
-        raise InputError(f"{shown}: already exists; pass --force to replace it or choose another {what}")
+        raise InputError(f"{shown}: already exists; pass {FORCE} to replace it or choose another {what}")
     if not is_bundle_archive(path, name):
-        raise InputError(f"{shown}: is not an archive tokexport bundle wrote, so --force will not replace it; "
+        raise InputError(f"{shown}: is not an archive tokexport bundle wrote, so {FORCE} will not replace it; "
                          f"move it away yourself or choose another {what}")
 
 
 def check_out_file(out: str | os.PathLike, force: bool, *, protect: Iterable[str | os.PathLike] = (),
-                   what: str = "--out", recognise: Callable[[Path], bool] | None = None,
+                   what: str = OUT, recognise: Callable[[Path], bool] | None = None,
                    kind: str = "file", recognised_as: str = "a file tokexport wrote") -> Path:
     """The rules of :func:`check_out_dir` for an output that is one file (``report merge --out``): not
     under /proc or /sys, no '..', no symbolic link on the way or at the name, a folder that exists and is
@@ -206,10 +211,10 @@ def check_out_file(out: str | os.PathLike, force: bool, *, protect: Iterable[str
         if not os.path.isfile(absolute):
             raise InputError(f"{shown}: exists and is not a regular file; {other}")
         if not force:
-            raise InputError(f"{shown}: already exists; pass --force to replace it")
+            raise InputError(f"{shown}: already exists; pass {FORCE} to replace it")
         if recognise is not None and not recognise(absolute):
             raise InputError(f"{shown}: exists and is not {recognised_as}; refusing to replace it even with "
-                             f"--force ({other})")
+                             f"{FORCE} ({other})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{shown}: its folder {parent} is not writable; {other}")
     return absolute

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, write_error
-from .checks import check_out_dir, checked_force
+from .checks import OUT, check_out_dir, checked_force
 from .locks import release_lock, take_lock
 from .markers import OLD_TAG, TMP_TAG, write_marker
 from .owners import OWNER, clean_stale, write_owner
@@ -146,7 +146,7 @@ def claimed(out_dir: str | os.PathLike) -> Claim | None:
 
 @contextlib.contextmanager
 def claim_out_dir(out: str | os.PathLike, force: bool, *, kind: str, protect: Iterable[str | os.PathLike] = (),
-                  what: str = "--out", recognise: Callable[[Path], bool] | None = None, wait: bool = False,
+                  what: str = OUT, recognise: Callable[[Path], bool] | None = None, wait: bool = False,
                   recheck: bool = True, keep_parents: bool = False) -> Iterator[Claim]:
     """Check ``out`` (:func:`check_out_dir`), create its parents, take the exclusive lock ``.NAME.lock``
     (``wait``: block until a running writer finishes instead of failing at once), check again under the

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from ..errors import InputError
+from ..errors import InputError, option
 from ..recipe import METRICS, recipe_kind
 from ..registry import Registry
 
@@ -57,13 +57,13 @@ def axis_of_report(kind: str) -> SweepAxis:
 
 
 class SweepAxis:
-    """A task's sweep: the flag giving the varied values, the points, each point's recipe, the metrics
+    """A task's sweep: the argument giving the varied values, the points, each point's recipe, the metrics
     ``--metric`` may name, the x axis, and the task's columns of a point (sweep.json, sweep.html, the CLI)."""
 
     recipe_kind: ClassVar[str]  # the recipe union's tag
     report_kind: ClassVar[str]  # the report's ``kind``
-    flag: ClassVar[str]  # the CLI flag of the varied values
-    example: ClassVar[str]  # values for that flag, in error messages
+    argument: ClassVar[str]  # the sweep's argument of the varied values (the CLI's flag: tokexport.errors.option)
+    example: ClassVar[str]  # values for that argument (as the CLI takes them), in error messages
     varied: ClassVar[dict]  # sweep.json's ``varied``
     info_only: ClassVar[tuple[str, ...]] = ()  # {value, info: true} figures: never a sweep metric
 
@@ -161,7 +161,7 @@ def _registry(recipe) -> dict:
 class _KeepRateAxis(SweepAxis):
     """Token reduction: (method, keep rate) points; ``--keep-rates`` and ``--methods``."""
 
-    flag = "--keep-rates"
+    argument = "keep_rates"
     example = "0.9,0.7,0.5"
     varied = {"key": "keep_rate", "label": "keep rate"}
 
@@ -170,7 +170,7 @@ class _KeepRateAxis(SweepAxis):
         names = methods or [recipe.reduction.method]
         for m in names:
             if m not in registry:
-                raise InputError(f"--methods: unknown method {m!r} for task {recipe.task}"
+                raise InputError(f"{option('methods')}: unknown method {m!r} for task {recipe.task}"
                                  + (f" ({path})" if methods else "") + f"; known: {', '.join(sorted(registry))}")
         return [Point(m, k) for m in names for k in keep_rates]
 
@@ -391,7 +391,7 @@ class VocabTrimAxis(SweepAxis):
 
     recipe_kind = "vocab-trim"
     report_kind = "vocab-trim"
-    flag = "--vocab-sizes"
+    argument = "vocab_sizes"
     example = "8000,12000,16000"
     varied = {"key": "target_vocab_size", "label": "trim.target_vocab_size"}
 
