@@ -206,3 +206,115 @@ def test_output_path_is_a_file(tmp_path, tiny_models):
     p = write(tmp_path, recipe(tiny_models["dinov2"]))
     assert_one_line_error(run_cli("convert", str(p), "--out", str(f), "--force"), str(f), "not a directory")
     assert f.read_text() == "mine"
+
+
+# ------------------------------------------------------------------- library messages name parameters, the CLI flags
+
+def test_library_names_the_parameter_cli_the_flag(tmp_path, tiny_models):
+    """One message, two renderings (tokexport.errors.option): the library's own message names the Python
+    parameter, what the CLI prints names the command's flag."""
+    from tokexport.errors import InputError
+    from tokexport.fanout import check_backend
+    from tokexport.sweep import parse_keep_rates
+
+    with pytest.raises(InputError) as e:
+        parse_keep_rates("2")
+    assert str(e.value).startswith("keep_rates: 2 is outside (0, 1]") and "--" not in str(e.value), str(e.value)
+    assert e.value.lines(cli=True) == ["--keep-rates: 2 is outside (0, 1]; a keep rate is the fraction of tokens kept"]
+    with pytest.raises(InputError) as e:
+        check_backend("ray", 2, None)
+    assert str(e.value).startswith("jobs: only for backend='local'; ") and "--" not in str(e.value), str(e.value)
+    p = write(tmp_path, recipe(tiny_models["dinov2"]))
+    out = tmp_path / "o"
+    res = run_cli("sweep", str(p), "--keep-rates", "2", "--out", str(out))
+    assert_one_line_error(res, "error: --keep-rates: 2 is outside (0, 1]")
+    assert "keep_rates" not in res.stderr
+    assert_nothing_written(out)
+
+
+# A flag inside a library's error message is the CLI's business (tokexport.errors.option names the parameter);
+# these name the flags of a command the message tells the user to run, not an argument of the raising function.
+FLAG_ADVICE = {
+    r"`tokexport models fetch \{\}( --force)?`": "zoo: advice to run the fetch command (its --force)",
+    r"\(--force replaces only folders tokexport fetched\)": "zoo: explains the fetch command's --force, beside "
+                                                            "the advice to run it",
+    r"--force-reinstall": "pip's flag, in the advice to reinstall a package",
+    r"pip install --no-deps ": "pip's flag, in the install command of a package",
+    r"`ray start --head`": "Ray's command to start a cluster",
+    r"`hf download \{\} --local-dir DIR`": "the Hugging Face CLI's command to download a model",
+}
+# its own argparse CLI, copied onto the device: its messages are that CLI's
+FLAG_EXEMPT_FILES = ("tokexport/device/verify_on_device.py",)
+_FLAG = r"(?<![\w-])--[A-Za-z]"
+
+
+def _error_names() -> set[str]:
+    import tokexport.errors as errors
+
+    return {n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, BaseException)}
+
+
+def flag_offenders(source: str) -> list[tuple[int, str]]:
+    """(line, text) of each string in a raised exception (``raise X(...)``) or an error built to be raised
+    (a call of a class named ``...Error`` or one of tokexport.errors') that names a command-line flag;
+    ``option(...)``'s own arguments and :data:`FLAG_ADVICE` excepted."""
+    import ast
+    import re
+
+    names = _error_names()
+
+    def callee(node) -> str:
+        f = node.func
+        return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+
+    def texts(node):
+        if isinstance(node, ast.Call) and callee(node) == "option":
+            return
+        if isinstance(node, ast.JoinedStr):
+            yield node.lineno, "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            return
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value
+            return
+        for child in ast.iter_child_nodes(node):
+            yield from texts(child)
+
+    roots = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            roots.append(node.exc)
+        elif isinstance(node, ast.Call) and (callee(node).endswith(("Error", "Errors")) or callee(node) in names):
+            roots.append(node)
+    found = set()
+    for root in roots:
+        for line, text in texts(root):
+            for allowed in FLAG_ADVICE:
+                text = re.sub(allowed, "", text)
+            if re.search(_FLAG, text):
+                found.add((line, text))
+    return sorted(found)
+
+
+def test_flag_check_finds_a_flag_in_a_library_error():
+    src = ('from tokexport.errors import InputError, option\n'
+           'def f(x, force):\n'
+           '    if x > 1:\n'
+           '        raise InputError(f"--keep-rates: {x} is outside (0, 1]")\n'
+           '    if not force:\n'
+           '        return InputError("exists; pass " + "--force to replace it")\n'
+           '    raise ValueError(f"{option(\'keep_rates\')}: {x}; pass {option(\'force\', \'force=True\', \'--force\')}; "\n'
+           '                     f"or run `tokexport models fetch {x} --force`, or `pip install --force-reinstall x`")\n')
+    assert [line for line, _ in flag_offenders(src)] == [4, 6], flag_offenders(src)
+
+
+def test_library_errors_name_no_flags():
+    """Outside tokexport/cli/, a raised message names the library's parameter (tokexport.errors.option),
+    never a command-line flag: the CLI adds the flag when it prints the error."""
+    root = Path(__file__).resolve().parent.parent
+    bad = []
+    for path in sorted((root / "tokexport").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("tokexport/cli/") or rel in FLAG_EXEMPT_FILES:
+            continue
+        bad += [f"{rel}:{line}: {text!r}" for line, text in flag_offenders(path.read_text(encoding="utf-8"))]
+    assert not bad, "library errors that name a command-line flag (use tokexport.errors.option):\n" + "\n".join(bad)
