@@ -17,7 +17,8 @@ from test_cli_bad_input import (
     write,
 )
 
-from tokexport.sweep import PLOT_DPI, PLOT_SIZE, pareto_front
+from tokexport.sweep import pareto_front
+from tokexport.sweep_render import PLOT_DPI, PLOT_SIZE
 
 RATES = [0.9, 0.6, 0.3]
 

@@ -12,7 +12,7 @@ Every point lands in the output directory atomically (``runs/<point>/``, renamed
 conversion is complete) with its record ``runs/<point>.json`` (status, exit code, error, host, recipe
 fingerprint); a failed point is recorded and the rest go on, and ``--resume`` keeps the points an earlier
 run completed with the same recipe. Then ``sweep.json``, ``pareto.png`` and a self-contained ``sweep.html``
-(table + the plot embedded) are written (each atomically). A new output is filled in place (so an
+(table + the plot embedded; both drawn by :mod:`tokexport.sweep_render`) are written (each atomically). A new output is filled in place (so an
 interrupted sweep can be resumed); ``--force`` over an existing output builds the new one in a staging
 sibling and swaps it in when complete (:mod:`tokexport.outdir`).
 
@@ -26,9 +26,7 @@ points converted on different machines stay comparable.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import json
 import os
 import tempfile
@@ -41,12 +39,9 @@ from .errors import InputError, ParityError, option
 from .files import read_json
 from .outdir import check_out_dir, claim_out_dir, read_marker, write_file_atomic, write_marker
 from .recipe import Recipe, load_recipe
-from .report import fmt_value
 from .stages import metric as MC
+from .sweep_render import plot, render_html, render_index
 from .tasks.axes import ALL_METRICS, Point, axis_for, axis_of_report  # noqa: F401  (ALL_METRICS: for the CLI)
-
-PLOT_SIZE = (8.0, 5.0)  # inches; at PLOT_DPI the PNG is 800 x 500 pixels
-PLOT_DPI = 100
 
 
 def task_metrics(recipe, base_dir: Path) -> tuple[tuple[str, ...], str]:
@@ -153,97 +148,6 @@ def _oriented(summary: dict, values: list[float]) -> list[float]:
     return [-v for v in values] if summary.get("metric_better") == "lower" else list(values)
 
 
-def plot(summary: dict, path: Path) -> None:
-    """pareto.png: accuracy metric vs the x axis, one series per method, the Pareto front marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts, xkey = [p for p in summary["points"] if p.get("status", "done") == "done"], summary["x"]["key"]
-    vkey = summary["varied"]["key"]
-    fig, ax = plt.subplots(figsize=PLOT_SIZE, dpi=PLOT_DPI)
-    if not pts:
-        ax.text(0.5, 0.5, f"no point converted ({len(summary['points'])} failed: see sweep.json)", ha="center",
-                va="center", transform=ax.transAxes)
-        ax.set_title(f"{summary['recipe']['name']}: no results", fontsize=10)
-        fig.savefig(path, dpi=PLOT_DPI)
-        plt.close(fig)
-        return
-    for method in dict.fromkeys(p["method"] for p in pts):
-        ser = sorted((p for p in pts if p["method"] == method), key=lambda p: p[xkey])
-        ax.plot([p[xkey] for p in ser], [p["metric"] for p in ser], "o-", label=method)
-        for p in ser:
-            ax.annotate(f"{p[vkey]:g}", (p[xkey], p["metric"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8)
-    front = sorted((p for p in pts if p["pareto"]), key=lambda p: p[xkey])
-    ax.plot([p[xkey] for p in front], [p["metric"] for p in front], "--", color="black", lw=1, zorder=1)
-    ax.scatter([p[xkey] for p in front], [p["metric"] for p in front], s=160, facecolors="none",
-               edgecolors="black", linewidths=1.5, label="Pareto front", zorder=3)
-    orig = summary["original"]
-    ax.scatter([1.0], [orig["metric"]], marker="*", s=180, color="gold", edgecolors="black", zorder=4,
-               label="original (no reduction)")
-    ax.set_xlabel(summary["x"]["label"])
-    lower = summary.get("metric_better") == "lower"
-    ax.set_ylabel(f"{summary['metric']} (reduced{'; lower is better' if lower else ''})")
-    ax.set_title(f"{summary['recipe']['name']}: {summary['metric']} vs {summary['x_short']}"
-                 f"\n(point labels: {summary['varied']['label']})", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
-
-
-def _columns(summary: dict) -> list[tuple[str, object]]:
-    """(header, cell of a point) of the HTML table; the task's own columns come from its axis."""
-    def fmt(v, d=4):
-        return html.escape("→".join(map(str, v)) if isinstance(v, list) else fmt_value(v, d))
-
-    cols: list[tuple[str, object]] = [("method", lambda p: fmt(p["method"]))]
-    cols += axis_of_report(summary["task_kind"]).html_columns(summary, fmt)
-    cols += [(f"{summary['metric']} (original → reduced)", lambda p: f"{p['metric_original']:.4f} → {p['metric']:.4f}"),
-             ("drop", lambda p: f"{p['metric_drop']:+.4f}"),
-             ("parity max abs", lambda p: f"{p['parity_max_abs_diff']:.1e}"),
-             ("report", lambda p: f'<a href="{html.escape(p["run_dir"])}/report.md">{fmt(p["passed"])}</a>'),
-             ("Pareto", lambda p: "★" if p["pareto"] else "")]
-    return cols
-
-
-def render_html(summary: dict, png: bytes) -> str:
-    """Self-contained page: the table of every point and the plot as a data URI."""
-    cols = _columns(summary)
-    done = [p for p in summary["points"] if p.get("status", "done") == "done"]
-    rows = ["<tr>" + "".join(f"<td>{cell(p)}</td>" for _, cell in cols) + "</tr>" for p in done]
-    failed = [p for p in summary["points"] if p.get("status", "done") != "done"]
-    vkey = summary["varied"]["key"]
-    failed_table = "" if not failed else (
-        "<h2>Failed points</h2><table><thead><tr><th>method</th><th>" + html.escape(summary["varied"]["label"])
-        + "</th><th>exit code</th><th>error</th></tr></thead><tbody>"
-        + "".join(f"<tr><td>{html.escape(str(p['method']))}</td><td>{html.escape(fmt_value(p[vkey]))}</td>"
-                  f"<td>{p['exit_code']}</td><td style=\"text-align:left\">{html.escape(str(p['error']))}</td></tr>"
-                  for p in failed) + "</tbody></table>")
-    img = base64.b64encode(png).decode("ascii")
-    title = html.escape(f"tokexport sweep — {summary['recipe']['name']}")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#eee}}</style></head>
-<body><h1>{title}</h1>
-<p>{html.escape(summary["description"])}</p>
-<img alt="{html.escape(summary['metric'])} vs {html.escape(summary['x_short'])}" src="data:image/png;base64,{img}">
-<table><thead><tr>{"".join(f"<th>{html.escape(h)}</th>" for h, _ in cols)}</tr></thead>
-<tbody>{"".join(rows)}</tbody></table>
-{failed_table}
-<p>{f'Original model: {html.escape(summary["metric"])} = {summary["original"]["metric"]:.4f}.'
-    if summary["original"]["metric"] is not None else ""}
-{html.escape(summary["accuracy_description"])}</p>
-<p>{html.escape(summary.get("timing", ""))}</p>
-<script type="application/json" id="sweep-data">{html.escape(json.dumps(summary["points"]), quote=False)}</script>
-</body></html>
-"""
-
-
 TIMING_NOTE = ("Timing figures are ratios measured inside one task: baseline.onnx and model.onnx are timed "
                "interleaved in the same process on the same node, so points run on different workers or machines "
                "stay comparable; absolute latencies are not compared across points.")
@@ -255,10 +159,10 @@ def _failed_row(point: Point, rec: dict) -> dict:
             "resumed": bool(rec.get("resumed"))}
 
 
-def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: list[dict], metric: str,
-              backend: dict, threads: int | None, root: Path) -> dict:
-    """sweep.json of one recipe: a row per point (done: its figures from its report; failed: error and exit
-    code), the Pareto front over the done points and the original model."""
+def _point_rows(recipe: Recipe, points: list[Point], records: list[dict], metric: str, root: Path):
+    """(a row per point: a done one with the figures of its report, a failed one with its error and exit code;
+    the first done point's report, None when none converted; the task's axis; the bench batch the speed-up
+    is read at)."""
     rows, reports = [], []
     for p, rec in zip(points, records):
         if rec.get("status") != "done":
@@ -271,7 +175,6 @@ def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: l
     done_idx = [i for i, r in enumerate(rows) if r is None]
     first = reports[0] if reports else None
     ax = axis_of_report(first["kind"]) if first else axis_for(recipe)
-    kind = ax.report_kind
     batches = ((first or {}).get("bench") or {}).get("batches") or {}
     batch = str(max(int(b) for b in batches)) if batches else None
     for i, rep in zip(done_idx, reports):
@@ -279,6 +182,15 @@ def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: l
         row = _row(points[i], rep, metric, batch, f"runs/{points[i].label}", rec["exit_code"])
         row.update(status="done", host=rec.get("host"), seconds=rec.get("seconds"), resumed=bool(rec.get("resumed")))
         rows[i] = row
+    return rows, first, ax, batch
+
+
+def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: list[dict], metric: str,
+              backend: dict, threads: int | None, root: Path) -> dict:
+    """sweep.json of one recipe: a row per point (done: its figures from its report; failed: error and exit
+    code), the Pareto front over the done points and the original model."""
+    rows, first, ax, batch = _point_rows(recipe, points, records, metric, root)
+    kind = ax.report_kind
     done = [r for r in rows if r["status"] == "done"]
     x, varied, what = ax.axis(done, batch)
     x_short = x.pop("short", "speed-up")
@@ -555,30 +467,6 @@ def _write_index(items: list[_Recipe], summaries: list[dict], desc: dict, root: 
     _write_atomic(root / "index.json", json.dumps(index, indent=2) + "\n")
     _write_atomic(root / "index.html", render_index(index, summaries, root))
     return index
-
-
-def render_index(index: dict, summaries: list[dict], root: Path) -> str:
-    """The matrix sweep's page: every recipe's Pareto plot (embedded) with a link to its own sweep.html."""
-    parts = []
-    for entry, s in zip(index["recipes"], summaries):
-        png = base64.b64encode((root / entry["dir"] / "pareto.png").read_bytes()).decode("ascii")
-        sub = html.escape(entry["dir"])
-        failed = f", {s['failed']} failed" if s["failed"] else ""
-        parts.append(f"""<section><h2><a href="{sub}/sweep.html">{html.escape(s['recipe_path'])}</a></h2>
-<p>{html.escape(s['task_kind'])}: {len(s['points'])} points over {html.escape(s['varied']['label'])}{failed};
-{html.escape(s['metric'])} vs {html.escape(s['x_short'])}.</p>
-<img alt="{html.escape(s['metric'])} vs {html.escape(s['x_short'])} ({sub})" src="data:image/png;base64,{png}">
-</section>""")
-    b = index["backend"]
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>tokexport sweep — {len(summaries)} recipes</title>
-<style>body{{font-family:sans-serif;margin:2em}}section{{margin-bottom:2em}}</style></head>
-<body><h1>tokexport sweep — {len(summaries)} recipes</h1>
-<p>Backend: {html.escape(b['name'])}, {b['parallel']} conversion(s) at a time. {html.escape(index['timing'])}</p>
-{"".join(parts)}
-<script type="application/json" id="sweep-index">{html.escape(json.dumps(index["recipes"]), quote=False)}</script>
-</body></html>
-"""
 
 
 def exit_code(summary: dict) -> int:
