@@ -11,15 +11,6 @@ _Address = Annotated[str | None, typer.Option(
     "--address", help="Ray cluster address (default: RAY_ADDRESS, else a Ray instance started here).")]
 
 
-def _fmt(v) -> str:
-    from ..report import fmt_value
-
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}"
-    small_or_huge = isinstance(v, float) and (abs(v) < 1e-3 or abs(v) >= 1e4)
-    return fmt_value(v, float_format=".4g" if small_or_huge else None)
-
-
 def _overrides(pairs: list[str]) -> dict:
     """``--set key=value`` pairs; values parsed as YAML scalars (numbers, booleans)."""
     import yaml
@@ -154,25 +145,36 @@ def _register_report_merge(app: typer.Typer) -> None:
                + (f" {rt['provider']}" if rt.get("provider") else "") + f", {'PASS' if d['passed'] else 'FAIL'})")
 
 
+# check's arguments and options
+_CheckReport = Annotated[Path, typer.Argument(help="report.json to gate (written by `tokexport convert`), or the "
+                                                   "device_results.json a bundle's verify_on_device.py wrote.")]
+_Baseline = Annotated[Path, typer.Option("--baseline", "-b", help="Baseline report.json to compare against.")]
+_Tolerances = Annotated[Path | None, typer.Option("--tolerances", "-t", help="Tolerance YAML (docs/ci.md).")]
+_AccuracyAbs = Annotated[float | None,
+                         typer.Option("--accuracy-abs", help="Allowed drop of every accuracy metric.")]
+_SpeedupFactor = Annotated[float | None, typer.Option(
+    "--speedup-factor", help="Speed-ups may fall to this factor of the baseline's.")]
+_Set = Annotated[list[str] | None, typer.Option(
+    "--set", help="Any tolerance, dotted: metrics.instance_top1.abs=0.03 (repeatable).")]
+_FailMissing = Annotated[bool | None, typer.Option(
+    "--fail-missing/--allow-missing",
+    help="A baseline figure missing from the report fails (default) / is only listed as MISSING.")]
+_AllowKindChange = Annotated[bool, typer.Option(
+    "--allow-kind-change",
+    help="Compare a report of another kind, model or task than the baseline (exit 7 otherwise).")]
+_Json = Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")]
+
+
 def check(
-    report: Annotated[Path, typer.Argument(help="report.json to gate (written by `tokexport convert`), or the "
-                                                "device_results.json a bundle's verify_on_device.py wrote.")],
-    baseline: Annotated[Path, typer.Option("--baseline", "-b", help="Baseline report.json to compare against.")],
-    tolerances: Annotated[Path | None,
-        typer.Option("--tolerances", "-t", help="Tolerance YAML (docs/ci.md).")] = None,
-    accuracy_abs: Annotated[float | None,
-        typer.Option("--accuracy-abs", help="Allowed drop of every accuracy metric.")] = None,
-    speedup_factor: Annotated[float | None,
-        typer.Option("--speedup-factor", help="Speed-ups may fall to this factor of the baseline's.")] = None,
-    set_: Annotated[list[str] | None,
-        typer.Option("--set", help="Any tolerance, dotted: metrics.instance_top1.abs=0.03 (repeatable).")] = None,
-    fail_missing: Annotated[bool | None, typer.Option(
-        "--fail-missing/--allow-missing",
-        help="A baseline figure missing from the report fails (default) / is only listed as MISSING.")] = None,
-    allow_kind_change: Annotated[bool, typer.Option(
-        "--allow-kind-change",
-        help="Compare a report of another kind, model or task than the baseline (exit 7 otherwise).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    report: _CheckReport,
+    baseline: _Baseline,
+    tolerances: _Tolerances = None,
+    accuracy_abs: _AccuracyAbs = None,
+    speedup_factor: _SpeedupFactor = None,
+    set_: _Set = None,
+    fail_missing: _FailMissing = None,
+    allow_kind_change: _AllowKindChange = False,
+    as_json: _Json = False,
 ) -> None:
     """Compare REPORT with a baseline report, figure by figure; exit 6 on regression or a missing figure, 7 on
     an unreadable report (non-finite or mistyped figures, another kind or model, nothing comparable). Given a
@@ -181,12 +183,10 @@ def check(
     import json
     import sys
 
-    from rich.table import Table
-
     from ..check import check as run_check
     from ..check import load_tolerances
     from ..errors import RegressionError, TokexportError
-    from .ui import err_console, fail, out_console
+    from .ui import err_console, fail, print_check
 
     try:
         over = _overrides(set_ or [])
@@ -203,21 +203,7 @@ def check(
     if as_json:
         sys.stdout.write(json.dumps(result.as_dict(), indent=2) + "\n")
     else:
-        t = Table(title=f"{report} vs {baseline}", show_edge=False)
-        t.add_column("figure", no_wrap=True)
-        for h in ("baseline", "report", "rule", ""):
-            t.add_column(h)
-        style = {"PASS": "green", "FAIL": "bold red", "MISSING": "yellow"}
-        for r in result.rows:
-            t.add_row(r.name, _fmt(r.baseline), _fmt(r.current), r.rule, f"[{style[r.status]}]{r.status}[/]")
-        out_console.print(t)
-        for note in result.notes:
-            out_console.print(f"note: {note}", highlight=False)
-        n_cmp = sum(r.baseline is not None and r.current is not None for r in result.rows)
-        gone = sum(r.current is None for r in result.rows)
-        extra = sum(r.baseline is None for r in result.rows)
-        out_console.print(f"{n_cmp} figures compared, {len(result.failed)} failed, {gone} missing from the report"
-                          + (f", {extra} not in the baseline" if extra else ""), highlight=False)
+        print_check(result, f"{report} vs {baseline}")
     if result.failed:
         worse = [r.name for r in result.failed if r.current is not None]
         gone = [r.name for r in result.failed if r.current is None]
@@ -227,45 +213,54 @@ def check(
         raise typer.Exit(RegressionError.exit_code)
 
 
+# sweep's arguments and options
+_Recipes = Annotated[list[Path], typer.Argument(
+    metavar="RECIPE", help="Recipe YAML file(s); several make a matrix sweep (each takes the axis its task supports).")]
+_KeepRates = Annotated[str | None, typer.Option(
+    "--keep-rates", "-k", help="ViT and visual-token recipes: comma-separated keep rates, e.g. 0.9,0.7,0.5,0.3.")]
+_VocabSizes = Annotated[str | None, typer.Option(
+    "--vocab-sizes", help="Vocab-trim recipes: comma-separated trim.target_vocab_size values, e.g. 8000,12000,16000.")]
+_Methods = Annotated[str | None, typer.Option(
+    "--methods", "-m", help="Methods, comma-separated (default: the recipe's); any method of the recipe's task "
+                          "(docs/methods/; an unknown name lists the known ones).")]
+_Jobs = Annotated[str, typer.Option("--jobs", "-j", metavar="N",
+                                    help="Local backend: conversions run in parallel processes (1 to cores × 4).")]
+_SweepBackend = Annotated[str, typer.Option("--backend", help="local (this machine) or ray (one Ray task per "
+                                                              "conversion; needs the ray extra, docs/ray.md).")]
+_SweepCpusPerJob = Annotated[str | None, typer.Option(
+    "--cpus-per-job", metavar="N", help="CPUs reserved per conversion, also its torch and bench threads "
+                                       "(default: 1 on Ray, cores ÷ jobs locally).")]
+_Resume = Annotated[bool, typer.Option("--resume", help="Continue a sweep into the same --out: points already "
+                                                        "complete (same recipe) are kept, the rest run.")]
+_SweepMetric = Annotated[str | None, typer.Option(
+    "--metric", help="Accuracy metric plotted (default: instance_top1; vocab: heldout_embedding_cosine for "
+                     "encoders, next_token_top1_agreement for decoders).")]
+_SweepOut = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-sweep; "
+                                                                    "several recipes: out/sweep-matrix).")]
+# sweep's and search's
+_Force = Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")]
+
+
 def sweep(
-    recipes: Annotated[list[Path], typer.Argument(
-        metavar="RECIPE", help="Recipe YAML file(s); several make a matrix sweep (each takes the axis its task supports).")],
-    keep_rates: Annotated[str | None, typer.Option(
-        "--keep-rates", "-k",
-        help="ViT and visual-token recipes: comma-separated keep rates, e.g. 0.9,0.7,0.5,0.3.")] = None,
-    vocab_sizes: Annotated[str | None, typer.Option(
-        "--vocab-sizes",
-        help="Vocab-trim recipes: comma-separated trim.target_vocab_size values, e.g. 8000,12000,16000.")] = None,
-    methods: Annotated[str | None, typer.Option(
-        "--methods", "-m", help="Methods, comma-separated (default: the recipe's); any method of the recipe's task "
-                              "(docs/methods/; an unknown name lists the known ones).")
-    ] = None,
-    jobs: Annotated[str, typer.Option("--jobs", "-j", metavar="N",
-                                      help="Local backend: conversions run in parallel processes (1 to cores × 4).")
-                    ] = "1",
-    backend: Annotated[str, typer.Option("--backend", help="local (this machine) or ray (one Ray task per "
-                                                           "conversion; needs the ray extra, docs/ray.md).")
-                       ] = "local",
+    recipes: _Recipes,
+    keep_rates: _KeepRates = None,
+    vocab_sizes: _VocabSizes = None,
+    methods: _Methods = None,
+    jobs: _Jobs = "1",
+    backend: _SweepBackend = "local",
     address: _Address = None,
-    cpus_per_job: Annotated[str | None, typer.Option(
-        "--cpus-per-job", metavar="N", help="CPUs reserved per conversion, also its torch and bench threads "
-                                           "(default: 1 on Ray, cores ÷ jobs locally).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a sweep into the same --out: points already "
-                                                          "complete (same recipe) are kept, the rest run.")] = False,
-    metric: Annotated[str | None, typer.Option(
-        "--metric", help="Accuracy metric plotted (default: instance_top1; vocab: heldout_embedding_cosine for "
-                         "encoders, next_token_top1_agreement for decoders).")] = None,
-    out: Annotated[Path | None,
-        typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-sweep; several recipes: "
-                                         "out/sweep-matrix).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    cpus_per_job: _SweepCpusPerJob = None,
+    resume: _Resume = False,
+    metric: _SweepMetric = None,
+    out: _SweepOut = None,
+    force: _Force = False,
 ) -> None:
     """Convert at every keep rate (× method), or every vocabulary size; write sweep.json, sweep.html and
     pareto.png (several recipes: one folder each plus index.html)."""
     from ..errors import TokexportError
     from ..sweep import ALL_METRICS, exit_code, parse_keep_rates, parse_vocab_sizes
     from ..sweep import sweep as run_sweep
-    from .ui import err_console, fail
+    from .ui import err_console, fail, print_sweep
 
     try:
         rates = ([_finite_in(r, "--keep-rates", f"{r}", 0.0, 1.0, lo_open=True) for r in parse_keep_rates(keep_rates)]
@@ -287,37 +282,48 @@ def sweep(
                                          backend=backend, address=address, cpus_per_job=n_cpus, resume=resume)
     except TokexportError as e:
         fail(e)
-    _print_sweep(summary, out_dir)
+    print_sweep(summary, out_dir)
     raise typer.Exit(exit_code(summary))
 
 
+# search's arguments and options
+_Recipe = Annotated[Path, typer.Argument(help="Recipe YAML file (model, method, eval set, thresholds).")]
+_MaxDrop = Annotated[str, typer.Option(
+    "--max-drop", help="Accuracy budget: metric units (0.02) or percentage points (2pp).")]
+_SearchMetric = Annotated[str | None, typer.Option(
+    "--metric", help="Metric whose drop the budget bounds (default: instance_top1; vocab: "
+                     "heldout_embedding_cosine for encoders, next_token_top1_agreement for decoders).")]
+_Layers = Annotated[str | None, typer.Option("--layers", help="Blocks the search may prune after, e.g. 2,5,8 "
+                                                              "(default: the recipe's prune_layers).")]
+_Step = Annotated[str | None, typer.Option("--step", metavar="N", help="Grid step, >= 1: ViT tokens (default "
+                                                                       "tokens/32); visual K or vocab size "
+                                                                       "(default 1).")]
+_MaxEvals = Annotated[str | None, typer.Option(
+    "--max-evals", metavar="N", help="Visual-token and vocab searches: conversions at most, >= 2, the "
+                                     "recipe's own value included (default 12).")]
+_Reference = Annotated[bool, typer.Option("--reference/--no-reference",
+                                          help="Also run the pipeline on the recipe's own schedule.")]
+_SearchBackend = Annotated[str, typer.Option("--backend", help="local, or ray: each round's candidates evaluated in "
+                                                               "parallel, each conversion a Ray task (same pick).")]
+_SearchCpusPerJob = Annotated[str | None, typer.Option(
+    "--cpus-per-job", metavar="N", help="Ray: CPUs reserved per conversion or evaluator, also its torch and "
+                                       "bench threads (default 1).")]
+_SearchOut = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-search).")]
+
+
 def search(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (model, method, eval set, thresholds).")],
-    max_drop: Annotated[str,
-        typer.Option("--max-drop", help="Accuracy budget: metric units (0.02) or percentage points (2pp).")],
-    metric: Annotated[str | None, typer.Option(
-        "--metric", help="Metric whose drop the budget bounds (default: instance_top1; vocab: "
-                         "heldout_embedding_cosine for encoders, next_token_top1_agreement for decoders).")] = None,
-    layers: Annotated[str | None, typer.Option("--layers", help="Blocks the search may prune after, e.g. 2,5,8 "
-                                         "(default: the recipe's prune_layers).")] = None,
-    step: Annotated[str | None,
-        typer.Option("--step", metavar="N", help="Grid step, >= 1: ViT tokens (default tokens/32); visual K or "
-                                                 "vocab size (default 1).")] = None,
-    max_evals: Annotated[str | None, typer.Option(
-        "--max-evals", metavar="N", help="Visual-token and vocab searches: conversions at most, >= 2, the "
-                                         "recipe's own value included (default 12).")] = None,
-    reference: Annotated[bool, typer.Option("--reference/--no-reference",
-                                   help="Also run the pipeline on the recipe's own schedule.")] = True,
-    backend: Annotated[str, typer.Option("--backend", help="local, or ray: each round's candidates evaluated in "
-                                                           "parallel, each conversion a Ray task (same pick).")
-                       ] = "local",
+    recipe: _Recipe,
+    max_drop: _MaxDrop,
+    metric: _SearchMetric = None,
+    layers: _Layers = None,
+    step: _Step = None,
+    max_evals: _MaxEvals = None,
+    reference: _Reference = True,
+    backend: _SearchBackend = "local",
     address: _Address = None,
-    cpus_per_job: Annotated[str | None, typer.Option(
-        "--cpus-per-job", metavar="N", help="Ray: CPUs reserved per conversion or evaluator, also its torch and "
-                                           "bench threads (default 1).")] = None,
-    out: Annotated[Path | None,
-        typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-search).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    cpus_per_job: _SearchCpusPerJob = None,
+    out: _SearchOut = None,
+    force: _Force = False,
 ) -> None:
     """Within an accuracy budget: the fewest-FLOPs ViT schedule (greedy, layer-wise), the smallest visual-token K
     or the smallest vocabulary (bisection over full conversions); its recipe and report."""
@@ -333,7 +339,7 @@ def search(
     from ..search import parse_budget
     from ..search import search as run_search
     from ..sweep import ALL_METRICS
-    from .ui import RichStages, err_console, fail
+    from .ui import RichStages, err_console, fail, print_search
 
     try:
         budget = _finite_in(parse_budget(max_drop), "--max-drop", max_drop, 0.0, 1.0, lo_open=False)
@@ -353,82 +359,8 @@ def search(
                                           cpus_per_job=n_cpus)
     except TokexportError as e:
         fail(e)
-    if "knob" in summary:  # visual tokens (K) or vocab (target vocabulary size)
-        _print_knob_search(summary, out_dir)
-    else:
-        _print_schedule_search(summary, out_dir)
+    print_search(summary, out_dir)
     raise typer.Exit(summary["winner_exit_code"])
-
-
-def _print_sweep(summary: dict, out_dir: Path) -> None:
-    """Each recipe's table of converted points, its failed points, and what was written."""
-    from rich.table import Table
-
-    from ..tasks.axes import axis_of_report
-    from .ui import out_console
-
-    for s in summary.get("sweeps") or [summary]:
-        kind = s["task_kind"]
-        done_pts = [p for p in s["points"] if p["status"] == "done"]
-        cols = axis_of_report(kind).cli_columns(s) + [
-            (f"{s['metric']}", lambda p: f"{p['metric']:.4f}"), ("drop", lambda p: f"{p['metric_drop']:+.4f}"),
-            ("report", lambda p: p["passed"]), ("Pareto", lambda p: "★" if p["pareto"] else "")]
-        t = Table(*(h for h, _ in cols), show_edge=False, title=s["recipe_path"] if "sweeps" in summary else None)
-        for p in done_pts:
-            t.add_row(*((c if isinstance(c := cell(p), str) else _fmt(c)) for _, cell in cols))
-        out_console.print(t)
-        vkey = s["varied"]["key"]
-        for p in s["points"]:
-            if p["status"] != "done":
-                out_console.print(f"failed: {p['method']} {s['varied']['label']} {p[vkey]:g}: exit {p['exit_code']}: "
-                                  f"{p['error']}", highlight=False, soft_wrap=True)
-        if s["resumed"]:
-            out_console.print(f"{s['resumed']} point(s) kept from the earlier run (--resume)", highlight=False)
-    if "sweeps" in summary:
-        out_console.print(f"wrote {out_dir}/index.html, index.json and, per recipe, "
-                          + ", ".join(f"{e['dir']}/" for e in summary["recipes"])
-                          + " (sweep.json, sweep.html, pareto.png, runs/)", highlight=False)
-    else:
-        out_console.print(f"wrote {out_dir}/sweep.json, sweep.html, pareto.png, runs/", highlight=False)
-    out_console.print(f"note: {summary.get('timing', '')}".rstrip(), highlight=False)
-
-
-def _print_knob_search(summary: dict, out_dir: Path) -> None:
-    """The recipe's own value and the searched one, how the bisection ended, the verdict, what was written."""
-    from .ui import out_console
-
-    metric = summary["metric"]
-    for label, e in (("recipe's own", summary["reference"]), ("searched", summary["winner"])):
-        sp = ", ".join(f"b{b} {v:.3f}×" for b, v in e["speedups"].items())
-        out_console.print(f"{label:>16}: {summary['knob']} {e['value']} → {metric} drop {e['drop']:+.4f}"
-                          f" ({'within budget' if e['feasible'] else 'over budget or a threshold failed'})"
-                          + (f"; measured speed-up {sp}" if sp else ""), highlight=False)
-    out_console.print(f"evaluated {summary['evaluations']} candidates (at most {summary['max_evals']}), "
-                      f"{'converged' if summary['converged'] else 'stopped by --max-evals'}", highlight=False)
-    out_console.print(f"verdict: {summary['verdict']}", highlight=False)
-    out_console.print(f"wrote {out_dir}/{summary['winner_recipe']}, search.json, winner/"
-                      + (", reference/" if summary["measured"]["reference"] else ""), highlight=False)
-
-
-def _print_schedule_search(summary: dict, out_dir: Path) -> None:
-    """The recipe's schedule and the searched one (PyTorch), both measured on model.onnx, the verdict, what
-    was written."""
-    from .ui import out_console
-
-    metric = summary["metric"]
-    w, r = summary["winner"], summary["reference"]
-    for label, e in (("recipe schedule", r), ("searched", w)):
-        out_console.print(f"{label:>16}: after blocks {e['prune_layers']} keep {e['keep']} → "
-                          f"FLOPs ×{e['flops_ratio']:.3f}, "
-                          f"{metric} drop {e['drop']:+.4f} (PyTorch)", highlight=False)
-    for label, m in summary["measured"].items():
-        if m:
-            sp = ", ".join(f"b{b} {v:.3f}×" for b, v in m["speedups"].items())
-            out_console.print(f"{label:>16}: model.onnx {metric} drop {m['drop']:+.4f}; measured speed-up {sp}",
-                              highlight=False)
-    out_console.print(f"verdict: {summary['verdict']}", highlight=False)
-    out_console.print(f"wrote {out_dir}/{summary['winner_recipe']}, search.json, winner/"
-                      + (", reference/" if summary["measured"]["reference"] else ""), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """Command-line plumbing shared by every command module: consoles, the one-line error exit, the rich
-progress implementation of the pipeline's stage hooks, logging set-up, the version line, and where
-the shipped recipes live.
+progress implementation of the pipeline's stage hooks, logging set-up, the version line, where
+the shipped recipes live, and the result tables of convert, check, sweep and search.
 
 Cheap to import on purpose (typer, rich's console, the standard library): ``--help``, ``--version``
 and bad-input errors must come back without loading torch, transformers, onnx or optimum, so nothing
@@ -364,3 +364,113 @@ def console_summary(report: dict, task_lines: Sequence[str] = ()):
     parts.append(Text("PASS", style="bold green") if report["passed"]
                  else Text("FAIL: " + "; ".join(report["failures"]), style="bold red"))
     return Group(*parts)
+
+
+# ------------------------------------------------------------------ the result tables of check, sweep, search
+
+
+def fmt_figure(v) -> str:
+    """A figure as the check and sweep tables show it: integers with thousands separators, very small or
+    very large floats in 4 significant digits."""
+    from ..report import fmt_value
+
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    small_or_huge = isinstance(v, float) and (abs(v) < 1e-3 or abs(v) >= 1e4)
+    return fmt_value(v, float_format=".4g" if small_or_huge else None)
+
+
+def print_check(result, title: str) -> None:
+    """`check`'s table, figure by figure, its notes and the count line (stdout)."""
+    from rich.table import Table
+
+    t = Table(title=title, show_edge=False)
+    t.add_column("figure", no_wrap=True)
+    for h in ("baseline", "report", "rule", ""):
+        t.add_column(h)
+    style = {"PASS": "green", "FAIL": "bold red", "MISSING": "yellow"}
+    for r in result.rows:
+        t.add_row(r.name, fmt_figure(r.baseline), fmt_figure(r.current), r.rule, f"[{style[r.status]}]{r.status}[/]")
+    out_console.print(t)
+    for note in result.notes:
+        out_console.print(f"note: {note}", highlight=False)
+    n_cmp = sum(r.baseline is not None and r.current is not None for r in result.rows)
+    gone = sum(r.current is None for r in result.rows)
+    extra = sum(r.baseline is None for r in result.rows)
+    out_console.print(f"{n_cmp} figures compared, {len(result.failed)} failed, {gone} missing from the report"
+                      + (f", {extra} not in the baseline" if extra else ""), highlight=False)
+
+
+def print_sweep(summary: dict, out_dir: Path) -> None:
+    """Each recipe's table of converted points, its failed points, and what was written."""
+    from rich.table import Table
+
+    from ..tasks.axes import axis_of_report
+
+    for s in summary.get("sweeps") or [summary]:
+        kind = s["task_kind"]
+        done_pts = [p for p in s["points"] if p["status"] == "done"]
+        cols = axis_of_report(kind).cli_columns(s) + [
+            (f"{s['metric']}", lambda p: f"{p['metric']:.4f}"), ("drop", lambda p: f"{p['metric_drop']:+.4f}"),
+            ("report", lambda p: p["passed"]), ("Pareto", lambda p: "★" if p["pareto"] else "")]
+        t = Table(*(h for h, _ in cols), show_edge=False, title=s["recipe_path"] if "sweeps" in summary else None)
+        for p in done_pts:
+            t.add_row(*((c if isinstance(c := cell(p), str) else fmt_figure(c)) for _, cell in cols))
+        out_console.print(t)
+        vkey = s["varied"]["key"]
+        for p in s["points"]:
+            if p["status"] != "done":
+                out_console.print(f"failed: {p['method']} {s['varied']['label']} {p[vkey]:g}: exit {p['exit_code']}: "
+                                  f"{p['error']}", highlight=False, soft_wrap=True)
+        if s["resumed"]:
+            out_console.print(f"{s['resumed']} point(s) kept from the earlier run (--resume)", highlight=False)
+    if "sweeps" in summary:
+        out_console.print(f"wrote {out_dir}/index.html, index.json and, per recipe, "
+                          + ", ".join(f"{e['dir']}/" for e in summary["recipes"])
+                          + " (sweep.json, sweep.html, pareto.png, runs/)", highlight=False)
+    else:
+        out_console.print(f"wrote {out_dir}/sweep.json, sweep.html, pareto.png, runs/", highlight=False)
+    out_console.print(f"note: {summary.get('timing', '')}".rstrip(), highlight=False)
+
+
+def _print_knob_search(summary: dict, out_dir: Path) -> None:
+    """The recipe's own value and the searched one, how the bisection ended, the verdict, what was written."""
+    metric = summary["metric"]
+    for label, e in (("recipe's own", summary["reference"]), ("searched", summary["winner"])):
+        sp = ", ".join(f"b{b} {v:.3f}×" for b, v in e["speedups"].items())
+        out_console.print(f"{label:>16}: {summary['knob']} {e['value']} → {metric} drop {e['drop']:+.4f}"
+                          f" ({'within budget' if e['feasible'] else 'over budget or a threshold failed'})"
+                          + (f"; measured speed-up {sp}" if sp else ""), highlight=False)
+    out_console.print(f"evaluated {summary['evaluations']} candidates (at most {summary['max_evals']}), "
+                      f"{'converged' if summary['converged'] else 'stopped by --max-evals'}", highlight=False)
+    out_console.print(f"verdict: {summary['verdict']}", highlight=False)
+    out_console.print(f"wrote {out_dir}/{summary['winner_recipe']}, search.json, winner/"
+                      + (", reference/" if summary["measured"]["reference"] else ""), highlight=False)
+
+
+def _print_schedule_search(summary: dict, out_dir: Path) -> None:
+    """The recipe's schedule and the searched one (PyTorch), both measured on model.onnx, the verdict, what
+    was written."""
+    metric = summary["metric"]
+    w, r = summary["winner"], summary["reference"]
+    for label, e in (("recipe schedule", r), ("searched", w)):
+        out_console.print(f"{label:>16}: after blocks {e['prune_layers']} keep {e['keep']} → "
+                          f"FLOPs ×{e['flops_ratio']:.3f}, "
+                          f"{metric} drop {e['drop']:+.4f} (PyTorch)", highlight=False)
+    for label, m in summary["measured"].items():
+        if m:
+            sp = ", ".join(f"b{b} {v:.3f}×" for b, v in m["speedups"].items())
+            out_console.print(f"{label:>16}: model.onnx {metric} drop {m['drop']:+.4f}; measured speed-up {sp}",
+                              highlight=False)
+    out_console.print(f"verdict: {summary['verdict']}", highlight=False)
+    out_console.print(f"wrote {out_dir}/{summary['winner_recipe']}, search.json, winner/"
+                      + (", reference/" if summary["measured"]["reference"] else ""), highlight=False)
+
+
+def print_search(summary: dict, out_dir: Path) -> None:
+    """`search`'s result: a visual-token or vocab search (a knob: K, the target vocabulary size) or a ViT
+    schedule search."""
+    if "knob" in summary:
+        _print_knob_search(summary, out_dir)
+    else:
+        _print_schedule_search(summary, out_dir)
