@@ -243,9 +243,9 @@ def _gen_args(ckpt, p):
 
 @pytest.mark.parametrize("kind", ["llava", "llava_next"])
 def test_task_generation_identity_through_model_onnx(ckpts, parts, kind, tmp_path):
-    """_generation: the unmodified generate() vs model.onnx's tokens. A selector keeping every token
+    """generation: the unmodified generate() vs model.onnx's tokens. A selector keeping every token
     (HiRED with alpha 0.2 at keep_rate 1 on NeXT: 16 + 4·16; FoPru rank K = 16 on 1.5) matches exactly."""
-    from tokexport.tasks.visual_tokens import _generation
+    from tokexport.tasks.visual_tokens_generation import generation
     from tokexport.vlm.fopru import FoPruRank, FoPruRankConfig
     from tokexport.vlm.hired import HiRED, HiREDConfig
 
@@ -255,7 +255,7 @@ def test_task_generation_identity_through_model_onnx(ckpts, parts, kind, tmp_pat
     graph = _graph(p, sel, k)
     model = _export(graph, _pixels(kind), tmp_path / "model.onnx")
     recipe, vm = _gen_args(ckpts[kind], p)
-    extra, gen = _generation(recipe, vm, model, graph.layout)
+    extra, gen = generation(recipe, vm, model, graph.layout)
     assert gen == {"generation_exact_match": (1.0, 1.0), "generation_token_agreement": (1.0, 1.0)}
     n_full = 16 if kind == "llava" else 16 + 8 * 9
     assert [s["llm_visual_tokens"] for s in extra["samples"]] == [[n_full, n_full]] * 2
@@ -264,14 +264,14 @@ def test_task_generation_identity_through_model_onnx(ckpts, parts, kind, tmp_pat
 
 def test_task_generation_reduced(ckpts, parts, tmp_path):
     """A real reduction (HiRED 20 of 80) through model.onnx: K tokens + 8 newlines reach the LLM."""
-    from tokexport.tasks.visual_tokens import _generation
+    from tokexport.tasks.visual_tokens_generation import generation
     from tokexport.vlm.hired import HiRED, HiREDConfig
 
     p = parts["llava_next"]
     graph = _graph(p, HiRED(HiREDConfig(keep=20, alpha=0.5)), 20)
     model = _export(graph, _pixels("llava_next"), tmp_path / "model.onnx")
     recipe, vm = _gen_args(ckpts["llava_next"], p)
-    extra, gen = _generation(recipe, vm, model, graph.layout)
+    extra, gen = generation(recipe, vm, model, graph.layout)
     assert [s["llm_visual_tokens"] for s in extra["samples"]] == [[88, 28]] * 2
     for orig, red in gen.values():
         assert orig == 1.0 and 0.0 <= red <= 1.0

@@ -8,25 +8,22 @@ Accuracy, on the bundled photographs: features rebuilt from the kept tokens agai
 (mean-pooled and attention-pooled cosine, nearest-prototype instance recognition), the retained
 attention mass (information only: it is measured with the attention a selector ranks by), and for
 LLaVA checkpoints greedy generation, the unmodified model's generate() vs model.onnx's tokens packed
-as the model packs them (``_generation``). Section ``baselines``: the same figures for random keep
-drawn per image (over seeds) and the 2-D uniform lattice at the same K, on the same crops, and the
-method's margin over the best one (tokexport.vlm.baselines; gate ``verify.vs_baselines``). The bench
-ratio is the selection
-overhead; the saving is in the LLM prefill, counted analytically (section ``llm``)."""
+as the model packs them (:mod:`.visual_tokens_generation`). Section ``baselines``: the same figures for
+random keep drawn per image (over seeds) and the 2-D uniform lattice at the same K, on the same crops, and
+the method's margin over the best one (tokexport.vlm.baselines; gate ``verify.vs_baselines``). The bench
+ratio is the selection overhead; the saving is in the LLM prefill, counted analytically (section ``llm``).
+The model is loaded by :mod:`.visual_tokens_model`."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import metrics as M
 from .. import verify as V
-from ..adapters import Adapter, adapter_for
 from ..data import Preprocess, instance_recognition_set, natural_images
 from ..errors import InputError
 from ..export import INPUT_NAME, export_onnx
@@ -36,75 +33,12 @@ from ..vlm.baselines import COMPARED, baseline_runs, per_sample
 from ..vlm.graph import VisualTokenGraph
 from ..vlm.select import VISUAL_METHODS, VisualLayout
 from .base import TASKS, Graphs, ParityCase, Stages, Task
+from .visual_tokens_generation import generation
+from .visual_tokens_model import load_visual, views, with_inputs
 
 MEASURED = ("feature_cosine", "attn_pooled_cosine", "instance_top1", "attention_mass")
 GENERATION_METRICS = ("generation_exact_match", "generation_token_agreement")
 INFO_ONLY = ("attention_mass",)
-
-
-# ---- loading -------------------------------------------------------------------------------------
-@dataclass
-class VisualModel:
-    source: str
-    source_kind: str
-    path: Path
-    kind: str  # llava | llava_next | tower
-    tower: nn.Module
-    adapter: Adapter
-    projector: nn.Module | None
-    feature_layer: int
-    feature_select: str
-    image_size: int
-    mean: tuple
-    std: tuple
-    llm_dims: dict
-    params: int
-    llava: object | None = None  # LlavaParts, for the generation check
-
-
-def _text_dims(cfg) -> dict:
-    keys = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-            "vocab_size")
-    return {k: getattr(cfg, k, None) for k in keys}
-
-
-def load_visual(recipe, vis, base_dir: Path) -> VisualModel:
-    """A LLaVA checkpoint (model_type llava / llava_next: its tower, projector, feature layer and select
-    strategy) or a bare vision tower (the recipe's vision settings)."""
-    from ..load import load_model, resolve_source
-
-    path, kind = resolve_source(recipe.model, base_dir)
-    cfg_file = path / "config.json"
-    try:
-        model_type = json.loads(cfg_file.read_text()).get("model_type")
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"model: cannot read {cfg_file}: {e}") from None
-    if model_type in ("llava", "llava_next"):
-        from ..vlm.llava import image_mean_std, load_llava
-
-        parts = load_llava(path)
-        tower = parts.tower
-        mean, std = image_mean_std(path)
-        return VisualModel(recipe.model, kind, path, parts.kind, tower, adapter_for(tower.config), parts.projector,
-                           parts.feature_layer, parts.feature_select, parts.image_size, mean, std,
-                           _text_dims(parts.text_config), sum(p.numel() for p in parts.model.parameters()), parts)
-    lm = load_model(recipe.model, base_dir, recipe.family, "feature-extraction", recipe.export.image_size)
-    return VisualModel(recipe.model, kind, path, "tower", lm.model, lm.adapter, None, vis.feature_layer,
-                       vis.feature_select, lm.image_size, lm.mean, lm.std, vis.llm.model_dump(), lm.params)
-
-
-# ---- helpers -------------------------------------------------------------------------------------
-def _views(x: np.ndarray, layout: VisualLayout, size: int) -> np.ndarray:
-    """High-resolution crops [N, 3, rows·S, cols·S] → anyres views [N, V, 3, S, S]: the full image
-    resized to S×S, then the rows×cols tiles in raster order."""
-    t = torch.from_numpy(x)
-    if layout.sub_grid is None:
-        return x[:, None] if t.shape[-1] == size else F.interpolate(t, size=(size, size), mode="bilinear",
-                                                                     antialias=True, align_corners=False).numpy()[:, None]
-    rows, cols = layout.sub_grid
-    full = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    tiles = [t[:, :, r * size:(r + 1) * size, c * size:(c + 1) * size] for r in range(rows) for c in range(cols)]
-    return torch.stack([full, *tiles], dim=1).numpy()
 
 
 class _TextDims:
@@ -148,91 +82,6 @@ def _named(graph: VisualTokenGraph):
     return f
 
 
-def _with_inputs(feed: dict, values: dict) -> dict:
-    """``feed`` plus the selector's further inputs (one value per image, no batch axis) for every row."""
-    n = len(feed[INPUT_NAME])
-    return {**feed, **{k: np.repeat(np.asarray(v, dtype=np.float32)[None], n, axis=0) for k, v in values.items()}}
-
-
-def _prompt_ids(tok, prompt: str, parts) -> torch.Tensor:
-    if tok is None:
-        return torch.tensor([[1, parts.image_token_id, 5, 6, 7]])
-    text = prompt if "<image>" in prompt else "USER: <image>\n" + prompt + " ASSISTANT:"
-    return tok(text, return_tensors="pt").input_ids
-
-
-def _generation(recipe, vm: VisualModel, model_path: Path, layout: VisualLayout, inputs_for=lambda prompt: {}):
-    """Greedy generation on the recipe's prompts and the bundled photographs, the unmodified model
-    against the tokens model.onnx produced.
-
-    - full: the checkpoint's own ``generate(input_ids, pixel_values[, image_sizes])``, nothing patched
-      (the prompt holds as many image placeholders as the model fills: LLaVA-NeXT's newlines included);
-    - reduced: model.onnx run by ONNX Runtime on the same pixel values; its ``visual_tokens`` are packed
-      by their ``positions`` the way the model packs (``pack_visual_tokens``: LLaVA-NeXT's base view,
-      then the stitched tile grid row-major with ``image_newline`` after every row) and scattered into
-      the placeholders of the prompt's embeddings, then ``generate(inputs_embeds=...)``. A method with
-      further graph inputs (CDPruner's instruction embedding) gets the prompt's own (``inputs_for``).
-    With every token kept the two agree token for token (tests/test_llava_packing.py)."""
-    from ..vlm.llava import (
-        embed_with_visual_tokens,
-        expand_image_tokens,
-        num_llm_visual_tokens,
-        pack_visual_tokens,
-    )
-
-    g = recipe.verify.generation
-    parts = vm.llava
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(vm.path)
-    except Exception:  # noqa: BLE001  (tiny random twins ship no tokenizer, which raises any of several types: fixed ids around the placeholder)
-        tok = None
-    runner = OrtRunner(model_path)
-    side = vm.image_size * (layout.sub_grid[0] if layout.sub_grid else 1)
-    hw = (side, side) if parts.kind == "llava_next" else None
-    if hw is not None and parts.anyres_grid(hw) != layout.sub_grid:
-        raise InputError(f"vision.grid: {list(layout.sub_grid)} is not the tile grid the model picks for a "
-                         f"{side}×{side} image ({list(parts.anyres_grid(hw))}, from its image_grid_pinpoints "
-                         f"{[list(p) for p in parts.grid_pinpoints]}); use that grid")
-    extra = {"image_sizes": torch.tensor([hw])} if hw is not None else {}
-    n_full = num_llm_visual_tokens(parts, hw)
-    pre = Preprocess(side, vm.mean, vm.std)
-    rows, exact, agree, total = [], 0, 0, 0
-    for prompt in g.prompts:
-        ids = _prompt_ids(tok, prompt, parts)
-        for name, img in natural_images(include_optional=False)[: g.images]:
-            x = _views(pre.center(img)[None], layout, vm.image_size)
-            x = np.ascontiguousarray(x if layout.views > 1 else x[:, 0])
-            ids_full = expand_image_tokens(ids, parts.image_token_id, n_full)
-            with torch.inference_mode():
-                out = parts.model.generate(input_ids=ids_full, pixel_values=torch.from_numpy(x),
-                                           max_new_tokens=g.max_new_tokens, do_sample=False, **extra)
-            a = out[0, ids_full.shape[1]:].tolist()
-            r = run_rows(runner, _with_inputs({INPUT_NAME: x}, inputs_for(prompt)))
-            packed = pack_visual_tokens(parts, torch.from_numpy(r["visual_tokens"][0]), r["positions"][0], hw)
-            ids_red = expand_image_tokens(ids, parts.image_token_id, int(packed.shape[0]))
-            with torch.inference_mode():
-                emb = embed_with_visual_tokens(parts, ids_red, packed)
-                out = parts.model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids_red),
-                                           max_new_tokens=g.max_new_tokens, do_sample=False)
-            b = out[0].tolist()  # generate from inputs_embeds alone returns the new tokens only
-            same = sum(1 for i in range(min(len(a), len(b))) if a[i] == b[i])
-            exact += int(a == b)
-            agree += same
-            total += max(len(a), len(b))
-            rows.append({"prompt": prompt, "image": name, "exact": a == b,
-                         "full": tok.decode(a) if tok else a, "reduced": tok.decode(b) if tok else b,
-                         "llm_visual_tokens": [n_full, int(packed.shape[0])]})
-    return ({"samples": rows, "max_new_tokens": g.max_new_tokens, "decoding": "greedy",
-             "reference_run": "the unmodified checkpoint's generate() on the pixel values",
-             "reduced_run": "model.onnx (ONNX Runtime) tokens, packed by their positions as the model packs "
-                        "(LLaVA-NeXT: base view, stitched tile rows, image_newline after every row), fed as "
-                        "inputs_embeds"},
-            {"generation_exact_match": (1.0, exact / len(rows)),
-             "generation_token_agreement": (1.0, agree / max(total, 1))})
-
-
 # ---- the task ------------------------------------------------------------------------------------
 @TASKS.register
 class VisualTokens(Task):
@@ -264,8 +113,36 @@ class VisualTokens(Task):
         self._check_metric_names()
         with stages.stage("load"):
             vm = self.vm = load_visual(recipe, vis, self.base_dir)
-        ad, s = vm.adapter, vm.image_size
-        gh = gw = s // ad.patch_size
+        s = vm.image_size
+        gh = gw = s // vm.adapter.patch_size
+        rows_cols = self._tile_grid()
+        layout = self.layout = VisualLayout(views=1 + (rows_cols[0] * rows_cols[1] if rows_cols else 0),
+                                            grid=(gh, gw), sub_grid=rows_cols)
+        self._graphs()
+        if vis.eval_source == "cls" and vm.adapter.n_prefix() == 0:
+            raise InputError("vision.eval_source: the tower has no CLS token; use eval_source: received")
+        if rows_cols and rows_cols[0] != rows_cols[1]:
+            raise InputError("vision.grid: only square grids (rows == cols) are evaluated on the bundled photographs")
+        self._check_measured()
+
+        acc = recipe.verify.accuracy
+        with stages.stage("data"):
+            hi = Preprocess(s * (rows_cols[0] if rows_cols else 1), vm.mean, vm.std)
+            self.iset = instance_recognition_set(natural_images(include_optional=False), hi, acc.samples_per_class,
+                                                 acc.prototypes_per_class, tuple(acc.crop_scale), acc.seed)
+            eval_x, proto_x = views(self.iset.eval_x, layout, s), views(self.iset.proto_x, layout, s)
+        # one view: [N, 3, S, S] (LLaVA-1.5's pixel_values); anyres: [N, V, 3, S, S]
+        self.eval_x = eval_x if layout.views > 1 else eval_x[:, 0]
+        self.proto_x = proto_x if layout.views > 1 else proto_x[:, 0]
+        ev = self.eval_x
+        self.parity_x = ev[np.linspace(0, len(ev) - 1, recipe.verify.parity.samples).round().astype(int)]
+        self.generation = None
+        self._rng = np.random.default_rng(0)
+
+    def _tile_grid(self) -> tuple[int, int] | None:
+        """vision.grid (rows, cols of the anyres tiles; None: one view), checked against the model: LLaVA-1.5
+        takes one view, LLaVA-NeXT the tiles it cuts itself (its packing depends on them)."""
+        vm, vis, s = self.vm, self.vision, self.vm.image_size
         rows_cols = tuple(vis.grid) if vis.grid else None
         if vm.kind == "llava" and rows_cols:
             raise InputError("vision.grid: LLaVA-1.5 takes one view; remove grid (LLaVA-NeXT uses it)")
@@ -279,9 +156,13 @@ class VisualTokens(Task):
                 raise InputError(f"vision.grid: LLaVA-NeXT cuts a {s * rows_cols[0]}×{s * rows_cols[1]} image into "
                                  f"{list(want)} tiles, not {list(rows_cols)} (image_grid_pinpoints {pins}); "
                                  f"set grid: {list(want)}")
-        layout = self.layout = VisualLayout(views=1 + (rows_cols[0] * rows_cols[1] if rows_cols else 0), grid=(gh, gw),
-                                            sub_grid=rows_cols)
-        cfg = recipe.reduction
+        return rows_cols
+
+    def _graphs(self) -> None:
+        """The selector (prepared: what it needs beyond the tower), its further graph inputs, the reduced and
+        the baseline visual-token graphs, and the evaluation probe."""
+        vm, vis, layout, cfg = self.vm, self.vision, self.layout, self.recipe.reduction
+        ad, s = vm.adapter, vm.image_size
         self.selector = VISUAL_METHODS[cfg.method](cfg)
         try:
             k = cfg.resolve_k(layout)
@@ -299,33 +180,18 @@ class VisualTokens(Task):
             self.probe = _Probe(vm.tower, ad, layout, s, vm.feature_layer, vis.eval_layer, vis.eval_source)
         except ValueError as e:
             raise InputError(f"vision/reduction: {e}") from None
-        if vis.eval_source == "cls" and ad.n_prefix() == 0:
-            raise InputError("vision.eval_source: the tower has no CLS token; use eval_source: received")
-        if rows_cols and rows_cols[0] != rows_cols[1]:
-            raise InputError("vision.grid: only square grids (rows == cols) are evaluated on the bundled photographs")
-        measured = list(MEASURED)
+
+    def _check_measured(self) -> None:
+        """Every verify.accuracy threshold names a figure this run measures (the generation figures: LLaVA only)."""
+        recipe, measured = self.recipe, list(MEASURED)
         if recipe.verify.generation is not None:
-            if vm.llava is None:
+            if self.vm.llava is None:
                 raise InputError("verify.generation: needs a LLaVA checkpoint (model_type llava or llava_next)")
             measured += GENERATION_METRICS
         for name in recipe.verify.accuracy.metrics:
             if name not in measured:
                 raise InputError(f"verify.accuracy.metrics.{name}: not measured for task visual-tokens "
                                  f"(measured: {', '.join(measured)})")
-
-        acc = recipe.verify.accuracy
-        with stages.stage("data"):
-            hi = Preprocess(s * (rows_cols[0] if rows_cols else 1), vm.mean, vm.std)
-            self.iset = instance_recognition_set(natural_images(include_optional=False), hi, acc.samples_per_class,
-                                                 acc.prototypes_per_class, tuple(acc.crop_scale), acc.seed)
-            eval_x, proto_x = _views(self.iset.eval_x, layout, s), _views(self.iset.proto_x, layout, s)
-        # one view: [N, 3, S, S] (LLaVA-1.5's pixel_values); anyres: [N, V, 3, S, S]
-        self.eval_x = eval_x if layout.views > 1 else eval_x[:, 0]
-        self.proto_x = proto_x if layout.views > 1 else proto_x[:, 0]
-        ev = self.eval_x
-        self.parity_x = ev[np.linspace(0, len(ev) - 1, recipe.verify.parity.samples).round().astype(int)]
-        self.generation = None
-        self._rng = np.random.default_rng(0)
 
     def _at_export_batch(self) -> np.ndarray:
         """Real inputs at the export batch (1 for a dynamic batch), repeated when parity has fewer samples."""
@@ -342,7 +208,7 @@ class VisualTokens(Task):
         with stages.stage("export", total=2) as advance:
             base_info = export_onnx(self.base, _named(self.base), example, base_path, ex.opset, dynamic, ex.exporter)
             advance()
-            extra = {k: torch.from_numpy(v) for k, v in _with_inputs({INPUT_NAME: example.numpy()}, self.inputs).items()
+            extra = {k: torch.from_numpy(v) for k, v in with_inputs({INPUT_NAME: example.numpy()}, self.inputs).items()
                      if k != INPUT_NAME}
             red_info = export_onnx(self.red, _named(self.red), example, model_path, ex.opset, dynamic, ex.exporter,
                                    extra_inputs=extra)
@@ -352,7 +218,7 @@ class VisualTokens(Task):
     def parity_cases(self, graphs: Graphs) -> dict[str, ParityCase]:
         # visual selectors record no decision margins: no near-tie exemption (as before the driver)
         feed = {INPUT_NAME: self.parity_x}
-        red_feed = _with_inputs(feed, self.inputs)
+        red_feed = with_inputs(feed, self.inputs)
         return {"parity": ParityCase(graphs.model, TorchRunner(_named(self.red), list(red_feed)), red_feed),
                 "parity_baseline": ParityCase(graphs.baseline, TorchRunner(_named(self.base)), feed)}
 
@@ -363,7 +229,7 @@ class VisualTokens(Task):
         base_runner = TorchRunner(_named(self.base))
         orig = run_rows(base_runner, feed)["visual_tokens"]  # all tokens, original model
         weights = run_rows(TorchRunner(lambda x: {"w": self.probe(x)}), feed)["w"]  # [N, V·P], sums to 1
-        r = run_rows(OrtRunner(graphs.model), _with_inputs(feed, self.inputs))  # the shipped graph
+        r = run_rows(OrtRunner(graphs.model), with_inputs(feed, self.inputs))  # the shipped graph
         proto = run_rows(base_runner, {INPUT_NAME: self.proto_x})["visual_tokens"].mean(axis=1)
         red_tokens, pos = r["visual_tokens"], r["positions"]
         n_orig_prefix = orig.shape[1] - layout.total
@@ -387,8 +253,8 @@ class VisualTokens(Task):
                 self.baselines = self._baselines(ps, orig, weights, n_orig_prefix, protos)
         if self.recipe.verify.generation is not None:
             with stages.stage("verify: generation"):
-                self.generation, gen = _generation(self.recipe, self.vm, graphs.model, layout,
-                                                   lambda prompt: self.selector.input_values(prompt))
+                self.generation, gen = generation(self.recipe, self.vm, graphs.model, layout,
+                                                  lambda prompt: self.selector.input_values(prompt))
             for name, (o, rr) in gen.items():
                 metrics[name] = V.Metric(o, rr, th.get(name)).as_dict()
         return metrics
@@ -415,7 +281,7 @@ class VisualTokens(Task):
     def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
         pool = self.eval_x
         feed = {INPUT_NAME: np.ascontiguousarray(pool[self._rng.choice(len(pool), batch, replace=len(pool) < batch)])}
-        return _with_inputs(feed, self.inputs)  # baseline.onnx reads pixel_values only
+        return with_inputs(feed, self.inputs)  # baseline.onnx reads pixel_values only
 
     def bench_extra(self, batches: dict) -> dict:
         return {"batches": {b: {**v, "selection_overhead": v["reduced_ms"] / v["baseline_ms"] - 1.0}
@@ -424,7 +290,7 @@ class VisualTokens(Task):
                         "selection: the ratio is the selection overhead (the saving is in the LLM prefill)"}
 
     def deploy_feed(self) -> dict[str, np.ndarray]:
-        return _with_inputs({INPUT_NAME: self._at_export_batch()}, self.inputs)
+        return with_inputs({INPUT_NAME: self._at_export_batch()}, self.inputs)
 
     # ---- report
     def _token_counts(self, graphs: Graphs) -> tuple[int, int]:

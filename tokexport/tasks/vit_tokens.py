@@ -3,7 +3,8 @@ forward runs unchanged under the reversible reduction patch; model.onnx is the p
 baseline.onnx the same model without reduction; accuracy is instance recognition on the bundled
 photographs (plus top-1 agreement / ImageFolder top-1 for classifiers), and the report's ``baselines``
 section compares the method with per-image random keep (over seeds) and a 2-D uniform lattice at the same
-schedule, on the same crops (:mod:`tokexport.reduce.baselines_vit`)."""
+schedule, on the same crops (:mod:`tokexport.reduce.baselines_vit`; the section is built in
+:mod:`.vit_tokens_baselines`)."""
 from __future__ import annotations
 
 import tempfile
@@ -24,6 +25,7 @@ from ..reduce.patch import reduced
 from ..reduce.schedule import plan
 from ..stages.runners import TorchRunner
 from .base import TASKS, Graphs, ParityCase, Stages, Task
+from .vit_tokens_baselines import report_baselines
 
 
 def selection_margins(fn: Callable[[torch.Tensor], dict], x: np.ndarray) -> list[float]:
@@ -210,16 +212,16 @@ class VitTokens(Task):
         if fp32 and par.get("passed") is True:
             orig_runner = OrtRunner(graphs.baseline)
             self.original_from = "baseline.onnx (onnxruntime CPU), which passed parity against the PyTorch model above"
-            orig_eval, self._recorded = self._original_and_record(graphs, orig_runner, first)
+            orig_eval, self.recorded_block = self._original_and_record(graphs, orig_runner, first)
         else:
             orig_runner = TorchRunner(self.original_fn)
             self.original_from = "unmodified PyTorch model" + ("" if fp32 else " (the exported graphs are fp16)")
-            with record_block(lm.model, lm.adapter, first) as self._recorded:  # the baselines start from it
+            with record_block(lm.model, lm.adapter, first) as self.recorded_block:  # the baselines start from it
                 orig_eval = run_rows(orig_runner, {"pixel_values": iset.eval_x})
         orig_proto = run_rows(orig_runner, {"pixel_values": iset.proto_x})[feat]
         red_eval = run_rows(red_ort, {"pixel_values": iset.eval_x})  # the shipped graph, not the PyTorch twin
         metrics = instance_metrics(lm, iset, feat, orig_eval, red_eval, orig_proto, acc.metrics)
-        self.baseline_section = self._baselines(orig_eval, red_eval, orig_proto, feat, stages)
+        self.baseline_section = report_baselines(self, orig_eval, red_eval, orig_proto, feat, stages)
         if self.labelled is not None:
             lx, ly, _ = self.labelled
             o = run_rows(orig_runner, {"pixel_values": lx})["logits"]
@@ -253,122 +255,13 @@ class VitTokens(Task):
             out = run_rows(runner, {"pixel_values": x})
         return out, record_prefix(lm.model, lm.adapter, self.original_fn, first, x)
 
-    def _baselines(self, orig_eval: dict, red_eval: dict, orig_proto: np.ndarray, feat: str,
-                   stages: Stages) -> dict | None:
-        """The report's ``baselines`` section: the method (model.onnx) against per-image random keep over
-        seeds and the 2-D uniform lattice (PyTorch), same schedule, same eval crops."""
-        import time
-
-        from .. import metrics as M
-        from ..reduce.baselines_vit import BETTER, COMPARED, baseline_runs, per_sample
-        from ..stages.baselines import baselines_section
-
-        v, lm, iset = self.recipe.verify, self.lm, self.iset
-        if not v.baselines.enabled or not self.schedule:
-            return None
-        wanted = set(v.accuracy.metrics) | set((v.vs_baselines.metrics or []) if v.vs_baselines else [])
-        gated = [m for m in COMPARED if m in wanted and (m != "top1_agreement" or "logits" in red_eval)]
-        names = gated or ["feature_cosine", "instance_top1"]
-        protos = M.class_prototypes(orig_proto, iset.proto_y, iset.n_classes)
-
-        def figures(out: dict) -> dict:
-            return per_sample(names, orig_eval, out, feat, protos, iset.eval_y)
-
-        seeds = list(range(v.baselines.random_seeds))
-        replayed = bool(getattr(self, "_recorded", None))
-        t0 = time.perf_counter()
-        engine: dict = {}
-        reused = None
-        with stages.stage("verify: baselines", total=len(seeds) + 1) as advance, \
-                tempfile.TemporaryDirectory(prefix="tokexport-baselines-") as work:
-            if self.baselines_from is not None:
-                runs, reused = self._reused_baselines(names)
-            else:
-                runs = baseline_runs(lm.model, lm.adapter, self.original_fn, self.schedule, iset.eval_x, figures,
-                                     seeds, on_step=advance, recorded=getattr(self, "_recorded", None),
-                                     engine="onnxruntime", workdir=work, info=engine)
-        self._recorded = None
-        seconds = time.perf_counter() - t0
-        base, red = self._flops()
-        from ..reduce.baselines_vit import pruning_stages
-
-        dims, head = lm.adapter.dims(), lm.adapter.head_macs(lm.model)
-        bl = encoder_flops(dims, self.n_tokens, self.n_prefix, pruning_stages(self.schedule), head)
-        budget = {"held_equal": "the method's schedule: the same blocks and the same number of tokens after each "
-                                "stage, on the same eval crops",
-                  "tokens_per_stage": [{"layer": s.layer, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out,
-                                        "kind": s.kind} for s in self.schedule],
-                  "flops_per_image": {"original": base["flops"], "method": red["flops"], "baselines": bl["flops"]},
-                  "flops_note": ("baselines prune after each stage's block and pay no selection overhead; "
-                                 + ("the method merges inside the block (its MLP runs on fewer tokens)"
-                                    if any(s.kind == "merge" for s in self.schedule) else
-                                    "the method's FLOPs include its selection overhead"))}
-        data = {"split": "eval", "samples": int(len(iset.eval_y)), "classes": iset.n_classes,
-                "method_from": "model.onnx (onnxruntime)", "original_from": self.original_from,
-                "baselines_from": (f"onnxruntime CPU: the PyTorch model with the baselines' positions as inputs (the "
-                                   f"patch of reduce.patch), exported from block {self.schedule[0].layer}'s output; "
-                                   f"checked against the PyTorch run on its first rows (max abs diff "
-                                   f"{engine.get('check_max_abs_diff', float('nan')):.2g})"
-                                   if engine.get("engine") == "onnxruntime" else
-                                   "PyTorch (reduce.patch)" + (f"; {engine['note']}" if engine.get("note") else "")),
-                "seconds": round(seconds, 3),
-                "note": (f"baselines start from the original model's output of block {self.schedule[0].layer} "
-                         "(identical up to the first stage), recorded on these crops" if replayed else
-                         "baselines computed from the input")}
-        if reused is not None:
-            data |= {"baselines_from": f"reused from {reused['path']}: {reused['data'].get('baselines_from', '?')}",
-                     "note": f"baselines not computed in this run: the draws of {reused['path']} (same model, "
-                             "evaluation crops, seeds and schedule; checked)"}
-        return baselines_section(self.method.name, figures(red_eval), runs, BETTER, budget, data,
-                                 gate=v.vs_baselines, resamples=v.baselines.resamples, seed=0)
-
-    def _reused_baselines(self, names: list[str]) -> tuple[list, dict]:
-        """The baseline runs of ``baselines_from``'s report, after checking that they were computed on what this
-        run would compute them on: the same model, evaluation crops (verify.accuracy, image size), seeds and
-        token counts per stage."""
-        import json
-
-        from ..stages.baselines import runs_from_section
-
-        path = self.baselines_from / "report.json"
-        where = f"baselines_from: {path}"
-        try:
-            ref = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{where}: cannot read it ({exc})") from None
-        section = ref.get("baselines") if isinstance(ref, dict) else None
-        if not section:
-            raise InputError(f"{where}: has no baselines section (verify.baselines disabled there?)")
-        mine = self.recipe.model_dump(mode="json")
-        rv = (ref.get("recipe") or {}).get("verify") or {}
-        theirs = {"model.path": (ref.get("model") or {}).get("path"), "model.params": (ref.get("model") or {}).get("params"),
-                  "export.image_size": ((ref.get("recipe") or {}).get("export") or {}).get("image_size"),
-                  "verify.accuracy": {k: val for k, val in (rv.get("accuracy") or {}).items() if k != "metrics"},
-                  "verify.baselines.random_seeds": (rv.get("baselines") or {}).get("random_seeds"),
-                  "tokens_per_stage": section["budget"].get("tokens_per_stage"),
-                  "samples": section["data"].get("samples")}
-        here = {"model.path": str(self.lm.path), "model.params": self.lm.params,
-                "export.image_size": mine["export"]["image_size"],
-                "verify.accuracy": {k: val for k, val in mine["verify"]["accuracy"].items() if k != "metrics"},
-                "verify.baselines.random_seeds": mine["verify"]["baselines"]["random_seeds"],
-                "tokens_per_stage": [{"layer": s.layer, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out,
-                                      "kind": s.kind} for s in self.schedule],
-                "samples": int(len(self.iset.eval_y))}
-        for key, val in here.items():
-            if theirs[key] != val:
-                raise InputError(f"{where}: {key} is {theirs[key]!r} there, {val!r} here: its baselines were not "
-                                 "computed on what this run evaluates")
-        try:
-            return runs_from_section(section, names, where), {"path": str(self.baselines_from), "data": section["data"]}
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-
     # ---- bench and deploy
     def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
         pool = self.iset.eval_x
         return {"pixel_values": np.ascontiguousarray(pool[self._rng.choice(len(pool), batch, replace=len(pool) < batch)])}
 
-    def _flops(self) -> tuple[dict, dict]:
+    def flops(self) -> tuple[dict, dict]:
+        """FLOPs per image of the original model and of the reduced one (its selection overhead included)."""
         lm = self.lm
         dims, head = lm.adapter.dims(), lm.adapter.head_macs(lm.model)
         base = encoder_flops(dims, self.n_tokens, self.n_prefix, [], head)
@@ -376,7 +269,7 @@ class VitTokens(Task):
         return base, red
 
     def bench_extra(self, batches: dict) -> dict:
-        base, red = self._flops()
+        base, red = self.flops()
         predicted = base["flops"] / red["flops"]
         eff = max(batches, key=int)
         return {"flops": {"baseline": base["flops"], "reduced": red["flops"], "selection": red["selection_flops"],
@@ -392,7 +285,7 @@ class VitTokens(Task):
     def sections(self, graphs: Graphs) -> dict:
         lm, ex, iset, acc = self.lm, self.recipe.export, self.iset, self.recipe.verify.accuracy
         dynamic = ex.batch == "dynamic"
-        _, red = self._flops()
+        _, red = self.flops()
         out = {
             "model": {"source": lm.source, "source_kind": lm.source_kind, "path": str(lm.path),
                       "family": lm.adapter.family, "model_type": lm.config.model_type,

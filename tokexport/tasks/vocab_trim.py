@@ -10,8 +10,8 @@ and perplexity per character. Every bad input is found in :meth:`VocabTrim.load`
 staging directory exists; the trimmed checkpoint is written into it (``model/``) during export.
 
 Beside this module: :mod:`.vocab_trim_inputs` (the model folder, checkpoint and token lists, read and
-checked), :mod:`.vocab_trim_keep` (choosing the kept ids) and :mod:`.vocab_trim_report` (report.md and
-the console lines)."""
+checked), :mod:`.vocab_trim_keep` (choosing the kept ids), :mod:`.vocab_trim_metrics` (the accuracy
+against the original) and :mod:`.vocab_trim_report` (report.md and the console lines)."""
 from __future__ import annotations
 
 import json
@@ -25,8 +25,7 @@ from ..checkpoints import weights_kwargs
 from ..errors import InputError
 from ..files import check_model_dir, read_json
 from ..stages import metric as MC
-from ..stages.compare import parity as compare_outputs
-from ..stages.runners import OrtRunner, TorchRunner, run_rows
+from ..stages.runners import OrtRunner, TorchRunner
 from ..vocab import rank as R
 from ..vocab import verify as V
 from ..vocab.corpus import coverage, encode_all, load_corpus
@@ -63,28 +62,15 @@ from .vocab_trim_keep import (
     rank_by_frequency,
     required_ids,
 )
+from .vocab_trim_metrics import coverage_metrics, decoder_metrics, encoder_metrics, evenly
 
 MODEL_DIR = "model"  # the ready-to-run trimmed model folder inside the output directory
 KEEP_LIST = "keep_ids.txt"  # the kept original ids, one per line: trim.keep_file reads it back
 
 
-def evenly(items: list, n: int) -> list:
-    if len(items) <= n:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
-
-
 def rows_of(feed: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     """``n`` rows of a text feed (its first rows, repeated cyclically when it has fewer)."""
     return {k: np.ascontiguousarray(np.resize(v, (n, *v.shape[1:]))) for k, v in feed.items()}
-
-
-def output_diffs(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, dict]:
-    """Per output: max and mean |got - ref| at real positions (the pooled embedding in full)."""
-    res = compare_outputs(got, ref, 1.0, 1.0, mask, unmasked=("sentence_embedding",), agreement=())
-    return {k: ({"max_abs_diff": o["max_abs_diff"], "mean_abs_diff": o["mean_abs_diff"]} if "max_abs_diff" in o
-                else {"max_abs_diff": float("inf"), "mean_abs_diff": float("inf"), "error": o.get("error")})
-            for k, o in res["outputs"].items()}
 
 
 # ------------------------------------------------------------------------------------------------ task
@@ -283,7 +269,7 @@ class VocabTrim(Task):
         return Graphs(model_path, base_path, new_info, base_info)
 
     # ---- parity: each graph against its own PyTorch module, each on its own ids
-    def _torch(self, graph) -> TorchRunner:
+    def torch_runner(self, graph) -> TorchRunner:
         """The PyTorch twin of an exported graph, run in the graph's batch (run_rows pads the last chunk
         of a fixed batch like it does for ONNX Runtime, so both see the same batches)."""
         r = TorchRunner(graph, INPUTS, output_names=graph.outputs)
@@ -292,10 +278,10 @@ class VocabTrim(Task):
 
     def parity_cases(self, graphs: Graphs) -> dict[str, ParityCase]:
         threads = self.recipe.bench.threads
-        return {"parity": ParityCase(graphs.model, self._torch(self.new_graph), self.feed_new,
+        return {"parity": ParityCase(graphs.model, self.torch_runner(self.new_graph), self.feed_new,
                                      mask=self.feed_new["attention_mask"], unmasked=("sentence_embedding",),
                                      threads=threads),
-                "parity_baseline": ParityCase(graphs.baseline, self._torch(self.base_graph), self.feed_old,
+                "parity_baseline": ParityCase(graphs.baseline, self.torch_runner(self.base_graph), self.feed_old,
                                               mask=self.feed_old["attention_mask"], unmasked=("sentence_embedding",),
                                               threads=threads)}
 
@@ -326,160 +312,16 @@ class VocabTrim(Task):
                 docs = [i for i in in_vocab_docs if self.heldout[i][0] == lang]
                 metrics[f"tokenizer_remap_exact_{lang}"] = MC.info(
                     1 - sum(i in bad_set for i in docs) / len(docs) if docs else None, documents=len(docs))
-        metrics |= self._coverage_metrics()
+        metrics |= coverage_metrics(self)
         if self.architecture == "encoder":
-            metrics |= self._encoder_metrics(new_ort)
+            metrics |= encoder_metrics(self, new_ort)
         else:
-            metrics |= self._decoder_metrics()
+            metrics |= decoder_metrics(self)
         return metrics
 
     @property
     def multilingual(self) -> bool:
         return len(self.per_lang) > 1
-
-    def _coverage_metrics(self) -> dict[str, dict]:
-        min_cov = self.recipe.verify.accuracy.min_token_coverage
-        hc = self.held_cov
-        out = {"heldout_token_coverage": MC.metric(
-            1.0, hc["token_coverage"], {"min": min_cov} if min_cov is not None else None, "higher",
-            tokens=hc["tokens"], documents=hc["documents"], documents_fully_in_vocab=hc["documents_fully_in_vocab"],
-            note="share of the held-out text's original tokens that are kept")}
-        for lang, c in self.per_lang.items():
-            detail = {"tokens": c["tokens"], "documents": c["documents"],
-                      "documents_fully_in_vocab": c["documents_fully_in_vocab"]}
-            if self.multilingual and min_cov is not None:  # each language must reach the bar, not only their mix
-                out[f"heldout_token_coverage_{lang}"] = MC.metric(1.0, c["token_coverage"], {"min": min_cov}, "higher",
-                                                                  **detail)
-            else:
-                out[f"heldout_token_coverage_{lang}"] = MC.info(c["token_coverage"], **detail)
-        return out
-
-    def _lang_rows(self, rows: list[int], n: int) -> list[int]:
-        """``n`` rows evenly spaced, per language when there are several (each language gets ``n``)."""
-        if not self.multilingual:
-            return evenly(rows, n)
-        out = []
-        for lang in self.per_lang:
-            out += evenly([i for i in rows if self.heldout[i][0] == lang], n)
-        return sorted(out)
-
-    def _encoder_metrics(self, new_ort: OrtRunner) -> dict[str, dict]:
-        ex, acc = self.recipe.export, self.recipe.verify.accuracy
-        orig_ids, new_ids = self.orig_ids, self.new_ids
-        torch_base, torch_new = self._torch(self.base_graph), self._torch(self.new_graph)
-        sel = self._lang_rows(self.in_vocab, acc.samples)
-        out = {}
-        if not sel:  # a keep_file vocabulary holding no held-out sentence: exactness cannot be shown
-            out["in_vocab_max_abs_diff"] = MC.metric(
-                0.0, float("inf"), {"max": acc.max_abs_diff}, "lower", documents=0,
-                note="no held-out sentence is fully inside the kept vocabulary")
-            out["in_vocab_onnx_max_abs_diff"] = MC.info(None, documents=0)
-        else:
-            fo = V.pad_rows([orig_ids[i] for i in sel], ex.seq_len, self.pad_old)
-            fn = V.pad_rows([new_ids[i] for i in sel], ex.seq_len, self.pad_new)
-            ref = run_rows(torch_base, fo)
-            got = run_rows(torch_new, fn)
-            diffs = output_diffs(got, ref, fo["attention_mask"])
-            worst = max(d["max_abs_diff"] for d in diffs.values())
-            masks_equal = bool(np.array_equal(fo["attention_mask"], fn["attention_mask"]))
-            out["in_vocab_max_abs_diff"] = MC.metric(
-                0.0, worst, {"max": acc.max_abs_diff}, "lower", documents=len(sel), outputs=diffs,
-                attention_masks_equal=masks_equal,
-                note="trimmed checkpoint (reloaded) with the trimmed tokenizer's ids vs the original with its own, PyTorch")
-            if not masks_equal:  # the same text tokenised to another length: not the same computation
-                out["in_vocab_max_abs_diff"]["passed"] = False
-            onnx_diffs = output_diffs(run_rows(new_ort, fn), ref, fo["attention_mask"])
-            out["in_vocab_onnx_max_abs_diff"] = MC.info(
-                max(d["max_abs_diff"] for d in onnx_diffs.values()), outputs=onnx_diffs,
-                note="model.onnx (onnxruntime) vs the original PyTorch model: includes ONNX Runtime rounding")
-            if self.multilingual:  # exactness per language, on the same rows
-                for lang in self.per_lang:
-                    rows = [k for k, i in enumerate(sel) if self.heldout[i][0] == lang]
-                    if not rows:
-                        out[f"in_vocab_max_abs_diff_{lang}"] = MC.info(None, documents=0)
-                        continue
-                    d = output_diffs({k: v[rows] for k, v in got.items()}, {k: v[rows] for k, v in ref.items()},
-                                     fo["attention_mask"][rows])
-                    out[f"in_vocab_max_abs_diff_{lang}"] = MC.info(max(x["max_abs_diff"] for x in d.values()),
-                                                                   documents=len(rows))
-        sel = self._lang_rows(list(range(len(self.texts))), acc.samples)
-        fo = V.pad_rows([orig_ids[i] for i in sel], ex.seq_len, self.pad_old)
-        fn = V.pad_rows([new_ids[i] for i in sel], ex.seq_len, self.pad_new)
-        e_old = run_rows(torch_base, fo)["sentence_embedding"]
-        e_new = run_rows(new_ort, fn)["sentence_embedding"]
-        cos = (e_old * e_new).sum(-1) / (np.linalg.norm(e_old, axis=-1) * np.linalg.norm(e_new, axis=-1))
-        oov_rows = [k for k, i in enumerate(sel) if not self.keep_mask[np.asarray(orig_ids[i])].all()]
-        out["heldout_embedding_cosine"] = MC.metric(
-            1.0, float(cos.mean()), {"min": acc.min_cosine}, "higher", documents=len(sel), min=float(cos.min()),
-            oov_documents=len(oov_rows), oov_mean=float(cos[oov_rows].mean()) if oov_rows else None,
-            note="all held-out documents, out-of-vocabulary text included; trimmed = model.onnx")
-        if self.multilingual:
-            for lang in self.per_lang:
-                rows = [k for k, i in enumerate(sel) if self.heldout[i][0] == lang]
-                out[f"heldout_embedding_cosine_{lang}"] = MC.info(float(cos[rows].mean()) if rows else None,
-                                                                  documents=len(rows))
-        self.generations = None
-        return out
-
-    def _decoder_metrics(self) -> dict[str, dict]:
-        ex, acc, g = self.recipe.export, self.recipe.verify.accuracy, self.recipe.verify.generation
-        tok, tok_new, keep, keep_mask = self.tok, self.tok_new, self.keep, self.keep_mask
-        orig_ids, new_ids, texts = self.orig_ids, self.new_ids, self.texts
-        prompts_old = [tok(p, add_special_tokens=True)["input_ids"] for p in g.prompts]
-        prompts_new = [tok_new(p, add_special_tokens=True)["input_ids"] for p in g.prompts]
-        gen_old = V.greedy_generations(self.model, prompts_old, g.max_new_tokens, self.pad_old)
-        gen_new = V.greedy_generations(self.reloaded, prompts_new, g.max_new_tokens, self.pad_new)
-        gen_new_old = [keep[np.asarray(b, dtype=np.int64)].tolist() for b in gen_new]
-        same = [a == b for a, b in zip(gen_old, gen_new_old)]
-        prompt_kept = [bool(keep_mask[np.asarray(p)].all()) for p in prompts_old]
-        share = sum(same) / len(same)
-        out = {"generation_exact_match": MC.metric(
-            1.0, share, {"min": g.min_exact_match}, "higher", prompts=len(same), prompts_in_vocab=sum(prompt_kept),
-            max_new_tokens=g.max_new_tokens)}
-        gens = []
-        for p, a, b, bn, s, pk in zip(g.prompts, gen_old, gen_new_old, gen_new, same, prompt_kept):
-            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            kept = bool(at >= len(a) or keep_mask[a[at]])  # no original token there: unexplained
-            gens.append({"prompt": p, "original": tok.decode(a), "trimmed": tok_new.decode(bn), "identical": s,
-                         "prompt_in_vocab": pk, "first_difference": None if s else {
-                             "position": at, "original_token": tok.convert_ids_to_tokens(a[at]) if at < len(a) else None,
-                             "original_token_kept": kept}})
-        self.generations = gens
-        diverged = [gr for gr in gens if not gr["identical"]]
-        explained = [gr for gr in diverged if not gr["prompt_in_vocab"] or not gr["first_difference"]["original_token_kept"]]
-        value = len(explained) / len(diverged) if diverged else 1.0
-        out["generation_differences_explained"] = MC.metric(
-            1.0, value, {"min": 1}, "higher", differing=len(diverged), explained=len(explained),
-            criterion="every difference starts where the original's token or prompt is not kept")
-        sel = self._lang_rows(self.in_vocab, acc.samples)
-        s_old = V.lm_scores(self.model, [orig_ids[i] for i in sel], ex.seq_len)
-        s_new = V.lm_scores(self.reloaded, [new_ids[i] for i in sel], ex.seq_len)
-        # (no rows: a keep_file vocabulary holding no held-out sentence; the agreement is then NaN and fails)
-        agree = np.concatenate([np.zeros(0, bool)] + [a == keep[b] for (a, _), (b, _) in zip(s_old, s_new)])
-        orig_top = np.concatenate([np.zeros(0, np.int64)] + [a for a, _ in s_old])
-        on_kept = keep_mask[orig_top] if orig_top.size else np.zeros(0, bool)
-        n_tok = sum(max(0, min(len(orig_ids[i]), ex.seq_len) - 1) for i in sel)
-        ppl_old = float(np.exp(sum(n for _, n in s_old) / max(n_tok, 1)))
-        ppl_new = float(np.exp(sum(n for _, n in s_new) / max(n_tok, 1)))
-        out["next_token_top1_agreement"] = MC.metric(
-            1.0, float(agree.mean()) if agree.size else float("nan"), {"min": acc.min_top1_agreement}, "higher", documents=len(sel),
-            positions=int(agree.size), perplexity_in_vocab={"original": ppl_old, "trimmed": ppl_new},
-            original_top1_kept=float(on_kept.mean()) if on_kept.size else None)
-        kept_agree = float(agree[on_kept].mean()) if on_kept.any() else 1.0
-        out["top1_agreement_where_kept"] = MC.metric(
-            1.0, kept_agree, {"min": 0.999}, "higher", positions=int(on_kept.sum()),
-            criterion="positions whose original top-1 is kept (rounding ties aside)")
-        sel = evenly(list(range(len(texts))), acc.samples)
-        nll_old = sum(n for _, n in V.lm_scores(self.model, [orig_ids[i] for i in sel], ex.seq_len))
-        nll_new = sum(n for _, n in V.lm_scores(self.reloaded, [new_ids[i] for i in sel], ex.seq_len))
-        chars = sum(len(texts[i]) for i in sel)
-        pc_old, pc_new = float(np.exp(nll_old / chars)), float(np.exp(nll_new / chars))
-        out["perplexity_per_char_increase"] = MC.metric(
-            0.0, pc_new / pc_old - 1, {"max": acc.max_perplexity_increase}, "lower",
-            perplexity_per_char={"original": pc_old, "trimmed": pc_new}, documents=len(sel),
-            note="exp(NLL / characters) on all held-out documents, each model on its own tokenization "
-                 "(documents truncated to export.seq_len tokens)")
-        return out
 
     # ---- bench and deploy: each graph on its own ids
     def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
@@ -520,10 +362,9 @@ class VocabTrim(Task):
 
     # ---- report
     def sections(self, graphs: Graphs) -> dict:
-        recipe, ex = self.recipe, self.recipe.export
+        recipe = self.recipe
         params_old = self._params_old
         params_new = self._params_cache[1]
-        b = "batch" if self.fixed_batch is None else self.fixed_batch
         return {
             "model": {"source": recipe.model, "source_kind": self.source_kind, "path": str(self.model_dir),
                       "architecture": self.architecture, "class": type(self.model).__name__,
@@ -536,23 +377,11 @@ class VocabTrim(Task):
             "corpus": self.corpus.describe() | {"mining_tokens": self.mined.mining_tokens,
                                                "heldout_fraction": recipe.corpus.heldout_fraction,
                                                "seed": recipe.corpus.seed},
-            "trim": {"kept": len(self.keep), "mined": len(self.mined.selected), "eligible": self.mined.eligible,
-                     "min_frequency": recipe.trim.min_frequency, "target_vocab_size": recipe.trim.target_vocab_size,
-                     "required": {k: len(v) for k, v in self.required.items()}, "special_dropped": len(self.dropped),
-                     "bpe_closure_added": self.closure_added, "self_generated": self.self_gen,
-                     "config_ids": self.config_changes, "generation_config_ids": self.gen_changes,
-                     "ranking": self.ranking,
-                     "budget": self.budget.describe(len(self.keep), self.held_cov["token_coverage"],
-                                                    {k: v["token_coverage"] for k, v in self.per_lang.items()})
-                     if self.budget is not None else None,
-                     "keep_file": self.keep_list_info},
+            "trim": self._trim_section(),
             "coverage": {"mining": self.mining_cov, "heldout": self.held_cov, "heldout_by_language": self.per_lang,
                          "heldout_oov": self.oov},
             "checkpoint": self.checkpoint,
-            "export": {"opset": ex.opset, "exporter": graphs.model_info.exporter, "batch": ex.batch,
-                       "seq_len": ex.seq_len, "target": ex.target, "trt_target": ex.trt_target,
-                       "inputs": {n: [b, ex.seq_len] for n in INPUTS},
-                       "outputs": graphs.model_info.output_shapes, "baseline_outputs": graphs.baseline_info.output_shapes},
+            "export": self._export_section(graphs),
             "artifacts_extra": {"model_dir": MODEL_DIR, "id_map": f"{MODEL_DIR}/{ID_MAP}", "keep_list": KEEP_LIST},
             "accuracy_extra": {
                 "dataset": "held-out corpus text",
@@ -561,6 +390,29 @@ class VocabTrim(Task):
                                 "(PyTorch) or model.onnx (onnxruntime) with the trimmed tokenizer, as each metric says"),
                 "generations": self.generations},
         }
+
+    def _trim_section(self) -> dict:
+        """The report's ``trim``: what was kept and why (required ids, BPE closure, ranking, budget, keep file)."""
+        trim = self.recipe.trim
+        return {"kept": len(self.keep), "mined": len(self.mined.selected), "eligible": self.mined.eligible,
+                "min_frequency": trim.min_frequency, "target_vocab_size": trim.target_vocab_size,
+                "required": {k: len(v) for k, v in self.required.items()}, "special_dropped": len(self.dropped),
+                "bpe_closure_added": self.closure_added, "self_generated": self.self_gen,
+                "config_ids": self.config_changes, "generation_config_ids": self.gen_changes,
+                "ranking": self.ranking,
+                "budget": self.budget.describe(len(self.keep), self.held_cov["token_coverage"],
+                                               {k: v["token_coverage"] for k, v in self.per_lang.items()})
+                if self.budget is not None else None,
+                "keep_file": self.keep_list_info}
+
+    def _export_section(self, graphs: Graphs) -> dict:
+        """The report's ``export``: the graphs' opset, exporter, batch, sequence length, target and shapes."""
+        ex = self.recipe.export
+        b = "batch" if self.fixed_batch is None else self.fixed_batch
+        return {"opset": ex.opset, "exporter": graphs.model_info.exporter, "batch": ex.batch,
+                "seq_len": ex.seq_len, "target": ex.target, "trt_target": ex.trt_target,
+                "inputs": {n: [b, ex.seq_len] for n in INPUTS},
+                "outputs": graphs.model_info.output_shapes, "baseline_outputs": graphs.baseline_info.output_shapes}
 
     @classmethod
     def markdown(cls, report: dict) -> list[str]:
