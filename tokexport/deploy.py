@@ -353,43 +353,16 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
 
 def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp16, max_batch,
                  sources: Mapping[str, str] | None = None) -> dict:
+    """Write the bundle's files into ``root``: the sample inputs, each model's graph, expected outputs and
+    engine build lines, build_engine.sh, verify_on_device.py, README.md, then manifest.json (every file's
+    sha256 and size); the manifest."""
     sources = dict(sources or {})
-    (root / "inputs").mkdir()
-    inputs = {}
-    for idx, (k, v) in enumerate(feed.items()):  # names are graph data, never file names: files by position
-        rel = f"inputs/input_{idx}.npy"
-        np.save(_inside(root, rel), v)
-        inputs[k] = {"index": idx, "file": rel, "dtype": v.dtype.name, "shape": list(v.shape)}
+    inputs = _write_inputs(root, feed)
     build = [_BUILD_SCRIPT.format(label=tgt.label)]
     entries = {}
     for name, src in models.items():
-        info = infos[name]
-        graph = _copy_graph(Path(src), root, name)[0]
-        _inside(root, f"expected/{name}").mkdir(parents=True)
-        exp = {}
-        for idx, (out, arr) in enumerate(expected[name].items()):  # ONNX Runtime's output order = the graph's
-            rel = f"expected/{name}/output_{idx}.npy"
-            np.save(_inside(root, rel), arr)
-            exp[out] = {"index": idx, "file": rel, "dtype": arr.dtype.name, "shape": list(arr.shape)}
-        batch = max((feed[i["name"]].shape[0] for i in info["inputs"] if feed[i["name"]].ndim), default=1)
-        precision = graph_precision(graph)
-        strong = strongly_typed_build(tgt, precision)
-        cmd = trtexec_command(graph.name, f"{name}.engine", {i["name"]: i["shape"] for i in info["inputs"]}, fp16=fp16,
-                              batch=(1, batch, max(batch, max_batch)), timing_cache="timing.cache", trtexec='"$TRTEXEC"',
-                              strongly_typed=strong)
-        if strong:
-            build.append(f"# {name}.onnx is an {precision} graph; built strongly typed (--stronglyTyped, no --fp16): the "
-                         "engine runs in the graph's precision" + ("" if precision == "fp16" or not fp16 else
-                                                                   " (fp32 here: export.precision: fp16 for an fp16 engine)"))
-        build += [f'echo "== {name}: building {name}.engine (log: build_{name}.log)"', f"{cmd} 2>&1 | tee build_{name}.log",
-                  f"grep -m1 -A3 'Performance summary' build_{name}.log || true"]
-        check = onnx_tools.check_target(graph, tgt, lint=False)
-        entries[name] = {"onnx": graph.name, "opset": info["opset"], "inputs": info["inputs"], "outputs": info["outputs"],
-                         "engine": f"{name}.engine", "expected": exp, "precision": precision, "strongly_typed": strong,
-                         "source_sha256": sources.get(name),
-                         "target_check": {"passed": check.passed, "errors": len(check.errors),
-                                          "warnings": len(check.warnings),
-                                          "findings": [f.to_dict() for f in check.findings]}}
+        entries[name] = _write_model(root, name, Path(src), infos[name], feed, expected[name], tgt, fp16, max_batch,
+                                     sources.get(name), build)
     for fname, text in (("build_engine.sh", "\n".join(build) + "\n"), ("verify_on_device.py", verify_script()),
                         ("README.md", _readme(tgt, list(models), fp16, tol))):
         _inside(root, fname).write_text(text)
@@ -402,6 +375,48 @@ def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp
                 "tolerances": tol, "inputs": inputs, "models": entries, "files": files}
     _inside(root, "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _write_inputs(root: Path, feed: Mapping[str, np.ndarray]) -> dict:
+    """inputs/input_<i>.npy, one per graph input; the manifest's ``inputs``."""
+    (root / "inputs").mkdir()
+    inputs = {}
+    for idx, (k, v) in enumerate(feed.items()):  # names are graph data, never file names: files by position
+        rel = f"inputs/input_{idx}.npy"
+        np.save(_inside(root, rel), v)
+        inputs[k] = {"index": idx, "file": rel, "dtype": v.dtype.name, "shape": list(v.shape)}
+    return inputs
+
+
+def _write_model(root: Path, name: str, src: Path, info: dict, feed, expected: Mapping[str, np.ndarray], tgt: Target,
+                 fp16, max_batch, source_sha256: str | None, build: list[str]) -> dict:
+    """One model of the bundle: its graph copied in, ONNX Runtime's outputs as expected/<name>/output_<i>.npy,
+    its engine build appended to ``build`` (the lines of build_engine.sh); its manifest entry."""
+    graph = _copy_graph(src, root, name)[0]
+    _inside(root, f"expected/{name}").mkdir(parents=True)
+    exp = {}
+    for idx, (out, arr) in enumerate(expected.items()):  # ONNX Runtime's output order = the graph's
+        rel = f"expected/{name}/output_{idx}.npy"
+        np.save(_inside(root, rel), arr)
+        exp[out] = {"index": idx, "file": rel, "dtype": arr.dtype.name, "shape": list(arr.shape)}
+    batch = max((feed[i["name"]].shape[0] for i in info["inputs"] if feed[i["name"]].ndim), default=1)
+    precision = graph_precision(graph)
+    strong = strongly_typed_build(tgt, precision)
+    cmd = trtexec_command(graph.name, f"{name}.engine", {i["name"]: i["shape"] for i in info["inputs"]}, fp16=fp16,
+                          batch=(1, batch, max(batch, max_batch)), timing_cache="timing.cache", trtexec='"$TRTEXEC"',
+                          strongly_typed=strong)
+    if strong:
+        build.append(f"# {name}.onnx is an {precision} graph; built strongly typed (--stronglyTyped, no --fp16): the "
+                     "engine runs in the graph's precision" + ("" if precision == "fp16" or not fp16 else
+                                                               " (fp32 here: export.precision: fp16 for an fp16 engine)"))
+    build += [f'echo "== {name}: building {name}.engine (log: build_{name}.log)"', f"{cmd} 2>&1 | tee build_{name}.log",
+              f"grep -m1 -A3 'Performance summary' build_{name}.log || true"]
+    check = onnx_tools.check_target(graph, tgt, lint=False)
+    return {"onnx": graph.name, "opset": info["opset"], "inputs": info["inputs"], "outputs": info["outputs"],
+            "engine": f"{name}.engine", "expected": exp, "precision": precision, "strongly_typed": strong,
+            "source_sha256": source_sha256,
+            "target_check": {"passed": check.passed, "errors": len(check.errors), "warnings": len(check.warnings),
+                             "findings": [f.to_dict() for f in check.findings]}}
 
 
 # --------------------------------------------------------------------------------------------

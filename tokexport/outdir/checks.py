@@ -69,6 +69,26 @@ def check_out_dir(out: str | os.PathLike, force: bool, *, protect: Iterable[str 
     raw = os.fspath(out) or "."
     shown = raw
     other = f"choose another {what}"
+    absolute = _checked_path(raw, shown, other)
+    # below a regular file?
+    anc = absolute
+    while not os.path.lexists(anc) and anc != anc.parent:
+        anc = anc.parent
+    if anc != absolute and not os.path.isdir(anc):
+        raise InputError(f"{shown}: {anc} is a file, not a directory; {other}")
+    _check_place(absolute, protect, shown, other)
+    if os.path.lexists(absolute):
+        _check_replaceable(absolute, force, recognise, shown, other)
+    elif not os.access(anc, os.W_OK | os.X_OK):
+        raise InputError(f"{shown}: cannot be created, {anc} is not writable; {other}")
+    _CHECKED[str(absolute)] = force
+    return absolute
+
+
+def _checked_path(raw: str, shown: str, other: str) -> Path:
+    """The output's absolute path, once its spelling is one tokexport writes: no unexpanded '~', no '..',
+    nothing under /proc or /sys, no name or path too long for the file system (with the temporary
+    sibling's suffix)."""
     if raw.startswith("~"):  # the command line and the library entry points expand it; never a folder named ~
         raise InputError(f"{shown}: starts with '~', which was not expanded; give the full path "
                          f"(e.g. {os.path.expanduser(raw)})")
@@ -92,12 +112,12 @@ def check_out_dir(out: str | os.PathLike, force: bool, *, protect: Iterable[str 
                          f"most {name_max - _RESERVE}, tokexport adds a suffix for its temporary sibling); {other}")
     if len(os.fsencode(str(absolute))) + _RESERVE + 64 > 4096:
         raise InputError(f"{shown}: the path is too long; {other}")
-    # below a regular file?
-    anc = absolute
-    while not os.path.lexists(anc) and anc != anc.parent:
-        anc = anc.parent
-    if anc != absolute and not os.path.isdir(anc):
-        raise InputError(f"{shown}: {anc} is a file, not a directory; {other}")
+    return absolute
+
+
+def _check_place(absolute: Path, protect: Iterable[str | os.PathLike], shown: str, other: str) -> None:
+    """The output is reached without a symbolic link and is not, nor holds, the root, the home or the current
+    directory, a path the run reads (``protect``) or a file it writes for the whole run."""
     resolved = _real(absolute)
     if resolved != absolute:
         raise InputError(f"{shown}: the path goes through a symbolic link (it resolves to {resolved}); "
@@ -121,24 +141,25 @@ def check_out_dir(out: str | os.PathLike, force: bool, *, protect: Iterable[str 
     for p, why in _WRITTEN.items():
         if _holds(resolved, _real(Path(p))):
             raise InputError(f"{shown}: holds {p}, which this run writes ({why}); {other}")
-    if os.path.lexists(absolute):
-        if not os.path.isdir(absolute):
-            raise InputError(f"{shown}: exists and is not a directory; {other}")
-        ours = (recognise or is_tokexport_output)(absolute)
-        if not force:
-            if ours:
-                raise InputError(f"{shown}: output directory already exists; pass {FORCE} to replace it or {other}")
-            raise InputError(f"{shown}: already exists and was not written by tokexport (no {MARKER} in it); "
-                             f"{other} ({FORCE} replaces only directories tokexport wrote)")
-        if not ours:
-            raise InputError(f"{shown}: was not written by tokexport (no {MARKER} in it), so {FORCE} will not "
-                             f"replace it; move it away yourself or {other}")
-        if not os.access(absolute.parent, os.W_OK | os.X_OK):
-            raise InputError(f"{shown}: cannot be replaced, {absolute.parent} is not writable; {other}")
-    elif not os.access(anc, os.W_OK | os.X_OK):
-        raise InputError(f"{shown}: cannot be created, {anc} is not writable; {other}")
-    _CHECKED[str(absolute)] = force
-    return absolute
+
+
+def _check_replaceable(absolute: Path, force: bool, recognise: Callable[[Path], bool] | None, shown: str,
+                       other: str) -> None:
+    """An existing output: a directory tokexport wrote (``recognise``), replaced only with ``force`` and
+    only where its parent is writable."""
+    if not os.path.isdir(absolute):
+        raise InputError(f"{shown}: exists and is not a directory; {other}")
+    ours = (recognise or is_tokexport_output)(absolute)
+    if not force:
+        if ours:
+            raise InputError(f"{shown}: output directory already exists; pass {FORCE} to replace it or {other}")
+        raise InputError(f"{shown}: already exists and was not written by tokexport (no {MARKER} in it); "
+                         f"{other} ({FORCE} replaces only directories tokexport wrote)")
+    if not ours:
+        raise InputError(f"{shown}: was not written by tokexport (no {MARKER} in it), so {FORCE} will not "
+                         f"replace it; move it away yourself or {other}")
+    if not os.access(absolute.parent, os.W_OK | os.X_OK):
+        raise InputError(f"{shown}: cannot be replaced, {absolute.parent} is not writable; {other}")
 
 
 def check_archive(path: str | os.PathLike, name: str, force: bool, *, protect: Iterable[str | os.PathLike] = (),

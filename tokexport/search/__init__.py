@@ -85,12 +85,8 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
     base_dir = recipe_path.resolve().parent
     out_dir = Path(os.path.expanduser(out)) if out is not None else Path("out") / f"{recipe_path.stem}-search"
     axis = axis_for(recipe)
+    _check_arguments(recipe_path, recipe.task, axis.search_knob, layers, max_evals)
     if axis.search_knob is not None:
-        if layers is not None:
-            raise InputError(f"{option('layers')}: {recipe_path} is task {recipe.task}: the search varies {axis.search_knob}, "
-                             "not a layer-wise schedule")
-        if max_evals is not None and max_evals < 2:
-            raise InputError(f"{option('max_evals')}: {max_evals}; give 2 or more (the recipe's own value is the first)")
         metric = check_metric(recipe, base_dir, metric, "the search")
         from ..tasks.run import model_paths
 
@@ -98,8 +94,20 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
         with Fanout(backend, address, cpus_per_job) as fo:
             return search_knob(recipe_path, recipe, max_drop, metric, out_dir, step, reference, force, stages,
                                max_evals or DEFAULT_MAX_EVALS, fo=fo if backend == "ray" else None)
-    if max_evals is not None:
-        raise InputError(f"{option('max_evals')}: only for visual-token and vocab-trim searches; the ViT schedule search is "
-                         f"bounded by {option('step')} and {option('layers')}")
     return search_schedule(recipe_path, recipe, out_dir, max_drop, metric, layers, step, reference, force, stages,
                            backend=backend, address=address, cpus_per_job=cpus_per_job)
+
+
+def _check_arguments(recipe_path: Path, task: str, knob: str | None, layers: list[int] | None,
+                     max_evals: int | None) -> None:
+    """The arguments fit the search the recipe's task runs: ``layers`` only for the ViT schedule search
+    (``knob`` None), ``max_evals`` only for a knob search (``knob``: the value it varies), and then 2 or more."""
+    if knob is not None:
+        if layers is not None:
+            raise InputError(f"{option('layers')}: {recipe_path} is task {task}: the search varies {knob}, "
+                             "not a layer-wise schedule")
+        if max_evals is not None and max_evals < 2:
+            raise InputError(f"{option('max_evals')}: {max_evals}; give 2 or more (the recipe's own value is the first)")
+    elif max_evals is not None:
+        raise InputError(f"{option('max_evals')}: only for visual-token and vocab-trim searches; the ViT schedule search is "
+                         f"bounded by {option('step')} and {option('layers')}")

@@ -35,12 +35,7 @@ def search_schedule(recipe_path: Path, recipe: Recipe, out_dir: Path, max_drop: 
     metric = metric or "instance_top1"
     protect = (recipe_path, base_dir, *model_paths(recipe.model, base_dir))
     check_out_dir(out_dir, force, protect=protect)
-    if metric not in SCORED:
-        raise InputError(f"{option('metric')} {metric}: the search measures feature_cosine, instance_top1 (and top1_agreement "
-                         "for classifiers)")
-    layers = sorted(set(layers if layers is not None else recipe.reduction.prune_layers))
-    if not layers:
-        raise InputError(f"reduction.prune_layers: empty; give {option('layers')} (blocks the search may prune after)")
+    layers = _searched_layers(recipe, metric, layers)
     fo = Fanout(backend, address, cpus_per_job)
     with fo, claim_out_dir(out_dir, force, kind="search", protect=protect):
         lm, n, step = _load(recipe, base_dir, layers, step, metric, stages)
@@ -48,27 +43,17 @@ def search_schedule(recipe_path: Path, recipe: Recipe, out_dir: Path, max_drop: 
             ev = Evaluator(recipe, lm, metric, max_drop)
         t0 = time.time()
         with stages.stage("search: reference schedule"):
-            ref_stages = plan(recipe.reduction, lm.adapter.n_tokens(lm.image_size), lm.adapter.n_prefix(),
-                              lm.adapter.num_layers)
-            ref = ev({s.layer: s.n_keep for s in ref_stages})
+            ref = _reference(ev, recipe, lm)
         passes, parallel = _greedy_passes(ev, ref, fo, backend, stages, base_dir, layers, n, step)
-        # the winner: the fewest FLOPs of every feasible schedule evaluated (both passes' ends, the reference)
-        best = min((e for e in ev.evaluations if e.feasible), key=lambda e: (e.flops, e.drop), default=None)
+        best = _best(ev, max_drop)
         seconds = time.time() - t0
-        if best is None:
-            raise InputError(f"{option('max_drop')} {max_drop:g}: no schedule evaluated stays within the budget and the recipe's "
-                             "thresholds; raise the budget")
         winner = _winner_recipe(recipe, recipe_path, ev, best, max_drop, metric, layers)
 
         with staged_dir(out_dir) as tmp:
-            # the winner's recipe lives next to the outputs; relative model paths must still resolve
-            winner_file = tmp / f"{winner.name}.yaml"
-            if lm.source_kind == "local":
-                winner = winner.model_copy(update={"model": str(lm.path)})
-            write_recipe(winner, winner_file, winner.description)
-            win_report, win_code, ref_report = _convert(fo, backend, stages, lm, base_dir, tmp, [
-                ("winner", winner, str(out_dir / winner_file.name)),
-                *([("reference", recipe, str(recipe_path))] if reference else [])])
+            winner, winner_file = _write_winner(winner, lm, tmp)
+            runs = [("winner", winner, str(out_dir / winner_file.name)),
+                    *([("reference", recipe, str(recipe_path))] if reference else [])]
+            win_report, win_code, ref_report = _convert(fo, backend, stages, lm, base_dir, tmp, runs)
             summary = _summary(recipe, str(recipe_path), metric, max_drop, layers, step, ev, ref, best, seconds,
                                win_report, ref_report, passes)
             summary["winner_recipe"] = winner_file.name
@@ -76,6 +61,45 @@ def search_schedule(recipe_path: Path, recipe: Recipe, out_dir: Path, max_drop: 
             summary["backend"] = {**fo.describe(), **({"parallel_search": parallel} if parallel else {})}
             (tmp / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary, out_dir
+
+
+def _searched_layers(recipe: Recipe, metric: str, layers: list[int] | None) -> list[int]:
+    """The blocks the search may prune after (``layers``, default the recipe's ``prune_layers``), sorted,
+    once ``metric`` is one the search measures."""
+    if metric not in SCORED:
+        raise InputError(f"{option('metric')} {metric}: the search measures feature_cosine, instance_top1 (and top1_agreement "
+                         "for classifiers)")
+    layers = sorted(set(layers if layers is not None else recipe.reduction.prune_layers))
+    if not layers:
+        raise InputError(f"reduction.prune_layers: empty; give {option('layers')} (blocks the search may prune after)")
+    return layers
+
+
+def _reference(ev: Evaluator, recipe: Recipe, lm) -> Evaluation:
+    """The recipe's own schedule, evaluated."""
+    ref_stages = plan(recipe.reduction, lm.adapter.n_tokens(lm.image_size), lm.adapter.n_prefix(),
+                      lm.adapter.num_layers)
+    return ev({s.layer: s.n_keep for s in ref_stages})
+
+
+def _best(ev: Evaluator, max_drop: float) -> Evaluation:
+    """The winner: the fewest FLOPs of every feasible schedule evaluated (both passes' ends, the reference)."""
+    best = min((e for e in ev.evaluations if e.feasible), key=lambda e: (e.flops, e.drop), default=None)
+    if best is None:
+        raise InputError(f"{option('max_drop')} {max_drop:g}: no schedule evaluated stays within the budget and the recipe's "
+                         "thresholds; raise the budget")
+    return best
+
+
+def _write_winner(winner: Recipe, lm, tmp: Path) -> tuple[Recipe, Path]:
+    """The winner's recipe written into the staged output (a local model by its absolute path: relative model
+    paths must still resolve from there); (that recipe, its file)."""
+    # the winner's recipe lives next to the outputs; relative model paths must still resolve
+    winner_file = tmp / f"{winner.name}.yaml"
+    if lm.source_kind == "local":
+        winner = winner.model_copy(update={"model": str(lm.path)})
+    write_recipe(winner, winner_file, winner.description)
+    return winner, winner_file
 
 
 def _load(recipe: Recipe, base_dir: Path, layers: list[int], step: int | None, metric: str, stages):
