@@ -11,6 +11,7 @@ tokexport.deploy copies this file into every bundle (with the writing tokexport'
 imports its comparison functions, so the library and the device compare outputs with the same code.
 """
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -25,6 +26,22 @@ from pathlib import Path
 import numpy as np
 
 TOKEXPORT_VERSION = "source"  # replaced by the version of the tokexport that writes the bundle
+HERE = Path(__file__).resolve().parent
+MAX_MANIFEST_BYTES = 64 * 2**20
+MAX_LOG_BYTES = 16 * 2**20
+MAX_JSON_DEPTH = 64
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+ORT_PROVIDERS = dict(cpu="CPUExecutionProvider", cuda="CUDAExecutionProvider", tensorrt="TensorrtExecutionProvider")
+# ONNX messages that can hold tensors, by field number (onnx.proto): where external data may be named
+_ONNX_FIELDS = {
+    "model": {7: "graph", 25: "function"},
+    "function": {7: "node"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {13: "entry"},
+}
 
 
 def compare_outputs(actual, expected, tol):
@@ -62,8 +79,9 @@ def compare_outputs(actual, expected, tol):
         gf, ef = g.reshape(g.shape[0] if g.ndim > 1 else 1, -1), e.reshape(e.shape[0] if e.ndim > 1 else 1, -1)
         norms = np.linalg.norm(gf, axis=1) * np.linalg.norm(ef, axis=1)
         cos = np.where(norms > 0, np.sum(gf * ef, axis=1) / np.maximum(norms, 1e-300), 1.0)
-        row.update(kind="float", median_abs=med, quantile_abs=float(np.quantile(err, tol["quantile"])) if e.size else 0.0,
-                   max_abs=float(err.max()) if e.size else 0.0, within=within, cosine=float(cos.min()))
+        q_abs = float(np.quantile(err, tol["quantile"])) if e.size else 0.0
+        max_abs, cosine = float(err.max()) if e.size else 0.0, float(cos.min())
+        row.update(kind="float", median_abs=med, quantile_abs=q_abs, max_abs=max_abs, within=within, cosine=cosine)
         ok = med <= tol["median_atol"] and within >= tol["quantile"] and row["cosine"] >= tol["min_cosine"]
         if "logits" in name.lower() and g.ndim >= 2:
             row["top1_agreement"] = float(np.mean(g.argmax(-1) == e.argmax(-1)))
@@ -79,8 +97,8 @@ def format_row(row):
         return head + row["problem"]
     if row.get("kind") == "exact":
         return head + f"exact agreement {row['agreement']:.4f}"
-    text = (f"median |err| {row['median_abs']:.3g}, q-quantile {row['quantile_abs']:.3g}, max {row['max_abs']:.3g}, "
-            f"within tol {row['within']:.4f}, min cosine {row['cosine']:.6f}")
+    text = f"median |err| {row['median_abs']:.3g}, q-quantile {row['quantile_abs']:.3g}, max {row['max_abs']:.3g}, "
+    text += f"within tol {row['within']:.4f}, min cosine {row['cosine']:.6f}"
     return head + text + (f", top-1 agreement {row['top1_agreement']:.4f}" if "top1_agreement" in row else "")
 
 
@@ -99,12 +117,10 @@ def parse_trtexec_log(text):
     if marker < 0:
         return None
     body = text[marker:]
-    out = {"throughput_qps": None}
     m = re.search(r"Throughput:\s*([0-9.eE+-]+)\s*qps", body)
-    if m:
-        out["throughput_qps"] = float(m.group(1))
-    keys = {"Latency": "latency_ms", "GPU Compute Time": "gpu_compute_ms", "Enqueue Time": "enqueue_ms",
-            "H2D Latency": "h2d_ms", "D2H Latency": "d2h_ms"}
+    out = {"throughput_qps": float(m.group(1)) if m else None}
+    keys = {"Latency": "latency_ms", "GPU Compute Time": "gpu_compute_ms", "Enqueue Time": "enqueue_ms"}
+    keys.update({"H2D Latency": "h2d_ms", "D2H Latency": "d2h_ms"})
     for line in body.splitlines():
         line = re.sub(r"^(\[[^\]]*\]\s*)+", "", line.strip())
         head, sep, rest = line.partition(":")
@@ -125,13 +141,7 @@ def parse_trtexec_log(text):
         version = re.search(r"TensorRT version:\s*([0-9][0-9.]*)", text)
         if version:
             out["tensorrt_version"] = version.group(1)
-    lat = out.get("latency_ms") or {}
-    if out["throughput_qps"] is None and not lat:
-        return None
-    return out
-
-
-HERE = Path(__file__).resolve().parent
+    return None if out["throughput_qps"] is None and not out.get("latency_ms") else out
 
 
 class BundleError(Exception):
@@ -139,14 +149,13 @@ class BundleError(Exception):
     outside it, an array holds pickled objects: exit 2, one line, nothing outside the bundle is read."""
 
 
+def damaged(text):
+    """The BundleError ``<text>; copy the bundle again``."""
+    return BundleError(text + "; copy the bundle again")
+
+
 class WriteFailed(Exception):
     """device_results.json cannot be written (disk full, read-only, no permission): exit 10, nothing partial."""
-
-
-MAX_MANIFEST_BYTES = 64 * 2**20
-MAX_LOG_BYTES = 16 * 2**20
-MAX_JSON_DEPTH = 64
-NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
 def one_line(text):
@@ -156,31 +165,32 @@ def one_line(text):
 def plain_name(name, what):
     """A name manifest.json uses inside a file name (a model's): letters, digits, _ and -, nothing else."""
     if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= NAME_CHARS:
-        raise BundleError("manifest.json: %s %r is not a plain name (letters, digits, _ and -; no separators or "
-                          "'..'); refusing the bundle (copy it again)" % (what, name))
+        rule = "letters, digits, _ and -; no separators or '..'"
+        raise BundleError(f"manifest.json: {what} {name!r} is not a plain name ({rule}); refusing the bundle (copy it again)")
     return name
 
 
 def bad_relative(rel):
     """True unless ``rel`` is a relative path of plain parts: no '..', '.', empty part, backslash or NUL."""
-    return (not isinstance(rel, str) or not rel or chr(0) in rel or chr(92) in rel or rel.startswith("/")
-            or any(part in ("", ".", "..") for part in rel.split("/")))
+    if not isinstance(rel, str) or not rel or chr(0) in rel or chr(92) in rel or rel.startswith("/"):
+        return True
+    return any(part in ("", ".", "..") for part in rel.split("/"))
 
 
 def bundle_file(rel, what="file"):
     """The bundle file manifest.json calls ``rel``, resolved; BundleError unless it is a relative path
     without '..' (or a backslash) that stays inside the bundle."""
     if bad_relative(rel):
-        raise BundleError("manifest.json: %s path %r may lead outside the bundle (not a plain relative path: an "
-                          "absolute path, a '..' or '.' part, a backslash); refusing to read it (copy the bundle "
-                          "again)" % (what, rel))
+        raise BundleError(f"manifest.json: {what} path {rel!r} may lead outside the bundle (not a plain relative "
+                          "path: an absolute path, a '..' or '.' part, a backslash); refusing to read it (copy the "
+                          "bundle again)")
     try:
         path = (HERE / rel).resolve()
     except (OSError, RuntimeError):  # a symlink loop
         path = HERE
     if HERE not in path.parents:
-        raise BundleError("manifest.json lists a %s outside the bundle: %r; refusing to read it "
-                          "(copy the bundle again)" % (what, rel))
+        raise BundleError(f"manifest.json lists a {what} outside the bundle: {rel!r}; refusing to read it (copy the "
+                          "bundle again)")
     return path
 
 
@@ -189,12 +199,11 @@ def regular_file(path, what, limit=None):
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise BundleError("%s %s cannot be read (%s); copy the bundle again" % (what, path.name, exc.strerror)) from None
+        raise damaged(f"{what} {path.name} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise BundleError("%s %s is not a regular file; copy the bundle again" % (what, path.name))
+        raise damaged(f"{what} {path.name} is not a regular file")
     if limit is not None and st.st_size > limit:
-        raise BundleError("%s %s has %d bytes, more than %d; copy the bundle again"
-                          % (what, path.name, st.st_size, limit))
+        raise damaged(f"{what} {path.name} has {st.st_size:d} bytes, more than {limit:d}")
     return path
 
 
@@ -227,7 +236,7 @@ def read_manifest():
         if _too_deep(manifest):
             raise ValueError("nested more than %d levels" % MAX_JSON_DEPTH)
     except (OSError, ValueError, RecursionError) as exc:
-        raise BundleError("manifest.json is unreadable (%s); copy the bundle again" % one_line(exc)) from None
+        raise damaged(f"manifest.json is unreadable ({one_line(exc)})") from None
     try:
         for entry in manifest["files"]:
             bundle_file(entry["path"])
@@ -243,8 +252,8 @@ def read_manifest():
                 bundle_file(f["file"], "expected output file")
         manifest["tolerances"].items()
     except (KeyError, TypeError, AttributeError) as exc:
-        raise BundleError("manifest.json lacks a field or has a malformed one (%s: %s); copy the bundle again"
-                          % (type(exc).__name__, one_line(exc))) from None
+        problem = f"{type(exc).__name__}: {one_line(exc)}"
+        raise damaged(f"manifest.json lacks a field or has a malformed one ({problem})") from None
     return manifest
 
 
@@ -256,23 +265,10 @@ def load_array(rel, what):
             return np.load(f, allow_pickle=False)
     except ValueError as exc:
         if "pickle" in str(exc):
-            raise BundleError("%s %s holds pickled Python objects, which are never loaded; copy the bundle again"
-                              % (what, rel)) from None
-        raise BundleError("%s %s is not a readable .npy file (%s); copy the bundle again" % (what, rel, one_line(exc))) from None
+            raise damaged(f"{what} {rel} holds pickled Python objects, which are never loaded") from None
+        raise damaged(f"{what} {rel} is not a readable .npy file ({one_line(exc)})") from None
     except OSError as exc:
-        raise BundleError("%s %s cannot be read (%s); copy the bundle again" % (what, rel, one_line(exc))) from None
-
-
-# ONNX messages that can hold tensors, by field number (onnx.proto): where external data may be named
-_ONNX_FIELDS = {
-    "model": {7: "graph", 25: "function"},
-    "function": {7: "node"},
-    "graph": {1: "node", 5: "tensor", 15: "sparse"},
-    "node": {5: "attribute"},
-    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
-    "sparse": {1: "tensor", 2: "tensor"},
-    "tensor": {13: "entry"},
-}
+        raise damaged(f"{what} {rel} cannot be read ({one_line(exc)})") from None
 
 
 def _varint(buf, i):
@@ -297,10 +293,8 @@ def _fields(buf):
         if wire == 0:
             _, i = _varint(buf, i)
             yield key >> 3, None
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
+        elif wire in (1, 5):  # fixed 64 or 32 bits
+            i += 8 if wire == 1 else 4
         elif wire == 2:
             length, i = _varint(buf, i)
             if i + length > n:
@@ -340,13 +334,13 @@ def check_external_data(graph):
         with open(graph, "rb") as f:
             locations = external_locations(f.read())
     except (OSError, ValueError) as exc:
-        raise BundleError("graph %s is not a readable ONNX file (%s); copy the bundle again" % (graph.name, one_line(exc))) from None
+        raise damaged(f"graph {graph.name} is not a readable ONNX file ({one_line(exc)})") from None
     for loc in sorted(set(locations)):
         target = None if bad_relative(loc) else (graph.parent / loc).resolve()
         if target is None or HERE not in target.parents:
-            raise BundleError("graph %s names external data %r outside the bundle; refusing to run it (copy the "
-                              "bundle again)" % (graph.name, loc))
-        regular_file(target, "external data of %s:" % graph.name)
+            raise BundleError(f"graph {graph.name} names external data {loc!r} outside the bundle; refusing to run it "
+                              "(copy the bundle again)")
+        regular_file(target, f"external data of {graph.name}:")
 
 
 def sha256(path):
@@ -372,9 +366,6 @@ def importable(name):
     return importlib.util.find_spec(name) is not None
 
 
-ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-
-
 def ort_providers(choice):
     """ONNX Runtime providers for --provider (auto: CUDA when this onnxruntime offers it, else the CPU)."""
     import onnxruntime as ort
@@ -385,16 +376,15 @@ def ort_providers(choice):
     order = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[choice]
     missing = [ORT_PROVIDERS[p] for p in order if ORT_PROVIDERS[p] not in available]
     if missing:
-        raise RuntimeError("--provider %s needs %s, which this onnxruntime does not offer (it has: %s)"
-                           % (choice, missing[0], ", ".join(available)))
+        have = ", ".join(available)
+        raise RuntimeError(f"--provider {choice} needs {missing[0]}, which this onnxruntime does not offer (it has: {have})")
     return [ORT_PROVIDERS[p] for p in order]
 
 
 def run_onnxruntime(entry, feed, providers, used):
     import onnxruntime as ort
 
-    graph = bundle_file(entry["onnx"], "graph")
-    check_external_data(graph)
+    graph = bundle_file(entry["onnx"], "graph")  # its external data checked before any runtime opened a graph
     sess = ort.InferenceSession(str(graph), providers=providers)
     used[:] = sess.get_providers()
     if used[0] != providers[0]:  # onnxruntime fell back with a warning only: say so, and record it
@@ -404,35 +394,27 @@ def run_onnxruntime(entry, feed, providers, used):
 
 
 def run_tensorrt(entry, feed, manifest):
-    from polygraphy.backend.trt import (
-        CreateConfig,
-        EngineFromBytes,
-        EngineFromNetwork,
-        NetworkFromOnnxPath,
-        Profile,
-        TrtRunner,
-    )
+    import polygraphy.backend.trt as poly
 
     engine = bundle_file(entry["engine"], "engine")
     if os.path.lexists(engine):  # built by build_engine.sh
-        loader = EngineFromBytes(regular_file(engine, "engine").read_bytes())
+        loader = poly.EngineFromBytes(regular_file(engine, "engine").read_bytes())
     else:
-        profile = Profile()
+        profile = poly.Profile()
         for i in entry["inputs"]:
             if not isinstance(i["shape"][0], int):
-                rest = list(feed[i["name"]].shape[1:])
-                b = feed[i["name"]].shape[0]
+                b, *rest = feed[i["name"]].shape
                 profile.add(i["name"], [1] + rest, [b] + rest, [max(b, manifest["max_batch"])] + rest)
         import tensorrt as trt
 
         # TensorRT >= 11 builds strongly typed only (no fp16 flag): the engine takes the graph's precision
         strong = bool(entry.get("strongly_typed")) or int(trt.__version__.split(".")[0]) >= 11
-        config = CreateConfig(fp16=bool(manifest["fp16"]) and not strong, profiles=[profile] if len(profile) else None)
-        graph = bundle_file(entry["onnx"], "graph")
-        check_external_data(graph)
-        network = NetworkFromOnnxPath(str(graph), strongly_typed=True if strong else None)
-        loader = EngineFromNetwork(network, config=config)
-    with TrtRunner(loader) as runner:
+        profiles = [profile] if len(profile) else None
+        config = poly.CreateConfig(fp16=bool(manifest["fp16"]) and not strong, profiles=profiles)
+        graph = bundle_file(entry["onnx"], "graph")  # its external data checked before any runtime opened a graph
+        network = poly.NetworkFromOnnxPath(str(graph), strongly_typed=True if strong else None)
+        loader = poly.EngineFromNetwork(network, config=config)
+    with poly.TrtRunner(loader) as runner:
         return {k: np.array(v) for k, v in runner.infer({n: feed[n] for n in feed}).items()}
 
 
@@ -474,10 +456,8 @@ def write_results(path, results):
         raise WriteFailed("cannot write %s (%s); nothing was written" % (path, exc.strerror or exc)) from None
     finally:
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
     print("wrote %s" % path)
 
 
@@ -494,39 +474,84 @@ def trtexec_summaries(manifest):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Check this bundle's files and compare the runtime's outputs with "
-                                             "the expected ones; write device_results.json. Exit 0 PASS, 1 FAIL, "
-                                             "2 damaged bundle, 5 no runtime, 10 the results cannot be written.")
-    ap.add_argument("--runtime", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
-                    help="auto: TensorRT when `tensorrt` and `polygraphy` import, else ONNX Runtime")
-    ap.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"], default="auto",
-                    help="ONNX Runtime execution provider (auto: CUDA when offered, else CPU)")
-    ap.add_argument("--results", default="device_results.json",
-                    help="where the results go (default: device_results.json in this bundle); "
-                         "bring it back: tokexport check device_results.json --baseline report.json")
+    about = "Check this bundle's files and compare the runtime's outputs with the expected ones; "
+    about += "write device_results.json. Exit 0 PASS, 1 FAIL, 2 damaged bundle, 5 no runtime, "
+    about += "10 the results cannot be written."
+    runtime_help = "auto: TensorRT when `tensorrt` and `polygraphy` import, else ONNX Runtime"
+    provider_help = "ONNX Runtime execution provider (auto: CUDA when offered, else CPU)"
+    results_help = "where the results go (default: device_results.json in this bundle); "
+    results_help += "bring it back: tokexport check device_results.json --baseline report.json"
+    ap = argparse.ArgumentParser(description=about)
+    ap.add_argument("--runtime", choices=["auto", "tensorrt", "onnxruntime"], default="auto", help=runtime_help)
+    ap.add_argument("--provider", choices=["auto", "cpu", "cuda", "tensorrt"], default="auto", help=provider_help)
+    ap.add_argument("--results", default="device_results.json", help=results_help)
     args = ap.parse_args(argv)
     try:
         return verify(args)
-    except BundleError as exc:
+    except (BundleError, WriteFailed) as exc:
         print("error: %s" % one_line(exc), file=sys.stderr)
-        return 2
-    except WriteFailed as exc:
-        print("error: %s" % one_line(exc), file=sys.stderr)
-        return 10
+        return 2 if isinstance(exc, BundleError) else 10
+
+
+def choose_runtime(runtime, provider):
+    """(the runtime --runtime asks for: auto is TensorRT when `tensorrt` and `polygraphy` import, else ONNX
+    Runtime; ONNX Runtime's providers for --provider; why it cannot run here, None when it can)."""
+    has_trt = importable("tensorrt") and importable("polygraphy")
+    if runtime == "auto":
+        runtime = "tensorrt" if has_trt else "onnxruntime"
+        if importable("tensorrt") and not has_trt:
+            print("note: tensorrt imports but polygraphy does not (pip install polygraphy); using ONNX Runtime")
+    if runtime == "tensorrt":
+        problem = None if has_trt else "--runtime tensorrt needs the tensorrt and polygraphy Python packages"
+        return runtime, None, problem
+    if not importable("onnxruntime"):
+        return runtime, None, "neither TensorRT (tensorrt + polygraphy) nor onnxruntime is importable here"
+    try:
+        return runtime, ort_providers(provider), None
+    except RuntimeError as exc:
+        return runtime, None, str(exc)
+
+
+def run_models(manifest, runtime, providers, results):
+    """Every model of the bundle run on the bundled inputs and compared with the expected outputs, into
+    ``results``; whether all passed."""
+    used = []
+    results["runtime"] = {"name": runtime, "versions": versions(runtime), "providers": used}
+    feed = {n: load_array(i["file"], "input file") for n, i in manifest["inputs"].items()}
+    for entry in manifest["models"].values():  # before any runtime opens a graph
+        check_external_data(bundle_file(entry["onnx"], "graph"))
+    passed = True
+    for name, entry in manifest["models"].items():
+        t0 = time.perf_counter()
+        if runtime == "tensorrt":
+            out = run_tensorrt(entry, feed, manifest)
+        else:
+            out = run_onnxruntime(entry, feed, providers, used)
+        ms = 1000 * (time.perf_counter() - t0)
+        expected = {o: load_array(f["file"], "expected output file") for o, f in entry["expected"].items()}
+        rows = compare_outputs(out, expected, manifest["tolerances"])
+        where = runtime + (" " + used[0] if used else "")
+        print(f"{name} ({entry['onnx']}, {where}, first run {ms:.0f} ms incl. load):")
+        for row in rows:
+            print(format_row(row))
+        ok = all(r["passed"] for r in rows)
+        results["models"][name] = {"outputs": rows, "passed": ok, "first_run_ms": ms}
+        passed = passed and ok
+    results["runtime"]["provider"] = used[0] if used else None
+    return passed
 
 
 def verify(args):
     manifest = read_manifest()
-    results_path = Path(args.results)
-    results_path = results_path if results_path.is_absolute() else HERE / results_path
-    results = {"format": "tokexport-device-results", "format_version": 1, "created_unix": int(time.time()),
-               "bundle": {"tokexport_version": manifest.get("tokexport_version"), "target": manifest["target"],
-                          "manifest_sha256": sha256(HERE / "manifest.json"),
-                          "models": {n: {"onnx": e["onnx"], "source_sha256": e.get("source_sha256"),
-                                         "precision": e.get("precision"), "strongly_typed": e.get("strongly_typed")}
-                                     for n, e in manifest["models"].items()}},
-               "machine": {"platform": platform.platform(), "machine": platform.machine()},
-               "tolerances": manifest["tolerances"], "runtime": None, "models": {}, "trtexec": {}, "passed": False}
+    results_path = HERE / args.results  # an absolute --results stays as given
+    created = int(time.time())
+    keys = ("onnx", "source_sha256", "precision", "strongly_typed")
+    models = {name: {k: entry.get(k) for k in keys} for name, entry in manifest["models"].items()}
+    bundle = {"tokexport_version": manifest.get("tokexport_version"), "target": manifest["target"]}
+    bundle.update(manifest_sha256=sha256(HERE / "manifest.json"), models=models)
+    results = {"format": "tokexport-device-results", "format_version": 1, "created_unix": created, "bundle": bundle}
+    results["machine"] = {"platform": platform.platform(), "machine": platform.machine()}
+    results.update(tolerances=manifest["tolerances"], runtime=None, models={}, trtexec={}, passed=False)
     bad = damaged_files(manifest)
     results["sha256"] = {"files": len(manifest["files"]), "passed": not bad, "problems": bad}
     results["trtexec"] = trtexec_summaries(manifest)
@@ -537,58 +562,22 @@ def verify(args):
         write_results(results_path, results)
         return 2
     print(f"sha256: {len(manifest['files'])} files match manifest.json")
-    runtime = args.runtime
-    has_trt = importable("tensorrt") and importable("polygraphy")
-    if runtime == "auto":
-        runtime = "tensorrt" if has_trt else "onnxruntime"
-        if importable("tensorrt") and not has_trt:
-            print("note: tensorrt imports but polygraphy does not (pip install polygraphy); using ONNX Runtime")
-    problem = None
-    if runtime == "tensorrt" and not has_trt:
-        problem = "--runtime tensorrt needs the tensorrt and polygraphy Python packages"
-    if runtime == "onnxruntime" and not importable("onnxruntime"):
-        problem = "neither TensorRT (tensorrt + polygraphy) nor onnxruntime is importable here"
-    providers = None
-    if problem is None and runtime == "onnxruntime":
-        try:
-            providers = ort_providers(args.provider)
-        except RuntimeError as exc:
-            problem = str(exc)
+    runtime, providers, problem = choose_runtime(args.runtime, args.provider)
     if problem is not None:
-        print("FAIL: %s" % problem)
+        print(f"FAIL: {problem}")
         results["problem"] = problem
         write_results(results_path, results)
         return 5
-    used = []
-    results["runtime"] = {"name": runtime, "versions": versions(runtime), "providers": used}
-    tol = manifest["tolerances"]
-    feed = {n: load_array(i["file"], "input file") for n, i in manifest["inputs"].items()}
-    for entry in manifest["models"].values():  # before any runtime opens a graph
-        check_external_data(bundle_file(entry["onnx"], "graph"))
-    passed = True
-    for name, entry in manifest["models"].items():
-        t0 = time.perf_counter()
-        out = run_tensorrt(entry, feed, manifest) if runtime == "tensorrt" else run_onnxruntime(entry, feed, providers, used)
-        ms = 1000 * (time.perf_counter() - t0)
-        expected = {o: load_array(f["file"], "expected output file") for o, f in entry["expected"].items()}
-        rows = compare_outputs(out, expected, tol)
-        where = runtime + (" " + used[0] if used else "")
-        print(f"{name} ({entry['onnx']}, {where}, first run {ms:.0f} ms incl. load):")
-        for row in rows:
-            print(format_row(row))
-        ok = all(r["passed"] for r in rows)
-        results["models"][name] = {"outputs": rows, "passed": ok, "first_run_ms": ms}
-        passed = passed and ok
-    results["runtime"]["provider"] = used[0] if used else None
+    passed = run_models(manifest, runtime, providers, results)
     results["passed"] = bool(passed)
     for name, summary in results["trtexec"].items():
-        lat = summary.get("latency_ms") or {}
-        print("trtexec %s: median %s ms, p90 %s ms, %s qps (%s)" % (name, lat.get("median"), lat.get("p90"),
-                                                                    summary.get("throughput_qps"), summary["log"]))
-    tol_text = ", ".join(f"{k} {v:g}" for k, v in tol.items())
+        lat, qps = summary.get("latency_ms") or {}, summary.get("throughput_qps")
+        print(f"trtexec {name}: median {lat.get('median')} ms, p90 {lat.get('p90')} ms, {qps} qps ({summary['log']})")
+    tol_text = ", ".join(f"{k} {v:g}" for k, v in manifest["tolerances"].items())
     write_results(results_path, results)
     print(f"{'PASS' if passed else 'FAIL'} ({runtime}; tolerances: {tol_text})")
     return 0 if passed else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())
