@@ -251,8 +251,11 @@ def test_onnxruntime_baselines_equal_the_pytorch_ones(tiny_models, tmp_path):
     assert torch.equal(rec["hidden"], full["hidden"]) and rec["as_tuple"] == full["as_tuple"]
     assert isinstance(lm.adapter.layers(lm.model)[0], type(lm.adapter.layers(lm.model)[3]))  # blocks restored
     feat = lm.adapter.feature_output(list(run_rows(TorchRunner(fwd), {"pixel_values": x[:1]})))
-    figures = lambda out: {"f": out[feat].reshape(len(x), -1)[:, 0].astype(np.float64),  # noqa: E731
-                           "c": out[feat].reshape(len(x), -1).mean(1).astype(np.float64)}
+
+    def figures(out):
+        return {"f": out[feat].reshape(len(x), -1)[:, 0].astype(np.float64),
+                "c": out[feat].reshape(len(x), -1).mean(1).astype(np.float64)}
+
     info: dict = {}
     a = baseline_runs(lm.model, lm.adapter, fwd, stages, x, figures, range(5), recorded=rec, engine="onnxruntime",
                       workdir=tmp_path, info=info)

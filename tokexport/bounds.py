@@ -229,5 +229,5 @@ def _threads(v):
         raise BoundsError(f"{e} (4 x the {hi // 4} CPU cores here); or null for all cores") from None
 
 
-Threads = Annotated[Union[Annotated[int, at.Ge(1)], None], Range("1..4 x CPU cores"),  # noqa: UP007
-                    BeforeValidator(_threads)]
+_ThreadCount = Union[Annotated[int, at.Ge(1)], None]  # noqa: UP007
+Threads = Annotated[_ThreadCount, Range("1..4 x CPU cores"), BeforeValidator(_threads)]
