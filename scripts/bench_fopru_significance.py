@@ -13,6 +13,7 @@ both variants are scored by the same yardstick.
 
     python scripts/bench_fopru_significance.py --out out/bench-fopru-significance
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,15 @@ def row_of(report: dict, **extra) -> dict:
     """One table row from a visual-tokens report: the method's figures and its baselines section."""
     m, b = report["accuracy"]["metrics"], report["baselines"]
     red = report["reduction"]
-    out = {**extra, "method": red["method"], "tokens": f"{red['visual_tokens_in']}→{red['visual_tokens_out']}",
-           "prefill_saved": report["llm"]["prefill_flops_saved"], "samples": b["data"]["samples"],
-           "top1_original": m["instance_top1"]["original"], "attention_mass": m["attention_mass"]["value"]}
+    out = {
+        **extra,
+        "method": red["method"],
+        "tokens": f"{red['visual_tokens_in']}→{red['visual_tokens_out']}",
+        "prefill_saved": report["llm"]["prefill_flops_saved"],
+        "samples": b["data"]["samples"],
+        "top1_original": m["instance_top1"]["original"],
+        "attention_mass": m["attention_mass"]["value"],
+    }
     for f in FIGURES:
         out[f] = m[f]["reduced"]
         for name, run_ in b["baselines"].items():
@@ -83,22 +90,34 @@ def main() -> int:
         for source in SOURCES:
             recipe = measuring_recipe(REPO / "recipes" / recipe_file, {"source": source})
             t0 = time.time()
-            res = run(recipe, REPO / "recipes", out / f"{recipe_file.split('.')[0]}-{source}", force=True,
-                      label=f"{recipe_file} source={source}")
+            res = run(
+                recipe,
+                REPO / "recipes",
+                out / f"{recipe_file.split('.')[0]}-{source}",
+                force=True,
+                label=f"{recipe_file} source={source}",
+            )
             rows.append(row_of(res.report, recipe=recipe_file, source=source, seconds=time.time() - t0))
             r = rows[-1]
-            print(f"[{len(rows)}] {r['method']} {source}: cos {r['feature_cosine']:.4f} top1 {r['instance_top1']:.3f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{len(rows)}] {r['method']} {source}: cos {r['feature_cosine']:.4f} top1 {r['instance_top1']:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
-    head = ("| method | source | visual tokens | cosine (mean-pooled) | margin over best baseline [95% CI] | "
-            "instance top-1 (all → kept) | margin over best baseline [95% CI] | cosine (attn-pooled) | "
-            "attention mass (info) |")
+    head = (
+        "| method | source | visual tokens | cosine (mean-pooled) | margin over best baseline [95% CI] | "
+        "instance top-1 (all → kept) | margin over best baseline [95% CI] | cosine (attn-pooled) | "
+        "attention mass (info) |"
+    )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        print(f"| {r['method']} | `{r['source']}` | {r['tokens']} | {r['feature_cosine']:.4f} | "
-              f"{fmt_margin(r['feature_cosine.margin'])} | {r['top1_original']:.3f} → {r['instance_top1']:.3f} | "
-              f"{fmt_margin(r['instance_top1.margin'])} | {r['attn_pooled_cosine']:.4f} | {r['attention_mass']:.3f} |")
+        print(
+            f"| {r['method']} | `{r['source']}` | {r['tokens']} | {r['feature_cosine']:.4f} | "
+            f"{fmt_margin(r['feature_cosine.margin'])} | {r['top1_original']:.3f} → {r['instance_top1']:.3f} | "
+            f"{fmt_margin(r['instance_top1.margin'])} | {r['attn_pooled_cosine']:.4f} | {r['attention_mass']:.3f} |"
+        )
     print()
     print("Baselines at the same K on the same crops (random: mean ± sd over seeds, drawn per image):")
     print("| budget | baseline | cosine (mean-pooled) | instance top-1 | cosine (attn-pooled) |")
@@ -109,8 +128,10 @@ def main() -> int:
             continue
         seen.add(r["tokens"])
         for name in ("random", "uniform"):
-            print(f"| {r['tokens']} | {name} | {fmt_base(r[f'feature_cosine.{name}'])} | "
-                  f"{fmt_base(r[f'instance_top1.{name}'])} | {fmt_base(r[f'attn_pooled_cosine.{name}'])} |")
+            print(
+                f"| {r['tokens']} | {name} | {fmt_base(r[f'feature_cosine.{name}'])} | "
+                f"{fmt_base(r[f'instance_top1.{name}'])} | {fmt_base(r[f'attn_pooled_cosine.{name}'])} |"
+            )
     return 0
 
 

@@ -32,6 +32,7 @@ machine (a few minutes a point, ~90 MB of graph each): run it under ``nice``.
     nice python scripts/bench_frontier.py --out out/frontier --update-readme
     python scripts/bench_frontier.py --out out/frontier --methods pitome tome --budgets 0.65 --crops-per-class 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,11 @@ import bench_vs_optimum as optimum  # noqa: E402  (its venv, export and session 
 METHODS = ("zero-tprune", "topk-cls", "tome", "pitome", "divprune", "dart", "hybrid", "uniform")
 BASELINE_ROWS = ("random (per image)", "uniform (lattice)")
 TEMPLATES = {  # the shipped recipe whose reduction each method starts from (its blocks, its parameters)
-    "zero-tprune": "dinov2-small-zero-tprune", "topk-cls": "dinov2-small-topk-cls", "tome": "dinov2-small-tome",
-    "pitome": "dinov2-small-pitome", "hybrid": "dinov2-small-hybrid",
+    "zero-tprune": "dinov2-small-zero-tprune",
+    "topk-cls": "dinov2-small-topk-cls",
+    "tome": "dinov2-small-tome",
+    "pitome": "dinov2-small-pitome",
+    "hybrid": "dinov2-small-hybrid",
 }
 BASE_RECIPE = "dinov2-small-zero-tprune"  # export/verify settings of every point
 HELDOUT_STREAM = 3  # crops: default_rng([0, 3]); eval 0 = the recipes' verdicts, 1 = prototypes, 2 = search
@@ -85,15 +89,22 @@ class Setup:
         from tokexport.tasks.vit_tokens import forward_fn
 
         self.base = load_recipe(REPO / "recipes" / f"{BASE_RECIPE}.yaml")
-        self.lm = load_model(self.base.model, REPO / "recipes", self.base.family, self.base.task,
-                             self.base.export.image_size)
+        self.lm = load_model(
+            self.base.model, REPO / "recipes", self.base.family, self.base.task, self.base.export.image_size
+        )
         ad = self.lm.adapter
         self.shape = ModelShape(ad.n_tokens(self.lm.image_size), ad.n_prefix(), ad.dims(), ad.head_macs(self.lm.model))
         acc = self.base.verify.accuracy
         pre = Preprocess(self.lm.image_size, self.lm.mean, self.lm.std)
-        self.iset = instance_recognition_set(natural_images(include_optional=False, include_dependencies=True), pre,
-                                             crops_per_class, acc.prototypes_per_class, tuple(acc.crop_scale), seed,
-                                             eval_stream=HELDOUT_STREAM)
+        self.iset = instance_recognition_set(
+            natural_images(include_optional=False, include_dependencies=True),
+            pre,
+            crops_per_class,
+            acc.prototypes_per_class,
+            tuple(acc.crop_scale),
+            seed,
+            eval_stream=HELDOUT_STREAM,
+        )
         self.forward = forward_fn(self.lm)
         self.seed = seed
         self.M = M
@@ -103,11 +114,17 @@ class Setup:
         self.records: dict[int, dict] = {}
 
     def split(self) -> dict:
-        return {"eval": {"samples": int(len(self.iset.eval_y)),
-                         "crops": f"default_rng([{self.seed}, {HELDOUT_STREAM}]): used by no recipe, schedule or search"},
-                "prototypes": {"samples": int(len(self.iset.proto_y)),
-                               "crops": f"default_rng([{self.seed}, 1]) (original model)"},
-                "classes": self.iset.n_classes}
+        return {
+            "eval": {
+                "samples": int(len(self.iset.eval_y)),
+                "crops": f"default_rng([{self.seed}, {HELDOUT_STREAM}]): used by no recipe, schedule or search",
+            },
+            "prototypes": {
+                "samples": int(len(self.iset.proto_y)),
+                "crops": f"default_rng([{self.seed}, 1]) (original model)",
+            },
+            "classes": self.iset.n_classes,
+        }
 
     def original(self, baseline_onnx: Path) -> None:
         """The original model's outputs on the held-out and prototype crops (baseline.onnx, which passed parity)."""
@@ -124,8 +141,9 @@ class Setup:
     def figures(self, out: dict) -> dict:
         from tokexport.reduce.baselines_vit import per_sample
 
-        return per_sample(["feature_cosine", "instance_top1"], self.orig, out, self.feature, self.protos,
-                          self.iset.eval_y)
+        return per_sample(
+            ["feature_cosine", "instance_top1"], self.orig, out, self.feature, self.protos, self.iset.eval_y
+        )
 
     def record(self, layer: int) -> dict:
         from tokexport.reduce.baselines_vit import record_prefix
@@ -157,8 +175,9 @@ def point_recipe(setup: Setup, reduction: dict):
     data = setup.base.model_dump(mode="json", exclude_none=True)
     data["name"] = f"frontier-{reduction['method']}"
     data["reduction"] = reduction
-    data["verify"]["accuracy"].update(samples_per_class=1, prototypes_per_class=1,
-                                      metrics={"feature_cosine": {"min": -1.0}})
+    data["verify"]["accuracy"].update(
+        samples_per_class=1, prototypes_per_class=1, metrics={"feature_cosine": {"min": -1.0}}
+    )
     data["verify"]["baselines"] = {"enabled": False}
     data["verify"].pop("vs_baselines", None)
     data["bench"] = {**data["bench"], "enabled": False}
@@ -181,19 +200,49 @@ def shared_baselines(setup: Setup, stages, seeds: int, cache_dir: Path):
     if path.is_file():
         got = json.loads(path.read_text())
         if got["key"] == key:
-            return [BaselineRun(r["name"], r["description"], {k: [np.asarray(v) for v in vs]
-                                                             for k, vs in r["per_sample"].items()}, r["seeds"])
-                    for r in got["runs"]], got["engine"]
+            return [
+                BaselineRun(
+                    r["name"],
+                    r["description"],
+                    {k: [np.asarray(v) for v in vs] for k, vs in r["per_sample"].items()},
+                    r["seeds"],
+                )
+                for r in got["runs"]
+            ], got["engine"]
     with tempfile.TemporaryDirectory(prefix="frontier-baselines-") as tmp:
         engine: dict = {}
-        runs = baseline_runs(setup.lm.model, setup.lm.adapter, setup.forward, stages, setup.iset.eval_x,
-                             setup.figures, list(range(seeds)), recorded=setup.record(stages[0].layer),
-                             engine="onnxruntime", workdir=tmp, info=engine)
+        runs = baseline_runs(
+            setup.lm.model,
+            setup.lm.adapter,
+            setup.forward,
+            stages,
+            setup.iset.eval_x,
+            setup.figures,
+            list(range(seeds)),
+            recorded=setup.record(stages[0].layer),
+            engine="onnxruntime",
+            workdir=tmp,
+            info=engine,
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_suffix(".part")
-    tmp_path.write_text(json.dumps({"key": key, "engine": engine, "runs": [
-        {"name": r.name, "description": r.description, "seeds": r.seeds,
-         "per_sample": {k: [np.asarray(v).tolist() for v in vs] for k, vs in r.per_sample.items()}} for r in runs]}))
+    tmp_path.write_text(
+        json.dumps(
+            {
+                "key": key,
+                "engine": engine,
+                "runs": [
+                    {
+                        "name": r.name,
+                        "description": r.description,
+                        "seeds": r.seeds,
+                        "per_sample": {k: [np.asarray(v).tolist() for v in vs] for k, vs in r.per_sample.items()},
+                    }
+                    for r in runs
+                ],
+            }
+        )
+    )
     tmp_path.replace(path)
     return runs, engine
 
@@ -232,17 +281,27 @@ def run_point(setup: Setup, method: str, budget: float, work: Path, seeds: int) 
     for r in runs:
         per_sample[r.name] = {k: np.mean(np.stack(v), axis=0).tolist() for k, v in r.per_sample.items()}
     return {
-        "method": method, "budget": budget, "reduction": reduction, "flops_ratio": ratio,
-        "tokens_per_stage": [{"layer": s.layer, "tokens_out": s.tokens_out, "kind": s.kind,
-                              **({"method": s.method} if s.method else {})} for s in stages],
+        "method": method,
+        "budget": budget,
+        "reduction": reduction,
+        "flops_ratio": ratio,
+        "tokens_per_stage": [
+            {"layer": s.layer, "tokens_out": s.tokens_out, "kind": s.kind, **({"method": s.method} if s.method else {})}
+            for s in stages
+        ],
         "parity": {"passed": rep["parity"]["passed"], "max_abs_diff": rep["parity"].get("max_abs_diff")},
         "trt_check": {"jetpack-6.0": rep["trt_check"]["errors"] == 0, "jetpack-7.0": jp7.passed},
-        "forbidden_ops": forbidden, "topk_max_k": max((t["k"] or 0) for t in info["topk"]) if info["topk"] else 0,
+        "forbidden_ops": forbidden,
+        "topk_max_k": max((t["k"] or 0) for t in info["topk"]) if info["topk"] else 0,
         "nodes": {"model": rep["artifacts"].get("onnx_nodes"), "baseline": rep["artifacts"].get("baseline_onnx_nodes")},
         "bytes": {"model": rep["artifacts"]["onnx_bytes"], "baseline": rep["artifacts"]["baseline_onnx_bytes"]},
-        "baselines": {"margins": section["margins"], "means": {k: v["metrics"] for k, v in section["baselines"].items()},
-                      "engine": engine},
-        "per_sample": per_sample, "seconds": round(time.perf_counter() - t0, 1),
+        "baselines": {
+            "margins": section["margins"],
+            "means": {k: v["metrics"] for k, v in section["baselines"].items()},
+            "engine": engine,
+        },
+        "per_sample": per_sample,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -253,8 +312,17 @@ class Timing:
     """model.onnx interleaved with baseline.onnx and Optimum's export, ONNX Runtime CPU. Optimum's export is
     built (once, cached in OUT/optimum) at the first call, checked against that call's baseline.onnx."""
 
-    def __init__(self, out: Path, venv: Path | None, model_dir: Path, opset: int, batches: list[int], warmup: int,
-                 repeats: int, threads: int):
+    def __init__(
+        self,
+        out: Path,
+        venv: Path | None,
+        model_dir: Path,
+        opset: int,
+        batches: list[int],
+        warmup: int,
+        repeats: int,
+        threads: int,
+    ):
         self.out, self.venv, self.model_dir, self.opset = out, venv, model_dir, opset
         self.batches, self.warmup, self.repeats, self.threads = batches, warmup, repeats, threads
         self.optimum_path: Path | None = None
@@ -278,14 +346,23 @@ class Timing:
                     sessions[k].run(None, feed)
             times = {k: [] for k in names}
             for r in range(self.repeats):
-                for k in names[r % len(names):] + names[:r % len(names)]:  # rotating order
+                for k in names[r % len(names) :] + names[: r % len(names)]:  # rotating order
                     t = time.perf_counter()
                     sessions[k].run(None, feed)
                     times[k].append((time.perf_counter() - t) * 1e3)
             med = {k: float(np.median(v)) for k, v in times.items()}
-            out[str(b)] = {"median_ms": med, "vs_baseline": med["baseline"] / med["model"],
-                           **({"vs_optimum": med["optimum"] / med["model"],
-                               "baseline_vs_optimum": med["optimum"] / med["baseline"]} if "optimum" in med else {})}
+            out[str(b)] = {
+                "median_ms": med,
+                "vs_baseline": med["baseline"] / med["model"],
+                **(
+                    {
+                        "vs_optimum": med["optimum"] / med["model"],
+                        "baseline_vs_optimum": med["optimum"] / med["baseline"],
+                    }
+                    if "optimum" in med
+                    else {}
+                ),
+            }
         out["load_after"] = optimum.loadavg()
         return out
 
@@ -332,17 +409,28 @@ def rows(points: list[dict], orig_hits: np.ndarray) -> list[dict]:
     for p in points:
         sources = [(p["method"], p["per_sample"]["method"], p)]
         if p["method"] == "uniform":
-            sources = [("uniform (lattice)", p["per_sample"]["method"], p),
-                       ("random (per image)", p["per_sample"]["random"], p)]
+            sources = [
+                ("uniform (lattice)", p["per_sample"]["method"], p),
+                ("random (per image)", p["per_sample"]["random"], p),
+            ]
         for name, ps, src in sources:
             cos, hits = np.asarray(ps["feature_cosine"]), np.asarray(ps["instance_top1"])
-            row = {"method": name, "budget": src["budget"], "flops_ratio": src["flops_ratio"],
-                   "tokens": [s["tokens_out"] for s in src["tokens_per_stage"]],
-                   "cosine": float(cos.mean()), "cosine_ci": list(_ci(cos)),
-                   "top1": float(hits.mean()), "top1_drop": orig_top1 - float(hits.mean()),
-                   "top1_drop_ci": list(_drop_ci(orig_hits, hits)),
-                   "nodes": src["nodes"], "speed": src["speed"], "static": not src["forbidden_ops"],
-                   "trt": src["trt_check"], "baseline_row": name in BASELINE_ROWS}
+            row = {
+                "method": name,
+                "budget": src["budget"],
+                "flops_ratio": src["flops_ratio"],
+                "tokens": [s["tokens_out"] for s in src["tokens_per_stage"]],
+                "cosine": float(cos.mean()),
+                "cosine_ci": list(_ci(cos)),
+                "top1": float(hits.mean()),
+                "top1_drop": orig_top1 - float(hits.mean()),
+                "top1_drop_ci": list(_drop_ci(orig_hits, hits)),
+                "nodes": src["nodes"],
+                "speed": src["speed"],
+                "static": not src["forbidden_ops"],
+                "trt": src["trt_check"],
+                "baseline_row": name in BASELINE_ROWS,
+            }
             if name not in BASELINE_ROWS:
                 m = src["baselines"]["margins"]["feature_cosine"]
                 row["margin"] = {"best": m["best_baseline"], "margin": m["margin"], "ci": m["ci"]}
@@ -359,6 +447,7 @@ def rows(points: list[dict], orig_hits: np.ndarray) -> list[dict]:
 
 def mark_pareto(rows_: list[dict]) -> None:
     """Pareto front over (b8 speed-up over Optimum, held-out feature cosine), among timed rows."""
+
     def key(r):
         s = r.get("speed") or {}
         return (s.get("8") or {}).get("vs_optimum"), r["cosine"]
@@ -366,23 +455,39 @@ def mark_pareto(rows_: list[dict]) -> None:
     for r in rows_:
         x, y = key(r)
         r["pareto"] = x is not None and not any(
-            (o is not r) and key(o)[0] is not None and key(o)[0] >= x and key(o)[1] >= y
-            and (key(o)[0] > x or key(o)[1] > y) for o in rows_)
+            (o is not r)
+            and key(o)[0] is not None
+            and key(o)[0] >= x
+            and key(o)[1] >= y
+            and (key(o)[0] > x or key(o)[1] > y)
+            for o in rows_
+        )
 
 
 def headline(rows_: list[dict]) -> dict:
     """The best measured b8 and b1 speed-up over Optimum's export (and over baseline.onnx) among rows with
     held-out feature cosine >= 0.99 and instance top-1 drop <= 1 pp."""
-    ok = [r for r in rows_ if r["cosine"] >= MIN_COSINE and r["top1_drop"] <= MAX_DROP + 1e-12
-          and r.get("speed") and r["method"] != "random (per image)"]  # the lattice is a deployable graph too
+    ok = [
+        r
+        for r in rows_
+        if r["cosine"] >= MIN_COSINE
+        and r["top1_drop"] <= MAX_DROP + 1e-12
+        and r.get("speed")
+        and r["method"] != "random (per image)"
+    ]  # the lattice is a deployable graph too
     out = {"bar": {"min_cosine": MIN_COSINE, "max_top1_drop": MAX_DROP}}
     for b in ("8", "1"):
         for ref in ("vs_optimum", "vs_baseline"):
             cands = [r for r in ok if (r["speed"].get(b) or {}).get(ref) is not None]
             if cands:
                 best = max(cands, key=lambda r: r["speed"][b][ref])
-                out[f"b{b}_{ref}"] = {"speedup": best["speed"][b][ref], "method": best["method"],
-                                      "budget": best["budget"], "cosine": best["cosine"], "top1_drop": best["top1_drop"]}
+                out[f"b{b}_{ref}"] = {
+                    "speedup": best["speed"][b][ref],
+                    "method": best["method"],
+                    "budget": best["budget"],
+                    "cosine": best["cosine"],
+                    "top1_drop": best["top1_drop"],
+                }
     return out
 
 
@@ -392,35 +497,46 @@ def _fmt_ci(v, ci, d=4):
 
 def markdown(summary: dict) -> str:
     env = summary["environment"]
-    lines = [f"Held-out split: {summary['split']['eval']['samples']} crops ({summary['split']['eval']['crops']}); "
-             f"{env['cpu']}; ONNX Runtime {env['onnxruntime']} CPU, {summary['threads']} threads, median of "
-             f"{summary['repeats']} interleaved runs; Optimum: {summary.get('optimum_versions', 'not measured')}; "
-             f"wall time {summary['wall_seconds'] / 3600:.2f} h (sum over the points).", "",
-             "| FLOPs target | method | FLOPs ratio | tokens after each stage | nodes (model / baseline) | feature cosine [95% CI] | "
-             "top-1 drop [95% CI] | margin over best baseline, cosine [95% CI] | beats best baseline | b1 / b8 vs baseline.onnx | "
-             "b1 / b8 vs Optimum | Pareto |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Held-out split: {summary['split']['eval']['samples']} crops ({summary['split']['eval']['crops']}); "
+        f"{env['cpu']}; ONNX Runtime {env['onnxruntime']} CPU, {summary['threads']} threads, median of "
+        f"{summary['repeats']} interleaved runs; Optimum: {summary.get('optimum_versions', 'not measured')}; "
+        f"wall time {summary['wall_seconds'] / 3600:.2f} h (sum over the points).",
+        "",
+        "| FLOPs target | method | FLOPs ratio | tokens after each stage | nodes (model / baseline) | feature cosine [95% CI] | "
+        "top-1 drop [95% CI] | margin over best baseline, cosine [95% CI] | beats best baseline | b1 / b8 vs baseline.onnx | "
+        "b1 / b8 vs Optimum | Pareto |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(summary["rows"], key=lambda r: (-r["budget"], r["baseline_row"], r["method"])):
         s = r.get("speed") or {}
         sp = lambda ref, s=s: " / ".join(f"{s[b][ref]:.2f}×" if s.get(b) and ref in s[b] else "–" for b in ("1", "8"))  # noqa: E731
         toks = r["tokens"]
-        tok = (" → ".join(str(t) for t in toks) if len(toks) <= 4 else f"{toks[0]} → … → {toks[-1]} ({len(toks)} stages)")
+        tok = " → ".join(str(t) for t in toks) if len(toks) <= 4 else f"{toks[0]} → … → {toks[-1]} ({len(toks)} stages)"
         m = r.get("margin")
         margin = f"{m['margin']:+.4f} [{m['ci'][0]:+.4f}, {m['ci'][1]:+.4f}] vs {m['best']}" if m else "(baseline)"
         beats = ("**yes**" if r.get("beats_best_baseline") else "no") if m else "–"
         nodes = f"{r['nodes']['model']} / {r['nodes']['baseline']}" if r["nodes"]["model"] else "–"
-        lines.append(f"| {r['budget']:.2f} | {r['method']} | {r['flops_ratio']:.3f} | {tok} | {nodes} | "
-                     f"{_fmt_ci(r['cosine'], r['cosine_ci'])} | {r['top1_drop'] * 100:+.1f} pp "
-                     f"[{r['top1_drop_ci'][0] * 100:+.1f}, {r['top1_drop_ci'][1] * 100:+.1f}] | {margin} | {beats} | "
-                     f"{sp('vs_baseline')} | {sp('vs_optimum')} | {'★' if r['pareto'] else ''} |")
+        lines.append(
+            f"| {r['budget']:.2f} | {r['method']} | {r['flops_ratio']:.3f} | {tok} | {nodes} | "
+            f"{_fmt_ci(r['cosine'], r['cosine_ci'])} | {r['top1_drop'] * 100:+.1f} pp "
+            f"[{r['top1_drop_ci'][0] * 100:+.1f}, {r['top1_drop_ci'][1] * 100:+.1f}] | {margin} | {beats} | "
+            f"{sp('vs_baseline')} | {sp('vs_optimum')} | {'★' if r['pareto'] else ''} |"
+        )
     h = summary["headline"]
     lines += ["", f"Headline (held-out feature cosine ≥ {MIN_COSINE}, instance top-1 drop ≤ {MAX_DROP * 100:.0f} pp):"]
     for b in ("8", "1"):
         for ref, what in (("vs_optimum", "Optimum's export"), ("vs_baseline", "baseline.onnx")):
             e = h.get(f"b{b}_{ref}")
-            lines.append(f"- batch {b}, over {what}: " + (
-                f"**{e['speedup']:.2f}×** ({e['method']} at FLOPs target {e['budget']:.2f}, cosine {e['cosine']:.4f}, "
-                f"top-1 drop {e['top1_drop'] * 100:+.1f} pp)" if e else "no point meets the bar"))
+            lines.append(
+                f"- batch {b}, over {what}: "
+                + (
+                    f"**{e['speedup']:.2f}×** ({e['method']} at FLOPs target {e['budget']:.2f}, cosine {e['cosine']:.4f}, "
+                    f"top-1 drop {e['top1_drop'] * 100:+.1f} pp)"
+                    if e
+                    else "no point meets the bar"
+                )
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -462,9 +578,11 @@ def update_readme(readme: Path, md: str, command: str, png: Path) -> None:
     dest = readme.parent / PLOT_IN_REPO
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(png, dest)
-    body = (f"{MARK_START}\n<!-- generated by `{command}`; do not edit by hand -->\n{md}\n"
-            f"![held-out feature cosine against the b8 speed-up over Optimum's export]({PLOT_IN_REPO.as_posix()})\n"
-            f"{MARK_END}")
+    body = (
+        f"{MARK_START}\n<!-- generated by `{command}`; do not edit by hand -->\n{md}\n"
+        f"![held-out feature cosine against the b8 speed-up over Optimum's export]({PLOT_IN_REPO.as_posix()})\n"
+        f"{MARK_END}"
+    )
     readme.write_text(head + body + tail)
 
 
@@ -516,8 +634,13 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     setup = Setup(a.crops_per_class, a.seed)
     key = {"crops_per_class": a.crops_per_class, "seed": a.seed, "random_seeds": a.random_seeds}
-    bench_key = {"batch": a.batch, "warmup": a.warmup, "repeats": a.repeats, "threads": a.threads,
-                 "optimum": not a.no_optimum}
+    bench_key = {
+        "batch": a.batch,
+        "warmup": a.warmup,
+        "repeats": a.repeats,
+        "threads": a.threads,
+        "optimum": not a.no_optimum,
+    }
     points = []
     # pass 1, accuracy (deterministic: may run on a busy machine); every point keeps its model.onnx for pass 2
     for budget in budgets:
@@ -542,13 +665,28 @@ def main(argv=None) -> int:
             shutil.rmtree(work / "convert")
             (work / "speed.json").unlink(missing_ok=True)  # a new graph: its old timing no longer applies
             cache.write_text(json.dumps(res, indent=1) + "\n")
-            print(f"{pid}: FLOPs {res['flops_ratio']:.3f}, cosine {np.mean(res['per_sample']['method']['feature_cosine']):.4f}, "
-                  f"{res['seconds']:.0f} s", flush=True)
+            print(
+                f"{pid}: FLOPs {res['flops_ratio']:.3f}, cosine {np.mean(res['per_sample']['method']['feature_cosine']):.4f}, "
+                f"{res['seconds']:.0f} s",
+                flush=True,
+            )
             points.append(res)
 
     # pass 2, speed: every point's graph timed in one stretch, so that all ratios share the machine's state
-    timing = None if a.no_bench else Timing(out, None if a.no_optimum else a.optimum_venv, setup.lm.path,
-                                            setup.base.export.opset, a.batch, a.warmup, a.repeats, a.threads)
+    timing = (
+        None
+        if a.no_bench
+        else Timing(
+            out,
+            None if a.no_optimum else a.optimum_venv,
+            setup.lm.path,
+            setup.base.export.opset,
+            a.batch,
+            a.warmup,
+            a.repeats,
+            a.threads,
+        )
+    )
     for p in points:
         pid = f"{p['method']}@{p['budget']:g}"
         sfile = out / "points" / pid / "speed.json"
@@ -559,26 +697,39 @@ def main(argv=None) -> int:
         if got.get("settings") != bench_key:
             print(f"{pid}: timing ...", flush=True)
             t0 = time.perf_counter()
-            got = {"settings": bench_key, "speed": timing(out / "points" / pid / "model.onnx", out / "baseline.onnx"),
-                   "seconds": round(time.perf_counter() - t0, 1)}
+            got = {
+                "settings": bench_key,
+                "speed": timing(out / "points" / pid / "model.onnx", out / "baseline.onnx"),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             sfile.write_text(json.dumps(got, indent=1) + "\n")
         p["speed"] = got["speed"]
         p["seconds"] = p["seconds"] + got["seconds"]
 
     if setup.orig is None:
         setup.original(out / "baseline.onnx")
-    orig_hits = (setup.M.nearest_prototype_predict(setup.orig[setup.feature], setup.protos)
-                 == np.asarray(setup.iset.eval_y)).astype(np.float64)
+    orig_hits = (
+        setup.M.nearest_prototype_predict(setup.orig[setup.feature], setup.protos) == np.asarray(setup.iset.eval_y)
+    ).astype(np.float64)
     opt_versions = None
     if (out / "optimum" / "versions.txt").is_file():
         opt_versions = (out / "optimum" / "versions.txt").read_text().strip()
     table = rows(points, orig_hits)
-    summary = {"split": setup.split(), "original_top1": float(orig_hits.mean()), "budgets": budgets,
-               "methods": a.methods, "rows": table, "headline": headline(table), "environment": environment(),
-               "threads": a.threads, "repeats": a.repeats, "optimum_versions": opt_versions,
-               "wall_seconds": sum(p["seconds"] for p in points),  # every point's own time, resumed runs included
-               "this_run_seconds": round(time.perf_counter() - started, 1),
-               "command": "python scripts/bench_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    summary = {
+        "split": setup.split(),
+        "original_top1": float(orig_hits.mean()),
+        "budgets": budgets,
+        "methods": a.methods,
+        "rows": table,
+        "headline": headline(table),
+        "environment": environment(),
+        "threads": a.threads,
+        "repeats": a.repeats,
+        "optimum_versions": opt_versions,
+        "wall_seconds": sum(p["seconds"] for p in points),  # every point's own time, resumed runs included
+        "this_run_seconds": round(time.perf_counter() - started, 1),
+        "command": "python scripts/bench_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     md = markdown(summary)
     (out / "frontier.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "frontier.md").write_text(md)

@@ -16,6 +16,7 @@ A provider ONNX Runtime does not offer here, or an engine path without TensorRT,
 (--dry-run runs CPUExecutionProvider instead). Exit 2 on bad arguments or an existing OUT without
 --force.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,10 @@ def convert(path: Path, precision: str, dest: Path) -> tuple[Path | None, str]:
     recipe = load_recipe(path)
     if precision == "fp16" and not has_precision_field(recipe):
         return None, "skipped: this tokexport has no export.precision (fp16 graphs), so no fp16 graph to time"
-    upd = {"bench": recipe.bench.model_copy(update={"enabled": False}),
-           "deploy": recipe.deploy.model_copy(update={"bundle": False, "engines": False})}
+    upd = {
+        "bench": recipe.bench.model_copy(update={"enabled": False}),
+        "deploy": recipe.deploy.model_copy(update={"bundle": False, "engines": False}),
+    }
     if precision == "fp16":
         upd["export"] = recipe.export.model_copy(update={"precision": "fp16"})
     recipe = recipe.model_copy(update=upd)
@@ -127,8 +130,9 @@ def feeds_for(graph: Path, batch: int) -> dict | None:
     return sample_inputs(info, batch=batch, seed=batch)
 
 
-def time_pair(graphs: dict[str, Path], runtime: str, batch: int, warmup: int, repeats: int,
-              threads: int | None) -> dict:
+def time_pair(
+    graphs: dict[str, Path], runtime: str, batch: int, warmup: int, repeats: int, threads: int | None
+) -> dict:
     """One interleaved measurement of baseline vs model; the row fields (or a skip reason)."""
     from tokexport.stages.bench import compare_latency
 
@@ -146,8 +150,17 @@ def time_pair(graphs: dict[str, Path], runtime: str, batch: int, warmup: int, re
         runners = {k: EngineRunner(graphs[k], batch, feeds[k], fp16=False) for k in ("baseline", "model")}
     provider = {"engine": "cpu"}.get(runtime, runtime)  # unused for engines (runners given)
     try:
-        res = compare_latency(graphs["baseline"], graphs["model"], lambda b: feeds, [batch], warmup, repeats, threads,
-                              provider=provider, runners=runners)[str(batch)]
+        res = compare_latency(
+            graphs["baseline"],
+            graphs["model"],
+            lambda b: feeds,
+            [batch],
+            warmup,
+            repeats,
+            threads,
+            provider=provider,
+            runners=runners,
+        )[str(batch)]
     finally:
         for r in (runners or {}).values():
             r.close()
@@ -178,16 +191,28 @@ def available_runtimes(wanted: list[str], dry_run: bool) -> tuple[list[str], dic
 
 def markdown(rows: list[dict], meta: dict) -> str:
     label = {"cpu": "ORT CPU EP", "cuda": "ORT CUDA EP", "tensorrt": "ORT TensorRT EP", "engine": "TensorRT engine"}
-    lines = [(f"GPU benchmark ({meta['when']}, {meta['device']}; {meta['settings']}). Median of interleaved runs; "
-              "speed-up = baseline ms / reduced ms measured in the same run."), "",
-             "| recipe | precision | runtime | batch | baseline ms | reduced ms | speed-up | reduced samples/s | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            f"GPU benchmark ({meta['when']}, {meta['device']}; {meta['settings']}). Median of interleaved runs; "
+            "speed-up = baseline ms / reduced ms measured in the same run."
+        ),
+        "",
+        "| recipe | precision | runtime | batch | baseline ms | reduced ms | speed-up | reduced samples/s | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ran = r["status"] == "ran"
-        cells = [r["recipe"], r["precision"], label.get(r["runtime"], r["runtime"]), str(r["batch"]),
-                 f"{r['baseline_ms']:.3f}" if ran else "—", f"{r['reduced_ms']:.3f}" if ran else "—",
-                 f"{r['speedup']:.2f}×" if ran else "—", f"{r['reduced_samples_per_s']:.1f}" if ran else "—",
-                 r["note"] or ""]
+        cells = [
+            r["recipe"],
+            r["precision"],
+            label.get(r["runtime"], r["runtime"]),
+            str(r["batch"]),
+            f"{r['baseline_ms']:.3f}" if ran else "—",
+            f"{r['reduced_ms']:.3f}" if ran else "—",
+            f"{r['speedup']:.2f}×" if ran else "—",
+            f"{r['reduced_samples_per_s']:.1f}" if ran else "—",
+            r["note"] or "",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -199,8 +224,13 @@ def device_name(dry_run: bool) -> str:
     if exe:
         import subprocess
 
-        r = subprocess.run([exe, "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True,
-                           text=True, timeout=30, check=False)
+        r = subprocess.run(
+            [exe, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         if r.returncode == 0 and r.stdout.strip():
             return r.stdout.strip().splitlines()[0]
     return "NVIDIA GPU (name unknown)"
@@ -209,10 +239,18 @@ def device_name(dry_run: bool) -> str:
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="Output folder (bench_gpu.md, bench_gpu.json, graphs/).")
-    ap.add_argument("--recipes", default=None, help="Comma-separated recipe files or shipped names (default: every "
-                                                    "shipped recipe whose checkpoint is bundled).")
-    ap.add_argument("--from", dest="sources", default=None,
-                    help="Comma-separated `tokexport convert` output folders to time instead of converting (fp32).")
+    ap.add_argument(
+        "--recipes",
+        default=None,
+        help="Comma-separated recipe files or shipped names (default: every "
+        "shipped recipe whose checkpoint is bundled).",
+    )
+    ap.add_argument(
+        "--from",
+        dest="sources",
+        default=None,
+        help="Comma-separated `tokexport convert` output folders to time instead of converting (fp32).",
+    )
     ap.add_argument("--batches", default=None, help="Comma-separated batch sizes (default 1,8,32; dry run 1,2).")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help="cuda,tensorrt,engine (ignored by --dry-run).")
     ap.add_argument("--precisions", default=",".join(PRECISIONS), help="fp32,fp16.")
@@ -241,8 +279,10 @@ def parse_args(argv):
     a.precisions = [p.strip() for p in a.precisions.split(",") if p.strip()]
     bad = [r for r in a.runtimes if r not in RUNTIMES] + [p for p in a.precisions if p not in PRECISIONS]
     if bad:
-        raise InputError(f"unknown runtime or precision {bad[0]!r}; runtimes: {', '.join(RUNTIMES)}; "
-                         f"precisions: {', '.join(PRECISIONS)}")
+        raise InputError(
+            f"unknown runtime or precision {bad[0]!r}; runtimes: {', '.join(RUNTIMES)}; "
+            f"precisions: {', '.join(PRECISIONS)}"
+        )
     if a.out.exists():
         if not a.force:
             raise InputError(f"{a.out}: already exists; pass --force to replace it")
@@ -258,8 +298,11 @@ def main(argv=None) -> int:
 
         runtimes, why_not = available_runtimes(args.runtimes, args.dry_run)
         if not runtimes:
-            raise EnvironmentProblem("no GPU runtime can run here (" + "; ".join(f"{k}: {v}" for k, v in why_not.items())
-                                     + "); run it on a CUDA machine with the gpu extra, or pass --dry-run")
+            raise EnvironmentProblem(
+                "no GPU runtime can run here ("
+                + "; ".join(f"{k}: {v}" for k, v in why_not.items())
+                + "); run it on a CUDA machine with the gpu extra, or pass --dry-run"
+            )
         if args.sources:
             jobs = [(Path(s).name, "fp32", Path(s)) for s in args.sources.split(",") if s.strip()]
             for _, _, d in jobs:
@@ -267,8 +310,11 @@ def main(argv=None) -> int:
                     raise InputError(f"{d}: no model.onnx and baseline.onnx inside; pass `tokexport convert` outputs")
             recipes = []
         else:
-            recipes = ([resolve_recipe(Path(r.strip())) for r in args.recipes.split(",") if r.strip()]
-                       if args.recipes else shipped_recipes())
+            recipes = (
+                [resolve_recipe(Path(r.strip())) for r in args.recipes.split(",") if r.strip()]
+                if args.recipes
+                else shipped_recipes()
+            )
             jobs = []
     except TokexportError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -286,11 +332,26 @@ def main(argv=None) -> int:
                 got, note = convert(path, prec, dest)
             except Exception as exc:  # noqa: BLE001 - one failed combination must not lose the rest of the table
                 why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                got, note = None, (f"skipped: conversion ({'export.precision: fp16' if prec == 'fp16' else 'fp32'}) "
-                                   f"failed: {type(exc).__name__}: {why}")
+                got, note = (
+                    None,
+                    (
+                        f"skipped: conversion ({'export.precision: fp16' if prec == 'fp16' else 'fp32'}) "
+                        f"failed: {type(exc).__name__}: {why}"
+                    ),
+                )
             if got is None:
-                rows += [{"recipe": path.stem, "precision": prec, "runtime": rt, "batch": b, "status": "skipped",
-                          "note": note} for rt in runtimes for b in args.batches]
+                rows += [
+                    {
+                        "recipe": path.stem,
+                        "precision": prec,
+                        "runtime": rt,
+                        "batch": b,
+                        "status": "skipped",
+                        "note": note,
+                    }
+                    for rt in runtimes
+                    for b in args.batches
+                ]
                 continue
             jobs.append((path.stem, prec, got, note))
     jobs = [j if len(j) == 4 else (*j, "") for j in jobs]
@@ -305,12 +366,20 @@ def main(argv=None) -> int:
                     r = {"status": "skipped", "note": str(e)[:200]}
                 note = "; ".join(x for x in (conv_note, r.pop("note", "")) if x)
                 rows.append({"recipe": name, "precision": prec, "runtime": rt, "batch": b, **r, "note": note})
-    rows += [{"recipe": "(all)", "precision": "-", "runtime": rt, "batch": "-", "status": "skipped", "note": why}
-             for rt, why in why_not.items()]
-    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device_name(args.dry_run),
-            "settings": f"warmup {args.warmup}, repeats {args.repeats}, batches {args.batches}",
-            "dry_run": args.dry_run, "platform": platform.platform(), "python": platform.python_version(),
-            "runtimes": runtimes, "unavailable": why_not}
+    rows += [
+        {"recipe": "(all)", "precision": "-", "runtime": rt, "batch": "-", "status": "skipped", "note": why}
+        for rt, why in why_not.items()
+    ]
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": device_name(args.dry_run),
+        "settings": f"warmup {args.warmup}, repeats {args.repeats}, batches {args.batches}",
+        "dry_run": args.dry_run,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "runtimes": runtimes,
+        "unavailable": why_not,
+    }
     try:
         import onnxruntime
 

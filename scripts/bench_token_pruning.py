@@ -20,6 +20,7 @@ timings depend on the machine.
     python scripts/bench_token_pruning.py --methods random topk-cls --schedules zt
     python scripts/bench_token_pruning.py --schedules zt --no-bench        # accuracy and baselines only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,11 @@ def tome_r_at_equal_flops(lm: LoadedModel, target: int) -> tuple[int, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default=str(REPO / "recipes" / "dinov2-small-zero-tprune.yaml"),
-                    help="base recipe (model, export, verify, bench settings)")
+    ap.add_argument(
+        "--recipe",
+        default=str(REPO / "recipes" / "dinov2-small-zero-tprune.yaml"),
+        help="base recipe (model, export, verify, bench settings)",
+    )
     ap.add_argument("--out", default=str(REPO / "out" / "bench"))
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
@@ -105,8 +109,13 @@ def main() -> int:
                 r, _ = tome_r_at_equal_flops(loaded, zt_flops)
                 data["reduction"] = {"method": "tome", "r": r, **extra}
             else:
-                data["reduction"] = {"method": method, "prune_layers": layers, "keep_rate": rates, "rounding": "floor",
-                                     **extra}
+                data["reduction"] = {
+                    "method": method,
+                    "prune_layers": layers,
+                    "keep_rate": rates,
+                    "rounding": "floor",
+                    **extra,
+                }
             # only the reduction changes; thresholds are reported, not enforced, in a sweep
             data["verify"]["accuracy"]["metrics"] = {k: {"min": -1.0} for k in data["verify"]["accuracy"]["metrics"]}
             data["verify"].pop("vs_baselines", None)  # margins are reported, not enforced, in a sweep
@@ -123,13 +132,24 @@ def main() -> int:
             row = report_row(r, sched, label)
             row["seconds"] = time.time() - t0
             rows.append(row)
-            print(f"[{len(rows)}] {sched}/{label}: cos {row['cosine']:.4f} (random {row['random']['feature_cosine'][0]:.4f}, "
-                  f"uniform {row['uniform']['feature_cosine']:.4f}), top1 {row['top1_reduced']:.3f}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{len(rows)}] {sched}/{label}: cos {row['cosine']:.4f} (random {row['random']['feature_cosine'][0]:.4f}, "
+                f"uniform {row['uniform']['feature_cosine']:.4f}), top1 {row['top1_reduced']:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
     bench = r.get("bench") or {}
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "schedules": {k: v[2] for k, v in SCHEDULES.items()},
-                                                  "threads": bench.get("threads"),
-                                                  "runtime": bench.get("runtime")}, indent=2))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "schedules": {k: v[2] for k, v in SCHEDULES.items()},
+                "threads": bench.get("threads"),
+                "runtime": bench.get("runtime"),
+            },
+            indent=2,
+        )
+    )
     print(table(rows, bench, r["accuracy"]))
     return 0
 
@@ -140,20 +160,25 @@ def report_row(r: dict, sched: str, label: str) -> dict:
     runs = bl["baselines"]
     fl = bl["budget"]["flops_per_image"]
     return {
-        "schedule": sched, "method": label,
+        "schedule": sched,
+        "method": label,
         "tokens": tokens_label(r["reduction"]["schedule"]),
         "flops_ratio": fl["method"] / fl["original"],
         "predicted": b["flops"]["predicted_speedup"] if b else fl["original"] / fl["method"],
         "measured_b1": b["batches"].get("1", {}).get("speedup") if b else None,
         "measured_b8": b["batches"].get("8", {}).get("speedup") if b else None,
         "cosine": m["feature_cosine"]["reduced"],
-        "top1_original": m["instance_top1"]["original"], "top1_reduced": m["instance_top1"]["reduced"],
+        "top1_original": m["instance_top1"]["original"],
+        "top1_reduced": m["instance_top1"]["reduced"],
         "random": {k: (v["mean"], v["sd"]) for k, v in runs["random"]["metrics"].items()},
         "random_seeds": len(runs["random"]["seeds"]),
         "uniform": {k: v["mean"] for k, v in runs["uniform"]["metrics"].items()},
-        "margins": {k: {"margin": v["margin"], "ci": v["ci"], "vs": v["best_baseline"]} for k, v in bl["margins"].items()},
+        "margins": {
+            k: {"margin": v["margin"], "ci": v["ci"], "vs": v["best_baseline"]} for k, v in bl["margins"].items()
+        },
         "samples": bl["data"]["samples"],
-        "parity_max_abs": r["parity"]["max_abs_diff"], "parity_passed": r["parity"]["passed"],
+        "parity_max_abs": r["parity"]["max_abs_diff"],
+        "parity_passed": r["parity"]["passed"],
     }
 
 
@@ -174,10 +199,12 @@ def _margin(row: dict, metric: str) -> str:
 def table(rows, bench, acc) -> str:
     """The README's table: every figure from the reports (accuracy.metrics and the baselines section)."""
     timed = any(r["measured_b8"] is not None for r in rows)
-    head = ("| schedule | method | tokens after each stage | FLOPs ratio | "
-            + ("measured b8 | " if timed else "")
-            + "feature cosine | random (mean ± sd) | uniform 2-D | margin over best [95% CI] | "
-              "instance top-1 | random | uniform | margin over best [95% CI] |")
+    head = (
+        "| schedule | method | tokens after each stage | FLOPs ratio | "
+        + ("measured b8 | " if timed else "")
+        + "feature cosine | random (mean ± sd) | uniform 2-D | margin over best [95% CI] | "
+        "instance top-1 | random | uniform | margin over best [95% CI] |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         rc, rt = r["random"]["feature_cosine"], r["random"]["instance_top1"]
@@ -185,15 +212,22 @@ def table(rows, bench, acc) -> str:
             f"| {r['schedule']} | {r['method']} | {r['tokens']} | {r['flops_ratio']:.3f} | "
             + (f"{r['measured_b8']:.3f}× | " if timed else "")
             + f"{r['cosine']:.4f} | {rc[0]:.4f} ± {rc[1]:.4f} | {r['uniform']['feature_cosine']:.4f} | "
-              f"{_margin(r, 'feature_cosine')} | {r['top1_reduced']:.3f} | {rt[0]:.3f} ± {rt[1]:.3f} | "
-              f"{r['uniform']['instance_top1']:.3f} | {_margin(r, 'instance_top1')} |")
+            f"{_margin(r, 'feature_cosine')} | {r['top1_reduced']:.3f} | {rt[0]:.3f} ± {rt[1]:.3f} | "
+            f"{r['uniform']['instance_top1']:.3f} | {_margin(r, 'instance_top1')} |"
+        )
     lines.append("")
     seeds = rows[0]["random_seeds"] if rows else "?"
-    lines.append(f"{rows[0]['samples'] if rows else '?'} eval samples, original instance top-1 "
-                 f"{rows[0]['top1_original']:.3f}; random = keep drawn per image over {seeds} seeds; uniform = 2-D "
-                 f"lattice; margin = method − best baseline, 95% paired bootstrap over samples"
-                 + (f"; {bench['runtime']}, {bench['threads']} threads, median of {bench['repeats']} interleaved runs"
-                    if timed and bench else "") + f". Accuracy: {acc['description']}.")
+    lines.append(
+        f"{rows[0]['samples'] if rows else '?'} eval samples, original instance top-1 "
+        f"{rows[0]['top1_original']:.3f}; random = keep drawn per image over {seeds} seeds; uniform = 2-D "
+        f"lattice; margin = method − best baseline, 95% paired bootstrap over samples"
+        + (
+            f"; {bench['runtime']}, {bench['threads']} threads, median of {bench['repeats']} interleaved runs"
+            if timed and bench
+            else ""
+        )
+        + f". Accuracy: {acc['description']}."
+    )
     return "\n".join(lines)
 
 

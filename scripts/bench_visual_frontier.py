@@ -26,6 +26,7 @@ How it measures (one pass of the tower per layout, then every method on the cach
 A method "beats the baselines" at a budget when the 95% CI lower bound of its feature-cosine margin over
 the best baseline is above 0 (docs/verdicts.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,7 +79,7 @@ def tower_signals(task, x: np.ndarray, batch: int):
     s, n_prefix = vm.image_size, vm.adapter.n_prefix()
     with torch.inference_mode():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch]))
             xb = xb.unsqueeze(1) if xb.dim() == 4 else xb
             feats, sig = g.tower_features(xb.reshape(-1, 3, s, s), also=("received",))
             b = xb.shape[0]
@@ -91,8 +92,10 @@ def tower_signals(task, x: np.ndarray, batch: int):
             keys.append(sig["keys"].reshape(b, lay.views, lay.patches, -1))
             sel_rec.append(sig["select/received"].reshape(b, lay.views, lay.patches))
     cat = torch.cat
-    return cat(toks), {"cls": {"select": cat(sel_cls), "alloc": cat(alloc_cls), "keys": cat(keys)},
-                       "received": {"select": cat(sel_rec)}}
+    return cat(toks), {
+        "cls": {"select": cat(sel_cls), "alloc": cat(alloc_cls), "keys": cat(keys)},
+        "received": {"select": cat(sel_rec)},
+    }
 
 
 def run_method(selector, tokens, signals, layout, k: int, batch: int):
@@ -106,8 +109,8 @@ def run_method(selector, tokens, signals, layout, k: int, batch: int):
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, tokens.shape[0], batch):
-            sb = {kind: t[i:i + batch] for kind, t in sig.items()}
-            t, p = selector.reduce(tokens[i:i + batch], sb, layout, k)
+            sb = {kind: t[i : i + batch] for kind, t in sig.items()}
+            t, p = selector.reduce(tokens[i : i + batch], sb, layout, k)
             out_t.append(t)
             out_p.append(p)
     return torch.cat(out_t).numpy(), torch.cat(out_p).numpy(), time.perf_counter() - t0
@@ -119,11 +122,20 @@ def measure(args) -> dict:
     from tokexport.vlm.baselines import COMPARED, baseline_runs, per_sample
     from tokexport.vlm.select import make_visual_selector
 
-    opts = [f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k not in ("out", "readme", "from_json") and v != DEFAULTS.get(k)]
+    opts = [
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if k not in ("out", "readme", "from_json") and v != DEFAULTS.get(k)
+    ]
     command = " ".join(["python scripts/bench_visual_frontier.py", "--out", str(args.out), *opts])
-    result = {"command": command, "seed": args.seed, "samples_per_class": args.samples_per_class,
-              "prototypes_per_class": args.prototypes_per_class, "rows": [], "baselines": []}
+    result = {
+        "command": command,
+        "seed": args.seed,
+        "samples_per_class": args.samples_per_class,
+        "prototypes_per_class": args.prototypes_per_class,
+        "rows": [],
+        "baselines": [],
+    }
     for lay_name, recipe_file in LAYOUTS.items():
         t0 = time.perf_counter()
         task = load_layout(recipe_file, args.seed, args.samples_per_class, args.prototypes_per_class)
@@ -136,8 +148,11 @@ def measure(args) -> dict:
         weights = (w / w.sum(dim=-1, keepdim=True)).numpy()  # the reports' eval attention: block -2 CLS
         labels = iset.eval_y
         top1_all = M.nearest_prototype_top1(orig.mean(axis=1), labels, protos)
-        print(f"[{lay_name}] tower on {len(orig)} crops x {lay.views} view(s): {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{lay_name}] tower on {len(orig)} crops x {lay.views} view(s): {time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         seeds = [args.seed * 1000 + i for i in range(5)]
         for rate in RATES:
             runs_by_k = {}
@@ -148,21 +163,40 @@ def measure(args) -> dict:
                     runs_by_k[k] = baseline_runs(orig, weights, 0, protos, labels, lay, k, seeds)
                 red, pos, secs = run_method(sel, tokens, signals, lay, k, args.batch)
                 ps = per_sample(orig, red, pos, weights, 0, protos, labels)
-                sec = baselines_section(method, {m: ps[m] for m in COMPARED}, runs_by_k[k],
-                                        {m: "higher" for m in COMPARED},
-                                        {"visual_tokens_kept": k, "of": lay.total, "views": lay.views},
-                                        {"samples": int(len(labels))}, None, seed=args.seed)
-                row = {"layout": lay_name, "rate": rate, "k": k, "total": lay.total, "method": method,
-                       "params": sel.describe(lay, k), "seconds": secs, "top1_all": float(top1_all),
-                       "samples": int(len(labels)),
-                       **{m: float(ps[m].mean()) for m in (*COMPARED, "attention_mass")},
-                       "margins": sec["margins"], "baselines": sec["baselines"]}
+                sec = baselines_section(
+                    method,
+                    {m: ps[m] for m in COMPARED},
+                    runs_by_k[k],
+                    {m: "higher" for m in COMPARED},
+                    {"visual_tokens_kept": k, "of": lay.total, "views": lay.views},
+                    {"samples": int(len(labels))},
+                    None,
+                    seed=args.seed,
+                )
+                row = {
+                    "layout": lay_name,
+                    "rate": rate,
+                    "k": k,
+                    "total": lay.total,
+                    "method": method,
+                    "params": sel.describe(lay, k),
+                    "seconds": secs,
+                    "top1_all": float(top1_all),
+                    "samples": int(len(labels)),
+                    **{m: float(ps[m].mean()) for m in (*COMPARED, "attention_mass")},
+                    "margins": sec["margins"],
+                    "baselines": sec["baselines"],
+                }
                 row["beats_baselines"] = row["margins"]["feature_cosine"]["ci"][0] > 0
                 result["rows"].append(row)
                 mg = row["margins"]["feature_cosine"]
-                print(f"[{lay_name} {100 * rate:g}% K={k}] {method}: cos {row['feature_cosine']:.4f} margin "
-                      f"{mg['margin']:+.4f} [{mg['ci'][0]:+.4f}, {mg['ci'][1]:+.4f}] vs {mg['best_baseline']} "
-                      f"({secs:.1f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"[{lay_name} {100 * rate:g}% K={k}] {method}: cos {row['feature_cosine']:.4f} margin "
+                    f"{mg['margin']:+.4f} [{mg['ci'][0]:+.4f}, {mg['ci'][1]:+.4f}] vs {mg['best_baseline']} "
+                    f"({secs:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return result
 
 
@@ -185,9 +219,14 @@ def table(result: dict) -> str:
             f"| {r['layout']} | {100 * r['rate']:g}% ({r['k']} of {r['total']}) | {r['method']} | "
             f"{r['feature_cosine']:.4f} | {_m(r['margins']['feature_cosine'])} | "
             f"{'**yes**' if r['beats_baselines'] else 'no'} | {r['top1_all']:.3f} → {r['instance_top1']:.3f} | "
-            f"{_m(r['margins']['instance_top1'])} |")
-    lines += ["", "| layout | budget | random per image (mean ± sd over 5 seeds): cosine / top-1 | 2-D uniform lattice: "
-                  "cosine / top-1 |", "|---|---|---|---|"]
+            f"{_m(r['margins']['instance_top1'])} |"
+        )
+    lines += [
+        "",
+        "| layout | budget | random per image (mean ± sd over 5 seeds): cosine / top-1 | 2-D uniform lattice: "
+        "cosine / top-1 |",
+        "|---|---|---|---|",
+    ]
     seen = set()
     for r in rows:
         key = (r["layout"], r["k"])
@@ -195,10 +234,12 @@ def table(result: dict) -> str:
             continue
         seen.add(key)
         rnd, uni = r["baselines"]["random"]["metrics"], r["baselines"]["uniform"]["metrics"]
-        lines.append(f"| {r['layout']} | {100 * r['rate']:g}% ({r['k']} of {r['total']}) | "
-                     f"{rnd['feature_cosine']['mean']:.4f} ± {rnd['feature_cosine']['sd']:.4f} / "
-                     f"{rnd['instance_top1']['mean']:.3f} ± {rnd['instance_top1']['sd']:.3f} | "
-                     f"{uni['feature_cosine']['mean']:.4f} / {uni['instance_top1']['mean']:.3f} |")
+        lines.append(
+            f"| {r['layout']} | {100 * r['rate']:g}% ({r['k']} of {r['total']}) | "
+            f"{rnd['feature_cosine']['mean']:.4f} ± {rnd['feature_cosine']['sd']:.4f} / "
+            f"{rnd['instance_top1']['mean']:.3f} ± {rnd['instance_top1']['sd']:.3f} | "
+            f"{uni['feature_cosine']['mean']:.4f} / {uni['instance_top1']['mean']:.3f} |"
+        )
     return "\n".join(lines)
 
 

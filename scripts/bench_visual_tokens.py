@@ -15,6 +15,7 @@ unless --bench (latency of tower + selection vs the tower alone: the selection o
 image size, batch, evaluation data and baselines (the fields the figures depend on), e.g. the runs of
 scripts/bench_fopru_significance.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,11 @@ def recipe_for(recipe_file: str, method: str, bench: bool, repeats: int | None):
         recipe = type(recipe).model_validate(data)
     if bench or repeats:
         data = recipe.model_dump(mode="json", exclude_none=True)
-        data["bench"] = {**shipped.bench.model_dump(mode="json", exclude_none=True), "enabled": True,
-                         **({"repeats": repeats} if repeats else {})}
+        data["bench"] = {
+            **shipped.bench.model_dump(mode="json", exclude_none=True),
+            "enabled": True,
+            **({"repeats": repeats} if repeats else {}),
+        }
         recipe = type(recipe).model_validate(data)
     return recipe
 
@@ -65,8 +69,16 @@ def _key(recipe_dump: dict) -> str:
     v = recipe_dump["verify"]
     acc = {k: x for k, x in v["accuracy"].items() if k != "metrics"}
     ex = {k: recipe_dump["export"].get(k) for k in ("image_size", "batch")}
-    return json.dumps({**{k: recipe_dump.get(k) for k in SAME}, "accuracy": acc, "baselines": v.get("baselines"),
-                       "export": ex, "bench": recipe_dump["bench"]["enabled"]}, sort_keys=True)
+    return json.dumps(
+        {
+            **{k: recipe_dump.get(k) for k in SAME},
+            "accuracy": acc,
+            "baselines": v.get("baselines"),
+            "export": ex,
+            "bench": recipe_dump["bench"]["enabled"],
+        },
+        sort_keys=True,
+    )
 
 
 def reusable(reuse: Path | None) -> dict[str, dict]:
@@ -82,7 +94,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "out" / "bench-visual"))
     ap.add_argument("--reuse", nargs="*", default=[], help="directories of earlier runs to take identical rows from")
-    ap.add_argument("--only", default=None, help="only the rows whose 'layout/method' contains this text (e.g. 'single view', '/hired')")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="only the rows whose 'layout/method' contains this text (e.g. 'single view', '/hired')",
+    )
     ap.add_argument("--bench", action="store_true", help="also time tower + selection vs the tower alone")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args()
@@ -101,25 +117,38 @@ def main() -> int:
             rep = done.get(_key(recipe.model_dump(mode="json")))
             where = "reused"
             if rep is None:
-                rep = run(recipe, REPO / "recipes", out / f"{recipe_file.split('.')[0]}-{method}", force=True,
-                          label=f"{label}/{method}").report
+                rep = run(
+                    recipe,
+                    REPO / "recipes",
+                    out / f"{recipe_file.split('.')[0]}-{method}",
+                    force=True,
+                    label=f"{label}/{method}",
+                ).report
                 where = "ran"
             src = rep["reduction"]["params"].get("source")
-            rows.append(row_of(rep, layout=label, source=src, seconds=time.time() - t0, where=where,
-                               bench=rep.get("bench")))
-            print(f"[{len(rows)}] {label} {method} ({where}): top1 {rows[-1]['instance_top1']:.3f}",
-                  file=sys.stderr, flush=True)
+            rows.append(
+                row_of(rep, layout=label, source=src, seconds=time.time() - t0, where=where, bench=rep.get("bench"))
+            )
+            print(
+                f"[{len(rows)}] {label} {method} ({where}): top1 {rows[-1]['instance_top1']:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
-    head = ("| layout | method | LLM prefill saved | cosine (mean-pooled) | margin over best baseline [95% CI] | "
-            "instance top-1 (all → kept) | margin over best baseline [95% CI] | cosine (attn-pooled) | "
-            "attention mass (info) |" + (" selection overhead b1 / b8 |" if args.bench else ""))
+    head = (
+        "| layout | method | LLM prefill saved | cosine (mean-pooled) | margin over best baseline [95% CI] | "
+        "instance top-1 (all → kept) | margin over best baseline [95% CI] | cosine (attn-pooled) | "
+        "attention mass (info) |" + (" selection overhead b1 / b8 |" if args.bench else "")
+    )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
         name = r["method"] + (f" (`{r['source']}`)" if r["source"] else "")
-        line = (f"| {r['layout']} | {name} | {100 * r['prefill_saved']:.1f}% | {r['feature_cosine']:.4f} | "
-                f"{fmt_margin(r['feature_cosine.margin'])} | {r['top1_original']:.3f} → {r['instance_top1']:.3f} | "
-                f"{fmt_margin(r['instance_top1.margin'])} | {r['attn_pooled_cosine']:.4f} | {r['attention_mass']:.3f} |")
+        line = (
+            f"| {r['layout']} | {name} | {100 * r['prefill_saved']:.1f}% | {r['feature_cosine']:.4f} | "
+            f"{fmt_margin(r['feature_cosine.margin'])} | {r['top1_original']:.3f} → {r['instance_top1']:.3f} | "
+            f"{fmt_margin(r['instance_top1.margin'])} | {r['attn_pooled_cosine']:.4f} | {r['attention_mass']:.3f} |"
+        )
         if args.bench and r.get("bench"):
             b = r["bench"]["batches"]
             line += " / ".join(f"{100 * b[k]['selection_overhead']:+.1f}%" for k in sorted(b, key=int)) + " |"
@@ -133,8 +162,10 @@ def main() -> int:
             continue
         seen.add(r["layout"])
         for name, what in (("random", "random per image, mean ± sd over 5 seeds"), ("uniform", "2-D uniform lattice")):
-            print(f"| {r['layout']} | {what} | {fmt_base(r[f'feature_cosine.{name}'])} | "
-                  f"{fmt_base(r[f'instance_top1.{name}'])} | {fmt_base(r[f'attn_pooled_cosine.{name}'])} |")
+            print(
+                f"| {r['layout']} | {what} | {fmt_base(r[f'feature_cosine.{name}'])} | "
+                f"{fmt_base(r[f'instance_top1.{name}'])} | {fmt_base(r[f'attn_pooled_cosine.{name}'])} |"
+            )
     print("\nEvaluation crops: " + ", ".join(sorted({f"{r['layout']}: {r['samples']}" for r in rows})))
     return 0
 

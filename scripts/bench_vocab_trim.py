@@ -8,6 +8,7 @@ vocabulary, ONNX size, forward latency and load time before/after, coverage, and
 Each recipe runs through the normal pipeline (tokexport convert) into OUT/<recipe>/; OUT/summary.md
 and OUT/summary.json collect the numbers. Latencies are only comparable on a quiet machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,19 +24,41 @@ RECIPES = ["e5-small-vocab-en-pt", "minilm-l6-vocab-en", "smollm2-135m-vocab-en"
 
 def _row(name: str, r: dict) -> dict:
     m, t, art, b = r["model"], r["tokenizer"], r["artifacts"], r.get("bench") or {}
-    acc = {k: v["value"] if v.get("info") else v["reduced"] for k, v in r["accuracy"]["metrics"].items()
-           if not isinstance(v.get("value"), (dict, list))}
+    acc = {
+        k: v["value"] if v.get("info") else v["reduced"]
+        for k, v in r["accuracy"]["metrics"].items()
+        if not isinstance(v.get("value"), (dict, list))
+    }
     row = next(iter((b.get("batches") or {}).values()), {})
-    return {"recipe": name, "passed": r["passed"], "params": m["params"], "params_trimmed": m["params_trimmed"],
-            "vocab": t["vocab_size"], "vocab_trimmed": t["vocab_size_trimmed"], "onnx_bytes": art["baseline_onnx_bytes"],
-            "onnx_bytes_trimmed": art["onnx_bytes"], "baseline_ms": row.get("baseline_ms"), "trimmed_ms": row.get("reduced_ms"),
-            "load_s": b.get("load_s"), "lm_head_share": b.get("lm_head_share"),
-            "heldout_coverage": r["coverage"]["heldout"]["token_coverage"],
-            "heldout_coverage_by_language": {k: v["token_coverage"] for k, v in r["coverage"]["heldout_by_language"].items()},
-            "parity_max_abs": r["parity"]["max_abs_diff"], "accuracy": acc, "failures": r["failures"],
-            "budget": r["trim"].get("budget"), "ranking": _ranking(r["trim"].get("ranking")),
-            "generations_identical": (sum(g["identical"] for g in r["accuracy"]["generations"]), len(r["accuracy"]["generations"]))
-            if r["accuracy"].get("generations") else None}
+    return {
+        "recipe": name,
+        "passed": r["passed"],
+        "params": m["params"],
+        "params_trimmed": m["params_trimmed"],
+        "vocab": t["vocab_size"],
+        "vocab_trimmed": t["vocab_size_trimmed"],
+        "onnx_bytes": art["baseline_onnx_bytes"],
+        "onnx_bytes_trimmed": art["onnx_bytes"],
+        "baseline_ms": row.get("baseline_ms"),
+        "trimmed_ms": row.get("reduced_ms"),
+        "load_s": b.get("load_s"),
+        "lm_head_share": b.get("lm_head_share"),
+        "heldout_coverage": r["coverage"]["heldout"]["token_coverage"],
+        "heldout_coverage_by_language": {
+            k: v["token_coverage"] for k, v in r["coverage"]["heldout_by_language"].items()
+        },
+        "parity_max_abs": r["parity"]["max_abs_diff"],
+        "accuracy": acc,
+        "failures": r["failures"],
+        "budget": r["trim"].get("budget"),
+        "ranking": _ranking(r["trim"].get("ranking")),
+        "generations_identical": (
+            sum(g["identical"] for g in r["accuracy"]["generations"]),
+            len(r["accuracy"]["generations"]),
+        )
+        if r["accuracy"].get("generations")
+        else None,
+    }
 
 
 def _ranking(rk: dict | None) -> dict | None:
@@ -45,7 +68,17 @@ def _ranking(rk: dict | None) -> dict | None:
 
 
 def _markdown(rows: list[dict]) -> str:
-    head = ["recipe", "params (M)", "vocab", "ONNX (MB)", "forward ms", "ONNX load s", "held-out coverage", "checks", "result"]
+    head = [
+        "recipe",
+        "params (M)",
+        "vocab",
+        "ONNX (MB)",
+        "forward ms",
+        "ONNX load s",
+        "held-out coverage",
+        "checks",
+        "result",
+    ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ms = f"{r['baseline_ms']:.1f} → {r['trimmed_ms']:.1f}" if r["baseline_ms"] else "—"
@@ -56,24 +89,54 @@ def _markdown(rows: list[dict]) -> str:
         cov = f"{100 * r['heldout_coverage']:.2f}%"
         if len(r["heldout_coverage_by_language"]) > 1:
             cov += " (" + ", ".join(f"{k} {100 * v:.2f}%" for k, v in r["heldout_coverage_by_language"].items()) + ")"
-        out.append("| " + " | ".join([
-            r["recipe"], f"{r['params'] / 1e6:.1f} → {r['params_trimmed'] / 1e6:.1f}", f"{r['vocab']:,} → {r['vocab_trimmed']:,}",
-            f"{r['onnx_bytes'] / 1e6:.0f} → {r['onnx_bytes_trimmed'] / 1e6:.0f}", ms, load, cov,
-            checks, "PASS" if r["passed"] else "FAIL"]) + " |")
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    r["recipe"],
+                    f"{r['params'] / 1e6:.1f} → {r['params_trimmed'] / 1e6:.1f}",
+                    f"{r['vocab']:,} → {r['vocab_trimmed']:,}",
+                    f"{r['onnx_bytes'] / 1e6:.0f} → {r['onnx_bytes_trimmed'] / 1e6:.0f}",
+                    ms,
+                    load,
+                    cov,
+                    checks,
+                    "PASS" if r["passed"] else "FAIL",
+                ]
+            )
+            + " |"
+        )
     budget = [r for r in rows if r["budget"] or (r["ranking"] and r["ranking"].get("method") == "coverage")]
     if budget:
-        out += ["", ("| recipe | budget | bought: ids, parameters | ranking (chosen on the dev split) | held-out token "
-                     "coverage at that size, by ranking |"), "|---|---|---|---|---|"]
+        out += [
+            "",
+            (
+                "| recipe | budget | bought: ids, parameters | ranking (chosen on the dev split) | held-out token "
+                "coverage at that size, by ranking |"
+            ),
+            "|---|---|---|---|---|",
+        ]
         for r in budget:
             b, rk = r["budget"], r["ranking"] or {}
-            lim = "—" if not b else " / ".join(x for x in (f"{b['max_params'] / 1e6:g}M parameters" if b["max_params"] else "",
-                                                            f"{b['max_bytes'] / 1e6:g} MB at {b['precision']}"
-                                                            if b["max_bytes"] else "") if x)
+            lim = (
+                "—"
+                if not b
+                else " / ".join(
+                    x
+                    for x in (
+                        f"{b['max_params'] / 1e6:g}M parameters" if b["max_params"] else "",
+                        f"{b['max_bytes'] / 1e6:g} MB at {b['precision']}" if b["max_bytes"] else "",
+                    )
+                    if x
+                )
+            )
             bought = "—" if not b else f"{b['kept']:,} ids, {b['params'] / 1e6:.2f}M"
             if rk.get("method") == "coverage":
                 c = rk["chosen"]
-                how = (f"coverage: prior strength {c['prior_strength']:g}, numbers {c['numbers']:g}, own tokens "
-                       f"{c['self_generated']:g} ({rk['blends_tried']} blends)")
+                how = (
+                    f"coverage: prior strength {c['prior_strength']:g}, numbers {c['numbers']:g}, own tokens "
+                    f"{c['self_generated']:g} ({rk['blends_tried']} blends)"
+                )
                 abl = "; ".join(_abl(k, v) for k, v in (rk.get("heldout_ablation") or {}).items())
             else:
                 how, abl = "frequency", "—"
@@ -96,13 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="bench.repeats override (default: the recipe's)")
     ap.add_argument("--samples", type=int, default=None, help="verify.accuracy.samples override (smoke tests)")
     ap.add_argument("--force", action="store_true", help="replace existing per-recipe output folders")
-    ap.add_argument("--reports", type=Path, nargs="+", default=None,
-                    help="tabulate these finished convert outputs (folders holding report.json) instead of running; "
-                         "e.g. the per-recipe folders of runs made in parallel")
+    ap.add_argument(
+        "--reports",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="tabulate these finished convert outputs (folders holding report.json) instead of running; "
+        "e.g. the per-recipe folders of runs made in parallel",
+    )
     args = ap.parse_args(argv)
     if args.reports:
-        rows = [_row(json.loads((d / "report.json").read_text())["recipe"].get("name") or d.name,
-                     json.loads((d / "report.json").read_text())) for d in args.reports]
+        rows = [
+            _row(
+                json.loads((d / "report.json").read_text())["recipe"].get("name") or d.name,
+                json.loads((d / "report.json").read_text()),
+            )
+            for d in args.reports
+        ]
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
         (args.out / "summary.md").write_text(_markdown(rows))
@@ -129,8 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: error: {e}", file=sys.stderr)
             return e.exit_code
         rows.append(_row(name, res.report))
-        print(f"{name}: {'PASS' if res.report['passed'] else 'FAIL'} "
-              f"{rows[-1]['params'] / 1e6:.1f}M -> {rows[-1]['params_trimmed'] / 1e6:.1f}M parameters", flush=True)
+        print(
+            f"{name}: {'PASS' if res.report['passed'] else 'FAIL'} "
+            f"{rows[-1]['params'] / 1e6:.1f}M -> {rows[-1]['params_trimmed'] / 1e6:.1f}M parameters",
+            flush=True,
+        )
     (args.out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "summary.md").write_text(_markdown(rows))
     print(_markdown(rows))

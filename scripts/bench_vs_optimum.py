@@ -21,6 +21,7 @@ What a user gains is the ratio to what they would ship otherwise — Optimum's o
 OUT must not exist or be empty (``--force`` replaces a previous run's files). Latencies on a shared
 machine are noisy; the ratios are measured side by side, interleaved, which keeps them comparable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,9 @@ def ensure_venv(venv: Path) -> Path:
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(py), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt")]
-    torch_pin = next((ln.strip() for ln in (REPO / "constraints.txt").read_text().splitlines()
-                      if ln.startswith("torch==")), "torch")
+    torch_pin = next(
+        (ln.strip() for ln in (REPO / "constraints.txt").read_text().splitlines() if ln.startswith("torch==")), "torch"
+    )
     for args in ([torch_pin], OPTIMUM_REQS):
         r = subprocess.run([*pip, *args])
         if r.returncode:
@@ -75,15 +77,32 @@ def ensure_venv(venv: Path) -> Path:
 def optimum_export(py: Path, model: Path, dest: Path, opset: int) -> tuple[Path, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cli = py.parent / "optimum-cli"
-    cmd = [str(cli), "export", "onnx", "--model", str(model), "--task", "feature-extraction", "--opset", str(opset),
-           str(dest)]
+    cmd = [
+        str(cli),
+        "export",
+        "onnx",
+        "--model",
+        str(model),
+        "--task",
+        "feature-extraction",
+        "--opset",
+        str(opset),
+        str(dest),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode or not (dest / "model.onnx").is_file():
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
         fail(f"optimum-cli export failed ({' '.join(cmd)}): {' | '.join(tail)}", 1)
-    vers = subprocess.run([str(py), "-c", "import transformers, optimum.version as o, torch; "
-                           "print(f'transformers {transformers.__version__}, optimum {o.__version__}, torch {torch.__version__}')"],
-                          capture_output=True, text=True).stdout.strip()
+    vers = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import transformers, optimum.version as o, torch; "
+            "print(f'transformers {transformers.__version__}, optimum {o.__version__}, torch {torch.__version__}')",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return dest / "model.onnx", vers
 
 
@@ -113,17 +132,28 @@ def loadavg() -> list[float] | None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="where the table, the JSON and Optimum's export go")
-    ap.add_argument("--graphs", type=Path, help="a `tokexport convert` output (model.onnx, baseline.onnx); default: convert --recipe into OUT/convert")
+    ap.add_argument(
+        "--graphs",
+        type=Path,
+        help="a `tokexport convert` output (model.onnx, baseline.onnx); default: convert --recipe into OUT/convert",
+    )
     ap.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "dinov2-small", help="the checkpoint folder Optimum exports")
+    ap.add_argument(
+        "--model", type=Path, default=REPO / "models" / "dinov2-small", help="the checkpoint folder Optimum exports"
+    )
     ap.add_argument("--optimum-venv", type=Path, default=default_venv())
     ap.add_argument("--opset", type=int, default=17)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--extra", nargs="*", default=[], metavar="NAME=PATH",
-                    help="more graphs timed in the same interleaved run (e.g. unfolded=/tmp/raw/model.onnx, an export.fold: false output)")
+    ap.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="NAME=PATH",
+        help="more graphs timed in the same interleaved run (e.g. unfolded=/tmp/raw/model.onnx, an export.fold: false output)",
+    )
     ap.add_argument("--force", action="store_true", help="replace the files of a previous run in OUT")
     a = ap.parse_args(argv)
 
@@ -158,7 +188,9 @@ def main(argv=None) -> int:
     for item in a.extra:
         name, _, path = item.partition("=")
         if not name or not path or not Path(path).is_file() or name in ("optimum", *graphs):
-            fail(f"--extra {item!r}: give NAME=PATH of an existing .onnx file, NAME not optimum/model.onnx/baseline.onnx")
+            fail(
+                f"--extra {item!r}: give NAME=PATH of an existing .onnx file, NAME not optimum/model.onnx/baseline.onnx"
+            )
         extra[name] = Path(path)
     py = ensure_venv(venv)
     print(f"exporting {a.model} with Optimum (opset {a.opset}) ...", flush=True)
@@ -175,9 +207,18 @@ def main(argv=None) -> int:
 
     # same checkpoint: Optimum's graph and baseline.onnx compute the same features
     x = feeds[a.batch[0]]
-    o_opt = dict(zip([o.name for o in sessions["optimum"].get_outputs()], sessions["optimum"].run(None, {"pixel_values": x})))
-    o_base = dict(zip([o.name for o in sessions["baseline.onnx"].get_outputs()], sessions["baseline.onnx"].run(None, {"pixel_values": x})))
-    agree = {k: float(np.abs(o_opt[k] - o_base[k]).max()) for k in o_base if k in o_opt and o_opt[k].shape == o_base[k].shape}
+    o_opt = dict(
+        zip([o.name for o in sessions["optimum"].get_outputs()], sessions["optimum"].run(None, {"pixel_values": x}))
+    )
+    o_base = dict(
+        zip(
+            [o.name for o in sessions["baseline.onnx"].get_outputs()],
+            sessions["baseline.onnx"].run(None, {"pixel_values": x}),
+        )
+    )
+    agree = {
+        k: float(np.abs(o_opt[k] - o_base[k]).max()) for k in o_base if k in o_opt and o_opt[k].shape == o_base[k].shape
+    }
     if not agree or max(agree.values()) > 1e-2:
         fail(f"Optimum's export and baseline.onnx disagree ({agree}); not the same checkpoint?", 3)
 
@@ -191,42 +232,62 @@ def main(argv=None) -> int:
                 sessions[k].run(None, feed)
         times = {k: [] for k in names}
         for r in range(a.repeats):
-            order = names[r % len(names):] + names[:r % len(names)]  # rotate: no graph always runs first
+            order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no graph always runs first
             for k in order:
                 t = time.perf_counter()
                 sessions[k].run(None, feed)
                 times[k].append((time.perf_counter() - t) * 1e3)
-        results[str(b)] = {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)),
-                               "min_ms": float(np.min(v))} for k, v in times.items()}
+        results[str(b)] = {
+            k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "min_ms": float(np.min(v))}
+            for k, v in times.items()
+        }
         med = results[str(b)]
-        results[str(b)]["speedup_vs_optimum"] = {k: med["optimum"]["median_ms"] / med[k]["median_ms"]
-                                                 for k in names if k != "optimum"}
+        results[str(b)]["speedup_vs_optimum"] = {
+            k: med["optimum"]["median_ms"] / med[k]["median_ms"] for k in names if k != "optimum"
+        }
         print(f"batch {b}: " + ", ".join(f"{k} {med[k]['median_ms']:.1f} ms" for k in names), flush=True)
     load_after = loadavg()
 
     info = {k: {"path": str(p), "nodes": node_count(p), "bytes": p.stat().st_size} for k, p in graphs.items()}
     report = {
-        "graphs": info, "optimum_export": {"command": f"optimum-cli export onnx --model {a.model} --task feature-extraction "
-                                                      f"--opset {a.opset}", "versions": opt_versions, "venv": str(venv)},
+        "graphs": info,
+        "optimum_export": {
+            "command": f"optimum-cli export onnx --model {a.model} --task feature-extraction --opset {a.opset}",
+            "versions": opt_versions,
+            "venv": str(venv),
+        },
         "optimum_vs_baseline_max_abs_diff": agree,
-        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider", "threads": a.threads,
-        "warmup": a.warmup, "repeats": a.repeats, "interleaved": True, "input": f"N(0,1) pixel_values [b, 3, {size}, {size}], seed 0",
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "loadavg_before": load_before, "loadavg_after": load_after},
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "threads": a.threads,
+        "warmup": a.warmup,
+        "repeats": a.repeats,
+        "interleaved": True,
+        "input": f"N(0,1) pixel_values [b, 3, {size}, {size}], seed 0",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },
         "batches": results,
     }
     (out / "bench_vs_optimum.json").write_text(json.dumps(report, indent=2) + "\n")
     extra_cols = [k for k in names if k not in ("optimum", "model.onnx", "baseline.onnx")]
-    lines = [f"ONNX Runtime {ort.__version__} CPU, {a.threads} threads, median of {a.repeats} interleaved runs "
-             f"(load average {load_before} → {load_after} on {os.cpu_count()} CPUs)", "",
-             "| batch | Optimum ms | model.onnx ms | baseline.onnx ms | model.onnx vs Optimum | baseline.onnx vs Optimum |"
-             + "".join(f" {k} ms | {k} vs Optimum |" for k in extra_cols),
-             "|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(extra_cols)]
+    lines = [
+        f"ONNX Runtime {ort.__version__} CPU, {a.threads} threads, median of {a.repeats} interleaved runs "
+        f"(load average {load_before} → {load_after} on {os.cpu_count()} CPUs)",
+        "",
+        "| batch | Optimum ms | model.onnx ms | baseline.onnx ms | model.onnx vs Optimum | baseline.onnx vs Optimum |"
+        + "".join(f" {k} ms | {k} vs Optimum |" for k in extra_cols),
+        "|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(extra_cols),
+    ]
     for b, r in results.items():
         s = r["speedup_vs_optimum"]
-        lines.append(f"| {b} | {r['optimum']['median_ms']:.1f} | {r['model.onnx']['median_ms']:.1f} | "
-                     f"{r['baseline.onnx']['median_ms']:.1f} | {s['model.onnx']:.2f}× | {s['baseline.onnx']:.2f}× |"
-                     + "".join(f" {r[k]['median_ms']:.1f} | {s[k]:.2f}× |" for k in extra_cols))
+        lines.append(
+            f"| {b} | {r['optimum']['median_ms']:.1f} | {r['model.onnx']['median_ms']:.1f} | "
+            f"{r['baseline.onnx']['median_ms']:.1f} | {s['model.onnx']:.2f}× | {s['baseline.onnx']:.2f}× |"
+            + "".join(f" {r[k]['median_ms']:.1f} | {s[k]:.2f}× |" for k in extra_cols)
+        )
     lines += ["", "| graph | nodes | MB |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['nodes']} | {v['bytes'] / 1e6:.1f} |" for k, v in info.items()]
     (out / "bench_vs_optimum.md").write_text("\n".join(lines) + "\n")

@@ -11,6 +11,7 @@ combination of --sizes (trim.target_vocab_size) and --weights (trim.self_generat
 
     python scripts/probe_self_generated.py recipes/gemma3-270m-vocab-fr.yaml --sizes 10700 --weights 0 1 2 4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     sg = recipe.trim.self_generated or SelfGenerated()
     if args.prompts:
         sg = sg.model_copy(update={"prompts": args.prompts})
-    gen_counts, gen_info = self_generated_counts(model, sg.model_copy(update={"weight": 1}), mining_ids, rows,
-                                                 tok.pad_token_id if tok.pad_token_id is not None else 0)
+    gen_counts, gen_info = self_generated_counts(
+        model,
+        sg.model_copy(update={"weight": 1}),
+        mining_ids,
+        rows,
+        tok.pad_token_id if tok.pad_token_id is not None else 0,
+    )
     print(f"self-generated: {gen_info}", flush=True)
     table = []
     for size in args.sizes or [recipe.trim.target_vocab_size]:
@@ -87,16 +93,28 @@ def main(argv: list[str] | None = None) -> int:
             keep, _ = complete_keep(state, forced | {int(i) for i in mined.selected})
             mask = np.zeros(rows, dtype=bool)
             mask[keep] = True
-            same = sum(bool(mask[np.asarray(p)].all() and mask[np.asarray(o, dtype=np.int64)].all())
-                       for p, o in zip(prompts, originals))
-            row = {"target_vocab_size": size, "weight": w, "kept": len(keep),
-                   "params": int(body + len(keep) * hidden * (1 if tied else 2)), "identical": same,
-                   "prompts": len(prompts)}
+            same = sum(
+                bool(mask[np.asarray(p)].all() and mask[np.asarray(o, dtype=np.int64)].all())
+                for p, o in zip(prompts, originals)
+            )
+            row = {
+                "target_vocab_size": size,
+                "weight": w,
+                "kept": len(keep),
+                "params": int(body + len(keep) * hidden * (1 if tied else 2)),
+                "identical": same,
+                "prompts": len(prompts),
+            }
             table.append(row)
-            print(f"size {size:>6} weight {w:>3}: kept {len(keep):>6}, {row['params'] / 1e6:6.1f}M parameters, "
-                  f"{same}/{len(prompts)} generations identical", flush=True)
+            print(
+                f"size {size:>6} weight {w:>3}: kept {len(keep):>6}, {row['params'] / 1e6:6.1f}M parameters, "
+                f"{same}/{len(prompts)} generations identical",
+                flush=True,
+            )
     if args.out:
-        args.out.write_text(json.dumps({"recipe": str(args.recipe), "self_generated": gen_info, "rows": table}, indent=2))
+        args.out.write_text(
+            json.dumps({"recipe": str(args.recipe), "self_generated": gen_info, "rows": table}, indent=2)
+        )
     return 0
 
 

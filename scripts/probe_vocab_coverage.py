@@ -17,6 +17,7 @@ budget, keep set), then prints
 Everything after the recipe's point is measurement: nothing here changes a recipe's selection, and
 the held-out numbers must not be used to choose one (the recipe's blend is chosen on the dev split).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("recipe", type=Path)
     ap.add_argument("--target", type=float, default=0.99, help="coverage every language should reach (default 0.99)")
     ap.add_argument("--sizes", type=int, nargs="*", default=None, help="kept-id counts of the curve")
-    ap.add_argument("--weights", type=float, nargs="*", default=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 1.0],
-                    help="first language's weight in the trade-off table (two-language recipes)")
+    ap.add_argument(
+        "--weights",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 1.0],
+        help="first language's weight in the trade-off table (two-language recipes)",
+    )
     ap.add_argument("--top", type=int, default=25, help="most frequent missed tokens listed per language")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
@@ -64,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe = validate_vocab_recipe(str(args.recipe), yaml.safe_load(args.recipe.read_text()))
     if recipe.trim.ranking != "coverage":
-        print(f"{args.recipe}: trim.ranking is {recipe.trim.ranking!r}; this probe reads a coverage ranking", file=sys.stderr)
+        print(
+            f"{args.recipe}: trim.ranking is {recipe.trim.ranking!r}; this probe reads a coverage ranking",
+            file=sys.stderr,
+        )
         return 2
     task = VocabTrim(recipe, args.recipe.parent, str(args.recipe))
     task.load(Stages())
@@ -82,8 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg, corpus = recipe.trim.coverage, task.corpus
     mining_rows = {lang: encode_all(enc_special, docs) for lang, docs in corpus.mining.items()}
     weighted_rows = {lang: encode_all(enc_plain, [t for t, _ in e]) for lang, e in corpus.weighted.items()}
-    ev, _ = R.gather_evidence(corpus, mining_rows, enc_plain, rows, cfg.dev_fraction, recipe.corpus.seed,
-                              any(x > 0 for x in cfg.numbers), weighted_rows)
+    ev, _ = R.gather_evidence(
+        corpus,
+        mining_rows,
+        enc_plain,
+        rows,
+        cfg.dev_fraction,
+        recipe.corpus.seed,
+        any(x > 0 for x in cfg.numbers),
+        weighted_rows,
+    )
     if ev.generated is None and task.self_gen is not None:
         print("note: trim.self_generated is not re-run here; the model's own tokens are left out", file=sys.stderr)
     forced = {i for ids in task.required.values() for i in ids}
@@ -103,21 +120,28 @@ def main(argv: list[str] | None = None) -> int:
 
     kept = len(task.keep)
     params = (lambda k: budget.params(k)) if budget else (lambda k: None)
-    out = {"recipe": str(args.recipe), "kept": kept, "params": params(kept), "blend": chosen,
-           "heldout": {"overall": float((total * task.keep_mask).sum() / total.sum()), **measure(task.keep)},
-           "heldout_tokens": {k: int(v.sum()) for k, v in H.items()}}
+    out = {
+        "recipe": str(args.recipe),
+        "kept": kept,
+        "params": params(kept),
+        "blend": chosen,
+        "heldout": {"overall": float((total * task.keep_mask).sum() / total.sum()), **measure(task.keep)},
+        "heldout_tokens": {k: int(v.sum()) for k, v in H.items()},
+    }
 
     def pct(d: dict) -> str:
         return ", ".join(f"{k} {100 * v:.2f}%" for k, v in d.items())
 
-    print(f"recipe point: {kept:,} ids, {params(kept) or 0:,} parameters, blend a={a:g} numbers={n:g}; held-out "
-          f"{pct(out['heldout'])} (tokens: {out['heldout_tokens']})")
+    print(
+        f"recipe point: {kept:,} ids, {params(kept) or 0:,} parameters, blend a={a:g} numbers={n:g}; held-out "
+        f"{pct(out['heldout'])} (tokens: {out['heldout_tokens']})"
+    )
 
     if ev.generated is None and task.self_gen is None and keep_at(score, kept) != {int(i) for i in task.keep}:
         print("note: the re-gathered ranking does not reproduce the recipe's keep set", file=sys.stderr)
 
     # curve along the chosen ranking
-    everything = 10 ** 9
+    everything = 10**9
     evidenced = len(keep_at(score, everything))  # every id with any evidence, its merge paths, required ids
     sizes = args.sizes or sorted({kept, *range(((kept // 1000) + 1) * 1000, evidenced + 1000, 1000), evidenced})
     curve = []
@@ -132,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if min(measure(keep_at(score, mid)).values()) >= args.target else (mid, hi)
         out["smallest_for_target"] = {"ids": hi, "params": params(hi), **measure(keep_at(score, hi))}
-        print(f"every language >= {100 * args.target:g}% from about {hi:,} ids ({params(hi) or 0:,} parameters; "
-              "10-id resolution)")
+        print(
+            f"every language >= {100 * args.target:g}% from about {hi:,} ids ({params(hi) or 0:,} parameters; "
+            "10-id resolution)"
+        )
     else:
         out["smallest_for_target"] = None
         print(f"every language >= {100 * args.target:g}% is out of reach even with all {evidenced:,} evidenced ids")
@@ -149,12 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         for t, o in zip(inv(miss.tolist()), occ.tolist()):
             by_kind[kind(t)] = by_kind.get(kind(t), 0) + int(o)
         no_ev = int(h[(score <= 0) & ~task.keep_mask].sum())
-        top = [(inv(int(i)), int(h[i])) for i in miss[np.argsort(-occ, kind="stable")][:args.top]]
+        top = [(inv(int(i)), int(h[i])) for i in miss[np.argsort(-occ, kind="stable")][: args.top]]
         allowed = int(h.sum() * (1 - args.target))
-        out["misses"][lang] = {"occurrences": int(occ.sum()), "distinct": len(miss), "allowed_for_target": allowed,
-                               "by_kind": by_kind, "no_evidence": no_ev, "top": top}
-        print(f"{lang}: {int(occ.sum())} missed occurrences ({len(miss)} distinct ids; {allowed} allowed for "
-              f"{100 * args.target:g}%), by kind {by_kind}; {no_ev} have no evidence at all; most frequent: {top}")
+        out["misses"][lang] = {
+            "occurrences": int(occ.sum()),
+            "distinct": len(miss),
+            "allowed_for_target": allowed,
+            "by_kind": by_kind,
+            "no_evidence": no_ev,
+            "top": top,
+        }
+        print(
+            f"{lang}: {int(occ.sum())} missed occurrences ({len(miss)} distinct ids; {allowed} allowed for "
+            f"{100 * args.target:g}%), by kind {by_kind}; {no_ev} have no evidence at all; most frequent: {top}"
+        )
 
     # each language alone, and the weighted trade-off
     def lang_score(counts, lang):
@@ -174,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         out["alone"][lang] = {"ids": hi, "keep": keep_at(sc, hi)}
     if all(out["alone"].values()):
         union = set().union(*(v["keep"] for v in out["alone"].values()))
-        print("each language ranked alone reaches the target with " + ", ".join(
-            f"{k} {v['ids']:,}" for k, v in out["alone"].items()) + f" ids (50-id resolution); their union: {len(union):,} ids")
+        print(
+            "each language ranked alone reaches the target with "
+            + ", ".join(f"{k} {v['ids']:,}" for k, v in out["alone"].items())
+            + f" ids (50-id resolution); their union: {len(union):,} ids"
+        )
         out["alone_union"] = len(union)
     for v in out["alone"].values():
         if v:
@@ -184,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         out["tradeoff"] = []
         print(f"language weights ({langs[0]}, {langs[1]}) at {kept:,} ids: dev split / held-out")
         for w in args.weights:
+
             def weighted(counts, w=w):
                 return w * lang_score(counts, langs[0]) + (1 - w) * lang_score(counts, langs[1])
+
             dev, held = measure(keep_at(weighted(ev.train), kept), ev.dev), measure(keep_at(weighted(full), kept))
             out["tradeoff"].append({"weight": w, "dev": dev, "heldout": held})
             print(f"  w={w:<5g} dev {pct(dev)}  held-out {pct(held)}")

@@ -10,6 +10,7 @@ is Python's start-up: a warning printed while *importing* torch or transformers 
 server, not in every child's stderr (the CLI's own output is unaffected).
 
 ``TOKEXPORT_TEST_CLI_SUBPROCESS=1`` runs every call as a plain ``subprocess.run`` instead."""
+
 from __future__ import annotations
 
 import atexit
@@ -35,8 +36,15 @@ def _start() -> subprocess.Popen:
         # no COLUMNS/LINES: the CLI's rich consoles are built in the server, and read them per call only when unset
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        _server = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True, cwd=REPO, env=env, bufsize=1)
+        _server = subprocess.Popen(
+            [sys.executable, __file__, "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=env,
+            bufsize=1,
+        )
         atexit.register(_stop, _server)
     return _server
 
@@ -94,8 +102,11 @@ def _child(req: dict) -> None:
         os.environ.clear()
         os.environ.update(req["env"])
         os.chdir(req["cwd"])
-        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                                (2, req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+        for fd, path, flags in (
+            (0, os.devnull, os.O_RDONLY),
+            (1, req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+            (2, req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+        ):
             f = os.open(path, flags, 0o600)
             os.dup2(f, fd)
             os.close(f)

@@ -9,6 +9,7 @@ fail: while it runs, ``$TOKEXPORT_MODELS_DIR`` points at an empty directory (a s
 model there, and one it fetches is caught), and in this process a call of the zoo's real loading path
 (``tokexport.zoo.fetch`` / ``resolve_bundled`` of a bundled name), of :func:`real_model_dir`, or an
 ``open()`` of a file under the real models directory is recorded and fails the test."""
+
 from __future__ import annotations
 
 import functools
@@ -27,8 +28,9 @@ from tokexport import zoo
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-            image_size=56, patch_size=14)
+TINY = dict(
+    hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=56, patch_size=14
+)
 
 
 def _save(model, path: Path, image_size: int = 56) -> Path:
@@ -45,8 +47,9 @@ def make_tiny(kind: str, path: Path) -> Path:
 
     torch.manual_seed(0)
     if kind == "vit-classifier":
-        cfg = T.ViTConfig(**TINY, num_labels=5, id2label={i: f"c{i}" for i in range(5)},
-                          label2id={f"c{i}": i for i in range(5)})
+        cfg = T.ViTConfig(
+            **TINY, num_labels=5, id2label={i: f"c{i}" for i in range(5)}, label2id={f"c{i}": i for i in range(5)}
+        )
         return _save(T.ViTForImageClassification(cfg).eval(), path)
     if kind == "vit":
         return _save(T.ViTModel(T.ViTConfig(**TINY)).eval(), path)
@@ -116,6 +119,7 @@ def real_model_dir() -> Path | None:
 def _guarded(fn):
     """``fn`` of the zoo, recording a call that reached a real checkpoint (it returned: a real model's
     folder, or the installed package file a real fetch converts); the generated tiny twins are not real."""
+
     @functools.wraps(fn)
     def wrapper(model, *args, **kwargs):
         out = fn(model, *args, **kwargs)
@@ -185,8 +189,10 @@ def pytest_runtest_teardown(item, nextitem):
     left = [p for p in left if p in zoo.BUNDLED]  # a generated tiny twin is no real checkpoint
     if not _GUARD["allowed"] and (touched or left):
         what = touched[:5] + [f"fetched into $TOKEXPORT_MODELS_DIR: {p}" for p in left]
-        pytest.fail(f"{item.nodeid} touches a real checkpoint but is not marked @pytest.mark.real_model: "
-                    + "; ".join(what), pytrace=False)
+        pytest.fail(
+            f"{item.nodeid} touches a real checkpoint but is not marked @pytest.mark.real_model: " + "; ".join(what),
+            pytrace=False,
+        )
     return result
 
 
@@ -221,7 +227,7 @@ def _module_fixture_group(item) -> str | None:
     info = getattr(item, "_fixtureinfo", None)
     module = item.nodeid.split("::")[0]
     for name in getattr(item, "fixturenames", ()):
-        for fd in (info.name2fixturedefs.get(name, ()) if info is not None else ()):
+        for fd in info.name2fixturedefs.get(name, ()) if info is not None else ():
             if fd.scope == "module" and fd.baseid == module:
                 return f"{module}{MODULE_GROUP}"
     return None
@@ -237,12 +243,13 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.xdist_group(shared))
     items.sort(key=_schedule_key)  # stable: the order within a group and a file is kept
     worker = getattr(config, "workerinput", {}).get("workerid")  # a pytest-xdist worker (not its environment:
-    folder = os.environ.get(_GROUPS_ENV)                          # a run started inside a worker is no worker)
+    folder = os.environ.get(_GROUPS_ENV)  # a run started inside a worker is no worker)
     if worker and folder:
         groups = {}
         for item in items:
-            names = {str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-                     for m in item.iter_markers("xdist_group")}
+            names = {
+                str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")
+            }
             if names:  # as pytest-xdist names a test's group
                 groups[item.nodeid] = "_".join(sorted(names))
         tmp = Path(folder) / f"{worker}.json.part"

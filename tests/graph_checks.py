@@ -1,6 +1,7 @@
 """What every reduced graph must satisfy (docs/methods/static-export.md), as one helper for the method tests:
 no control flow, scatter or data-dependent shapes, every TopK with a constant K < 3840, and the TensorRT
 targets' static checks (jetpack-6.0, jetpack-7.0)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 ``snapshot(root)`` hashes every file below ``root`` (path, mode, size, sha256 of the content, symlink
 targets); ``assert_unchanged(before, root, allow=...)`` compares a later snapshot with it, ignoring only
 the paths the command was told to write."""
+
 from __future__ import annotations
 
 import hashlib

@@ -11,6 +11,7 @@ exits with the first non-zero exit code of a conversion (3 parity, 4 accuracy, .
 
 No pytest here: the script runs outside a test session.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -52,8 +53,15 @@ def convert_shipped_once(name: str, root: Path) -> Conversion:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not record.is_file():
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-            res = subprocess.run([sys.executable, "-m", "tokexport", "convert", name, "--out", str(out), "--force"],
-                                 capture_output=True, text=True, cwd=REPO, env=env, timeout=3600, check=False)
+            res = subprocess.run(
+                [sys.executable, "-m", "tokexport", "convert", name, "--out", str(out), "--force"],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                env=env,
+                timeout=3600,
+                check=False,
+            )
             tmp = record.with_suffix(".part")
             tmp.write_text(json.dumps({"exit_code": res.returncode, "stdout": res.stdout, "stderr": res.stderr}))
             tmp.replace(record)

@@ -1,5 +1,6 @@
 """Every tool accepts every task's output: the checks shared by the real-model tests of each task
 (tests/test_real_model.py: ViT pruning and visual tokens; tests/test_vocab_real.py: vocab trim)."""
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,9 @@ def assert_every_tool_accepts(out: Path, tmp: Path) -> None:
     bundle = tmp / "bundle"
     res = run_cli("bundle", str(bundle), "--from", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
-    v = subprocess.run([sys.executable, str(bundle / "verify_on_device.py")], capture_output=True, text=True,
-                       timeout=900, check=False)
+    v = subprocess.run(
+        [sys.executable, str(bundle / "verify_on_device.py")], capture_output=True, text=True, timeout=900, check=False
+    )
     assert v.returncode == 0 and "PASS" in v.stdout, v.stdout[-2000:] + v.stderr[-2000:]
 
     res = run_cli("build", str(out))

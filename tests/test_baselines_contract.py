@@ -1,5 +1,6 @@
 """The baselines section every token-reduction report carries (tokexport.stages.baselines): margins
 with paired bootstrap intervals, the vs_baselines gate, its schema and its rendering."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,10 +15,18 @@ BETTER = {"cos": "higher", "err": "lower"}
 
 
 def _runs(rng, n, shift=0.0):
-    random = BaselineRun("random", "per image", {"cos": [rng.normal(0.8 + shift, 0.05, n) for _ in range(5)],
-                                                 "err": [rng.normal(0.3, 0.05, n) for _ in range(5)]}, seeds=list(range(5)))
-    uniform = BaselineRun("uniform", "2-D lattice", {"cos": [rng.normal(0.85 + shift, 0.05, n)],
-                                                     "err": [rng.normal(0.25, 0.05, n)]})
+    random = BaselineRun(
+        "random",
+        "per image",
+        {
+            "cos": [rng.normal(0.8 + shift, 0.05, n) for _ in range(5)],
+            "err": [rng.normal(0.3, 0.05, n) for _ in range(5)],
+        },
+        seeds=list(range(5)),
+    )
+    uniform = BaselineRun(
+        "uniform", "2-D lattice", {"cos": [rng.normal(0.85 + shift, 0.05, n)], "err": [rng.normal(0.25, 0.05, n)]}
+    )
     return [random, uniform]
 
 
@@ -84,8 +93,15 @@ def test_too_few_random_seeds_and_length_mismatch_are_refused():
 def test_markdown_shows_method_baselines_and_gate():
     rng = np.random.default_rng(4)
     n = 50
-    s = baselines_section("zero-tprune", {"cos": rng.normal(0.9, 0.05, n)}, _runs(rng, n), BETTER, {}, {"split": "eval", "samples": n},
-                          VsBaselines(min_margin=0.5))
+    s = baselines_section(
+        "zero-tprune",
+        {"cos": rng.normal(0.9, 0.05, n)},
+        _runs(rng, n),
+        BETTER,
+        {},
+        {"split": "eval", "samples": n},
+        VsBaselines(min_margin=0.5),
+    )
     text = "\n".join(baselines_lines(s))
     assert "zero-tprune (method)" in text and "random" in text and "uniform" in text
     assert "± " in text and "FAIL" in text

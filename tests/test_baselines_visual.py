@@ -1,6 +1,7 @@
 """The honest baselines of the visual-token task (tokexport.vlm.baselines): random keep drawn per image
 over seeds and a true 2-D uniform lattice, at the method's K, on the same crops, in the same run; the
 report's ``baselines`` section and the ``verify.vs_baselines`` gate."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -120,16 +121,24 @@ def test_per_sample_figures():
 
 # ---- the report section through the driver ------------------------------------------------------
 
-_VERIFY = {"parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 2},
-           "accuracy": {"samples_per_class": 2, "prototypes_per_class": 1,
-                        "metrics": {"feature_cosine": {"min": 0.5}}}}  # tiny CLIP tower: >= 0.78 measured
+_VERIFY = {
+    "parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 2},
+    "accuracy": {"samples_per_class": 2, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.5}}},
+}  # tiny CLIP tower: >= 0.78 measured
 _OFF = {"bench": {"enabled": False}, "deploy": {"bundle": False, "engines": False}}
 
 
 def _recipe(tiny_models, method="fopru-rank", keep=4, **verify) -> Recipe:
-    return Recipe.model_validate({
-        "model": str(tiny_models["clip-vision"]), "task": "visual-tokens", "vision": {"feature_layer": -2},
-        "reduction": {"method": method, "keep": keep}, "verify": {**_VERIFY, **verify}, **_OFF})
+    return Recipe.model_validate(
+        {
+            "model": str(tiny_models["clip-vision"]),
+            "task": "visual-tokens",
+            "vision": {"feature_layer": -2},
+            "reduction": {"method": method, "keep": keep},
+            "verify": {**_VERIFY, **verify},
+            **_OFF,
+        }
+    )
 
 
 def test_report_has_baselines_at_the_same_budget(tiny_models, tmp_path):
@@ -158,8 +167,7 @@ def test_report_has_baselines_at_the_same_budget(tiny_models, tmp_path):
 
 
 def test_vs_baselines_gate_fails_with_exit_4(tiny_models, tmp_path):
-    recipe = _recipe(tiny_models, vs_baselines={"min_margin": 0.5, "bound": "estimate",
-                                                "metrics": ["feature_cosine"]})
+    recipe = _recipe(tiny_models, vs_baselines={"min_margin": 0.5, "bound": "estimate", "metrics": ["feature_cosine"]})
     res = run(recipe, tiny_models["vit"].parent, tmp_path / "o", label="x.yaml")
     assert res.exit_code == 4
     assert res.report["baselines"]["gate"]["passed"] is False

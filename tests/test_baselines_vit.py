@@ -1,5 +1,6 @@
 """The ViT task's honest baselines (tokexport.reduce.baselines_vit): per-image random keep over seeds and
 the 2-D uniform lattice, at the method's schedule, inside every report; and the 2-D lattice itself."""
+
 from __future__ import annotations
 
 import json
@@ -157,13 +158,16 @@ def test_per_sample_means_are_the_report_metrics():
 def test_report_has_baselines_section_and_the_gate_can_fail(tmp_path, tiny_models):
     from tokexport.pipeline import convert
 
-    r = recipe(tiny_models["vit-classifier"], **{
-        "reduction.method": "topk-cls",
-        "verify.accuracy.metrics": {"feature_cosine": {"min": 0.0}, "top1_agreement": {"min": 0.0}},
-        "verify.baselines": {"random_seeds": 5, "resamples": 200},
-        # a margin no method can reach: the gate must fail the conversion (exit 4)
-        "verify.vs_baselines": {"min_margin": 0.9, "bound": "estimate"},
-    })
+    r = recipe(
+        tiny_models["vit-classifier"],
+        **{
+            "reduction.method": "topk-cls",
+            "verify.accuracy.metrics": {"feature_cosine": {"min": 0.0}, "top1_agreement": {"min": 0.0}},
+            "verify.baselines": {"random_seeds": 5, "resamples": 200},
+            # a margin no method can reach: the gate must fail the conversion (exit 4)
+            "verify.vs_baselines": {"min_margin": 0.9, "bound": "estimate"},
+        },
+    )
     res = convert(write(tmp_path, r), tmp_path / "out")
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     b = rep["baselines"]
@@ -176,9 +180,11 @@ def test_report_has_baselines_section_and_the_gate_can_fail(tmp_path, tiny_model
     assert b["data"]["samples"] == n and rep["accuracy"]["splits"]["eval"]["samples"] == n
     # the method's figure is the report's metric (both from model.onnx)
     assert b["method"]["metrics"]["feature_cosine"] == pytest.approx(
-        rep["accuracy"]["metrics"]["feature_cosine"]["reduced"])
-    assert [s["tokens_out"] for s in b["budget"]["tokens_per_stage"]] == \
-        [s["tokens_out"] for s in rep["reduction"]["schedule"]]
+        rep["accuracy"]["metrics"]["feature_cosine"]["reduced"]
+    )
+    assert [s["tokens_out"] for s in b["budget"]["tokens_per_stage"]] == [
+        s["tokens_out"] for s in rep["reduction"]["schedule"]
+    ]
     assert res.exit_code == 4 and b["gate"]["passed"] is False
     assert any(f.startswith("vs_baselines:") for f in rep["failures"])
     assert "Against baselines" in (tmp_path / "out" / "report.md").read_text()
@@ -190,8 +196,9 @@ def test_baselines_can_be_disabled_and_a_gate_then_refused(tmp_path, tiny_models
     r = recipe(tiny_models["dinov2"], **{"verify.baselines": {"enabled": False}})
     res = convert(write(tmp_path, r), tmp_path / "out")
     assert res.exit_code == 0 and res.report.get("baselines") is None
-    bad = recipe(tiny_models["dinov2"], **{"verify.baselines": {"enabled": False},
-                                           "verify.vs_baselines": {"min_margin": 0.0}})
+    bad = recipe(
+        tiny_models["dinov2"], **{"verify.baselines": {"enabled": False}, "verify.vs_baselines": {"min_margin": 0.0}}
+    )
     from tokexport.errors import InputError
 
     with pytest.raises(InputError, match="vs_baselines"):
@@ -236,8 +243,10 @@ def test_keep_plan_draws_what_the_pytorch_run_draws(tiny_models):
         assert len(flat) == len(seen) == -(-len(x) // B.BATCH) * len(stages) and len(x) % B.BATCH  # a short chunk too
         for a, b in zip(flat, seen):
             np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(B.keep_plan(B.PerImageRandom(0), stages, 17, 1, 4, 30, 24)[0][0],
-                              B.keep_plan(B.PerImageRandom(1), stages, 17, 1, 4, 30, 24)[0][0])
+    assert not np.array_equal(
+        B.keep_plan(B.PerImageRandom(0), stages, 17, 1, 4, 30, 24)[0][0],
+        B.keep_plan(B.PerImageRandom(1), stages, 17, 1, 4, 30, 24)[0][0],
+    )
 
 
 def test_onnxruntime_baselines_equal_the_pytorch_ones(tiny_models, tmp_path):
@@ -253,12 +262,25 @@ def test_onnxruntime_baselines_equal_the_pytorch_ones(tiny_models, tmp_path):
     feat = lm.adapter.feature_output(list(run_rows(TorchRunner(fwd), {"pixel_values": x[:1]})))
 
     def figures(out):
-        return {"f": out[feat].reshape(len(x), -1)[:, 0].astype(np.float64),
-                "c": out[feat].reshape(len(x), -1).mean(1).astype(np.float64)}
+        return {
+            "f": out[feat].reshape(len(x), -1)[:, 0].astype(np.float64),
+            "c": out[feat].reshape(len(x), -1).mean(1).astype(np.float64),
+        }
 
     info: dict = {}
-    a = baseline_runs(lm.model, lm.adapter, fwd, stages, x, figures, range(5), recorded=rec, engine="onnxruntime",
-                      workdir=tmp_path, info=info)
+    a = baseline_runs(
+        lm.model,
+        lm.adapter,
+        fwd,
+        stages,
+        x,
+        figures,
+        range(5),
+        recorded=rec,
+        engine="onnxruntime",
+        workdir=tmp_path,
+        info=info,
+    )
     assert info["engine"] == "onnxruntime" and info["check_max_abs_diff"] <= 1e-3, info
     b = baseline_runs(lm.model, lm.adapter, fwd, stages, x, figures, range(5), recorded=rec)
     for ra, rb in zip(a, b):
@@ -280,8 +302,19 @@ def test_a_tail_graph_that_disagrees_is_not_used(tiny_models, tmp_path, monkeypa
     monkeypatch.setattr(B, "CHECK_ATOL", -1.0)
     info: dict = {}
     feat = "last_hidden_state" if "last_hidden_state" in fwd(torch.from_numpy(x[:1])) else "logits"
-    runs = B.baseline_runs(lm.model, lm.adapter, fwd, stages, x, lambda o: {"f": o[feat].reshape(len(x), -1)[:, 0]},
-                           range(5), recorded=rec, engine="onnxruntime", workdir=tmp_path, info=info)
+    runs = B.baseline_runs(
+        lm.model,
+        lm.adapter,
+        fwd,
+        stages,
+        x,
+        lambda o: {"f": o[feat].reshape(len(x), -1)[:, 0]},
+        range(5),
+        recorded=rec,
+        engine="onnxruntime",
+        workdir=tmp_path,
+        info=info,
+    )
     assert info["engine"] == "torch" and "differs from PyTorch" in info["note"], info
     assert len(runs[0].per_sample["f"]) == 5
 
@@ -312,19 +345,24 @@ def test_a_run_judged_against_an_earlier_runs_baselines_gets_its_figures_exactly
     from tokexport.stages.baselines import runs_from_section
     from tokexport.tasks.run import run
 
-    over = {"reduction.prune_layers": [1], "reduction.keep_rate": 0.5,
-            "verify.accuracy.metrics": {"feature_cosine": {"min": 0.0}, "top1_agreement": {"min": 0.0}},
-            "verify.baselines": {"random_seeds": 5, "resamples": 200},
-            "verify.vs_baselines": {"min_margin": -1.0, "bound": "estimate"}}
-    first = load_recipe(write(tmp_path, recipe(tiny_models["vit-classifier"], **{"reduction.method": "topk-cls",
-                                                                                   **over}), "a.yaml"))
+    over = {
+        "reduction.prune_layers": [1],
+        "reduction.keep_rate": 0.5,
+        "verify.accuracy.metrics": {"feature_cosine": {"min": 0.0}, "top1_agreement": {"min": 0.0}},
+        "verify.baselines": {"random_seeds": 5, "resamples": 200},
+        "verify.vs_baselines": {"min_margin": -1.0, "bound": "estimate"},
+    }
+    first = load_recipe(
+        write(tmp_path, recipe(tiny_models["vit-classifier"], **{"reduction.method": "topk-cls", **over}), "a.yaml")
+    )
     a = run(first, tmp_path, tmp_path / "a").report["baselines"]
     for entry in a["baselines"].values():  # every draw's per-sample values are in the report
         for m in entry["metrics"].values():
             assert len(m["per_sample"]) == a["data"]["samples"]
             assert float(np.mean(m["per_sample"])) == pytest.approx(m["mean"])
-    second = load_recipe(write(tmp_path, recipe(tiny_models["vit-classifier"], **{"reduction.method": "uniform",
-                                                                                    **over}), "b.yaml"))
+    second = load_recipe(
+        write(tmp_path, recipe(tiny_models["vit-classifier"], **{"reduction.method": "uniform", **over}), "b.yaml")
+    )
     computed = run(second, tmp_path, tmp_path / "b").report["baselines"]
     reused = run(second, tmp_path, tmp_path / "c", baselines_from=tmp_path / "a").report["baselines"]
     assert reused["baselines"] == computed["baselines"] == a["baselines"]
@@ -332,12 +370,24 @@ def test_a_run_judged_against_an_earlier_runs_baselines_gets_its_figures_exactly
     assert reused["method"]["name"] == "uniform" and "reused from" in reused["data"]["baselines_from"]
     assert "reused from" not in computed["data"]["baselines_from"]
 
-    other = load_recipe(write(tmp_path, recipe(tiny_models["vit-classifier"], **{
-        "reduction.method": "uniform", **over, "reduction.keep_rate": 0.75}), "c.yaml"))
+    other = load_recipe(
+        write(
+            tmp_path,
+            recipe(
+                tiny_models["vit-classifier"], **{"reduction.method": "uniform", **over, "reduction.keep_rate": 0.75}
+            ),
+            "c.yaml",
+        )
+    )
     with pytest.raises(InputError, match=r"baselines_from: .*report.json: tokens_per_stage is .* there"):
         run(other, tmp_path, tmp_path / "d", baselines_from=tmp_path / "a")
-    crops = load_recipe(write(tmp_path, recipe(tiny_models["vit-classifier"], **{
-        "reduction.method": "uniform", **over, "verify.accuracy.seed": 1}), "d.yaml"))
+    crops = load_recipe(
+        write(
+            tmp_path,
+            recipe(tiny_models["vit-classifier"], **{"reduction.method": "uniform", **over, "verify.accuracy.seed": 1}),
+            "d.yaml",
+        )
+    )
     with pytest.raises(InputError, match=r"verify.accuracy is .* there"):
         run(crops, tmp_path, tmp_path / "e", baselines_from=tmp_path / "a")
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # refused: nothing written

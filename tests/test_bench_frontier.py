@@ -1,6 +1,7 @@
 """scripts/bench_frontier.py's summary (the README's frontier table comes from it): rows, the Pareto front,
 the headline under its accuracy bar, the README section it rewrites, and the baselines cache it shares
 between methods at one schedule. Synthetic points; no model is loaded."""
+
 from __future__ import annotations
 
 import sys
@@ -23,21 +24,41 @@ def _point(method: str, budget: float, cos: float, hits: int, speed: tuple[float
     per = {"method": {"feature_cosine": cosv.tolist(), "instance_top1": hitv.tolist()}}
     if method == "uniform":
         per["random"] = {"feature_cosine": (cosv - 0.01).tolist(), "instance_top1": hitv.tolist()}
-    sp = None if speed is None else {
-        "1": {"vs_baseline": speed[0], "vs_optimum": speed[0] * 1.1},
-        "8": {"vs_baseline": speed[1], "vs_optimum": speed[1] * 1.1}}
-    return {"method": method, "budget": budget, "flops_ratio": budget, "speed": sp,
-            "tokens_per_stage": [{"layer": 2, "tokens_out": 200}], "nodes": {"model": 900, "baseline": 460},
-            "forbidden_ops": [], "trt_check": {"jetpack-6.0": True, "jetpack-7.0": True}, "per_sample": per,
-            "baselines": {"margins": {"feature_cosine": {"best_baseline": "uniform", "margin": margin_lo + 0.001,
-                                                         "ci": [margin_lo, margin_lo + 0.002]}}}}
+    sp = (
+        None
+        if speed is None
+        else {
+            "1": {"vs_baseline": speed[0], "vs_optimum": speed[0] * 1.1},
+            "8": {"vs_baseline": speed[1], "vs_optimum": speed[1] * 1.1},
+        }
+    )
+    return {
+        "method": method,
+        "budget": budget,
+        "flops_ratio": budget,
+        "speed": sp,
+        "tokens_per_stage": [{"layer": 2, "tokens_out": 200}],
+        "nodes": {"model": 900, "baseline": 460},
+        "forbidden_ops": [],
+        "trt_check": {"jetpack-6.0": True, "jetpack-7.0": True},
+        "per_sample": per,
+        "baselines": {
+            "margins": {
+                "feature_cosine": {
+                    "best_baseline": "uniform",
+                    "margin": margin_lo + 0.001,
+                    "ci": [margin_lo, margin_lo + 0.002],
+                }
+            }
+        },
+    }
 
 
 def _rows():
     points = [
-        _point("tome", 0.8, 0.995, N, (1.2, 1.3), +0.004),       # meets the bar, beats the baselines
-        _point("hybrid", 0.8, 0.996, N, (1.1, 1.25), +0.005),    # meets it, slower than tome
-        _point("tome", 0.5, 0.985, N - 4, (1.6, 1.9), +0.002),   # faster, but misses the bar (cosine, top-1)
+        _point("tome", 0.8, 0.995, N, (1.2, 1.3), +0.004),  # meets the bar, beats the baselines
+        _point("hybrid", 0.8, 0.996, N, (1.1, 1.25), +0.005),  # meets it, slower than tome
+        _point("tome", 0.5, 0.985, N - 4, (1.6, 1.9), +0.002),  # faster, but misses the bar (cosine, top-1)
         _point("zero-tprune", 0.8, 0.992, N, (1.25, 1.2), -0.003),  # meets it at b1 only best; no margin
         _point("uniform", 0.8, 0.991, N, (1.3, 1.35), 0.0),
     ]
@@ -47,7 +68,9 @@ def _rows():
 def test_rows_baselines_and_verdicts():
     rows = _rows()
     names = [(r["method"], r["budget"]) for r in rows]
-    assert ("uniform (lattice)", 0.8) in names and ("random (per image)", 0.8) in names and ("uniform", 0.8) not in names
+    assert (
+        ("uniform (lattice)", 0.8) in names and ("random (per image)", 0.8) in names and ("uniform", 0.8) not in names
+    )
     by = {(r["method"], r["budget"]): r for r in rows}
     assert by[("tome", 0.8)]["beats_best_baseline"] is True
     assert by[("zero-tprune", 0.8)]["beats_best_baseline"] is False  # CI lower bound below 0

@@ -6,6 +6,7 @@ changed. Recipe rows point ``model`` at a directory that does not exist: a recip
 caught once the model is loaded would surface as a "model:" error instead and miss its needles. The
 stalled-Hub test serves a TCP port on 127.0.0.1 that accepts connections and never answers.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,8 +32,10 @@ BASE = {
     "model": None,
     "reduction": {"method": "topk-cls", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},
     "export": {"image_size": 56},
-    "verify": {"parity": {"samples": 2}, "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1,
-                                                     "metrics": {"feature_cosine": {"min": 0.0}}}},
+    "verify": {
+        "parity": {"samples": 2},
+        "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.0}}},
+    },
     "bench": {"enabled": False},
 }
 
@@ -82,19 +85,33 @@ RECIPE_ROWS = [
     ("keep_rate-true", {"reduction.keep_rate": True}, ["reduction.keep_rate", "boolean"]),
     ("keep_rate-list-true", {"reduction.keep_rate": [0.5, True]}, ["reduction.keep_rate[1]", "boolean"]),
     ("keep-empty", {"reduction.keep_rate": ..., "reduction.keep": []}, ["reduction.keep", "empty"]),
-    ("min-nan", {"verify.accuracy.metrics": {"feature_cosine": {"min": NAN}}},
-     ["verify.accuracy.metrics.feature_cosine.min", "finite"]),
-    ("max_drop-inf", {"verify.accuracy.metrics": {"feature_cosine": {"max_drop": INF}}},
-     ["verify.accuracy.metrics.feature_cosine.max_drop", "finite"]),
+    (
+        "min-nan",
+        {"verify.accuracy.metrics": {"feature_cosine": {"min": NAN}}},
+        ["verify.accuracy.metrics.feature_cosine.min", "finite"],
+    ),
+    (
+        "max_drop-inf",
+        {"verify.accuracy.metrics": {"feature_cosine": {"max_drop": INF}}},
+        ["verify.accuracy.metrics.feature_cosine.max_drop", "finite"],
+    ),
     ("metrics-empty", {"verify.accuracy.metrics": {}}, ["verify.accuracy.metrics", "empty"]),
-    ("iterations-1e9", {"reduction": {"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": 0.5,
-                                      "iterations": 1e9}},
-     ["reduction.iterations", "1000000000", "1..1000"]),
-    ("iterations-list-0", {"reduction": {"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": 0.5,
-                                         "iterations": [5, 0]}}, ["reduction.iterations[1]", "1..1000"]),
+    (
+        "iterations-1e9",
+        {"reduction": {"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": 0.5, "iterations": 1e9}},
+        ["reduction.iterations", "1000000000", "1..1000"],
+    ),
+    (
+        "iterations-list-0",
+        {"reduction": {"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": 0.5, "iterations": [5, 0]}},
+        ["reduction.iterations[1]", "1..1000"],
+    ),
     ("tome-r-negative", {"reduction": {"method": "tome", "r": [1, -1]}}, ["reduction.r[1]", "0..3839"]),
-    ("temperature-inf", {"reduction": {"method": "zero-tprune", "prune_layers": [1], "keep_rate": 0.5,
-                                       "temperature": INF}}, ["reduction.temperature", "finite"]),
+    (
+        "temperature-inf",
+        {"reduction": {"method": "zero-tprune", "prune_layers": [1], "keep_rate": 0.5, "temperature": INF}},
+        ["reduction.temperature", "finite"],
+    ),
     ("repeats-1e12", {"bench": {"enabled": True, "repeats": 1e12}}, ["bench.repeats", "1..10000"]),
     ("warmup-true", {"bench": {"enabled": True, "warmup": True}}, ["bench.warmup", "boolean"]),
     ("threads-100000", {"bench": {"enabled": True, "threads": 100000}}, ["bench.threads", "CPU cores"]),
@@ -105,29 +122,50 @@ RECIPE_ROWS = [
     ("seed-negative", {"verify.accuracy.seed": -1}, ["verify.accuracy.seed", "0..4294967295"]),
     ("deploy-atol-inf", {"deploy.atol": INF}, ["deploy.atol", "finite"]),
     ("key-with-newline", {"verify.parity": {"atol\nx": 1}}, ["verify.parity", "unknown field"]),
-    ("visual-keep", {"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 100000}},
-     ["reduction.keep", "1..3839"]),
-    ("visual-alpha-nan", {"task": "visual-tokens", "reduction": {"method": "hired", "keep": 4, "alpha": NAN}},
-     ["reduction.alpha", "finite"]),
-    ("visual-prompt_tokens", {"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4},
-                              "vision": {"prompt_tokens": -5}}, ["vision.prompt_tokens", "0..131072"]),
-    ("visual-grid-true", {"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4},
-                          "vision": {"grid": [True, 2]}}, ["vision.grid[0]", "boolean"]),
+    (
+        "visual-keep",
+        {"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 100000}},
+        ["reduction.keep", "1..3839"],
+    ),
+    (
+        "visual-alpha-nan",
+        {"task": "visual-tokens", "reduction": {"method": "hired", "keep": 4, "alpha": NAN}},
+        ["reduction.alpha", "finite"],
+    ),
+    (
+        "visual-prompt_tokens",
+        {"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4}, "vision": {"prompt_tokens": -5}},
+        ["vision.prompt_tokens", "0..131072"],
+    ),
+    (
+        "visual-grid-true",
+        {"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4}, "vision": {"grid": [True, 2]}},
+        ["vision.grid[0]", "boolean"],
+    ),
     ("vocab-seq_len", ("vocab", {"export": {"seq_len": 100000}}), ["export.seq_len", "2..8192"]),
-    ("vocab-heldout-nan", ("vocab", {"corpus": {"sources": [{"path": "corpus.txt"}], "heldout_fraction": NAN}}),
-     ["corpus.heldout_fraction", "finite"]),
+    (
+        "vocab-heldout-nan",
+        ("vocab", {"corpus": {"sources": [{"path": "corpus.txt"}], "heldout_fraction": NAN}}),
+        ["corpus.heldout_fraction", "finite"],
+    ),
     ("vocab-min_frequency-true", ("vocab", {"trim": {"min_frequency": True}}), ["trim.min_frequency", "boolean"]),
     ("vocab-repeats", ("vocab", {"bench": {"repeats": 1e12}}), ["bench.repeats", "1..10000"]),
     ("vocab-path-empty", ("vocab", {"corpus": {"sources": [{"path": []}]}}), ["corpus.sources[0].path", "empty"]),
     ("deep-yaml", "model: x\nreduction: " + "[" * 10000 + "]" * 10000 + "\n", ["r.yaml", "nested too deeply"]),
     ("deep-yaml-parsed", "model: x\nreduction: " + "[" * 100 + "]" * 100 + "\n", ["r.yaml", "nested more than"]),
     ("recursive-alias", "model: x\nreduction: &a [*a]\n", ["r.yaml", "nested more than"]),
-    ("python-tag", "model: !!python/object/apply:os.system ['touch pwned']\nreduction: {method: random}\n",
-     ["r.yaml", "YAML tag refused", "python/object/apply"]),
+    (
+        "python-tag",
+        "model: !!python/object/apply:os.system ['touch pwned']\nreduction: {method: random}\n",
+        ["r.yaml", "YAML tag refused", "python/object/apply"],
+    ),
     ("billion-laughs", _billion_laughs(), ["r.yaml", "aliases are expanded"]),
     ("int-400-digits", {"bench": {"enabled": True, "repeats": 10**400}}, ["bench.repeats", "1..10000", "digits"]),
-    ("int-5000-digits", "model: x\nreduction: {method: random}\nbench: {repeats: " + "1" * 5000 + "}\n",
-     ["r.yaml", "YAML value cannot be read"]),
+    (
+        "int-5000-digits",
+        "model: x\nreduction: {method: random}\nbench: {repeats: " + "1" * 5000 + "}\n",
+        ["r.yaml", "YAML value cannot be read"],
+    ),
     ("markup-in-value", {"verify.parity.atol": "[bold]x"}, ["verify.parity.atol", "(0, 1]"]),
 ]
 
@@ -160,9 +198,24 @@ def run_cli(*args, env=None, timeout=600):
 
 
 # Rows run through the CLI (a subprocess each, seconds of imports); the others call the same loader in-process.
-CLI_ROWS = {"atol-inf", "keep_rate-true", "min-nan", "iterations-1e9", "repeats-1e12", "threads-100000",
-            "batch_sizes-empty", "crop_scale-nan", "key-with-newline", "visual-keep", "vocab-seq_len", "deep-yaml",
-            "python-tag", "billion-laughs", "image_mean-abc", "patch_size-0"}
+CLI_ROWS = {
+    "atol-inf",
+    "keep_rate-true",
+    "min-nan",
+    "iterations-1e9",
+    "repeats-1e12",
+    "threads-100000",
+    "batch_sizes-empty",
+    "crop_scale-nan",
+    "key-with-newline",
+    "visual-keep",
+    "vocab-seq_len",
+    "deep-yaml",
+    "python-tag",
+    "billion-laughs",
+    "image_mean-abc",
+    "patch_size-0",
+}
 
 
 def _in_process_error(call) -> str:
@@ -217,23 +270,45 @@ def _mutate_json(path: Path, key, value) -> None:
 # (id, file in the model directory, key (None: the whole document), value, needles)
 MODEL_DIR_ROWS = [
     ("image_mean-abc", "preprocessor_config.json", "image_mean", "abc", ["preprocessor_config.json", "image_mean"]),
-    ("image_mean-nan", "preprocessor_config.json", "image_mean", [0.5, NAN, 0.5],
-     ["preprocessor_config.json", "image_mean", "finite"]),
-    ("image_std-zero", "preprocessor_config.json", "image_std", [0.5, 0, 0.5],
-     ["preprocessor_config.json", "image_std", "(0, 10]"]),
-    ("crop_size-string", "preprocessor_config.json", "crop_size", {"height": "big", "width": "big"},
-     ["preprocessor_config.json", "crop_size.height"]),
+    (
+        "image_mean-nan",
+        "preprocessor_config.json",
+        "image_mean",
+        [0.5, NAN, 0.5],
+        ["preprocessor_config.json", "image_mean", "finite"],
+    ),
+    (
+        "image_std-zero",
+        "preprocessor_config.json",
+        "image_std",
+        [0.5, 0, 0.5],
+        ["preprocessor_config.json", "image_std", "(0, 10]"],
+    ),
+    (
+        "crop_size-string",
+        "preprocessor_config.json",
+        "crop_size",
+        {"height": "big", "width": "big"},
+        ["preprocessor_config.json", "crop_size.height"],
+    ),
     ("preprocessor-not-object", "preprocessor_config.json", None, [1, 2], ["preprocessor_config.json", "JSON object"]),
     ("patch_size-0", "config.json", "patch_size", 0, ["config.json", "patch_size", "1..1024"]),
     ("patch_size-abc", "config.json", "patch_size", "abc", ["config.json", "patch_size"]),
     ("image_size-bool", "config.json", "image_size", True, ["config.json", "image_size", "boolean"]),
-    ("hidden_size-not-multiple", "config.json", "hidden_size", 33, ["config.json", "hidden_size", "num_attention_heads"]),
+    (
+        "hidden_size-not-multiple",
+        "config.json",
+        "hidden_size",
+        33,
+        ["config.json", "hidden_size", "num_attention_heads"],
+    ),
     ("num_hidden_layers-negative", "config.json", "num_hidden_layers", -1, ["config.json", "num_hidden_layers"]),
 ]
 
 
-@pytest.mark.parametrize("row,fname,key,value,needles",
-                         [pytest.param(i, f, k, v, n, id=i) for i, f, k, v, n in MODEL_DIR_ROWS])
+@pytest.mark.parametrize(
+    "row,fname,key,value,needles", [pytest.param(i, f, k, v, n, id=i) for i, f, k, v, n in MODEL_DIR_ROWS]
+)
 def test_bad_model_directory_value(tmp_path, tiny_models, row, fname, key, value, needles):
     make_tree(tmp_path / "user")
     model = tmp_path / "model"
@@ -314,10 +389,22 @@ def test_stalled_hub_times_out_with_one_line(tmp_path):
     timeout = 3
     with _StalledHub() as hub:
         t0 = time.time()
-        res = run_cli("convert", str(recipe), "--out", str(out), timeout=240,
-                      env={"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_HOME": str(hf_home),
-                           "HF_ENDPOINT": f"http://127.0.0.1:{hub.port}", "TOKEXPORT_HUB_TIMEOUT": str(timeout),
-                           "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+        res = run_cli(
+            "convert",
+            str(recipe),
+            "--out",
+            str(out),
+            timeout=240,
+            env={
+                "HF_HUB_OFFLINE": "0",
+                "TRANSFORMERS_OFFLINE": "0",
+                "HF_HOME": str(hf_home),
+                "HF_ENDPOINT": f"http://127.0.0.1:{hub.port}",
+                "TOKEXPORT_HUB_TIMEOUT": str(timeout),
+                "NO_PROXY": "127.0.0.1",
+                "no_proxy": "127.0.0.1",
+            },
+        )
         elapsed = time.time() - t0
         assert hub.conns, "the client never reached the stalled endpoint"
     assert res.returncode == 5, (res.returncode, res.stderr)
@@ -355,8 +442,12 @@ def _config_models() -> list[type[BaseModel]]:
     from tokexport.vlm.select import VISUAL_METHODS
     from tokexport.vocab.recipe import VocabRecipe
 
-    roots = [Recipe, VocabRecipe, *(m.config_cls for m in METHODS.values()),
-             *(m.config_cls for m in VISUAL_METHODS.values())]
+    roots = [
+        Recipe,
+        VocabRecipe,
+        *(m.config_cls for m in METHODS.values()),
+        *(m.config_cls for m in VISUAL_METHODS.values()),
+    ]
     seen: list[type[BaseModel]] = []
     stack = list(roots)
     while stack:
@@ -411,11 +502,28 @@ def test_every_recipe_number_is_bounded_and_documented():
     assert not undocumented, f"ranges missing from the Field description: {undocumented}"
 
 
-@pytest.mark.parametrize("value,ok", [
-    (0.5, 0.5), (1, 1.0), ("1e-3", 0.001), ("2.5e-1", 0.25),
-    (True, None), (False, None), (NAN, None), (INF, None), (-INF, None), ("nan", None), ("inf", None),
-    ("abc", None), (None, None), ([0.5], None), ({"a": 1}, None), (0, None), (1.0000001, None),
-])
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        (0.5, 0.5),
+        (1, 1.0),
+        ("1e-3", 0.001),
+        ("2.5e-1", 0.25),
+        (True, None),
+        (False, None),
+        (NAN, None),
+        (INF, None),
+        (-INF, None),
+        ("nan", None),
+        ("inf", None),
+        ("abc", None),
+        (None, None),
+        ([0.5], None),
+        ({"a": 1}, None),
+        (0, None),
+        (1.0000001, None),
+    ],
+)
 def test_real(value, ok):
     from tokexport.bounds import BoundsError, check_real
 
@@ -426,10 +534,23 @@ def test_real(value, ok):
         assert check_real(value, 0, 1, lo_open=True) == ok
 
 
-@pytest.mark.parametrize("value,ok", [
-    (3, 3), (3.0, 3), ("15", 15), ("1e2", 100),
-    (True, None), (2.5, None), (NAN, None), (INF, None), ("1e9", None), (10**12, None), (0, None), ("x", None),
-])
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        (3, 3),
+        (3.0, 3),
+        ("15", 15),
+        ("1e2", 100),
+        (True, None),
+        (2.5, None),
+        (NAN, None),
+        (INF, None),
+        ("1e9", None),
+        (10**12, None),
+        (0, None),
+        ("x", None),
+    ],
+)
 def test_count(value, ok):
     from tokexport.bounds import BoundsError, check_count
 

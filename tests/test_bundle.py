@@ -1,6 +1,7 @@
 """`tokexport bundle`: the bundle verifies itself through ONNX Runtime, a tampered file fails the
 sha256 check, a wrong expected output fails the comparison, the .tar.gz unpacks into a working
 bundle, and bad input leaves nothing behind."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,13 @@ from test_deploy import tiny_model
 
 
 def verify(bundle, *args):
-    return subprocess.run([sys.executable, str(bundle / "verify_on_device.py"), *args], capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, str(bundle / "verify_on_device.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture()
@@ -98,8 +104,13 @@ def test_bundle_from_a_convert_directory_reuses_its_real_inputs_and_target(tmp_p
     tiny_model(src / "model.onnx")
     tiny_model(src / "baseline.onnx", scale=3.0)
     x = np.arange(2 * 6 * 4, dtype=np.float32).reshape(2, 6, 4) / 10  # not what sample_inputs would draw
-    write_bundle(src / "deploy", {"model": src / "model.onnx", "baseline": src / "baseline.onnx"}, "jetpack-5.1",
-                 {"x": x}, archive=False)
+    write_bundle(
+        src / "deploy",
+        {"model": src / "model.onnx", "baseline": src / "baseline.onnx"},
+        "jetpack-5.1",
+        {"x": x},
+        archive=False,
+    )
     (src / "report.json").write_text(json.dumps({"recipe": {"export": {"target": "jetpack-5.1"}}}))
     out = tmp_path / "bundle"
     res = run_cli("bundle", str(out), "--from", str(src))

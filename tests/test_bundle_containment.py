@@ -4,6 +4,7 @@ graph's external data must be inside the graph's folder and complete.
 
 Every CLI case: exit 2, exactly one stderr line starting with ``error:``, no traceback, nothing written
 or changed next to the output (tests/sentinel.py)."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ IN_NAMES = ["../../../X", "a/b", LONG]
 OUT_NAMES = ["../../../Y", "c/d", "o" * 300, "e:f*?<>|\n\t"]
 
 # Runs a script (or `-m module`) with an audit hook that logs every path opened, to prove what was read.
-AUDIT = r'''
+AUDIT = r"""
 import os, runpy, sys
 log = open(os.environ["OPEN_LOG"], "w")
 def hook(event, args):
@@ -45,16 +46,25 @@ if sys.argv[1] == "-m":
 else:
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+"""
 
 
 def hostile_graph(path: Path) -> Path:
     """Inputs/outputs named with ../, / and names no file system takes; [batch, 3] float32 each."""
-    nodes = [helper.make_node("Add", IN_NAMES[:2], ["s"]), helper.make_node("Add", ["s", IN_NAMES[2]], ["t"]),
-             helper.make_node("Identity", ["t"], [OUT_NAMES[0]]), helper.make_node("Neg", ["t"], [OUT_NAMES[1]]),
-             helper.make_node("Abs", ["t"], [OUT_NAMES[2]]), helper.make_node("Relu", ["t"], [OUT_NAMES[3]])]
-    g = helper.make_graph(nodes, "hostile", [helper.make_tensor_value_info(n, F, ["batch", 3]) for n in IN_NAMES],
-                          [helper.make_tensor_value_info(n, F, ["batch", 3]) for n in OUT_NAMES])
+    nodes = [
+        helper.make_node("Add", IN_NAMES[:2], ["s"]),
+        helper.make_node("Add", ["s", IN_NAMES[2]], ["t"]),
+        helper.make_node("Identity", ["t"], [OUT_NAMES[0]]),
+        helper.make_node("Neg", ["t"], [OUT_NAMES[1]]),
+        helper.make_node("Abs", ["t"], [OUT_NAMES[2]]),
+        helper.make_node("Relu", ["t"], [OUT_NAMES[3]]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "hostile",
+        [helper.make_tensor_value_info(n, F, ["batch", 3]) for n in IN_NAMES],
+        [helper.make_tensor_value_info(n, F, ["batch", 3]) for n in OUT_NAMES],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.checker.check_model(m)
@@ -66,16 +76,29 @@ def hostile_graph(path: Path) -> Path:
 def external_graph(path: Path) -> Path:
     """y = x @ W + b with W and b in ``<name>.data`` next to the graph (size_threshold 0)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b")]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
+    ]
     nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
-    g = helper.make_graph(nodes, "ext", [helper.make_tensor_value_info("x", F, [1, 4])],
-                          [helper.make_tensor_value_info("y", F, [1, 3])], inits)
+    g = helper.make_graph(
+        nodes,
+        "ext",
+        [helper.make_tensor_value_info("x", F, [1, 4])],
+        [helper.make_tensor_value_info("y", F, [1, 3])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=path.name + ".data", size_threshold=0)
+    onnx.save_model(
+        m,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=0,
+    )
     return path
 
 
@@ -93,8 +116,13 @@ def set_external(path: Path, **entries: str | list[tuple[str, str]]) -> None:
 
 
 def verify(bundle: Path, *args):
-    return subprocess.run([sys.executable, str(bundle / "verify_on_device.py"), *args], capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, str(bundle / "verify_on_device.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def audited(tmp_path: Path, *argv, cwd=None):
@@ -103,8 +131,15 @@ def audited(tmp_path: Path, *argv, cwd=None):
     hook.write_text(AUDIT)
     log = tmp_path / "opened.log"
     env = {**os.environ, "OPEN_LOG": str(log), "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, str(hook), *map(str, argv)], capture_output=True, text=True, env=env,
-                         cwd=cwd or Path(__file__).resolve().parents[1], timeout=300, check=False)
+    res = subprocess.run(
+        [sys.executable, str(hook), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or Path(__file__).resolve().parents[1],
+        timeout=300,
+        check=False,
+    )
     opened = [Path(p).resolve() for p in log.read_text().splitlines()] if log.is_file() else []
     return res, opened
 
@@ -123,8 +158,10 @@ def work(tmp_path):
 
 BUNDLE = "deep/a/b/bundle"
 ALLOW = (BUNDLE, BUNDLE + ".tar.gz")
-FIXED = re.compile(r"(inputs/input_\d+\.npy|expected/model/output_\d+\.npy|model\.onnx|manifest\.json|README\.md|"
-                   r"build_engine\.sh|verify_on_device\.py|\.tokexport[\w.-]*)")
+FIXED = re.compile(
+    r"(inputs/input_\d+\.npy|expected/model/output_\d+\.npy|model\.onnx|manifest\.json|README\.md|"
+    r"build_engine\.sh|verify_on_device\.py|\.tokexport[\w.-]*)"
+)
 
 
 # ---------------------------------------------------------------- names never become file names
@@ -143,15 +180,18 @@ def test_hostile_io_names_stay_inside_the_bundle_and_verify(work):
     man = json.loads((out / "manifest.json").read_text())
     assert man["format_version"] == 2
     assert {n: (i["index"], i["file"]) for n, i in man["inputs"].items()} == {
-        n: (k, f"inputs/input_{k}.npy") for k, n in enumerate(IN_NAMES)}
+        n: (k, f"inputs/input_{k}.npy") for k, n in enumerate(IN_NAMES)
+    }
     exp = man["models"]["model"]["expected"]
     assert {n: (e["index"], e["file"]) for n, e in exp.items()} == {
-        n: (k, f"expected/model/output_{k}.npy") for k, n in enumerate(OUT_NAMES)}
+        n: (k, f"expected/model/output_{k}.npy") for k, n in enumerate(OUT_NAMES)
+    }
     assert [o["name"] for o in man["models"]["model"]["outputs"]] == OUT_NAMES
     # the name map is right: expected output "c/d" is -("../../../X" + "a/b" + LONG)
     x = {n: np.load(out / i["file"]) for n, i in man["inputs"].items()}
-    np.testing.assert_allclose(np.load(out / exp["c/d"]["file"]), -(x[IN_NAMES[0]] + x[IN_NAMES[1]] + x[LONG]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.load(out / exp["c/d"]["file"]), -(x[IN_NAMES[0]] + x[IN_NAMES[1]] + x[LONG]), rtol=1e-6
+    )
     r = verify(out)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1].startswith("PASS (onnxruntime")
@@ -192,8 +232,11 @@ def test_npz_keys_never_become_paths(work, tmp_path):
     np.savez(tmp_path / "other.npz", y=x)
     np.save(tmp_path / "lone.npy", x)
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    for bad, needle in ((tmp_path / "other.npz", "no graph takes"), (tmp_path / "lone.npy", "single array"),
-                        (tmp_path / "broken.npz", "not a readable .npz")):
+    for bad, needle in (
+        (tmp_path / "other.npz", "no graph takes"),
+        (tmp_path / "lone.npy", "single array"),
+        (tmp_path / "broken.npz", "not a readable .npz"),
+    ):
         res = run_cli("bundle", str(out), "--from", str(src), "--target", "onnxruntime", "--inputs", str(bad))
         assert_one_line_error(res, str(bad), needle)
         assert_unchanged(before, work)
@@ -300,8 +343,9 @@ def test_bundle_from_a_convert_dir_refuses_deploy_inputs_outside(work, tmp_path)
         man["inputs"]["x"]["file"] = rel
         man_path.write_text(json.dumps(man))
         before = snapshot(work)
-        res, opened = audited(tmp_path, "-m", "tokexport", "bundle", work / BUNDLE, "--from", src,
-                              "--target", "onnxruntime")
+        res, opened = audited(
+            tmp_path, "-m", "tokexport", "bundle", work / BUNDLE, "--from", src, "--target", "onnxruntime"
+        )
         assert_one_line_error(res, "manifest.json", "outside")
         assert outside.resolve() not in opened
         assert_unchanged(before, work)
@@ -315,8 +359,12 @@ def test_external_data_outside_the_graph_folder_is_refused(work, tmp_path):
     data = work / "g" / "m.onnx.data"
     (work / "outside.data").write_bytes(data.read_bytes())  # a complete copy: only its place is wrong
     (work / "g" / "link.data").symlink_to(work / "outside.data")
-    cases = {"../outside.data": "../outside.data", str(work / "outside.data"): str(work / "outside.data"),
-             "link.data": "link.data", "sub/../../outside.data": "sub/../../outside.data"}
+    cases = {
+        "../outside.data": "../outside.data",
+        str(work / "outside.data"): str(work / "outside.data"),
+        "link.data": "link.data",
+        "sub/../../outside.data": "sub/../../outside.data",
+    }
     for loc, shown in cases.items():
         set_external(g, location=loc)
         for fn in (onnx_tools.load, onnx_tools.onnx_files, onnx_tools.sha256_onnx, onnx_tools.inspect_model):
@@ -325,8 +373,11 @@ def test_external_data_outside_the_graph_folder_is_refused(work, tmp_path):
         with pytest.raises(InputError, match="outside"):
             onnx_tools.check_target(g, "jetpack-6.0", lint=False)
         before = snapshot(work)
-        for args in (("inspect", str(g)), ("check-target", str(g), "--target", "jetpack-6.0", "--no-lint"),
-                     ("bundle", str(work / BUNDLE), "--from", str(g), "--target", "onnxruntime")):
+        for args in (
+            ("inspect", str(g)),
+            ("check-target", str(g), "--target", "jetpack-6.0", "--no-lint"),
+            ("bundle", str(work / BUNDLE), "--from", str(g), "--target", "onnxruntime"),
+        ):
             res = run_cli(*args)
             assert_one_line_error(res, str(g), repr(shown))
             assert "PASS" not in res.stdout

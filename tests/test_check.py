@@ -1,5 +1,6 @@
 """`tokexport check`: planted regressions fail with exit 6, unreadable reports exit 7, bad tolerances exit 2,
 and reports of other kinds compare on what they share."""
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,17 @@ def test_committed_baseline_is_a_real_passing_report(base):
     assert validate_report(base) == []
     assert base["recipe"]["name"] == "dinov2-small-zero-tprune"
     names = set(figures(base))
-    assert {"accuracy.instance_top1", "accuracy.feature_cosine", "speedup.b1", "speedup.b8", "flops.ratio",
-            "parity.max_abs_diff", "params.model", "size.onnx", "passed.report"} <= names
+    assert {
+        "accuracy.instance_top1",
+        "accuracy.feature_cosine",
+        "speedup.b1",
+        "speedup.b8",
+        "flops.ratio",
+        "parity.max_abs_diff",
+        "params.model",
+        "size.onnx",
+        "passed.report",
+    } <= names
 
 
 def test_identical_report_passes_every_figure(base):
@@ -42,21 +52,30 @@ def test_identical_report_passes_every_figure(base):
     assert not res.failed and not res.missing and len(res.rows) == len(figures(base))
 
 
-@pytest.mark.parametrize("plant, failing", [
-    # accuracy degraded by 5 crops of 136
-    (lambda r: r["accuracy"]["metrics"]["instance_top1"].update(
-        reduced=r["accuracy"]["metrics"]["instance_top1"]["reduced"] - 5 / 136),
-     {"accuracy.instance_top1", "accuracy.instance_top1.drop"}),
-    # the reduced graph lost its speed-up at batch 8 (same-run ratio)
-    (lambda r: r["bench"]["batches"]["8"].update(speedup=0.5 * r["bench"]["batches"]["8"]["speedup"]), {"speedup.b8"}),
-    # the schedule prunes less: more FLOPs
-    (lambda r: r["bench"]["flops"].update(reduced=r["bench"]["flops"]["reduced"] * 1.05), {"flops.ratio"}),
-    # parity got 100x worse (still under the recipe's atol, so the report itself passes)
-    (lambda r: r["parity"].update(max_abs_diff=r["parity"]["max_abs_diff"] * 100), {"parity.max_abs_diff"}),
-    (lambda r: r["model"].update(params=r["model"]["params"] + 1), {"params.model"}),
-    (lambda r: r["artifacts"].update(onnx_bytes=int(r["artifacts"]["onnx_bytes"] * 1.1)), {"size.onnx"}),
-    (lambda r: r.update(passed=False), {"passed.report"}),
-])
+@pytest.mark.parametrize(
+    "plant, failing",
+    [
+        # accuracy degraded by 5 crops of 136
+        (
+            lambda r: r["accuracy"]["metrics"]["instance_top1"].update(
+                reduced=r["accuracy"]["metrics"]["instance_top1"]["reduced"] - 5 / 136
+            ),
+            {"accuracy.instance_top1", "accuracy.instance_top1.drop"},
+        ),
+        # the reduced graph lost its speed-up at batch 8 (same-run ratio)
+        (
+            lambda r: r["bench"]["batches"]["8"].update(speedup=0.5 * r["bench"]["batches"]["8"]["speedup"]),
+            {"speedup.b8"},
+        ),
+        # the schedule prunes less: more FLOPs
+        (lambda r: r["bench"]["flops"].update(reduced=r["bench"]["flops"]["reduced"] * 1.05), {"flops.ratio"}),
+        # parity got 100x worse (still under the recipe's atol, so the report itself passes)
+        (lambda r: r["parity"].update(max_abs_diff=r["parity"]["max_abs_diff"] * 100), {"parity.max_abs_diff"}),
+        (lambda r: r["model"].update(params=r["model"]["params"] + 1), {"params.model"}),
+        (lambda r: r["artifacts"].update(onnx_bytes=int(r["artifacts"]["onnx_bytes"] * 1.1)), {"size.onnx"}),
+        (lambda r: r.update(passed=False), {"passed.report"}),
+    ],
+)
 def test_planted_regression_fails_exactly_that_figure(base, plant, failing):
     rep = copy.deepcopy(base)
     plant(rep)
@@ -81,13 +100,24 @@ def test_tightened_threshold_fails_cli_with_regression_exit_code(tmp_path, base)
     ok = run_cli("check", str(p), "--baseline", str(BASELINE), "--tolerances", str(CI_TOL))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "PASS" in ok.stdout and "0 failed" in ok.stdout
-    res = run_cli("check", str(p), "--baseline", str(BASELINE), "--tolerances", str(CI_TOL),
-                  "--set", "metrics.instance_top1.abs=0.001", "--json")
+    res = run_cli(
+        "check",
+        str(p),
+        "--baseline",
+        str(BASELINE),
+        "--tolerances",
+        str(CI_TOL),
+        "--set",
+        "metrics.instance_top1.abs=0.001",
+        "--json",
+    )
     assert res.returncode == RegressionError.exit_code == 6, res.stdout + res.stderr
     out = json.loads(res.stdout)
     assert out["passed"] is False
-    assert {r["name"] for r in out["rows"] if r["status"] == "FAIL"} == {"accuracy.instance_top1",
-                                                                        "accuracy.instance_top1.drop"}
+    assert {r["name"] for r in out["rows"] if r["status"] == "FAIL"} == {
+        "accuracy.instance_top1",
+        "accuracy.instance_top1.drop",
+    }
     assert "regression:" in res.stderr and "Traceback" not in res.stderr
     # the speed-up flag tightens too: 95% of the baseline's batch-8 speed-up passes the default factor
     # (0.85) and fails --speedup-factor 1.0
@@ -96,8 +126,9 @@ def test_tightened_threshold_fails_cli_with_regression_exit_code(tmp_path, base)
     p = _write(tmp_path, slower)
     ok = run_cli("check", str(p), "--baseline", str(BASELINE), "--tolerances", str(CI_TOL))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    fast = run_cli("check", str(p), "--baseline", str(BASELINE), "--tolerances", str(CI_TOL),
-                   "--speedup-factor", "1.0", "--json")
+    fast = run_cli(
+        "check", str(p), "--baseline", str(BASELINE), "--tolerances", str(CI_TOL), "--speedup-factor", "1.0", "--json"
+    )
     assert fast.returncode == 6, fast.stdout + fast.stderr
     assert {r["name"] for r in json.loads(fast.stdout)["rows"] if r["status"] == "FAIL"} == {"speedup.b8"}
 
@@ -124,26 +155,41 @@ def test_unreadable_reports_exit_7(tmp_path, base):
 def test_bad_tolerances_are_input_errors(tmp_path):
     bad = tmp_path / "tol.yaml"
     bad.write_text("speedup_factor: 1.5\n")
-    assert_one_line_error(run_cli("check", str(BASELINE), "--baseline", str(BASELINE), "--tolerances", str(bad)),
-                          "tol.yaml", "speedup_factor")
+    assert_one_line_error(
+        run_cli("check", str(BASELINE), "--baseline", str(BASELINE), "--tolerances", str(bad)),
+        "tol.yaml",
+        "speedup_factor",
+    )
     bad.write_text("acuracy: {abs: 0.1}\n")
-    assert_one_line_error(run_cli("check", str(BASELINE), "--baseline", str(BASELINE), "--tolerances", str(bad)),
-                          "acuracy", "unknown field")
-    assert_one_line_error(run_cli("check", str(BASELINE), "--baseline", str(BASELINE), "--set", "nonsense"),
-                          "--set", "KEY=VALUE")
+    assert_one_line_error(
+        run_cli("check", str(BASELINE), "--baseline", str(BASELINE), "--tolerances", str(bad)),
+        "acuracy",
+        "unknown field",
+    )
+    assert_one_line_error(
+        run_cli("check", str(BASELINE), "--baseline", str(BASELINE), "--set", "nonsense"), "--set", "KEY=VALUE"
+    )
 
 
 def _visual_report() -> dict:
     """A visual-tokens report as the driver writes it (the sections check reads)."""
     metric = {"original": 0.95, "reduced": 0.72, "delta": -0.23, "better": "higher", "threshold": None, "passed": None}
     return {
-        "schema_version": 2, "kind": "visual-tokens", "recipe": {"name": "dinov2-small-fopru-rank"},
+        "schema_version": 2,
+        "kind": "visual-tokens",
+        "recipe": {"name": "dinov2-small-fopru-rank"},
         "model": {"params": 22056576, "tower_params": 22056576},
         "reduction": {"visual_tokens_in": 256, "visual_tokens_out": 64, "schedule": []},
-        "parity": {"max_abs_diff": 1.3e-5, "passed": True}, "parity_baseline": {"max_abs_diff": 1.1e-5, "passed": True},
-        "accuracy": {"metrics": {"feature_cosine": dict(metric, original=1.0, reduced=0.81),
-                                 "instance_top1": metric, "attention_mass": {"value": 0.61, "info": True}},
-                     "passed": True},
+        "parity": {"max_abs_diff": 1.3e-5, "passed": True},
+        "parity_baseline": {"max_abs_diff": 1.1e-5, "passed": True},
+        "accuracy": {
+            "metrics": {
+                "feature_cosine": dict(metric, original=1.0, reduced=0.81),
+                "instance_top1": metric,
+                "attention_mass": {"value": 0.61, "info": True},
+            },
+            "passed": True,
+        },
         "llm": {"prefill_flops_saved": 0.603},
         "bench": {"batches": {"1": {"speedup": 1.06}, "8": {"speedup": 1.01}}},
         "artifacts": {"onnx_bytes": 88_000_000, "baseline_onnx_bytes": 87_000_000},
@@ -163,7 +209,10 @@ def test_visual_tokens_reports_and_mixed_kinds(base):
     worse["accuracy"]["metrics"]["feature_cosine"]["reduced"] = 0.7
     worse["accuracy"]["metrics"]["attention_mass"]["value"] = 0.1
     assert {r.name for r in compare(worse, vis, tol).failed} == {
-        "llm.prefill_flops_saved", "accuracy.feature_cosine", "accuracy.feature_cosine.drop"}
+        "llm.prefill_flops_saved",
+        "accuracy.feature_cosine",
+        "accuracy.feature_cosine.drop",
+    }
     # a ViT report against a visual-tokens baseline is refused (exit 7) unless the kind change is allowed
     with pytest.raises(UnreadableReport, match="another kind or model.*allow_kind_change=True"):
         compare(copy.deepcopy(base), vis, tol)
@@ -172,19 +221,26 @@ def test_visual_tokens_reports_and_mixed_kinds(base):
     assert any("kind" in n for n in mixed.notes)
     assert {"llm.prefill_flops_saved", "params.tower"} <= {r.name for r in mixed.failed}
     assert {r.name for r in mixed.rows if r.current is not None and r.baseline is not None} >= {
-        "accuracy.instance_top1", "speedup.b8"}
+        "accuracy.instance_top1",
+        "speedup.b8",
+    }
     # ... and are only listed with fail_missing: false
-    relaxed = compare(copy.deepcopy(base), vis, load_tolerances(overrides={"fail_missing": False}),
-                      allow_kind_change=True)
+    relaxed = compare(
+        copy.deepcopy(base), vis, load_tolerances(overrides={"fail_missing": False}), allow_kind_change=True
+    )
     missing = {r.name for r in relaxed.missing}
     assert {"llm.prefill_flops_saved", "params.tower", "flops.ratio"} <= missing
     assert not any(r.name == "params.tower" for r in relaxed.failed)
 
 
 def test_unknown_kind_compares_what_it_has(tmp_path, base):
-    other = {"schema_version": 2, "kind": "vocab-trim", "model": {"params": 100},
-             "accuracy": {"metrics": {"token_agreement": {"original": 1.0, "reduced": 0.99}}, "passed": True},
-             "passed": True}
+    other = {
+        "schema_version": 2,
+        "kind": "vocab-trim",
+        "model": {"params": 100},
+        "accuracy": {"metrics": {"token_agreement": {"original": 1.0, "reduced": 0.99}}, "passed": True},
+        "passed": True,
+    }
     p = _write(tmp_path, other)
     res = run_cli("check", str(p), "--baseline", str(p))
     assert res.returncode == 0, res.stderr
@@ -199,8 +255,14 @@ def test_unknown_kind_compares_what_it_has(tmp_path, base):
 def test_lower_is_better_metrics_gate_the_right_way(base):
     """A metric whose `better` is lower (a max abs diff, a perplexity increase) fails when it grows."""
     rep = copy.deepcopy(base)
-    rep["accuracy"]["metrics"]["in_vocab_max_abs_diff"] = {"original": 0.0, "reduced": 1e-6, "delta": 1e-6,
-                                                           "better": "lower", "threshold": {"max": 1e-5}, "passed": True}
+    rep["accuracy"]["metrics"]["in_vocab_max_abs_diff"] = {
+        "original": 0.0,
+        "reduced": 1e-6,
+        "delta": 1e-6,
+        "better": "lower",
+        "threshold": {"max": 1e-5},
+        "passed": True,
+    }
     tol = load_tolerances()
     same = compare(copy.deepcopy(rep), rep, tol)
     assert {"accuracy.in_vocab_max_abs_diff", "accuracy.in_vocab_max_abs_diff.increase"} <= {r.name for r in same.rows}
@@ -210,5 +272,7 @@ def test_lower_is_better_metrics_gate_the_right_way(base):
     assert not compare(better, rep, tol).failed
     worse = copy.deepcopy(rep)
     worse["accuracy"]["metrics"]["in_vocab_max_abs_diff"]["reduced"] = 0.5
-    assert {r.name for r in compare(worse, rep, tol).failed} >= {"accuracy.in_vocab_max_abs_diff",
-                                                                  "accuracy.in_vocab_max_abs_diff.increase"}
+    assert {r.name for r in compare(worse, rep, tol).failed} >= {
+        "accuracy.in_vocab_max_abs_diff",
+        "accuracy.in_vocab_max_abs_diff.increase",
+    }

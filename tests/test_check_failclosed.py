@@ -3,6 +3,7 @@ reports with nothing to compare never pass; bad tolerances and bad sweep/search 
 input errors before anything runs; report.json is strict JSON (no bare NaN).
 
 Every case starts from the committed real report (tests/baselines/dinov2-small-zero-tprune.report.json)."""
+
 from __future__ import annotations
 
 import copy
@@ -23,10 +24,16 @@ BASE = json.loads(BASELINE.read_text())
 
 # figure family -> (where the value lives in a report, its dotted path, the check figures it feeds)
 FAMILIES = {
-    "accuracy-reduced": (lambda r: r["accuracy"]["metrics"]["instance_top1"], "reduced",
-                         "accuracy.metrics.instance_top1.reduced"),
-    "accuracy-original": (lambda r: r["accuracy"]["metrics"]["feature_cosine"], "original",
-                          "accuracy.metrics.feature_cosine.original"),
+    "accuracy-reduced": (
+        lambda r: r["accuracy"]["metrics"]["instance_top1"],
+        "reduced",
+        "accuracy.metrics.instance_top1.reduced",
+    ),
+    "accuracy-original": (
+        lambda r: r["accuracy"]["metrics"]["feature_cosine"],
+        "original",
+        "accuracy.metrics.feature_cosine.original",
+    ),
     "speedup-b8": (lambda r: r["bench"]["batches"]["8"], "speedup", "bench.batches.8.speedup"),
     "speedup-b1": (lambda r: r["bench"]["batches"]["1"], "speedup", "bench.batches.1.speedup"),
     "parity": (lambda r: r["parity"], "max_abs_diff", "parity.max_abs_diff"),
@@ -35,8 +42,14 @@ FAMILIES = {
     "flops-baseline": (lambda r: r["bench"]["flops"], "baseline", "bench.flops.baseline"),
 }
 _REMOVED = object()
-CORRUPTIONS = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf"), "string": "0.9",
-               "empty-list": [], "removed": _REMOVED}
+CORRUPTIONS = {
+    "nan": float("nan"),
+    "+inf": float("inf"),
+    "-inf": float("-inf"),
+    "string": "0.9",
+    "empty-list": [],
+    "removed": _REMOVED,
+}
 MISSING_EXIT = 6  # docs/ci.md: a baseline figure missing from the report is a regression (fail_missing default)
 
 
@@ -107,19 +120,22 @@ def test_removed_figure_can_be_relaxed(tmp_path):
     assert check(_write(tmp_path, rep)).returncode == MISSING_EXIT
 
 
-@pytest.mark.parametrize("section, value, needle", [
-    ("batches", [1, 8], "bench.batches"),
-    ("model", "dinov2-small", "model"),
-    ("bench", [], "bench"),
-    ("accuracy", "high", "accuracy"),
-    ("metric", 0.9, "accuracy.metrics.instance_top1"),
-    ("params", True, "model.params"),
-    ("params", 22056576.5, "model.params"),
-    ("onnx_bytes", "88 MB", "artifacts.onnx_bytes"),
-    ("passed", "yes", "passed"),
-    ("batch-key", {"eight": {"speedup": 1.2}}, "bench.batches"),
-    ("kind", None, "kind"),
-])
+@pytest.mark.parametrize(
+    "section, value, needle",
+    [
+        ("batches", [1, 8], "bench.batches"),
+        ("model", "dinov2-small", "model"),
+        ("bench", [], "bench"),
+        ("accuracy", "high", "accuracy"),
+        ("metric", 0.9, "accuracy.metrics.instance_top1"),
+        ("params", True, "model.params"),
+        ("params", 22056576.5, "model.params"),
+        ("onnx_bytes", "88 MB", "artifacts.onnx_bytes"),
+        ("passed", "yes", "passed"),
+        ("batch-key", {"eight": {"speedup": 1.2}}, "bench.batches"),
+        ("kind", None, "kind"),
+    ],
+)
 def test_mistyped_section_is_unreadable(tmp_path, section, value, needle):
     rep = copy.deepcopy(BASE)
     if section == "batches":
@@ -181,33 +197,39 @@ def test_real_report_against_itself_passes():
     assert not res.failed and not res.missing and len(res.rows) == len(figures(BASE))
 
 
-@pytest.mark.parametrize("text, field", [
-    ("accuracy: {abs: .nan}\n", "accuracy.abs"),
-    ("speedup_factor: .inf\n", "speedup_factor"),
-    ("metrics: {instance_top1: {abs: -.inf}}\n", "metrics.instance_top1.abs"),
-    ("metrics: {instance_top1: {abs: true}}\n", "metrics.instance_top1.abs"),
-    ("fail_missing: 1\n", "fail_missing"),
-    ("parity_floor: -1.0e-5\n", "parity_floor"),
-    ("sizes: {rel: -0.01}\n", "sizes.rel"),
-    ("speedup_factors: {8: .nan}\n", "speedup_factors.8"),
-    ("speedup_factors: {0: 0.9}\n", "speedup_factors"),
-    ("parity_factor: 0.5\n", "parity_factor"),
-    ("flops: {rel: 1.0e-6, tolerance: 2}\n", "flops.tolerance"),
-    ("speedup_factr: 0.8\n", "speedup_factr"),
-])
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("accuracy: {abs: .nan}\n", "accuracy.abs"),
+        ("speedup_factor: .inf\n", "speedup_factor"),
+        ("metrics: {instance_top1: {abs: -.inf}}\n", "metrics.instance_top1.abs"),
+        ("metrics: {instance_top1: {abs: true}}\n", "metrics.instance_top1.abs"),
+        ("fail_missing: 1\n", "fail_missing"),
+        ("parity_floor: -1.0e-5\n", "parity_floor"),
+        ("sizes: {rel: -0.01}\n", "sizes.rel"),
+        ("speedup_factors: {8: .nan}\n", "speedup_factors.8"),
+        ("speedup_factors: {0: 0.9}\n", "speedup_factors"),
+        ("parity_factor: 0.5\n", "parity_factor"),
+        ("flops: {rel: 1.0e-6, tolerance: 2}\n", "flops.tolerance"),
+        ("speedup_factr: 0.8\n", "speedup_factr"),
+    ],
+)
 def test_bad_tolerance_files_are_one_line_input_errors(tmp_path, text, field):
     t = tmp_path / "tol.yaml"
     t.write_text(text)
     assert_one_line_error(check(BASELINE, "--tolerances", str(t)), "tol.yaml", field)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (("--accuracy-abs", "nan"), "--accuracy-abs"),
-    (("--speedup-factor", "inf"), "--speedup-factor"),
-    (("--set", "parity_factor=.nan"), "parity_factor"),
-    (("--set", "metrics.instance_top1.abs=true"), "metrics.instance_top1.abs"),
-    (("--set", "speedup_factor=["), "--set"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("--accuracy-abs", "nan"), "--accuracy-abs"),
+        (("--speedup-factor", "inf"), "--speedup-factor"),
+        (("--set", "parity_factor=.nan"), "parity_factor"),
+        (("--set", "metrics.instance_top1.abs=true"), "metrics.instance_top1.abs"),
+        (("--set", "speedup_factor=["), "--set"),
+    ],
+)
 def test_bad_tolerance_options_are_one_line_input_errors(args, needle):
     assert_one_line_error(check(BASELINE, *args), needle)
 
@@ -216,25 +238,29 @@ def _tree_with_recipe(tmp_path):
     tree = make_tree(tmp_path / "tree")
     shutil.copy(REPO / "tests" / "baselines" / "tolerances.yaml", tree / "keep-me.yaml")
     recipe = tree / "r.yaml"
-    recipe.write_text("name: r\nmodel: dinov2-small\nreduction: {method: zero-tprune, prune_layers: [2], "
-                      "keep_rate: [0.9]}\n")
+    recipe.write_text(
+        "name: r\nmodel: dinov2-small\nreduction: {method: zero-tprune, prune_layers: [2], keep_rate: [0.9]}\n"
+    )
     return tree, recipe
 
 
-@pytest.mark.parametrize("cmd", [
-    ("search", "--max-drop", "nan"),
-    ("search", "--max-drop", "inf"),
-    ("search", "--max-drop", "1.5"),
-    ("search", "--max-drop", "150pp"),
-    ("search", "--max-drop", "0.02", "--metric", "top5"),
-    ("search", "--max-drop", "0.02", "--step", "0"),
-    ("sweep", "--keep-rates", "0.5,nan"),
-    ("sweep", "--keep-rates", "0.5,inf"),
-    ("sweep", "--keep-rates", "0.5", "--jobs", "0"),
-    ("sweep", "--keep-rates", "0.5", "--jobs", "100000"),
-    ("sweep", "--keep-rates", "0.5", "--jobs", "two"),
-    ("sweep", "--keep-rates", "0.5", "--metric", "top5"),
-])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ("search", "--max-drop", "nan"),
+        ("search", "--max-drop", "inf"),
+        ("search", "--max-drop", "1.5"),
+        ("search", "--max-drop", "150pp"),
+        ("search", "--max-drop", "0.02", "--metric", "top5"),
+        ("search", "--max-drop", "0.02", "--step", "0"),
+        ("sweep", "--keep-rates", "0.5,nan"),
+        ("sweep", "--keep-rates", "0.5,inf"),
+        ("sweep", "--keep-rates", "0.5", "--jobs", "0"),
+        ("sweep", "--keep-rates", "0.5", "--jobs", "100000"),
+        ("sweep", "--keep-rates", "0.5", "--jobs", "two"),
+        ("sweep", "--keep-rates", "0.5", "--metric", "top5"),
+    ],
+)
 def test_bad_numbers_stop_sweep_and_search_at_once(tmp_path, cmd):
     tree, recipe = _tree_with_recipe(tmp_path)
     out = tree / "out"
@@ -263,7 +289,10 @@ def test_write_json_never_writes_bare_nan(tmp_path):
     data = _strict_loads(path.read_text())  # strict JSON
     assert data["bench"]["batches"]["8"]["speedup"] is None and data["parity"]["min_margin"] is None
     assert {(e["path"], e["value"]) for e in data["non_finite"]} == {
-        ("bench.batches.8.speedup", "nan"), ("parity.min_margin", "inf"), ("bench.efficiency", "-inf")}
+        ("bench.batches.8.speedup", "nan"),
+        ("parity.min_margin", "inf"),
+        ("bench.efficiency", "-inf"),
+    }
     assert rep["bench"]["batches"]["8"]["speedup"] != rep["bench"]["batches"]["8"]["speedup"]  # input untouched
     # the NaN figure can never pass the gate, even written as null
     assert_unreadable(check(path), "report.json", "bench.batches.8.speedup", "non_finite")

@@ -1,5 +1,6 @@
 """Every kind of bad input: one line naming the file/field and the fix, exit 2, no traceback,
 nothing written."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,10 @@ BASE = {
     "model": None,  # filled per test
     "reduction": {"method": "topk-cls", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},
     "export": {"image_size": 56},
-    "verify": {"parity": {"samples": 2}, "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1,
-                                                     "metrics": {"feature_cosine": {"min": 0.0}}}},
+    "verify": {
+        "parity": {"samples": 2},
+        "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.0}}},
+    },
     "bench": {"enabled": False},
 }
 
@@ -78,51 +81,67 @@ def test_yaml_syntax_error(tmp_path, out):
     assert_nothing_written(out)
 
 
-@pytest.mark.parametrize("over,needles", [
-    ({"reduction.kep_rate": 0.5}, ["reduction.kep_rate", "did you mean 'keep_rate'"]),
-    ({"exprt": {"opset": 17}}, ["exprt", "did you mean 'export'"]),
-    ({"reduction.keep_rate": 1.5}, ["reduction.keep_rate[0]", "(0, 1]"]),
-    ({"reduction.keep_rate": [0.5, 0.0]}, ["reduction.keep_rate[1]"]),
-    ({"reduction.prune_layers": [1, 9]}, ["reduction.prune_layers[1]", "out of range"]),
-    ({"reduction.prune_layers": [2, 1]}, ["reduction.prune_layers", "strictly increasing"]),
-    ({"reduction.method": "tome-ish"}, ["reduction.method", "unknown method", "zero-tprune"]),
-    ({"export.opset": 18}, ["export", "TensorRT 8.6"]),
-    ({"verify.accuracy.metrics": {"top1_acc": {"min": 0.5}}}, ["top1_acc", "did you mean"]),
-    ({"verify.accuracy.metrics": {"top1_agreement": {"min": 0.5}}}, ["top1_agreement", "classification head"]),
-    ({"export.batch": 1, "bench.enabled": True}, ["bench.batch_sizes"]),
-    ({"model": ...}, ["model", "required"]),
-    ({"export.batch": 0}, ["export", "batch"]),
-    ({"export.batch": "big"}, ["export.batch"]),
-    ({"export.trt_target": "7.1"}, ["export.trt_target"]),
-    ({"bench.repeats": 0}, ["bench.repeats"]),
-    ({"bench.batch_sizes": [1, -8]}, ["bench.batch_sizes[1]"]),
-    ({"verify.parity.atol": -1}, ["verify.parity.atol"]),
-    ({"verify.parity.tie_margin": "tiny"}, ["verify.parity.tie_margin"]),
-    ({"verify.parity.tie_margin": 0.5}, ["verify.parity.tie_margin"]),
-    ({"verify.accuracy.crop_scale": [0.9, 0.2]}, ["crop_scale"]),
-    ({"verify.accuracy.metrics": {"feature_cosine": {}}}, ["min and/or max_drop"]),
-    ({"deploy.atol": 0}, ["deploy.atol"]),
-    ({"deploy.fp16": "maybe"}, ["deploy.fp16"]),
-    ({"vision": {"grid": [2, 2]}}, ["vision", "task: visual-tokens"]),
-    ({"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4}, "vision": {"grid": [0, 2]}},
-     ["vision", "grid"]),
-    ({"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4},
-      "verify.generation": {"prompts": []}}, ["verify.generation.prompts"]),
-    ({"task": "visual-tokens", "reduction": {"method": "hired", "keep": 4, "alpha": 1.5}}, ["reduction.alpha"]),
-    ({"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4, "source": "col"}}, ["reduction.source"]),
-    ({"reduction.iterations": [5, 5, 5]}, ["reduction"]),
-    ({"verify.baselines": {"random_seeds": 3}}, ["verify.baselines.random_seeds", "5..64"]),
-    ({"verify.baselines": {"resamples": 10}}, ["verify.baselines.resamples"]),
-    ({"verify.vs_baselines": {"bound": "median"}}, ["verify.vs_baselines.bound"]),
-    ({"verify.vs_baselines": {"min_margin": 2}}, ["verify.vs_baselines.min_margin", "[-1, 1]"]),
-    ({"verify.vs_baselines": {"metrics": []}}, ["verify.vs_baselines.metrics"]),
-    ({"verify.vs_baselines": {"min_margin": 0}, "verify.baselines": {"enabled": False}},
-     ["vs_baselines needs verify.baselines.enabled"]),
-    ({"export.precision": "int4"}, ["export.precision"]),
-    ({"export.fold": "maybe"}, ["export.fold"]),
-    ({"bench.provider": "rocm"}, ["bench.provider"]),
-    ({"bench.provider_options": {"device_id": -1}}, ["bench.provider_options"]),
-])
+@pytest.mark.parametrize(
+    "over,needles",
+    [
+        ({"reduction.kep_rate": 0.5}, ["reduction.kep_rate", "did you mean 'keep_rate'"]),
+        ({"exprt": {"opset": 17}}, ["exprt", "did you mean 'export'"]),
+        ({"reduction.keep_rate": 1.5}, ["reduction.keep_rate[0]", "(0, 1]"]),
+        ({"reduction.keep_rate": [0.5, 0.0]}, ["reduction.keep_rate[1]"]),
+        ({"reduction.prune_layers": [1, 9]}, ["reduction.prune_layers[1]", "out of range"]),
+        ({"reduction.prune_layers": [2, 1]}, ["reduction.prune_layers", "strictly increasing"]),
+        ({"reduction.method": "tome-ish"}, ["reduction.method", "unknown method", "zero-tprune"]),
+        ({"export.opset": 18}, ["export", "TensorRT 8.6"]),
+        ({"verify.accuracy.metrics": {"top1_acc": {"min": 0.5}}}, ["top1_acc", "did you mean"]),
+        ({"verify.accuracy.metrics": {"top1_agreement": {"min": 0.5}}}, ["top1_agreement", "classification head"]),
+        ({"export.batch": 1, "bench.enabled": True}, ["bench.batch_sizes"]),
+        ({"model": ...}, ["model", "required"]),
+        ({"export.batch": 0}, ["export", "batch"]),
+        ({"export.batch": "big"}, ["export.batch"]),
+        ({"export.trt_target": "7.1"}, ["export.trt_target"]),
+        ({"bench.repeats": 0}, ["bench.repeats"]),
+        ({"bench.batch_sizes": [1, -8]}, ["bench.batch_sizes[1]"]),
+        ({"verify.parity.atol": -1}, ["verify.parity.atol"]),
+        ({"verify.parity.tie_margin": "tiny"}, ["verify.parity.tie_margin"]),
+        ({"verify.parity.tie_margin": 0.5}, ["verify.parity.tie_margin"]),
+        ({"verify.accuracy.crop_scale": [0.9, 0.2]}, ["crop_scale"]),
+        ({"verify.accuracy.metrics": {"feature_cosine": {}}}, ["min and/or max_drop"]),
+        ({"deploy.atol": 0}, ["deploy.atol"]),
+        ({"deploy.fp16": "maybe"}, ["deploy.fp16"]),
+        ({"vision": {"grid": [2, 2]}}, ["vision", "task: visual-tokens"]),
+        (
+            {"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4}, "vision": {"grid": [0, 2]}},
+            ["vision", "grid"],
+        ),
+        (
+            {
+                "task": "visual-tokens",
+                "reduction": {"method": "fopru-rank", "keep": 4},
+                "verify.generation": {"prompts": []},
+            },
+            ["verify.generation.prompts"],
+        ),
+        ({"task": "visual-tokens", "reduction": {"method": "hired", "keep": 4, "alpha": 1.5}}, ["reduction.alpha"]),
+        (
+            {"task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4, "source": "col"}},
+            ["reduction.source"],
+        ),
+        ({"reduction.iterations": [5, 5, 5]}, ["reduction"]),
+        ({"verify.baselines": {"random_seeds": 3}}, ["verify.baselines.random_seeds", "5..64"]),
+        ({"verify.baselines": {"resamples": 10}}, ["verify.baselines.resamples"]),
+        ({"verify.vs_baselines": {"bound": "median"}}, ["verify.vs_baselines.bound"]),
+        ({"verify.vs_baselines": {"min_margin": 2}}, ["verify.vs_baselines.min_margin", "[-1, 1]"]),
+        ({"verify.vs_baselines": {"metrics": []}}, ["verify.vs_baselines.metrics"]),
+        (
+            {"verify.vs_baselines": {"min_margin": 0}, "verify.baselines": {"enabled": False}},
+            ["vs_baselines needs verify.baselines.enabled"],
+        ),
+        ({"export.precision": "int4"}, ["export.precision"]),
+        ({"export.fold": "maybe"}, ["export.fold"]),
+        ({"bench.provider": "rocm"}, ["bench.provider"]),
+        ({"bench.provider_options": {"device_id": -1}}, ["bench.provider_options"]),
+    ],
+)
 def test_bad_fields(tmp_path, out, tiny_models, over, needles):
     p = write(tmp_path, recipe(tiny_models["dinov2"], **over))
     res = run_cli("convert", str(p), "--out", str(out))
@@ -158,8 +177,13 @@ def test_corrupt_weights(tmp_path, out, tiny_models):
 def test_hub_id_without_network(tmp_path, out):
     p = write(tmp_path, recipe("facebook/dinov2-small"))
     # an unreachable endpoint: deterministic whatever network the machine has
-    res = run_cli("convert", str(p), "--out", str(out),
-                  env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")})
+    res = run_cli(
+        "convert",
+        str(p),
+        "--out",
+        str(out),
+        env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert_one_line_error(res, "facebook/dinov2-small", "no network", "hf download")
     assert_nothing_written(out)
 
@@ -168,8 +192,9 @@ def test_unsupported_architecture(tmp_path, out):
     import transformers
 
     d = tmp_path / "bert"
-    transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                                   intermediate_size=64)).save_pretrained(d)
+    transformers.BertModel(
+        transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(d)
     p = write(tmp_path, recipe(d))
     assert_one_line_error(run_cli("convert", str(p), "--out", str(out)), "unsupported architecture", "bert")
     assert_nothing_written(out)
@@ -210,6 +235,7 @@ def test_output_path_is_a_file(tmp_path, tiny_models):
 
 # ------------------------------------------------------------------- library messages name parameters, the CLI flags
 
+
 def test_library_names_the_parameter_cli_the_flag(tmp_path, tiny_models):
     """One message, two renderings (tokexport.errors.option): the library's own message names the Python
     parameter, what the CLI prints names the command's flag."""
@@ -237,7 +263,7 @@ def test_library_names_the_parameter_cli_the_flag(tmp_path, tiny_models):
 FLAG_ADVICE = {
     r"`tokexport models fetch \{\}( --force)?`": "zoo: advice to run the fetch command (its --force)",
     r"\(--force replaces only folders tokexport fetched\)": "zoo: explains the fetch command's --force, beside "
-                                                            "the advice to run it",
+    "the advice to run it",
     r"--force-reinstall": "pip's flag, in the advice to reinstall a package",
     r"pip install --no-deps ": "pip's flag, in the install command of a package",
     r"`ray start --head`": "Ray's command to start a cluster",
@@ -296,14 +322,16 @@ def flag_offenders(source: str) -> list[tuple[int, str]]:
 
 
 def test_flag_check_finds_a_flag_in_a_library_error():
-    src = ('from tokexport.errors import InputError, option\n'
-           'def f(x, force):\n'
-           '    if x > 1:\n'
-           '        raise InputError(f"--keep-rates: {x} is outside (0, 1]")\n'
-           '    if not force:\n'
-           '        return InputError("exists; pass " + "--force to replace it")\n'
-           '    raise ValueError(f"{option(\'keep_rates\')}: {x}; pass {option(\'force\', \'force=True\', \'--force\')}; "\n'
-           '                     f"or run `tokexport models fetch {x} --force`, or `pip install --force-reinstall x`")\n')
+    src = (
+        "from tokexport.errors import InputError, option\n"
+        "def f(x, force):\n"
+        "    if x > 1:\n"
+        '        raise InputError(f"--keep-rates: {x} is outside (0, 1]")\n'
+        "    if not force:\n"
+        '        return InputError("exists; pass " + "--force to replace it")\n'
+        "    raise ValueError(f\"{option('keep_rates')}: {x}; pass {option('force', 'force=True', '--force')}; \"\n"
+        '                     f"or run `tokexport models fetch {x} --force`, or `pip install --force-reinstall x`")\n'
+    )
     assert [line for line, _ in flag_offenders(src)] == [4, 6], flag_offenders(src)
 
 

@@ -1,6 +1,7 @@
 """What users of a command-line tool expect: `--version`, `-v`/`-q`/`--log-file`, errors printed
 literally on one line, fast answers to bad input (no torch import), shipped recipes by name, a wheel
 that carries its recipes, and no path outside the repository."""
+
 from __future__ import annotations
 
 import ast
@@ -22,8 +23,9 @@ from tokexport.cli.ui import reset_logging
 from tokexport.shipped import find_shipped_recipe, shipped_recipes
 
 HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "optimum")
-SHIPPED = sorted(p.relative_to(REPO / "tokexport" / "recipes").as_posix()
-                 for p in (REPO / "tokexport" / "recipes").rglob("*.yaml"))
+SHIPPED = sorted(
+    p.relative_to(REPO / "tokexport" / "recipes").as_posix() for p in (REPO / "tokexport" / "recipes").rglob("*.yaml")
+)
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
 
@@ -33,10 +35,19 @@ def _lines(text: str) -> list[str]:
 
 def _imported(*args, cwd=None) -> tuple[subprocess.CompletedProcess, set[str]]:
     """Run the CLI under ``-X importtime``; (result, top-level names of every module imported)."""
-    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "tokexport", *args], capture_output=True,
-                         text=True, cwd=cwd or REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-    mods = {ln.rsplit("|", 1)[1].strip().split(".")[0] for ln in res.stderr.splitlines()
-            if ln.startswith("import time:") and "|" in ln}
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "tokexport", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    mods = {
+        ln.rsplit("|", 1)[1].strip().split(".")[0]
+        for ln in res.stderr.splitlines()
+        if ln.startswith("import time:") and "|" in ln
+    }
     assert "tokexport" in mods, res.stderr[-2000:]
     return res, mods
 
@@ -55,8 +66,17 @@ def test_version_prints_versions_and_does_not_import_torch():
     assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
 
 
-@pytest.mark.parametrize("args", [["--help"], ["recipes", "list"], ["convert", "missing.yaml"],
-                                  ["convert", "--help"], ["-q", "convert", "nope"], ["inspect", "missing.onnx"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["recipes", "list"],
+        ["convert", "missing.yaml"],
+        ["convert", "--help"],
+        ["-q", "convert", "nope"],
+        ["inspect", "missing.onnx"],
+    ],
+)
 def test_fast_commands_import_no_heavy_module(args, tmp_path):
     res, mods = _imported(*args, cwd=tmp_path)
     assert res.returncode in (0, 2), res.stderr[-2000:]
@@ -141,8 +161,9 @@ def test_default_and_verbose_messages(tmp_path, a_file):
 
 def test_log_file_gets_every_message_with_timestamps_appended(tmp_path, a_file):
     log = tmp_path / "run.log"
-    res = run_cli("--log-file", str(log), "-q", "convert", "dinov2-small-zero-tprune", "--out", str(a_file),
-                  cwd=tmp_path)
+    res = run_cli(
+        "--log-file", str(log), "-q", "convert", "dinov2-small-zero-tprune", "--out", str(a_file), cwd=tmp_path
+    )
     assert_one_line_error(res, "not a directory")  # the console stays quiet ...
     first = log.read_text().splitlines()
     assert first and all(TIMESTAMP.match(ln) for ln in first), first
@@ -155,7 +176,7 @@ def test_log_file_gets_every_message_with_timestamps_appended(tmp_path, a_file):
     assert res.returncode == 0
     second = log.read_text().splitlines()
     assert second[: len(first)] == first, "appended, not overwritten"
-    assert any("recipes list" in ln for ln in second[len(first):]) and "exit code 0" in second[-1]
+    assert any("recipes list" in ln for ln in second[len(first) :]) and "exit code 0" in second[-1]
 
 
 def test_log_file_that_cannot_be_opened(tmp_path):
@@ -221,19 +242,27 @@ def test_recipes_list_says_every_shipped_schedule():
             assert yaml.safe_load(path.read_text())["task"] == "visual-tokens", (name, sched)
     hybrid = _schedule(yaml.safe_load((REPO / "recipes" / "dinov2-small-hybrid.yaml").read_text()))
     assert hybrid[0] == "hybrid" and hybrid[1].startswith("divprune after [2] keep") and "then tome merge" in hybrid[1]
-    assert _schedule({"model": "m", "reduction": {"method": "tome", "r": "x"}}) == \
-        ("tome", "(reduction does not validate: `tokexport convert` says why)")
+    assert _schedule({"model": "m", "reduction": {"method": "tome", "r": "x"}}) == (
+        "tome",
+        "(reduction does not validate: `tokexport convert` says why)",
+    )
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("dinov2-small-tome", "dinov2-small-tome.yaml"),
-    ("dinov2-small-tome.yaml", "dinov2-small-tome.yaml"),
-    ("recipes/dinov2-small-tome.yaml", "dinov2-small-tome.yaml"),
-    ("tiny/llava-next-tiny-hired", "tiny/llava-next-tiny-hired.yaml"),
-    ("recipes/tiny/llava-next-tiny-hired.yaml", "tiny/llava-next-tiny-hired.yaml"),
-    ("no-such-recipe", None), ("../pyproject.toml", None), ("/etc/hostname", None), ("", None),
-    ("tiny", None),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("dinov2-small-tome", "dinov2-small-tome.yaml"),
+        ("dinov2-small-tome.yaml", "dinov2-small-tome.yaml"),
+        ("recipes/dinov2-small-tome.yaml", "dinov2-small-tome.yaml"),
+        ("tiny/llava-next-tiny-hired", "tiny/llava-next-tiny-hired.yaml"),
+        ("recipes/tiny/llava-next-tiny-hired.yaml", "tiny/llava-next-tiny-hired.yaml"),
+        ("no-such-recipe", None),
+        ("../pyproject.toml", None),
+        ("/etc/hostname", None),
+        ("", None),
+        ("tiny", None),
+    ],
+)
 def test_find_shipped_recipe(name, expected):
     found = find_shipped_recipe(name)
     if expected is None:
@@ -272,24 +301,43 @@ def test_wheel_install_lists_and_runs_the_shipped_recipes(tmp_path, a_file):
         shutil.copy2(REPO / f, src / f)
     shutil.copytree(REPO / "tokexport", src / "tokexport", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
-    build = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
-                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    build = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("tokexport-*.whl")
     site = tmp_path / "site"
-    inst = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    inst = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert inst.returncode == 0, inst.stderr[-3000:]
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(PYTHONPATH=os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]]), COLUMNS="300",
-               HF_HUB_OFFLINE="1")
-    code = ("import sys, tokexport; print('tokexport from', tokexport.__file__, file=sys.stderr); "
-            "from tokexport.cli import main; main()")
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]]), COLUMNS="300", HF_HUB_OFFLINE="1"
+    )
+    code = (
+        "import sys, tokexport; print('tokexport from', tokexport.__file__, file=sys.stderr); "
+        "from tokexport.cli import main; main()"
+    )
 
     def run(*args):
-        return subprocess.run([sys.executable, "-S", "-c", code, *args], capture_output=True, text=True,
-                              cwd=tmp_path, env=env, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-S", "-c", code, *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=600,
+        )
 
     res = run("recipes", "list")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -319,12 +367,13 @@ def test_only_the_cli_package_imports_it():
         package = ["tokexport", *rel.parts[:-1]]
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
-                base = package[:len(package) - node.level + 1] if node.level else []
+                base = package[: len(package) - node.level + 1] if node.level else []
                 target = ".".join([*base, *(node.module or "").split(".")]).strip(".")
                 names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
                 for name in names:
-                    assert not (name == "tokexport.cli" or name.startswith("tokexport.cli.")), \
+                    assert not (name == "tokexport.cli" or name.startswith("tokexport.cli.")), (
                         f"{p.relative_to(REPO)} imports {name}"
+                    )
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     assert not a.name.startswith("tokexport.cli"), f"{p.relative_to(REPO)} imports {a.name}"
@@ -332,8 +381,7 @@ def test_only_the_cli_package_imports_it():
 
 def test_method_notes_exist_and_are_linked():
     notes = REPO / "docs" / "methods"
-    pages = ["zero-tprune.md", "topk-cls-and-baselines.md", "fopru.md", "hired.md", "static-export.md",
-             "vocab-trim.md"]
+    pages = ["zero-tprune.md", "topk-cls-and-baselines.md", "fopru.md", "hired.md", "static-export.md", "vocab-trim.md"]
     index = (notes / "README.md").read_text()
     for page in pages:
         assert (notes / page).is_file() and f"]({page})" in index, page
@@ -344,8 +392,14 @@ def test_piped_tables_keep_their_cells(monkeypatch):
     """Output that is not a terminal (a pipe, a CI log) is drawn full width: rich's default of 80 columns
     squeezed the recipe table into "dinov2-small-zero-…" cells."""
     monkeypatch.delenv("COLUMNS", raising=False)
-    res = subprocess.run([sys.executable, "-m", "tokexport", "recipes", "list"], capture_output=True, text=True,
-                         cwd=REPO, env={k: v for k, v in os.environ.items() if k != "COLUMNS"}, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "tokexport", "recipes", "list"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     assert "…" not in res.stdout
     for name, _ in shipped_recipes():

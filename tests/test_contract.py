@@ -3,6 +3,7 @@ keep-everything equals the original, token counts follow the plan, the patch is 
 the exported static graph matches PyTorch. For merging methods (ToMe) keep-everything runs every
 block as its two halves (``Adapter.halves``), so it also checks that the halves compose to the host
 block's own forward."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,8 +56,14 @@ def _n_prefix(kind: str) -> int:
     """The prefix tokens (CLS, distillation, registers) of a tiny kind, from its config alone."""
     import transformers as T
 
-    cls = {"vit-classifier": T.ViTConfig, "vit": T.ViTConfig, "deit-teacher": T.DeiTConfig,
-           "dinov2": T.Dinov2Config, "clip-vision": T.CLIPVisionConfig, "siglip-vision": T.SiglipVisionConfig}[kind]
+    cls = {
+        "vit-classifier": T.ViTConfig,
+        "vit": T.ViTConfig,
+        "deit-teacher": T.DeiTConfig,
+        "dinov2": T.Dinov2Config,
+        "clip-vision": T.CLIPVisionConfig,
+        "siglip-vision": T.SiglipVisionConfig,
+    }[kind]
     return adapter_for(cls(**TINY)).n_prefix()
 
 
@@ -93,8 +100,10 @@ def _x(lm, b=2, seed=0):
 
 
 def test_every_family_has_a_tiny_checkpoint():
-    covered = {adapter_for(__import__("transformers").AutoConfig.for_model(t)).family
-               for t in ("vit", "deit", "dinov2", "clip_vision_model", "siglip_vision_model")}
+    covered = {
+        adapter_for(__import__("transformers").AutoConfig.for_model(t)).family
+        for t in ("vit", "deit", "dinov2", "clip_vision_model", "siglip_vision_model")
+    }
     assert covered == set(ADAPTERS)
 
 

@@ -39,12 +39,14 @@ def small_images(images):
 def _gradient(w=96, h=64):
     x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
     y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
-    arr = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
-                          np.full((h, w, 1), 128.0)], axis=2)
+    arr = np.concatenate(
+        [np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)), np.full((h, w, 1), 128.0)], axis=2
+    )
     return Image.fromarray(arr.astype(np.uint8), "RGB")
 
 
 # ---------------------------------------------------------------- natural_images
+
 
 def test_natural_images_are_rgb_sorted_unique(images):
     names = [n for n, _ in images]
@@ -68,8 +70,7 @@ def test_natural_images_exclude_synthetic(images):
 def test_every_bundled_file_is_classified():
     # A new scikit-image release adding files should make us decide about them explicitly.
     known = set(SKIMAGE_NATURAL_FILES) | set(SKIMAGE_EXCLUDED_FILES) | {"README.txt"}
-    files = {p.name for p in skimage_data_dir().iterdir()
-             if p.is_file() and not p.name.endswith((".py", ".pyi"))}
+    files = {p.name for p in skimage_data_dir().iterdir() if p.is_file() and not p.name.endswith((".py", ".pyi"))}
     assert files <= known, sorted(files - known)
 
 
@@ -87,6 +88,7 @@ def test_optional_sources_only_add(images):
 
 
 # ---------------------------------------------------------------- Preprocess
+
 
 def test_center_shape_dtype_and_default_resize():
     p = Preprocess(224, MEAN, STD)
@@ -153,12 +155,15 @@ def test_random_crop_fallback_on_impossible_ratio():
     assert x.shape == (3, 16, 16)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(image_size=0, mean=MEAN, std=STD), "image_size"),
-    (dict(image_size=32, mean=(0.5, 0.5), std=STD), "mean"),
-    (dict(image_size=32, mean=MEAN, std=(0.2, 0.0, 0.2)), "std"),
-    (dict(image_size=32, mean=MEAN, std=STD, resize_shorter=16), "resize_shorter"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(image_size=0, mean=MEAN, std=STD), "image_size"),
+        (dict(image_size=32, mean=(0.5, 0.5), std=STD), "mean"),
+        (dict(image_size=32, mean=MEAN, std=(0.2, 0.0, 0.2)), "std"),
+        (dict(image_size=32, mean=MEAN, std=STD, resize_shorter=16), "resize_shorter"),
+    ],
+)
 def test_preprocess_bad_args(kwargs, field):
     with pytest.raises(InputError, match=field):
         Preprocess(**kwargs)
@@ -173,6 +178,7 @@ def test_random_crop_bad_scale():
 
 
 # ---------------------------------------------------------------- instance_recognition_set
+
 
 def test_instance_set_shapes_and_labels(small_images):
     p = Preprocess(32, MEAN, STD)
@@ -223,6 +229,7 @@ def test_instance_set_bad_inputs(small_images):
 
 # ---------------------------------------------------------------- image_folder
 
+
 def _write_folder(root, classes):
     for cls, colours in classes.items():
         d = root / cls
@@ -240,7 +247,7 @@ def test_image_folder_happy_path(tmp_path):
     assert names == ["a_cls", "b_cls"]
     assert x.shape == (5, 3, 16, 16) and x.dtype == np.float32
     assert y.tolist() == [0, 0, 0, 1, 1] and y.dtype == np.int64
-    np.testing.assert_allclose(x[0, 0], 1.0, atol=1e-6)   # red class
+    np.testing.assert_allclose(x[0, 0], 1.0, atol=1e-6)  # red class
     np.testing.assert_allclose(x[-1, 2], 1.0, atol=1e-6)  # blue class
     x2, y2, _ = image_folder(str(tmp_path), p, limit_per_class=1)
     assert y2.tolist() == [0, 1]

@@ -1,5 +1,6 @@
 """tokexport.deploy without TensorRT or a GPU: the FP16 comparison, trtexec lines, the engine path's
 distinct failure, and write_bundle's layout; ONNX Runtime stands in for TensorRT."""
+
 from __future__ import annotations
 
 import json
@@ -23,21 +24,39 @@ TOL = deploy.DEFAULT_TOLERANCES
 def tiny_model(path, external=True, batch="batch", scale=2.0):
     """y = x @ W + b; z = TopK(y, K=2).indices ; x:[B,6,4] -> y:[B,6,3], z:[B,2,3]."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array((scale * rng.standard_normal((4, 3))).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
-             numpy_helper.from_array(np.array([2], dtype=np.int64), "K")]
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"]),
-             helper.make_node("TopK", ["y", "K"], ["v", "z"], axis=1, sorted=1)]
-    g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", F, [batch, 6, 4])],
-                          [helper.make_tensor_value_info("y", F, [batch, 6, 3]),
-                           helper.make_tensor_value_info("z", TensorProto.INT64, [batch, 2, 3])], inits)
+    inits = [
+        numpy_helper.from_array((scale * rng.standard_normal((4, 3))).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "K"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["y"]),
+        helper.make_node("TopK", ["y", "K"], ["v", "z"], axis=1, sorted=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", F, [batch, 6, 4])],
+        [
+            helper.make_tensor_value_info("y", F, [batch, 6, 3]),
+            helper.make_tensor_value_info("z", TensorProto.INT64, [batch, 2, 3]),
+        ],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx_tools.check_shapes(m)
     path.parent.mkdir(parents=True, exist_ok=True)
     if external:
-        onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=64)
+        onnx.save_model(
+            m,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=64,
+        )
     else:
         onnx.save_model(m, str(path))
     return path
@@ -96,8 +115,11 @@ def test_trtexec_command():
     cmd = deploy.trtexec_command("m.onnx", "m.engine", {"x": [1, 197, 768]}, timing_cache="timing.cache")
     assert cmd == "trtexec --onnx=m.onnx --saveEngine=m.engine --timingCacheFile=timing.cache --fp16"
     assert "--fp16" not in deploy.trtexec_command("m.onnx", "m.engine", {"x": [1, 3]}, fp16=False)
-    args = shlex.split(deploy.trtexec_command("m.onnx", "m.engine", {"pixel_values": ["batch", 3, 224, 224],
-                                                                     "mask": [1, 4]}, batch=(1, 4, 8)))
+    args = shlex.split(
+        deploy.trtexec_command(
+            "m.onnx", "m.engine", {"pixel_values": ["batch", 3, 224, 224], "mask": [1, 4]}, batch=(1, 4, 8)
+        )
+    )
     assert "--minShapes=pixel_values:1x3x224x224,mask:1x4" in args
     assert "--maxShapes=pixel_values:8x3x224x224,mask:1x4" in args
     with pytest.raises(InputError, match="axis 1"):
@@ -114,15 +136,30 @@ def test_write_bundle_layout(tmp_path):
     res = deploy.write_bundle(tmp_path / "out", {"model": a, "baseline": b}, "jetpack-5.1", fp16=True, max_batch=4)
     dest, man = res.path, res.manifest
     assert res.archive == tmp_path / "out.tar.gz" and res.archive.is_file()
-    for f in ("model.onnx", "baseline.onnx", "manifest.json", "README.md",
-              "build_engine.sh", "verify_on_device.py", "inputs/input_0.npy", "expected/model/output_0.npy",
-              "expected/baseline/output_1.npy"):
+    for f in (
+        "model.onnx",
+        "baseline.onnx",
+        "manifest.json",
+        "README.md",
+        "build_engine.sh",
+        "verify_on_device.py",
+        "inputs/input_0.npy",
+        "expected/model/output_0.npy",
+        "expected/baseline/output_1.npy",
+    ):
         assert (dest / f).is_file(), f
     assert os.access(dest / "build_engine.sh", os.X_OK) and os.access(dest / "verify_on_device.py", os.X_OK)
     assert man == json.loads((dest / "manifest.json").read_text())
     assert man["tokexport_version"] == tokexport.__version__
-    assert man["target"] == {"name": "jetpack-5.1", "runtime": "tensorrt", "tensorrt": "8.5.2", "jetpack": "5.1",
-                             "opset": 16, "max_opset": 16, "strongly_typed": False}
+    assert man["target"] == {
+        "name": "jetpack-5.1",
+        "runtime": "tensorrt",
+        "tensorrt": "8.5.2",
+        "jetpack": "5.1",
+        "opset": 16,
+        "max_opset": 16,
+        "strongly_typed": False,
+    }
     m = man["models"]["model"]
     assert m["opset"] == 17 and m["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 6, 4]}]
     assert [o["name"] for o in m["outputs"]] == ["y", "z"]
@@ -130,7 +167,9 @@ def test_write_bundle_layout(tmp_path):
     assert man["format_version"] == 2
     assert man["inputs"]["x"] == {"index": 0, "file": "inputs/input_0.npy", "dtype": "float32", "shape": [1, 6, 4]}
     assert {o: (e["index"], e["file"]) for o, e in m["expected"].items()} == {
-        "y": (0, "expected/model/output_0.npy"), "z": (1, "expected/model/output_1.npy")}
+        "y": (0, "expected/model/output_0.npy"),
+        "z": (1, "expected/model/output_1.npy"),
+    }
     # expected outputs are ONNX Runtime's on the stored inputs, for each graph
     from tokexport.stages.runners import OrtRunner
 
@@ -147,25 +186,40 @@ def test_write_bundle_layout(tmp_path):
     for rel, f in listed.items():
         assert f["sha256"] == onnx_tools.sha256_file(dest / rel)
     build = (dest / "build_engine.sh").read_text()
-    assert ('"$TRTEXEC" --onnx=model.onnx --saveEngine=model.engine --timingCacheFile=timing.cache '
-            "--minShapes=x:1x6x4 --optShapes=x:1x6x4 --maxShapes=x:4x6x4 --fp16") in build
+    assert (
+        '"$TRTEXEC" --onnx=model.onnx --saveEngine=model.engine --timingCacheFile=timing.cache '
+        "--minShapes=x:1x6x4 --optShapes=x:1x6x4 --maxShapes=x:4x6x4 --fp16"
+    ) in build
     subprocess.run(["bash", "-n", str(dest / "build_engine.sh")], check=True)
-    assert "tokexport" not in "".join(ln for ln in (dest / "verify_on_device.py").read_text().splitlines()
-                                      if ln.startswith(("import", "from")))
+    assert "tokexport" not in "".join(
+        ln for ln in (dest / "verify_on_device.py").read_text().splitlines() if ln.startswith(("import", "from"))
+    )
 
 
 def test_build_script_with_fake_trtexec(tmp_path):
     res = deploy.write_bundle(tmp_path / "b", {"model": tiny_model(tmp_path / "m.onnx")}, "jetpack-6.0", archive=False)
     fake = tmp_path / "trtexec"
-    fake.write_text("#!/usr/bin/env bash\nfor a in \"$@\"; do case \"$a\" in --saveEngine=*) : > \"${a#--saveEngine=}\";; "
-                    "esac; done\necho '=== Performance summary ==='\n")
+    fake.write_text(
+        '#!/usr/bin/env bash\nfor a in "$@"; do case "$a" in --saveEngine=*) : > "${a#--saveEngine=}";; '
+        "esac; done\necho '=== Performance summary ==='\n"
+    )
     fake.chmod(0o755)
-    r = subprocess.run(["bash", str(res.path / "build_engine.sh")], env=dict(os.environ, TRTEXEC=str(fake)),
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["bash", str(res.path / "build_engine.sh")],
+        env=dict(os.environ, TRTEXEC=str(fake)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert (res.path / "model.engine").exists() and (res.path / "build_model.log").is_file()
-    r = subprocess.run(["bash", str(res.path / "build_engine.sh")], env=dict(os.environ, TRTEXEC="/nonexistent/trtexec"),
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["bash", str(res.path / "build_engine.sh")],
+        env=dict(os.environ, TRTEXEC="/nonexistent/trtexec"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 5 and "trtexec not found" in r.stderr
 
 

@@ -6,6 +6,7 @@ rules of every command; trtexec's performance summary is parsed from build logs.
 
 The two trtexec logs in tests/fixtures are written in trtexec's output format (TensorRT 10.3 on an
 Orin); their numbers are made up for the parser, they are not measurements."""
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def verify(bundle: Path, *args: str):
-    return subprocess.run([sys.executable, str(bundle / "verify_on_device.py"), *args], capture_output=True,
-                          text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, str(bundle / "verify_on_device.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,9 @@ def test_verify_writes_device_results_and_check_passes(converted, bundle, tmp_pa
 
     res = run_cli("check", str(bundle / "device_results.json"), "--baseline", str(converted / "report.json"))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "device.sha256" in res.stdout and "device.model." in res.stdout and "device runtime: onnxruntime" in res.stdout
+    assert (
+        "device.sha256" in res.stdout and "device.model." in res.stdout and "device runtime: onnxruntime" in res.stdout
+    )
 
     # a results file elsewhere (--results) holds the same verdict
     r = verify(bundle, "--results", str(tmp_path / "elsewhere.json"), "--provider", "cpu")
@@ -132,7 +140,9 @@ def test_report_merge(converted, bundle, tmp_path):
     res = run_cli("report", "merge", str(rep_path), str(dev_path), "--out", str(merged))
     assert res.returncode == 0, res.stderr
     m = json.loads(merged.read_text())
-    assert m["device_results"]["passed"] is True and m["device_results"]["runtime"]["provider"] == "CPUExecutionProvider"
+    assert (
+        m["device_results"]["passed"] is True and m["device_results"]["runtime"]["provider"] == "CPUExecutionProvider"
+    )
     rep = json.loads(rep_path.read_text())
     assert {k: v for k, v in m.items() if k != "device_results"} == rep  # nothing else changed
     assert run_cli("report", "validate", str(merged)).returncode == 0
@@ -165,13 +175,26 @@ def test_report_merge(converted, bundle, tmp_path):
 def test_parse_trtexec_log_fixture():
     s = parse_trtexec_log((FIXTURES / "trtexec_10.3_build_model.log").read_text())
     assert s["tensorrt_version"] == "10.3.0" and s["throughput_qps"] == pytest.approx(243.615)
-    assert s["latency_ms"] == {"min": 4.21289, "max": 6.05371, "mean": 4.38921, "median": 4.36572, "p90": 4.48047,
-                               "p95": 4.53955, "p99": 5.12695}
-    assert s["gpu_compute_ms"]["median"] == pytest.approx(4.01562) and s["gpu_compute_ms"]["p90"] == pytest.approx(4.12012)
+    assert s["latency_ms"] == {
+        "min": 4.21289,
+        "max": 6.05371,
+        "mean": 4.38921,
+        "median": 4.36572,
+        "p90": 4.48047,
+        "p95": 4.53955,
+        "p99": 5.12695,
+    }
+    assert s["gpu_compute_ms"]["median"] == pytest.approx(4.01562) and s["gpu_compute_ms"]["p90"] == pytest.approx(
+        4.12012
+    )
     assert s["h2d_ms"]["median"] == pytest.approx(0.341309) and "enqueue_ms" in s
     # TensorRT 8.x encodes its version as major*1000 + minor*100 + patch; a log without a summary: None
-    assert parse_trtexec_log("&&&& PASSED TensorRT.trtexec [TensorRT v8602]\n=== Performance summary ===\n"
-                             "Throughput: 10 qps\n")["tensorrt_version"] == "8.6.2"
+    assert (
+        parse_trtexec_log(
+            "&&&& PASSED TensorRT.trtexec [TensorRT v8602]\n=== Performance summary ===\nThroughput: 10 qps\n"
+        )["tensorrt_version"]
+        == "8.6.2"
+    )
     assert parse_trtexec_log("[I] Engine built in 3 sec.\n&&&& FAILED TensorRT.trtexec [TensorRT v100300]") is None
 
 

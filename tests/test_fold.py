@@ -1,5 +1,6 @@
 """export.fold (tokexport.fold): exported graphs lose the shape arithmetic that is constant for their
 static shapes, keep their dynamic batch, and parity is checked on the folded graph."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -16,14 +17,21 @@ from tokexport.recipe import validate_recipe
 from tokexport.tasks.run import run
 
 # a real floor: the tiny DINOv2's reduced features measure >= 0.99 against the original's
-ACC = {"parity": {"samples": 2},
-       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}}}
+ACC = {
+    "parity": {"samples": 2},
+    "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}},
+}
 
 
 def _convert(tiny_models, tmp_path, name: str, **export):
-    data = {"model": str(tiny_models["dinov2"]), "export": {"image_size": 56, "target": "jetpack-6.0", **export},
-            "reduction": {"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},
-            "verify": ACC, "bench": {"enabled": False}, "deploy": {"bundle": False}}
+    data = {
+        "model": str(tiny_models["dinov2"]),
+        "export": {"image_size": 56, "target": "jetpack-6.0", **export},
+        "reduction": {"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},
+        "verify": ACC,
+        "bench": {"enabled": False},
+        "deploy": {"bundle": False},
+    }
     out = tmp_path / name
     res = run(validate_recipe(f"{name}.yaml", data), tmp_path, out, label=name)
     return res, out
@@ -84,12 +92,19 @@ def _reshape_graph() -> onnx.ModelProto:
         helper.make_node("Reshape", ["x", "target"], ["r"]),
         helper.make_node("Mul", ["r", "two"], ["y"]),
     ]
-    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
-             numpy_helper.from_array(np.array([0], np.int64), "axes"),
-             numpy_helper.from_array(np.array([24], np.int64), "rest"),
-             numpy_helper.from_array(np.full((24,), 2.0, np.float32), "two")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 6])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 24])], inits)
+    inits = [
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+        numpy_helper.from_array(np.array([24], np.int64), "rest"),
+        numpy_helper.from_array(np.full((24,), 2.0, np.float32), "two"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 24])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 

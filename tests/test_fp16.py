@@ -1,5 +1,6 @@
 """export.precision: fp16 — an fp16 graph with float32 inputs/outputs (LayerNorm, Softmax and TopK kept in
 float32), checked against the float32 PyTorch model at the fp16 tolerances of verify.parity."""
+
 from __future__ import annotations
 
 import shutil
@@ -17,17 +18,24 @@ from tokexport.recipe import load_recipe, validate_recipe
 from tokexport.tasks.run import run
 
 # a real floor: the tiny DINOv2's reduced features measure >= 0.99 against the original's
-ACC = {"parity": {"samples": 4},
-       "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}}}
+ACC = {
+    "parity": {"samples": 4},
+    "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1, "metrics": {"feature_cosine": {"min": 0.9}}},
+}
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _convert(tiny_models, tmp_path, name, **export):
     # uniform keep: a selection fp16 rounding cannot flip (a random tiny ViT's scores are near-ties everywhere;
     # score-based selection at fp16 is covered on the real DINOv2-S below)
-    data = {"model": str(tiny_models["dinov2"]), "export": {"image_size": 56, "target": "jetpack-6.0", **export},
-            "reduction": {"method": "uniform", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},
-            "verify": ACC, "bench": {"enabled": False}, "deploy": {"bundle": False}}
+    data = {
+        "model": str(tiny_models["dinov2"]),
+        "export": {"image_size": 56, "target": "jetpack-6.0", **export},
+        "reduction": {"method": "uniform", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},
+        "verify": ACC,
+        "bench": {"enabled": False},
+        "deploy": {"bundle": False},
+    }
     return run(validate_recipe(f"{name}.yaml", data), tmp_path, tmp_path / name, label=name)
 
 
@@ -52,9 +60,14 @@ def test_fp16_graph_properties_and_parity(tiny_models, tmp_path):
         # float32 in and out
         assert all(vi.type.tensor_type.elem_type == TensorProto.FLOAT for vi in (*g.input, *g.output))
         # the weights are fp16: every large float initializer is FLOAT16
-        big = [t for t in g.initializer if np.prod(t.dims) >= 64 and t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
-        assert big and all(t.data_type == TensorProto.FLOAT16 for t in big), \
-            sorted({(t.name, t.data_type) for t in big if t.data_type != TensorProto.FLOAT16})[:5]
+        big = [
+            t
+            for t in g.initializer
+            if np.prod(t.dims) >= 64 and t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)
+        ]
+        assert big and all(t.data_type == TensorProto.FLOAT16 for t in big), sorted(
+            {(t.name, t.data_type) for t in big if t.data_type != TensorProto.FLOAT16}
+        )[:5]
         kept = [n for n in g.node if n.op_type in (*FP16_KEEP_FP32, "TopK")]
         assert kept, "the tiny ViT has LayerNorm and Softmax"
         for n in kept:  # the kept ops compute in float32
@@ -65,15 +78,21 @@ def test_fp16_graph_properties_and_parity(tiny_models, tmp_path):
     ref = _convert(tiny_models, tmp_path, "fp32")
     assert ref.exit_code == 0 and ref.report["parity"]["atol"] == 1e-3
     for key in ("onnx_bytes", "baseline_onnx_bytes"):
-        assert rep["artifacts"][key] < 0.75 * ref.report["artifacts"][key], (key, rep["artifacts"][key], ref.report["artifacts"][key])
+        assert rep["artifacts"][key] < 0.75 * ref.report["artifacts"][key], (
+            key,
+            rep["artifacts"][key],
+            ref.report["artifacts"][key],
+        )
 
 
 def test_precision_is_validated():
     from tokexport.errors import InputError
 
     with pytest.raises((InputError, ValueError), match="precision"):
-        validate_recipe("bad.yaml", {"model": "dinov2-small", "export": {"precision": "fp8"},
-                                     "reduction": {"method": "tome", "r": 2}})
+        validate_recipe(
+            "bad.yaml",
+            {"model": "dinov2-small", "export": {"precision": "fp8"}, "reduction": {"method": "tome", "r": 2}},
+        )
 
 
 @pytest.mark.real_model

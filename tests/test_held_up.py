@@ -1,5 +1,6 @@
 """What the probe found to hold up, kept: pickled weights are never unpickled, `auto_map` remote code is
 never run, re-exports are byte-identical, and Ctrl-C leaves nothing behind."""
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,9 @@ def test_pickled_weights_are_never_unpickled(tiny_models, tmp_path):
 def test_auto_map_remote_code_is_never_run(tiny_models, tmp_path):
     model = _copy_model(tiny_models["vit"], tmp_path / "m")
     sentinel = tmp_path / "pwned"
-    (model / "evil.py").write_text(f"import pathlib\npathlib.Path({str(sentinel)!r}).touch()\n"
-                                   "from transformers import ViTModel as EvilModel\n")
+    (model / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(sentinel)!r}).touch()\nfrom transformers import ViTModel as EvilModel\n"
+    )
     cfg = json.loads((model / "config.json").read_text())
     cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
     (model / "config.json").write_text(json.dumps(cfg))
@@ -90,9 +92,16 @@ def test_ctrl_c_leaves_nothing_behind(tiny_models, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", HOLD_ENV: "exported"}
     # a user's Ctrl-C reaches a process whose SIGINT is at its default; a test suite started in the background
     # of a non-interactive shell (`pytest &`) inherits SIGINT ignored, and so would the run: reset it
-    proc = subprocess.Popen([sys.executable, "-m", "tokexport", "convert", str(p), "--out", str(out)], cwd=REPO,
-                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokexport", "convert", str(p), "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         seen = _wait_for_line(proc, "tokexport: holding at exported")
         staged = [q for q in tmp_path.iterdir() if q.name.startswith(".out.tmp-")]

@@ -3,6 +3,7 @@
 block; the patch runs prune and merge stages in one forward (sizes gathered with the pruned tokens, proportional
 attention once sizes exist), against an eager reference built from the ToMe and DivPrune references; the graph is
 static; FLOPs, describe() and the schedule are per stage; a single-method schedule is unchanged."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ from tokexport.reduce.patch import reduced
 from tokexport.reduce.schedule import plan
 
 RECIPE = REPO / "recipes" / "dinov2-small-hybrid.yaml"
-STEPS = [{"method": "tome", "prune_layers": [0, 1], "r": 2},
-         {"method": "divprune", "prune_layers": [2], "keep": [6]}]
+STEPS = [{"method": "tome", "prune_layers": [0, 1], "r": 2}, {"method": "divprune", "prune_layers": [2], "keep": [6]}]
 
 
 def _hybrid(steps) -> HybridConfig:
@@ -36,20 +36,34 @@ def _hybrid(steps) -> HybridConfig:
 def test_steps_chain_in_block_order():
     stages = plan(_hybrid(STEPS), 17, 1, 4)  # a tiny model: 16 patches, 4 blocks
     assert [(s.layer, s.kind, s.tokens_in, s.tokens_out, s.method, s.step) for s in stages] == [
-        (0, "merge", 17, 15, "tome", 0), (1, "merge", 15, 13, "tome", 0), (2, "prune", 13, 7, "divprune", 1)]
+        (0, "merge", 17, 15, "tome", 0),
+        (1, "merge", 15, 13, "tome", 0),
+        (2, "prune", 13, 7, "divprune", 1),
+    ]
     assert stages[2].as_dict()["method"] == "divprune" and stages[2].as_dict()["step"] == 1
     single = plan(METHODS["tome"].config_cls(r=2, prune_layers=[0]), 17, 1, 4)
     assert "method" not in single[0].as_dict() and "step" not in single[0].as_dict()  # reports as before
 
 
-@pytest.mark.parametrize("steps,needle", [
-    ([{"method": "tome", "r": 2, "prune_layrs": [0]}], "reduction.steps[0].prune_layrs: unknown field; did you mean 'prune_layers'?"),
-    ([{"method": "tome", "r": 2}, {"method": "dart", "prune_layers": [3], "keep_rate": 0.5, "pivots": 0}],
-     "reduction.steps[1].pivots"),
-    ([{"method": "nope"}], "reduction.steps[0].method: 'nope' cannot be a step"),
-    ([{"method": "hybrid", "steps": [{"method": "tome", "r": 1}]}], "reduction.steps[0].method: 'hybrid' cannot be a step"),
-    ([], "reduction.steps"),
-])
+@pytest.mark.parametrize(
+    "steps,needle",
+    [
+        (
+            [{"method": "tome", "r": 2, "prune_layrs": [0]}],
+            "reduction.steps[0].prune_layrs: unknown field; did you mean 'prune_layers'?",
+        ),
+        (
+            [{"method": "tome", "r": 2}, {"method": "dart", "prune_layers": [3], "keep_rate": 0.5, "pivots": 0}],
+            "reduction.steps[1].pivots",
+        ),
+        ([{"method": "nope"}], "reduction.steps[0].method: 'nope' cannot be a step"),
+        (
+            [{"method": "hybrid", "steps": [{"method": "tome", "r": 1}]}],
+            "reduction.steps[0].method: 'hybrid' cannot be a step",
+        ),
+        ([], "reduction.steps"),
+    ],
+)
 def test_step_errors_name_the_step(tmp_path, steps, needle):
     p = tmp_path / "r.yaml"
     p.write_text(json.dumps({"model": "m", "reduction": {"method": "hybrid", "steps": steps}}))
@@ -67,15 +81,30 @@ def _hybrid_with_top(extra):
     return validate_recipe("r.yaml", {"model": "m", "reduction": {"method": "hybrid", "steps": STEPS, **extra}})
 
 
-@pytest.mark.parametrize("steps,needles", [
-    ([{"method": "divprune", "prune_layers": [2], "keep_rate": 0.5}, {"method": "tome", "r": 1, "prune_layers": [1]}],
-     ["reduction.steps[1]", "block order"]),
-    ([{"method": "tome", "r": 1}, {"method": "divprune", "prune_layers": [3], "keep_rate": 0.5}],
-     ["reduction.steps[1]", "block order"]),  # ToMe's r without prune_layers covers every block
-    ([{"method": "divprune", "prune_layers": [0], "keep_rate": 0.5}, {"method": "tome", "r": 5, "prune_layers": [1]}],
-     ["reduction.steps[1].r", "at most half"]),  # 8 tokens left after step 0
-    ([{"method": "divprune", "prune_layers": [0], "keep_rate": 1.5}], ["reduction.steps[0].keep_rate[0]"]),
-])
+@pytest.mark.parametrize(
+    "steps,needles",
+    [
+        (
+            [
+                {"method": "divprune", "prune_layers": [2], "keep_rate": 0.5},
+                {"method": "tome", "r": 1, "prune_layers": [1]},
+            ],
+            ["reduction.steps[1]", "block order"],
+        ),
+        (
+            [{"method": "tome", "r": 1}, {"method": "divprune", "prune_layers": [3], "keep_rate": 0.5}],
+            ["reduction.steps[1]", "block order"],
+        ),  # ToMe's r without prune_layers covers every block
+        (
+            [
+                {"method": "divprune", "prune_layers": [0], "keep_rate": 0.5},
+                {"method": "tome", "r": 5, "prune_layers": [1]},
+            ],
+            ["reduction.steps[1].r", "at most half"],
+        ),  # 8 tokens left after step 0
+        ([{"method": "divprune", "prune_layers": [0], "keep_rate": 1.5}], ["reduction.steps[0].keep_rate[0]"]),
+    ],
+)
 def test_plan_errors_name_the_step(steps, needles):
     with pytest.raises(InputError) as e:
         plan(_hybrid(steps), 17, 1, 4)
@@ -83,13 +112,23 @@ def test_plan_errors_name_the_step(steps, needles):
 
 
 def test_bad_hybrid_recipe_exits_2_one_line(tiny_models, tmp_path):
-    data = recipe(tiny_models["dinov2"], reduction={"method": "hybrid", "steps": [
-        {"method": "divprune", "prune_layers": [2], "keep_rate": 0.5}, {"method": "tome", "r": 1, "prune_layers": [1]}]})
+    data = recipe(
+        tiny_models["dinov2"],
+        reduction={
+            "method": "hybrid",
+            "steps": [
+                {"method": "divprune", "prune_layers": [2], "keep_rate": 0.5},
+                {"method": "tome", "r": 1, "prune_layers": [1]},
+            ],
+        },
+    )
     res = run_cli("convert", str(write(tmp_path, data)), "--out", str(tmp_path / "out"))
     assert_one_line_error(res, "reduction.steps[1]", "block order")
     assert not (tmp_path / "out").exists()
-    data = recipe(tiny_models["siglip-vision"], reduction={"method": "hybrid", "steps": [
-        {"method": "tome", "r": 1, "prune_layers": [1]}]})
+    data = recipe(
+        tiny_models["siglip-vision"],
+        reduction={"method": "hybrid", "steps": [{"method": "tome", "r": 1, "prune_layers": [1]}]},
+    )
     res = run_cli("convert", str(write(tmp_path, data)), "--out", str(tmp_path / "out"))
     assert_one_line_error(res, "reduction.steps[0]", "no CLS token")
 
@@ -108,7 +147,7 @@ def test_flops_and_describe_are_per_stage():
     got = encoder_flops(d, 17, 1, stages, 0, method=method)
     merges = sum(merge_macs(s, 1, d) for s in stages[:2])
     divprune = 12 * 12 * 32 + 6 * 12  # M^2 D cosines + n_keep M updates
-    bias = 2 * (15 ** 2 + 13 ** 2 + 7 ** 2)  # proportional attention in blocks 1, 2 and 3
+    bias = 2 * (15**2 + 13**2 + 7**2)  # proportional attention in blocks 1, 2 and 3
     assert got["selection_flops"] == 2 * (merges + divprune) + bias
     assert [s["method"] for s in method.describe()["steps"]] == ["tome", "divprune"]
     assert method.for_stage(stages[2]).name == "divprune" and method.for_stage(stages[0]).name == "tome"
@@ -129,7 +168,7 @@ def reference_dinov2_hybrid(model, pixel_values, r_blocks: dict[int, int], prune
         b, n, _ = h.shape
         heads, dh = att.num_attention_heads, att.head_dim
         q, k, v = (p(h).reshape(b, n, heads, dh).transpose(1, 2) for p in (att.q_proj, att.k_proj, att.v_proj))
-        logits = (q @ k.transpose(-1, -2)) * dh ** -0.5
+        logits = (q @ k.transpose(-1, -2)) * dh**-0.5
         if size is not None:
             logits = logits + size.log()[:, None, None, :, 0]
         o = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, heads * dh)

@@ -10,6 +10,7 @@ hang or grow without bound on a regression (FIFOs, devices, pipes) or that need 
 run as subprocesses under RLIMIT_AS and a generous timeout, so a regression fails instead of eating
 the machine. A full disk is simulated with RLIMIT_FSIZE (the kernel answers EFBIG on the real write
 path), never by filling a disk."""
+
 from __future__ import annotations
 
 import contextlib
@@ -48,15 +49,15 @@ class Run:
     args: list[str]
     code: int
     needles: tuple[str, ...] = ()
-    how: str = "cli"                      # cli: in this process; proc: `python -m tokexport`; script: a bundle's verify
+    how: str = "cli"  # cli: in this process; proc: `python -m tokexport`; script: a bundle's verify
     cwd: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
-    allow: tuple[str, ...] = ()           # paths (relative to the world) the command may create or change
-    absent: tuple[str, ...] = ()          # paths (relative to the world) that must not exist afterwards
-    fsize: int | None = None              # RLIMIT_FSIZE while it runs: a full disk (EFBIG)
-    address_space: int | None = GiB       # RLIMIT_AS of a subprocess
-    stdin: bytes | None = None            # a pipe on the subprocess's stdin, holding these bytes
-    error_line: bool = True               # a refusal: one `error:` line on stderr (exit 0: no requirement)
+    allow: tuple[str, ...] = ()  # paths (relative to the world) the command may create or change
+    absent: tuple[str, ...] = ()  # paths (relative to the world) that must not exist afterwards
+    fsize: int | None = None  # RLIMIT_FSIZE while it runs: a full disk (EFBIG)
+    address_space: int | None = GiB  # RLIMIT_AS of a subprocess
+    stdin: bytes | None = None  # a pipe on the subprocess's stdin, holding these bytes
+    error_line: bool = True  # a refusal: one `error:` line on stderr (exit 0: no requirement)
 
 
 @dataclass
@@ -112,12 +113,17 @@ def _limits(run: Run):
         if run.fsize is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (run.fsize, run.fsize))
+
     return apply
 
 
 def _subprocess(run: Run, argv: list[str]) -> Outcome:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]), **run.env}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        **run.env,
+    }
     stdin = subprocess.DEVNULL
     r = w = None
     if run.stdin is not None:
@@ -125,8 +131,16 @@ def _subprocess(run: Run, argv: list[str]) -> Outcome:
         os.write(w, run.stdin)  # a pipe's buffer: the command must refuse it, never wait for its end
         stdin = r
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, cwd=run.cwd or REPO, env=env, stdin=stdin,
-                             timeout=120, preexec_fn=_limits(run))
+        res = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            cwd=run.cwd or REPO,
+            env=env,
+            stdin=stdin,
+            timeout=120,
+            preexec_fn=_limits(run),
+        )
     except subprocess.TimeoutExpired as e:
         return Outcome(-1, str(e.stdout or ""), f"Traceback: timed out after 120 s (a hang)\n{e.stderr or ''}")
     finally:
@@ -160,8 +174,9 @@ def partial_leftovers(root: Path) -> list[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
-            if (name.startswith(".") and (".tmp-" in name or name.endswith(".lock") or ".old-" in name)) \
-                    or name.endswith(".tmp"):
+            if (
+                name.startswith(".") and (".tmp-" in name or name.endswith(".lock") or ".old-" in name)
+            ) or name.endswith(".tmp"):
                 out.append(os.path.relpath(os.path.join(dirpath, name), root))
     return out
 
@@ -191,8 +206,12 @@ def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("io-shared")
     graph = _tiny_graph(root / "g.onnx")
     bundle = write_bundle(root / "bundle", {"model": graph}, "jetpack-6.0", archive=False).path
-    res = subprocess.run([sys.executable, str(bundle / "verify_on_device.py"), "--runtime", "onnxruntime",
-                          "--provider", "cpu"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, str(bundle / "verify_on_device.py"), "--runtime", "onnxruntime", "--provider", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     device = root / "device_results.json"
     shutil.move(bundle / "device_results.json", device)
@@ -218,8 +237,15 @@ def world(tmp_path, tiny_models, shared):
     make_tree(w / "home")
     (w / "mine").mkdir()
     (w / "mine" / "keep.txt").write_text("mine\n")
-    return SimpleNamespace(root=w, model=model, recipe=r, graph=w / "g.onnx", bundle=w / "bundle",
-                           report=w / "base.json", device=w / "device.json")
+    return SimpleNamespace(
+        root=w,
+        model=model,
+        recipe=r,
+        graph=w / "g.onnx",
+        bundle=w / "bundle",
+        report=w / "base.json",
+        device=w / "device.json",
+    )
 
 
 # ------------------------------------------------------------------------------------- case helpers
@@ -250,6 +276,7 @@ def replace_bundle_file(bundle: Path, rel: str, data: bytes) -> None:
         for e in m["files"]:
             if e["path"] == rel:
                 e["sha256"], e["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+
     rewrite_manifest(bundle, edit)
 
 
@@ -261,9 +288,17 @@ def vocab_recipe(w, keep_file: str | None, model: str = "minilm-l6") -> Path:
     """A valid vocab-trim recipe on the bundled MiniLM whose trim.keep_file is ``keep_file``."""
     (w.root / "recipes" / "corpus.txt").write_text("".join(f"the cat number {i} sat on the mat\n" for i in range(50)))
     p = w.root / "recipes" / "v.yaml"
-    p.write_text(yaml.safe_dump({
-        "task": "vocab-trim", "model": model, "corpus": {"sources": [{"path": "corpus.txt"}]},
-        "trim": {"keep_file": keep_file} if keep_file else {}, "bench": {"enabled": False}}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "task": "vocab-trim",
+                "model": model,
+                "corpus": {"sources": [{"path": "corpus.txt"}]},
+                "trim": {"keep_file": keep_file} if keep_file else {},
+                "bench": {"enabled": False},
+            }
+        )
+    )
     return p
 
 
@@ -288,6 +323,7 @@ def with_metric(w, value, name="bad.json") -> Path:
 # --------------------------------------------------------------------------------------------- cases
 # Each returns the Run; everything it creates before returning is part of the sentinel tree.
 
+
 def case_verify_tmp_symlink(w):
     """A planted symlink at the results' temporary name must not redirect the write."""
     (w.bundle / "device_results.json.tmp").symlink_to(w.root / "victim.txt")
@@ -295,13 +331,20 @@ def case_verify_tmp_symlink(w):
 
 
 def case_log_file_is_recipe(w):
-    return Run(["--log-file", str(w.recipe), "convert", str(w.recipe), "--out", str(w.root / "o")], 2,
-               ("--log-file", "not a tokexport log"), absent=("o",))
+    return Run(
+        ["--log-file", str(w.recipe), "convert", str(w.recipe), "--out", str(w.root / "o")],
+        2,
+        ("--log-file", "not a tokexport log"),
+        absent=("o",),
+    )
 
 
 def case_log_file_is_an_input(w):
-    return Run(["--log-file", str(w.model / "config.json"), "check", str(w.report), "--baseline", str(w.report)], 2,
-               ("--log-file", "not a tokexport log"))
+    return Run(
+        ["--log-file", str(w.model / "config.json"), "check", str(w.report), "--baseline", str(w.report)],
+        2,
+        ("--log-file", "not a tokexport log"),
+    )
 
 
 def case_log_file_inside_an_output(w):
@@ -309,35 +352,51 @@ def case_log_file_inside_an_output(w):
 
     (w.root / "o").mkdir()
     write_marker(w.root / "o", "convert")
-    return Run(["--log-file", str(w.root / "o" / "run.log"), "convert", str(w.recipe), "--out", str(w.root / "o"),
-                "--force"], 2, ("--log-file", "tokexport output"))
+    return Run(
+        ["--log-file", str(w.root / "o" / "run.log"), "convert", str(w.recipe), "--out", str(w.root / "o"), "--force"],
+        2,
+        ("--log-file", "tokexport output"),
+    )
 
 
 def case_user_lock_file(w):
     """A user's own file at the lock's name is neither truncated nor deleted."""
     (w.root / ".b.lock").write_text("my own notes, named like a lock\n")
-    return Run(["bundle", str(w.root / "b"), "--from", str(w.graph)], 2, (".b.lock", "not a tokexport lock"),
-               absent=("b", "b.tar.gz"))
+    return Run(
+        ["bundle", str(w.root / "b"), "--from", str(w.graph)],
+        2,
+        (".b.lock", "not a tokexport lock"),
+        absent=("b", "b.tar.gz"),
+    )
 
 
 def case_lock_symlink(w):
     (w.root / ".b.lock").symlink_to(w.root / "victim.txt")
-    return Run(["bundle", str(w.root / "b"), "--from", str(w.graph)], 2, (".b.lock", "symbolic link"),
-               absent=("b", "b.tar.gz"))
+    return Run(
+        ["bundle", str(w.root / "b"), "--from", str(w.graph)], 2, (".b.lock", "symbolic link"), absent=("b", "b.tar.gz")
+    )
 
 
 def case_stale_lock_of_a_dead_run(w):
     """Positive control: the lock a killed run left behind is taken over and removed."""
     (w.root / ".b.lock").write_text("999999 tokexport-lock\n")
-    return Run(["bundle", str(w.root / "b"), "--from", str(w.graph)], 0, allow=("b", "b.tar.gz", ".b.lock"),
-               absent=(".b.lock",))
+    return Run(
+        ["bundle", str(w.root / "b"), "--from", str(w.graph)],
+        0,
+        allow=("b", "b.tar.gz", ".b.lock"),
+        absent=(".b.lock",),
+    )
 
 
 def case_models_dir_symlink(w):
     (w.root / "real").mkdir()
     (w.root / "link").symlink_to(w.root / "real")
-    return Run(["models", "fetch", "minilm-l6"], 2, ("symbolic link", "TOKEXPORT_MODELS_DIR"),
-               env={"TOKEXPORT_MODELS_DIR": str(w.root / "link")})
+    return Run(
+        ["models", "fetch", "minilm-l6"],
+        2,
+        ("symbolic link", "TOKEXPORT_MODELS_DIR"),
+        env={"TOKEXPORT_MODELS_DIR": str(w.root / "link")},
+    )
 
 
 def case_manifest_key_traversal(w):
@@ -348,17 +407,26 @@ def case_manifest_key_traversal(w):
 
     def edit(m):
         m["models"]["x/../../outside/secret"] = m["models"].pop("model")
+
     rewrite_manifest(w.bundle, edit)
-    return Run(verify(w), 2, ("manifest.json", "x/../../outside/secret"), how="script", address_space=None,
-               absent=("bundle/device_results.json",))
+    return Run(
+        verify(w),
+        2,
+        ("manifest.json", "x/../../outside/secret"),
+        how="script",
+        address_space=None,
+        absent=("bundle/device_results.json",),
+    )
 
 
 def case_manifest_path_dotdot(w):
     def edit(m):
         m["inputs"][next(iter(m["inputs"]))]["file"] = "inputs/../inputs/input_0.npy"
+
     rewrite_manifest(w.bundle, edit)
-    return Run(verify(w), 2, ("manifest.json", ".."), how="script", address_space=None,
-               absent=("bundle/device_results.json",))
+    return Run(
+        verify(w), 2, ("manifest.json", ".."), how="script", address_space=None, absent=("bundle/device_results.json",)
+    )
 
 
 def case_external_data_outside(w):
@@ -375,8 +443,14 @@ def case_external_data_outside(w):
     g = helper.make_graph([helper.make_node("Add", ["x", "b"], ["y"])], "g", [x], [y], [bias])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     replace_bundle_file(w.bundle, "model.onnx", model.SerializeToString())
-    return Run(verify(w), 2, ("external data", "../secret.bin"), how="script", address_space=None,
-               absent=("bundle/device_results.json",))
+    return Run(
+        verify(w),
+        2,
+        ("external data", "../secret.bin"),
+        how="script",
+        address_space=None,
+        absent=("bundle/device_results.json",),
+    )
 
 
 def case_pickled_npy(w):
@@ -385,8 +459,14 @@ def case_pickled_npy(w):
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     replace_bundle_file(w.bundle, "inputs/input_0.npy", buf.getvalue())
-    return Run(verify(w), 2, ("inputs/input_0.npy", "pickle"), how="script", address_space=None,
-               absent=("bundle/device_results.json",))
+    return Run(
+        verify(w),
+        2,
+        ("inputs/input_0.npy", "pickle"),
+        how="script",
+        address_space=None,
+        absent=("bundle/device_results.json",),
+    )
 
 
 def case_validate_dev_zero(w):
@@ -406,25 +486,46 @@ def case_check_fifo(w):
 
 
 def case_check_tolerances_dev_zero(w):
-    return Run(["check", str(w.report), "--baseline", str(w.report), "--tolerances", "/dev/zero"], 2,
-               ("/dev/zero", "character device"), how="proc")
+    return Run(
+        ["check", str(w.report), "--baseline", str(w.report), "--tolerances", "/dev/zero"],
+        2,
+        ("/dev/zero", "character device"),
+        how="proc",
+    )
 
 
 def case_convert_fifo_recipe(w):
-    return Run(["convert", str(fifo(w, "r.yaml")), "--out", str(w.root / "o")], 2, ("r.yaml", "named pipe"),
-               how="proc", absent=("o",))
+    return Run(
+        ["convert", str(fifo(w, "r.yaml")), "--out", str(w.root / "o")],
+        2,
+        ("r.yaml", "named pipe"),
+        how="proc",
+        absent=("o",),
+    )
 
 
 def case_keep_file_dev_zero(w):
-    return Run(["convert", str(vocab_recipe(w, "/dev/zero")), "--out", str(w.root / "o")], 2,
-               ("trim.keep_file", "/dev/zero", "character device"), how="proc", address_space=2 * GiB,
-               env={"TOKEXPORT_MODELS_DIR": str(MODELS)}, absent=("o",))
+    return Run(
+        ["convert", str(vocab_recipe(w, "/dev/zero")), "--out", str(w.root / "o")],
+        2,
+        ("trim.keep_file", "/dev/zero", "character device"),
+        how="proc",
+        address_space=2 * GiB,
+        env={"TOKEXPORT_MODELS_DIR": str(MODELS)},
+        absent=("o",),
+    )
 
 
 def case_keep_file_fifo(w):
-    return Run(["convert", str(vocab_recipe(w, str(fifo(w, "keep.txt")))), "--out", str(w.root / "o")], 2,
-               ("trim.keep_file", "named pipe"), how="proc", address_space=2 * GiB,
-               env={"TOKEXPORT_MODELS_DIR": str(MODELS)}, absent=("o",))
+    return Run(
+        ["convert", str(vocab_recipe(w, str(fifo(w, "keep.txt")))), "--out", str(w.root / "o")],
+        2,
+        ("trim.keep_file", "named pipe"),
+        how="proc",
+        address_space=2 * GiB,
+        env={"TOKEXPORT_MODELS_DIR": str(MODELS)},
+        absent=("o",),
+    )
 
 
 def case_model_dir_fifo(w):
@@ -436,8 +537,14 @@ def case_model_dir_fifo(w):
         if f.name != "tokenizer.json":
             (model / f.name).symlink_to(f)
     pipe.rename(model / "tokenizer.json")
-    return Run(["convert", str(vocab_recipe(w, None, str(model))), "--out", str(w.root / "o")], 2,
-               ("tokenizer.json", "named pipe"), how="proc", address_space=2 * GiB, absent=("o",))
+    return Run(
+        ["convert", str(vocab_recipe(w, None, str(model))), "--out", str(w.root / "o")],
+        2,
+        ("tokenizer.json", "named pipe"),
+        how="proc",
+        address_space=2 * GiB,
+        absent=("o",),
+    )
 
 
 def case_long_path_convert(w):
@@ -464,40 +571,81 @@ def case_config_nan(w):
     cfg = json.loads((w.model / "config.json").read_text())
     cfg["layer_norm_eps"] = float("nan")
     (w.model / "config.json").write_text(json.dumps(cfg))
-    return Run(["convert", str(w.recipe), "--out", str(w.root / "o")], 2, ("config.json", "layer_norm_eps", "NaN"),
-               absent=("o",))
+    return Run(
+        ["convert", str(w.recipe), "--out", str(w.root / "o")],
+        2,
+        ("config.json", "layer_norm_eps", "NaN"),
+        absent=("o",),
+    )
 
 
 def case_disk_full_bundle(w):
-    return Run(["bundle", str(w.root / "b"), "--from", str(w.graph)], EXIT_WRITE, ("b", "cannot write"),
-               fsize=2000, absent=("b", "b.tar.gz"))
+    return Run(
+        ["bundle", str(w.root / "b"), "--from", str(w.graph)],
+        EXIT_WRITE,
+        ("b", "cannot write"),
+        fsize=2000,
+        absent=("b", "b.tar.gz"),
+    )
 
 
 def case_disk_full_models_fetch(w):
-    return Run(["models", "fetch", "minilm-l6"], EXIT_WRITE, ("cannot write",), fsize=1 << 20,
-               env={"TOKEXPORT_MODELS_DIR": str(w.root / "models-new")}, absent=("models-new",))
+    return Run(
+        ["models", "fetch", "minilm-l6"],
+        EXIT_WRITE,
+        ("cannot write",),
+        fsize=1 << 20,
+        env={"TOKEXPORT_MODELS_DIR": str(w.root / "models-new")},
+        absent=("models-new",),
+    )
 
 
 def case_disk_full_report_merge(w):
-    return Run(["report", "merge", str(w.report), str(w.device), "--out", str(w.root / "merged.json"),
-                "--allow-kind-change"], EXIT_WRITE, ("merged.json", "cannot write"), fsize=4096,
-               absent=("merged.json",))
+    return Run(
+        ["report", "merge", str(w.report), str(w.device), "--out", str(w.root / "merged.json"), "--allow-kind-change"],
+        EXIT_WRITE,
+        ("merged.json", "cannot write"),
+        fsize=4096,
+        absent=("merged.json",),
+    )
 
 
 def case_disk_full_convert(w):
-    return Run(["convert", str(w.recipe), "--out", str(w.root / "o")], EXIT_WRITE, ("o", "cannot write"),
-               how="proc", address_space=None, fsize=200_000, absent=("o",))
+    return Run(
+        ["convert", str(w.recipe), "--out", str(w.root / "o")],
+        EXIT_WRITE,
+        ("o", "cannot write"),
+        how="proc",
+        address_space=None,
+        fsize=200_000,
+        absent=("o",),
+    )
 
 
 def case_merge_out_proc(w):
-    return Run(["report", "merge", str(w.report), str(w.device), "--out", "/proc/x.json", "--allow-kind-change"], 2,
-               ("/proc/x.json", "/proc"))
+    return Run(
+        ["report", "merge", str(w.report), str(w.device), "--out", "/proc/x.json", "--allow-kind-change"],
+        2,
+        ("/proc/x.json", "/proc"),
+    )
 
 
 def case_merge_out_symlink(w):
     (w.root / "merged.json").symlink_to(w.root / "victim.txt")
-    return Run(["report", "merge", str(w.report), str(w.device), "--out", str(w.root / "merged.json"),
-                "--allow-kind-change", "--force"], 2, ("merged.json", "symbolic link"))
+    return Run(
+        [
+            "report",
+            "merge",
+            str(w.report),
+            str(w.device),
+            "--out",
+            str(w.root / "merged.json"),
+            "--allow-kind-change",
+            "--force",
+        ],
+        2,
+        ("merged.json", "symbolic link"),
+    )
 
 
 def case_nested_report_validate(w):
@@ -545,8 +693,11 @@ def case_duplicate_key_recipe(w):
 def case_duplicate_key_tolerances(w):
     p = w.root / "tol.yaml"
     p.write_text("accuracy:\n  abs: 0.01\naccuracy:\n  abs: 0.5\n")
-    return Run(["check", str(w.report), "--baseline", str(w.report), "--tolerances", str(p)], 2,
-               ("tol.yaml", "'accuracy'", "twice"))
+    return Run(
+        ["check", str(w.report), "--baseline", str(w.report), "--tolerances", str(p)],
+        2,
+        ("tol.yaml", "'accuracy'", "twice"),
+    )
 
 
 def case_duplicate_key_device_results(w):
@@ -564,8 +715,12 @@ def case_range_error_names_recipe(w):
     d = yaml.safe_load(w.recipe.read_text())
     d["reduction"]["prune_layers"] = [1, 9]
     w.recipe.write_text(yaml.safe_dump(d))
-    return Run(["convert", str(w.recipe), "--out", str(w.root / "o")], 2,
-               (f"error: {w.recipe}: reduction.prune_layers[1]", "out of range"), absent=("o",))
+    return Run(
+        ["convert", str(w.recipe), "--out", str(w.root / "o")],
+        2,
+        (f"error: {w.recipe}: reduction.prune_layers[1]", "out of range"),
+        absent=("o",),
+    )
 
 
 def case_pickle_checkpoint_refused(w):
@@ -575,19 +730,35 @@ def case_pickle_checkpoint_refused(w):
     m = AutoModel.from_pretrained(w.model)
     (w.model / "model.safetensors").unlink()
     torch.save(m.state_dict(), w.model / "pytorch_model.bin")
-    return Run(["convert", str(w.recipe), "--out", str(w.root / "o")], 2,
-               ("pytorch_model.bin", "allow_pickle: true"), absent=("o",))
+    return Run(
+        ["convert", str(w.recipe), "--out", str(w.root / "o")],
+        2,
+        ("pytorch_model.bin", "allow_pickle: true"),
+        absent=("o",),
+    )
 
 
 def case_out_tilde_is_home(w):
-    return Run(["bundle", "~", "--from", str(w.graph)], 2, ("home directory",), cwd=w.root / "work",
-               env={"HOME": str(w.root / "home")}, absent=("work/~",))
+    return Run(
+        ["bundle", "~", "--from", str(w.graph)],
+        2,
+        ("home directory",),
+        cwd=w.root / "work",
+        env={"HOME": str(w.root / "home")},
+        absent=("work/~",),
+    )
 
 
 def case_out_tilde_expands(w):
     """Positive control: a leading ~ is the home directory, as in the shell."""
-    return Run(["bundle", "~/b", "--from", str(w.graph)], 0, cwd=w.root / "work", env={"HOME": str(w.root / "home")},
-               allow=("home/b", "home/b.tar.gz"), absent=("work/~",))
+    return Run(
+        ["bundle", "~/b", "--from", str(w.graph)],
+        0,
+        cwd=w.root / "work",
+        env={"HOME": str(w.root / "home")},
+        allow=("home/b", "home/b.tar.gz"),
+        absent=("work/~",),
+    )
 
 
 CASES = {name.removeprefix("case_"): fn for name, fn in dict(globals()).items() if name.startswith("case_")}
@@ -597,8 +768,9 @@ CASES = {name.removeprefix("case_"): fn for name, fn in dict(globals()).items() 
 REAL = {"models_dir_symlink", "disk_full_models_fetch"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.real_model) if n in REAL else n
-                                  for n in sorted(CASES)])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.real_model) if n in REAL else n for n in sorted(CASES)]
+)
 def test_case(name, world, monkeypatch):
     run = CASES[name](world)
     before = snapshot(world.root)
@@ -619,19 +791,31 @@ HEAVY = ("torch._C", "transformers", "onnxruntime", "onnx", "optimum")
 
 def _heavy_after(code: str, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Run ``code`` in a fresh interpreter; which heavy modules it executed (printed on its last line)."""
-    probe = ("import sys, json\ntry:\n" + "".join(f"    {line}\n" for line in code.splitlines())
-             + f"finally:\n    print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n")
+    probe = (
+        "import sys, json\ntry:\n"
+        + "".join(f"    {line}\n" for line in code.splitlines())
+        + f"finally:\n    print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    res = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env, cwd=REPO,
-                         timeout=120, preexec_fn=_limits(Run([], 0)))
+    res = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+        preexec_fn=_limits(Run([], 0)),
+    )
     return res, json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def test_validating_a_recipe_imports_nothing_heavy(tmp_path):
     """`import tokexport.recipe` and validating a recipe: no torch, transformers, ONNX or ONNX Runtime."""
-    res, heavy = _heavy_after("from tokexport.recipe import load_recipe\n"
-                              "r = load_recipe(sys.argv[1])\nassert r.reduction.method == 'zero-tprune'",
-                              str(REPO / "tokexport" / "recipes" / "dinov2-small-zero-tprune.yaml"))
+    res, heavy = _heavy_after(
+        "from tokexport.recipe import load_recipe\n"
+        "r = load_recipe(sys.argv[1])\nassert r.reduction.method == 'zero-tprune'",
+        str(REPO / "tokexport" / "recipes" / "dinov2-small-zero-tprune.yaml"),
+    )
     assert res.returncode == 0, res.stderr
     assert heavy == [], heavy
 
@@ -639,19 +823,30 @@ def test_validating_a_recipe_imports_nothing_heavy(tmp_path):
 def test_a_bad_recipe_is_answered_before_any_heavy_import(tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text("model: dinov2-small\nreductoin: {method: random}\n")
-    res, heavy = _heavy_after("from tokexport.cli import main\nsys.argv = ['tokexport', 'convert', sys.argv[1]]\n"
-                              "main()", str(p))
+    res, heavy = _heavy_after(
+        "from tokexport.cli import main\nsys.argv = ['tokexport', 'convert', sys.argv[1]]\nmain()", str(p)
+    )
     assert res.returncode == 2, res.stderr
     assert "reductoin: unknown field; did you mean 'reduction'?" in res.stderr
     assert heavy == [], heavy
     # negative control: the probe does see torch once something uses it
-    res, heavy = _heavy_after("from tokexport.reduce.common import keep_topk\nimport tokexport.lazy as L\n"
-                              "L.torch.zeros(1)")
+    res, heavy = _heavy_after(
+        "from tokexport.reduce.common import keep_topk\nimport tokexport.lazy as L\nL.torch.zeros(1)"
+    )
     assert "torch._C" in heavy, (heavy, res.stderr)
 
 
-@pytest.mark.parametrize("code, expected", [("ENOSPC", EXIT_WRITE), ("EFBIG", EXIT_WRITE), ("EDQUOT", EXIT_WRITE),
-                                            ("EROFS", EXIT_WRITE), ("EACCES", EXIT_WRITE), ("ENOENT", 2)])
+@pytest.mark.parametrize(
+    "code, expected",
+    [
+        ("ENOSPC", EXIT_WRITE),
+        ("EFBIG", EXIT_WRITE),
+        ("EDQUOT", EXIT_WRITE),
+        ("EROFS", EXIT_WRITE),
+        ("EACCES", EXIT_WRITE),
+        ("ENOENT", 2),
+    ],
+)
 def test_a_write_failure_anywhere_in_the_output_is_exit_10(world, monkeypatch, code, expected):
     """Fault injection on the bundle's real write path: every errno that means 'cannot write' is exit 10
     with one line and nothing left; another OS error (ENOENT, the negative control) is not."""
@@ -667,8 +862,11 @@ def test_a_write_failure_anywhere_in_the_output_is_exit_10(world, monkeypatch, c
 
     monkeypatch.setattr(deploy, "_fill_bundle", failing)
     before = snapshot(world.root)
-    run = Run(["bundle", str(world.root / "b"), "--from", str(world.graph)], expected,
-              ("cannot write the output",) if expected == EXIT_WRITE else ("manifest.json",))
+    run = Run(
+        ["bundle", str(world.root / "b"), "--from", str(world.graph)],
+        expected,
+        ("cannot write the output",) if expected == EXIT_WRITE else ("manifest.json",),
+    )
     res = execute(run, monkeypatch)
     check_outcome(res, run)
     assert_unchanged(before, world.root)
@@ -682,8 +880,16 @@ def test_a_library_wrapping_the_os_error_is_recognised():
     class RustError(Exception):
         pass
 
-    assert write_error(RustError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
-                                 "\"No space left on device\" })"), "o").exit_code == EXIT_WRITE
+    assert (
+        write_error(
+            RustError(
+                "Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                '"No space left on device" })'
+            ),
+            "o",
+        ).exit_code
+        == EXIT_WRITE
+    )
     try:
         try:
             raise OSError(27, "File too large")

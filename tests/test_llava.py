@@ -1,5 +1,6 @@
 """LLaVA-1.5 / LLaVA-NeXT on tiny random twins: loading, generation with reduced visual tokens (the
 patch agrees with hand-fed embeddings and is reverted), placeholder expansion, prefill FLOPs."""
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,10 @@ def _new(out, prompt_len):
 def test_parts(parts, kind):
     p = parts[kind]
     assert p.kind == kind
-    assert type(p.model).__name__ == {"llava": "LlavaForConditionalGeneration",
-                                      "llava_next": "LlavaNextForConditionalGeneration"}[kind]
+    assert (
+        type(p.model).__name__
+        == {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}[kind]
+    )
     assert type(p.tower).__name__ == "CLIPVisionModel"
     assert p.projector is p.model.model.multi_modal_projector
     assert (p.feature_layer, p.feature_select) == (-2, "default")
@@ -193,8 +196,14 @@ def test_expand_image_tokens():
 
 def test_llm_prefill_flops_by_hand():
     # D=8, L=2, H=2, Hkv=1 (GQA), dh=4, M=16, V=10, n=3
-    c = SimpleNamespace(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                        intermediate_size=16, vocab_size=10)
+    c = SimpleNamespace(
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=16,
+        vocab_size=10,
+    )
     # per layer MACs: q,o 2*3*8*8=384; k,v 2*3*8*4=192; QK^T and AV 2*3*3*8=144; gated MLP 3*3*8*16=1152
     per_layer = 384 + 192 + 144 + 1152
     assert per_layer == 1872
@@ -204,8 +213,14 @@ def test_llm_prefill_flops_by_hand():
     # a real config: same numbers (its default head_dim = D / H); MHA when num_key_value_heads is absent
     from transformers import LlamaConfig
 
-    real = LlamaConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                       intermediate_size=16, vocab_size=10)
+    real = LlamaConfig(
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=16,
+        vocab_size=10,
+    )
     assert llm_prefill_flops(real, 3) == 7648
     mha = SimpleNamespace(**{k: v for k, v in vars(c).items() if k != "num_key_value_heads"})
     assert llm_prefill_flops(mha, 3) == 7648 + 2 * 2 * (2 * 3 * 8 * 4)

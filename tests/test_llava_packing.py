@@ -9,6 +9,7 @@
 - the generation check of the visual-token task compares the unmodified model with model.onnx's packed
   tokens: identity selection through model.onnx gives exact match 1.0.
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -58,13 +59,14 @@ def _reference(p, x, hw):
     ids = expand_image_tokens(PROMPT, IMG, num_llm_visual_tokens(p, hw))
     extra = {"image_sizes": torch.tensor([hw])} if hw else {}
     out = p.model.generate(input_ids=ids, pixel_values=x, **extra, **GEN)
-    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, 1)
+    return out.sequences[:, ids.shape[1] :], torch.stack(out.logits, 1)
 
 
 def _from_features(p, packed):
     ids = expand_image_tokens(PROMPT, IMG, packed.shape[0])
-    out = p.model.generate(inputs_embeds=embed_with_visual_tokens(p, ids, packed),
-                           attention_mask=torch.ones_like(ids), **GEN)
+    out = p.model.generate(
+        inputs_embeds=embed_with_visual_tokens(p, ids, packed), attention_mask=torch.ones_like(ids), **GEN
+    )
     return out.sequences, torch.stack(out.logits, 1)
 
 
@@ -74,8 +76,9 @@ def _graph(p, selector=None, k=None):
     from tokexport.vlm.select import VisualLayout
 
     layout = VisualLayout(5, (4, 4), (2, 2)) if p.kind == "llava_next" else VisualLayout(1, (4, 4))
-    return VisualTokenGraph(p.tower, adapter_for(p.tower.config), layout, 56, p.feature_layer, p.feature_select,
-                            p.projector, selector, k)
+    return VisualTokenGraph(
+        p.tower, adapter_for(p.tower.config), layout, 56, p.feature_layer, p.feature_select, p.projector, selector, k
+    )
 
 
 def _export(graph, x, path):
@@ -179,8 +182,9 @@ def test_identity_graph_through_onnxruntime_reproduces_generate(parts, kind, tmp
 def _model_order(p, hw) -> list[int]:
     """transformers' pack_image_features applied to position ids (newline = -1): the model's order."""
     ids = torch.arange(80, dtype=torch.float32).reshape(5, 16, 1)
-    packed, _ = p.model.model.pack_image_features([ids], torch.tensor([hw]), "default",
-                                                  image_newline=torch.tensor([-1.0]))
+    packed, _ = p.model.model.pack_image_features(
+        [ids], torch.tensor([hw]), "default", image_newline=torch.tensor([-1.0])
+    )
     return [int(v) for v in packed[0][:, 0].tolist()]
 
 
@@ -217,11 +221,11 @@ def test_hired_output_follows_the_model_packing(parts, k):
                 order = packing_order(pos, 5, (4, 4), (2, 2), True, hw, empty_rows)
                 got = [-1 if i == NEWLINE else int(pos[i]) for i in order]
                 assert got == _filtered(model_order, set(pos.tolist()), empty_rows), (b, hw, empty_rows)
-            rows = [model_order[16:][i:i + 9][:8] for i in range(0, len(model_order) - 16, 9)]
+            rows = [model_order[16:][i : i + 9][:8] for i in range(0, len(model_order) - 16, 9)]
             saw_empty_row |= any(not set(r) & set(pos.tolist()) for r in rows)
         # features: the model's own packed sequence, masked as HiRED's reference does (newline column kept)
         with torch.no_grad():
-            full = p.model.model.get_image_features(x[b:b + 1], torch.tensor([[112, 112]])).pooler_output[0]
+            full = p.model.model.get_image_features(x[b : b + 1], torch.tensor([[112, 112]])).pooler_output[0]
         keep = [v == -1 or v in set(pos.tolist()) for v in _model_order(p, (112, 112))]
         mine = pack_visual_tokens(p, tokens[b], positions[b], (112, 112))
         torch.testing.assert_close(mine, full[torch.tensor(keep)], atol=1e-5, rtol=1e-5)
@@ -235,8 +239,9 @@ def _gen_args(ckpt, p):
     from tokexport.vlm.llava import image_mean_std
 
     mean, std = image_mean_std(ckpt)
-    recipe = SimpleNamespace(verify=SimpleNamespace(generation=SimpleNamespace(
-        prompts=["Describe the image."], images=2, max_new_tokens=5)))
+    recipe = SimpleNamespace(
+        verify=SimpleNamespace(generation=SimpleNamespace(prompts=["Describe the image."], images=2, max_new_tokens=5))
+    )
     vm = SimpleNamespace(llava=p, path=ckpt, image_size=56, mean=mean, std=std, adapter=adapter_for(p.tower.config))
     return recipe, vm
 
@@ -250,8 +255,11 @@ def test_task_generation_identity_through_model_onnx(ckpts, parts, kind, tmp_pat
     from tokexport.vlm.hired import HiRED, HiREDConfig
 
     p = parts[kind]
-    sel, k = ((HiRED(HiREDConfig(keep_rate=1.0, alpha=0.2)), 80) if kind == "llava_next"
-              else (FoPruRank(FoPruRankConfig(keep=16)), 16))
+    sel, k = (
+        (HiRED(HiREDConfig(keep_rate=1.0, alpha=0.2)), 80)
+        if kind == "llava_next"
+        else (FoPruRank(FoPruRankConfig(keep=16)), 16)
+    )
     graph = _graph(p, sel, k)
     model = _export(graph, _pixels(kind), tmp_path / "model.onnx")
     recipe, vm = _gen_args(ckpts[kind], p)
@@ -281,10 +289,11 @@ def test_llava_next_recipe_needs_the_models_grid(ckpts, tmp_path):
     from tokexport.recipe import Recipe
     from tokexport.tasks.run import run
 
-    base = {"model": str(ckpts["llava_next"]), "task": "visual-tokens",
-            "reduction": {"method": "hired", "keep": 20}}
-    for vision, needles in [({}, ["vision.grid", "set grid: [rows, cols]", "[[112, 112]]"]),
-                            ({"grid": [1, 1]}, ["vision.grid", "into [2, 2] tiles, not [1, 1]", "set grid: [2, 2]"])]:
+    base = {"model": str(ckpts["llava_next"]), "task": "visual-tokens", "reduction": {"method": "hired", "keep": 20}}
+    for vision, needles in [
+        ({}, ["vision.grid", "set grid: [rows, cols]", "[[112, 112]]"]),
+        ({"grid": [1, 1]}, ["vision.grid", "into [2, 2] tiles, not [1, 1]", "set grid: [2, 2]"]),
+    ]:
         out = tmp_path / "out"
         with pytest.raises(InputError) as e:
             run(Recipe.model_validate({**base, "vision": vision}), tmp_path, out, label="r.yaml")

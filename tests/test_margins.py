@@ -1,5 +1,6 @@
 """Near-tie aware parity: selections note their decision margins only while recording, and the parity
 check leaves out exactly the samples that differ *and* were decided within rounding noise."""
+
 from __future__ import annotations
 
 import numpy as np

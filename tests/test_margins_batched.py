@@ -1,5 +1,6 @@
 """Selection margins (parity's near-tie detection): recorded for a batch, or by the parity reference while
 it runs, they equal the per-sample ones."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,7 +38,7 @@ def test_batched_margins_equal_per_sample_margins(tiny_models):
     with torch.inference_mode():
         for i in range(len(x)):
             with recording() as rec:
-                fn(torch.from_numpy(x[i:i + 1]))
+                fn(torch.from_numpy(x[i : i + 1]))
             one += sample_margins(rec, 1)
     assert len(got) == 11 and all(np.isfinite(got))
     np.testing.assert_allclose(got, one, rtol=1e-6, atol=1e-9)

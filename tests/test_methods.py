@@ -2,6 +2,7 @@
 
 The contract tests run over every registered method, so a new method is covered once it registers.
 """
+
 from __future__ import annotations
 
 import json
@@ -380,8 +381,10 @@ def test_uniform_is_evenly_spread():
     x = random_inputs(n=18, n_prefix=2)  # 16 candidates = a 4x4 grid
     kept = [p - 2 for p in UniformKeep(UniformKeepConfig()).select(x, 8)[0].tolist()]
     assert kept == [r * 4 + c for r in range(4) for c in range(4) if (r + c) % 2 == 0]
-    assert all(row == UniformKeep(UniformKeepConfig()).select(x, 8)[0].tolist()
-               for row in UniformKeep(UniformKeepConfig()).select(x, 8).tolist())  # same for every image
+    assert all(
+        row == UniformKeep(UniformKeepConfig()).select(x, 8)[0].tolist()
+        for row in UniformKeep(UniformKeepConfig()).select(x, 8).tolist()
+    )  # same for every image
 
 
 # --- ONNX export -----------------------------------------------------------------------------------
@@ -418,7 +421,9 @@ def _export(module, args, path):
 
 def _non_constant_topk(model) -> list[str]:
     g = model.graph
-    constants = {t.name for t in g.initializer} | {o for node in g.node if node.op_type == "Constant" for o in node.output}
+    constants = {t.name for t in g.initializer} | {
+        o for node in g.node if node.op_type == "Constant" for o in node.output
+    }
     return [node.name for node in g.node if node.op_type == "TopK" and node.input[1] not in constants]
 
 

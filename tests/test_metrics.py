@@ -15,6 +15,7 @@ from tokexport.metrics import (
 
 # ---------------------------------------------------------------- cosine
 
+
 def test_cosine_rows_known_values():
     a = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [3.0, 4.0]])
     b = np.array([[2.0, 0.0], [0.0, 5.0], [-1.0, 0.0], [4.0, 3.0]])
@@ -50,14 +51,15 @@ def test_cosine_rejects_nonfinite_and_shape_mismatch():
 
 # ---------------------------------------------------------------- prototypes
 
+
 def test_class_prototypes_mean_of_normalised():
     f = np.array([[10.0, 0.0], [0.0, 1.0], [0.0, 2.0], [0.0, -3.0], [0.0, 5.0]])
     y = np.array([0, 0, 1, 2, 2])
     p = class_prototypes(f, y, 3)
     s = np.sqrt(0.5)
-    np.testing.assert_allclose(p[0], [s, s])        # scale of each row does not matter
+    np.testing.assert_allclose(p[0], [s, s])  # scale of each row does not matter
     np.testing.assert_allclose(p[1], [0.0, 1.0])
-    np.testing.assert_allclose(p[2], [0.0, 0.0])    # opposite directions cancel -> zero prototype
+    np.testing.assert_allclose(p[2], [0.0, 0.0])  # opposite directions cancel -> zero prototype
     assert not np.any(np.isnan(p))
 
 
@@ -80,6 +82,7 @@ def test_class_prototypes_errors():
 
 
 # ---------------------------------------------------------------- nearest prototype
+
 
 def test_nearest_prototype_features_equal_prototypes():
     rng = np.random.default_rng(1)
@@ -112,6 +115,7 @@ def test_nearest_prototype_errors():
 
 
 # ---------------------------------------------------------------- logits
+
 
 def test_top1_agreement_and_accuracy():
     a = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])

@@ -27,6 +27,7 @@ as arbitrary as "the most significant", so a negative control there could not te
 from a meaningless one — it would test nothing. Their gates come from the same written rule as the
 DINOv2-S recipes (docs/verdicts.md, visual tokens); run ``BREAKS`` against them where the checkpoints exist.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

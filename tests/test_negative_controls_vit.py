@@ -21,6 +21,7 @@ so no break can move its yardstick, and the test asserts the figures are the shi
 The shipped run is the session's one conversion of the recipe (conftest ``shipped``); the broken run has bench
 and deploy off (they gate nothing; the verify section is exactly the shipped one). Real DINOv2-S.
 """
+
 from __future__ import annotations
 
 import json
@@ -151,13 +152,15 @@ def failed_checks(rep: dict) -> set[str]:
 
 def baseline_figures(rep: dict) -> dict[str, float]:
     """The honest baselines a report is judged against: {baseline.metric: mean}."""
-    return {f"{b}.{m}": v["mean"] for b, sec in rep["baselines"]["baselines"].items()
-            for m, v in sec["metrics"].items()}
+    return {
+        f"{b}.{m}": v["mean"] for b, sec in rep["baselines"]["baselines"].items() for m, v in sec["metrics"].items()
+    }
 
 
 def test_every_shipped_vit_recipe_is_covered():
-    assert {"dinov2-small-zero-tprune", "dinov2-small-topk-cls", "dinov2-small-tome", "dinov2-small-random"} <= \
-        set(RECIPES)
+    assert {"dinov2-small-zero-tprune", "dinov2-small-topk-cls", "dinov2-small-tome", "dinov2-small-random"} <= set(
+        RECIPES
+    )
     for name in RECIPES:
         data = _data(name)
         for method in step_methods(data["reduction"]):

@@ -1,4 +1,5 @@
 """Tests for tokexport.onnx_tools, on tiny graphs built with onnx.helper (no torch)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,11 +39,19 @@ def clean_model(opset=16, batch=1, k=10, k_as_constant_node=False):
     ]
     # Gather with batch 1: take the first row's indices.
     nodes.insert(4, helper.make_node("Squeeze", ["idx", "sq0"], ["idx0"], name="sq_idx"))
-    inits = [w, sidx,
-             numpy_helper.from_array(np.array([2], dtype=np.int64), "sq_axes"),
-             numpy_helper.from_array(np.array([0], dtype=np.int64), "sq0")]
+    inits = [
+        w,
+        sidx,
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "sq_axes"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "sq0"),
+    ]
     if k_as_constant_node:
-        nodes.insert(0, helper.make_node("Constant", [], ["K"], value=numpy_helper.from_array(np.array([k], dtype=np.int64)), name="kconst"))
+        nodes.insert(
+            0,
+            helper.make_node(
+                "Constant", [], ["K"], value=numpy_helper.from_array(np.array([k], dtype=np.int64)), name="kconst"
+            ),
+        )
     else:
         inits.append(numpy_helper.from_array(np.array([k], dtype=np.int64), "K"))
     return _model(
@@ -101,9 +110,7 @@ def test_inspect_model(tmp_path):
     assert info["nodes"] == 6
     assert info["op_histogram"] == {"Gather": 2, "Squeeze": 2, "MatMul": 1, "TopK": 1}
     assert list(info["op_histogram"].values()) == sorted(info["op_histogram"].values(), reverse=True)
-    assert info["topk"] == [
-        {"node": "topk", "k": 10, "k_constant": True, "largest": True, "sorted": True, "axis": -1}
-    ]
+    assert info["topk"] == [{"node": "topk", "k": 10, "k_constant": True, "largest": True, "sorted": True, "axis": -1}]
     assert info["params"] == 64 + 1 + 1 + 1 + 1
     assert info["file_bytes"] == p.stat().st_size
 
@@ -120,13 +127,21 @@ def test_inspect_symbolic_and_dynamic_k(tmp_path):
     assert info["inputs"][0]["shape"] == ["batch", 100]
     assert info["outputs"][0]["shape"] == ["batch", "?"]
     assert info["outputs"][1]["shape"] is None
-    assert info["topk"][0] == {"node": "t", "k": None, "k_constant": False, "largest": False, "sorted": False, "axis": 1}
+    assert info["topk"][0] == {
+        "node": "t",
+        "k": None,
+        "k_constant": False,
+        "largest": False,
+        "sorted": False,
+        "axis": 1,
+    }
 
 
 def _save_external(m, d, name="m.onnx"):
     p = d / name
-    onnx.save_model(m, str(p), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=name + ".data", size_threshold=0)
+    onnx.save_model(
+        m, str(p), save_as_external_data=True, all_tensors_to_one_file=True, location=name + ".data", size_threshold=0
+    )
     return p
 
 
@@ -145,8 +160,9 @@ def test_external_data_files_hash_bytes(tmp_path):
     with pytest.raises(Exception, match="external"):
         ort.InferenceSession(str(p))
     p2 = tmp_path / "inline_k.onnx"
-    onnx.save_model(clean_model(k=10), str(p2), save_as_external_data=True, location="inline_k.onnx.data",
-                    size_threshold=64)
+    onnx.save_model(
+        clean_model(k=10), str(p2), save_as_external_data=True, location="inline_k.onnx.data", size_threshold=64
+    )
     assert ot.check_target(p2, "8.5", lint=False).findings == []
     assert len(ot.onnx_files(p2)) == 2
     ort.InferenceSession(str(p2))
@@ -197,7 +213,9 @@ def test_set_io_shapes_and_check():
     m = clean_model()
     # simulate the TorchScript exporter: odd symbolic names everywhere
     ot.set_io_shapes(m, {"x": ["s0", "s1", 8], "kept": ["Gatherkept_dim_0", "Gatherkept_dim_1", 8]})
-    assert ot.check_target(m, "10.3", lint=False).findings and "DYNAMIC_DIM" in codes(ot.check_target(m, "10.3", lint=False).findings)
+    assert ot.check_target(m, "10.3", lint=False).findings and "DYNAMIC_DIM" in codes(
+        ot.check_target(m, "10.3", lint=False).findings
+    )
     ot.set_io_shapes(m, {"x": [1, 50, 8], "kept": [1, 10, 8]})
     ot.check_shapes(m)
     assert ot.check_target(m, "10.3", lint=False).findings == []
@@ -253,7 +271,9 @@ def test_topk_k_not_constant():
 def test_topk_k_too_large():
     for t in TRT:
         f = check(_topk_model(k=4096), t)
-        assert "TOPK_K_TOO_LARGE" in codes(f, "error") and next(x for x in f if x.code == "TOPK_K_TOO_LARGE").node == "t"
+        assert (
+            "TOPK_K_TOO_LARGE" in codes(f, "error") and next(x for x in f if x.code == "TOPK_K_TOO_LARGE").node == "t"
+        )
         assert "TOPK_K_TOO_LARGE" not in codes(check(_topk_model(k=3839), t))
     assert check(_topk_model(k=4096), "onnxruntime") == []  # a TensorRT limit only
 
@@ -266,8 +286,7 @@ def test_topk_unsorted_trt10_only():
 
 def test_data_dependent_shape_ops():
     m = _model(
-        [helper.make_node("NonZero", ["x"], ["nz"], name="nz"),
-         helper.make_node("Unique", ["x"], ["u"], name="uq")],
+        [helper.make_node("NonZero", ["x"], ["nz"], name="nz"), helper.make_node("Unique", ["x"], ["u"], name="uq")],
         [helper.make_tensor_value_info("x", F, [1, 4])],
         [helper.make_tensor_value_info("nz", I64, [2, 3]), helper.make_tensor_value_info("u", F, [3])],
     )
@@ -324,8 +343,13 @@ def _reduce_model(opset, op="ReduceMean"):
         node = helper.make_node(op, ["x", "axes"], ["y"], keepdims=0, name="red")
     else:
         node = helper.make_node(op, ["x"], ["y"], axes=[1], keepdims=0, name="red")
-    return _model([node], [helper.make_tensor_value_info("x", F, [1, 4, 3])],
-                  [helper.make_tensor_value_info("y", F, [1, 3])], inits, opset=opset)
+    return _model(
+        [node],
+        [helper.make_tensor_value_info("x", F, [1, 4, 3])],
+        [helper.make_tensor_value_info("y", F, [1, 3])],
+        inits,
+        opset=opset,
+    )
 
 
 def test_reduce_axes_input_on_86():
@@ -346,8 +370,13 @@ def test_reduce_axes_input_on_86():
 def test_einsum_forms_on_8x():
     def einsum(eq, shapes, out):
         ins = [helper.make_tensor_value_info(f"i{k}", F, s) for k, s in enumerate(shapes)]
-        return _model([helper.make_node("Einsum", [f"i{k}" for k in range(len(shapes))], ["y"], equation=eq, name="es")],
-                      ins, [helper.make_tensor_value_info("y", F, out)], opset=16)
+        return _model(
+            [helper.make_node("Einsum", [f"i{k}" for k in range(len(shapes))], ["y"], equation=eq, name="es")],
+            ins,
+            [helper.make_tensor_value_info("y", F, out)],
+            opset=16,
+        )
+
     ok = einsum("bij,bjk->bik", [[1, 2, 3], [1, 3, 4]], [1, 2, 4])
     diag = einsum("bii->bi", [[1, 3, 3]], [1, 3])
     ell = einsum("...ij,...jk->...ik", [[1, 2, 3], [1, 3, 4]], [1, 2, 4])
@@ -359,9 +388,13 @@ def test_einsum_forms_on_8x():
 
 def test_resize_modes():
     def resize(mode, scales):
-        return _model([helper.make_node("Resize", ["x", "", "sc"], ["y"], mode=mode, name="rs")],
-                      [helper.make_tensor_value_info("x", F, [1, 2, 4, 4])], [helper.make_tensor_value_info("y", F, [1, 2, 8, 8])],
-                      [numpy_helper.from_array(np.array(scales, np.float32), "sc")])
+        return _model(
+            [helper.make_node("Resize", ["x", "", "sc"], ["y"], mode=mode, name="rs")],
+            [helper.make_tensor_value_info("x", F, [1, 2, 4, 4])],
+            [helper.make_tensor_value_info("y", F, [1, 2, 8, 8])],
+            [numpy_helper.from_array(np.array(scales, np.float32), "sc")],
+        )
+
     assert check(resize("cubic", [1, 1, 2, 2]), "tensorrt-8.6") == []  # DINOv2's position-embedding resize
     assert "RESIZE_MODE" in codes(check(resize("cubic", [1, 2, 2, 2]), "tensorrt-8.6"), "error")
     assert "RESIZE_MODE" not in codes(check(resize("cubic", [1, 2, 2, 2]), "onnxruntime"))
@@ -378,10 +411,12 @@ def test_symbolic_non_batch_dims():
 
 
 def test_control_flow_error_and_layernorm():
-    then_g = helper.make_graph([helper.make_node("Identity", ["x"], ["a"])], "t", [],
-                               [helper.make_tensor_value_info("a", F, [1, 4])])
-    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["b"])], "e", [],
-                               [helper.make_tensor_value_info("b", F, [1, 4])])
+    then_g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["a"])], "t", [], [helper.make_tensor_value_info("a", F, [1, 4])]
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["b"])], "e", [], [helper.make_tensor_value_info("b", F, [1, 4])]
+    )
     m = _model(
         [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="branch")],
         [helper.make_tensor_value_info("c", TensorProto.BOOL, []), helper.make_tensor_value_info("x", F, [1, 4])],
@@ -406,8 +441,11 @@ def test_control_flow_error_and_layernorm():
 
 
 def test_custom_domain_op():
-    m = _model([helper.make_node("FastGelu", ["x"], ["y"], domain="com.microsoft", name="fg")],
-               [helper.make_tensor_value_info("x", F, [1, 4])], [helper.make_tensor_value_info("y", F, [1, 4])])
+    m = _model(
+        [helper.make_node("FastGelu", ["x"], ["y"], domain="com.microsoft", name="fg")],
+        [helper.make_tensor_value_info("x", F, [1, 4])],
+        [helper.make_tensor_value_info("y", F, [1, 4])],
+    )
     m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     for t in TRT:
         assert "CUSTOM_OP" in codes(check(m, t), "error")
@@ -457,9 +495,13 @@ def _weighted(declared_rows: int = 24) -> onnx.ModelProto:
     """MatMul by a weight larger than the skeleton limit, then a Reshape by a small constant target."""
     w = numpy_helper.from_array(np.random.default_rng(0).random((256, 512), dtype=np.float32), "W")
     s = numpy_helper.from_array(np.array([0, -1, 64], dtype=np.int64), "S")
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("Reshape", ["y", "S"], ["z"])],
-                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 256])],
-                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", declared_rows, 64])], [w, s])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("Reshape", ["y", "S"], ["z"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 256])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", declared_rows, 64])],
+        [w, s],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -469,7 +511,9 @@ def test_check_shapes_reads_no_weight_bytes_and_leaves_the_model_alone():
     inferred = ot.check_shapes(m)
     assert m.SerializeToString() == before
     assert len(ot.shapes._skeleton(m).SerializeToString()) < 4096 < len(before)  # the weight is not copied
-    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    shapes = {
+        v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info
+    }
     assert shapes["y"] == ["b", 3, 512]
 
 

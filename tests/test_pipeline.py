@@ -1,4 +1,5 @@
 """The whole convert pipeline on tiny random checkpoints (fast), and its exit codes."""
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,17 @@ def _imagefolder(root):
 
 def test_classifier_end_to_end(tmp_path, tiny_models):
     folder = _imagefolder(tmp_path / "folder")
-    r = recipe(tiny_models["vit-classifier"], **{
-        "reduction.method": "zero-tprune",
-        "verify.accuracy.imagefolder": str(folder),
-        # real floors on the tiny random classifier (measured: cosine 0.98, top-1 agreement 0.89); the random
-        # ImageFolder photos carry no class, so imagefolder_top1 is measured and reported but not gated
-        "verify.accuracy.metrics": {"feature_cosine": {"min": 0.9}, "top1_agreement": {"min": 0.5}},
-        "bench": {"enabled": True, "batch_sizes": [1, 2], "warmup": 1, "repeats": 2},
-    })
+    r = recipe(
+        tiny_models["vit-classifier"],
+        **{
+            "reduction.method": "zero-tprune",
+            "verify.accuracy.imagefolder": str(folder),
+            # real floors on the tiny random classifier (measured: cosine 0.98, top-1 agreement 0.89); the random
+            # ImageFolder photos carry no class, so imagefolder_top1 is measured and reported but not gated
+            "verify.accuracy.metrics": {"feature_cosine": {"min": 0.9}, "top1_agreement": {"min": 0.5}},
+            "bench": {"enabled": True, "batch_sizes": [1, 2], "warmup": 1, "repeats": 2},
+        },
+    )
     res = convert(write(tmp_path, r), tmp_path / "out")
     assert res.exit_code == 0, res.report["failures"]
     out = tmp_path / "out"
@@ -60,6 +64,7 @@ def test_classifier_end_to_end(tmp_path, tiny_models):
     assert manifest["tokexport_version"] and (out / "deploy" / "build_engine.sh").is_file()
     import subprocess
     import sys
+
     res = subprocess.run([sys.executable, str(out / "deploy" / "verify_on_device.py")], capture_output=True, text=True)
     assert res.returncode == 0 and "PASS" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
     # the reduced graph really is smaller in tokens than the baseline

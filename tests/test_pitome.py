@@ -2,6 +2,7 @@
 the official timm/DeiT path (argsort, index gathers, ``scatter_reduce``; written for this test from the published
 algorithm, tests only), on random inputs and through a tiny DINOv2 (PyTorch and the exported graph); the schedule
 (r = floor(T - T*rho), margins, bsm blocks), bad input, and the shipped recipe on the real DINOv2-S."""
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,7 @@ def reference_pitome(metric: torch.Tensor, r: int, margin: float, class_token: b
             edges = torch.argsort(best, descending=True)
             plans.append(("bsm", a, b, edges[r:], edges[:r], partner[edges[:r]]))
         else:
-            a, b, protected = order[:2 * r][0::2], order[:2 * r][1::2], order[2 * r:]
+            a, b, protected = order[: 2 * r][0::2], order[: 2 * r][1::2], order[2 * r :]
             partner = sim[a][:, b].max(dim=-1).indices
             plans.append(("pitome", a, b, protected, None, partner))
 
@@ -175,7 +176,7 @@ def reference_dinov2_pitome(model, pixel_values, ratio: float, margin=0.75, prop
         b, n, _ = h.shape
         heads, dh = att.num_attention_heads, att.head_dim
         q, k, v = (p(h).reshape(b, n, heads, dh).transpose(1, 2) for p in (att.q_proj, att.k_proj, att.v_proj))
-        logits = (q @ k.transpose(-1, -2)) * dh ** -0.5
+        logits = (q @ k.transpose(-1, -2)) * dh**-0.5
         if prop_attn and size is not None:
             logits = logits + size.log()[:, None, None, :, 0]
         o = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, heads * dh)
@@ -229,13 +230,16 @@ def test_tiny_dinov2_and_its_graph_equal_the_reference(tiny_models, tmp_path, pr
 # --- bad input ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reduction,needles", [
-    ({"method": "pitome", "ratio": 0.4}, ["reduction.ratio", "[0.5, 1]"]),
-    ({"method": "pitome", "ratio": 0.9, "keep_rate": 0.5}, ["reduction:", "either ratio"]),
-    ({"method": "pitome", "ratio": [0.9, 0.9]}, ["reduction.ratio:", "2 values", "4 blocks"]),
-    ({"method": "pitome", "ratio": 0.9, "margin": 1.5}, ["reduction.margin"]),
-    ({"method": "pitome", "prune_layers": [0], "keep_rate": 0.4}, ["reduction.keep_rate:", "at most half"]),
-])
+@pytest.mark.parametrize(
+    "reduction,needles",
+    [
+        ({"method": "pitome", "ratio": 0.4}, ["reduction.ratio", "[0.5, 1]"]),
+        ({"method": "pitome", "ratio": 0.9, "keep_rate": 0.5}, ["reduction:", "either ratio"]),
+        ({"method": "pitome", "ratio": [0.9, 0.9]}, ["reduction.ratio:", "2 values", "4 blocks"]),
+        ({"method": "pitome", "ratio": 0.9, "margin": 1.5}, ["reduction.margin"]),
+        ({"method": "pitome", "prune_layers": [0], "keep_rate": 0.4}, ["reduction.keep_rate:", "at most half"]),
+    ],
+)
 def test_bad_pitome_recipes_exit_2_one_line(tiny_models, tmp_path, reduction, needles):
     data = recipe(tiny_models["dinov2"], reduction=reduction)
     res = run_cli("convert", str(write(tmp_path, data)), "--out", str(tmp_path / "out"))

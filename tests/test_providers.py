@@ -2,6 +2,7 @@
 missing-provider path (exit 5, one line, before any model is loaded, nothing written), a session
 that falls back to the CPU is an error and never a silent CPU run, and the report records the
 provider that ran bench and parity."""
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,16 @@ GPU_HERE = bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort
 
 def test_provider_list_maps_names_and_options():
     assert provider_list("cpu") == [("CPUExecutionProvider", {})]
-    assert provider_list(" CUDA ", {"device_id": 1}) == [("CUDAExecutionProvider", {"device_id": "1"}),
-                                                       ("CPUExecutionProvider", {})]
+    assert provider_list(" CUDA ", {"device_id": 1}) == [
+        ("CUDAExecutionProvider", {"device_id": "1"}),
+        ("CPUExecutionProvider", {}),
+    ]
     trt = provider_list("tensorrt", {"device_id": 0, "trt_fp16_enable": True, "trt_max_workspace_size": 2**30})
-    assert trt == [("TensorrtExecutionProvider", {"device_id": "0", "trt_fp16_enable": "1",
-                                                  "trt_max_workspace_size": str(2**30)}),
-                   ("CUDAExecutionProvider", {"device_id": "0"}), ("CPUExecutionProvider", {})]
+    assert trt == [
+        ("TensorrtExecutionProvider", {"device_id": "0", "trt_fp16_enable": "1", "trt_max_workspace_size": str(2**30)}),
+        ("CUDAExecutionProvider", {"device_id": "0"}),
+        ("CPUExecutionProvider", {}),
+    ]
     with pytest.raises(InputError, match="unknown execution provider 'gpu'.*cpu, cuda, tensorrt"):
         provider_list("gpu")
 
@@ -60,12 +65,16 @@ def test_cpu_fallback_is_never_silent(tmp_path, monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     if GPU_HERE:  # a real GPU would start CUDA: make every session do what a GPU build without a usable GPU does
         real = ort.InferenceSession
-        monkeypatch.setattr(ort, "InferenceSession",
-                            lambda path, opts=None, providers=None: real(path, opts, providers=["CPUExecutionProvider"]))
+        monkeypatch.setattr(
+            ort,
+            "InferenceSession",
+            lambda path, opts=None, providers=None: real(path, opts, providers=["CPUExecutionProvider"]),
+        )
     with pytest.raises(EnvironmentProblem, match="started CPUExecutionProvider instead"):
         preflight("cuda")
-    with pytest.raises(EnvironmentProblem, match="asked for CUDAExecutionProvider, onnxruntime started "
-                                                  "CPUExecutionProvider"):
+    with pytest.raises(
+        EnvironmentProblem, match="asked for CUDAExecutionProvider, onnxruntime started CPUExecutionProvider"
+    ):
         OrtRunner(src, provider="cuda")
     monkeypatch.undo()
     r = OrtRunner(src)
@@ -76,11 +85,19 @@ def test_cpu_fallback_is_never_silent(tmp_path, monkeypatch):
 def test_recipe_provider_field_is_validated(tmp_path, tiny_models):
     from tokexport.recipe import load_recipe
 
-    r = load_recipe(write(tmp_path, recipe(tiny_models["dinov2"], **{"bench.provider": "cuda",
-                                                                      "bench.provider_options": {"device_id": 0}})))
+    r = load_recipe(
+        write(
+            tmp_path,
+            recipe(tiny_models["dinov2"], **{"bench.provider": "cuda", "bench.provider_options": {"device_id": 0}}),
+        )
+    )
     assert (r.bench.provider, r.bench.provider_options) == ("cuda", {"device_id": 0})
-    res = run_cli("convert", str(write(tmp_path, recipe(tiny_models["dinov2"], **{"bench.provider": "gpu"}), "b.yaml")),
-                  "--out", str(tmp_path / "o"))
+    res = run_cli(
+        "convert",
+        str(write(tmp_path, recipe(tiny_models["dinov2"], **{"bench.provider": "gpu"}), "b.yaml")),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert res.returncode == 2 and "bench.provider" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
@@ -100,16 +117,29 @@ def test_cuda_without_gpu_exits_5_with_one_line_before_loading(tmp_path, how):
 
 
 def test_unknown_cli_provider_is_exit_2(tmp_path, tiny_models):
-    res = run_cli("convert", str(write(tmp_path, recipe(tiny_models["dinov2"]))), "--provider", "gpu",
-                  "--out", str(tmp_path / "o"))
+    res = run_cli(
+        "convert",
+        str(write(tmp_path, recipe(tiny_models["dinov2"]))),
+        "--provider",
+        "gpu",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert res.returncode == 2 and "unknown execution provider 'gpu'" in res.stderr
     assert_nothing_written(tmp_path / "o")
 
 
 def test_report_records_the_provider(tmp_path, tiny_models):
-    r = recipe(tiny_models["dinov2"], **{"bench.enabled": True, "bench.repeats": 2, "bench.warmup": 0,
-                                         "bench.batch_sizes": [1],
-                                         "verify.parity.samples": 2})
+    r = recipe(
+        tiny_models["dinov2"],
+        **{
+            "bench.enabled": True,
+            "bench.repeats": 2,
+            "bench.warmup": 0,
+            "bench.batch_sizes": [1],
+            "verify.parity.samples": 2,
+        },
+    )
     out = tmp_path / "out"
     res = run_cli("convert", str(write(tmp_path, r)), "--out", str(out), "--provider", "cpu")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -129,9 +159,12 @@ def test_bench_and_driver_do_not_hard_code_the_cpu():
 
     root = Path(tokexport.__file__).parent
     for rel in ("tasks/run.py", "stages/bench.py"):
-        assert "ExecutionProvider\"" not in (root / rel).read_text(), rel
-    assert runners.PROVIDERS == {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                                 "tensorrt": "TensorrtExecutionProvider"}
+        assert 'ExecutionProvider"' not in (root / rel).read_text(), rel
+    assert runners.PROVIDERS == {
+        "cpu": "CPUExecutionProvider",
+        "cuda": "CUDAExecutionProvider",
+        "tensorrt": "TensorrtExecutionProvider",
+    }
 
 
 def test_bench_gpu_dry_run(tmp_path, tiny_models):
@@ -148,8 +181,14 @@ def test_bench_gpu_dry_run(tmp_path, tiny_models):
     out = tmp_path / "bench"
 
     def run(*args):
-        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=900,
-                              check=False, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+        return subprocess.run(
+            [sys.executable, str(script), *args],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+        )
 
     r = run("--dry-run", "--recipes", str(rec), "--out", str(out), "--batches", "1,2", "--repeats", "2")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -189,9 +228,12 @@ def test_default_threads_follow_the_process_share(monkeypatch, tmp_path):
         assert default_threads() == len(os.sched_getaffinity(0))
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert default_threads() == len(os.sched_getaffinity(0))
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     path = tmp_path / "g.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

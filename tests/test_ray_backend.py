@@ -4,6 +4,7 @@ matrix sweep records the points of a recipe whose checkpoint is missing on the w
 the fix) while the other recipe's points go on, and writes one index page; ``--resume`` keeps the points
 already complete; a crashed worker is recorded, not fatal; the ViT search and the visual-token bisection pick
 what the local backend picks."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,19 @@ from tokexport.search import search
 from tokexport.sweep import exit_code, sweep
 
 RATES = [0.9, 0.5]
-SAME = ("method", "keep_rate", "tokens", "metric", "metric_original", "metric_drop", "flops_ratio", "passed",
-        "exit_code", "parity_max_abs_diff", "status")
+SAME = (
+    "method",
+    "keep_rate",
+    "tokens",
+    "metric",
+    "metric_original",
+    "metric_drop",
+    "flops_ratio",
+    "passed",
+    "exit_code",
+    "parity_max_abs_diff",
+    "status",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +56,13 @@ def cluster():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tiny_models):
     tmp = tmp_path_factory.mktemp("ray")
-    r = recipe(tiny_models["dinov2"], name="tiny-dinov2",
-               reduction={"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": [0.9, 0.8], "init": "uniform"},
-               bench={"enabled": True, "batch_sizes": [1], "warmup": 1, "repeats": 2}, deploy={"bundle": False})
+    r = recipe(
+        tiny_models["dinov2"],
+        name="tiny-dinov2",
+        reduction={"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": [0.9, 0.8], "init": "uniform"},
+        bench={"enabled": True, "batch_sizes": [1], "warmup": 1, "repeats": 2},
+        deploy={"bundle": False},
+    )
     good = write(tmp, r, "tiny-dinov2.yaml")
     missing = write(tmp, {**r, "model": str(tmp / "not-on-this-node"), "name": "tiny-missing"}, "tiny-missing.yaml")
     return tmp, good, missing
@@ -65,7 +81,8 @@ def test_ray_sweep_same_points_and_accuracy_as_local(tiny, ray_sweep):
     l_sum, _ = sweep(good, RATES, None, tmp / "local-sweep", backend="local", cpus_per_job=1)
     assert r_sum["backend"]["name"] == "ray" and r_sum["backend"]["parallel"] == 2
     assert [p["status"] for p in r_sum["points"] + l_sum["points"]] == ["done"] * 4, [
-        p.get("error") for p in r_sum["points"] + l_sum["points"]]
+        p.get("error") for p in r_sum["points"] + l_sum["points"]
+    ]
     assert l_sum["backend"]["name"] == "local"
     assert [{k: p[k] for k in SAME} for p in r_sum["points"]] == [{k: p[k] for k in SAME} for p in l_sum["points"]]
     assert [p["keep_rate"] for p in r_sum["points"]] == RATES and r_sum["failed"] == 0
@@ -84,8 +101,10 @@ def test_matrix_sweep_records_failures_and_resume_keeps_done_points(cluster, tin
     tmp, good, missing = tiny
     out = tmp / "matrix"
     summary, _ = sweep([good, missing], RATES, None, out, backend="ray")
-    assert summary["kind"] == "sweep-matrix" and [e["dir"] for e in summary["recipes"]] == ["tiny-dinov2",
-                                                                                           "tiny-missing"]
+    assert summary["kind"] == "sweep-matrix" and [e["dir"] for e in summary["recipes"]] == [
+        "tiny-dinov2",
+        "tiny-missing",
+    ]
     ok, bad = summary["sweeps"]
     assert [p["status"] for p in ok["points"]] == ["done", "done"]
     assert [p["status"] for p in bad["points"]] == ["failed", "failed"] and bad["failed"] == 2
@@ -103,11 +122,19 @@ def test_matrix_sweep_records_failures_and_resume_keeps_done_points(cluster, tin
     assert "exit code" in (out / "tiny-missing" / "sweep.html").read_text()
 
     # --resume with one more keep rate: the two done points are kept as they are, only the new one runs
-    before = {k: (out / "tiny-dinov2" / "runs" / f"zero-tprune-k{k:g}" / "report.json").stat().st_mtime_ns
-              for k in RATES}
+    before = {
+        k: (out / "tiny-dinov2" / "runs" / f"zero-tprune-k{k:g}" / "report.json").stat().st_mtime_ns for k in RATES
+    }
     ran = []
-    summary2, _ = sweep([good, missing], [*RATES, 0.7], None, out, backend="ray", resume=True,
-                        on_done=lambda p, code: ran.append(p.label))
+    summary2, _ = sweep(
+        [good, missing],
+        [*RATES, 0.7],
+        None,
+        out,
+        backend="ray",
+        resume=True,
+        on_done=lambda p, code: ran.append(p.label),
+    )
     ok2, bad2 = summary2["sweeps"]
     assert [p["resumed"] for p in ok2["points"]] == [True, True, False] and ok2["resumed"] == 2
     assert [p["status"] for p in ok2["points"]] == ["done"] * 3
@@ -128,8 +155,9 @@ class _Crash:
 
 def test_crashed_worker_is_recorded_and_the_rest_go_on(cluster, tmp_path):
     crash = PointSpec("crash", _Crash(), str(tmp_path), str(tmp_path / "a"), "crash")
-    nomodel = PointSpec("nomodel", type("R", (), {"model": str(tmp_path / "absent")})(), str(tmp_path),
-                        str(tmp_path / "b"), "nomodel")
+    nomodel = PointSpec(
+        "nomodel", type("R", (), {"model": str(tmp_path / "absent")})(), str(tmp_path), str(tmp_path / "b"), "nomodel"
+    )
     with Fanout("ray") as fo:
         recs = fo.convert([crash, nomodel])
     assert recs[0]["status"] == "failed" and recs[0]["crashed"] and recs[0]["exit_code"] == 1

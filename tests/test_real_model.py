@@ -4,6 +4,7 @@ original and the reduced model, the verdicts, and every tool on the outputs. CI 
 (`tokexport models fetch dinov2-small`); without it these tests fail rather than skip. Speed is not
 asserted here (a shared machine's timing is no test): the measured speed-ups are gated by .ci/run's
 `tokexport check` against the committed baseline, as same-run ratios with their tolerance (docs/ci.md)."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,11 @@ def test_default_recipe_passes_on_dinov2_small(shipped):
     rep = conv.report
     assert rep["passed"] is True and failed_checks(rep) == set()
     assert rep["model"]["source_kind"] == "bundled" and rep["model"]["params"] == 22_056_576
-    assert [(s["layer"], s["tokens_in"], s["tokens_out"]) for s in rep["reduction"]["schedule"]] == \
-        [(2, 257, 231), (5, 231, 185), (8, 185, 129)]
+    assert [(s["layer"], s["tokens_in"], s["tokens_out"]) for s in rep["reduction"]["schedule"]] == [
+        (2, 257, 231),
+        (5, 231, 185),
+        (8, 185, 129),
+    ]
     assert rep["parity"]["passed"] and rep["parity_baseline"]["passed"]
     m = rep["accuracy"]["metrics"]
     assert 0.3 < m["instance_top1"]["original"] <= 1.0 and 0.3 < m["instance_top1"]["reduced"] <= 1.0

@@ -1,6 +1,7 @@
 """Recipes are one pydantic union discriminated by ``task``: each kind resolves to its class, a recipe
 with several errors reports every one (one line each, in document order), the union's JSON Schema
 names every kind, and the recipe modules import one way only (no cycle)."""
+
 from __future__ import annotations
 
 import ast
@@ -40,14 +41,17 @@ def error_of(path: Path) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize("data,cls,task", [
-    (VIT, ViTRecipe, "auto"),  # task absent: auto
-    ({**VIT, "task": "auto"}, ViTRecipe, "auto"),
-    ({**VIT, "task": "feature-extraction"}, ViTRecipe, "feature-extraction"),
-    ({**VIT, "task": "image-classification"}, ViTRecipe, "image-classification"),
-    (VISUAL, VisualTokensRecipe, "visual-tokens"),
-    (VOCAB, VocabRecipe, "vocab-trim"),
-])
+@pytest.mark.parametrize(
+    "data,cls,task",
+    [
+        (VIT, ViTRecipe, "auto"),  # task absent: auto
+        ({**VIT, "task": "auto"}, ViTRecipe, "auto"),
+        ({**VIT, "task": "feature-extraction"}, ViTRecipe, "feature-extraction"),
+        ({**VIT, "task": "image-classification"}, ViTRecipe, "image-classification"),
+        (VISUAL, VisualTokensRecipe, "visual-tokens"),
+        (VOCAB, VocabRecipe, "vocab-trim"),
+    ],
+)
 def test_each_task_resolves_to_its_recipe_class(tmp_path, data, cls, task):
     r = load_recipe(write(tmp_path, data))
     assert type(r) is cls and r.task == task
@@ -61,10 +65,12 @@ def test_recipe_still_validates_every_image_task_directly():
 
 def test_three_errors_in_three_sections_are_all_reported_in_document_order(tmp_path):
     # written bench, reduction, export: not the order the schema declares them in
-    text = ("model: some-model\n"
-            "bench: {repeats: 0}\n"
-            "reduction: {method: topk-cls, prune_layers: [1, 2], kep_rate: 0.5}\n"
-            "export: {opset: 99}\n")
+    text = (
+        "model: some-model\n"
+        "bench: {repeats: 0}\n"
+        "reduction: {method: topk-cls, prune_layers: [1, 2], kep_rate: 0.5}\n"
+        "export: {opset: 99}\n"
+    )
     p = write(tmp_path, text, name="three.yaml")
     lines = error_of(p).split("\n")
     assert len(lines) == 3, lines
@@ -75,14 +81,20 @@ def test_three_errors_in_three_sections_are_all_reported_in_document_order(tmp_p
 
 
 def test_several_errors_of_a_vocab_recipe(tmp_path):
-    text = ("task: vocab-trim\n"
-            "verify: {parity: {atl: 1}}\n"
-            "model: some-model\n"
-            "corpus: {sources: [{path: corpus.txt}], heldout_fraction: 2}\n"
-            "trim: {min_frequency: 0}\n")
+    text = (
+        "task: vocab-trim\n"
+        "verify: {parity: {atl: 1}}\n"
+        "model: some-model\n"
+        "corpus: {sources: [{path: corpus.txt}], heldout_fraction: 2}\n"
+        "trim: {min_frequency: 0}\n"
+    )
     p = write(tmp_path, text)
     lines = error_of(p).split("\n")
-    assert [line.split(": ")[1] for line in lines] == ["verify.parity.atl", "corpus.heldout_fraction", "trim.min_frequency"]
+    assert [line.split(": ")[1] for line in lines] == [
+        "verify.parity.atl",
+        "corpus.heldout_fraction",
+        "trim.min_frequency",
+    ]
     assert "did you mean 'atol'?" in lines[0]
 
 
@@ -124,10 +136,14 @@ def test_union_json_schema_names_every_recipe_kind():
 
 
 def test_vocab_recipe_imports_alone():
-    code = ("import sys, tokexport.vocab.recipe as v; "
-            "assert 'tokexport.recipe' not in sys.modules, 'vocab.recipe imported tokexport.recipe'; "
-            "print(v.VocabRecipe.__name__)")
-    res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
+    code = (
+        "import sys, tokexport.vocab.recipe as v; "
+        "assert 'tokexport.recipe' not in sys.modules, 'vocab.recipe imported tokexport.recipe'; "
+        "print(v.VocabRecipe.__name__)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert res.returncode == 0 and res.stdout.strip() == "VocabRecipe", res.stderr
 
 
@@ -155,8 +171,10 @@ def test_cli_prints_every_schema_error_on_its_own_line(tmp_path):
     from test_cli_bad_input import run_cli
 
     p = tmp_path / "multi.yaml"
-    p.write_text("model: x\nreduction: {method: topk-cls, prune_layers: [1], kep_rate: 0.5}\n"
-                 "export: {opset: 99}\nbench: {repeats: 0}\n")
+    p.write_text(
+        "model: x\nreduction: {method: topk-cls, prune_layers: [1], kep_rate: 0.5}\n"
+        "export: {opset: 99}\nbench: {repeats: 0}\n"
+    )
     res = run_cli("convert", str(p), "--out", str(tmp_path / "out"))
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and "Traceback" not in res.stderr

@@ -2,6 +2,7 @@
 visual-token recipes those of ``VISUAL_METHODS``. The same method name may be registered in both (DivPrune inside
 a ViT and on a VLM's visual tokens) and resolves by ``task``; a method of the other kind is a one-line error that
 names the task to set."""
+
 from __future__ import annotations
 
 import subprocess
@@ -39,8 +40,14 @@ def _error(tmp_path, data) -> str:
 
 
 def test_a_vit_method_under_visual_tokens_names_the_task(tmp_path):
-    msg = _error(tmp_path, {"model": "m", "task": "visual-tokens",
-                            "reduction": {"method": "zero-tprune", "prune_layers": [1], "keep_rate": 0.5}})
+    msg = _error(
+        tmp_path,
+        {
+            "model": "m",
+            "task": "visual-tokens",
+            "reduction": {"method": "zero-tprune", "prune_layers": [1], "keep_rate": 0.5},
+        },
+    )
     assert len(msg.splitlines()) == 1
     assert "reduction.method" in msg and "inside a ViT" in msg and "set task: auto" in msg and "fopru-rank" in msg
 
@@ -61,13 +68,25 @@ def test_an_unknown_method_lists_the_tasks_own_methods(tmp_path):
 
 
 def test_recipe_model_validate_picks_the_kind_by_task():
-    assert type(Recipe.model_validate({"model": "m", "reduction": {"method": "uniform", "prune_layers": [1],
-                                                                   "keep_rate": 0.5}})) is ViTRecipe
-    assert type(Recipe.model_validate({"model": "m", "task": "visual-tokens",
-                                       "reduction": {"method": "fopru-rank", "keep": 4}})) is VisualTokensRecipe
+    assert (
+        type(
+            Recipe.model_validate(
+                {"model": "m", "reduction": {"method": "uniform", "prune_layers": [1], "keep_rate": 0.5}}
+            )
+        )
+        is ViTRecipe
+    )
+    assert (
+        type(
+            Recipe.model_validate(
+                {"model": "m", "task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4}}
+            )
+        )
+        is VisualTokensRecipe
+    )
 
 
-SHARED_NAME = r'''
+SHARED_NAME = r"""
 from typing import Literal
 from tokexport.reduce.base import METHODS, Method, ReductionConfig
 from tokexport.vlm.select import VISUAL_METHODS, VisualReductionConfig, VisualSelector
@@ -104,11 +123,16 @@ except Exception as e:
 else:
     raise AssertionError("a visual-only field passed under task: auto")
 print("ok")
-'''
+"""
 
 
 def test_one_name_in_both_registries_resolves_by_task():
     # a fresh interpreter: the unions are built when tokexport.recipe is imported, after both registrations
-    res = subprocess.run([sys.executable, "-c", SHARED_NAME], cwd=REPO, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    res = subprocess.run(
+        [sys.executable, "-c", SHARED_NAME],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

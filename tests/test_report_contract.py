@@ -1,5 +1,6 @@
 """The report contract (tokexport.stages.metric, tokexport.stages.report_schema): verdicts, the rule that
 a metric without a threshold never counts as passed, and the schema every task's report must meet."""
+
 from __future__ import annotations
 
 import copy
@@ -15,18 +16,21 @@ from tokexport.stages.report_schema import report_schema, validate_report
 BASELINE = REPO / "tests" / "baselines" / "dinov2-small-zero-tprune.report.json"
 
 
-@pytest.mark.parametrize("original,reduced,threshold,better,passed", [
-    (0.9, 0.88, {"max_drop": 0.03}, "higher", True),
-    (0.9, 0.86, {"max_drop": 0.03}, "higher", False),
-    (1.0, 0.96, {"min": 0.95}, "higher", True),
-    (1.0, 0.94, {"min": 0.95}, "higher", False),
-    (0.0, 1e-6, {"max": 1e-5}, "lower", True),
-    (0.0, 1e-4, {"max": 1e-5}, "lower", False),
-    (2.0, 2.05, {"max_increase": 0.1}, "lower", True),
-    (2.0, 2.2, {"max_increase": 0.1}, "lower", False),
-    (1.0, 0.99, None, "higher", None),
-    (1.0, math.nan, {"min": 0.5}, "higher", False),
-])
+@pytest.mark.parametrize(
+    "original,reduced,threshold,better,passed",
+    [
+        (0.9, 0.88, {"max_drop": 0.03}, "higher", True),
+        (0.9, 0.86, {"max_drop": 0.03}, "higher", False),
+        (1.0, 0.96, {"min": 0.95}, "higher", True),
+        (1.0, 0.94, {"min": 0.95}, "higher", False),
+        (0.0, 1e-6, {"max": 1e-5}, "lower", True),
+        (0.0, 1e-4, {"max": 1e-5}, "lower", False),
+        (2.0, 2.05, {"max_increase": 0.1}, "lower", True),
+        (2.0, 2.2, {"max_increase": 0.1}, "lower", False),
+        (1.0, 0.99, None, "higher", None),
+        (1.0, math.nan, {"min": 0.5}, "higher", False),
+    ],
+)
 def test_metric_verdicts(original, reduced, threshold, better, passed):
     m = MC.metric(original, reduced, threshold, better)
     assert m["passed"] is passed
@@ -45,8 +49,7 @@ def test_a_metric_without_threshold_never_counts_as_passed():
     assert not MC.accuracy_passed(ungated)  # nothing verified
     assert MC.accuracy_passed({**ungated, "c": MC.metric(1.0, 0.99, {"min": 0.9})})
     assert not MC.accuracy_passed({**ungated, "c": MC.metric(1.0, 0.8, {"min": 0.9})})
-    assert MC.failure_lines({"c": MC.metric(1.0, 0.8, {"min": 0.9})}) == [
-        "accuracy: c 0.8 misses >= 0.9 (original 1)"]
+    assert MC.failure_lines({"c": MC.metric(1.0, 0.8, {"min": 0.9})}) == ["accuracy: c 0.8 misses >= 0.9 (original 1)"]
 
 
 def test_committed_baseline_meets_the_schema():
@@ -56,14 +59,17 @@ def test_committed_baseline_meets_the_schema():
     assert {"parity", "accuracy", "bench", "environment", "artifacts"} <= set(schema["properties"])
 
 
-@pytest.mark.parametrize("break_it,where", [
-    (lambda r: r.pop("environment"), "environment"),
-    (lambda r: r["accuracy"]["metrics"]["instance_top1"].pop("better"), "instance_top1"),
-    (lambda r: r["accuracy"]["metrics"]["instance_top1"].update(threshold=None, passed=True), "instance_top1"),
-    (lambda r: r["bench"]["batches"]["8"].update(speedup=-1.0), "speedup"),
-    (lambda r: r.update(kind="something-else"), "kind"),
-    (lambda r: r.update(schema_version=1), "schema_version"),
-])
+@pytest.mark.parametrize(
+    "break_it,where",
+    [
+        (lambda r: r.pop("environment"), "environment"),
+        (lambda r: r["accuracy"]["metrics"]["instance_top1"].pop("better"), "instance_top1"),
+        (lambda r: r["accuracy"]["metrics"]["instance_top1"].update(threshold=None, passed=True), "instance_top1"),
+        (lambda r: r["bench"]["batches"]["8"].update(speedup=-1.0), "speedup"),
+        (lambda r: r.update(kind="something-else"), "kind"),
+        (lambda r: r.update(schema_version=1), "schema_version"),
+    ],
+)
 def test_broken_reports_are_named(break_it, where):
     rep = json.loads(BASELINE.read_text())
     broken = copy.deepcopy(rep)

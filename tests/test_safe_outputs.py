@@ -6,6 +6,7 @@ swaps it in atomically and cleans up what dead runs left behind.
 Every refusal is checked against a sentinel tree: nothing outside the output may change. The cases
 that aim at ``/`` and the home directory run in-process with every deleting/renaming function
 guarded, so that a regression cannot delete real files."""
+
 from __future__ import annotations
 
 import json
@@ -92,12 +93,14 @@ def guard(monkeypatch, tmp_path):
             check(src, src_dir_fd)
             check(dst, dst_dir_fd)
             return real[name](src, dst, *a, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, **kw)
+
         return f
 
     def one(name):
         def f(path, *a, dir_fd=None, **kw):
             check(path, dir_fd)
             return real[name](path, *a, dir_fd=dir_fd, **kw)
+
         return f
 
     def rmtree(path, *a, **kw):
@@ -134,20 +137,24 @@ def stale_container(parent: Path, name: str, tag: str, pid: int | None) -> Path:
     (box / name).mkdir(parents=True)
     (box / name / "partial.onnx").write_bytes(b"half")
     if pid is not None:
-        (box / OWNER).write_text(json.dumps({"tool": "tokexport", "output": name, "pid": pid,
-                                             "host": socket.gethostname(), "start": None}))
+        (box / OWNER).write_text(
+            json.dumps({"tool": "tokexport", "output": name, "pid": pid, "host": socket.gethostname(), "start": None})
+        )
     return box
 
 
 # ------------------------------------------------------------------------------ convert: where it may write
 
 
-@pytest.mark.parametrize("out,needle", [
-    (".", "current directory"),
-    ("sub/..", "'..'"),
-    ("docs/..", "'..'"),
-    ("WORLD", "parent of the current directory"),
-])
+@pytest.mark.parametrize(
+    "out,needle",
+    [
+        (".", "current directory"),
+        ("sub/..", "'..'"),
+        ("docs/..", "'..'"),
+        ("WORLD", "parent of the current directory"),
+    ],
+)
 def test_convert_refuses_cwd_and_its_parents(world, out, needle):
     out = str(world.root) if out == "WORLD" else out
     res = run_cli("convert", str(world.recipe), "--out", out, "--force", cwd=world.work)
@@ -192,8 +199,9 @@ def test_root_and_home_in_process(world, guard, monkeypatch):
     one_error(invoke("convert", str(world.recipe), "--out", str(home), "--force"), str(home), "home directory")
     one_error(invoke("bundle", "/", "--from", str(graph), "--force"), "root directory")
     one_error(invoke("bundle", str(home), "--from", str(graph), "--force"), "home directory")
-    one_error(invoke("sweep", str(world.recipe), "--keep-rates", "0.5", "--out", str(home), "--force"),
-              "home directory")
+    one_error(
+        invoke("sweep", str(world.recipe), "--keep-rates", "0.5", "--out", str(home), "--force"), "home directory"
+    )
     one_error(invoke("search", str(world.recipe), "--max-drop", "0.1", "--out", "/", "--force"), "root directory")
     assert_unchanged(world.before, world.root)
     if real_home:  # the real home directory and its parent: only checked, nothing is written
@@ -214,10 +222,12 @@ def test_unusable_location_fails_before_loading(world, kind):
     r = write(world.root / "recipes", recipe(world.root / "no-such-model"), "missing.yaml")
     (world.root / "link").symlink_to(world.work)
     world.before = snapshot(world.root)
-    out = {"proc": "/proc/tokexport-test-out",
-           "below-file": str(world.root / "notes.txt" / "out"),
-           "long-name": str(world.root / ("o" * 300)),
-           "symlink": str(world.root / "link" / "out")}[kind]
+    out = {
+        "proc": "/proc/tokexport-test-out",
+        "below-file": str(world.root / "notes.txt" / "out"),
+        "long-name": str(world.root / ("o" * 300)),
+        "symlink": str(world.root / "link" / "out"),
+    }[kind]
     needle = {"proc": "/proc", "below-file": "is a file", "long-name": "too long", "symlink": "symbolic link"}[kind]
     line = one_error(run_cli("convert", str(r), "--out", out, cwd=world.work), out, needle)
     assert "no-such-model" not in line
@@ -235,12 +245,14 @@ def test_force_replaces_a_tokexport_output_and_keeps_it_when_the_new_run_fails(w
     dead = dead_pid()
     stale = stale_container(world.root, "out", outdir.TMP_TAG, dead)
     stale_old = stale_container(world.root, "out", outdir.OLD_TAG, dead)
-    bad = write(world.root / "recipes", recipe(tiny_models["vit-classifier"], **{
-        "verify.accuracy.imagefolder": "missing-folder"}), "bad.yaml")
+    bad = write(
+        world.root / "recipes",
+        recipe(tiny_models["vit-classifier"], **{"verify.accuracy.imagefolder": "missing-folder"}),
+        "bad.yaml",
+    )
     before = snapshot(world.root)
     # fails after the claim and the load: the old output is untouched, nothing left behind
-    one_error(run_cli("convert", str(bad), "--out", str(out), "--force", cwd=world.work),
-              "verify.accuracy.imagefolder")
+    one_error(run_cli("convert", str(bad), "--out", str(out), "--force", cwd=world.work), "verify.accuracy.imagefolder")
     assert_unchanged(before, world.root, allow=(stale.name, stale_old.name))
     assert (out / "report.json").read_text() == '{"old": true}'
     assert not stale.exists() and not stale_old.exists()  # the dead run's leftovers were cleaned
@@ -265,8 +277,15 @@ def test_two_concurrent_converts_one_wins(world):
     out = world.root / "race"
     cmd = [sys.executable, "-m", "tokexport", "convert", str(world.recipe), "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen(cmd, cwd=world.work, env={**env, HOLD_ENV: "exported"}, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        cmd,
+        cwd=world.work,
+        env={**env, HOLD_ENV: "exported"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for_line(first, "tokexport: holding at exported")
         lost = subprocess.run(cmd, cwd=world.work, env=env, capture_output=True, text=True, timeout=600)
@@ -286,10 +305,12 @@ def test_claim_is_exclusive_and_a_killed_run_is_cleaned_up(tmp_path, caplog):
     """A writer is SIGKILLed in the middle: its lock dies with it, the next run takes the output,
     removes the dead run's container and warns about (but keeps) one without an owner record."""
     out = tmp_path / "o"
-    code = ("import sys, time\nfrom tokexport.outdir import claim_out_dir\n"
-            "with claim_out_dir(sys.argv[1], False, kind='convert') as c, c.staged() as tmp:\n"
-            "    (tmp / 'model.onnx').write_bytes(b'partial')\n"
-            "    print('ready', flush=True)\n    time.sleep(600)\n")
+    code = (
+        "import sys, time\nfrom tokexport.outdir import claim_out_dir\n"
+        "with claim_out_dir(sys.argv[1], False, kind='convert') as c, c.staged() as tmp:\n"
+        "    (tmp / 'model.onnx').write_bytes(b'partial')\n"
+        "    print('ready', flush=True)\n    time.sleep(600)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert p.stdout.readline().strip() == "ready"
@@ -304,8 +325,11 @@ def test_claim_is_exclusive_and_a_killed_run_is_cleaned_up(tmp_path, caplog):
         p.wait()
     foreign = stale_container(tmp_path, "o", outdir.TMP_TAG, None)
     other = stale_container(tmp_path, "o.tmp-x", outdir.TMP_TAG, dead_pid())  # another output's: not ours
-    with caplog.at_level(logging.WARNING, logger="tokexport"), \
-            claim_out_dir(out, False, kind="convert") as claim, claim.staged() as tmp:
+    with (
+        caplog.at_level(logging.WARNING, logger="tokexport"),
+        claim_out_dir(out, False, kind="convert") as claim,
+        claim.staged() as tmp,
+    ):
         (tmp / "model.onnx").write_bytes(b"complete")
     assert not busy[0].exists()
     assert foreign.exists() and str(foreign) in caplog.text and "owner record" in caplog.text
@@ -343,10 +367,14 @@ def test_swap_restores_the_old_output_when_the_rename_fails(tmp_path, monkeypatc
 def test_sweep_and_search_follow_the_same_rules(world, cmd):
     name, *opts = cmd
     one_error(run_cli(name, str(world.recipe), *opts, "--out", ".", "--force", cwd=world.work), "current directory")
-    one_error(run_cli(name, str(world.recipe), *opts, "--out", str(world.mine), "--force", cwd=world.work),
-              "not written by tokexport")
-    one_error(run_cli(name, str(world.recipe), *opts, "--out", str(world.model.parent), "--force", cwd=world.work),
-              str(world.model.parent))
+    one_error(
+        run_cli(name, str(world.recipe), *opts, "--out", str(world.mine), "--force", cwd=world.work),
+        "not written by tokexport",
+    )
+    one_error(
+        run_cli(name, str(world.recipe), *opts, "--out", str(world.model.parent), "--force", cwd=world.work),
+        str(world.model.parent),
+    )
     assert_unchanged(world.before, world.root)
 
 
@@ -392,8 +420,10 @@ def test_models_fetch_rules(tmp_path):
     write_marker(mine, "model")
     before = snapshot(tmp_path)
     one_error(run_cli("models", "fetch", "tiny-llava", "--force", env=env, cwd=mine), "current directory")
-    one_error(run_cli("models", "fetch", "tiny-llava", "--force", env=env, cwd=mine / "docs"),
-              "parent of the current directory")
+    one_error(
+        run_cli("models", "fetch", "tiny-llava", "--force", env=env, cwd=mine / "docs"),
+        "parent of the current directory",
+    )
     assert_unchanged(before, tmp_path)
     # a tokexport-fetched folder is rebuilt with --force, also one fetched before the marker existed
     (mine / MARKER).unlink()

@@ -37,19 +37,22 @@ def test_no_pruning_is_empty():
     assert plan(cfg(), 257, 1, 12) == []
 
 
-@pytest.mark.parametrize("kw,needle", [
-    ({"prune_layers": [2, 12], "keep_rate": 0.9}, "reduction.prune_layers[1]"),
-    ({"prune_layers": [5, 2], "keep_rate": 0.9}, "strictly increasing"),
-    ({"prune_layers": [2, 2], "keep_rate": 0.9}, "strictly increasing"),
-    ({"prune_layers": [2], "keep_rate": 1.5}, "reduction.keep_rate[0]"),
-    ({"prune_layers": [2], "keep_rate": 0.0}, "outside (0, 1]"),
-    ({"prune_layers": [2, 3], "keep_rate": [0.5]}, "one per layer"),
-    ({"prune_layers": [2, 3], "keep": [100, 200]}, "reduction.keep[1]"),
-    ({"prune_layers": [2], "keep": [300]}, "only 256"),
-    ({"prune_layers": [2]}, "exactly one of keep_rate"),
-    ({"prune_layers": [2], "keep_rate": 0.5, "keep": [10]}, "exactly one of keep_rate"),
-    ({"keep_rate": 0.5}, "prune_layers: empty"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"prune_layers": [2, 12], "keep_rate": 0.9}, "reduction.prune_layers[1]"),
+        ({"prune_layers": [5, 2], "keep_rate": 0.9}, "strictly increasing"),
+        ({"prune_layers": [2, 2], "keep_rate": 0.9}, "strictly increasing"),
+        ({"prune_layers": [2], "keep_rate": 1.5}, "reduction.keep_rate[0]"),
+        ({"prune_layers": [2], "keep_rate": 0.0}, "outside (0, 1]"),
+        ({"prune_layers": [2, 3], "keep_rate": [0.5]}, "one per layer"),
+        ({"prune_layers": [2, 3], "keep": [100, 200]}, "reduction.keep[1]"),
+        ({"prune_layers": [2], "keep": [300]}, "only 256"),
+        ({"prune_layers": [2]}, "exactly one of keep_rate"),
+        ({"prune_layers": [2], "keep_rate": 0.5, "keep": [10]}, "exactly one of keep_rate"),
+        ({"keep_rate": 0.5}, "prune_layers: empty"),
+    ],
+)
 def test_bad_schedules_name_the_field(kw, needle):
     with pytest.raises(InputError) as e:
         plan(cfg(**kw), 257, 1, 12)
@@ -74,8 +77,10 @@ def test_merge_schedule_from_r():
     assert [s.tokens_out for s in st] == [257 - 9 * (i + 1) for i in range(12)]
     assert {(s.kind, s.prop_attn) for s in st} == {("merge", True)}
     st = plan(tome(r=[0, 16, 0, 8] + [0] * 8, prop_attn=False), 257, 1, 12)  # per block; 0 = no merge
-    assert [(s.layer, s.tokens_in, s.tokens_out, s.prop_attn) for s in st] == \
-        [(1, 257, 241, False), (3, 241, 233, False)]
+    assert [(s.layer, s.tokens_in, s.tokens_out, s.prop_attn) for s in st] == [
+        (1, 257, 241, False),
+        (3, 241, 233, False),
+    ]
     st = plan(tome(prune_layers=[2, 5], r=[10, 20]), 198, 2, 12)  # listed blocks; DeiT's two prefix tokens
     assert [(s.layer, s.n_keep) for s in st] == [(2, 186), (5, 166)]
     assert tokens_per_layer(st, 198, 12) == [198] * 3 + [188] * 3 + [168] * 6
@@ -83,12 +88,15 @@ def test_merge_schedule_from_r():
     assert plan(tome(r=0), 257, 1, 12) == [] and plan(tome(), 257, 1, 12) == []
 
 
-@pytest.mark.parametrize("kw,needle", [
-    ({"r": 129}, "reduction.r: 129 tokens merged at block 0"),
-    ({"r": [128, 65] + [0] * 10}, "reduction.r[1]: 65 tokens merged at block 1"),
-    ({"r": [1, 2]}, "reduction.r: 2 values for a model with 12 blocks"),
-    ({"prune_layers": [0], "keep": [100]}, "reduction.keep[0]: 156 tokens merged"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"r": 129}, "reduction.r: 129 tokens merged at block 0"),
+        ({"r": [128, 65] + [0] * 10}, "reduction.r[1]: 65 tokens merged at block 1"),
+        ({"r": [1, 2]}, "reduction.r: 2 values for a model with 12 blocks"),
+        ({"prune_layers": [0], "keep": [100]}, "reduction.keep[0]: 156 tokens merged"),
+    ],
+)
 def test_merges_are_at_most_half(kw, needle):
     with pytest.raises(InputError) as e:
         plan(tome(**kw), 257, 1, 12)

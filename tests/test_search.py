@@ -1,5 +1,6 @@
 """`tokexport search` on a tiny random DINOv2: the greedy passes respect the budget and monotonic counts,
 the winner is the fewest-FLOPs feasible schedule evaluated, and its recipe + report are written."""
+
 from __future__ import annotations
 
 import json
@@ -58,24 +59,37 @@ def test_greedy_pass_finds_the_budget_edge_and_keeps_counts_non_increasing():
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, tiny_models):
     tmp = tmp_path_factory.mktemp("search")
-    r = recipe(tiny_models["dinov2"], **{
-        "name": "tiny-dinov2",
-        "reduction": {"method": "topk-cls", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},
-        "verify.accuracy": {"samples_per_class": 2, "prototypes_per_class": 1,
-                            "metrics": {"feature_cosine": {"min": 0.0}}},
-        "bench": {"enabled": True, "batch_sizes": [2], "warmup": 1, "repeats": 2},
-        "deploy": {"bundle": False},
-    })
+    r = recipe(
+        tiny_models["dinov2"],
+        **{
+            "name": "tiny-dinov2",
+            "reduction": {"method": "topk-cls", "prune_layers": [1, 2], "keep_rate": [0.5, 0.5]},
+            "verify.accuracy": {
+                "samples_per_class": 2,
+                "prototypes_per_class": 1,
+                "metrics": {"feature_cosine": {"min": 0.0}},
+            },
+            "bench": {"enabled": True, "batch_sizes": [2], "warmup": 1, "repeats": 2},
+            "deploy": {"bundle": False},
+        },
+    )
     path = write(tmp, r)
-    ref = run_cli("search", str(path), "--max-drop", "0.02", "--metric", "feature_cosine", "--step", "2",
-                  "--out", str(tmp / "s"))
+    ref = run_cli(
+        "search", str(path), "--max-drop", "0.02", "--metric", "feature_cosine", "--step", "2", "--out", str(tmp / "s")
+    )
     return tmp / "s", path, ref
 
 
 def test_search_writes_winner_recipe_and_report(searched):
     out, _, res = searched
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert {p.name for p in out.iterdir()} == {"search.json", "tiny-dinov2-search.yaml", "winner", "reference", ".tokexport-output"}
+    assert {p.name for p in out.iterdir()} == {
+        "search.json",
+        "tiny-dinov2-search.yaml",
+        "winner",
+        "reference",
+        ".tokexport-output",
+    }
     s = json.loads((out / "search.json").read_text())
     assert s["kind"] == "search" and s["metric"] == "feature_cosine" and s["max_drop"] == 0.02
     feasible = [t for t in s["trace"] if t["feasible"]]
@@ -116,17 +130,28 @@ def test_search_bad_input(tmp_path, tiny_models, searched):
     _, recipe_path, _ = searched
     out = tmp_path / "o"
     assert_one_line_error(run_cli("search", str(recipe_path), "--max-drop", "x", "--out", str(out)), "--max-drop")
-    assert_one_line_error(run_cli("search", str(recipe_path), "--max-drop", "0.1", "--metric", "top5", "--out",
-                                  str(out)), "--metric", "top5")
-    assert_one_line_error(run_cli("search", str(recipe_path), "--max-drop", "0.1", "--layers", "1,9", "--out",
-                                  str(out)), "--layers", "9")
-    vis = write(tmp_path, {"model": "tiny-llava", "task": "visual-tokens", "reduction": {"method": "fopru-rank",
-                                                                                          "keep": 4}}, "v.yaml")
+    assert_one_line_error(
+        run_cli("search", str(recipe_path), "--max-drop", "0.1", "--metric", "top5", "--out", str(out)),
+        "--metric",
+        "top5",
+    )
+    assert_one_line_error(
+        run_cli("search", str(recipe_path), "--max-drop", "0.1", "--layers", "1,9", "--out", str(out)), "--layers", "9"
+    )
+    vis = write(
+        tmp_path,
+        {"model": "tiny-llava", "task": "visual-tokens", "reduction": {"method": "fopru-rank", "keep": 4}},
+        "v.yaml",
+    )
     # a visual-token search varies K (tests/test_sweep_search_tasks.py): no layer-wise schedule, no --layers
-    assert_one_line_error(run_cli("search", str(vis), "--max-drop", "0.1", "--layers", "1", "--out", str(out)),
-                          "--layers", "visual-tokens")
-    assert_one_line_error(run_cli("search", str(recipe_path), "--max-drop", "0.1", "--max-evals", "3", "--out",
-                                  str(out)), "--max-evals")
+    assert_one_line_error(
+        run_cli("search", str(vis), "--max-drop", "0.1", "--layers", "1", "--out", str(out)),
+        "--layers",
+        "visual-tokens",
+    )
+    assert_one_line_error(
+        run_cli("search", str(recipe_path), "--max-drop", "0.1", "--max-evals", "3", "--out", str(out)), "--max-evals"
+    )
     assert_nothing_written(out)
 
 
@@ -146,8 +171,10 @@ def test_parallel_rounds_take_the_sequential_path():
             return Evaluation(dict(keep), [], float(sum(keep.values())), 0.0, {}, d, d <= 0.1)
 
         layers, n, step = rng.sample(range(12), 3), rng.randint(5, 60), rng.randint(1, 4)
-        seq = {o: greedy_search(evaluate, layers, n, step, d) for o, d in (("deepest layer first", True),
-                                                                           ("shallowest layer first", False))}
+        seq = {
+            o: greedy_search(evaluate, layers, n, step, d)
+            for o, d in (("deepest layer first", True), ("shallowest layer first", False))
+        }
         for width in (1, 2, 3, 8):
             calls = []
 

@@ -1,6 +1,7 @@
 """The package's import structure: no import cycle among tokexport's modules (function-level imports
 included), no module importing another module's _private name, no path outside the repository; and its
 size: no module over 600 lines, no function over 80."""
+
 from __future__ import annotations
 
 import ast
@@ -114,8 +115,12 @@ def test_no_private_names_across_modules():
 
 
 def test_no_paths_outside_the_repository():
-    res = subprocess.run(["grep", "-rn", "shared/", "tokexport", "README.md", "docs", "scripts"], cwd=REPO,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["grep", "-rn", "shared/", "tokexport", "README.md", "docs", "scripts"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     # grep exits 1 when nothing matched; 0 is a match, 2 an error (a missing path: nothing was searched)
     assert res.returncode == 1 and res.stdout == "" and res.stderr == "", (res.returncode, res.stdout, res.stderr)
 
@@ -138,8 +143,11 @@ def check_function_lengths(root: Path, limit: int = MAX_FUNCTION_LINES) -> None:
     """AssertionError naming every function under ``root`` longer than ``limit`` lines."""
     too_long = []
     for p in sorted(root.rglob("*.py")):
-        defs = [node for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
-                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)]
+        defs = [
+            node
+            for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        ]
         for node in sorted(defs, key=lambda d: d.lineno):
             n = node.end_lineno - node.lineno + 1
             if n > limit:
@@ -188,12 +196,22 @@ def test_the_function_length_check_names_a_long_function_method_and_nested_funct
     first = str(failed.value).splitlines()[0]  # the message (pytest appends the failed expression)
     assert first.startswith("functions over 80 lines (split each into its steps): "), first
     named = first.split(": ", 1)[1].split("; ")
-    assert named == ["pkg/long.py:1 too_long: 81 lines", "pkg/long.py:85 method: 81 lines",
-                     "pkg/long.py:168 outer: 83 lines", "pkg/long.py:169 inner: 81 lines"], named
+    assert named == [
+        "pkg/long.py:1 too_long: 81 lines",
+        "pkg/long.py:85 method: 81 lines",
+        "pkg/long.py:168 outer: 83 lines",
+        "pkg/long.py:169 inner: 81 lines",
+    ], named
 
 
-CLI_MODULES = {"tokexport.__main__", "tokexport.cli", "tokexport.cli.app", "tokexport.cli.ci", "tokexport.cli.target",
-               "tokexport.cli.ui"}
+CLI_MODULES = {
+    "tokexport.__main__",
+    "tokexport.cli",
+    "tokexport.cli.app",
+    "tokexport.cli.ci",
+    "tokexport.cli.target",
+    "tokexport.cli.ui",
+}
 UI_PACKAGES = ("typer", "rich", "click")
 
 
@@ -208,13 +226,18 @@ def test_the_library_never_imports_the_cli():
         if mod in CLI_MODULES:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            )
             ui += [f"{mod} imports {n}" for n in names if n.split(".")[0] in UI_PACKAGES]
     assert ui == []
-    code = ("import sys, tokexport, tokexport.pipeline, tokexport.report, tokexport.tasks.run, tokexport.tasks.registered, tokexport.shipped\n"
-            "assert tokexport.shipped.find_shipped_recipe('dinov2-small-zero-tprune') is not None\n"
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {UI_PACKAGES!r} or m in {sorted(CLI_MODULES)!r}))")
+    code = (
+        "import sys, tokexport, tokexport.pipeline, tokexport.report, tokexport.tasks.run, tokexport.tasks.registered, tokexport.shipped\n"
+        "assert tokexport.shipped.find_shipped_recipe('dinov2-small-zero-tprune') is not None\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {UI_PACKAGES!r} or m in {sorted(CLI_MODULES)!r}))"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
     assert res.returncode == 0 and res.stdout.strip() == "[]", (res.stdout, res.stderr[-2000:])
 
@@ -249,6 +272,7 @@ def test_the_registry_refuses_duplicates_across_shared_names_and_lists_the_known
         name = "a"
 
     with pytest.raises(RuntimeError, match="'a' registered twice"):
+
         @schedules.register
         class B:
             name = "a"
@@ -258,6 +282,7 @@ def test_the_registry_refuses_duplicates_across_shared_names_and_lists_the_known
         name = "c"
 
     with pytest.raises(RuntimeError, match="'c' registered twice"):
+
         @steps.register
         class D:
             name = "c"
@@ -278,24 +303,38 @@ def test_a_new_method_module_registers_by_being_there(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("from tokexport.registry import Registry\nREG = Registry('thing')\nORDER = []\n")
     for name in ("zeta", "alpha", "last_one", "_private", "infra"):
         (pkg / f"{name}.py").write_text(
-            f"from newpkg import REG, ORDER\nORDER.append({name!r})\n\n@REG.register\nclass T:\n    name = {name!r}\n")
+            f"from newpkg import REG, ORDER\nORDER.append({name!r})\n\n@REG.register\nclass T:\n    name = {name!r}\n"
+        )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert import_submodules("newpkg", last=("last_one",), skip=("infra",)) == ["alpha", "zeta", "last_one"]
     import newpkg
 
     assert newpkg.ORDER == ["alpha", "zeta", "last_one"] and sorted(newpkg.REG) == ["alpha", "last_one", "zeta"]
     assert isinstance(newpkg.REG, Registry)
-    res = subprocess.run([sys.executable, "-c", "import sys, tokexport.reduce, tokexport.vlm\n"
-                          "print(sorted(m for m in sys.modules if m.startswith(('tokexport.reduce.', 'tokexport.vlm.'))))"],
-                         cwd=REPO, capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tokexport.reduce, tokexport.vlm\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('tokexport.reduce.', 'tokexport.vlm.'))))",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import tokexport.reduce
     import tokexport.vlm
 
     skipped = {f"tokexport.reduce.{n}" for n in tokexport.reduce.INFRASTRUCTURE} | {
-        f"tokexport.vlm.{n}" for n in tokexport.vlm.INFRASTRUCTURE}
-    on_disk = sorted(f"tokexport.{p.parent.name}.{p.stem}" for d in ("reduce", "vlm")
-                     for p in (PKG / d).glob("*.py") if not p.stem.startswith("_")
-                     and f"tokexport.{p.parent.name}.{p.stem}" not in skipped)
+        f"tokexport.vlm.{n}" for n in tokexport.vlm.INFRASTRUCTURE
+    }
+    on_disk = sorted(
+        f"tokexport.{p.parent.name}.{p.stem}"
+        for d in ("reduce", "vlm")
+        for p in (PKG / d).glob("*.py")
+        if not p.stem.startswith("_") and f"tokexport.{p.parent.name}.{p.stem}" not in skipped
+    )
     assert set(on_disk) <= set(eval(res.stdout)), res.stdout  # every module of both packages was imported
 
 
@@ -312,8 +351,13 @@ def test_the_device_script_needs_only_numpy_and_a_runtime():
             assert not node.level, f"relative import in {path.name}"
             found.add((node.module or "").split(".")[0])
     assert found - allowed == set(), found - allowed
-    res = subprocess.run([sys.executable, "-I", str(path), "--help"], capture_output=True, text=True, check=False,
-                         cwd=path.parent.parent.parent.parent)  # -I: no tokexport on the path, as on the device
+    res = subprocess.run(
+        [sys.executable, "-I", str(path), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=path.parent.parent.parent.parent,
+    )  # -I: no tokexport on the path, as on the device
     assert res.returncode == 0 and "usage" in res.stdout.lower(), res.stdout + res.stderr
 
 
@@ -322,7 +366,8 @@ def test_the_device_script_needs_only_numpy_and_a_runtime():
 # string constants equal to a registered name that are not that name's use, each with why
 NAME_ALLOWED = {
     # the recipe union: the `task:` tag chooses the recipe kind before any task is imported
-    ("task", "recipe.py"): "the recipe union", ("task", "vocab/recipe.py"): "the recipe union",
+    ("task", "recipe.py"): "the recipe union",
+    ("task", "vocab/recipe.py"): "the recipe union",
     # Hugging Face / Optimum task names that choose the model class to load (the loader's own vocabulary)
     ("task", "load.py"): "Optimum task names choosing the model class",
     # the report contract: the `kind` values a report may carry, read by `check` without importing a task
@@ -343,7 +388,11 @@ def stray_names(root: Path, owners: dict[str, set[Path]], tasks: set[str]) -> li
         for node in ast.walk(ast.parse(path.read_text())):
             if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
                 continue
-            if node.value in owners and path.resolve() not in owners[node.value] and ("method", rel) not in NAME_ALLOWED:
+            if (
+                node.value in owners
+                and path.resolve() not in owners[node.value]
+                and ("method", rel) not in NAME_ALLOWED
+            ):
                 out.append(f"{rel}:{node.lineno}: method {node.value!r}")
             if node.value in tasks and not rel.startswith("tasks/") and ("task", rel) not in NAME_ALLOWED:
                 out.append(f"{rel}:{node.lineno}: task {node.value!r}")

@@ -1,6 +1,7 @@
 """`tokexport sweep` on a tiny random DINOv2: 3 keep rates × 2 methods in 2 worker processes produce
 sweep.json, sweep.html and pareto.png whose data are the per-run reports'; a failed point is recorded and the rest
 go on, --resume keeps done points, --backend ray without Ray exits 5 (the Ray backend: tests/test_ray_backend.py)."""
+
 from __future__ import annotations
 
 import base64
@@ -26,12 +27,26 @@ RATES = [0.9, 0.6, 0.3]
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, tiny_models):
     tmp = tmp_path_factory.mktemp("sweep")
-    r = recipe(tiny_models["dinov2"], name="tiny-dinov2",
-               reduction={"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": [0.9, 0.8], "init": "uniform"},
-               bench={"enabled": True, "batch_sizes": [1, 2], "warmup": 1, "repeats": 3}, deploy={"bundle": False})
+    r = recipe(
+        tiny_models["dinov2"],
+        name="tiny-dinov2",
+        reduction={"method": "zero-tprune", "prune_layers": [1, 2], "keep_rate": [0.9, 0.8], "init": "uniform"},
+        bench={"enabled": True, "batch_sizes": [1, 2], "warmup": 1, "repeats": 3},
+        deploy={"bundle": False},
+    )
     out = tmp / "sweep"
-    res = run_cli("sweep", str(write(tmp, r)), "--keep-rates", ",".join(map(str, RATES)),
-                  "--methods", "zero-tprune,random", "--jobs", "2", "--out", str(out))
+    res = run_cli(
+        "sweep",
+        str(write(tmp, r)),
+        "--keep-rates",
+        ",".join(map(str, RATES)),
+        "--methods",
+        "zero-tprune,random",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out, res
 
@@ -42,8 +57,9 @@ def test_sweep_files_match_the_reports(swept):
     s = json.loads((out / "sweep.json").read_text())
     assert s["kind"] == "sweep" and s["metric"] == "instance_top1" and s["jobs"] == 2
     assert s["x"] == {"key": "speedup", "label": "measured speed-up at batch 2", "batch": 2}
-    assert [(p["method"], p["keep_rate"]) for p in s["points"]] == [(m, k) for m in ("zero-tprune", "random")
-                                                                    for k in RATES]
+    assert [(p["method"], p["keep_rate"]) for p in s["points"]] == [
+        (m, k) for m in ("zero-tprune", "random") for k in RATES
+    ]
     for p in s["points"]:
         rep = json.loads((out / p["run_dir"] / "report.json").read_text())
         red = rep["recipe"]["reduction"]
@@ -62,8 +78,9 @@ def test_sweep_files_match_the_reports(swept):
     ratios = [p["flops_ratio"] for p in s["points"][:3]]
     assert ratios == sorted(ratios, reverse=True)  # fewer tokens, fewer FLOPs
     # the front over the points and the original model (speed-up 1, original accuracy)
-    front = pareto_front([p["speedup"] for p in s["points"]] + [1.0],
-                         [p["metric"] for p in s["points"]] + [s["original"]["metric"]])[:-1]
+    front = pareto_front(
+        [p["speedup"] for p in s["points"]] + [1.0], [p["metric"] for p in s["points"]] + [s["original"]["metric"]]
+    )[:-1]
     assert [p["pareto"] for p in s["points"]] == front
     assert "sweep.json" in res.stdout and "random" in res.stdout
 
@@ -75,8 +92,13 @@ def test_sweep_html_is_self_contained_and_carries_the_data(swept):
     assert "<table>" in page and "http://" not in page and "https://" not in page
     png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1))
     assert png == (out / "pareto.png").read_bytes()
-    data = json.loads(re.search(r'<script type="application/json" id="sweep-data">(.*?)</script>', page, re.DOTALL)
-                      .group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="sweep-data">(.*?)</script>', page, re.DOTALL)
+        .group(1)
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+    )
     assert data == s["points"]
     for p in s["points"]:
         assert f"{p['metric_original']:.4f} → {p['metric']:.4f}" in page
@@ -104,14 +126,19 @@ def test_sweep_bad_input(tmp_path, tiny_models):
     out = tmp_path / "o"
     assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.9,abc", "--out", str(out)), "--keep-rates", "abc")
     assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.9,1.5", "--out", str(out)), "--keep-rates", "1.5")
-    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--methods", "zero-prune", "--out", str(out)),
-                          "--methods", "zero-prune")
-    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--metric", "top5", "--out", str(out)),
-                          "--metric", "top5")
+    assert_one_line_error(
+        run_cli("sweep", str(p), "--keep-rates", "0.5", "--methods", "zero-prune", "--out", str(out)),
+        "--methods",
+        "zero-prune",
+    )
+    assert_one_line_error(
+        run_cli("sweep", str(p), "--keep-rates", "0.5", "--metric", "top5", "--out", str(out)), "--metric", "top5"
+    )
     assert_nothing_written(out)
     out.mkdir()
-    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--out", str(out)),
-                          "already exists", "--force")
+    assert_one_line_error(
+        run_cli("sweep", str(p), "--keep-rates", "0.5", "--out", str(out)), "already exists", "--force"
+    )
 
 
 def test_sweep_records_a_failed_point_goes_on_and_resumes(tmp_path, tiny_models):
@@ -138,8 +165,9 @@ def test_sweep_records_a_failed_point_goes_on_and_resumes(tmp_path, tiny_models)
     done = out / "tiny" / "runs" / "topk-cls-k0.5" / "report.json"
     stamp = done.stat().st_mtime_ns
     # without --resume (or --force) the existing output is refused
-    assert_one_line_error(run_cli("sweep", str(good), "--keep-rates", "0.5", "--out", str(out / "tiny")),
-                          "already exists")
+    assert_one_line_error(
+        run_cli("sweep", str(good), "--keep-rates", "0.5", "--out", str(out / "tiny")), "already exists"
+    )
     res = run_cli("sweep", str(good), str(absent), "--keep-rates", "0.5", "--out", str(out), "--resume", env=env)
     assert res.returncode == 2 and "1 point(s) kept from the earlier run (--resume)" in res.stdout
     s = json.loads((out / "tiny" / "sweep.json").read_text())
@@ -154,8 +182,10 @@ def test_sweep_without_ray_exits_5(tmp_path, tiny_models):
     p = write(tmp_path, recipe(tiny_models["dinov2"]))
     out = tmp_path / "o"
     for cmd in (["sweep", str(p), "--keep-rates", "0.5"], ["search", str(p), "--max-drop", "0.1"]):
-        code = ("import sys; sys.modules['ray'] = None; from tokexport.cli import main; "
-                f"sys.argv = ['tokexport', *{cmd!r}, '--backend', 'ray', '--out', {str(out)!r}]; main()")
+        code = (
+            "import sys; sys.modules['ray'] = None; from tokexport.cli import main; "
+            f"sys.argv = ['tokexport', *{cmd!r}, '--backend', 'ray', '--out', {str(out)!r}]; main()"
+        )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
         assert res.returncode == 5, (res.stdout, res.stderr)
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
@@ -166,19 +196,27 @@ def test_sweep_without_ray_exits_5(tmp_path, tiny_models):
 def test_sweep_backend_options_bad_input(tmp_path, tiny_models):
     p = write(tmp_path, recipe(tiny_models["dinov2"]))
     out = tmp_path / "o"
-    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--backend", "spark", "--out", str(out)),
-                          "--backend", "spark")
-    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--backend", "ray", "--jobs", "2",
-                                  "--out", str(out)), "--jobs", "--backend local")
-    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--cpus-per-job", "0", "--out", str(out)),
-                          "--cpus-per-job")
-    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--resume", "--force", "--out", str(out)),
-                          "--resume", "--force")
-    assert_one_line_error(run_cli("sweep", str(p), str(p), "--keep-rates", "0.5", "--out", str(out)),
-                          "distinct file names")
+    assert_one_line_error(
+        run_cli("sweep", str(p), "--keep-rates", "0.5", "--backend", "spark", "--out", str(out)), "--backend", "spark"
+    )
+    assert_one_line_error(
+        run_cli("sweep", str(p), "--keep-rates", "0.5", "--backend", "ray", "--jobs", "2", "--out", str(out)),
+        "--jobs",
+        "--backend local",
+    )
+    assert_one_line_error(
+        run_cli("sweep", str(p), "--keep-rates", "0.5", "--cpus-per-job", "0", "--out", str(out)), "--cpus-per-job"
+    )
+    assert_one_line_error(
+        run_cli("sweep", str(p), "--keep-rates", "0.5", "--resume", "--force", "--out", str(out)), "--resume", "--force"
+    )
+    assert_one_line_error(
+        run_cli("sweep", str(p), str(p), "--keep-rates", "0.5", "--out", str(out)), "distinct file names"
+    )
     assert_nothing_written(out)
     conv = tmp_path / "conv"
     conv.mkdir()
     (conv / ".tokexport-output").write_text('{"tool": "tokexport", "kind": "convert"}')
-    assert_one_line_error(run_cli("sweep", str(p), "--keep-rates", "0.5", "--resume", "--out", str(conv)),
-                          "not by a sweep")
+    assert_one_line_error(
+        run_cli("sweep", str(p), "--keep-rates", "0.5", "--resume", "--out", str(conv)), "not by a sweep"
+    )

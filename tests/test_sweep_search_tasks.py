@@ -2,6 +2,7 @@
 `task: visual-tokens` (sweep over keep rates, search over K) and a random 2-layer Llama with a byte-level
 BPE tokenizer and `task: vocab-trim` (sweep over trim.target_vocab_size, search for the smallest one).
 Every point and candidate is a full conversion through the one driver; bench repeats are tiny."""
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,23 @@ SKIP_FILES = {".tokexport-output"}
 @pytest.fixture(scope="module")
 def visual_recipe(tmp_path_factory, tiny_models):
     tmp = tmp_path_factory.mktemp("visual")
-    r = {"model": str(tiny_models["clip-vision"]), "task": "visual-tokens", "name": "tiny-clip",
-         "vision": {"feature_layer": -2, "prompt_tokens": 32},
-         "reduction": {"method": "fopru-rank", "keep": 4},
-         "verify": {"parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 2},
-                    "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1,
-                                 "metrics": {"feature_cosine": {"min": 0.5}}}},  # >= 0.78 measured
-         "bench": {"batch_sizes": [1], "warmup": 1, "repeats": 2}, "deploy": {"bundle": False}}
+    r = {
+        "model": str(tiny_models["clip-vision"]),
+        "task": "visual-tokens",
+        "name": "tiny-clip",
+        "vision": {"feature_layer": -2, "prompt_tokens": 32},
+        "reduction": {"method": "fopru-rank", "keep": 4},
+        "verify": {
+            "parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 2},
+            "accuracy": {
+                "samples_per_class": 1,
+                "prototypes_per_class": 1,
+                "metrics": {"feature_cosine": {"min": 0.5}},
+            },
+        },  # >= 0.78 measured
+        "bench": {"batch_sizes": [1], "warmup": 1, "repeats": 2},
+        "deploy": {"bundle": False},
+    }
     return write(tmp, r, "tiny-clip.yaml")
 
 
@@ -53,6 +64,7 @@ def _files(out):
 
 
 # ------------------------------------------------------------------------------------------------ sweep
+
 
 def test_visual_sweep_varies_k(visual_recipe, tmp_path):
     out = tmp_path / "sweep"
@@ -85,8 +97,11 @@ def test_vocab_sweep_varies_the_target_vocabulary(vocab_recipe, tmp_path):
     s = json.loads((out / "sweep.json").read_text())
     # decoder default: the next-token agreement the recipe gates; x = parameters (what a trim buys)
     assert s["task_kind"] == "vocab-trim" and s["metric"] == "next_token_top1_agreement"
-    assert s["x"] == {"key": "params_reduction", "label": "parameter reduction (original ÷ trimmed parameters)",
-                      "batch": 2}
+    assert s["x"] == {
+        "key": "params_reduction",
+        "label": "parameter reduction (original ÷ trimmed parameters)",
+        "batch": 2,
+    }
     assert [p["target_vocab_size"] for p in s["points"]] == [20, 50]
     assert [p["run_dir"] for p in s["points"]] == ["runs/v20", "runs/v50"]
     for p in s["points"]:
@@ -99,7 +114,10 @@ def test_vocab_sweep_varies_the_target_vocabulary(vocab_recipe, tmp_path):
         m = rep["accuracy"]["metrics"]["next_token_top1_agreement"]
         assert (p["metric"], p["metric_original"]) == (m["reduced"], m["original"])
     small, large = s["points"]
-    assert small["vocab_size_trimmed"] < large["vocab_size_trimmed"] and small["params_reduction"] > large["params_reduction"]
+    assert (
+        small["vocab_size_trimmed"] < large["vocab_size_trimmed"]
+        and small["params_reduction"] > large["params_reduction"]
+    )
     page = (out / "sweep.html").read_text()
     assert "parameter reduction" in page and 'href="runs/v20/report.md"' in page
 
@@ -120,6 +138,7 @@ def test_sweep_bad_options_per_task(visual_recipe, vocab_recipe, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ search
+
 
 def _check_search(out, s, value_of):
     """Files written, the winner feasible, no smaller evaluated candidate feasible, the bound kept."""
@@ -143,8 +162,18 @@ def _check_search(out, s, value_of):
 
 def test_visual_search_smallest_k(visual_recipe, tmp_path):
     out = tmp_path / "search"
-    res = run_cli("search", str(visual_recipe), "--max-drop", "0.05", "--metric", "feature_cosine",
-                  "--max-evals", "4", "--out", str(out))
+    res = run_cli(
+        "search",
+        str(visual_recipe),
+        "--max-drop",
+        "0.05",
+        "--metric",
+        "feature_cosine",
+        "--max-evals",
+        "4",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     s = json.loads((out / "search.json").read_text())
     assert s["knob"] == "reduction.keep" and s["task"] == "visual-tokens" and s["evaluations"] <= 4
@@ -157,8 +186,18 @@ def test_visual_search_smallest_k(visual_recipe, tmp_path):
 
 def test_vocab_search_smallest_vocabulary(vocab_recipe, tmp_path):
     out = tmp_path / "search"
-    res = run_cli("search", str(vocab_recipe), "--max-drop", "0.02", "--metric", "heldout_token_coverage",
-                  "--max-evals", "4", "--out", str(out))
+    res = run_cli(
+        "search",
+        str(vocab_recipe),
+        "--max-drop",
+        "0.02",
+        "--metric",
+        "heldout_token_coverage",
+        "--max-evals",
+        "4",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     s = json.loads((out / "search.json").read_text())
     assert s["knob"] == "trim.target_vocab_size" and s["evaluations"] <= 4
@@ -166,8 +205,11 @@ def test_vocab_search_smallest_vocabulary(vocab_recipe, tmp_path):
     win = _check_search(out, s, lambda r: r["trim"]["mined"])
     assert win.trim.target_vocab_size == s["winner"]["value"] < 60
     # the winner's recipe stands on its own next to the outputs: model and corpus paths are absolute
-    assert (out / "winner" / "model").is_dir() and all(
-        str(src.path).startswith("/") for src in win.corpus.sources) and win.model.startswith("/")
+    assert (
+        (out / "winner" / "model").is_dir()
+        and all(str(src.path).startswith("/") for src in win.corpus.sources)
+        and win.model.startswith("/")
+    )
 
 
 def test_search_bad_options_per_task(visual_recipe, vocab_recipe, tmp_path):

@@ -2,6 +2,7 @@
 10.x), TensorRT 11 (strongly typed only) and JetPack 7.0 (TensorRT 10.13); each passes check-target
 on a tiny graph, and each bundle's build_engine.sh builds the way that TensorRT requires: --fp16 on
 weakly typed TensorRT, --stronglyTyped and never --fp16 on TensorRT 11 or for an fp16 graph on 10.x."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,13 @@ NEW = ("tensorrt-10.16", "tensorrt-11", "jetpack-7.0")
 def fp16_model(path):
     """y = x @ W (float16 weights and I/O), the shape of an `export.precision: fp16` graph."""
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float16), "W")
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "h",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 6, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 6, 3])], [w])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "h",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", 6, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", 6, 3])],
+        [w],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,8 +63,10 @@ def test_new_targets_check_a_tiny_graph(tmp_path, name):
 def test_recipe_accepts_new_targets(tmp_path):
     for name in NEW:
         p = tmp_path / f"{name}.yaml"
-        p.write_text(f"model: dinov2-small\nreduction: {{method: random, prune_layers: [2], keep_rate: 0.5}}\n"
-                     f"export: {{target: {name}}}\n")
+        p.write_text(
+            f"model: dinov2-small\nreduction: {{method: random, prune_layers: [2], keep_rate: 0.5}}\n"
+            f"export: {{target: {name}}}\n"
+        )
         r = load_recipe(p)
         assert (r.export.target, r.export.opset) == (name, 17)
 

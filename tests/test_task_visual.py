@@ -2,6 +2,7 @@
 bare CLIP / SigLIP towers and the tiny LLaVA / LLaVA-NeXT twins run end to end, every report keeps the
 report contract, attention_mass is an information-only figure that no recipe may gate, and bad
 visual recipes fail before anything is written."""
+
 from __future__ import annotations
 
 import copy
@@ -15,25 +16,45 @@ from tokexport.recipe import Recipe, load_recipe
 from tokexport.stages.report_schema import validate_report
 from tokexport.tasks.run import run
 
-_VERIFY = {"parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 3},
-           "accuracy": {"samples_per_class": 1, "prototypes_per_class": 1,
-                        # random weights: a real floor all the same (>= 0.78 measured on the tiny towers)
-                        "metrics": {"feature_cosine": {"min": 0.5}}}}
+_VERIFY = {
+    "parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": 3},
+    "accuracy": {
+        "samples_per_class": 1,
+        "prototypes_per_class": 1,
+        # random weights: a real floor all the same (>= 0.78 measured on the tiny towers)
+        "metrics": {"feature_cosine": {"min": 0.5}},
+    },
+}
 
 TOWER_CASES = {
     # one view, CLS significance, dynamic batch, bench on
-    "clip-tower": ("clip-vision", {
-        "task": "visual-tokens", "vision": {"feature_layer": -2, "prompt_tokens": 32},
-        "reduction": {"method": "fopru-rank", "keep": 4},
-        "bench": {"batch_sizes": [1, 2], "warmup": 1, "repeats": 2}}),
+    "clip-tower": (
+        "clip-vision",
+        {
+            "task": "visual-tokens",
+            "vision": {"feature_layer": -2, "prompt_tokens": 32},
+            "reduction": {"method": "fopru-rank", "keep": 4},
+            "bench": {"batch_sizes": [1, 2], "warmup": 1, "repeats": 2},
+        },
+    ),
     # anyres 2×2 + full view, no CLS (received significance), fixed export batch 2 (parity pads 3 → 4)
-    "siglip-anyres": ("siglip-vision", {
-        "task": "visual-tokens",
-        "vision": {"feature_layer": -2, "grid": [2, 2], "eval_layer": 1, "eval_source": "received"},
-        "reduction": {"method": "hired", "keep_rate": 0.25, "alpha": 0.5, "select_layer": -2, "alloc_layer": 0,
-                      "source": "received"},
-        "export": {"batch": 2},
-        "bench": {"batch_sizes": [2], "warmup": 1, "repeats": 2}}),
+    "siglip-anyres": (
+        "siglip-vision",
+        {
+            "task": "visual-tokens",
+            "vision": {"feature_layer": -2, "grid": [2, 2], "eval_layer": 1, "eval_source": "received"},
+            "reduction": {
+                "method": "hired",
+                "keep_rate": 0.25,
+                "alpha": 0.5,
+                "select_layer": -2,
+                "alloc_layer": 0,
+                "source": "received",
+            },
+            "export": {"batch": 2},
+            "bench": {"batch_sizes": [2], "warmup": 1, "repeats": 2},
+        },
+    ),
 }
 TWIN_CASES = {"tiny-llava": "llava-1.5-tiny-fopru-rank", "tiny-llava-next": "llava-next-tiny-hired"}
 CASES = [*TOWER_CASES, *TWIN_CASES]
@@ -112,7 +133,9 @@ def test_driver_runs_visual_tokens(runs, case):
     am = m["attention_mass"]
     assert am["info"] is True and 0 < am["value"] < 1 and "passed" not in am and "threshold" not in am
     for name in GATED:
-        assert m[name]["better"] == "higher" and m[name]["delta"] == pytest.approx(m[name]["reduced"] - m[name]["original"])
+        assert m[name]["better"] == "higher" and m[name]["delta"] == pytest.approx(
+            m[name]["reduced"] - m[name]["original"]
+        )
     assert m["feature_cosine"]["passed"] is True and m["attn_pooled_cosine"]["passed"] is None
     # honest baselines at the same K on the same crops (tokexport.vlm.baselines), every layout and model
     b = rep["baselines"]
@@ -155,20 +178,29 @@ def test_console_lines(runs, recipes):
     assert not any(line.startswith("- ") for line in lines)
 
 
-@pytest.mark.parametrize("over,needles", [
-    ({"verify.accuracy.metrics": {"attention_mass": {"min": 0.5}}},
-     ["verify.accuracy.metrics.attention_mass", "cannot gate", "information only"]),
-    ({"verify.accuracy.metrics": {"feature_cosine": {"min": 0.5}, "attention_mass": {"max_drop": 0.9}}},
-     ["attention_mass", "cannot gate"]),
-    ({"verify.accuracy.metrics": {"top1_agreement": {"min": 0.5}}}, ["top1_agreement", "not measured"]),
-    ({"verify.generation": {"prompts": ["hi"]}}, ["verify.generation", "LLaVA"]),
-    ({"verify.vs_baselines": {"metrics": ["attention_mass"]}}, ["verify.vs_baselines.metrics", "attention_mass",
-                                                                "feature_cosine"]),
-    ({"vision.grid": [2, 3]}, ["square grids"]),
-    ({"reduction": {"method": "fopru-rank", "keep": 400}}, ["keep", "exceeds"]),
-    ({"reduction": {"method": "fopru-rank", "keep": 4, "select_layer": 3}}, ["deeper than the feature layer"]),
-    ({"vision.eval_source": "cls"}, ["CLS"]),  # on the SigLIP tower below
-])
+@pytest.mark.parametrize(
+    "over,needles",
+    [
+        (
+            {"verify.accuracy.metrics": {"attention_mass": {"min": 0.5}}},
+            ["verify.accuracy.metrics.attention_mass", "cannot gate", "information only"],
+        ),
+        (
+            {"verify.accuracy.metrics": {"feature_cosine": {"min": 0.5}, "attention_mass": {"max_drop": 0.9}}},
+            ["attention_mass", "cannot gate"],
+        ),
+        ({"verify.accuracy.metrics": {"top1_agreement": {"min": 0.5}}}, ["top1_agreement", "not measured"]),
+        ({"verify.generation": {"prompts": ["hi"]}}, ["verify.generation", "LLaVA"]),
+        (
+            {"verify.vs_baselines": {"metrics": ["attention_mass"]}},
+            ["verify.vs_baselines.metrics", "attention_mass", "feature_cosine"],
+        ),
+        ({"vision.grid": [2, 3]}, ["square grids"]),
+        ({"reduction": {"method": "fopru-rank", "keep": 400}}, ["keep", "exceeds"]),
+        ({"reduction": {"method": "fopru-rank", "keep": 4, "select_layer": 3}}, ["deeper than the feature layer"]),
+        ({"vision.eval_source": "cls"}, ["CLS"]),  # on the SigLIP tower below
+    ],
+)
 def test_bad_visual_recipes_write_nothing(tiny_models, tmp_path, over, needles):
     case = "siglip-anyres" if over.get("vision.eval_source") == "cls" else "clip-tower"
     if case == "clip-tower":
@@ -186,9 +218,14 @@ def test_bad_visual_recipes_write_nothing(tiny_models, tmp_path, over, needles):
 
 def test_attention_mass_threshold_refused_before_loading(tmp_path):
     """The recipe is refused before the model is even looked at."""
-    recipe = Recipe.model_validate({"model": str(tmp_path / "no-such-model"), "task": "visual-tokens",
-                                    "reduction": {"method": "fopru-rank", "keep": 4},
-                                    "verify": {"accuracy": {"metrics": {"attention_mass": {"min": 0.3}}}}})
+    recipe = Recipe.model_validate(
+        {
+            "model": str(tmp_path / "no-such-model"),
+            "task": "visual-tokens",
+            "reduction": {"method": "fopru-rank", "keep": 4},
+            "verify": {"accuracy": {"metrics": {"attention_mass": {"min": 0.3}}}},
+        }
+    )
     with pytest.raises(InputError, match="attention_mass: cannot gate"):
         run(recipe, tmp_path, tmp_path / "out", label="r.yaml")
 

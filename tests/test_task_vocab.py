@@ -6,6 +6,7 @@ Cases: the real MiniLM recipe (WordPiece encoder, batch 1) and the real SmolLM2 
 decoder, batch 1), both as shipped (the session's one conversion of each: conftest ``shipped``), and a
 tiny random Llama decoder with a byte-level BPE tokenizer at a fixed batch of 2 with an odd number of
 parity samples (the last chunk is padded) and at a dynamic batch."""
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,27 @@ from tokexport.stages.report_schema import validate_report
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 
-ENCODER_METRICS = {"tokenizer_remap_exact", "checkpoint_tensors_exact", "heldout_token_coverage", "in_vocab_max_abs_diff",
-                   "in_vocab_onnx_max_abs_diff", "heldout_embedding_cosine"}
-DECODER_METRICS = {"tokenizer_remap_exact", "checkpoint_tensors_exact", "heldout_token_coverage",
-                   "generation_exact_match", "generation_differences_explained", "next_token_top1_agreement",
-                   "top1_agreement_where_kept", "perplexity_per_char_increase"}
+ENCODER_METRICS = {
+    "tokenizer_remap_exact",
+    "checkpoint_tensors_exact",
+    "heldout_token_coverage",
+    "in_vocab_max_abs_diff",
+    "in_vocab_onnx_max_abs_diff",
+    "heldout_embedding_cosine",
+}
+DECODER_METRICS = {
+    "tokenizer_remap_exact",
+    "checkpoint_tensors_exact",
+    "heldout_token_coverage",
+    "generation_exact_match",
+    "generation_differences_explained",
+    "next_token_top1_agreement",
+    "top1_agreement_where_kept",
+    "perplexity_per_char_increase",
+}
 INFO = {"in_vocab_onnx_max_abs_diff"}
 LOWER_IS_BETTER = {"in_vocab_max_abs_diff", "perplexity_per_char_increase"}
+
 
 def _write_recipe(data: dict, path: Path) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -59,11 +74,15 @@ def smollm2(shipped):
     return None, shipped("smollm2-135m-vocab-en")
 
 
-WORDS = ("the cat dog bird sun sky tree house garden river city child mother father friend book table window door "
-         "road day night morning water bread milk apple green blue red small big old new warm cold happy").split()
+WORDS = (
+    "the cat dog bird sun sky tree house garden river city child mother father friend book table window door "
+    "road day night morning water bread milk apple green blue red small big old new warm cold happy"
+).split()
 VERBS = "sees likes has finds wants makes takes gives eats reads".split()
-OTHER = ("zebra quizzically juxtaposed xylophones mountainous philosophical extraordinary bureaucracy "
-         "photosynthesis kaleidoscope onomatopoeia thermodynamics") * 3
+OTHER = (
+    "zebra quizzically juxtaposed xylophones mountainous philosophical extraordinary bureaucracy "
+    "photosynthesis kaleidoscope onomatopoeia thermodynamics"
+) * 3
 
 
 def _tiny_decoder(root: Path) -> Path:
@@ -74,42 +93,64 @@ def _tiny_decoder(root: Path) -> Path:
 
     rng = np.random.default_rng(0)
     letters = list("abcdefghijklmnopqrstuvwxyz")
-    sentences = [f"the {rng.choice(WORDS)} {rng.choice(VERBS)} the {rng.choice(WORDS)} {rng.choice(WORDS)}"
-                 # one sentence in ten ends with a made-up word: pieces seen once, below min_frequency 2
-                 + (" " + "".join(rng.choice(letters, 7)) if rng.random() < 0.1 else "") + "."
-                 for _ in range(400)]
+    sentences = [
+        f"the {rng.choice(WORDS)} {rng.choice(VERBS)} the {rng.choice(WORDS)} {rng.choice(WORDS)}"
+        # one sentence in ten ends with a made-up word: pieces seen once, below min_frequency 2
+        + (" " + "".join(rng.choice(letters, 7)) if rng.random() < 0.1 else "")
+        + "."
+        for _ in range(400)
+    ]
     (root / "corpus.txt").write_text("\n".join(sentences) + "\n")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([" ".join(sentences), OTHER, " ".join(WORDS).upper()], trainer)
     model_dir = root / "tiny-decoder"
-    fast = T.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                     pad_token="<|endoftext|>")
+    fast = T.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     fast.save_pretrained(model_dir)
     torch.manual_seed(0)
-    cfg = T.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
-                        max_position_embeddings=128, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    cfg = T.LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     T.LlamaForCausalLM(cfg).eval().save_pretrained(model_dir)
     return model_dir
 
 
 def _decoder_recipe(batch, parity_samples: int) -> dict:
     return {
-        "name": f"tiny-decoder-vocab-b{batch}", "task": "vocab-trim", "model": "tiny-decoder",
+        "name": f"tiny-decoder-vocab-b{batch}",
+        "task": "vocab-trim",
+        "model": "tiny-decoder",
         "corpus": {"sources": [{"path": "corpus.txt", "lang": "en"}], "heldout_fraction": 0.2, "seed": 0},
         "trim": {"min_frequency": 2},
         "export": {"opset": 17, "seq_len": 16, "batch": batch, "target": "jetpack-6.0"},
-        "verify": {"parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": parity_samples},
-                   # random weights: the shares are whatever they are (these three bars cannot fail, so
-                   # TINY_UNJUDGED is never asserted passed); the exactness gates (remap, checkpoint,
-                   # differences explained, agreement where kept) are real
-                   "accuracy": {"samples": 12, "min_top1_agreement": 0.0, "max_perplexity_increase": 100},
-                   "generation": {"max_new_tokens": 6, "min_exact_match": 0.0,
-                                  "prompts": ["the cat sees", "the dog", "a zebra quizzically", "the river"]}},
+        "verify": {
+            "parity": {"atol": 1e-4, "mean_atol": 1e-5, "samples": parity_samples},
+            # random weights: the shares are whatever they are (these three bars cannot fail, so
+            # TINY_UNJUDGED is never asserted passed); the exactness gates (remap, checkpoint,
+            # differences explained, agreement where kept) are real
+            "accuracy": {"samples": 12, "min_top1_agreement": 0.0, "max_perplexity_increase": 100},
+            "generation": {
+                "max_new_tokens": 6,
+                "min_exact_match": 0.0,
+                "prompts": ["the cat sees", "the dog", "a zebra quizzically", "the river"],
+            },
+        },
         "bench": {"warmup": 1, "repeats": 3},
     }
 
@@ -176,18 +217,29 @@ def _check(old, new, expected: set[str], unjudged: frozenset[str] = frozenset())
     out = new.out_dir
     assert (out / "model" / "new_to_old_ids.json").is_file() and (out / "model" / "config.json").is_file()
     md = (out / "report.md").read_text()
-    for text in ("## Size and speed (original → trimmed)", "## Coverage", "## Checkpoint", "in_vocab" if
-                 r["model"]["architecture"] == "encoder" else "## Greedy generations"):
+    for text in (
+        "## Size and speed (original → trimmed)",
+        "## Coverage",
+        "## Checkpoint",
+        "in_vocab" if r["model"]["architecture"] == "encoder" else "## Greedy generations",
+    ):
         assert text in md, text
     assert r["deploy"]["kind"] == "bundle"
     manifest = json.loads((out / "deploy" / "manifest.json").read_text())
     assert set(manifest["models"]) == {"model", "baseline"}
-    assert {k: v["shape"] for k, v in manifest["inputs"].items()} == {"input_ids": [batch, r["export"]["seq_len"]],
-                                                                      "attention_mask": [batch, r["export"]["seq_len"]]}
+    assert {k: v["shape"] for k, v in manifest["inputs"].items()} == {
+        "input_ids": [batch, r["export"]["seq_len"]],
+        "attention_mask": [batch, r["export"]["seq_len"]],
+    }
     ids = np.load(out / "deploy" / manifest["inputs"]["input_ids"]["file"])
     assert ids.dtype == np.int64 and ids.max() < r["tokenizer"]["vocab_size_trimmed"]
-    res = subprocess.run([sys.executable, str(out / "deploy" / "verify_on_device.py")], capture_output=True, text=True,
-                         timeout=600, check=False)
+    res = subprocess.run(
+        [sys.executable, str(out / "deploy" / "verify_on_device.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert res.returncode == 0 and "PASS" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
 
     # the console lines render
@@ -233,15 +285,18 @@ def test_tiny_decoder_through_the_driver(decoder):
     old, new = decoder
     _check(old, new, DECODER_METRICS, unjudged=frozenset(TINY_UNJUDGED))
     r = new.report
-    assert r["model"]["architecture"] == "decoder" and r["tokenizer"]["vocab_size_trimmed"] < r["tokenizer"]["vocab_size"]
+    assert (
+        r["model"]["architecture"] == "decoder" and r["tokenizer"]["vocab_size_trimmed"] < r["tokenizer"]["vocab_size"]
+    )
     assert len(r["accuracy"]["generations"]) == 4
     assert r["coverage"]["heldout"]["token_coverage"] < 1 and r["coverage"]["heldout_oov"]["documents"] > 0
     assert r["parity"]["samples"] == 3  # odd: with batch 2 the last chunk is padded (and its extra row dropped)
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("name", [pytest.param(n, marks=group(n)) for n in ("minilm-l6-vocab-en",
-                                                                            "smollm2-135m-vocab-en")])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=group(n)) for n in ("minilm-l6-vocab-en", "smollm2-135m-vocab-en")]
+)
 def test_check_sees_the_figures(shipped, name):
     new = shipped(name)
     _check_gate(new.out_dir / "report.json", new.report["accuracy"]["metrics"])

@@ -1,6 +1,7 @@
 """The tier guard of tests/conftest.py can fail: an unmarked test that touches a real checkpoint fails
 (in its teardown, naming what it touched), the same test marked real_model passes, and a fast-tier
 test that loads nothing real is left alone. Runs the suite's own conftest in a separate pytest."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,17 +51,20 @@ def test_unmarked_tiny_work():
     zoo.fetch("tiny-llava")  # a generated tiny twin is no real checkpoint
 """
 
-EXPECTED = {"test_unmarked_reads_the_real_models_dir": "open(",
-            "test_unmarked_asks_for_the_real_dinov2": "conftest.real_model_dir()",
-            "test_unmarked_subprocess_fetches_a_real_model": "fetched into $TOKEXPORT_MODELS_DIR: minilm-l6",
-            "test_unmarked_resolves_a_bundled_model": "tokexport.zoo.resolve_bundled('e5-small')"}
+EXPECTED = {
+    "test_unmarked_reads_the_real_models_dir": "open(",
+    "test_unmarked_asks_for_the_real_dinov2": "conftest.real_model_dir()",
+    "test_unmarked_subprocess_fetches_a_real_model": "fetched into $TOKEXPORT_MODELS_DIR: minilm-l6",
+    "test_unmarked_resolves_a_bundled_model": "tokexport.zoo.resolve_bundled('e5-small')",
+}
 
 
 def test_an_unmarked_test_touching_a_real_checkpoint_fails(pytester, tmp_path):
     pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
     pytester.makepyfile(test_inner=INNER)
-    res = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", "-rA",
-                                        f"--basetemp={tmp_path / 'inner'}")
+    res = pytester.runpytest_subprocess(
+        "-p", "no:xdist", "-p", "no:cacheprovider", "-rA", f"--basetemp={tmp_path / 'inner'}"
+    )
     out = res.stdout.str()
     errors = {ln.split("::")[1].split(" ")[0] for ln in out.splitlines() if ln.startswith("ERROR test_inner.py::")}
     assert errors == set(EXPECTED), out[-4000:]
@@ -112,10 +116,14 @@ def test_loadgroup_keeps_a_group_on_one_worker(pytester, tmp_path, monkeypatch):
     log = tmp_path / "workers.log"
     monkeypatch.setenv("TOKEXPORT_TEST_GROUP_LOG", str(log))
     pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
-    pytester.makepyfile(test_one=GROUPED.format(n=6, g="alpha"), test_two=GROUPED.format(n=6, g="beta"),
-                        test_three=GROUPED.format(n=4, g="alpha"))
-    res = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider",
-                                        f"--basetemp={tmp_path / 'inner'}")
+    pytester.makepyfile(
+        test_one=GROUPED.format(n=6, g="alpha"),
+        test_two=GROUPED.format(n=6, g="beta"),
+        test_three=GROUPED.format(n=4, g="alpha"),
+    )
+    res = pytester.runpytest_subprocess(
+        "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}"
+    )
     assert res.parseoutcomes().get("passed") == 6 + 6 + 4 + 3 * 8, res.stdout.str()[-3000:]
     seen: dict[str, set[str]] = {}
     for line in log.read_text().split("\n"):
@@ -161,8 +169,9 @@ def test_a_module_fixture_is_computed_once_per_run(pytester, tmp_path, monkeypat
     monkeypatch.setenv("TOKEXPORT_TEST_GROUP_LOG", str(log))
     pytester.makeconftest((REPO / "tests" / "conftest.py").read_text())
     pytester.makepyfile(test_mod=MODULE_FIXTURE)
-    res = pytester.runpytest_subprocess("-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider",
-                                        f"--basetemp={tmp_path / 'inner'}")
+    res = pytester.runpytest_subprocess(
+        "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}"
+    )
     assert res.parseoutcomes().get("passed") == 16, res.stdout.str()[-3000:]
     lines = log.read_text().split()
     assert lines.count("fixture") == 1, lines

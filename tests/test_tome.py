@@ -2,6 +2,7 @@
 reference written from the paper (tests only), the exported graph against that reference on the real
 DINOv2-S, no Scatter op in the graph, the FLOP budget of the recipe, bad input, and the recipe
 converting end to end with parity passed."""
+
 from __future__ import annotations
 
 import json
@@ -84,7 +85,7 @@ def reference_dinov2_tome(model, pixel_values: torch.Tensor, r: list[int], prop_
         b, n, _ = h.shape
         heads, dh = att.num_attention_heads, att.head_dim
         q, k, v = (p(h).reshape(b, n, heads, dh).transpose(1, 2) for p in (att.q_proj, att.k_proj, att.v_proj))
-        logits = (q @ k.transpose(-1, -2)) * dh ** -0.5
+        logits = (q @ k.transpose(-1, -2)) * dh**-0.5
         if prop_attn and size is not None:
             logits = logits + size.log()[:, None, None, :, 0]
         o = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, heads * dh)
@@ -201,8 +202,10 @@ def test_merge_flops_count_mlp_merge_and_proportional_attention():
     h, dm, m = d.hidden, d.mlp, d.heads
     mlp_saved = 2 * (2 * 8 * h * dm)  # block 1's MLP runs on 249 tokens
     later_blocks = [249] * 10  # blocks 2..11, attention and MLP on 249 tokens
-    saved_later = sum(2 * ((4 * 257 * h * h + 2 * 257 ** 2 * h + 2 * 257 * h * dm)
-                           - (4 * n * h * h + 2 * n * n * h + 2 * n * h * dm)) for n in later_blocks)
+    saved_later = sum(
+        2 * ((4 * 257 * h * h + 2 * 257**2 * h + 2 * 257 * h * dm) - (4 * n * h * h + 2 * n * n * h + 2 * n * h * dm))
+        for n in later_blocks
+    )
     merge = 2 * (128 * 128 * (h // m) + 8 * 128 * (h + 1))
     bias = sum(m * n * n for n in later_blocks)
     assert got["selection_flops"] == merge + bias
@@ -214,14 +217,17 @@ def test_merge_flops_count_mlp_merge_and_proportional_attention():
 # --- bad input --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reduction,needles", [
-    ({"method": "tome", "r": 9}, ["reduction.r:", "at most half", "max 8"]),  # 16 patches at 56 px
-    ({"method": "tome", "r": [4, 4, 4, 4]}, ["reduction.r[3]:", "at most half"]),  # 16 -> 12 -> 8 -> 4, then 4 > 2
-    ({"method": "tome", "r": [1, 1]}, ["reduction.r:", "2 values", "4 blocks"]),
-    ({"method": "tome", "prune_layers": [0], "keep_rate": 0.4}, ["reduction.keep_rate:", "at most half"]),
-    ({"method": "tome", "r": 2, "keep_rate": 0.5}, ["reduction:", "either r"]),
-    ({"method": "tome", "r": [2, -1, 0, 0]}, ["reduction.r[1]:", "outside 0..3839"]),
-])
+@pytest.mark.parametrize(
+    "reduction,needles",
+    [
+        ({"method": "tome", "r": 9}, ["reduction.r:", "at most half", "max 8"]),  # 16 patches at 56 px
+        ({"method": "tome", "r": [4, 4, 4, 4]}, ["reduction.r[3]:", "at most half"]),  # 16 -> 12 -> 8 -> 4, then 4 > 2
+        ({"method": "tome", "r": [1, 1]}, ["reduction.r:", "2 values", "4 blocks"]),
+        ({"method": "tome", "prune_layers": [0], "keep_rate": 0.4}, ["reduction.keep_rate:", "at most half"]),
+        ({"method": "tome", "r": 2, "keep_rate": 0.5}, ["reduction:", "either r"]),
+        ({"method": "tome", "r": [2, -1, 0, 0]}, ["reduction.r[1]:", "outside 0..3839"]),
+    ],
+)
 def test_bad_tome_schedules_exit_2_one_line(tiny_models, tmp_path, reduction, needles):
     data = recipe(tiny_models["dinov2"], reduction=reduction)
     res = run_cli("convert", str(write(tmp_path, data)), "--out", str(tmp_path / "out"))

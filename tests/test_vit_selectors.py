@@ -2,6 +2,7 @@
 scatter) pick the SAME indices as plain-PyTorch references of the official algorithms written as Python loops
 (tests only), on random inputs (several seeds; continuous inputs, so ties have probability 0) and on the tokens
 and keys of a tiny DINOv2; the exported graphs are static and pass the TensorRT target checks."""
+
 from __future__ import annotations
 
 import warnings
@@ -80,8 +81,9 @@ def test_divprune_never_picks_a_token_twice_where_the_official_greedy_would():
     tokens); the static form keeps n_keep distinct ones."""
     h = torch.randn(1, 6, 8)
     h = torch.cat([h, h[:, :2]], dim=1)  # 8 tokens, two of them copies
-    x = LayerInputs(hidden=torch.cat([torch.zeros(1, 1, 8), h], dim=1), attn=None, keys=None, n_prefix=1,
-                    layer=0, num_layers=2)
+    x = LayerInputs(
+        hidden=torch.cat([torch.zeros(1, 1, 8), h], dim=1), attn=None, keys=None, n_prefix=1, layer=0, num_layers=2
+    )
     got = METHODS["divprune"](DivPruneConfig()).select(x, 8)[0].tolist()
     assert got == list(range(1, 9))
 
@@ -132,8 +134,9 @@ class _Recording:
 
     def select(self, x, n_keep):
         out = self.method.select(x, n_keep)
-        self.calls.append((x.hidden.detach().clone(), None if x.keys is None else x.keys.detach().clone(), n_keep,
-                           out.clone()))
+        self.calls.append(
+            (x.hidden.detach().clone(), None if x.keys is None else x.keys.detach().clone(), n_keep, out.clone())
+        )
         return out
 
 
@@ -174,11 +177,17 @@ def test_tiny_dinov2_selections_equal_the_reference_and_export_static(tiny_model
         assert np.abs(out[key] - want[key].numpy()).max() <= 1e-4, key
 
 
-@pytest.mark.parametrize("reduction,needles", [
-    ({"method": "dart", "prune_layers": [1], "keep_rate": 0.5, "pivots": 0}, ["reduction.pivots"]),
-    ({"method": "divprune", "prune_layers": [1], "keep_rate": 0.5, "pivots": 2}, ["reduction.pivots", "unknown field"]),
-    ({"method": "divprune", "prune_layers": [9], "keep_rate": 0.5}, ["reduction.prune_layers[0]", "out of range"]),
-])
+@pytest.mark.parametrize(
+    "reduction,needles",
+    [
+        ({"method": "dart", "prune_layers": [1], "keep_rate": 0.5, "pivots": 0}, ["reduction.pivots"]),
+        (
+            {"method": "divprune", "prune_layers": [1], "keep_rate": 0.5, "pivots": 2},
+            ["reduction.pivots", "unknown field"],
+        ),
+        ({"method": "divprune", "prune_layers": [9], "keep_rate": 0.5}, ["reduction.prune_layers[0]", "out of range"]),
+    ],
+)
 def test_bad_selector_recipes_exit_2_one_line(tiny_models, tmp_path, reduction, needles):
     data = recipe(tiny_models["dinov2"], reduction=reduction)
     res = run_cli("convert", str(write(tmp_path, data)), "--out", str(tmp_path / "out"))

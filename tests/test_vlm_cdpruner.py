@@ -4,6 +4,7 @@ second graph input; the instruction really conditions the exported selection; to
 CLIP text tower (DINOv2) and CLIP checkpoints that do not match the tower are refused with one line naming
 the recipe field, before anything is written. The selection arithmetic itself is checked against the
 reference loop in tests/test_vlm_reducers.py."""
+
 from __future__ import annotations
 
 import copy
@@ -50,8 +51,7 @@ def _recipe(**over) -> Recipe:
 
 @pytest.mark.parametrize("case", ["llava", "llava-next"])
 def test_twin_runs_end_to_end_with_the_instruction_input(zoo, tmp_path, case):
-    over = {} if case == "llava" else {"model": "tiny-llava-next", "vision.grid": [2, 2],
-                                       "reduction.keep": 20}
+    over = {} if case == "llava" else {"model": "tiny-llava-next", "vision.grid": [2, 2], "reduction.keep": 20}
     res = run(_recipe(**over), REPO / "recipes" / "tiny", tmp_path / "out", label=f"{case}.yaml")
     rep = res.report
     assert res.exit_code == 0, rep["failures"]
@@ -59,8 +59,10 @@ def test_twin_runs_end_to_end_with_the_instruction_input(zoo, tmp_path, case):
     assert rep["parity"]["passed"] and rep["parity_baseline"]["passed"]
     assert rep["trt_check"]["passed"]
     views = 1 if case == "llava" else 5
-    assert rep["export"]["inputs"] == {"pixel_values": ["batch", *([views] if views > 1 else []), 3, 56, 56],
-                                       "instruction_embeds": ["batch", 32]}
+    assert rep["export"]["inputs"] == {
+        "pixel_values": ["batch", *([views] if views > 1 else []), 3, 56, 56],
+        "instruction_embeds": ["batch", 32],
+    }
     model = onnx.load(str(res.out_dir / "model.onnx"))
     assert [i.name for i in model.graph.input] == ["pixel_values", "instruction_embeds"]
     assert not {n.op_type for n in model.graph.node} & FORBIDDEN
@@ -68,12 +70,15 @@ def test_twin_runs_end_to_end_with_the_instruction_input(zoo, tmp_path, case):
     assert [i.name for i in base.graph.input] == ["pixel_values"]
     k = rep["reduction"]["visual_tokens_out"]
     assert k == (4 if case == "llava" else 20) and rep["reduction"]["params"]["per_view"] == (
-        [4] if case == "llava" else [4, 4, 4, 4, 4])
+        [4] if case == "llava" else [4, 4, 4, 4, 4]
+    )
     # the generation check fed each prompt's own instruction embedding
     assert len(rep["accuracy"]["generation"]["samples"]) == 4
     # the deploy bundle carries both inputs
     assert set(__import__("json").loads((res.out_dir / "deploy" / "manifest.json").read_text())["inputs"]) == {
-        "pixel_values", "instruction_embeds"}
+        "pixel_values",
+        "instruction_embeds",
+    }
 
 
 def test_the_instruction_conditions_the_exported_selection(zoo, tmp_path):
@@ -107,9 +112,15 @@ def test_the_instruction_conditions_the_exported_selection(zoo, tmp_path):
 
 def test_dinov2_tower_is_refused(zoo, tiny_models, tmp_path):
     """A bare DINOv2 tower has no text tower aligned with its features: one line naming the field."""
-    recipe = Recipe.model_validate({
-        "model": str(tiny_models["dinov2"]), "task": "visual-tokens", "vision": {"feature_layer": -2},
-        "reduction": {"method": "cdpruner", "keep": 4, "clip_model": "tiny-clip"}, "export": {"image_size": 56}})
+    recipe = Recipe.model_validate(
+        {
+            "model": str(tiny_models["dinov2"]),
+            "task": "visual-tokens",
+            "vision": {"feature_layer": -2},
+            "reduction": {"method": "cdpruner", "keep": 4, "clip_model": "tiny-clip"},
+            "export": {"image_size": 56},
+        }
+    )
     out = tmp_path / "out"
     with pytest.raises(InputError) as e:
         run(recipe, tmp_path, out, label="r.yaml")
@@ -121,15 +132,26 @@ def test_dinov2_tower_is_refused(zoo, tiny_models, tmp_path):
 
 def test_mismatched_clip_checkpoint_is_refused(zoo, tiny_models, tmp_path):
     """The conftest CLIP tower has 4 blocks, the tiny CLIP 3: not the checkpoint the tower comes from."""
-    recipe = Recipe.model_validate({
-        "model": str(tiny_models["clip-vision"]), "task": "visual-tokens", "vision": {"feature_layer": -2},
-        "reduction": {"method": "cdpruner", "keep": 4, "clip_model": "tiny-clip"}})
+    recipe = Recipe.model_validate(
+        {
+            "model": str(tiny_models["clip-vision"]),
+            "task": "visual-tokens",
+            "vision": {"feature_layer": -2},
+            "reduction": {"method": "cdpruner", "keep": 4, "clip_model": "tiny-clip"},
+        }
+    )
     with pytest.raises(InputError, match=r"^r\.yaml: reduction\.clip_model: its vision tower's num_hidden_layers is 3"):
         run(recipe, tmp_path, tmp_path / "out", label="r.yaml")
-    recipe = Recipe.model_validate({
-        "model": str(tiny_models["clip-vision"]), "task": "visual-tokens",
-        "reduction": {"method": "cdpruner", "keep": 4, "clip_model": str(tiny_models["vit"])}})
-    with pytest.raises(InputError, match=r"^r\.yaml: reduction\.clip_model: .* is not a CLIP checkpoint with a text tower"):
+    recipe = Recipe.model_validate(
+        {
+            "model": str(tiny_models["clip-vision"]),
+            "task": "visual-tokens",
+            "reduction": {"method": "cdpruner", "keep": 4, "clip_model": str(tiny_models["vit"])},
+        }
+    )
+    with pytest.raises(
+        InputError, match=r"^r\.yaml: reduction\.clip_model: .* is not a CLIP checkpoint with a text tower"
+    ):
         run(recipe, tmp_path, tmp_path / "out", label="r.yaml")
     assert not (tmp_path / "out").exists()
 

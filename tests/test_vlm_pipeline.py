@@ -1,6 +1,7 @@
 """Visual-token graphs (task: visual-tokens): the unreduced graph reproduces the tower's own hidden
 states, every tower × selector exports a static graph that matches PyTorch, the tiny LLaVA twins of
 the user recipes run end to end (export, parity, generation), and bad visual recipes fail cleanly."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ def test_unreduced_graph_is_the_towers_hidden_state(tiny_models, kind, feature_l
     with torch.no_grad():
         tokens, pos = graph(x)
         ref = lm.model(pixel_values=x, output_hidden_states=True, **lm.adapter.forward_kwargs(lm.image_size))
-    want = ref.hidden_states[feature_layer][:, lm.adapter.n_prefix():]
+    want = ref.hidden_states[feature_layer][:, lm.adapter.n_prefix() :]
     torch.testing.assert_close(tokens, want, atol=1e-5, rtol=1e-5)
     assert pos.tolist() == [list(range(n * n))] * 2
     # the tower is untouched afterwards
@@ -104,15 +105,20 @@ def test_llava_twin_recipes_end_to_end(twins, tmp_path, name, views, k):
     gen = rep["accuracy"]["generation"]
     assert len(gen["samples"]) == 2 and all(len(s["full"]) == len(s["reduced"]) == 4 for s in gen["samples"])
     m = rep["accuracy"]["metrics"]
-    assert {"feature_cosine", "attn_pooled_cosine", "instance_top1", "attention_mass",
-            "generation_exact_match", "generation_token_agreement"} <= set(m)
+    assert {
+        "feature_cosine",
+        "attn_pooled_cosine",
+        "instance_top1",
+        "attention_mass",
+        "generation_exact_match",
+        "generation_token_agreement",
+    } <= set(m)
     assert 0 < m["attention_mass"]["value"] < 1
     assert "Visual tokens" in (out / "report.md").read_text()
 
 
 def _visual(model, **over):
-    base = {"task": "visual-tokens", "vision": {"feature_layer": -2},
-            "reduction": {"method": "fopru-rank", "keep": 4}}
+    base = {"task": "visual-tokens", "vision": {"feature_layer": -2}, "reduction": {"method": "fopru-rank", "keep": 4}}
     r = recipe(model, **{"reduction": base["reduction"], "task": "visual-tokens", "vision": base["vision"]})
     for key, v in over.items():
         cur = r
@@ -123,15 +129,18 @@ def _visual(model, **over):
     return r
 
 
-@pytest.mark.parametrize("over,needles", [
-    ({"task": "auto"}, ["fopru-rank", "task: visual-tokens"]),
-    ({"reduction": {"method": "zero-tprune", "prune_layers": [1], "keep_rate": 0.5}}, ["visual-token method"]),
-    ({"reduction": {"method": "fopru-row", "keep": 5}}, ["keep", "whole rows", "nearest valid"]),
-    ({"reduction": {"method": "fopru-rank", "keep": 4, "select_layer": 3}}, ["deeper than the feature layer"]),
-    ({"vision.grid": [2, 3]}, ["square grids"]),
-    ({"verify.accuracy.metrics": {"top1_agreement": {"min": 0.5}}}, ["top1_agreement", "not measured"]),
-    ({"reduction": {"method": "fopru-rank", "keep": 400}}, ["keep", "exceeds"]),
-])
+@pytest.mark.parametrize(
+    "over,needles",
+    [
+        ({"task": "auto"}, ["fopru-rank", "task: visual-tokens"]),
+        ({"reduction": {"method": "zero-tprune", "prune_layers": [1], "keep_rate": 0.5}}, ["visual-token method"]),
+        ({"reduction": {"method": "fopru-row", "keep": 5}}, ["keep", "whole rows", "nearest valid"]),
+        ({"reduction": {"method": "fopru-rank", "keep": 4, "select_layer": 3}}, ["deeper than the feature layer"]),
+        ({"vision.grid": [2, 3]}, ["square grids"]),
+        ({"verify.accuracy.metrics": {"top1_agreement": {"min": 0.5}}}, ["top1_agreement", "not measured"]),
+        ({"reduction": {"method": "fopru-rank", "keep": 400}}, ["keep", "exceeds"]),
+    ],
+)
 def test_bad_visual_recipes(tmp_path, tiny_models, over, needles):
     out = tmp_path / "out"
     p = write(tmp_path, _visual(tiny_models["dinov2"], **over))
@@ -162,8 +171,11 @@ def test_feature_select_full_keeps_each_views_cls_first(tiny_models):
     x = torch.randn(2, 5, 3, lm.image_size, lm.image_size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         tokens, pos = graph(x)
-        ref = lm.model(pixel_values=x.reshape(-1, 3, lm.image_size, lm.image_size), output_hidden_states=True,
-                       **lm.adapter.forward_kwargs(lm.image_size)).hidden_states[-2]
+        ref = lm.model(
+            pixel_values=x.reshape(-1, 3, lm.image_size, lm.image_size),
+            output_hidden_states=True,
+            **lm.adapter.forward_kwargs(lm.image_size),
+        ).hidden_states[-2]
     assert tokens.shape[1] == 5 + 6 and pos.shape[1] == 5 + 6
     assert (pos[:, :5] == -1).all() and (pos[:, 5:] >= 0).all()
     # the first five tokens are the five views' CLS tokens, in view order

@@ -5,6 +5,7 @@ layouts: the static tensor code picks the SAME indices (and VisionZip builds the
 then the same modules exported to ONNX: no control flow, no scatter, no NonZero, constant TopK K < 3840,
 clean for the jetpack-6.0 and jetpack-7.0 targets, and ONNX Runtime reproduces PyTorch.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -83,8 +84,9 @@ def export_and_check(module: _Reduce, example: tuple, path) -> onnx.ModelProto:
 # ---------------------------------------------------------------------------------------------- DivPrune
 
 
-@pytest.mark.parametrize("lay_name,k", [("1view-4x4", 1), ("1view-4x4", 6), ("1view-6x5", 17), ("1+2x2", 20),
-                                        ("1+2x2", 79)])
+@pytest.mark.parametrize(
+    "lay_name,k", [("1view-4x4", 1), ("1view-4x4", 6), ("1view-6x5", 17), ("1+2x2", 20), ("1+2x2", 79)]
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_divprune_picks_the_reference_indices(lay_name, k, seed):
     lay = LAYOUTS[lay_name]
@@ -172,9 +174,18 @@ def visionzip_expected(x, sig, keys, layout, k, share):
     return [pos[i] for i in order], torch.stack([toks[i] for i in order])
 
 
-@pytest.mark.parametrize("lay_name,k,share", [("1view-4x4", 8, 0.25), ("1view-6x5", 13, 10 / 64),
-                                              ("1view-6x5", 30, 0.5), ("1view-4x4", 1, 0.5),
-                                              ("1+2x2", 24, 10 / 64), ("1+2x2", 7, 0.3), ("1+2x2", 64, 0.2)])
+@pytest.mark.parametrize(
+    "lay_name,k,share",
+    [
+        ("1view-4x4", 8, 0.25),
+        ("1view-6x5", 13, 10 / 64),
+        ("1view-6x5", 30, 0.5),
+        ("1view-4x4", 1, 0.5),
+        ("1+2x2", 24, 10 / 64),
+        ("1+2x2", 7, 0.3),
+        ("1+2x2", 64, 0.2),
+    ],
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_visionzip_matches_the_reference(lay_name, k, share, seed):
     lay = LAYOUTS[lay_name]
@@ -236,9 +247,18 @@ def test_visionzip_exports_static_and_matches(lay_name, k, tmp_path):
 # ---------------------------------------------------------------------------------------------- DART
 
 
-@pytest.mark.parametrize("lay_name,k,pivots", [("1view-4x4", 1, 4), ("1view-4x4", 3, 4), ("1view-4x4", 8, 4),
-                                               ("1view-6x5", 17, 4), ("1view-6x5", 30, 2), ("1+2x2", 20, 4),
-                                               ("1+2x2", 33, 8)])
+@pytest.mark.parametrize(
+    "lay_name,k,pivots",
+    [
+        ("1view-4x4", 1, 4),
+        ("1view-4x4", 3, 4),
+        ("1view-4x4", 8, 4),
+        ("1view-6x5", 17, 4),
+        ("1view-6x5", 30, 2),
+        ("1+2x2", 20, 4),
+        ("1+2x2", 33, 8),
+    ],
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_dart_picks_the_reference_indices(lay_name, k, pivots, seed):
     lay = LAYOUTS[lay_name]
@@ -334,7 +354,8 @@ def test_cdpruner_relevance_steers_the_selection():
     img = img + 0.01 * torch.randn(1, 8, 2, generator=g)
     txt = torch.tensor([[-1.0, 0.0]])  # −cos is largest for tokens 0..3
     assert cdpruner_positions(x, img, txt, lay, 3)[0].tolist() and all(
-        i < 4 for i in cdpruner_positions(x, img, txt, lay, 3)[0].tolist())
+        i < 4 for i in cdpruner_positions(x, img, txt, lay, 3)[0].tolist()
+    )
 
 
 class _CDCore(torch.nn.Module):
@@ -358,7 +379,9 @@ def test_cdpruner_exports_static_and_matches(lay_name, k, tmp_path):
     for seed, b in [(5, 1), (6, 3)]:
         x = rand_tokens(lay, b, seed, d=48)
         img, txt = rand_cdpruner_inputs(lay, b, seed + 1)
-        got_t, got_p = sess.run(None, {"tokens": x.numpy(), "image_embeds": img.numpy(), "instruction_embeds": txt.numpy()})
+        got_t, got_p = sess.run(
+            None, {"tokens": x.numpy(), "image_embeds": img.numpy(), "instruction_embeds": txt.numpy()}
+        )
         want_t, want_p = module(x, img, txt)
         np.testing.assert_array_equal(got_p, want_p.numpy())
         np.testing.assert_allclose(got_t, want_t.numpy(), atol=1e-6)

@@ -3,6 +3,7 @@
 The contract and export tests run over every registered visual method, so a new one is covered once it
 registers.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,10 +88,7 @@ def test_layout_properties_and_validation():
 
 def test_significance_cls_vs_received():
     # B=1, H=2, N=4 (CLS + 3 patches). Head 0: every query attends like row r; head 1 uniform.
-    h0 = torch.tensor([[0.1, 0.6, 0.2, 0.1],
-                       [0.0, 0.0, 0.0, 1.0],
-                       [0.0, 0.0, 0.0, 1.0],
-                       [0.0, 0.0, 0.0, 1.0]])
+    h0 = torch.tensor([[0.1, 0.6, 0.2, 0.1], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
     h1 = torch.full((4, 4), 0.25)
     attn = torch.stack([h0, h1])[None]
     cls = significance(attn, 1, "cls")
@@ -401,9 +399,16 @@ def test_export_matches_torch(name, lay_name, tmp_path):
     path = tmp_path / f"{name}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (rand_sig(lay, 2, 0), rand_sig(lay, 2, 1)), str(path), dynamo=False,
-                          opset_version=17, input_names=["sig", "sig_alloc"], output_names=["idx"],
-                          dynamic_axes={"sig": {0: "batch"}, "sig_alloc": {0: "batch"}, "idx": {0: "batch"}})
+        torch.onnx.export(
+            module,
+            (rand_sig(lay, 2, 0), rand_sig(lay, 2, 1)),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["sig", "sig_alloc"],
+            output_names=["idx"],
+            dynamic_axes={"sig": {0: "batch"}, "sig_alloc": {0: "batch"}, "idx": {0: "batch"}},
+        )
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     ops = {n.op_type for n in model.graph.node}
@@ -435,9 +440,16 @@ def test_export_hired_llava_next_size(tmp_path):
     path = tmp_path / "hired.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (rand_sig(lay, 1, 0), rand_sig(lay, 1, 1)), str(path), dynamo=False,
-                          opset_version=17, input_names=["sig", "sig_alloc"], output_names=["idx"],
-                          dynamic_axes={"sig": {0: "batch"}, "sig_alloc": {0: "batch"}, "idx": {0: "batch"}})
+        torch.onnx.export(
+            module,
+            (rand_sig(lay, 1, 0), rand_sig(lay, 1, 1)),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["sig", "sig_alloc"],
+            output_names=["idx"],
+            dynamic_axes={"sig": {0: "batch"}, "sig_alloc": {0: "batch"}, "idx": {0: "batch"}},
+        )
     model = onnx.load(str(path))
     assert not _non_constant_topk(model)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -1,5 +1,6 @@
 """Vocabulary trimming on tiny tokenizers and models (seconds): tokenizer surgery per family, model
 surgery (tied weights, head bias, config ids), save/reload verification, recipe and corpus errors."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ from tokexport.vocab.tokenizer import (
     trim_state,
 )
 
-TEXT = ("the cat sat on the mat. the dog ate the bone. a bird sang in the tree. "
-        "the sun is warm and the sky is blue. cats and dogs play in the garden every day. ") * 20
+TEXT = (
+    "the cat sat on the mat. the dog ate the bone. a bird sang in the tree. "
+    "the sun is warm and the sky is blue. cats and dogs play in the garden every day. "
+) * 20
 KEPT = ["the cat sat on the mat.", "the dog ate the bone.", "cats and dogs play in the garden."]
 UNSEEN = "zebra quizzically juxtaposed xylophones"
 
@@ -44,20 +47,28 @@ def _train(kind: str) -> Tokenizer:
         tok = Tokenizer(models.Unigram())
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "<unk>", "<s>"], unk_token="<unk>",
-                                          initial_alphabet=list("abcdefghijklmnopqrstuvwxyz"))
+        trainer = trainers.UnigramTrainer(
+            vocab_size=400,
+            special_tokens=["<pad>", "<unk>", "<s>"],
+            unk_token="<unk>",
+            initial_alphabet=list("abcdefghijklmnopqrstuvwxyz"),
+        )
     elif kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer()
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
-                                            initial_alphabet=list("abcdefghijklmnopqrstuvwxyz"))
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=300,
+            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
+            initial_alphabet=list("abcdefghijklmnopqrstuvwxyz"),
+        )
     elif kind == "byte-level":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=500, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
     else:
         raise ValueError(kind)
     tok.train_from_iterator([TEXT], trainer)
@@ -72,8 +83,18 @@ def _byte_fallback() -> Tokenizer:
     base.train_from_iterator([TEXT], trainer)
     state = json.loads(base.to_str())
     old = state["model"]["vocab"]
-    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<bos>", *BYTE_FALLBACK_TOKENS,
-                                        *[t for t, _ in sorted(old.items(), key=lambda kv: kv[1]) if t not in ("<pad>", "<unk>", "<bos>")]])}
+    vocab = {
+        t: i
+        for i, t in enumerate(
+            [
+                "<pad>",
+                "<unk>",
+                "<bos>",
+                *BYTE_FALLBACK_TOKENS,
+                *[t for t, _ in sorted(old.items(), key=lambda kv: kv[1]) if t not in ("<pad>", "<unk>", "<bos>")],
+            ]
+        )
+    }
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["model"]["merges"]]
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Replace(" ", "▁")
@@ -159,8 +180,18 @@ def _tiny_llama(tied: bool):
     import transformers as T
 
     torch.manual_seed(0)
-    cfg = T.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        num_key_value_heads=1, tie_word_embeddings=tied, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = T.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=tied,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return T.LlamaForCausalLM(cfg).eval()
 
 
@@ -283,12 +314,15 @@ def test_mine_frequency_target_and_too_small_corpus():
     assert coverage([[1, 3], [2, 3]], keep_mask)["token_coverage"] == 0.75
 
 
-@pytest.mark.parametrize("source, match", [
-    ({"path": "missing.txt"}, "does not exist"),
-    ({"path": "empty.txt"}, "the corpus is empty"),
-    ({"path": "*.nothing"}, "matches no file"),
-    ({"dataset_build": "xxx"}, "dataset-build has no language 'xxx'"),
-])
+@pytest.mark.parametrize(
+    "source, match",
+    [
+        ({"path": "missing.txt"}, "does not exist"),
+        ({"path": "empty.txt"}, "the corpus is empty"),
+        ({"path": "*.nothing"}, "matches no file"),
+        ({"dataset_build": "xxx"}, "dataset-build has no language 'xxx'"),
+    ],
+)
 def test_bad_corpus_sources(tmp_path, source, match):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(InputError, match=match):
@@ -298,16 +332,20 @@ def test_bad_corpus_sources(tmp_path, source, match):
 def test_recipe_errors_are_one_line():
     base = {"task": "vocab-trim", "model": "e5-small", "corpus": {"sources": [{"dataset_build": "eng"}]}}
     assert isinstance(validate_vocab_recipe("r.yaml", base), VocabRecipe)
-    for bad, match in (({"trim": {"min_frequncy": 2}}, "trim.min_frequncy: unknown field; did you mean 'min_frequency'"),
-                       ({"corpus": {"sources": [{"dataset_build": "eng", "path": "x"}]}}, "exactly one of"),
-                       ({"corpus": {"sources": []}}, "corpus.sources"),
-                       ({"trim": {"drop_special": "("}}, "not a regular expression"),
-                       ({"export": {"opset": 18}}, "opset 18 does not fit target jetpack-6.0: TensorRT 8.6 reads"),
-                       ({"export": {"target": "jetpack-9"}}, "export.target"),
-                       ({"trim": {"self_generated": {"prompts": 0}}}, "trim.self_generated.prompts"),
-                       ({"trim": {"self_generated": {"max_new_tokns": 8}}},
-                        "trim.self_generated.max_new_tokns: unknown field; did you mean 'max_new_tokens'"),
-                       ({"trim": {"self_generated": "yes"}}, "trim.self_generated")):
+    for bad, match in (
+        ({"trim": {"min_frequncy": 2}}, "trim.min_frequncy: unknown field; did you mean 'min_frequency'"),
+        ({"corpus": {"sources": [{"dataset_build": "eng", "path": "x"}]}}, "exactly one of"),
+        ({"corpus": {"sources": []}}, "corpus.sources"),
+        ({"trim": {"drop_special": "("}}, "not a regular expression"),
+        ({"export": {"opset": 18}}, "opset 18 does not fit target jetpack-6.0: TensorRT 8.6 reads"),
+        ({"export": {"target": "jetpack-9"}}, "export.target"),
+        ({"trim": {"self_generated": {"prompts": 0}}}, "trim.self_generated.prompts"),
+        (
+            {"trim": {"self_generated": {"max_new_tokns": 8}}},
+            "trim.self_generated.max_new_tokns: unknown field; did you mean 'max_new_tokens'",
+        ),
+        ({"trim": {"self_generated": "yes"}}, "trim.self_generated"),
+    ):
         with pytest.raises(InputError, match=match) as e:
             validate_vocab_recipe("r.yaml", {**base, **bad})
         assert "\n" not in str(e.value) and str(e.value).startswith("r.yaml: ")

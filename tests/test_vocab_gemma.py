@@ -4,6 +4,7 @@ conversion of the recipe (conftest ``shipped``, shared with its negative control
 tests/test_vocab_negative.py). The slowest conversion of the suite: marked ``gemma`` as well as
 ``real_model`` so that it can be selected (`pytest -m gemma`) or left out (`-m "not gemma"`); the full
 suite and CI run it (docs/ci.md gives its time)."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@ byte-level BPE tokenizer (merge paths matter there): the keep list a run writes 
 tokenizer files and tensors byte for byte; a keep list of token strings works the same way and the
 report lists what was added; bad keep files exit 2 with one line and write nothing; a budget is met
 exactly (merge paths counted) and a budget that cannot hold the required ids is refused."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ from test_task_vocab import _decoder_recipe, _tiny_decoder
 from tokexport.recipe import load_recipe
 from tokexport.tasks.run import run
 
-FILES = ("tokenizer.json", "tokenizer_config.json", "model.safetensors", "config.json", "generation_config.json",
-         "new_to_old_ids.json")
+FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "new_to_old_ids.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +119,17 @@ def _cli(recipe: Path, out: Path) -> subprocess.CompletedProcess:
     return cli_runner.run_cli("convert", str(recipe), "--out", str(out), cwd=recipe.parent, timeout=600)
 
 
-@pytest.mark.parametrize("content, match", [
-    ("Ġcat\nnot-a-token-here\n", "line 2: 'not-a-token-here' is not an entry of the tokenizer's vocabulary"),
-    ("", "lists no entries (empty file)"),
-    ("\n\n", "lists no entries (empty file)"),
-    (b"\xff\xfe\x00cat\n", "is not UTF-8 text"),
-    ("5\n999999\n", "line 2: id 999999 is outside the tokenizer's ids"),
-    (None, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("Ġcat\nnot-a-token-here\n", "line 2: 'not-a-token-here' is not an entry of the tokenizer's vocabulary"),
+        ("", "lists no entries (empty file)"),
+        ("\n\n", "lists no entries (empty file)"),
+        (b"\xff\xfe\x00cat\n", "is not UTF-8 text"),
+        ("5\n999999\n", "line 2: id 999999 is outside the tokenizer's ids"),
+        (None, "does not exist"),
+    ],
+)
 def test_bad_keep_files_exit_2(root, tmp_path, content, match):
     keep = tmp_path / "keep.txt"
     if isinstance(content, bytes):
@@ -135,13 +145,16 @@ def test_bad_keep_files_exit_2(root, tmp_path, content, match):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # nothing written
 
 
-@pytest.mark.parametrize("trim, match", [
-    ({"max_params": 20000}, "do not even hold the 257 required ids"),
-    ({"max_bytes": 60000, "precision": "fp32"}, "do not even hold"),
-    ({"max_params": 50000, "target_vocab_size": 10}, "not both"),
-    ({"keep_file": "k.txt", "max_params": 50000}, "keep_file keeps exactly the listed ids; remove max_params"),
-    ({"ranking": "coverage"}, "give a size"),
-])
+@pytest.mark.parametrize(
+    "trim, match",
+    [
+        ({"max_params": 20000}, "do not even hold the 257 required ids"),
+        ({"max_bytes": 60000, "precision": "fp32"}, "do not even hold"),
+        ({"max_params": 50000, "target_vocab_size": 10}, "not both"),
+        ({"keep_file": "k.txt", "max_params": 50000}, "keep_file keeps exactly the listed ids; remove max_params"),
+        ({"ranking": "coverage"}, "give a size"),
+    ],
+)
 def test_bad_budgets_exit_2(root, tmp_path, trim, match):
     res = _cli(_recipe(root, f"budget-{abs(hash(match))}", trim), tmp_path / "out")
     assert res.returncode == 2 and match in res.stderr and "Traceback" not in res.stderr, res.stderr
@@ -215,9 +228,16 @@ def test_coverage_ranking_with_the_models_own_tokens(root):
     from tokexport.tasks.base import Stages
     from tokexport.tasks.vocab_trim import VocabTrim
 
-    path = _recipe(root, "selfgen", {"max_params": 45000, "ranking": "coverage",
-                                     "coverage": {"self_generated": [0, 0.5], "numbers": [0]},
-                                     "self_generated": {"prompts": 400, "prompt_tokens": 3, "max_new_tokens": 4}})
+    path = _recipe(
+        root,
+        "selfgen",
+        {
+            "max_params": 45000,
+            "ranking": "coverage",
+            "coverage": {"self_generated": [0, 0.5], "numbers": [0]},
+            "self_generated": {"prompts": 400, "prompt_tokens": 3, "max_new_tokens": 4},
+        },
+    )
     task = VocabTrim(load_recipe(path), root, "selfgen")
     task.load(Stages())
     rk = task.ranking

@@ -10,6 +10,7 @@ vocabulary and its thresholds must be fixed (docs/vocab-trim.md, "Thresholds").
 
 ``CONTROLS`` lists every shipped vocab recipe (``test_every_shipped_vocab_recipe_is_covered`` fails for a
 shipped recipe without a row); each case is one broken conversion beside the shared shipped one."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,12 @@ from tokexport.vocab.recipe import VocabRecipe
 
 RECIPES = REPO / "tokexport" / "recipes"
 # shipped vocab recipe -> the bundled model it trims; a new shipped vocab recipe adds its row
-CONTROLS = {"e5-small-vocab-en-pt": "e5-small", "minilm-l6-vocab-en": "minilm-l6",
-            "smollm2-135m-vocab-en": "smollm2-135m", "gemma3-270m-vocab-fr": "gemma3-270m"}
+CONTROLS = {
+    "e5-small-vocab-en-pt": "e5-small",
+    "minilm-l6-vocab-en": "minilm-l6",
+    "smollm2-135m-vocab-en": "smollm2-135m",
+    "gemma3-270m-vocab-fr": "gemma3-270m",
+}
 
 
 def _data(name: str) -> dict:
@@ -68,7 +73,7 @@ def broken_keep_list(name: str, size: int, tmp_path: Path) -> list[int]:
     forced = {i for ids in task.required.values() for i in ids}
     cand = np.setdiff1d(np.arange(emitted), np.fromiter(forced, dtype=np.int64))
     order = cand[np.lexsort((-cand, counts[cand]))]  # least frequent first (unseen ids first)
-    return sorted(int(i) for i in order[:size - len(forced)])
+    return sorted(int(i) for i in order[: size - len(forced)])
 
 
 def test_every_shipped_vocab_recipe_is_covered():

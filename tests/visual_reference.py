@@ -3,6 +3,7 @@ loops written as Python loops over Python lists (no static-shape tricks): what t
 (tokexport/vlm/*.py) must reproduce index for index. Written from the published algorithms
 (docs/methods/*.md), not copied from any implementation.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,9 @@ def divprune_reference(x: torch.Tensor, k: int) -> list[int]:
     return sorted(picked)
 
 
-def visionzip_reference(hidden: torch.Tensor, cls_attn: torch.Tensor, keys: torch.Tensor, dominant: int,
-                        contextual: int) -> tuple[list[int], torch.Tensor, list[int], torch.Tensor]:
+def visionzip_reference(
+    hidden: torch.Tensor, cls_attn: torch.Tensor, keys: torch.Tensor, dominant: int, contextual: int
+) -> tuple[list[int], torch.Tensor, list[int], torch.Tensor]:
     """VisionZip (official form, one view, CLS not among the candidates): hidden [P, D] patch features,
     cls_attn [P] the CLS query's attention to each patch summed over heads, keys [P, dh] the patch keys
     averaged over heads. Returns (dominant positions ascending, their tokens, target positions, the
@@ -91,7 +93,7 @@ def dpp_map_reference(kernel: torch.Tensor, k: int) -> list[int]:
         e = kernel[j].clone()
         if cs:
             c = torch.stack(cs)  # [t, N]
-            e = e - (c[:, j:j + 1] * c).sum(dim=0)
+            e = e - (c[:, j : j + 1] * c).sum(dim=0)
         e = e / torch.sqrt(d[j])
         cs.append(e)
         d = d - e * e
@@ -99,8 +101,9 @@ def dpp_map_reference(kernel: torch.Tensor, k: int) -> list[int]:
     return sorted(picked)
 
 
-def cdpruner_reference(tokens: torch.Tensor, image_embeds: torch.Tensor, text_embed: torch.Tensor,
-                       per_view: list[int], patches: int) -> list[int]:
+def cdpruner_reference(
+    tokens: torch.Tensor, image_embeds: torch.Tensor, text_embed: torch.Tensor, per_view: list[int], patches: int
+) -> list[int]:
     """CDPruner (official form) on one image: tokens [V·P, D] the projected tokens, image_embeds [V·P, E]
     in CLIP's joint space, text_embed [E]; relevance −cos, min–max normalised over all the image's tokens
     (the official batch of crops), then the greedy MAP per view with that view's T."""

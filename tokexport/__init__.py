@@ -8,6 +8,7 @@ Python API (the same pipeline as `tokexport convert`)::
     result.accuracy["metrics"]               # the report's sections as attributes
     result.bench["batches"]["8"]["speedup"]
 """
+
 from __future__ import annotations
 
 # The one place the version is written: pyproject.toml reads it (dynamic version), `tokexport --version` prints it.

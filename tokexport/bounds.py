@@ -17,6 +17,7 @@ Each type carries a :class:`Range` in its metadata (``range_of``), so tests can 
 numeric field's description states its range. Messages echo user values only through :func:`show`
 (a short repr), never a whole document.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,20 @@ from typing import Annotated, Any, Union
 import annotated_types as at
 from pydantic import BeforeValidator, Field
 
-__all__ = ["BoundsError", "Range", "Real", "Count", "OneOrMany", "Batch", "Threads", "max_threads", "show",
-           "check_real", "check_count", "range_of"]
+__all__ = [
+    "BoundsError",
+    "Range",
+    "Real",
+    "Count",
+    "OneOrMany",
+    "Batch",
+    "Threads",
+    "max_threads",
+    "show",
+    "check_real",
+    "check_count",
+    "range_of",
+]
 
 _NUMBER = re.compile(r"^\s*[+-]?(\d+(_\d+)*\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 
@@ -102,8 +115,9 @@ def _as_number(value: Any, expected: str) -> float | int:
     raise BoundsError(f"expected {expected}, got {show(value)}")
 
 
-def check_real(value: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False,
-               enforce: bool = True) -> float:
+def check_real(
+    value: Any, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False, enforce: bool = True
+) -> float:
     """``value`` as a finite float within the interval, or BoundsError (``enforce=False``: finite only)."""
     rng = _interval(lo, hi, lo_open, hi_open)
     n = _as_number(value, f"a number in {rng}")
@@ -133,8 +147,14 @@ def check_count(value: Any, lo: int, hi: int) -> int:
     return x
 
 
-def Real(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False,  # noqa: N802 (a type)
-         enforce: bool = True) -> Any:
+def Real(
+    lo: float,
+    hi: float,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,  # noqa: N802 (a type)
+    enforce: bool = True,
+) -> Any:
     """Finite float in the interval (open ends with ``lo_open``/``hi_open``).
 
     ``enforce=False`` documents the range (JSON Schema, Range) but only refuses booleans, nan and inf:
@@ -142,19 +162,29 @@ def Real(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, 
     ``tokexport.reduce.schedule.plan`` checks every rate, before any weights load, naming the element)."""
     text = _interval(lo, hi, lo_open, hi_open)
     if enforce:
-        bound = at.Interval(gt=lo if lo_open else None, ge=None if lo_open else lo,
-                            lt=hi if hi_open else None, le=None if hi_open else hi)
+        bound = at.Interval(
+            gt=lo if lo_open else None,
+            ge=None if lo_open else lo,
+            lt=hi if hi_open else None,
+            le=None if hi_open else hi,
+        )
     else:
-        bound = Field(json_schema_extra={("exclusiveMinimum" if lo_open else "minimum"): lo,
-                                         ("exclusiveMaximum" if hi_open else "maximum"): hi})
-    return Annotated[float, bound, Range(text, lo, hi),
-                     BeforeValidator(lambda v: check_real(v, lo, hi, lo_open, hi_open, enforce))]
+        bound = Field(
+            json_schema_extra={
+                ("exclusiveMinimum" if lo_open else "minimum"): lo,
+                ("exclusiveMaximum" if hi_open else "maximum"): hi,
+            }
+        )
+    return Annotated[
+        float, bound, Range(text, lo, hi), BeforeValidator(lambda v: check_real(v, lo, hi, lo_open, hi_open, enforce))
+    ]
 
 
 def Count(lo: int, hi: int) -> Any:  # noqa: N802 (a type)
     """Whole number in ``lo..hi``."""
-    return Annotated[int, at.Interval(ge=lo, le=hi), Range(f"{lo}..{hi}", lo, hi),
-                     BeforeValidator(lambda v: check_count(v, lo, hi))]
+    return Annotated[
+        int, at.Interval(ge=lo, le=hi), Range(f"{lo}..{hi}", lo, hi), BeforeValidator(lambda v: check_count(v, lo, hi))
+    ]
 
 
 def range_of(tp: Any) -> Range | None:
@@ -210,8 +240,11 @@ def Batch(hi: int = 1024) -> Any:  # noqa: N802 (a type)
             raise BoundsError(f"expected 'dynamic' or a whole number in 1..{hi}, got {show(v)}")
         return check_count(v, 1, hi)
 
-    return Annotated[Union[Annotated[int, at.Interval(ge=1, le=hi)], Literal["dynamic"]],  # noqa: UP007
-                     Range(f"1..{hi}", 1, hi), BeforeValidator(validate)]
+    return Annotated[
+        Union[Annotated[int, at.Interval(ge=1, le=hi)], Literal["dynamic"]],  # noqa: UP007
+        Range(f"1..{hi}", 1, hi),
+        BeforeValidator(validate),
+    ]
 
 
 def max_threads() -> int:

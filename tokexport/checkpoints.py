@@ -7,6 +7,7 @@ tensors only. So a model directory with safetensors weights is always loaded fro
 to opt in, unless the recipe allows it. The driver (:func:`tokexport.tasks.run.run`) sets the recipe's
 choice for the whole conversion (:func:`pickle_policy`), so every loader of every task follows it;
 callers outside a conversion pass ``allow`` themselves."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,13 @@ from .errors import InputError
 
 FIELD = "allow_pickle"
 SAFE_SUFFIX = ".safetensors"
-PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt.index",
-                "flax_model.msgpack")
+PICKLE_NAMES = (
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "model.ckpt.index",
+    "flax_model.msgpack",
+)
 
 _ALLOW: contextvars.ContextVar[bool] = contextvars.ContextVar("tokexport_allow_pickle", default=False)
 
@@ -53,8 +59,10 @@ def weights_kwargs(path: str | os.PathLike, allow: bool | None = None) -> dict:
     if not pickled:
         return {}  # nothing to choose between: from_pretrained says what is missing
     if not (_ALLOW.get() if allow is None else allow):
-        raise InputError(f"model: {path} has only pickle-based weights ({pickled[0]}), which tokexport does not "
-                         f"load by default (unpickling a file can run code); convert the checkpoint to safetensors "
-                         f"(save_pretrained), or, for a checkpoint you trust, set `{FIELD}: true` in the recipe "
-                         "(next to `model:`)")
+        raise InputError(
+            f"model: {path} has only pickle-based weights ({pickled[0]}), which tokexport does not "
+            f"load by default (unpickling a file can run code); convert the checkpoint to safetensors "
+            f"(save_pretrained), or, for a checkpoint you trust, set `{FIELD}: true` in the recipe "
+            "(next to `model:`)"
+        )
     return {"use_safetensors": False}

@@ -23,6 +23,7 @@ without importing it.
 (class = source image, samples = random resized crops with flips), a real if modest way to compare
 a reduced model with the original one.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -40,23 +41,23 @@ from .errors import InputError
 # Natural photographs shipped inside scikit-image's ``data/`` directory (no download needed).
 # Grey-level photographs are converted to RGB by replicating the channel.
 SKIMAGE_NATURAL_FILES: tuple[str, ...] = (
-    "astronaut.png",          # colour portrait (Eileen Collins)
-    "brick.png",              # grey, brick-wall texture photograph
-    "camera.png",             # grey, cameraman
-    "cell.png",               # grey, light-microscopy photograph of a cell
-    "chelsea.png",            # colour, cat
-    "clock_motion.png",       # grey, wall clock photographed with motion blur
-    "coffee.png",             # colour, cup of coffee
-    "coins.png",              # grey, coins on a table
-    "grass.png",              # grey, grass texture photograph
-    "gravel.png",             # grey, gravel texture photograph
+    "astronaut.png",  # colour portrait (Eileen Collins)
+    "brick.png",  # grey, brick-wall texture photograph
+    "camera.png",  # grey, cameraman
+    "cell.png",  # grey, light-microscopy photograph of a cell
+    "chelsea.png",  # colour, cat
+    "clock_motion.png",  # grey, wall clock photographed with motion blur
+    "coffee.png",  # colour, cup of coffee
+    "coins.png",  # grey, coins on a table
+    "grass.png",  # grey, grass texture photograph
+    "gravel.png",  # grey, gravel texture photograph
     "hubble_deep_field.jpg",  # colour, Hubble deep field
-    "ihc.png",                # colour, immunohistochemistry microscopy
-    "microaneurysms.png",     # grey, 102x102 crop of a retinal fundus photograph (upscaled)
-    "moon.png",               # grey, lunar surface
-    "motorcycle_left.png",    # colour, motorcycle (left view of a stereo pair)
-    "retina.jpg",             # colour, retinal fundus photograph
-    "rocket.jpg",             # colour, rocket on the launch pad
+    "ihc.png",  # colour, immunohistochemistry microscopy
+    "microaneurysms.png",  # grey, 102x102 crop of a retinal fundus photograph (upscaled)
+    "moon.png",  # grey, lunar surface
+    "motorcycle_left.png",  # colour, motorcycle (left view of a stereo pair)
+    "retina.jpg",  # colour, retinal fundus photograph
+    "rocket.jpg",  # colour, rocket on the launch pad
 )
 
 # Everything else in that directory, and why it is left out.
@@ -70,7 +71,7 @@ SKIMAGE_EXCLUDED_FILES: dict[str, str] = {
     "text.png": "text on a photograph; mostly a text/thresholding test image",
     "phantom.png": "synthetic Shepp-Logan phantom",
     "motorcycle_right.png": "right view of the same stereo pair as motorcycle_left: a near-duplicate "
-                            "class that no model could tell apart from crops",
+    "class that no model could tell apart from crops",
     "lfw_subset.npy": "array stack of 25x25 faces, not an image file",
     "motorcycle_disp.npz": "disparity map array",
     "multipage.tif": "tiny multi-page TIFF test stack",
@@ -80,9 +81,7 @@ SKIMAGE_EXCLUDED_FILES: dict[str, str] = {
 }
 
 # Photographs shipped by tokexport's other required dependencies (``include_dependencies=True``).
-_DEPENDENCY_SOURCES: tuple[tuple[str, str, str], ...] = (
-    ("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg"),
-)
+_DEPENDENCY_SOURCES: tuple[tuple[str, str, str], ...] = (("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg"),)
 
 # Optional extra sources: (package, path relative to the package directory, glob pattern).
 _OPTIONAL_SOURCES: tuple[tuple[str, str, str], ...] = (
@@ -91,7 +90,15 @@ _OPTIONAL_SOURCES: tuple[tuple[str, str, str], ...] = (
 )
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp",
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".pgm",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
 )
 
 
@@ -144,8 +151,10 @@ def natural_images(include_optional: bool = True, include_dependencies: bool = F
                 if (pkg, rel, pattern) in _DEPENDENCY_SOURCES:  # a required dependency: the set must not shrink
                     from .errors import EnvironmentProblem
 
-                    raise EnvironmentProblem(f"{pkg} is not installed but tokexport needs it (its sample "
-                                             f"photograph {pattern} is part of the evaluation set): pip install {pkg}")
+                    raise EnvironmentProblem(
+                        f"{pkg} is not installed but tokexport needs it (its sample "
+                        f"photograph {pattern} is part of the evaluation set): pip install {pkg}"
+                    )
                 continue
             for p in sorted((root / rel).glob(pattern)):
                 if p.is_file():
@@ -163,8 +172,11 @@ def _check_pair(field: str, value, positive: bool = True, upper: float | None = 
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
         raise InputError(f"{field}={value!r}: expected a pair (low, high) of numbers") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi or (positive and lo <= 0) or (
-        upper is not None and hi > upper
+    if (
+        not (math.isfinite(lo) and math.isfinite(hi))
+        or lo > hi
+        or (positive and lo <= 0)
+        or (upper is not None and hi > upper)
     ):
         bound = f" within (0, {upper}]" if upper is not None else " with 0 < low"
         raise InputError(f"{field}={value!r}: expected low <= high{bound}")
@@ -178,17 +190,17 @@ class Preprocess:
     ``(0.485, 0.456, 0.406)`` / ``(0.229, 0.224, 0.225)``).
     """
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 resize_shorter: int | None = None):
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], resize_shorter: int | None = None):
         if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
             raise InputError(f"image_size={image_size!r}: expected a positive integer, e.g. 224")
         if resize_shorter is None:
             resize_shorter = int(round(image_size * 256 / 224))
-        if isinstance(resize_shorter, bool) or not isinstance(resize_shorter, (int, np.integer)) \
-                or resize_shorter < image_size:
-            raise InputError(
-                f"resize_shorter={resize_shorter!r}: expected an integer >= image_size ({image_size})"
-            )
+        if (
+            isinstance(resize_shorter, bool)
+            or not isinstance(resize_shorter, (int, np.integer))
+            or resize_shorter < image_size
+        ):
+            raise InputError(f"resize_shorter={resize_shorter!r}: expected an integer >= image_size ({image_size})")
         mean_a = np.asarray(mean, dtype=np.float64).reshape(-1)
         std_a = np.asarray(std, dtype=np.float64).reshape(-1)
         if mean_a.shape != (3,) or not np.all(np.isfinite(mean_a)):
@@ -203,8 +215,10 @@ class Preprocess:
         self._std = std_a.astype(np.float32).reshape(3, 1, 1)
 
     def __repr__(self) -> str:
-        return (f"Preprocess(image_size={self.image_size}, mean={self.mean}, std={self.std}, "
-                f"resize_shorter={self.resize_shorter})")
+        return (
+            f"Preprocess(image_size={self.image_size}, mean={self.mean}, std={self.std}, "
+            f"resize_shorter={self.resize_shorter})"
+        )
 
     def normalize(self, img: Image.Image) -> np.ndarray:
         """RGB PIL image -> float32 ``[3, H, W]``, scaled to 0..1 then ``(x - mean) / std``."""
@@ -226,8 +240,9 @@ class Preprocess:
         top = int(round((nh - c) / 2.0))
         return self.normalize(img.crop((left, top, left + c, top + c)))
 
-    def random_crop(self, img: Image.Image, rng: np.random.Generator, scale=(0.3, 0.7),
-                    ratio=(3 / 4, 4 / 3), flip: bool = True) -> np.ndarray:
+    def random_crop(
+        self, img: Image.Image, rng: np.random.Generator, scale=(0.3, 0.7), ratio=(3 / 4, 4 / 3), flip: bool = True
+    ) -> np.ndarray:
         """RandomResizedCrop + RandomHorizontalFlip semantics (as torchvision), bicubic resize.
 
         The crop's area is a uniform fraction in ``scale`` of the image area, its aspect ratio
@@ -272,10 +287,10 @@ class Preprocess:
 class InstanceSet:
     """Instance recognition: class = source image. Eval and prototype crops are drawn independently."""
 
-    eval_x: np.ndarray      # [M, 3, H, W] float32
-    eval_y: np.ndarray      # [M] int64
-    proto_x: np.ndarray     # [P, 3, H, W] float32
-    proto_y: np.ndarray     # [P] int64
+    eval_x: np.ndarray  # [M, 3, H, W] float32
+    eval_y: np.ndarray  # [M] int64
+    proto_x: np.ndarray  # [P, 3, H, W] float32
+    proto_y: np.ndarray  # [P] int64
     class_names: list[str]
 
     @property
@@ -294,9 +309,15 @@ PROTOTYPE_STREAM = 1  # class prototypes (original model)
 SEARCH_STREAM = 2  # the crops `tokexport search` chooses on (disjoint from the verdict's)
 
 
-def instance_recognition_set(images: Sequence[tuple[str, Image.Image]], preprocess: Preprocess,
-                             samples_per_class: int = 8, prototypes_per_class: int = 4,
-                             scale=(0.3, 0.7), seed: int = 0, eval_stream: int = EVAL_STREAM) -> InstanceSet:
+def instance_recognition_set(
+    images: Sequence[tuple[str, Image.Image]],
+    preprocess: Preprocess,
+    samples_per_class: int = 8,
+    prototypes_per_class: int = 4,
+    scale=(0.3, 0.7),
+    seed: int = 0,
+    eval_stream: int = EVAL_STREAM,
+) -> InstanceSet:
     """Random resized crops (with flips) of each image; class index = position in ``images``.
 
     Eval crops come from ``np.random.default_rng([seed, eval_stream])`` and prototype crops from
@@ -307,10 +328,16 @@ def instance_recognition_set(images: Sequence[tuple[str, Image.Image]], preproce
     :data:`SEARCH_STREAM` (2) is the split ``tokexport search`` chooses schedules on, so the winner is
     judged on crops nothing was chosen with. Stream 1 is reserved for the prototypes.
     """
-    if eval_stream == PROTOTYPE_STREAM or isinstance(eval_stream, bool) or not isinstance(eval_stream, int) \
-            or eval_stream < 0:
-        raise InputError(f"eval_stream={eval_stream!r}: expected an integer >= 0 other than {PROTOTYPE_STREAM} "
-                         "(the prototypes' stream)")
+    if (
+        eval_stream == PROTOTYPE_STREAM
+        or isinstance(eval_stream, bool)
+        or not isinstance(eval_stream, int)
+        or eval_stream < 0
+    ):
+        raise InputError(
+            f"eval_stream={eval_stream!r}: expected an integer >= 0 other than {PROTOTYPE_STREAM} "
+            "(the prototypes' stream)"
+        )
     images = list(images)
     if not images:
         raise InputError("images: empty list; pass at least one (name, PIL image) pair, e.g. natural_images()")
@@ -339,8 +366,9 @@ def instance_recognition_set(images: Sequence[tuple[str, Image.Image]], preproce
     return InstanceSet(eval_x, eval_y, proto_x, proto_y, names)
 
 
-def image_folder(path, preprocess: Preprocess, limit_per_class: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def image_folder(
+    path, preprocess: Preprocess, limit_per_class: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Load an ImageFolder tree (``path/<class>/<image>``) with ``preprocess.center``.
 
     Classes are the sorted sub-directory names (hidden ones ignored); images are the sorted files
@@ -357,11 +385,14 @@ def image_folder(path, preprocess: Preprocess, limit_per_class: int | None = Non
         raise InputError(f"image folder {root} is not a directory; pass a directory with one sub-directory per class")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise InputError(f"image folder {root} has no class sub-directories; put each class's images in {root}/<class>/")
+        raise InputError(
+            f"image folder {root} has no class sub-directories; put each class's images in {root}/<class>/"
+        )
     xs, ys = [], []
     for c, cdir in enumerate(class_dirs):
         files = sorted(
-            p for p in cdir.iterdir()
+            p
+            for p in cdir.iterdir()
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if limit_per_class is not None:

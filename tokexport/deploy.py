@@ -10,6 +10,7 @@ tests), which every bundle carries as its script, so the device needs only numpy
 TensorRT cannot be installed on the development machines (no GPU; its wheels come from NVIDIA's index):
 nothing here imports it at module import time, and the engine path runs only where it is present.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,8 +37,14 @@ from tokexport.targets import resolve as resolve_target
 # FP16 engine vs FP32 reference: an element agrees when |a - e| <= atol + rtol*|e|; `quantile` of the
 # elements must agree, the median error must stay under median_atol, every sample's cosine above
 # min_cosine, and logits' top-1 (and integer outputs, e.g. kept-token positions) agree on min_agreement.
-DEFAULT_TOLERANCES = {"atol": 0.05, "rtol": 0.05, "quantile": 0.99, "median_atol": 0.01, "min_cosine": 0.999,
-                      "min_agreement": 0.99}
+DEFAULT_TOLERANCES = {
+    "atol": 0.05,
+    "rtol": 0.05,
+    "quantile": 0.99,
+    "median_atol": 0.01,
+    "min_cosine": 0.999,
+    "min_agreement": 0.99,
+}
 # the bundle's directory in messages: write_bundle's ``dest`` (the CLI's OUT_DIR argument)
 DEST = option("dest", flag="OUT_DIR")
 
@@ -76,8 +83,10 @@ def require_tensorrt() -> None:
     """TensorRTUnavailable (exit 8) with one line saying what is missing and where to build instead."""
     problem = tensorrt_problem()
     if problem:
-        raise TensorRTUnavailable(f"cannot build TensorRT engines here: {problem}; write a bundle with "
-                                  "`tokexport bundle` and run its build_engine.sh on the device")
+        raise TensorRTUnavailable(
+            f"cannot build TensorRT engines here: {problem}; write a bundle with "
+            "`tokexport bundle` and run its build_engine.sh on the device"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,9 +94,16 @@ def require_tensorrt() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def trtexec_command(onnx_name: str, engine_name: str, input_shapes: Mapping[str, Sequence[int | str]],
-                    fp16: bool = True, batch: tuple[int, int, int] = (1, 1, 1), timing_cache: str | None = None,
-                    trtexec: str = "trtexec", strongly_typed: bool = False) -> str:
+def trtexec_command(
+    onnx_name: str,
+    engine_name: str,
+    input_shapes: Mapping[str, Sequence[int | str]],
+    fp16: bool = True,
+    batch: tuple[int, int, int] = (1, 1, 1),
+    timing_cache: str | None = None,
+    trtexec: str = "trtexec",
+    strongly_typed: bool = False,
+) -> str:
     """One shell line building ``engine_name`` from ``onnx_name`` with trtexec.
 
     ``strongly_typed``: ``--stronglyTyped`` and never ``--fp16`` (TensorRT 11 removed every precision flag:
@@ -109,8 +125,10 @@ def trtexec_command(onnx_name: str, engine_name: str, input_shapes: Mapping[str,
         shape = list(shape)
         for ax, d in enumerate(shape):
             if ax > 0 and not isinstance(d, (int, np.integer)):
-                raise InputError(f"input {name!r} has symbolic dim {d!r} at axis {ax}; only the batch axis may be "
-                                 "dynamic (re-export with static token counts)")
+                raise InputError(
+                    f"input {name!r} has symbolic dim {d!r} at axis {ax}; only the batch axis may be "
+                    "dynamic (re-export with static token counts)"
+                )
         rest = "x".join(str(int(d)) for d in shape[1:])
         if shape and not isinstance(shape[0], (int, np.integer)):
             dynamic = True
@@ -129,7 +147,7 @@ def trtexec_command(onnx_name: str, engine_name: str, input_shapes: Mapping[str,
 
 
 def graph_precision(path: str | os.PathLike) -> str:
-    """"fp16" when the graph computes in float16 anywhere (a float16 weight, or a Cast to float16: what
+    """ "fp16" when the graph computes in float16 anywhere (a float16 weight, or a Cast to float16: what
     `export.precision: fp16` writes, with LayerNorm/Softmax kept in float32), else "fp32". External data
     is not read."""
     import onnx
@@ -177,7 +195,6 @@ echo "bundle target: {label}; trtexec reports: $("$TRTEXEC" 2>&1 | grep -m1 -o '
 """
 
 
-
 def verify_script() -> str:
     """Source of verify_on_device.py (tokexport/device/verify_on_device.py, stdlib + numpy), stamped with
     this tokexport's version."""
@@ -192,7 +209,7 @@ def verify_script() -> str:
 def _readme(target: Target, names: list[str], fp16: bool, tol: dict) -> str:
     return f"""# tokexport deploy bundle
 
-Target: {target.label}. Graphs: {', '.join(f'`{n}.onnx`' for n in names)}. Written by tokexport
+Target: {target.label}. Graphs: {", ".join(f"`{n}.onnx`" for n in names)}. Written by tokexport
 {tokexport.__version__}; every file's sha256 is in `manifest.json` (`files`), with the graphs' inputs
 and outputs (names, shapes, dtypes), the target, the opset and the tolerances. Array files are named by
 position, `inputs/input_<i>.npy` and `expected/<graph>/output_<i>.npy`; `manifest.json` maps each input
@@ -200,8 +217,11 @@ and output name to its file (`inputs`, `models.<graph>.expected`).
 
 On the device (copy the whole folder or unpack the `.tar.gz`):
 
-1. `./build_engine.sh` builds `<name>.engine` with trtexec{' in FP16' if fp16 and not target.strongly_typed else ''}{
-   ' strongly typed (TensorRT 11 has no --fp16: the engine runs in the graph precision)' if target.strongly_typed else ''} (timing cache
+1. `./build_engine.sh` builds `<name>.engine` with trtexec{" in FP16" if fp16 and not target.strongly_typed else ""}{
+        " strongly typed (TensorRT 11 has no --fp16: the engine runs in the graph precision)"
+        if target.strongly_typed
+        else ""
+    } (timing cache
    `timing.cache`, log `build_<name>.log`; set `TRTEXEC=/usr/src/tensorrt/bin/trtexec` if it is not on
    PATH). trtexec prints the engine's latency at the end of the log.
 2. `python3 verify_on_device.py` checks every sha256, then runs the engine built in step 1 (TensorRT
@@ -216,7 +236,7 @@ On the device (copy the whole folder or unpack the `.tar.gz`):
 Tolerances (FP16 engines against an FP32 reference): an element agrees when |a - e| <= atol + rtol*|e|;
 at least `quantile` of the elements must agree, median |a - e| <= median_atol, every sample's cosine
 >= min_cosine; outputs named *logits* and integer outputs must agree on >= min_agreement.
-Values: {', '.join(f'{k} {v:g}' for k, v in tol.items())}.
+Values: {", ".join(f"{k} {v:g}" for k, v in tol.items())}.
 """
 
 
@@ -237,8 +257,9 @@ def sample_inputs(info: dict, batch: int = 1, seed: int = 0) -> dict[str, np.nda
         if any(not isinstance(d, int) for d in shape):
             raise InputError(f"input {i['name']!r} has symbolic non-batch dims {i['shape']}; pass {option('inputs')}")
         dtype = np.dtype(i["dtype"])
-        feed[i["name"]] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
-                           else np.zeros(shape, dtype=dtype))
+        feed[i["name"]] = (
+            rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype=dtype)
+        )
     return feed
 
 
@@ -248,7 +269,9 @@ def _run_ort(path: Path, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     try:
         return OrtRunner(path).infer(feed)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        raise InputError(f"{path}: ONNX Runtime cannot run it on the sample inputs ({str(exc).splitlines()[0][:200]})") from None
+        raise InputError(
+            f"{path}: ONNX Runtime cannot run it on the sample inputs ({str(exc).splitlines()[0][:200]})"
+        ) from None
 
 
 def _copy_graph(src: Path, dest_dir: Path, name: str) -> list[Path]:
@@ -262,8 +285,14 @@ def _copy_graph(src: Path, dest_dir: Path, name: str) -> list[Path]:
 
     model = onnx_tools.load(src)
     data = _inside(dest_dir, f"{name}.onnx.data")
-    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(graph),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
     return [graph, data]
 
 
@@ -290,9 +319,17 @@ def _check_dest(dest: Path, force: bool, archive: bool, protect: Sequence = ()) 
     return archive_path
 
 
-def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike], target: str | Target,
-                 inputs: Mapping[str, np.ndarray] | None = None, tolerances: Mapping[str, float] | None = None,
-                 fp16: bool = True, max_batch: int = 8, archive: bool = True, force: bool = False) -> Bundle:
+def write_bundle(
+    dest: str | os.PathLike,
+    models: Mapping[str, str | os.PathLike],
+    target: str | Target,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    tolerances: Mapping[str, float] | None = None,
+    fp16: bool = True,
+    max_batch: int = 8,
+    archive: bool = True,
+    force: bool = False,
+) -> Bundle:
     """Write a self-verifying deploy bundle to ``dest`` (and ``dest.tar.gz`` when ``archive``).
 
     models: {name: ONNX file}; the first is the one deployed (conventionally "model"), others (e.g.
@@ -324,7 +361,9 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
                 raise InputError(f"{models[name]}: the sample inputs lack {i['name']!r} (have {sorted(feed)})")
             shape, got = i["shape"] or [], list(feed[i["name"]].shape)
             if len(shape) != len(got) or any(isinstance(d, int) and d != g for d, g in zip(shape, got)):
-                raise InputError(f"{models[name]}: sample input {i['name']!r} has shape {got}, the graph declares {shape}")
+                raise InputError(
+                    f"{models[name]}: sample input {i['name']!r} has shape {got}, the graph declares {shape}"
+                )
     # arrays no graph takes are left out (an exporter drops unused inputs); graph order: input_<i> is the
     # first graph's i-th input. `tokexport bundle --inputs` refuses such arrays before this.
     wanted = list(dict.fromkeys(i["name"] for info in infos.values() for i in info["inputs"]))
@@ -336,8 +375,10 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
     # next to the directory right after it (tokexport.outdir)
     from tokexport.outdir import check_archive, claim_out_dir
 
-    with claim_out_dir(dest, force, kind="bundle", protect=list(models.values()), what=DEST) as claim, \
-            claim.staged() as tmp:
+    with (
+        claim_out_dir(dest, force, kind="bundle", protect=list(models.values()), what=DEST) as claim,
+        claim.staged() as tmp,
+    ):
         if archive_path is not None:
             check_archive(archive_path, dest.name, force, protect=list(models.values()), what=DEST)  # under the lock
         os.chmod(tmp, 0o755)
@@ -351,8 +392,18 @@ def write_bundle(dest: str | os.PathLike, models: Mapping[str, str | os.PathLike
     return Bundle(dest, archive_path, manifest)
 
 
-def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp16, max_batch,
-                 sources: Mapping[str, str] | None = None) -> dict:
+def _fill_bundle(
+    root: Path,
+    models,
+    infos,
+    feed,
+    expected,
+    tgt: Target,
+    tol,
+    fp16,
+    max_batch,
+    sources: Mapping[str, str] | None = None,
+) -> dict:
     """Write the bundle's files into ``root``: the sample inputs, each model's graph, expected outputs and
     engine build lines, build_engine.sh, verify_on_device.py, README.md, then manifest.json (every file's
     sha256 and size); the manifest."""
@@ -361,18 +412,35 @@ def _fill_bundle(root: Path, models, infos, feed, expected, tgt: Target, tol, fp
     build = [_BUILD_SCRIPT.format(label=tgt.label)]
     entries = {}
     for name, src in models.items():
-        entries[name] = _write_model(root, name, Path(src), infos[name], feed, expected[name], tgt, fp16, max_batch,
-                                     sources.get(name), build)
-    for fname, text in (("build_engine.sh", "\n".join(build) + "\n"), ("verify_on_device.py", verify_script()),
-                        ("README.md", _readme(tgt, list(models), fp16, tol))):
+        entries[name] = _write_model(
+            root, name, Path(src), infos[name], feed, expected[name], tgt, fp16, max_batch, sources.get(name), build
+        )
+    for fname, text in (
+        ("build_engine.sh", "\n".join(build) + "\n"),
+        ("verify_on_device.py", verify_script()),
+        ("README.md", _readme(tgt, list(models), fp16, tol)),
+    ):
         _inside(root, fname).write_text(text)
         if fname.endswith((".sh", ".py")):
             (root / fname).chmod(0o755)
-    files = [{"path": p.relative_to(root).as_posix(), "sha256": onnx_tools.sha256_file(p), "bytes": p.stat().st_size}
-             for p in sorted(root.rglob("*")) if p.is_file()]
-    manifest = {"format": "tokexport-bundle", "format_version": 2, "tokexport_version": tokexport.__version__,
-                "created_unix": int(time.time()), "target": tgt.to_dict(), "fp16": fp16, "max_batch": max_batch,
-                "tolerances": tol, "inputs": inputs, "models": entries, "files": files}
+    files = [
+        {"path": p.relative_to(root).as_posix(), "sha256": onnx_tools.sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    ]
+    manifest = {
+        "format": "tokexport-bundle",
+        "format_version": 2,
+        "tokexport_version": tokexport.__version__,
+        "created_unix": int(time.time()),
+        "target": tgt.to_dict(),
+        "fp16": fp16,
+        "max_batch": max_batch,
+        "tolerances": tol,
+        "inputs": inputs,
+        "models": entries,
+        "files": files,
+    }
     _inside(root, "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -388,8 +456,19 @@ def _write_inputs(root: Path, feed: Mapping[str, np.ndarray]) -> dict:
     return inputs
 
 
-def _write_model(root: Path, name: str, src: Path, info: dict, feed, expected: Mapping[str, np.ndarray], tgt: Target,
-                 fp16, max_batch, source_sha256: str | None, build: list[str]) -> dict:
+def _write_model(
+    root: Path,
+    name: str,
+    src: Path,
+    info: dict,
+    feed,
+    expected: Mapping[str, np.ndarray],
+    tgt: Target,
+    fp16,
+    max_batch,
+    source_sha256: str | None,
+    build: list[str],
+) -> dict:
     """One model of the bundle: its graph copied in, ONNX Runtime's outputs as expected/<name>/output_<i>.npy,
     its engine build appended to ``build`` (the lines of build_engine.sh); its manifest entry."""
     graph = _copy_graph(src, root, name)[0]
@@ -402,21 +481,45 @@ def _write_model(root: Path, name: str, src: Path, info: dict, feed, expected: M
     batch = max((feed[i["name"]].shape[0] for i in info["inputs"] if feed[i["name"]].ndim), default=1)
     precision = graph_precision(graph)
     strong = strongly_typed_build(tgt, precision)
-    cmd = trtexec_command(graph.name, f"{name}.engine", {i["name"]: i["shape"] for i in info["inputs"]}, fp16=fp16,
-                          batch=(1, batch, max(batch, max_batch)), timing_cache="timing.cache", trtexec='"$TRTEXEC"',
-                          strongly_typed=strong)
+    cmd = trtexec_command(
+        graph.name,
+        f"{name}.engine",
+        {i["name"]: i["shape"] for i in info["inputs"]},
+        fp16=fp16,
+        batch=(1, batch, max(batch, max_batch)),
+        timing_cache="timing.cache",
+        trtexec='"$TRTEXEC"',
+        strongly_typed=strong,
+    )
     if strong:
-        build.append(f"# {name}.onnx is an {precision} graph; built strongly typed (--stronglyTyped, no --fp16): the "
-                     "engine runs in the graph's precision" + ("" if precision == "fp16" or not fp16 else
-                                                               " (fp32 here: export.precision: fp16 for an fp16 engine)"))
-    build += [f'echo "== {name}: building {name}.engine (log: build_{name}.log)"', f"{cmd} 2>&1 | tee build_{name}.log",
-              f"grep -m1 -A3 'Performance summary' build_{name}.log || true"]
+        build.append(
+            f"# {name}.onnx is an {precision} graph; built strongly typed (--stronglyTyped, no --fp16): the "
+            "engine runs in the graph's precision"
+            + ("" if precision == "fp16" or not fp16 else " (fp32 here: export.precision: fp16 for an fp16 engine)")
+        )
+    build += [
+        f'echo "== {name}: building {name}.engine (log: build_{name}.log)"',
+        f"{cmd} 2>&1 | tee build_{name}.log",
+        f"grep -m1 -A3 'Performance summary' build_{name}.log || true",
+    ]
     check = onnx_tools.check_target(graph, tgt, lint=False)
-    return {"onnx": graph.name, "opset": info["opset"], "inputs": info["inputs"], "outputs": info["outputs"],
-            "engine": f"{name}.engine", "expected": exp, "precision": precision, "strongly_typed": strong,
-            "source_sha256": source_sha256,
-            "target_check": {"passed": check.passed, "errors": len(check.errors), "warnings": len(check.warnings),
-                             "findings": [f.to_dict() for f in check.findings]}}
+    return {
+        "onnx": graph.name,
+        "opset": info["opset"],
+        "inputs": info["inputs"],
+        "outputs": info["outputs"],
+        "engine": f"{name}.engine",
+        "expected": exp,
+        "precision": precision,
+        "strongly_typed": strong,
+        "source_sha256": source_sha256,
+        "target_check": {
+            "passed": check.passed,
+            "errors": len(check.errors),
+            "warnings": len(check.warnings),
+            "findings": [f.to_dict() for f in check.findings],
+        },
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,9 +527,15 @@ def _write_model(root: Path, name: str, src: Path, info: dict, feed, expected: M
 # --------------------------------------------------------------------------------------------
 
 
-def build_and_compare(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, feed: Mapping[str, np.ndarray],
-                      tolerances: Mapping[str, float] | None = None, fp16: bool = True, max_batch: int = 8,
-                      repeats: int = 20) -> dict:
+def build_and_compare(
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
+    feed: Mapping[str, np.ndarray],
+    tolerances: Mapping[str, float] | None = None,
+    fp16: bool = True,
+    max_batch: int = 8,
+    repeats: int = 20,
+) -> dict:
     """Build a TensorRT engine (polygraphy loaders over the TensorRT API), time it on ``feed`` and
     compare its outputs with ONNX Runtime's using :func:`compare_outputs`.
 
@@ -470,7 +579,16 @@ def build_and_compare(onnx_path: str | os.PathLike, engine_path: str | os.PathLi
             runner.infer(dict(feed))
             times.append(runner.last_inference_time())
     rows = compare_outputs({k: np.array(v) for k, v in out.items()}, reference, tol)
-    return {"engine": str(engine_path), "build_s": build_s, "fp16": fp16 and not strong, "precision": precision,
-            "strongly_typed": strong, "median_ms": 1000 * float(np.median(times)),
-            "p90_ms": 1000 * float(np.quantile(times, 0.9)), "repeats": repeats, "tolerances": tol,
-            "comparison": rows, "passed": all(r["passed"] for r in rows)}
+    return {
+        "engine": str(engine_path),
+        "build_s": build_s,
+        "fp16": fp16 and not strong,
+        "precision": precision,
+        "strongly_typed": strong,
+        "median_ms": 1000 * float(np.median(times)),
+        "p90_ms": 1000 * float(np.quantile(times, 0.9)),
+        "repeats": repeats,
+        "tolerances": tol,
+        "comparison": rows,
+        "passed": all(r["passed"] for r in rows),
+    }

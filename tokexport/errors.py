@@ -13,6 +13,7 @@ Exit codes (stable, CI scripts rely on them):
  10  the output cannot be written: disk full, file too large, read-only file system, no permission
      (nothing partial is left; the previous output, if any, is kept)
 """
+
 from __future__ import annotations
 
 import errno
@@ -138,8 +139,12 @@ def write_failure(e: BaseException, inside: str | None = None) -> OSError | None
         if isinstance(x, OSError) and x.errno is not None:
             if x.errno in WRITE_ERRNOS:
                 return x
-            if x.errno in PERMISSION_ERRNOS and inside and x.filename is not None and \
-                    os.path.abspath(os.fsdecode(x.filename)).startswith(inside.rstrip("/") + "/"):
+            if (
+                x.errno in PERMISSION_ERRNOS
+                and inside
+                and x.filename is not None
+                and os.path.abspath(os.fsdecode(x.filename)).startswith(inside.rstrip("/") + "/")
+            ):
                 return x
     for x in _chain(e):
         text = str(x)
@@ -154,8 +159,10 @@ def write_error(e: BaseException, what: str, inside: str | None = None) -> Outpu
     x = write_failure(e, inside)
     if x is None:
         return None
-    return OutputWriteError(f"{what}: cannot write the output ({x.strerror or 'write error'}); nothing was left "
-                            "behind and any earlier output is unchanged: free space or choose another location")
+    return OutputWriteError(
+        f"{what}: cannot write the output ({x.strerror or 'write error'}); nothing was left "
+        "behind and any earlier output is unchanged: free space or choose another location"
+    )
 
 
 EXIT_OK = 0

@@ -7,6 +7,7 @@ file (no external data) when it fits in 2 GB. After export, the declared input/o
 pinned to the shapes PyTorch produced (batch symbolic when dynamic), checked by strict shape
 inference, and the outputs are compared with PyTorch by the caller (verify.parity).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,12 +59,22 @@ def choose_exporter(opset: int, exporter: str) -> str:
     if exporter == "auto":
         return "torchscript" if opset <= 17 else "dynamo"
     if exporter == "dynamo" and opset < 18:
-        raise ExportError(f"export.exporter: dynamo emits opset >= 18 only, but export.opset is {opset}; use exporter: auto")
+        raise ExportError(
+            f"export.exporter: dynamo emits opset >= 18 only, but export.opset is {opset}; use exporter: auto"
+        )
     return exporter
 
 
-def run_exporter(module: nn.Module, args: tuple, path: Path, opset: int, exporter: str, input_names: list[str],
-                 output_names: list[str], dynamic_batch: bool) -> onnx.ModelProto:
+def run_exporter(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    opset: int,
+    exporter: str,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_batch: bool,
+) -> onnx.ModelProto:
     """torch.onnx.export with the chosen exporter (quiet; batch the only dynamic axis when asked), then
     load the graph back and check it carries the requested opset. ExportError on any failure."""
     sink = io.StringIO()
@@ -73,14 +84,30 @@ def run_exporter(module: nn.Module, args: tuple, path: Path, opset: int, exporte
         try:
             if exporter == "torchscript":
                 axes = {n: {0: "batch"} for n in (*input_names, *output_names)} if dynamic_batch else None
-                torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names,
-                                  output_names=output_names, opset_version=opset, dynamic_axes=axes,
-                                  do_constant_folding=True)
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    input_names=input_names,
+                    output_names=output_names,
+                    opset_version=opset,
+                    dynamic_axes=axes,
+                    do_constant_folding=True,
+                )
             else:
                 batch = torch.export.Dim("batch", min=1, max=1024)
                 shapes = tuple({0: batch} for _ in args) if dynamic_batch else None
-                prog = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=shapes, input_names=input_names,
-                                         output_names=output_names, opset_version=opset, external_data=False)
+                prog = torch.onnx.export(
+                    module,
+                    args,
+                    dynamo=True,
+                    dynamic_shapes=shapes,
+                    input_names=input_names,
+                    output_names=output_names,
+                    opset_version=opset,
+                    external_data=False,
+                )
                 prog.save(str(path), external_data=False)
         except Exception as e:
             raise ExportError(f"ONNX export failed ({exporter}, opset {opset}): {str(e).splitlines()[0][:300]}") from e
@@ -103,9 +130,17 @@ def pin_shapes(m: onnx.ModelProto, path: Path, shapes: dict[str, list], check: b
     onnx.save(m, str(path))
 
 
-def export_onnx(model: nn.Module, fn: Callable[..., dict[str, torch.Tensor]], example: torch.Tensor,
-                path: Path, opset: int, dynamic_batch: bool, exporter: str = "auto",
-                check_shapes: bool = True, extra_inputs: dict[str, torch.Tensor] | None = None) -> ExportInfo:
+def export_onnx(
+    model: nn.Module,
+    fn: Callable[..., dict[str, torch.Tensor]],
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    dynamic_batch: bool,
+    exporter: str = "auto",
+    check_shapes: bool = True,
+    extra_inputs: dict[str, torch.Tensor] | None = None,
+) -> ExportInfo:
     """Export ``fn`` (the model's forward, returning named outputs) at ``example``'s shape to ``path``, with
     the I/O shapes declared; ``check_shapes=False`` when :func:`finish_graph` will run (it checks the result).
     ``extra_inputs``: further named inputs after ``pixel_values`` (same batch axis), passed to ``fn`` in order."""
@@ -116,15 +151,17 @@ def export_onnx(model: nn.Module, fn: Callable[..., dict[str, torch.Tensor]], ex
     names = list(ref)
     module = _Named(model, fn, names).eval()
     path = Path(path)
-    m = run_exporter(module, (example, *extra.values()), path, opset, exporter, [INPUT_NAME, *extra], names,
-                     dynamic_batch)
+    m = run_exporter(
+        module, (example, *extra.values()), path, opset, exporter, [INPUT_NAME, *extra], names, dynamic_batch
+    )
     batch = "batch" if dynamic_batch else int(example.shape[0])
     shapes = {INPUT_NAME: [batch, *example.shape[1:]], **{n: [batch, *t.shape[1:]] for n, t in extra.items()}}
     for n, t in ref.items():
         shapes[n] = [batch, *t.shape[1:]]
     pin_shapes(m, path, shapes, check_shapes)
-    return ExportInfo(path=path, exporter=exporter, opset=opset, output_names=names,
-                      output_shapes={n: shapes[n] for n in names})
+    return ExportInfo(
+        path=path, exporter=exporter, opset=opset, output_names=names, output_shapes={n: shapes[n] for n in names}
+    )
 
 
 # --- after export: folding and precision (every task, through the driver) -----------------------------
@@ -146,7 +183,8 @@ def to_fp16(model: onnx.ModelProto, keep_io_types: bool = True) -> onnx.ModelPro
         warnings.simplefilter("ignore")
         logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
         return float16.convert_float_to_float16(
-            model, keep_io_types=keep_io_types, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32])
+            model, keep_io_types=keep_io_types, op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32]
+        )
 
 
 def finish_graph(path: Path, fold: bool = True, precision: str = "fp32") -> dict:
@@ -172,7 +210,9 @@ def finish_graph(path: Path, fold: bool = True, precision: str = "fp32") -> dict
         try:
             check_shapes(m)
         except ValueError as e:
-            raise ExportError(f"{path.name} after {' and '.join(k for k in nodes if k != 'exported')} failed shape checks: {e}") from e
+            raise ExportError(
+                f"{path.name} after {' and '.join(k for k in nodes if k != 'exported')} failed shape checks: {e}"
+            ) from e
         tmp = path.with_name(path.name + ".finish")
         onnx.save(m, str(tmp))
         tmp.replace(path)
@@ -193,8 +233,10 @@ def finish_graphs(graphs, export_config, stages=None) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     with ctx as advance, ThreadPoolExecutor(2) as pool:  # ONNX Runtime's passes release the GIL: both at once
-        jobs = {name: pool.submit(finish_graph, p, fold, precision)
-                for name, p in (("model", graphs.model), ("baseline", graphs.baseline))}
+        jobs = {
+            name: pool.submit(finish_graph, p, fold, precision)
+            for name, p in (("model", graphs.model), ("baseline", graphs.baseline))
+        }
         for name, job in jobs.items():
             nodes[name] = job.result()
             advance()

@@ -13,6 +13,7 @@ directory back as a tar archive, which the driver unpacks into a staging sibling
 A point that fails (an error, a missing checkpoint on the worker, a crashed worker) is returned as a
 record with the error and an exit code; the others go on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,10 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise EnvironmentProblem(f"{_backend('ray')}: Ray is not installed; install it with `{RAY_INSTALL}` "
-                                 f"(or run with {_backend('local')})") from None
+        raise EnvironmentProblem(
+            f"{_backend('ray')}: Ray is not installed; install it with `{RAY_INSTALL}` "
+            f"(or run with {_backend('local')})"
+        ) from None
     return ray
 
 
@@ -62,18 +65,21 @@ def check_backend(backend: str, jobs: int, cpus_per_job: int | None) -> None:
         raise InputError(f"{option('cpus_per_job')}: {cpus_per_job}; give 1 or more")
     if backend == "ray":
         if jobs != 1:
-            raise InputError(f"{option('jobs')}: only for {_backend('local')}; on Ray the cluster's CPUs ÷ "
-                             f"{option('cpus_per_job')} set how many conversions run at once")
+            raise InputError(
+                f"{option('jobs')}: only for {_backend('local')}; on Ray the cluster's CPUs ÷ "
+                f"{option('cpus_per_job')} set how many conversions run at once"
+            )
         require_ray()
 
 
 # ------------------------------------------------------------------------------------------ the point task
 
+
 @dataclass
 class PointSpec:
     """One conversion: a validated recipe run by the one driver into ``run_dir`` (absolute, on the driver)."""
 
-    key: str                    # unique within the fan-out (the run directory's path relative to the output)
+    key: str  # unique within the fan-out (the run directory's path relative to the output)
     recipe: object
     base_dir: str
     run_dir: str
@@ -93,18 +99,22 @@ def check_model_here(recipe, base_dir: str, local_model: str | None) -> None:
         try:
             resolve_bundled(name)
         except InputError as e:
-            raise InputError(f"model {name}: not available on worker {host} ({one_line(e)}); run `tokexport models "
-                             f"fetch {name}` on every node, or set TOKEXPORT_MODELS_DIR on every node to a shared "
-                             "directory that holds it") from None
+            raise InputError(
+                f"model {name}: not available on worker {host} ({one_line(e)}); run `tokexport models "
+                f"fetch {name}` on every node, or set TOKEXPORT_MODELS_DIR on every node to a shared "
+                "directory that holds it"
+            ) from None
         return
     p = Path(name).expanduser()
     path_like = p.is_absolute() or name.startswith((".", "~")) or local_model is not None
     if path_like:
         p = p if p.is_absolute() else Path(base_dir) / p
         if not p.exists():
-            raise InputError(f"model {name}: checkpoint {p} not found on worker {host}; copy it to the same path on "
-                             "every node, or keep checkpoints in a shared directory every node mounts at the same "
-                             "path")
+            raise InputError(
+                f"model {name}: checkpoint {p} not found on worker {host}; copy it to the same path on "
+                "every node, or keep checkpoints in a shared directory every node mounts at the same "
+                "path"
+            )
 
 
 _LOADED: dict = {}
@@ -177,14 +187,18 @@ def materialize(spec: PointSpec, rec: dict) -> dict:
         return rec
     from .outdir import claim_out_dir
 
-    with claim_out_dir(spec.run_dir, True, kind="convert") as claim, claim.staged() as tmp, \
-            tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+    with (
+        claim_out_dir(spec.run_dir, True, kind="convert") as claim,
+        claim.staged() as tmp,
+        tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar,
+    ):
         tar.extractall(tmp, filter="data")
     rec["shipped_bytes"] = len(data)
     return rec
 
 
 # --------------------------------------------------------------------------------------------- backends
+
 
 def _child(conn, spec: PointSpec) -> None:
     conn.send(run_point(spec))
@@ -207,9 +221,14 @@ def _isolated(spec: PointSpec) -> dict:
     if rec is None:
         code = p.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-        rec = {"key": spec.key, "host": socket.gethostname(), "status": "failed", "crashed": True,
-               "exit_code": code if code and code > 0 else CRASH_EXIT,
-               "error": f"the worker process died while converting ({how})"}
+        rec = {
+            "key": spec.key,
+            "host": socket.gethostname(),
+            "status": "failed",
+            "crashed": True,
+            "exit_code": code if code and code > 0 else CRASH_EXIT,
+            "error": f"the worker process died while converting ({how})",
+        }
     return rec
 
 
@@ -218,8 +237,9 @@ class Fanout:
     manager: on Ray it connects to ``address`` (or ``RAY_ADDRESS``) or starts a local instance for the
     duration, unless Ray is already initialised in this process (then it is left running)."""
 
-    def __init__(self, backend: str = "local", address: str | None = None, cpus_per_job: int | None = None,
-                 jobs: int = 1):
+    def __init__(
+        self, backend: str = "local", address: str | None = None, cpus_per_job: int | None = None, jobs: int = 1
+    ):
         self.backend, self.address, self.jobs = backend, address, jobs
         self.cpus_per_job = cpus_per_job
         self._ray = None
@@ -241,12 +261,16 @@ class Fanout:
                 try:  # "local": a new instance here, never a cluster some `ray start` left running
                     ray.init(address=addr or "local", **kwargs)
                 except Exception as e:  # noqa: BLE001  (no cluster there: one line)
-                    where = (f"{option('address')} {addr}" if self.address
-                             else (f"RAY_ADDRESS={addr}" if addr else _backend("ray")))
-                    raise EnvironmentProblem(f"{where}: cannot start or reach Ray ({type(e).__name__}: "
-                                             f"{one_line(e)[:200]}); start a cluster with `ray start --head` and "
-                                             f"pass its address, or omit {option('address')} for a local instance"
-                                             ) from None
+                    where = (
+                        f"{option('address')} {addr}"
+                        if self.address
+                        else (f"RAY_ADDRESS={addr}" if addr else _backend("ray"))
+                    )
+                    raise EnvironmentProblem(
+                        f"{where}: cannot start or reach Ray ({type(e).__name__}: "
+                        f"{one_line(e)[:200]}); start a cluster with `ray start --head` and "
+                        f"pass its address, or omit {option('address')} for a local instance"
+                    ) from None
                 self._owns = True
             self._ray = ray
             self.driver_node = ray.get_runtime_context().get_node_id()
@@ -344,13 +368,22 @@ class Fanout:
                     rec = ray.get(ref)
                 except ray.exceptions.RayError as e:  # the worker died, or the task could not run there
                     crashed = isinstance(e, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
-                    rec = {"key": s.key, "status": "failed", "exit_code": CRASH_EXIT, "crashed": crashed,
-                           "error": f"{type(e).__name__}: {one_line(e)}"}
+                    rec = {
+                        "key": s.key,
+                        "status": "failed",
+                        "exit_code": CRASH_EXIT,
+                        "crashed": crashed,
+                        "error": f"{type(e).__name__}: {one_line(e)}",
+                    }
                 try:
                     rec = materialize(s, rec)
                 except (OSError, tarfile.TarError, TokexportError) as e:
-                    rec = {"key": s.key, "status": "failed", "exit_code": CRASH_EXIT,
-                           "error": f"could not unpack the shipped run directory ({one_line(e)})"}
+                    rec = {
+                        "key": s.key,
+                        "status": "failed",
+                        "exit_code": CRASH_EXIT,
+                        "error": f"could not unpack the shipped run directory ({one_line(e)})",
+                    }
                 records[s.key] = rec
                 if on_done:
                     on_done(s, rec)
@@ -378,10 +411,11 @@ class Fanout:
                     raise cause from None
                 raise EnvironmentProblem(f"search evaluator failed on Ray: {one_line(e)}") from None
             except ray.exceptions.RayError as e:
-                raise EnvironmentProblem(f"search evaluator failed on Ray ({type(e).__name__}: {one_line(e)})") from None
+                raise EnvironmentProblem(
+                    f"search evaluator failed on Ray ({type(e).__name__}: {one_line(e)})"
+                ) from None
 
         return evaluate_many
-
 
     def close_evaluators(self) -> None:
         """Stop the evaluator actors (their CPUs go back to the cluster for the conversions)."""
@@ -404,8 +438,14 @@ class _EvalActor:
         self.ev, self.error = None, None
         try:  # raised by evaluate(), where Ray hands the error itself back to the driver
             check_model_here(recipe, base_dir, None)
-            lm = load_model(recipe.model, Path(base_dir), recipe.family, recipe.task, recipe.export.image_size,
-                            allow_pickle=recipe.allow_pickle)
+            lm = load_model(
+                recipe.model,
+                Path(base_dir),
+                recipe.family,
+                recipe.task,
+                recipe.export.image_size,
+                allow_pickle=recipe.allow_pickle,
+            )
             self.ev = evaluator_cls(recipe, lm, metric, max_drop)
         except TokexportError as e:
             self.error = e

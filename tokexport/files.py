@@ -20,6 +20,7 @@ rules:
 Cheap to import (the standard library, yaml on first use): the command line reads recipes and reports
 through it before anything heavy loads.
 """
+
 from __future__ import annotations
 
 import errno
@@ -48,23 +49,29 @@ class Kind:
     hint: str
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("recipe", 4 * MiB, "a recipe is a YAML file (see `tokexport recipes schema`)"),
-    Kind("tolerances", 4 * MiB, "a tolerance file is a small YAML mapping (docs/ci.md)"),
-    Kind("report", 256 * MiB, "pass the report.json written by `tokexport convert`"),
-    Kind("device results", 256 * MiB, "pass the device_results.json verify_on_device.py wrote"),
-    Kind("report or device results", 256 * MiB, "pass a report.json written by `tokexport convert` or the "
-                                                "device_results.json verify_on_device.py wrote"),
-    Kind("manifest", 64 * MiB, "a bundle's manifest.json, written by `tokexport bundle`"),
-    Kind("model file", 64 * MiB, "expected a Hugging Face JSON config file"),
-    Kind("tokenizer", 1 * GiB, "expected a tokenizer.json written by the tokenizers library"),
-    Kind("marker", 1 * MiB, "a marker file tokexport wrote"),
-    Kind("keep file", 64 * MiB, "a keep list has one token or id per line"),
-    Kind("token list", 64 * MiB, "one vocabulary entry per line"),
-    Kind("corpus", 2 * GiB, "a corpus file is UTF-8 text, one document per line"),
-    Kind("arrays", 8 * GiB, "an .npy or .npz file of numeric arrays (np.save / np.savez)"),
-    Kind("graph", 2 * GiB, "an .onnx graph file (larger graphs keep their weights in external data files)"),
-)}
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("recipe", 4 * MiB, "a recipe is a YAML file (see `tokexport recipes schema`)"),
+        Kind("tolerances", 4 * MiB, "a tolerance file is a small YAML mapping (docs/ci.md)"),
+        Kind("report", 256 * MiB, "pass the report.json written by `tokexport convert`"),
+        Kind("device results", 256 * MiB, "pass the device_results.json verify_on_device.py wrote"),
+        Kind(
+            "report or device results",
+            256 * MiB,
+            "pass a report.json written by `tokexport convert` or the device_results.json verify_on_device.py wrote",
+        ),
+        Kind("manifest", 64 * MiB, "a bundle's manifest.json, written by `tokexport bundle`"),
+        Kind("model file", 64 * MiB, "expected a Hugging Face JSON config file"),
+        Kind("tokenizer", 1 * GiB, "expected a tokenizer.json written by the tokenizers library"),
+        Kind("marker", 1 * MiB, "a marker file tokexport wrote"),
+        Kind("keep file", 64 * MiB, "a keep list has one token or id per line"),
+        Kind("token list", 64 * MiB, "one vocabulary entry per line"),
+        Kind("corpus", 2 * GiB, "a corpus file is UTF-8 text, one document per line"),
+        Kind("arrays", 8 * GiB, "an .npy or .npz file of numeric arrays (np.save / np.savez)"),
+        Kind("graph", 2 * GiB, "an .onnx graph file (larger graphs keep their weights in external data files)"),
+    )
+}
 
 Error = Callable[[str], TokexportError]
 
@@ -99,8 +106,14 @@ def _kind(kind: str | Kind) -> Kind:
     return kind if isinstance(kind, Kind) else KINDS[kind]
 
 
-def stat_regular(path: str | os.PathLike, kind: str | Kind, error: Error = InputError, *,
-                 missing: str | None = None, label: str | None = None) -> os.stat_result:
+def stat_regular(
+    path: str | os.PathLike,
+    kind: str | Kind,
+    error: Error = InputError,
+    *,
+    missing: str | None = None,
+    label: str | None = None,
+) -> os.stat_result:
     """The stat of ``path`` (symbolic links followed) when it is a regular file within the kind's size
     limit; else ``error`` with one line naming it. ``missing``: the message after ``PATH: `` for a file
     that does not exist (default ``not found; <hint>``); ``label`` prefixes the path (a recipe field)."""
@@ -124,8 +137,14 @@ def _size(n: int) -> str:
     return f"{n // GiB} GiB" if n >= GiB and n % GiB == 0 else f"{n // MiB} MiB"
 
 
-def open_regular(path: str | os.PathLike, kind: str | Kind, error: Error = InputError, *,
-                 missing: str | None = None, label: str | None = None):
+def open_regular(
+    path: str | os.PathLike,
+    kind: str | Kind,
+    error: Error = InputError,
+    *,
+    missing: str | None = None,
+    label: str | None = None,
+):
     """A binary file object of ``path``, opened only once it is known to be a regular file within the
     limit (:func:`stat_regular`); opened non-blocking and checked again on the descriptor, so a file
     swapped for a FIFO in between is refused instead of waited on."""
@@ -148,8 +167,14 @@ def open_regular(path: str | os.PathLike, kind: str | Kind, error: Error = Input
         raise
 
 
-def read_bytes(path: str | os.PathLike, kind: str | Kind, error: Error = InputError, *,
-               missing: str | None = None, label: str | None = None) -> bytes:
+def read_bytes(
+    path: str | os.PathLike,
+    kind: str | Kind,
+    error: Error = InputError,
+    *,
+    missing: str | None = None,
+    label: str | None = None,
+) -> bytes:
     """The bytes of a regular file, at most the kind's limit (a longer read is an error)."""
     k = _kind(kind)
     where = f"{label}: {os.fspath(path)}" if label else os.fspath(path)
@@ -163,8 +188,14 @@ def read_bytes(path: str | os.PathLike, kind: str | Kind, error: Error = InputEr
     return data
 
 
-def read_text(path: str | os.PathLike, kind: str | Kind, error: Error = InputError, *,
-              missing: str | None = None, label: str | None = None) -> str:
+def read_text(
+    path: str | os.PathLike,
+    kind: str | Kind,
+    error: Error = InputError,
+    *,
+    missing: str | None = None,
+    label: str | None = None,
+) -> str:
     """The UTF-8 text of a regular file (a leading byte-order mark dropped)."""
     data = read_bytes(path, kind, error, missing=missing, label=label)
     try:
@@ -240,16 +271,18 @@ def first_non_finite(data: Any) -> tuple[str, float] | None:
     return None
 
 
-def loads_json(text: str | bytes, where: str, kind: str | Kind, error: Error = InputError, *,
-               finite: bool = False) -> Any:
+def loads_json(
+    text: str | bytes, where: str, kind: str | Kind, error: Error = InputError, *, finite: bool = False
+) -> Any:
     """Parse JSON text read from ``where``: a key twice in one object, nesting deeper than
     :data:`MAX_JSON_DEPTH` and (``finite``) NaN/Infinity are errors, each one line."""
     k = _kind(kind)
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except DuplicateKey as e:
-        raise error(f"{where}: key {_short(e.key)} appears twice in one object; give each key once "
-                    f"({k.hint})") from None
+        raise error(
+            f"{where}: key {_short(e.key)} appears twice in one object; give each key once ({k.hint})"
+        ) from None
     except RecursionError:
         raise error(f"{where}: nested too deeply (more than {MAX_JSON_DEPTH} levels); {k.hint}") from None
     except json.JSONDecodeError as e:
@@ -267,8 +300,15 @@ def loads_json(text: str | bytes, where: str, kind: str | Kind, error: Error = I
     return data
 
 
-def read_json(path: str | os.PathLike, kind: str | Kind, error: Error = InputError, *, finite: bool = False,
-              missing: str | None = None, label: str | None = None) -> Any:
+def read_json(
+    path: str | os.PathLike,
+    kind: str | Kind,
+    error: Error = InputError,
+    *,
+    finite: bool = False,
+    missing: str | None = None,
+    label: str | None = None,
+) -> Any:
     """A regular file's JSON (:func:`read_bytes` then :func:`loads_json`)."""
     data = read_bytes(path, kind, error, missing=missing, label=label)
     where = f"{label}: {os.fspath(path)}" if label else os.fspath(path)
@@ -300,9 +340,11 @@ def yaml_loader():
                         continue  # SafeLoader reports an unhashable key itself
                     if key in seen:
                         raise yaml.constructor.ConstructorError(
-                            "while constructing a mapping", node.start_mark,
+                            "while constructing a mapping",
+                            node.start_mark,
                             f"key {_short(str(key))} appears twice in one mapping; give each key once",
-                            key_node.start_mark)
+                            key_node.start_mark,
+                        )
                     seen[key] = None
             return super().construct_mapping(node, deep=deep)
 
@@ -321,8 +363,9 @@ def loads_yaml(text: str):
     return yaml.load(text, Loader=yaml_loader())  # noqa: S506 (a SafeLoader subclass)
 
 
-def read_yaml(path: str | os.PathLike, kind: str | Kind, error: Error = InputError, *,
-              missing: str | None = None) -> Any:
+def read_yaml(
+    path: str | os.PathLike, kind: str | Kind, error: Error = InputError, *, missing: str | None = None
+) -> Any:
     """A regular file's YAML; a syntax error, a refused tag, a duplicate key: one line with the line
     and column."""
     import yaml
@@ -372,10 +415,13 @@ def load_array(path: str | os.PathLike, error: Error = InputError, *, label: str
     except ValueError as e:
         f.close()
         if "allow_pickle" in str(e) or "pickle" in str(e).lower():
-            raise error(f"{where}: holds pickled Python objects, which tokexport never loads; save numeric "
-                        "arrays (np.save / np.savez)") from None
+            raise error(
+                f"{where}: holds pickled Python objects, which tokexport never loads; save numeric "
+                "arrays (np.save / np.savez)"
+            ) from None
         raise error(f"{where}: not a readable .npz or .npy file ({one_line(str(e))[:160]})") from None
     except Exception as e:  # noqa: BLE001 - OSError, BadZipFile, EOFError ...: unreadable all the same
         f.close()
-        raise error(f"{where}: not a readable .npz or .npy file ({type(e).__name__}: "
-                    f"{one_line(str(e))[:160]})") from None
+        raise error(
+            f"{where}: not a readable .npz or .npy file ({type(e).__name__}: {one_line(str(e))[:160]})"
+        ) from None

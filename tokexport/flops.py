@@ -13,6 +13,7 @@ between the two halves' key means (|A|·|B|·dh) and the one-hot assignment MatM
 tokens and their sizes into their partners (r·|B|·(D+1)). Proportional attention adds log(size) to
 every attention logit of the later blocks: H·N² additions (FLOPs, not MACs) per block.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def attention_macs(n: int, d: Dims) -> int:
-    return 4 * n * d.hidden ** 2 + 2 * n * n * d.hidden
+    return 4 * n * d.hidden**2 + 2 * n * n * d.hidden
 
 
 def mlp_macs(n: int, d: Dims) -> int:
@@ -44,8 +45,9 @@ def merge_macs(stage: Stage, n_prefix: int, d: Dims) -> int:
     return n_a * n_b * (d.hidden // d.heads) + r * n_b * (d.hidden + 1)
 
 
-def encoder_flops(d: Dims, n_tokens: int, n_prefix: int, stages: list[Stage], head_macs: int,
-                  method: Method | None = None) -> dict:
+def encoder_flops(
+    d: Dims, n_tokens: int, n_prefix: int, stages: list[Stage], head_macs: int, method: Method | None = None
+) -> dict:
     """FLOPs per image, with a per-block breakdown of token counts.
 
     With ``method`` each stage's selection cost is ``method.for_stage(stage).selection_macs(...)`` (the way
@@ -54,7 +56,7 @@ def encoder_flops(d: Dims, n_tokens: int, n_prefix: int, stages: list[Stage], he
     counts = tokens_per_layer(stages, n_tokens, d.layers)
     by_layer = {s.layer: s for s in stages}
     patches = n_tokens - n_prefix
-    macs = patches * d.channels * d.patch ** 2 * d.hidden + head_macs
+    macs = patches * d.channels * d.patch**2 * d.hidden + head_macs
     overhead = 0  # MACs
     bias_flops = 0  # proportional attention: one addition per logit
     prop_from = min((s.layer for s in stages if s.kind == "merge" and s.prop_attn), default=None)

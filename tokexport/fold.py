@@ -17,6 +17,7 @@ onnxslim, onnxsim and ONNX Runtime alone on DINOv2-S (docs/export.md):
 Inputs, outputs, their names, types and declared shapes (the dynamic batch included) are unchanged;
 the caller re-checks shapes and compares the final graph with PyTorch (the driver's parity stage).
 """
+
 from __future__ import annotations
 
 import os
@@ -119,13 +120,19 @@ def fold_static_shapes(model: onnx.ModelProto) -> tuple[int, int]:
         out = node.output[0] if len(node.output) == 1 else None
         vi = vis.get(out) if out else None
         value = ssi.sympy_data_.get(out) if out else None
-        if (value is not None and vi is not None and out not in graph_outputs and node.op_type != "Constant"
-                and vi.type.tensor_type.elem_type in _INT_TYPES):
+        if (
+            value is not None
+            and vi is not None
+            and out not in graph_outputs
+            and node.op_type != "Constant"
+            and vi.type.tensor_type.elem_type in _INT_TYPES
+        ):
             arr = _static_int(value)
             rank = len(vi.type.tensor_type.shape.dim) if vi.type.tensor_type.HasField("shape") else None
             if arr is not None and rank == arr.ndim:
-                model.graph.initializer.append(numpy_helper.from_array(
-                    arr.astype(_INT_TYPES[vi.type.tensor_type.elem_type]), out))
+                model.graph.initializer.append(
+                    numpy_helper.from_array(arr.astype(_INT_TYPES[vi.type.tensor_type.elem_type]), out)
+                )
                 folded += 1
                 continue
         keep.append(node)
@@ -149,8 +156,9 @@ def fold_static_shapes(model: onnx.ModelProto) -> tuple[int, int]:
         while name in taken:
             name += "_"
         taken.add(name)
-        model.graph.initializer.append(numpy_helper.from_array(
-            np.array([-1 if d is None else d for d in dims], dtype=np.int64), name))
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array([-1 if d is None else d for d in dims], dtype=np.int64), name)
+        )
         node.input[1] = name
         reshaped += 1
     return folded, reshaped
@@ -165,7 +173,7 @@ def drop_dead(model: onnx.ModelProto) -> None:
             keep.append(node)
             needed.update(i for i in node.input if i)
             for a in node.attribute:  # subgraphs read outer names
-                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
                     needed.update(i for n in g.node for i in n.input)
     keep.reverse()
     del model.graph.node[:]
@@ -212,8 +220,12 @@ def toposort(model: onnx.ModelProto) -> None:
         for node in pending:
             needs = set(node.input)
             for a in node.attribute:
-                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    inner = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {t.name for t in g.initializer}
+                for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                    inner = (
+                        {o for n in g.node for o in n.output}
+                        | {i.name for i in g.input}
+                        | {t.name for t in g.initializer}
+                    )
                     needs |= {i for n in g.node for i in n.input if i not in inner}
             if needs <= known:
                 ordered.append(node)

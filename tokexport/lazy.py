@@ -10,6 +10,7 @@ Built on :class:`importlib.util.LazyLoader`: the module object is registered und
 ``sys.modules`` and executes on its first attribute access, so every later ``import torch`` anywhere
 gets the same, then fully loaded, module. When torch is already imported, this is torch itself.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -3,6 +3,7 @@
 The task and model class come from optimum's TasksManager (the checkpoint's architecture class →
 task → Auto class); architectures optimum does not map fall back to the class named in config.json.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,8 +83,9 @@ def hub_timeout() -> float:
     try:
         return check_real(raw, 0, 86400, lo_open=True)
     except BoundsError as e:
-        raise InputError(f"{HUB_TIMEOUT_ENV}={show(raw)}: {e} (seconds); unset it for the default "
-                         f"{DEFAULT_HUB_TIMEOUT:g}") from None
+        raise InputError(
+            f"{HUB_TIMEOUT_ENV}={show(raw)}: {e} (seconds); unset it for the default {DEFAULT_HUB_TIMEOUT:g}"
+        ) from None
 
 
 def _limit_hub_requests(seconds: float) -> None:
@@ -98,6 +100,7 @@ def _limit_hub_requests(seconds: float) -> None:
         constants.HF_HUB_DOWNLOAD_TIMEOUT = min(constants.HF_HUB_DOWNLOAD_TIMEOUT, per_request)
         default = getattr(_http, "default_client_factory", None)
         if default is not None and getattr(_http, "_GLOBAL_CLIENT_FACTORY", None) is default:
+
             def factory():
                 client = default()
                 client.timeout = per_request  # httpx: connect, read, write and pool timeouts
@@ -121,7 +124,8 @@ def _stalled(model: str, seconds: float) -> EnvironmentProblem:
     return EnvironmentProblem(
         f"model: downloading {model!r} from the Hugging Face Hub ({_hub_endpoint()}) did not finish within "
         f"{seconds:g} s; check the network or proxy and retry, raise {HUB_TIMEOUT_ENV} (seconds), or download it on "
-        f"a connected machine (`hf download {model} --local-dir DIR`) and set model: DIR")
+        f"a connected machine (`hf download {model} --local-dir DIR`) and set model: DIR"
+    )
 
 
 def _download(model: str, patterns: list[str]) -> Path:
@@ -135,8 +139,7 @@ def _download(model: str, patterns: list[str]) -> Path:
 
     def work():
         try:
-            box["path"] = snapshot_download(model, allow_patterns=patterns,
-                                            etag_timeout=max(1.0, min(seconds, 60.0)))
+            box["path"] = snapshot_download(model, allow_patterns=patterns, etag_timeout=max(1.0, min(seconds, 60.0)))
         except BaseException as e:  # noqa: BLE001 (handed to the caller)
             box["error"] = e
 
@@ -203,10 +206,14 @@ def _model_class(config, task: str):
             except (ValueError, KeyError, RuntimeError):
                 inferred = None
         if inferred is None:
-            inferred = "image-classification" if archs and "ForImageClassification" in archs[0] else "feature-extraction"
+            inferred = (
+                "image-classification" if archs and "ForImageClassification" in archs[0] else "feature-extraction"
+            )
         task = inferred
     if task not in ("feature-extraction", "image-classification"):
-        raise InputError(f"task: {task!r} is not supported for vision token reduction (feature-extraction, image-classification)")
+        raise InputError(
+            f"task: {task!r} is not supported for vision token reduction (feature-extraction, image-classification)"
+        )
     auto_cls = TasksManager.get_model_class_for_task(task, framework="pt", library="transformers")
     # Architectures the Auto mapping does not cover (e.g. DeiTForImageClassificationWithTeacher) load by name.
     if arch_cls is not None and task == "image-classification" and "ForImageClassification" in archs[0]:
@@ -233,13 +240,16 @@ def _channels(pp: Path, name: str, value, lo: float, hi: float, lo_open: bool = 
     else:
         items = []
     if len(items) != 3:
-        raise InputError(f"{pp}: {name}: expected 3 numbers (one per RGB channel) in {rng}, got {show(value)}; "
-                         f"fix {name} in that file")
+        raise InputError(
+            f"{pp}: {name}: expected 3 numbers (one per RGB channel) in {rng}, got {show(value)}; "
+            f"fix {name} in that file"
+        )
     try:
         return tuple(check_real(v, lo, hi, lo_open=lo_open) for v in items)  # type: ignore[return-value]
     except BoundsError as e:
-        raise InputError(f"{pp}: {name}: {e} (one number per RGB channel, on the 0..1 pixel scale); fix {name} "
-                         "in that file") from None
+        raise InputError(
+            f"{pp}: {name}: {e} (one number per RGB channel, on the 0..1 pixel scale); fix {name} in that file"
+        ) from None
 
 
 def _side(pp: Path, name: str, value) -> int | None:
@@ -259,8 +269,9 @@ def _side(pp: Path, name: str, value) -> int | None:
     try:
         return check_count(value, *SIZE_RANGE)
     except BoundsError as e:
-        raise InputError(f"{pp}: {key}: {e} (pixels); fix {name} in that file, or set export.image_size in the "
-                         "recipe") from None
+        raise InputError(
+            f"{pp}: {key}: {e} (pixels); fix {name} in that file, or set export.image_size in the recipe"
+        ) from None
 
 
 def read_preprocessor(path: Path) -> tuple[tuple | None, tuple | None, int | None]:
@@ -301,9 +312,15 @@ def _preprocessing(path: Path, adapter: Adapter, image_size: int | None):
     return int(size), mean, std
 
 
-def load_model(model: str, base_dir: Path, family: str | None = None, task: str = "auto",
-               image_size: int | None = None, before_weights: Callable[[Adapter, int], None] | None = None,
-               allow_pickle: bool | None = None) -> LoadedModel:
+def load_model(
+    model: str,
+    base_dir: Path,
+    family: str | None = None,
+    task: str = "auto",
+    image_size: int | None = None,
+    before_weights: Callable[[Adapter, int], None] | None = None,
+    allow_pickle: bool | None = None,
+) -> LoadedModel:
     """Load the checkpoint. ``before_weights(adapter, image_size)`` runs once the config is read and
     before the weights load, so recipe checks that need the architecture fail fast. Safetensors weights
     only, unless ``allow_pickle`` (default: the running conversion's recipe, :mod:`tokexport.checkpoints`)."""
@@ -330,8 +347,9 @@ def load_model(model: str, base_dir: Path, family: str | None = None, task: str 
         before_weights(adapter, size)
     task, cls = _model_class(config, task)
     try:
-        net, info = cls.from_pretrained(path, attn_implementation="sdpa", output_loading_info=True, dtype=torch.float32,
-                                        **weights)
+        net, info = cls.from_pretrained(
+            path, attn_implementation="sdpa", output_loading_info=True, dtype=torch.float32, **weights
+        )
     except Exception as e:  # noqa: BLE001  (corrupt / truncated weights, wrong class: transformers raises many types)
         raise InputError(
             f"model: cannot load weights from {path}: {str(e).splitlines()[0][:200]}; re-fetch or re-save the checkpoint"
@@ -343,5 +361,15 @@ def load_model(model: str, base_dir: Path, family: str | None = None, task: str 
         )
     net.eval()
     adapter.layers(net)  # validates the structure
-    return LoadedModel(model=net, config=config, adapter=adapter, task=task, source=model, source_kind=kind,
-                       path=path, image_size=size, mean=mean, std=std)
+    return LoadedModel(
+        model=net,
+        config=config,
+        adapter=adapter,
+        task=task,
+        source=model,
+        source_kind=kind,
+        path=path,
+        image_size=size,
+        mean=mean,
+        std=std,
+    )

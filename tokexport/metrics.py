@@ -11,6 +11,7 @@ Conventions (all functions):
 * Ties in an argmax go to the lowest index (numpy's ``argmax``).
 * Empty inputs raise ``ValueError`` (a mean over nothing has no value).
 """
+
 from __future__ import annotations
 
 import numpy as np

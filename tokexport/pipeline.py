@@ -4,6 +4,7 @@ one driver (:mod:`tokexport.tasks.run`): recipe → task → load → export pai
 
 The recipe is read and validated before the driver (torch, transformers, onnx, onnxruntime) is
 imported: a bad recipe is answered at once."""
+
 from __future__ import annotations
 
 import logging
@@ -28,17 +29,20 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def convert(recipe_path: str | Path, out: str | Path | None = None, force: bool = False,
-            stages: Stages | None = None) -> Result:
+def convert(
+    recipe_path: str | Path, out: str | Path | None = None, force: bool = False, stages: Stages | None = None
+) -> Result:
     """Load and validate the recipe file, then run it into ``out`` (default ``out/<recipe stem>``)."""
     recipe_path = Path(recipe_path)
     recipe = load_recipe(recipe_path)
     t0 = time.perf_counter()
     from .tasks.run import run
 
-    logging.getLogger("tokexport").debug("pipeline modules (torch, transformers, onnx) imported in %.1f s",
-                                         time.perf_counter() - t0)
+    logging.getLogger("tokexport").debug(
+        "pipeline modules (torch, transformers, onnx) imported in %.1f s", time.perf_counter() - t0
+    )
 
     out_dir = Path(out) if out is not None else Path("out") / recipe_path.stem
-    return run(recipe, recipe_path.resolve().parent, out_dir, force, stages, label=str(recipe_path),
-               protect=(recipe_path,))
+    return run(
+        recipe, recipe_path.resolve().parent, out_dir, force, stages, label=str(recipe_path), protect=(recipe_path,)
+    )

@@ -10,6 +10,7 @@ in the order the recipe is written.
 
 Layering: :mod:`tokexport.recipe_base` (shared sections, YAML reader, error formatter) <-
 :mod:`tokexport.vocab.recipe` <- this module."""
+
 from __future__ import annotations
 
 import difflib
@@ -49,32 +50,53 @@ from .reduce import METHODS, method_classes
 from .vlm.select import VISUAL_METHODS
 from .vocab.recipe import VocabRecipe, format_vocab_errors
 
-METRICS = ("feature_cosine", "instance_top1", "top1_agreement", "imagefolder_top1",
-           # visual-token reduction (task: visual-tokens)
-           "attn_pooled_cosine", "attention_mass", "generation_exact_match", "generation_token_agreement")
+METRICS = (
+    "feature_cosine",
+    "instance_top1",
+    "top1_agreement",
+    "imagefolder_top1",
+    # visual-token reduction (task: visual-tokens)
+    "attn_pooled_cosine",
+    "attention_mass",
+    "generation_exact_match",
+    "generation_token_agreement",
+)
 VISUAL_ONLY_METRICS = ("attn_pooled_cosine", "attention_mass", "generation_exact_match", "generation_token_agreement")
 # Opset each TensorRT version parses faithfully, keyed by the legacy `trt_target` values (tokexport.targets).
 TRT_MAX_OPSET = _targets.TRT_MAX_OPSET
 
 
 class ExportConfig(TargetedExport):
-    image_size: Count(14, 4096) | None = Field(None, description="Square input size in pixels, 14..4096; default: the checkpoint's preprocessor crop size.")
+    image_size: Count(14, 4096) | None = Field(
+        None, description="Square input size in pixels, 14..4096; default: the checkpoint's preprocessor crop size."
+    )
     exporter: Literal["auto", "torchscript", "dynamo"] = Field(
-        "auto", description="auto: TorchScript exporter for opset <= 17 (the dynamo exporter only emits opset >= 18), dynamo otherwise."
+        "auto",
+        description="auto: TorchScript exporter for opset <= 17 (the dynamo exporter only emits opset >= 18), dynamo otherwise.",
     )
 
 
 class AccuracyConfig(Strict):
     dataset: Literal["natural-images"] = Field(
-        "natural-images", description="Instance recognition on the bundled natural photographs: class = source image, samples = seeded random crops/flips."
+        "natural-images",
+        description="Instance recognition on the bundled natural photographs: class = source image, samples = seeded random crops/flips.",
     )
     samples_per_class: Count(1, 256) = Field(8, description="Evaluation crops per bundled photograph, 1..256.")
-    prototypes_per_class: Count(1, 256) = Field(4, description="Crops per class whose ORIGINAL-model features form the class prototype, 1..256.")
+    prototypes_per_class: Count(1, 256) = Field(
+        4, description="Crops per class whose ORIGINAL-model features form the class prototype, 1..256."
+    )
     crop_scale: tuple[Real(0, 1, lo_open=True), Real(0, 1, lo_open=True)] = Field(
-        (0.3, 0.7), description="[low, high] area fraction range of the random crops; each finite, in (0, 1], low <= high.")
+        (0.3, 0.7),
+        description="[low, high] area fraction range of the random crops; each finite, in (0, 1], low <= high.",
+    )
     seed: Count(0, 2**32 - 1) = Field(0, description="Seed of the crops, 0..4294967295.")
-    imagefolder: str | None = Field(None, description="ImageFolder directory (one sub-directory per class) for top-1 accuracy of classifiers; relative to the recipe file.")
-    imagefolder_limit_per_class: Count(1, 100000) | None = Field(None, description="Images per class read from imagefolder, 1..100000; null: all.")
+    imagefolder: str | None = Field(
+        None,
+        description="ImageFolder directory (one sub-directory per class) for top-1 accuracy of classifiers; relative to the recipe file.",
+    )
+    imagefolder_limit_per_class: Count(1, 100000) | None = Field(
+        None, description="Images per class read from imagefolder, 1..100000; null: all."
+    )
     metrics: dict[str, Threshold] = Field(
         # rule V1 of docs/verdicts.md (absolute floors fixed before measuring)
         default_factory=lambda: {"feature_cosine": Threshold(min=0.9), "instance_top1": Threshold(max_drop=0.05)},
@@ -91,7 +113,9 @@ class AccuracyConfig(Strict):
             if name not in METRICS:
                 hint = difflib.get_close_matches(name, METRICS, n=1, cutoff=0.5)
                 raise ValueError(
-                    f"metrics: unknown metric {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; known: {', '.join(METRICS)}"
+                    f"metrics: unknown metric {name!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; known: {', '.join(METRICS)}"
                 )
         if "imagefolder_top1" in self.metrics and not self.imagefolder:
             raise ValueError("metric imagefolder_top1 needs accuracy.imagefolder")
@@ -101,9 +125,14 @@ class AccuracyConfig(Strict):
 class VerifyConfig(Strict):
     parity: ParityConfig = ParityConfig()
     accuracy: AccuracyConfig = AccuracyConfig()
-    generation: GenerationConfig | None = Field(None, description="LLaVA checkpoints: generate with full and reduced visual tokens and compare.")
+    generation: GenerationConfig | None = Field(
+        None, description="LLaVA checkpoints: generate with full and reduced visual tokens and compare."
+    )
     baselines: BaselinesConfig = BaselinesConfig()
-    vs_baselines: VsBaselines | None = Field(None, description="Gate on the margin over the honest baselines (random per image over seeds, 2-D uniform) at the same budget; the baselines are measured and reported either way.")
+    vs_baselines: VsBaselines | None = Field(
+        None,
+        description="Gate on the margin over the honest baselines (random per image over seeds, 2-D uniform) at the same budget; the baselines are measured and reported either way.",
+    )
 
     @model_validator(mode="after")
     def _gate_needs_baselines(self):
@@ -114,11 +143,20 @@ class VerifyConfig(Strict):
 
 class BenchConfig(ProviderSettings):
     enabled: bool = True
-    batch_sizes: list[Count(1, 256)] = Field(default_factory=lambda: [1, 8], min_length=1, max_length=16,
-                                             description="Batch sizes timed, 1 to 16 of them, each 1..256.")
+    batch_sizes: list[Count(1, 256)] = Field(
+        default_factory=lambda: [1, 8],
+        min_length=1,
+        max_length=16,
+        description="Batch sizes timed, 1 to 16 of them, each 1..256.",
+    )
     warmup: Count(0, 1000) = Field(3, description="Untimed runs per model and batch size first, 0..1000.")
-    repeats: Count(1, 10000) = Field(20, description="Timed runs per model and batch size, 1..10000; baseline and reduced alternate.")
-    threads: Threads = Field(None, description="onnxruntime intra-op threads, 1..4 x CPU cores of this machine; default (null): $OMP_NUM_THREADS when set, else the CPUs this process may use.")
+    repeats: Count(1, 10000) = Field(
+        20, description="Timed runs per model and batch size, 1..10000; baseline and reduced alternate."
+    )
+    threads: Threads = Field(
+        None,
+        description="onnxruntime intra-op threads, 1..4 x CPU cores of this machine; default (null): $OMP_NUM_THREADS when set, else the CPUs this process may use.",
+    )
 
 
 class LLMDims(Strict):
@@ -134,13 +172,32 @@ class LLMDims(Strict):
 
 
 class VisionConfig(Strict):
-    feature_layer: Count(-1024, 1023) = Field(-2, description="LLaVA's vision_feature_layer: hidden_states index the tokens are taken from, -1024..1023 (LLaVA checkpoints: from their config).")
-    feature_select: Literal["default", "full"] = Field("default", description="default drops the CLS/prefix tokens, full keeps them (LLaVA's vision_feature_select_strategy).")
-    grid: tuple[Count(1, 8), Count(1, 8)] | None = Field(None, description="[rows, cols] of sub-images under an anyres layout, each 1..8: views = full image + rows x cols tiles; null = one view.")
-    prompt_tokens: Count(0, 131072) = Field(64, description="Text tokens in the prompt, for the LLM prefill FLOPs, 0..131072.")
-    llm: LLMDims = Field(default_factory=LLMDims, description="LLM sizes for prefill FLOPs when the model is a bare tower (default: LLaMA/Vicuna-7B as in LLaVA-1.5-7B).")
-    eval_layer: Count(-1024, 1023) = Field(-2, description="Block whose attention weights the attention-pooled features and the retained attention mass, -1024..1023.")
-    eval_source: Literal["cls", "received"] = Field("cls", description="Significance used for evaluation: attention from CLS, or received (towers without CLS).")
+    feature_layer: Count(-1024, 1023) = Field(
+        -2,
+        description="LLaVA's vision_feature_layer: hidden_states index the tokens are taken from, -1024..1023 (LLaVA checkpoints: from their config).",
+    )
+    feature_select: Literal["default", "full"] = Field(
+        "default",
+        description="default drops the CLS/prefix tokens, full keeps them (LLaVA's vision_feature_select_strategy).",
+    )
+    grid: tuple[Count(1, 8), Count(1, 8)] | None = Field(
+        None,
+        description="[rows, cols] of sub-images under an anyres layout, each 1..8: views = full image + rows x cols tiles; null = one view.",
+    )
+    prompt_tokens: Count(0, 131072) = Field(
+        64, description="Text tokens in the prompt, for the LLM prefill FLOPs, 0..131072."
+    )
+    llm: LLMDims = Field(
+        default_factory=LLMDims,
+        description="LLM sizes for prefill FLOPs when the model is a bare tower (default: LLaMA/Vicuna-7B as in LLaVA-1.5-7B).",
+    )
+    eval_layer: Count(-1024, 1023) = Field(
+        -2,
+        description="Block whose attention weights the attention-pooled features and the retained attention mass, -1024..1023.",
+    )
+    eval_source: Literal["cls", "received"] = Field(
+        "cls", description="Significance used for evaluation: attention from CLS, or received (towers without CLS)."
+    )
 
     @model_validator(mode="after")
     def _grid(self):
@@ -150,7 +207,11 @@ class VisionConfig(Strict):
 
 
 class GenerationConfig(Strict):
-    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=256, description="Prompts (the <image> placeholder is added) generated with full and reduced visual tokens; 1 to 256 non-empty strings.")
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1,
+        max_length=256,
+        description="Prompts (the <image> placeholder is added) generated with full and reduced visual tokens; 1 to 256 non-empty strings.",
+    )
     max_new_tokens: Count(1, 512) = Field(16, description="1..512.")
     images: Count(1, 32) = Field(2, description="Bundled photographs used per prompt, 1..32.")
 
@@ -166,11 +227,17 @@ def _union(registry):
 class Recipe(Strict):
     name: str | None = Field(None, description="Free-form name shown in reports.")
     description: str | None = None
-    model: str = Field(description="Bundled model name (see `tokexport models list`), a local Hugging Face directory (relative to the recipe file), or a Hub id.")
+    model: str = Field(
+        description="Bundled model name (see `tokexport models list`), a local Hugging Face directory (relative to the recipe file), or a Hub id."
+    )
     allow_pickle: bool = allow_pickle_field()
-    family: str | None = Field(None, description="Model family adapter (vit, deit, dinov2); default: from config.json's model_type.")
+    family: str | None = Field(
+        None, description="Model family adapter (vit, deit, dinov2); default: from config.json's model_type."
+    )
     task: Literal["auto", "feature-extraction", "image-classification", "visual-tokens"] = Field(
-        "auto", description="visual-tokens: export a VLM visual-token graph (tower + selection [+ projector]) instead of pruning inside the network.")
+        "auto",
+        description="visual-tokens: export a VLM visual-token graph (tower + selection [+ projector]) instead of pruning inside the network.",
+    )
     reduction: _union(method_classes())  # the ViT methods (+ composites); VisualTokensRecipe: the visual-token ones
     vision: VisionConfig | None = Field(None, description="Visual-token settings (task: visual-tokens).")
     export: ExportConfig = ExportConfig()
@@ -223,27 +290,32 @@ class Recipe(Strict):
         return self
 
 
-
-
 class ViTRecipe(Recipe):
     """Token reduction inside a ViT (``task`` auto, feature-extraction, image-classification, or absent)."""
 
     task: Literal["auto", "feature-extraction", "image-classification"] = Field(
-        "auto", description="auto: from the checkpoint (a classification head: image-classification, else feature-extraction).")
+        "auto",
+        description="auto: from the checkpoint (a classification head: image-classification, else feature-extraction).",
+    )
 
 
 class VisualTokensRecipe(Recipe):
     """A VLM's visual-token graph: tower + token selection [+ projector] (``task: visual-tokens``)."""
 
     task: Literal["visual-tokens"] = Field(
-        description="visual-tokens: export a VLM visual-token graph (tower + selection [+ projector]) instead of pruning inside the network.")
+        description="visual-tokens: export a VLM visual-token graph (tower + selection [+ projector]) instead of pruning inside the network."
+    )
     reduction: _union(VISUAL_METHODS)
 
 
 TASKS = ("auto", "feature-extraction", "image-classification", "visual-tokens", "vocab-trim")
 # Union tag -> recipe class; a `task` that is neither vocab-trim nor visual-tokens (absent included) is a ViT recipe,
 # whose `task` field then refuses values it does not know.
-RECIPE_KINDS: dict[str, type[Strict]] = {"vit": ViTRecipe, "visual-tokens": VisualTokensRecipe, "vocab-trim": VocabRecipe}
+RECIPE_KINDS: dict[str, type[Strict]] = {
+    "vit": ViTRecipe,
+    "visual-tokens": VisualTokensRecipe,
+    "vocab-trim": VocabRecipe,
+}
 
 
 def recipe_kind(data: Any) -> str | None:
@@ -263,11 +335,16 @@ AnyRecipe = Annotated[
         Annotated[VisualTokensRecipe, Tag("visual-tokens")],
         Annotated[VocabRecipe, Tag("vocab-trim")],
     ],
-    Discriminator(recipe_kind, custom_error_type="recipe_kind",
-                  custom_error_message="a recipe is a YAML mapping with at least `model` and `reduction`"),
-    Field(description="A tokexport recipe. `task` picks the kind: vocab-trim -> VocabRecipe, visual-tokens -> "
-                      "VisualTokensRecipe, anything else (auto, feature-extraction, image-classification, or no task) "
-                      "-> ViTRecipe."),
+    Discriminator(
+        recipe_kind,
+        custom_error_type="recipe_kind",
+        custom_error_message="a recipe is a YAML mapping with at least `model` and `reduction`",
+    ),
+    Field(
+        description="A tokexport recipe. `task` picks the kind: vocab-trim -> VocabRecipe, visual-tokens -> "
+        "VisualTokensRecipe, anything else (auto, feature-extraction, image-classification, or no task) "
+        "-> ViTRecipe."
+    ),
 ]
 RECIPE_ADAPTER: TypeAdapter = TypeAdapter(AnyRecipe)
 
@@ -294,11 +371,15 @@ def _method_error(e: dict, parts: tuple, visual: bool) -> str | None:
     tag = (e.get("ctx") or {}).get("tag", "")
     shown = one_line(str(tag), 60)
     if tag in other and visual:
-        return (f"reduction.method: {shown} reduces tokens inside a ViT, not a VLM's visual tokens; set task: auto "
-                f"(or feature-extraction / image-classification), or choose a visual-token method ({known})")
+        return (
+            f"reduction.method: {shown} reduces tokens inside a ViT, not a VLM's visual tokens; set task: auto "
+            f"(or feature-extraction / image-classification), or choose a visual-token method ({known})"
+        )
     if tag in other:
-        return (f"reduction.method: {shown} selects visual tokens for a VLM; set task: visual-tokens, or choose a "
-                f"ViT method ({known})")
+        return (
+            f"reduction.method: {shown} selects visual tokens for a VLM; set task: visual-tokens, or choose a "
+            f"ViT method ({known})"
+        )
     return f"reduction.method: unknown method {shown!r}; known for this task: {known}"
 
 
@@ -310,8 +391,11 @@ def _special(e: dict, parts: tuple, visual: bool = False) -> str | None:
     if e["type"] == "literal_error" and parts == ("task",):
         value = e.get("input")
         hint = difflib.get_close_matches(value, TASKS, n=1, cutoff=0.5) if isinstance(value, str) else []
-        return (f"task: unknown task {show(value)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + f"; known: {', '.join(TASKS)} (none: auto)")
+        return (
+            f"task: unknown task {show(value)}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; known: {', '.join(TASKS)} (none: auto)"
+        )
     return None
 
 
@@ -366,8 +450,10 @@ def write_recipe(recipe: Recipe | VocabRecipe, path: Path, comment: str) -> None
     import yaml
 
     data = recipe.model_dump(mode="json", exclude_none=True)
-    path.write_text("".join(f"# {line}\n" for line in comment.splitlines())
-                    + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+    path.write_text(
+        "".join(f"# {line}\n" for line in comment.splitlines())
+        + yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    )
 
 
 def recipe_schema() -> dict:

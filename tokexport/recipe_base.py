@@ -7,6 +7,7 @@ one line per error (``recipe.yaml: reduction.keep_rate[1]: ...``), in document o
 Imports neither recipe module (nor the method registries): the layering is
 ``recipe_base`` <- ``vocab.recipe`` <- ``recipe``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -33,9 +34,12 @@ class Strict(BaseModel):
 
 def allow_pickle_field() -> Any:
     """The recipe's ``allow_pickle`` (next to ``model``): a pickle-based checkpoint is loaded only with it."""
-    return Field(False, description="Load the model from pickle-based weights (pytorch_model.bin) when it has no "
-                                    "safetensors weights. Unpickling a file can run code: set true only for a "
-                                    "checkpoint you trust; default false (safetensors only, anything else refused).")
+    return Field(
+        False,
+        description="Load the model from pickle-based weights (pytorch_model.bin) when it has no "
+        "safetensors weights. Unpickling a file can run code: set true only for a "
+        "checkpoint you trust; default false (safetensors only, anything else refused).",
+    )
 
 
 class TargetedExport(Strict):
@@ -44,12 +48,25 @@ class TargetedExport(Strict):
     target: _targets.TargetName = Field(
         _targets.DEFAULT_TARGET,
         description="Where the graph runs: onnxruntime | tensorrt-8.5 | tensorrt-8.6 | tensorrt-10 | the Jetson's JetPack "
-                    "(jetpack-5.1 = TensorRT 8.5.2, jetpack-6.0 = 8.6.2, jetpack-6.1 = 10.3). Fixes the default opset "
-                    "and the operator checks run by convert and check-target.")
-    opset: Count(13, 21) | None = Field(None, description="ONNX opset, 13..21; default: the target's (16 for TensorRT 8.5, 17 otherwise). Must not exceed what the target reads faithfully.")
-    batch: Batch(1024) = Field("dynamic", description="Fixed batch size, 1..1024, or 'dynamic' (the only dynamic axis; token counts are always static).")
-    fold: bool = Field(True, description="Fold what is constant for the static shapes after export (shape arithmetic, the position-embedding Resize; onnxruntime basic-level optimizer + symbolic shape inference, tokexport.fold); parity is checked on the folded graph. false ships the exporter's graph as is.")
-    precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16: weights and activations in float16 (LayerNorm, Softmax, TopK and index arithmetic kept in float32), float32 inputs/outputs; parity then uses verify.parity.fp16_atol / fp16_mean_atol / fp16_tie_margin. About half the file size.")
+        "(jetpack-5.1 = TensorRT 8.5.2, jetpack-6.0 = 8.6.2, jetpack-6.1 = 10.3). Fixes the default opset "
+        "and the operator checks run by convert and check-target.",
+    )
+    opset: Count(13, 21) | None = Field(
+        None,
+        description="ONNX opset, 13..21; default: the target's (16 for TensorRT 8.5, 17 otherwise). Must not exceed what the target reads faithfully.",
+    )
+    batch: Batch(1024) = Field(
+        "dynamic",
+        description="Fixed batch size, 1..1024, or 'dynamic' (the only dynamic axis; token counts are always static).",
+    )
+    fold: bool = Field(
+        True,
+        description="Fold what is constant for the static shapes after export (shape arithmetic, the position-embedding Resize; onnxruntime basic-level optimizer + symbolic shape inference, tokexport.fold); parity is checked on the folded graph. false ships the exporter's graph as is.",
+    )
+    precision: Literal["fp32", "fp16"] = Field(
+        "fp32",
+        description="fp16: weights and activations in float16 (LayerNorm, Softmax, TopK and index arithmetic kept in float32), float32 inputs/outputs; parity then uses verify.parity.fp16_atol / fp16_mean_atol / fp16_tie_margin. About half the file size.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -62,11 +79,14 @@ class TargetedExport(Strict):
         if "target" in data:
             raise ValueError("give export.target only (export.trt_target is its deprecated old name)")
         if legacy is not None and str(legacy) not in _targets.LEGACY_TRT:
-            raise ValueError(f"export.trt_target {legacy!r} is not a TensorRT version tokexport knows (8.5, 8.6, 10.3); "
-                             f"write export.target: one of {', '.join(_targets.TARGET_NAMES)}")
+            raise ValueError(
+                f"export.trt_target {legacy!r} is not a TensorRT version tokexport knows (8.5, 8.6, 10.3); "
+                f"write export.target: one of {', '.join(_targets.TARGET_NAMES)}"
+            )
         data["target"] = "onnxruntime" if legacy is None else _targets.LEGACY_TRT[str(legacy)]
-        logging.getLogger("tokexport").warning("warning: export.trt_target is deprecated; write `export.target: %s`",
-                                               data["target"])
+        logging.getLogger("tokexport").warning(
+            "warning: export.trt_target is deprecated; write `export.target: %s`", data["target"]
+        )
         return data
 
     @model_validator(mode="after")
@@ -89,13 +109,29 @@ class TargetedExport(Strict):
 
 
 class ParityConfig(Strict):
-    atol: Real(0, 1, lo_open=True) = Field(1e-3, description="Max absolute difference allowed between ONNX Runtime and PyTorch, any output element; finite, in (0, 1].")
-    mean_atol: Real(0, 1, lo_open=True) = Field(1e-4, description="Mean absolute difference allowed, per output; finite, in (0, 1].")
+    atol: Real(0, 1, lo_open=True) = Field(
+        1e-3,
+        description="Max absolute difference allowed between ONNX Runtime and PyTorch, any output element; finite, in (0, 1].",
+    )
+    mean_atol: Real(0, 1, lo_open=True) = Field(
+        1e-4, description="Mean absolute difference allowed, per output; finite, in (0, 1]."
+    )
     samples: Count(1, 256) = Field(8, description="Real images fed to both, 1..256.")
-    tie_margin: Real(0, 0.1) = Field(1e-4, description="A sample whose outputs differ while one of its token selections was decided by a relative score gap below this (float32 rounding can pick either side) is reported as a near-tie and left out; parity fails if more than half the samples are near-ties. In [0, 0.1]; 0 disables.")
-    fp16_atol: Real(0, 10, lo_open=True) = Field(0.1, description="atol when export.precision is fp16 (the fp16 graph against the float32 PyTorch model); finite, in (0, 10].")
-    fp16_mean_atol: Real(0, 1, lo_open=True) = Field(0.01, description="mean_atol when export.precision is fp16; finite, in (0, 1].")
-    fp16_tie_margin: Real(0, 0.1) = Field(1e-3, description="tie_margin when export.precision is fp16 (float16 rounding flips selections decided by relative gaps up to ~5e-4 on DINOv2-S); in [0, 0.1]; 0 disables.")
+    tie_margin: Real(0, 0.1) = Field(
+        1e-4,
+        description="A sample whose outputs differ while one of its token selections was decided by a relative score gap below this (float32 rounding can pick either side) is reported as a near-tie and left out; parity fails if more than half the samples are near-ties. In [0, 0.1]; 0 disables.",
+    )
+    fp16_atol: Real(0, 10, lo_open=True) = Field(
+        0.1,
+        description="atol when export.precision is fp16 (the fp16 graph against the float32 PyTorch model); finite, in (0, 10].",
+    )
+    fp16_mean_atol: Real(0, 1, lo_open=True) = Field(
+        0.01, description="mean_atol when export.precision is fp16; finite, in (0, 1]."
+    )
+    fp16_tie_margin: Real(0, 0.1) = Field(
+        1e-3,
+        description="tie_margin when export.precision is fp16 (float16 rounding flips selections decided by relative gaps up to ~5e-4 on DINOv2-S); in [0, 0.1]; 0 disables.",
+    )
 
     def tolerances(self, precision: str = "fp32") -> tuple[float, float, float]:
         """(atol, mean_atol, tie_margin) for a graph of ``precision``."""
@@ -105,7 +141,10 @@ class ParityConfig(Strict):
 
 
 class Threshold(Strict):
-    min: Real(-2, 2) | None = Field(None, description="The reduced model's value must be at least this; finite, in [-2, 2] (cosines lie in [-1, 1], top-1, agreement and attention mass in [0, 1], so a min above 1 always fails).")
+    min: Real(-2, 2) | None = Field(
+        None,
+        description="The reduced model's value must be at least this; finite, in [-2, 2] (cosines lie in [-1, 1], top-1, agreement and attention mass in [0, 1], so a min above 1 always fails).",
+    )
     max_drop: Real(0, 2) | None = Field(None, description="original - reduced must be at most this; finite, in [0, 2].")
 
     @model_validator(mode="after")
@@ -118,38 +157,80 @@ class Threshold(Strict):
 class VsBaselines(Strict):
     """Gate the method against the honest baselines measured in the same run (report section ``baselines``)."""
 
-    min_margin: Real(-1, 1) = Field(0.0, description="Smallest margin over the best baseline (seeded random per image, 2-D uniform) allowed for each gated metric; positive = the method must beat it; in [-1, 1].")
-    bound: Literal["ci_low", "estimate"] = Field("ci_low", description="ci_low: the margin's bootstrap confidence interval lower bound must clear min_margin (the method is better with that confidence); estimate: the point estimate must.")
-    metrics: list[str] | None = Field(None, min_length=1, description="Metrics gated; default: every metric the baselines are measured on.")
+    min_margin: Real(-1, 1) = Field(
+        0.0,
+        description="Smallest margin over the best baseline (seeded random per image, 2-D uniform) allowed for each gated metric; positive = the method must beat it; in [-1, 1].",
+    )
+    bound: Literal["ci_low", "estimate"] = Field(
+        "ci_low",
+        description="ci_low: the margin's bootstrap confidence interval lower bound must clear min_margin (the method is better with that confidence); estimate: the point estimate must.",
+    )
+    metrics: list[str] | None = Field(
+        None, min_length=1, description="Metrics gated; default: every metric the baselines are measured on."
+    )
 
 
 class BaselinesConfig(Strict):
     """The honest baselines every token-reduction report carries (section ``baselines``)."""
 
-    enabled: bool = Field(True, description="Measure the baselines (random keep drawn per image over seeds, 2-D uniform lattice) at the method's budget on the same evaluation data; false only to save time in experiments (verify.vs_baselines then cannot be used).")
-    random_seeds: Count(5, 64) = Field(5, description="Seeds of the per-image random baseline, 5..64 (mean ± sd over them).")
-    resamples: Count(200, 100000) = Field(2000, description="Bootstrap resamples of the margin's confidence interval, 200..100000.")
+    enabled: bool = Field(
+        True,
+        description="Measure the baselines (random keep drawn per image over seeds, 2-D uniform lattice) at the method's budget on the same evaluation data; false only to save time in experiments (verify.vs_baselines then cannot be used).",
+    )
+    random_seeds: Count(5, 64) = Field(
+        5, description="Seeds of the per-image random baseline, 5..64 (mean ± sd over them)."
+    )
+    resamples: Count(200, 100000) = Field(
+        2000, description="Bootstrap resamples of the margin's confidence interval, 200..100000."
+    )
 
 
 class ProviderSettings(Strict):
     """Where bench (and parity) run: an ONNX Runtime execution provider, with its options. Shared by
     every task's ``bench`` section (tokexport.stages.runners.provider_list)."""
 
-    provider: Literal["cpu", "cuda", "tensorrt"] = Field("cpu", description="ONNX Runtime execution provider for bench and parity: cpu | cuda (onnxruntime-gpu) | tensorrt (onnxruntime-gpu with TensorRT). A provider this onnxruntime does not offer, or cannot start, is an error (exit 5) before the model is loaded; never a silent CPU fallback. `tokexport convert --provider` overrides it.")
-    provider_options: dict[str, bool | Count(0, 2 ** 40) | str] = Field(default_factory=dict, max_length=32, description="Options of that provider (true/false, whole numbers 0..1099511627776, or text), passed to ONNX Runtime as strings, e.g. {device_id: 0} or {trt_fp16_enable: true}.")
+    provider: Literal["cpu", "cuda", "tensorrt"] = Field(
+        "cpu",
+        description="ONNX Runtime execution provider for bench and parity: cpu | cuda (onnxruntime-gpu) | tensorrt (onnxruntime-gpu with TensorRT). A provider this onnxruntime does not offer, or cannot start, is an error (exit 5) before the model is loaded; never a silent CPU fallback. `tokexport convert --provider` overrides it.",
+    )
+    provider_options: dict[str, bool | Count(0, 2**40) | str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Options of that provider (true/false, whole numbers 0..1099511627776, or text), passed to ONNX Runtime as strings, e.g. {device_id: 0} or {trt_fp16_enable: true}.",
+    )
 
 
 class DeployConfig(Strict):
-    bundle: bool = Field(True, description="Write deploy/ (graphs, build_engine.sh, verify_on_device.py, manifest with sha256, sample inputs, ONNX Runtime's expected outputs) when TensorRT is not available here.")
-    engines: bool = Field(True, description="Build TensorRT engines, time them and compare with ONNX Runtime when TensorRT and a GPU are available.")
+    bundle: bool = Field(
+        True,
+        description="Write deploy/ (graphs, build_engine.sh, verify_on_device.py, manifest with sha256, sample inputs, ONNX Runtime's expected outputs) when TensorRT is not available here.",
+    )
+    engines: bool = Field(
+        True,
+        description="Build TensorRT engines, time them and compare with ONNX Runtime when TensorRT and a GPU are available.",
+    )
     fp16: bool = Field(True, description="Build engines in FP16 (trtexec --fp16).")
-    atol: Real(0, 1, lo_open=True) = Field(0.05, description="Engine vs ONNX Runtime: an element agrees when |a - e| <= atol + rtol*|e|; finite, in (0, 1].")
+    atol: Real(0, 1, lo_open=True) = Field(
+        0.05,
+        description="Engine vs ONNX Runtime: an element agrees when |a - e| <= atol + rtol*|e|; finite, in (0, 1].",
+    )
     rtol: Real(0, 1, lo_open=True) = Field(0.05, description="See atol; finite, in (0, 1].")
-    quantile: Real(0, 1, lo_open=True) = Field(0.99, description="Share of each output's elements that must agree (FP16 engines miss a few); in (0, 1].")
-    median_atol: Real(0, 1, lo_open=True) = Field(0.01, description="Largest median |a - e| allowed per output; finite, in (0, 1].")
-    min_cosine: Real(-1, 1) = Field(0.999, description="Smallest cosine between engine and reference output allowed, per sample; in [-1, 1].")
-    min_agreement: Real(0, 1) = Field(0.99, description="Top-1 agreement of outputs named *logits*, and exact agreement of integer outputs (token positions); in [0, 1].")
-    max_batch: Count(1, 1024) = Field(8, description="Largest batch of the engine's optimization profile (dynamic-batch graphs), 1..1024.")
+    quantile: Real(0, 1, lo_open=True) = Field(
+        0.99, description="Share of each output's elements that must agree (FP16 engines miss a few); in (0, 1]."
+    )
+    median_atol: Real(0, 1, lo_open=True) = Field(
+        0.01, description="Largest median |a - e| allowed per output; finite, in (0, 1]."
+    )
+    min_cosine: Real(-1, 1) = Field(
+        0.999, description="Smallest cosine between engine and reference output allowed, per sample; in [-1, 1]."
+    )
+    min_agreement: Real(0, 1) = Field(
+        0.99,
+        description="Top-1 agreement of outputs named *logits*, and exact agreement of integer outputs (token positions); in [0, 1].",
+    )
+    max_batch: Count(1, 1024) = Field(
+        8, description="Largest batch of the engine's optimization profile (dynamic-batch graphs), 1..1024."
+    )
 
     def tolerances(self) -> dict[str, float]:
         """The comparison tolerances, as tokexport.deploy.compare_outputs and verify_on_device.py read them."""
@@ -309,7 +390,9 @@ def document_order(data, parts: tuple) -> tuple:
 Special = Callable[[dict, tuple], "str | None"]
 
 
-def format_errors(path: str, errors: Iterable[dict], data, root: type[BaseModel], special: Special | None = None) -> str:
+def format_errors(
+    path: str, errors: Iterable[dict], data, root: type[BaseModel], special: Special | None = None
+) -> str:
     """Every error of one validation against ``root``, one line each (``FILE: field.path: message``),
     in document order; an unknown field gets a did-you-mean hint. ``errors``: pydantic's error dicts,
     their ``loc`` relative to ``root``."""
@@ -355,12 +438,16 @@ def check_size(p: Path, data) -> None:
         node, depth = stack.pop()
         seen += 1
         if seen > MAX_VALUES:
-            raise InputError(f"{p}: more than {MAX_VALUES:,} values once YAML aliases are expanded; a recipe is a few "
-                             "hundred (put long token lists in trim.tokens_to_keep_file)")
+            raise InputError(
+                f"{p}: more than {MAX_VALUES:,} values once YAML aliases are expanded; a recipe is a few "
+                "hundred (put long token lists in trim.tokens_to_keep_file)"
+            )
         if isinstance(node, (dict, list)):
             if depth > MAX_DEPTH:
-                raise InputError(f"{p}: nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of "
-                                 "mappings and lists (see `tokexport recipes schema`)")
+                raise InputError(
+                    f"{p}: nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of "
+                    "mappings and lists (see `tokexport recipes schema`)"
+                )
             children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
             stack.extend((c, depth + 1) for c in children)
 
@@ -377,8 +464,10 @@ def read_yaml(p: Path):
     except yaml.YAMLError as e:
         raise InputError(yaml_message(str(p), e)) from None
     except RecursionError:
-        raise InputError(f"{p}: YAML nested too deeply; a recipe is a few levels of mappings and lists "
-                         "(see `tokexport recipes schema`)") from None
+        raise InputError(
+            f"{p}: YAML nested too deeply; a recipe is a few levels of mappings and lists "
+            "(see `tokexport recipes schema`)"
+        ) from None
     except (ValueError, TypeError, OverflowError) as e:  # a scalar the constructor cannot build (an int of 5000 digits)
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise InputError(one_line(f"{p}: YAML value cannot be read: {first}")) from None

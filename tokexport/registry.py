@@ -1,6 +1,7 @@
 """One registry type for everything tokexport looks up by name: reduction methods, composite schedules,
 visual-token selectors, model-family adapters, tasks. A dict that refuses duplicate names (also across
 registries that share one namespace) and answers unknown names with the known ones."""
+
 from __future__ import annotations
 
 from typing import Generic, TypeVar
@@ -42,7 +43,9 @@ def import_submodules(package: str, last: tuple[str, ...] = (), skip: tuple[str,
     import pkgutil
 
     pkg = importlib.import_module(package)
-    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.name not in skip)
+    names = sorted(
+        m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.name not in skip
+    )
     order = [n for n in names if n not in last] + [n for n in last if n in names]
     for name in order:
         importlib.import_module(f"{package}.{name}")

@@ -1,6 +1,7 @@
 """report.json (strict JSON, schema-versioned: :mod:`tokexport.stages.report_schema`) and report.md /
 the console summary (for people): the contract's sections rendered by :mod:`tokexport.stages.render`,
 each task's own lines by the task (:meth:`tokexport.tasks.base.Task.markdown`)."""
+
 from __future__ import annotations
 
 import json

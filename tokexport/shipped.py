@@ -2,6 +2,7 @@
 
 Part of the library (``tokexport.convert("dinov2-small-zero-tprune")`` looks names up here); the CLI's
 ``recipes list`` and its recipe argument use the same functions."""
+
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,7 @@ def find_shipped_recipe(name: str) -> Path | None:
     candidates = [n] + ([n.removeprefix("recipes/")] if n.startswith("recipes/") else [])
     by_name = dict(shipped_recipes())
     for c in candidates:
-        for key in ((c,) if c.endswith(RECIPE_SUFFIXES) else (c + ".yaml", c + ".yml", c)):
+        for key in (c,) if c.endswith(RECIPE_SUFFIXES) else (c + ".yaml", c + ".yml", c):
             if key in by_name:
                 return by_name[key]
     return None

@@ -24,6 +24,7 @@ reported per point). With ``jobs > 1`` each job gets ``cores // jobs`` threads (
 default 1) unless the recipe fixes ``bench.threads``. Speed-ups are ratios measured inside one task, so
 points converted on different machines stay comparable.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,12 +63,16 @@ def check_metric(recipe, base_dir: Path, metric: str | None, what: str) -> str:
     if metric is None:
         return default
     if metric in ax.info_only:
-        raise InputError(f"{_metric_named(metric)}: an information-only figure ({{value, info: true}}: the attention the "
-                         f"selector itself ranks by), not an accuracy measure; {what} needs a gated metric: "
-                         f"{', '.join(known)}")
+        raise InputError(
+            f"{_metric_named(metric)}: an information-only figure ({{value, info: true}}: the attention the "
+            f"selector itself ranks by), not an accuracy measure; {what} needs a gated metric: "
+            f"{', '.join(known)}"
+        )
     if metric not in known:
-        raise InputError(f"{option('metric')}: unknown metric {metric!r} for task {ax.task_name(recipe, base_dir)}; known: "
-                         f"{', '.join(known)}")
+        raise InputError(
+            f"{option('metric')}: unknown metric {metric!r} for task {ax.task_name(recipe, base_dir)}; known: "
+            f"{', '.join(known)}"
+        )
     return metric
 
 
@@ -85,8 +90,10 @@ def parse_vocab_sizes(text: str) -> list[int]:
         try:
             n = int(part)
         except ValueError:
-            raise InputError(f"{option('vocab_sizes')}: {part!r} is not an integer; give target vocabulary sizes such as "
-                             "8000,12000,16000") from None
+            raise InputError(
+                f"{option('vocab_sizes')}: {part!r} is not an integer; give target vocabulary sizes such as "
+                "8000,12000,16000"
+            ) from None
         if not 1 <= n <= 10_000_000:
             raise InputError(f"{option('vocab_sizes')}: {n} is outside 1..10000000 (trim.target_vocab_size)")
         sizes.append(n)
@@ -102,9 +109,13 @@ def parse_keep_rates(text: str) -> list[float]:
         try:
             r = float(part)
         except ValueError:
-            raise InputError(f"{option('keep_rates')}: {part!r} is not a number; give fractions such as 0.9,0.7,0.5") from None
+            raise InputError(
+                f"{option('keep_rates')}: {part!r} is not a number; give fractions such as 0.9,0.7,0.5"
+            ) from None
         if not 0 < r <= 1:
-            raise InputError(f"{option('keep_rates')}: {r:g} is outside (0, 1]; a keep rate is the fraction of tokens kept")
+            raise InputError(
+                f"{option('keep_rates')}: {r:g} is outside (0, 1]; a keep rate is the fraction of tokens kept"
+            )
         rates.append(r)
     if not rates or len(set(rates)) != len(rates):
         raise InputError(f"{option('keep_rates')}: give distinct fractions, got {text!r}")
@@ -118,29 +129,38 @@ def point_recipe(recipe: Recipe, point: Point, threads: int | None = None) -> Re
 
 # summary ---------------------------------------------------------------------------------------------
 
+
 def _row(point: Point, report: dict, metric: str, batch: str | None, run_dir: str, code: int) -> dict:
     m = report["accuracy"]["metrics"].get(metric)
     if m is None:
-        raise InputError(f"{_metric_named(metric)}: not measured by this recipe (measured: "
-                         f"{', '.join(report['accuracy']['metrics'])})")
+        raise InputError(
+            f"{_metric_named(metric)}: not measured by this recipe (measured: "
+            f"{', '.join(report['accuracy']['metrics'])})"
+        )
     if MC.is_info(m):
         raise InputError(f"{_metric_named(metric)}: an information-only figure in the reports; give a gated metric")
     bench = report.get("bench") or {}
     b = (bench.get("batches") or {}).get(batch) if batch else None
     row: dict = {**point.fields(), "run_dir": run_dir, "exit_code": code, **axis_of_report(report["kind"]).row(report)}
-    row.update({
-        "speedup": b["speedup"] if b else None,
-        "metric": m["reduced"], "metric_original": m["original"], "metric_better": m.get("better", "higher"),
-        "metric_drop": metric_drop(m),
-        "parity_max_abs_diff": report["parity"]["max_abs_diff"], "passed": report["passed"],
-    })
+    row.update(
+        {
+            "speedup": b["speedup"] if b else None,
+            "metric": m["reduced"],
+            "metric_original": m["original"],
+            "metric_better": m.get("better", "higher"),
+            "metric_drop": metric_drop(m),
+            "parity_max_abs_diff": report["parity"]["max_abs_diff"],
+            "passed": report["passed"],
+        }
+    )
     return row
 
 
 def pareto_front(xs: list[float], ys: list[float]) -> list[bool]:
     """True for points no other point beats on both axes (x = speed-up, y = accuracy, both higher-better)."""
-    return [not any((xj >= xi and yj >= yi) and (xj > xi or yj > yi) for xj, yj in zip(xs, ys))
-            for xi, yi in zip(xs, ys)]
+    return [
+        not any((xj >= xi and yj >= yi) and (xj > xi or yj > yi) for xj, yj in zip(xs, ys)) for xi, yi in zip(xs, ys)
+    ]
 
 
 def _oriented(summary: dict, values: list[float]) -> list[float]:
@@ -148,15 +168,25 @@ def _oriented(summary: dict, values: list[float]) -> list[float]:
     return [-v for v in values] if summary.get("metric_better") == "lower" else list(values)
 
 
-TIMING_NOTE = ("Timing figures are ratios measured inside one task: baseline.onnx and model.onnx are timed "
-               "interleaved in the same process on the same node, so points run on different workers or machines "
-               "stay comparable; absolute latencies are not compared across points.")
+TIMING_NOTE = (
+    "Timing figures are ratios measured inside one task: baseline.onnx and model.onnx are timed "
+    "interleaved in the same process on the same node, so points run on different workers or machines "
+    "stay comparable; absolute latencies are not compared across points."
+)
 
 
 def _failed_row(point: Point, rec: dict) -> dict:
-    return {**point.fields(), "status": "failed", "exit_code": rec.get("exit_code"), "error": rec.get("error"),
-            "crashed": bool(rec.get("crashed")), "run_dir": None, "pareto": False, "host": rec.get("host"),
-            "resumed": bool(rec.get("resumed"))}
+    return {
+        **point.fields(),
+        "status": "failed",
+        "exit_code": rec.get("exit_code"),
+        "error": rec.get("error"),
+        "crashed": bool(rec.get("crashed")),
+        "run_dir": None,
+        "pareto": False,
+        "host": rec.get("host"),
+        "resumed": bool(rec.get("resumed")),
+    }
 
 
 def _point_rows(recipe: Recipe, points: list[Point], records: list[dict], metric: str, root: Path):
@@ -185,8 +215,16 @@ def _point_rows(recipe: Recipe, points: list[Point], records: list[dict], metric
     return rows, first, ax, batch
 
 
-def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: list[dict], metric: str,
-              backend: dict, threads: int | None, root: Path) -> dict:
+def summarize(
+    recipe: Recipe,
+    recipe_label: str,
+    points: list[Point],
+    records: list[dict],
+    metric: str,
+    backend: dict,
+    threads: int | None,
+    root: Path,
+) -> dict:
     """sweep.json of one recipe: a row per point (done: its figures from its report; failed: error and exit
     code), the Pareto front over the done points and the original model."""
     rows, first, ax, batch = _point_rows(recipe, points, records, metric, root)
@@ -206,24 +244,38 @@ def summarize(recipe: Recipe, recipe_label: str, points: list[Point], records: l
     changed = ax.changed(recipe)
     failed = [r for r in rows if r["status"] != "done"]
     resumed = sum(r["resumed"] for r in rows)
-    where = (f"{backend['name']} backend, {backend['parallel']} at a time"
-             + (f", {backend['cpus_per_job']} CPU(s) each" if backend.get("cpus_per_job") else ""))
+    where = f"{backend['name']} backend, {backend['parallel']} at a time" + (
+        f", {backend['cpus_per_job']} CPU(s) each" if backend.get("cpus_per_job") else ""
+    )
     return {
-        "schema_version": 1, "kind": "sweep", "tokexport_version": __version__, "created_unix": int(time.time()),
-        "recipe_path": recipe_label, "recipe": {"name": recipe.name, "model": recipe.model, "task": recipe.task,
-                                                **changed},
-        "task_kind": kind, "metric": metric, "metric_better": better, "x": x, "x_short": x_short, "varied": varied,
-        "jobs": backend["parallel"], "backend": backend,
+        "schema_version": 1,
+        "kind": "sweep",
+        "tokexport_version": __version__,
+        "created_unix": int(time.time()),
+        "recipe_path": recipe_label,
+        "recipe": {"name": recipe.name, "model": recipe.model, "task": recipe.task, **changed},
+        "task_kind": kind,
+        "metric": metric,
+        "metric_better": better,
+        "x": x,
+        "x_short": x_short,
+        "varied": varied,
+        "jobs": backend["parallel"],
+        "backend": backend,
         "threads_per_job": threads or bench.get("threads"),
         "runtime": bench.get("runtime"),
-        "description": (f"{len(rows)} conversions of {recipe_label}: {what} "
-                        f"({bench.get('runtime', 'bench disabled')}, {where})"
-                        + (f"; {len(failed)} failed (error and exit code in the table)" if failed else "")
-                        + (f"; {resumed} kept from an earlier run (--resume)" if resumed else "") + "."),
+        "description": (
+            f"{len(rows)} conversions of {recipe_label}: {what} "
+            f"({bench.get('runtime', 'bench disabled')}, {where})"
+            + (f"; {len(failed)} failed (error and exit code in the table)" if failed else "")
+            + (f"; {resumed} kept from an earlier run (--resume)" if resumed else "")
+            + "."
+        ),
         "timing": TIMING_NOTE,
         "accuracy_description": (first or {}).get("accuracy", {}).get("description", ""),
         "original": {"metric": orig},
-        "failed": len(failed), "resumed": resumed,
+        "failed": len(failed),
+        "resumed": resumed,
         "points": rows,
     }
 
@@ -298,12 +350,16 @@ def _check_axes(items: list[_Recipe], keep_rates, methods, vocab_sizes) -> None:
         if arg not in by_arg and (values is not None or (methods and arg == "keep_rates")):
             other = next(iter(by_arg.values()))[0]
             shown, ax = option(arg if values is not None else "methods"), axis_for(other.recipe)
-            raise InputError(f"{shown}: {other.path} is task {other.recipe.task}: sweep it with {option(ax.argument)} "
-                             f"({ax.varied['label']}, e.g. {_example(ax)}), not {shown}")
+            raise InputError(
+                f"{shown}: {other.path} is task {other.recipe.task}: sweep it with {option(ax.argument)} "
+                f"({ax.varied['label']}, e.g. {_example(ax)}), not {shown}"
+            )
     for arg, rs in by_arg.items():
         if not given[arg]:
-            raise InputError(f"{option(arg)}: required for {rs[0].path} (task {rs[0].recipe.task}), e.g. "
-                             f"{_example(axis_for(rs[0].recipe))}")
+            raise InputError(
+                f"{option(arg)}: required for {rs[0].path} (task {rs[0].recipe.task}), e.g. "
+                f"{_example(axis_for(rs[0].recipe))}"
+            )
 
 
 def _example(ax) -> str:
@@ -323,10 +379,22 @@ def _in_place(out_dir: Path):
     yield out_dir
 
 
-def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, methods: list[str] | None,
-          out: str | Path | None, jobs: int = 1, force: bool = False, metric: str | None = None, on_done=None,
-          vocab_sizes: list[int] | None = None, *, backend: str = "local", address: str | None = None,
-          cpus_per_job: int | None = None, resume: bool = False) -> tuple[dict, Path]:
+def sweep(
+    recipe_path: str | Path | list,
+    keep_rates: list[float] | None,
+    methods: list[str] | None,
+    out: str | Path | None,
+    jobs: int = 1,
+    force: bool = False,
+    metric: str | None = None,
+    on_done=None,
+    vocab_sizes: list[int] | None = None,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    cpus_per_job: int | None = None,
+    resume: bool = False,
+) -> tuple[dict, Path]:
     """Run every point's conversion and write sweep.json, sweep.html, pareto.png under ``out``: every
     (method, keep rate) of a ViT or visual-token recipe, or every ``vocab_sizes`` of a vocab recipe.
     Several recipes (a matrix sweep): each into ``out/<recipe stem>/`` with its own axis, plus
@@ -345,11 +413,17 @@ def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, method
         raise InputError(f"{option('jobs')}: {jobs}; give 1 or more parallel conversions")
     if resume and force:
         resume_, force_ = option("resume", "resume=True"), option("force", "force=True")
-        raise InputError(f"{resume_} and {force_}: give one ({resume_} keeps the points an earlier run completed, "
-                         f"{force_} starts over)")
+        raise InputError(
+            f"{resume_} and {force_}: give one ({resume_} keeps the points an earlier run completed, "
+            f"{force_} starts over)"
+        )
     check_backend(backend, jobs, cpus_per_job)
     items = _load_items(paths, keep_rates, methods, vocab_sizes, metric)
-    out_dir = Path(os.path.expanduser(out)) if out is not None else Path("out") / (f"{paths[0].stem}-sweep" if not matrix else "sweep-matrix")
+    out_dir = (
+        Path(os.path.expanduser(out))
+        if out is not None
+        else Path("out") / (f"{paths[0].stem}-sweep" if not matrix else "sweep-matrix")
+    )
     protect = [x for it in items for x in (it.path, it.base_dir, *model_paths(it.recipe.model, it.base_dir))]
     exists = _check_out(out_dir, protect, force, resume)
     fo = Fanout(backend, address, cpus_per_job, jobs)
@@ -360,7 +434,7 @@ def sweep(recipe_path: str | Path | list, keep_rates: list[float] | None, method
     with fo, claim_out_dir(out_dir, force or (resume and exists), kind="sweep", protect=protect) as claim:
         desc = fo.describe()
         staged = exists and force
-        with (claim.staged() if staged else _in_place(out_dir)) as root:
+        with claim.staged() if staged else _in_place(out_dir) as root:
             specs, records, where = _pending(items, root, resume, threads, on_done)
 
             def finished(spec, rec):
@@ -397,8 +471,10 @@ def _load_items(paths: list[Path], keep_rates, methods, vocab_sizes, metric: str
         stems = [it.path.stem for it in items]
         dup = sorted({s for s in stems if stems.count(s) > 1})
         if dup:
-            raise InputError(f"sweep: two recipes named {dup[0]}.yaml; each recipe's results go to OUT/<file name>/, "
-                             "so give recipes with distinct file names")
+            raise InputError(
+                f"sweep: two recipes named {dup[0]}.yaml; each recipe's results go to OUT/<file name>/, "
+                "so give recipes with distinct file names"
+            )
         for it in items:
             it.sub = it.path.stem
     _check_axes(items, keep_rates, methods, vocab_sizes)
@@ -421,8 +497,10 @@ def _check_out(out_dir: Path, protect: list, force: bool, resume: bool) -> bool:
         check_out_dir(out_dir, True, protect=protect)
         kind = (read_marker(out_dir) or {}).get("kind")
         if kind != "sweep":
-            raise InputError(f"{out_dir}: written by tokexport {kind}, not by a sweep; {option('resume', 'resume=True')} "
-                             f"continues a sweep into its own output directory (choose another {option('out')})")
+            raise InputError(
+                f"{out_dir}: written by tokexport {kind}, not by a sweep; {option('resume', 'resume=True')} "
+                f"continues a sweep into its own output directory (choose another {option('out')})"
+            )
     else:
         check_out_dir(out_dir, force, protect=protect)
     return exists
@@ -446,24 +524,53 @@ def _pending(items: list[_Recipe], root: Path, resume: bool, threads, on_done) -
             fp = fingerprint(r, it.base_dir)
             where[key] = (rec_file, fp, p)
             prev = _read_record(rec_file) if resume else None
-            if (prev and prev.get("status") == "done" and prev.get("fingerprint") == fp
-                    and (run_dir / "report.json").is_file()):
+            if (
+                prev
+                and prev.get("status") == "done"
+                and prev.get("fingerprint") == fp
+                and (run_dir / "report.json").is_file()
+            ):
                 records[key] = {**prev, "resumed": True}
                 if on_done:
                     on_done(p, prev.get("exit_code"))
                 continue
-            specs.append(PointSpec(key, r, str(it.base_dir), str(run_dir.absolute()), f"{it.path}@{p.label}",
-                                   threads, str(local[0]) if local else None))
+            specs.append(
+                PointSpec(
+                    key,
+                    r,
+                    str(it.base_dir),
+                    str(run_dir.absolute()),
+                    f"{it.path}@{p.label}",
+                    threads,
+                    str(local[0]) if local else None,
+                )
+            )
     return specs, records, where
 
 
 def _write_index(items: list[_Recipe], summaries: list[dict], desc: dict, root: Path) -> dict:
     """index.json and index.html of a matrix sweep; the index."""
-    index = {"schema_version": 1, "kind": "sweep-matrix", "tokexport_version": __version__,
-             "created_unix": int(time.time()), "backend": desc, "timing": TIMING_NOTE,
-             "recipes": [{"recipe_path": str(it.path), "dir": it.sub, "task_kind": s["task_kind"],
-                          "metric": s["metric"], "varied": s["varied"]["key"], "points": len(s["points"]),
-                          "failed": s["failed"], "resumed": s["resumed"]} for it, s in zip(items, summaries)]}
+    index = {
+        "schema_version": 1,
+        "kind": "sweep-matrix",
+        "tokexport_version": __version__,
+        "created_unix": int(time.time()),
+        "backend": desc,
+        "timing": TIMING_NOTE,
+        "recipes": [
+            {
+                "recipe_path": str(it.path),
+                "dir": it.sub,
+                "task_kind": s["task_kind"],
+                "metric": s["metric"],
+                "varied": s["varied"]["key"],
+                "points": len(s["points"]),
+                "failed": s["failed"],
+                "resumed": s["resumed"],
+            }
+            for it, s in zip(items, summaries)
+        ],
+    }
     _write_atomic(root / "index.json", json.dumps(index, indent=2) + "\n")
     _write_atomic(root / "index.html", render_index(index, summaries, root))
     return index

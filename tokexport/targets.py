@@ -24,6 +24,7 @@ Sources (read for this table; see docs/tensorrt.md for how each row was checked)
   Linux 38.2/38.4, Jetson Thor) ship TensorRT 10.13, and TensorRT 11.0-11.4.0 do not support JetPack:
   Jetson stays on its JetPack's TensorRT 10.x (11.4.1 supports JetPack 7.2.2+ only).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,13 +33,168 @@ from typing import Literal
 
 from .errors import InputError
 
-TargetName = Literal["onnxruntime", "tensorrt-8.5", "tensorrt-8.6", "tensorrt-10", "tensorrt-10.16", "tensorrt-11",
-                     "jetpack-5.1", "jetpack-6.0", "jetpack-6.1", "jetpack-7.0"]
+TargetName = Literal[
+    "onnxruntime",
+    "tensorrt-8.5",
+    "tensorrt-8.6",
+    "tensorrt-10",
+    "tensorrt-10.16",
+    "tensorrt-11",
+    "jetpack-5.1",
+    "jetpack-6.0",
+    "jetpack-6.1",
+    "jetpack-7.0",
+]
 
 # Every TensorRT version: ITopKLayer's K limit (operators.md 10.x: "K input must be less than 3840").
 TOPK_MAX_K = 3840
 
-_TRT_COMMON = frozenset(["Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Celu", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace", "DequantizeLinear", "Div", "Dropout", "Einsum", "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor", "Gather", "GatherElements", "GatherND", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GridSample", "GRU", "HardSwish", "HardSigmoid", "Identity", "If", "ImageScaler", "InstanceNormalization", "IsNaN", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "Loop", "LRN", "LSTM", "LpNormalization", "LpPool", "MatMul", "Max", "MaxPool", "Mean", "MeanVarianceNormalization", "Min", "Mod", "Mul", "Neg", "NonMaxSuppression", "NonZero", "Not", "OneHot", "Or", "Pad", "ParametricSoftplus", "Pow", "PRelu", "QuantizeLinear", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "ReverseSequence", "RNN", "RoiAlign", "Round", "ScaledTanh", "Scan", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shape", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK", "Transpose", "Trilu", "Unsqueeze", "Upsample", "Where", "Xor"])
+_TRT_COMMON = frozenset(
+    [
+        "Abs",
+        "Acos",
+        "Acosh",
+        "Add",
+        "And",
+        "ArgMax",
+        "ArgMin",
+        "Asin",
+        "Asinh",
+        "Atan",
+        "Atanh",
+        "AveragePool",
+        "BatchNormalization",
+        "Cast",
+        "Ceil",
+        "Celu",
+        "Clip",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Conv",
+        "ConvTranspose",
+        "Cos",
+        "Cosh",
+        "CumSum",
+        "DepthToSpace",
+        "DequantizeLinear",
+        "Div",
+        "Dropout",
+        "Einsum",
+        "Elu",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Expand",
+        "EyeLike",
+        "Flatten",
+        "Floor",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Gemm",
+        "GlobalAveragePool",
+        "GlobalLpPool",
+        "GlobalMaxPool",
+        "Greater",
+        "GreaterOrEqual",
+        "GridSample",
+        "GRU",
+        "HardSwish",
+        "HardSigmoid",
+        "Identity",
+        "If",
+        "ImageScaler",
+        "InstanceNormalization",
+        "IsNaN",
+        "LeakyRelu",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "LogSoftmax",
+        "Loop",
+        "LRN",
+        "LSTM",
+        "LpNormalization",
+        "LpPool",
+        "MatMul",
+        "Max",
+        "MaxPool",
+        "Mean",
+        "MeanVarianceNormalization",
+        "Min",
+        "Mod",
+        "Mul",
+        "Neg",
+        "NonMaxSuppression",
+        "NonZero",
+        "Not",
+        "OneHot",
+        "Or",
+        "Pad",
+        "ParametricSoftplus",
+        "Pow",
+        "PRelu",
+        "QuantizeLinear",
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Range",
+        "Reciprocal",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSum",
+        "ReduceSumSquare",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "ReverseSequence",
+        "RNN",
+        "RoiAlign",
+        "Round",
+        "ScaledTanh",
+        "Scan",
+        "Scatter",
+        "ScatterElements",
+        "ScatterND",
+        "Selu",
+        "Shape",
+        "Shrink",
+        "Sigmoid",
+        "Sign",
+        "Sin",
+        "Sinh",
+        "Size",
+        "Slice",
+        "Softmax",
+        "Softplus",
+        "Softsign",
+        "SpaceToDepth",
+        "Split",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Sum",
+        "Tan",
+        "Tanh",
+        "ThresholdedRelu",
+        "Tile",
+        "TopK",
+        "Transpose",
+        "Trilu",
+        "Unsqueeze",
+        "Upsample",
+        "Where",
+        "Xor",
+    ]
+)
 # operators.md rows marked Y, per branch (8.6 adds GroupNormalization, IsInf, LayerNormalization;
 # 10.1 adds CastLike, DeformConv, Gelu, Hardmax, Mish).
 TRT85_OPS = _TRT_COMMON
@@ -48,12 +204,24 @@ TRT10_OPS = TRT86_OPS | {"CastLike", "DeformConv", "Gelu", "Hardmax", "Mish"}
 TRT11_OPS = TRT10_OPS | {"Swish"}
 
 # Reductions whose `axes` moved from an attribute to an input at opset 18 (ReduceSum moved at 13).
-REDUCE_AXES18_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-                               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"})
+REDUCE_AXES18_OPS = frozenset(
+    {
+        "ReduceMean",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
+    }
+)
 DATA_DEPENDENT_SHAPE_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression"})
 CONTROL_FLOW_OPS = frozenset({"Loop", "If", "Scan"})
-RESIZE_COORD_MODES = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric",
-                                "align_corners"})
+RESIZE_COORD_MODES = frozenset(
+    {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+)
 
 
 @dataclass(frozen=True)
@@ -93,47 +261,109 @@ class Target:
         return f"{self.name} (TensorRT {self.tensorrt}" + (f", JetPack {self.jetpack})" if self.jetpack else ")")
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "runtime": self.runtime, "tensorrt": self.tensorrt, "jetpack": self.jetpack,
-                "opset": self.opset, "max_opset": self.max_opset, "strongly_typed": self.strongly_typed}
+        return {
+            "name": self.name,
+            "runtime": self.runtime,
+            "tensorrt": self.tensorrt,
+            "jetpack": self.jetpack,
+            "opset": self.opset,
+            "max_opset": self.max_opset,
+            "strongly_typed": self.strongly_typed,
+        }
 
 
-_TRT8 = {"runtime": "tensorrt", "reduce_axes_input_ignored": True, "scatter_reduction_ignored": True,
-         "einsum_restricted": True}
+_TRT8 = {
+    "runtime": "tensorrt",
+    "reduce_axes_input_ignored": True,
+    "scatter_reduction_ignored": True,
+    "einsum_restricted": True,
+}
 
 TARGETS: dict[str, Target] = {
     "onnxruntime": Target(
-        "onnxruntime", "onnxruntime", opset=17, max_opset=21,
-        note="ONNX Runtime on the device (CPU or CUDA EP); static shapes are still required by tokexport"),
+        "onnxruntime",
+        "onnxruntime",
+        opset=17,
+        max_opset=21,
+        note="ONNX Runtime on the device (CPU or CUDA EP); static shapes are still required by tokexport",
+    ),
     "tensorrt-8.5": Target(
-        "tensorrt-8.5", opset=16, max_opset=16, tensorrt="8.5.2", jetpack="5.1.x", ops=TRT85_OPS,
-        topk_k_initializer=True, reduce_axes_initializer=True, **_TRT8,
+        "tensorrt-8.5",
+        opset=16,
+        max_opset=16,
+        tensorrt="8.5.2",
+        jetpack="5.1.x",
+        ops=TRT85_OPS,
+        topk_k_initializer=True,
+        reduce_axes_initializer=True,
+        **_TRT8,
         note="the 8.5 parser reads opset 17, but not LayerNormalization, which every opset-17 ViT export "
-             "contains; tokexport exports 8.5 graphs at opset 16 (LayerNorm decomposed)"),
+        "contains; tokexport exports 8.5 graphs at opset 16 (LayerNorm decomposed)",
+    ),
     "tensorrt-8.6": Target(
-        "tensorrt-8.6", opset=17, max_opset=17, tensorrt="8.6.2", jetpack="6.0", ops=TRT86_OPS,
-        reduce_axes_initializer=True, **_TRT8),
+        "tensorrt-8.6",
+        opset=17,
+        max_opset=17,
+        tensorrt="8.6.2",
+        jetpack="6.0",
+        ops=TRT86_OPS,
+        reduce_axes_initializer=True,
+        **_TRT8,
+    ),
     "tensorrt-10": Target(
-        "tensorrt-10", "tensorrt", opset=17, max_opset=20, tensorrt="10.3", jetpack="6.1/6.2", ops=TRT10_OPS,
-        topk_sorted_required=True, reduce_axes_initializer=True, scatter_nd_reduction_rejected=True,
-        layernorm_y_only=True, pad_axes_initializer=True,
-        note="opset 17 is the default: the dynamo exporter needed for >= 18 is not used for these graphs"),
+        "tensorrt-10",
+        "tensorrt",
+        opset=17,
+        max_opset=20,
+        tensorrt="10.3",
+        jetpack="6.1/6.2",
+        ops=TRT10_OPS,
+        topk_sorted_required=True,
+        reduce_axes_initializer=True,
+        scatter_nd_reduction_rejected=True,
+        layernorm_y_only=True,
+        pad_axes_initializer=True,
+        note="opset 17 is the default: the dynamo exporter needed for >= 18 is not used for these graphs",
+    ),
     "tensorrt-10.16": Target(
-        "tensorrt-10.16", "tensorrt", opset=17, max_opset=20, tensorrt="10.16.1", ops=TRT10_OPS,
-        topk_sorted_required=True, reduce_axes_initializer=True, scatter_nd_reduction_rejected=True,
-        layernorm_y_only=True, pad_axes_initializer=True,
+        "tensorrt-10.16",
+        "tensorrt",
+        opset=17,
+        max_opset=20,
+        tensorrt="10.16.1",
+        ops=TRT10_OPS,
+        topk_sorted_required=True,
+        reduce_axes_initializer=True,
+        scatter_nd_reduction_rejected=True,
+        layernorm_y_only=True,
+        pad_axes_initializer=True,
         note="the newest TensorRT 10.x; weak typing (--fp16) still works but is deprecated since 10.12: fp16 graphs "
-             "are built strongly typed. Operator checks are the 10.1 table's (conservative); max opset kept at 20"),
+        "are built strongly typed. Operator checks are the 10.1 table's (conservative); max opset kept at 20",
+    ),
     "tensorrt-11": Target(
-        "tensorrt-11", "tensorrt", opset=17, max_opset=24, tensorrt="11.5", ops=TRT11_OPS,
-        topk_sorted_required=True, reduce_axes_initializer=True, scatter_nd_reduction_rejected=True,
-        layernorm_y_only=True, pad_axes_initializer=True, strongly_typed=True,
+        "tensorrt-11",
+        "tensorrt",
+        opset=17,
+        max_opset=24,
+        tensorrt="11.5",
+        ops=TRT11_OPS,
+        topk_sorted_required=True,
+        reduce_axes_initializer=True,
+        scatter_nd_reduction_rejected=True,
+        layernorm_y_only=True,
+        pad_axes_initializer=True,
+        strongly_typed=True,
         note="strongly typed only: no --fp16, the engine runs in the graph's precision (export.precision: fp16 for "
-             "an fp16 engine); not for Jetson before JetPack 7.2.2 (NVIDIA's migration guide)"),
+        "an fp16 engine); not for Jetson before JetPack 7.2.2 (NVIDIA's migration guide)",
+    ),
 }
 # JetPack name -> (TensorRT profile, JetPack releases, TensorRT version on the device when it differs from the profile's)
 JETPACK: dict[str, tuple[str, str, str | None]] = {
-    "jetpack-5.1": ("tensorrt-8.5", "5.1", None), "jetpack-6.0": ("tensorrt-8.6", "6.0", None),
-    "jetpack-6.1": ("tensorrt-10", "6.1", None), "jetpack-7.0": ("tensorrt-10", "7.0/7.1", "10.13")}
+    "jetpack-5.1": ("tensorrt-8.5", "5.1", None),
+    "jetpack-6.0": ("tensorrt-8.6", "6.0", None),
+    "jetpack-6.1": ("tensorrt-10", "6.1", None),
+    "jetpack-7.0": ("tensorrt-10", "7.0/7.1", "10.13"),
+}
 # `export.trt_target` values of recipes written before targets had names.
 LEGACY_TRT = {"8.5": "tensorrt-8.5", "8.6": "tensorrt-8.6", "10.3": "tensorrt-10"}
 TARGET_NAMES: tuple[str, ...] = (*TARGETS, *JETPACK)
@@ -159,8 +389,10 @@ def opset_problem(target: Target, opset: int) -> str | None:
     """Why ``opset`` does not fit ``target`` (one sentence), or None."""
     if opset > target.max_opset:
         runtime = f"TensorRT {'.'.join(target.tensorrt.split('.')[:2])}" if target.is_tensorrt else "ONNX Runtime"
-        return (f"opset {opset} does not fit target {target.name}: {runtime} reads opset <= {target.max_opset} "
-                f"faithfully; set export.opset <= {target.max_opset} (default {target.opset}) or choose another target")
+        return (
+            f"opset {opset} does not fit target {target.name}: {runtime} reads opset <= {target.max_opset} "
+            f"faithfully; set export.opset <= {target.max_opset} (default {target.opset}) or choose another target"
+        )
     return None
 
 

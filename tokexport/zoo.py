@@ -26,6 +26,7 @@ This module: where models live (:func:`models_dir`), the state of a fetched fold
 :func:`resolve_bundled`. What is bundled (and how its package file is found and checked) is
 :mod:`tokexport.zoo_catalog`; the conversions, :mod:`tokexport.zoo_builders`.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,19 @@ def _fetch_generated(model: GeneratedModel, force: bool) -> tuple[Path, bool]:
             hf_logging.disable_progress_bar()
             mod, fn = model.builder.split(":")
             getattr(importlib.import_module(mod), fn)(tmp, seed=model.seed)
-            (tmp / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "name": model.name, "generated": True,
-                                                  "seed": model.seed, "builder": model.builder}, indent=2) + "\n")
+            (tmp / MARKER).write_text(
+                json.dumps(
+                    {
+                        "format": MARKER_FORMAT,
+                        "name": model.name,
+                        "generated": True,
+                        "seed": model.seed,
+                        "builder": model.builder,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
     return final, True
 
 
@@ -112,9 +124,11 @@ def _fetched_by_us(path: Path) -> bool:
 
 
 def _foreign_error(final: Path, name: str) -> InputError:
-    return InputError(f"model folder {final} was not written by tokexport (no {MARKER}), so it is neither used "
-                      f"nor replaced (--force replaces only folders tokexport fetched): move it away, then run "
-                      f"`tokexport models fetch {name}`")
+    return InputError(
+        f"model folder {final} was not written by tokexport (no {MARKER}), so it is neither used "
+        f"nor replaced (--force replaces only folders tokexport fetched): move it away, then run "
+        f"`tokexport models fetch {name}`"
+    )
 
 
 def _claim(final: Path, force: bool):
@@ -124,8 +138,15 @@ def _claim(final: Path, force: bool):
     the running one instead of failing; a failed fetch removes the folders it created (no empty models/)."""
     from .outdir import claim_out_dir
 
-    return claim_out_dir(final, force, kind="model", what=f"models directory (${ENV_MODELS_DIR})",
-                         recognise=_fetched_by_us, wait=True, recheck=False)
+    return claim_out_dir(
+        final,
+        force,
+        kind="model",
+        what=f"models directory (${ENV_MODELS_DIR})",
+        recognise=_fetched_by_us,
+        wait=True,
+        recheck=False,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,8 +170,9 @@ def _get(name: str) -> BundledModel:
         return BUNDLED[name]
     except KeyError:
         known = ", ".join(sorted([*BUNDLED, *GENERATED]))
-        raise InputError(f"unknown bundled model {name!r}: choose one of {known} "
-                         f"(see `tokexport models list`)") from None
+        raise InputError(
+            f"unknown bundled model {name!r}: choose one of {known} (see `tokexport models list`)"
+        ) from None
 
 
 def _source_path(model: BundledModel) -> Path:
@@ -181,8 +203,10 @@ def _problem(model: BundledModel, path: Path) -> str | None:
 
 
 def _corrupt_error(model: BundledModel, path: Path, why: str) -> InputError:
-    return InputError(f"bundled model folder {path} is incomplete or corrupt ({why}): "
-                      f"run `tokexport models fetch {model.name} --force` to delete and rebuild it")
+    return InputError(
+        f"bundled model folder {path} is incomplete or corrupt ({why}): "
+        f"run `tokexport models fetch {model.name} --force` to delete and rebuild it"
+    )
 
 
 def list_models() -> list[dict]:
@@ -194,17 +218,26 @@ def list_models() -> list[dict]:
     rows = []
     for model in BUNDLED.values():
         path = root / model.name
-        rows.append({
-            "name": model.name,
-            "description": model.description,
-            "source": model.source,
-            "fetched": all((path / f).is_file() for f in model.required_files),
-            "path": str(path),
-        })
+        rows.append(
+            {
+                "name": model.name,
+                "description": model.description,
+                "source": model.source,
+                "fetched": all((path / f).is_file() for f in model.required_files),
+                "path": str(path),
+            }
+        )
     for gen in GENERATED.values():
         path = root / gen.name
-        rows.append({"name": gen.name, "description": gen.description, "source": gen.source,
-                     "fetched": _generated_problem(path, gen) is None, "path": str(path)})
+        rows.append(
+            {
+                "name": gen.name,
+                "description": gen.description,
+                "source": gen.source,
+                "fetched": _generated_problem(path, gen) is None,
+                "path": str(path),
+            }
+        )
     return rows
 
 
@@ -255,7 +288,8 @@ def fetch(name: str, force: bool = False) -> tuple[Path, bool]:
     if actual != model.source_sha256:
         raise EnvironmentProblem(
             f"{source} has sha256 {actual[:12]}..., expected {model.source_sha256[:12]}... "
-            f"({model.source}): run `{model.install_hint} --force-reinstall`")
+            f"({model.source}): run `{model.install_hint} --force-reinstall`"
+        )
 
     with _claim(final, force) as claim:
         if final.exists() and not force:  # another fetch finished it while we waited for the lock
@@ -269,13 +303,15 @@ def fetch(name: str, force: bool = False) -> tuple[Path, bool]:
                 detail = " ".join(str(e).split())[:200]
                 raise EnvironmentProblem(
                     f"converting {source} into {model.name} failed ({type(e).__name__}: {detail}): "
-                    f"check free space in {root}, or run `{model.install_hint} --force-reinstall`") from e
+                    f"check free space in {root}, or run `{model.install_hint} --force-reinstall`"
+                ) from e
             produced = sha256_file(tmp / WEIGHTS)
             if produced != model.safetensors_sha256:
                 raise EnvironmentProblem(
                     f"converted {model.name} weights have sha256 {produced[:12]}..., expected "
                     f"{model.safetensors_sha256[:12]}... (unexpected onnx/safetensors behaviour): "
-                    f"reinstall the pinned dependencies (constraints.txt) and retry")
+                    f"reinstall the pinned dependencies (constraints.txt) and retry"
+                )
             marker = {
                 "format": MARKER_FORMAT,
                 "name": model.name,
@@ -299,4 +335,3 @@ def _present(model: BundledModel, final: Path) -> Path:
     if why is None:
         return final
     raise _corrupt_error(model, final, why)
-

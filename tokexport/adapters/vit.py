@@ -1,4 +1,5 @@
 """ViT (google/vit-*): one CLS token; blocks at ``vit.layers`` (transformers 5) or ``vit.encoder.layer`` (4.x)."""
+
 from __future__ import annotations
 
 from .base import ADAPTERS, Adapter, BlockLayout

@@ -30,6 +30,7 @@ The package: :mod:`.schema` (the parts of a report.json `check` reads, reading a
 :mod:`.device` (device_results.json: gating it, merging it into a report) and :func:`check` here, which
 loads both files and compares them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,19 +51,42 @@ from .figures import CheckResult, Row, compare, figures
 from .schema import SUPPORTED_SCHEMA_VERSIONS, ReportSchema, load_report, parse_report
 from .tolerances import Tol, Tolerances, load_tolerances
 
-__all__ = ["DEVICE_FORMAT", "SUPPORTED_SCHEMA_VERSIONS", "CheckResult", "DeviceResultsSchema", "ReportSchema", "Row",
-           "Tol", "Tolerances", "check", "compare", "compare_device", "device_identity", "figures",
-           "is_device_results", "load_device_results", "load_report", "load_tolerances", "merged_report",
-           "parse_device_results", "parse_report"]
+__all__ = [
+    "DEVICE_FORMAT",
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "CheckResult",
+    "DeviceResultsSchema",
+    "ReportSchema",
+    "Row",
+    "Tol",
+    "Tolerances",
+    "check",
+    "compare",
+    "compare_device",
+    "device_identity",
+    "figures",
+    "is_device_results",
+    "load_device_results",
+    "load_report",
+    "load_tolerances",
+    "merged_report",
+    "parse_device_results",
+    "parse_report",
+]
 
 
-def check(report_path: str | Path, baseline_path: str | Path, tol: Tolerances,
-          allow_kind_change: bool = False) -> CheckResult:
+def check(
+    report_path: str | Path, baseline_path: str | Path, tol: Tolerances, allow_kind_change: bool = False
+) -> CheckResult:
     """Load both reports (``UnreadableReport`` on a bad one) and compare them. A device_results.json in
     place of the report (what verify_on_device.py writes) is gated against the baseline report by
     :func:`compare_device`."""
-    first = read_json(Path(report_path), "report or device results", UnreadableReport,
-                      missing="report not found; pass the report.json written by `tokexport convert`")
+    first = read_json(
+        Path(report_path),
+        "report or device results",
+        UnreadableReport,
+        missing="report not found; pass the report.json written by `tokexport convert`",
+    )
     if is_device_results(first):
         device = load_device_results(report_path)
         baseline = load_report(baseline_path, "baseline")
@@ -70,7 +94,8 @@ def check(report_path: str | Path, baseline_path: str | Path, tol: Tolerances,
     report = load_report(report_path, "report")
     baseline = load_report(baseline_path, "baseline")
     if report["schema_version"] != baseline["schema_version"]:
-        raise UnreadableReport(f"{report_path}: schema_version {report['schema_version']} differs from the baseline's "
-                               f"({baseline['schema_version']}); regenerate the baseline with this tokexport")
+        raise UnreadableReport(
+            f"{report_path}: schema_version {report['schema_version']} differs from the baseline's "
+            f"({baseline['schema_version']}); regenerate the baseline with this tokexport"
+        )
     return compare(report, baseline, tol, allow_kind_change, (str(report_path), str(baseline_path)))
-

@@ -1,6 +1,7 @@
 """Device results: the device_results.json a bundle's verify_on_device.py writes, validated
 (:class:`DeviceResultsSchema`), gated against the convert report the bundle came from
 (:func:`compare_device`) and merged into it (:func:`merged_report`, `tokexport report merge`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -85,8 +86,10 @@ def parse_device_results(data: Any, where: str = "device results") -> DeviceResu
         err = e.errors()[0]
         name = ".".join(str(x) for x in err["loc"]) or "(top level)"
         what = "is missing" if err["type"] == "missing" else f"is {json_kind(err.get('input'))}: {err['msg'].lower()}"
-        raise UnreadableReport(f"{where}: {name} {what}; not a device_results.json written by verify_on_device.py "
-                               "(run it again on the device)") from None
+        raise UnreadableReport(
+            f"{where}: {name} {what}; not a device_results.json written by verify_on_device.py "
+            "(run it again on the device)"
+        ) from None
 
 
 def _read_json(path: str | Path, role: str) -> Any:
@@ -96,8 +99,10 @@ def _read_json(path: str | Path, role: str) -> Any:
 def load_device_results(path: str | Path) -> dict:
     data = _read_json(path, "device results")
     if not is_device_results(data):
-        raise UnreadableReport(f"{path}: not a device_results.json (no \"format\": \"{DEVICE_FORMAT}\"); pass the file "
-                               "verify_on_device.py writes")
+        raise UnreadableReport(
+            f'{path}: not a device_results.json (no "format": "{DEVICE_FORMAT}"); pass the file '
+            "verify_on_device.py writes"
+        )
     parse_device_results(data, str(path))
     return data
 
@@ -126,17 +131,24 @@ def _device_row_value(r: _DevRow, tol: dict) -> tuple[float | bool | None, float
         return None, False, r.problem
     if r.kind == "exact":
         return tol.get("min_agreement"), r.agreement, "exact agreement >= min_agreement"
-    return (tol.get("median_atol"), r.median_abs,
-            f"median |err| <= median_atol, >= {tol.get('quantile', 0):g} of elements within atol + rtol·|e|, "
-            f"cosine >= {tol.get('min_cosine', 0):g} (max |err| {_fmt_num(r.max_abs)}, cosine {_fmt_num(r.cosine)})")
+    return (
+        tol.get("median_atol"),
+        r.median_abs,
+        f"median |err| <= median_atol, >= {tol.get('quantile', 0):g} of elements within atol + rtol·|e|, "
+        f"cosine >= {tol.get('min_cosine', 0):g} (max |err| {_fmt_num(r.max_abs)}, cosine {_fmt_num(r.cosine)})",
+    )
 
 
 def _fmt_num(v: float | None) -> str:
     return "?" if v is None else f"{v:.3g}"
 
 
-def compare_device(device: dict | DeviceResultsSchema, report: dict, allow_kind_change: bool = False,
-                   labels: tuple[str, str] = ("device results", "report")) -> CheckResult:
+def compare_device(
+    device: dict | DeviceResultsSchema,
+    report: dict,
+    allow_kind_change: bool = False,
+    labels: tuple[str, str] = ("device results", "report"),
+) -> CheckResult:
     """Gate device results against the convert report they came from: the bundle's files matched
     manifest.json, a runtime ran every graph, every output agrees with the expected outputs within the
     bundle's tolerances. UnreadableReport (exit 7) when the bundled graphs are not the report's
@@ -147,42 +159,71 @@ def compare_device(device: dict | DeviceResultsSchema, report: dict, allow_kind_
     notes: list[str] = []
     bad, unknown = device_identity(dev, report)
     if bad and not allow_kind_change:
-        raise UnreadableReport(f"{dl}: the bundle's graphs are not {rl}'s: {'; '.join(bad)}; gate device results "
-                               f"against the report of the conversion they were bundled from, or pass {ALLOW_KIND_CHANGE}")
+        raise UnreadableReport(
+            f"{dl}: the bundle's graphs are not {rl}'s: {'; '.join(bad)}; gate device results "
+            f"against the report of the conversion they were bundled from, or pass {ALLOW_KIND_CHANGE}"
+        )
     if bad:
         notes.append(f"the bundle's graphs differ from the report's ({'; '.join(bad)}; --allow-kind-change)")
     if unknown:
-        notes.append(f"graph identity not verifiable for {', '.join(unknown)} (no source_sha256: a bundle written "
-                     "before device results existed, or a graph the report does not name)")
-    rows = [Row("device.sha256", True, dev.sha256.passed, "every bundle file matches manifest.json",
-                "PASS" if dev.sha256.passed else "FAIL",
-                "; ".join(dev.sha256.problems[:5]))]
+        notes.append(
+            f"graph identity not verifiable for {', '.join(unknown)} (no source_sha256: a bundle written "
+            "before device results existed, or a graph the report does not name)"
+        )
+    rows = [
+        Row(
+            "device.sha256",
+            True,
+            dev.sha256.passed,
+            "every bundle file matches manifest.json",
+            "PASS" if dev.sha256.passed else "FAIL",
+            "; ".join(dev.sha256.problems[:5]),
+        )
+    ]
     if dev.runtime is None or not dev.models:
-        rows.append(Row("device.runtime", True, False, "a runtime ran the bundled graphs", "FAIL",
-                        str(getattr(dev, "problem", None) or "no runtime ran (see the device's output)")))
+        rows.append(
+            Row(
+                "device.runtime",
+                True,
+                False,
+                "a runtime ran the bundled graphs",
+                "FAIL",
+                str(getattr(dev, "problem", None) or "no runtime ran (see the device's output)"),
+            )
+        )
     tol = dict(dev.tolerances)
     for name, m in dev.models.items():
         for r in m.outputs:
             limit, value, rule = _device_row_value(r, tol)
             rows.append(Row(f"device.{name}.{r.output}", limit, value, rule, "PASS" if r.passed else "FAIL"))
-    rows.append(Row("device.passed", True, dev.passed, "verify_on_device.py's verdict", "PASS" if dev.passed else "FAIL"))
+    rows.append(
+        Row("device.passed", True, dev.passed, "verify_on_device.py's verdict", "PASS" if dev.passed else "FAIL")
+    )
     if dev.runtime is not None:
         v = ", ".join(f"{k} {val}" for k, val in dev.runtime.versions.items())
-        notes.append(f"device runtime: {dev.runtime.name}" + (f" on {dev.runtime.provider}" if dev.runtime.provider
-                                                               else "") + f" ({v})")
+        notes.append(
+            f"device runtime: {dev.runtime.name}"
+            + (f" on {dev.runtime.provider}" if dev.runtime.provider else "")
+            + f" ({v})"
+        )
     lat = {n: (s.latency_ms or {}).get("median") for n, s in dev.trtexec.items()}
     for n, s in dev.trtexec.items():
         l_ms = s.latency_ms or {}
-        notes.append(f"trtexec {n}: median {_fmt_num(l_ms.get('median'))} ms, p90 {_fmt_num(l_ms.get('p90'))} ms, "
-                     f"{_fmt_num(s.throughput_qps)} qps (not gated: one device, one run)")
+        notes.append(
+            f"trtexec {n}: median {_fmt_num(l_ms.get('median'))} ms, p90 {_fmt_num(l_ms.get('p90'))} ms, "
+            f"{_fmt_num(s.throughput_qps)} qps (not gated: one device, one run)"
+        )
     if lat.get("baseline") and lat.get("model"):
-        notes.append(f"device speed-up of model.engine over baseline.engine (trtexec medians): "
-                     f"{lat['baseline'] / lat['model']:.3f}×")
+        notes.append(
+            f"device speed-up of model.engine over baseline.engine (trtexec medians): "
+            f"{lat['baseline'] / lat['model']:.3f}×"
+        )
     return CheckResult(rows, notes)
 
 
-def merged_report(report: dict, device: dict, allow_kind_change: bool = False,
-                  labels: tuple[str, str] = ("report", "device results")) -> dict:
+def merged_report(
+    report: dict, device: dict, allow_kind_change: bool = False, labels: tuple[str, str] = ("report", "device results")
+) -> dict:
     """``report`` with the device results under ``device_results`` (a new dict; neither input is modified).
     UnreadableReport when the bundled graphs are not the report's (unless ``allow_kind_change``)."""
     rl, dl = labels
@@ -190,6 +231,8 @@ def merged_report(report: dict, device: dict, allow_kind_change: bool = False,
     parse_report(report, rl)
     bad, _ = device_identity(dev, report)
     if bad and not allow_kind_change:
-        raise UnreadableReport(f"{dl}: the bundle's graphs are not {rl}'s: {'; '.join(bad)}; merge device results "
-                               f"into the report of the conversion they were bundled from, or pass {ALLOW_KIND_CHANGE}")
+        raise UnreadableReport(
+            f"{dl}: the bundle's graphs are not {rl}'s: {'; '.join(bad)}; merge device results "
+            f"into the report of the conversion they were bundled from, or pass {ALLOW_KIND_CHANGE}"
+        )
     return {**report, "device_results": device}

@@ -1,6 +1,7 @@
 """The figures `tokexport check` compares: every comparable figure of a report (:func:`figures`), the rule
 each one is judged by (direction, tolerance), and the comparison of a report with its baseline
 (:func:`compare`) into rows of PASS, FAIL or MISSING (:class:`CheckResult`)."""
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,11 @@ def figures(report: dict | ReportSchema, where: str = "report") -> dict[str, _Fi
         if par.passed is not None:
             out[f"passed.{key}"] = _Figure(par.passed, "true", "passed")
     if rep.model is not None:
-        for key, name in (("params", "params.model"), ("tower_params", "params.tower"),
-                          ("params_trimmed", "params.trimmed")):
+        for key, name in (
+            ("params", "params.model"),
+            ("tower_params", "params.tower"),
+            ("params_trimmed", "params.trimmed"),
+        ):
             if getattr(rep.model, key) is not None:
                 out[name] = _Figure(getattr(rep.model, key), "equal", "params")
     if rep.artifacts is not None:
@@ -133,12 +137,20 @@ class CheckResult:
 
 def _identity(rep: ReportSchema) -> dict[str, str | None]:
     """What makes two reports comparable: the kind of report, the model (as the recipe named it), the task."""
-    return {"kind": rep.kind, "model.source": rep.model.source if rep.model else None,
-            "model.task": rep.model.task if rep.model else None}
+    return {
+        "kind": rep.kind,
+        "model.source": rep.model.source if rep.model else None,
+        "model.task": rep.model.task if rep.model else None,
+    }
 
 
-def compare(report: dict | ReportSchema, baseline: dict | ReportSchema, tol: Tolerances,
-            allow_kind_change: bool = False, labels: tuple[str, str] = ("report", "baseline")) -> CheckResult:
+def compare(
+    report: dict | ReportSchema,
+    baseline: dict | ReportSchema,
+    tol: Tolerances,
+    allow_kind_change: bool = False,
+    labels: tuple[str, str] = ("report", "baseline"),
+) -> CheckResult:
     """Compare every figure of ``report`` with ``baseline``. Baseline figures the report lacks FAIL (or are
     MISSING rows with ``tol.fail_missing`` false); report figures the baseline lacks are MISSING rows.
     ``UnreadableReport`` on a mistyped/non-finite figure, on reports of another kind/model/task (unless
@@ -149,32 +161,40 @@ def compare(report: dict | ReportSchema, baseline: dict | ReportSchema, tol: Tol
     ir, ib = _identity(rep), _identity(base)
     diffs = [f"{k} {ir[k]!r} vs baseline {ib[k]!r}" for k in ir if ir[k] != ib[k]]
     if diffs and not allow_kind_change:
-        raise UnreadableReport(f"{rl}: another kind or model than {bl} ({'; '.join(diffs)}); gate a "
-                               "report against a baseline of the same kind, model and task, or pass "
-                               f"{ALLOW_KIND_CHANGE}")
+        raise UnreadableReport(
+            f"{rl}: another kind or model than {bl} ({'; '.join(diffs)}); gate a "
+            "report against a baseline of the same kind, model and task, or pass "
+            f"{ALLOW_KIND_CHANGE}"
+        )
     if diffs:
-        notes.append(f"report differs from the baseline ({'; '.join(diffs)}; --allow-kind-change): figures of one "
-                     "side only are listed" + (" and fail (fail_missing)" if tol.fail_missing else " as MISSING"))
+        notes.append(
+            f"report differs from the baseline ({'; '.join(diffs)}; --allow-kind-change): figures of one "
+            "side only are listed" + (" and fail (fail_missing)" if tol.fail_missing else " as MISSING")
+        )
     rn, bn = rep.recipe.name if rep.recipe else None, base.recipe.name if base.recipe else None
     if rn != bn:
         notes.append(f"recipe name differs: report {rn!r}, baseline {bn!r}")
     for label, r in (("report", rep), ("baseline", base)):
         other = [nf.path for nf in r.non_finite or []]
         if other:
-            notes.append(f"the {label} records non-finite values outside the gated figures (written as null): "
-                         + ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else ""))
+            notes.append(
+                f"the {label} records non-finite values outside the gated figures (written as null): "
+                + ", ".join(other[:5])
+                + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+            )
     fr, fb = figures(rep, rl), figures(base, bl)
     comparable = [n for n in fb if n in fr and fb[n].group != "passed"]
     if not comparable:
-        raise UnreadableReport(f"{rl}: no figure comparable with {bl} (no accuracy, speed-up, parity, "
-                               "FLOPs, parameter or size figure in both): nothing to gate; pass the report.json "
-                               "`tokexport convert` writes, with verification and bench enabled")
+        raise UnreadableReport(
+            f"{rl}: no figure comparable with {bl} (no accuracy, speed-up, parity, "
+            "FLOPs, parameter or size figure in both): nothing to gate; pass the report.json "
+            "`tokexport convert` writes, with verification and bench enabled"
+        )
     rows = []
     for name, b in fb.items():
         cur = fr.get(name)
         if cur is None:
-            rows.append(Row(name, b.value, None, "missing from the report",
-                            "FAIL" if tol.fail_missing else "MISSING"))
+            rows.append(Row(name, b.value, None, "missing from the report", "FAIL" if tol.fail_missing else "MISSING"))
             continue
         ok, rule = _judge(b, cur, tol)
         rows.append(Row(name, b.value, cur.value, rule, "PASS" if ok else "FAIL"))
@@ -182,5 +202,3 @@ def compare(report: dict | ReportSchema, baseline: dict | ReportSchema, tol: Tol
         if name not in fb:
             rows.append(Row(name, None, cur.value, "missing from the baseline", "MISSING"))
     return CheckResult(rows, notes)
-
-

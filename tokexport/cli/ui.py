@@ -6,6 +6,7 @@ Cheap to import on purpose (typer, rich's console, the standard library): ``--he
 and bad-input errors must come back without loading torch, transformers, onnx or optimum, so nothing
 here imports them, and rich's progress machinery is only imported when a progress display starts.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -128,8 +129,15 @@ def progress() -> Progress:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     # Off in quiet mode, and when stderr is not a terminal: rich draws nothing there but a stray blank line.
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True, disable=_quiet or not err_console.is_terminal)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=_quiet or not err_console.is_terminal,
+    )
 
 
 @contextlib.contextmanager
@@ -146,8 +154,12 @@ class ConsoleLogHandler(logging.Handler):
     """tokexport's log messages on stderr, through ``err_console`` (so they print above a live progress
     display), as plain text. Records logged with ``extra={"console": False}`` are for the log file only."""
 
-    _PREFIX = {logging.DEBUG: "debug: ", logging.WARNING: "warning: ", logging.ERROR: "error: ",
-               logging.CRITICAL: "error: "}
+    _PREFIX = {
+        logging.DEBUG: "debug: ",
+        logging.WARNING: "warning: ",
+        logging.ERROR: "error: ",
+        logging.CRITICAL: "error: ",
+    }
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "console", True) is False:
@@ -238,17 +250,22 @@ def open_log_file(path: Path):
             raise InputError(f"{shown}: is under {special}, which holds no ordinary files; give a log file path")
     for folder in Path(real).parents:
         if outdir.is_tokexport_output(folder):
-            raise InputError(f"{shown}: is inside {folder}, a tokexport output (a later run may replace it); "
-                             "keep the log outside the outputs")
+            raise InputError(
+                f"{shown}: is inside {folder}, a tokexport output (a later run may replace it); "
+                "keep the log outside the outputs"
+            )
     try:
         fd = os.open(raw, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise InputError(f"{shown}: is a symbolic link; tokexport never writes through one (give the real "
-                             "path)") from None
+            raise InputError(
+                f"{shown}: is a symbolic link; tokexport never writes through one (give the real path)"
+            ) from None
         from ..files import os_problem
 
-        raise InputError(f"{shown}: cannot open it for appending ({os_problem(e)}); give a writable file path") from None
+        raise InputError(
+            f"{shown}: cannot open it for appending ({os_problem(e)}); give a writable file path"
+        ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -256,8 +273,10 @@ def open_log_file(path: Path):
 
             raise InputError(f"{shown}: is {kind_of(st.st_mode)}, not a regular file; give a log file path")
         if st.st_size and not _LOG_LINE.match(os.pread(fd, 256, 0)):
-            raise InputError(f"{shown}: exists and is not a tokexport log (the recipe, a report or another file "
-                             "of yours?); it is left as it is: give a new file, or a log tokexport wrote")
+            raise InputError(
+                f"{shown}: exists and is not a tokexport log (the recipe, a report or another file "
+                "of yours?); it is left as it is: give a new file, or a log tokexport wrote"
+            )
         import fcntl
 
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
@@ -330,8 +349,10 @@ def resolve_recipe(recipe: Path) -> Path:
         raise InputError(f"{recipe}: cannot read it: {os_problem(e)}; give the path of a recipe file") from None
     shipped = None if recipe.is_absolute() else find_shipped_recipe(str(recipe))
     if shipped is None:
-        raise InputError(f"{recipe}: recipe file not found, and no shipped recipe has that name; list the "
-                         "shipped ones with `tokexport recipes list`")
+        raise InputError(
+            f"{recipe}: recipe file not found, and no shipped recipe has that name; list the "
+            "shipped ones with `tokexport recipes list`"
+        )
     logger.info("%s: no such file here; using the shipped recipe %s", recipe, shipped)
     return shipped
 
@@ -348,11 +369,20 @@ def console_summary(report: dict, task_lines: Sequence[str] = ()):
 
     parts = [Text(line) for line in task_lines]
     for title, header, rows, right in (
-            ("parity", ["graph", "max abs", "mean abs", "tolerance", ""], render.parity_rows(report), False),
-            ("accuracy against the original", ["metric", "original", "reduced", "delta", "threshold", ""],
-             render.metric_rows(report), False),
-            ("speed" + (f" ({report['bench']['runtime']})" if report.get("bench") else ""),
-             ["batch", "baseline ms", "reduced ms", "base p90", "red p90", "measured"], render.speed_rows(report), True)):
+        ("parity", ["graph", "max abs", "mean abs", "tolerance", ""], render.parity_rows(report), False),
+        (
+            "accuracy against the original",
+            ["metric", "original", "reduced", "delta", "threshold", ""],
+            render.metric_rows(report),
+            False,
+        ),
+        (
+            "speed" + (f" ({report['bench']['runtime']})" if report.get("bench") else ""),
+            ["batch", "baseline ms", "reduced ms", "base p90", "red p90", "measured"],
+            render.speed_rows(report),
+            True,
+        ),
+    ):
         if not rows:
             continue
         t = Table(title=title, show_edge=False)
@@ -361,8 +391,11 @@ def console_summary(report: dict, task_lines: Sequence[str] = ()):
         for r in rows:
             t.add_row(*[escape(c) for c in r])
         parts.append(t)
-    parts.append(Text("PASS", style="bold green") if report["passed"]
-                 else Text("FAIL: " + "; ".join(report["failures"]), style="bold red"))
+    parts.append(
+        Text("PASS", style="bold green")
+        if report["passed"]
+        else Text("FAIL: " + "; ".join(report["failures"]), style="bold red")
+    )
     return Group(*parts)
 
 
@@ -397,8 +430,11 @@ def print_check(result, title: str) -> None:
     n_cmp = sum(r.baseline is not None and r.current is not None for r in result.rows)
     gone = sum(r.current is None for r in result.rows)
     extra = sum(r.baseline is None for r in result.rows)
-    out_console.print(f"{n_cmp} figures compared, {len(result.failed)} failed, {gone} missing from the report"
-                      + (f", {extra} not in the baseline" if extra else ""), highlight=False)
+    out_console.print(
+        f"{n_cmp} figures compared, {len(result.failed)} failed, {gone} missing from the report"
+        + (f", {extra} not in the baseline" if extra else ""),
+        highlight=False,
+    )
 
 
 def print_sweep(summary: dict, out_dir: Path) -> None:
@@ -411,8 +447,11 @@ def print_sweep(summary: dict, out_dir: Path) -> None:
         kind = s["task_kind"]
         done_pts = [p for p in s["points"] if p["status"] == "done"]
         cols = axis_of_report(kind).cli_columns(s) + [
-            (f"{s['metric']}", lambda p: f"{p['metric']:.4f}"), ("drop", lambda p: f"{p['metric_drop']:+.4f}"),
-            ("report", lambda p: p["passed"]), ("Pareto", lambda p: "★" if p["pareto"] else "")]
+            (f"{s['metric']}", lambda p: f"{p['metric']:.4f}"),
+            ("drop", lambda p: f"{p['metric_drop']:+.4f}"),
+            ("report", lambda p: p["passed"]),
+            ("Pareto", lambda p: "★" if p["pareto"] else ""),
+        ]
         t = Table(*(h for h, _ in cols), show_edge=False, title=s["recipe_path"] if "sweeps" in summary else None)
         for p in done_pts:
             t.add_row(*((c if isinstance(c := cell(p), str) else fmt_figure(c)) for _, cell in cols))
@@ -420,14 +459,20 @@ def print_sweep(summary: dict, out_dir: Path) -> None:
         vkey = s["varied"]["key"]
         for p in s["points"]:
             if p["status"] != "done":
-                out_console.print(f"failed: {p['method']} {s['varied']['label']} {p[vkey]:g}: exit {p['exit_code']}: "
-                                  f"{p['error']}", highlight=False, soft_wrap=True)
+                out_console.print(
+                    f"failed: {p['method']} {s['varied']['label']} {p[vkey]:g}: exit {p['exit_code']}: {p['error']}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         if s["resumed"]:
             out_console.print(f"{s['resumed']} point(s) kept from the earlier run (--resume)", highlight=False)
     if "sweeps" in summary:
-        out_console.print(f"wrote {out_dir}/index.html, index.json and, per recipe, "
-                          + ", ".join(f"{e['dir']}/" for e in summary["recipes"])
-                          + " (sweep.json, sweep.html, pareto.png, runs/)", highlight=False)
+        out_console.print(
+            f"wrote {out_dir}/index.html, index.json and, per recipe, "
+            + ", ".join(f"{e['dir']}/" for e in summary["recipes"])
+            + " (sweep.json, sweep.html, pareto.png, runs/)",
+            highlight=False,
+        )
     else:
         out_console.print(f"wrote {out_dir}/sweep.json, sweep.html, pareto.png, runs/", highlight=False)
     out_console.print(f"note: {summary.get('timing', '')}".rstrip(), highlight=False)
@@ -438,14 +483,23 @@ def _print_knob_search(summary: dict, out_dir: Path) -> None:
     metric = summary["metric"]
     for label, e in (("recipe's own", summary["reference"]), ("searched", summary["winner"])):
         sp = ", ".join(f"b{b} {v:.3f}×" for b, v in e["speedups"].items())
-        out_console.print(f"{label:>16}: {summary['knob']} {e['value']} → {metric} drop {e['drop']:+.4f}"
-                          f" ({'within budget' if e['feasible'] else 'over budget or a threshold failed'})"
-                          + (f"; measured speed-up {sp}" if sp else ""), highlight=False)
-    out_console.print(f"evaluated {summary['evaluations']} candidates (at most {summary['max_evals']}), "
-                      f"{'converged' if summary['converged'] else 'stopped by --max-evals'}", highlight=False)
+        out_console.print(
+            f"{label:>16}: {summary['knob']} {e['value']} → {metric} drop {e['drop']:+.4f}"
+            f" ({'within budget' if e['feasible'] else 'over budget or a threshold failed'})"
+            + (f"; measured speed-up {sp}" if sp else ""),
+            highlight=False,
+        )
+    out_console.print(
+        f"evaluated {summary['evaluations']} candidates (at most {summary['max_evals']}), "
+        f"{'converged' if summary['converged'] else 'stopped by --max-evals'}",
+        highlight=False,
+    )
     out_console.print(f"verdict: {summary['verdict']}", highlight=False)
-    out_console.print(f"wrote {out_dir}/{summary['winner_recipe']}, search.json, winner/"
-                      + (", reference/" if summary["measured"]["reference"] else ""), highlight=False)
+    out_console.print(
+        f"wrote {out_dir}/{summary['winner_recipe']}, search.json, winner/"
+        + (", reference/" if summary["measured"]["reference"] else ""),
+        highlight=False,
+    )
 
 
 def _print_schedule_search(summary: dict, out_dir: Path) -> None:
@@ -454,17 +508,24 @@ def _print_schedule_search(summary: dict, out_dir: Path) -> None:
     metric = summary["metric"]
     w, r = summary["winner"], summary["reference"]
     for label, e in (("recipe schedule", r), ("searched", w)):
-        out_console.print(f"{label:>16}: after blocks {e['prune_layers']} keep {e['keep']} → "
-                          f"FLOPs ×{e['flops_ratio']:.3f}, "
-                          f"{metric} drop {e['drop']:+.4f} (PyTorch)", highlight=False)
+        out_console.print(
+            f"{label:>16}: after blocks {e['prune_layers']} keep {e['keep']} → "
+            f"FLOPs ×{e['flops_ratio']:.3f}, "
+            f"{metric} drop {e['drop']:+.4f} (PyTorch)",
+            highlight=False,
+        )
     for label, m in summary["measured"].items():
         if m:
             sp = ", ".join(f"b{b} {v:.3f}×" for b, v in m["speedups"].items())
-            out_console.print(f"{label:>16}: model.onnx {metric} drop {m['drop']:+.4f}; measured speed-up {sp}",
-                              highlight=False)
+            out_console.print(
+                f"{label:>16}: model.onnx {metric} drop {m['drop']:+.4f}; measured speed-up {sp}", highlight=False
+            )
     out_console.print(f"verdict: {summary['verdict']}", highlight=False)
-    out_console.print(f"wrote {out_dir}/{summary['winner_recipe']}, search.json, winner/"
-                      + (", reference/" if summary["measured"]["reference"] else ""), highlight=False)
+    out_console.print(
+        f"wrote {out_dir}/{summary['winner_recipe']}, search.json, winner/"
+        + (", reference/" if summary["measured"]["reference"] else ""),
+        highlight=False,
+    )
 
 
 def print_search(summary: dict, out_dir: Path) -> None:

@@ -10,6 +10,7 @@ Standard library and numpy only: it runs on the device, where tokexport is not i
 tokexport.deploy copies this file into every bundle (with the writing tokexport's version below) and
 imports its comparison functions, so the library and the device compare outputs with the same code.
 """
+
 import argparse
 import contextlib
 import hashlib
@@ -166,7 +167,9 @@ def plain_name(name, what):
     """A name manifest.json uses inside a file name (a model's): letters, digits, _ and -, nothing else."""
     if not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= NAME_CHARS:
         rule = "letters, digits, _ and -; no separators or '..'"
-        raise BundleError(f"manifest.json: {what} {name!r} is not a plain name ({rule}); refusing the bundle (copy it again)")
+        raise BundleError(
+            f"manifest.json: {what} {name!r} is not a plain name ({rule}); refusing the bundle (copy it again)"
+        )
     return name
 
 
@@ -181,16 +184,19 @@ def bundle_file(rel, what="file"):
     """The bundle file manifest.json calls ``rel``, resolved; BundleError unless it is a relative path
     without '..' (or a backslash) that stays inside the bundle."""
     if bad_relative(rel):
-        raise BundleError(f"manifest.json: {what} path {rel!r} may lead outside the bundle (not a plain relative "
-                          "path: an absolute path, a '..' or '.' part, a backslash); refusing to read it (copy the "
-                          "bundle again)")
+        raise BundleError(
+            f"manifest.json: {what} path {rel!r} may lead outside the bundle (not a plain relative "
+            "path: an absolute path, a '..' or '.' part, a backslash); refusing to read it (copy the "
+            "bundle again)"
+        )
     try:
         path = (HERE / rel).resolve()
     except (OSError, RuntimeError):  # a symlink loop
         path = HERE
     if HERE not in path.parents:
-        raise BundleError(f"manifest.json lists a {what} outside the bundle: {rel!r}; refusing to read it (copy the "
-                          "bundle again)")
+        raise BundleError(
+            f"manifest.json lists a {what} outside the bundle: {rel!r}; refusing to read it (copy the bundle again)"
+        )
     return path
 
 
@@ -299,7 +305,7 @@ def _fields(buf):
             length, i = _varint(buf, i)
             if i + length > n:
                 raise ValueError("truncated protobuf")
-            yield key >> 3, buf[i:i + length]
+            yield key >> 3, buf[i : i + length]
             i += length
         else:
             raise ValueError("unsupported protobuf wire type %d" % wire)
@@ -338,8 +344,10 @@ def check_external_data(graph):
     for loc in sorted(set(locations)):
         target = None if bad_relative(loc) else (graph.parent / loc).resolve()
         if target is None or HERE not in target.parents:
-            raise BundleError(f"graph {graph.name} names external data {loc!r} outside the bundle; refusing to run it "
-                              "(copy the bundle again)")
+            raise BundleError(
+                f"graph {graph.name} names external data {loc!r} outside the bundle; refusing to run it "
+                "(copy the bundle again)"
+            )
         regular_file(target, f"external data of {graph.name}:")
 
 
@@ -377,7 +385,9 @@ def ort_providers(choice):
     missing = [ORT_PROVIDERS[p] for p in order if ORT_PROVIDERS[p] not in available]
     if missing:
         have = ", ".join(available)
-        raise RuntimeError(f"--provider {choice} needs {missing[0]}, which this onnxruntime does not offer (it has: {have})")
+        raise RuntimeError(
+            f"--provider {choice} needs {missing[0]}, which this onnxruntime does not offer (it has: {have})"
+        )
     return [ORT_PROVIDERS[p] for p in order]
 
 

@@ -7,6 +7,7 @@ The package: :mod:`.graph_files` (the graph file and its external data: files, h
 
 Everything here works on the ONNX protobuf only; nothing needs TensorRT or a GPU.
 """
+
 from __future__ import annotations
 
 from .findings import Finding, TargetCheck
@@ -16,5 +17,18 @@ from .lint import polygraphy_lint
 from .shapes import check_shapes, set_io_shapes
 from .target_check import check_target
 
-__all__ = ["Finding", "PathLike", "TargetCheck", "check_shapes", "check_target", "default_opset", "inspect_model",
-           "load", "onnx_files", "polygraphy_lint", "set_io_shapes", "sha256_file", "sha256_onnx"]
+__all__ = [
+    "Finding",
+    "PathLike",
+    "TargetCheck",
+    "check_shapes",
+    "check_target",
+    "default_opset",
+    "inspect_model",
+    "load",
+    "onnx_files",
+    "polygraphy_lint",
+    "set_io_shapes",
+    "sha256_file",
+    "sha256_onnx",
+]

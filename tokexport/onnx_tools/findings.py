@@ -1,5 +1,6 @@
 """What a target check finds: one :class:`Finding` per problem of a node (or of the graph), and the
 :class:`TargetCheck` of one graph on one target (with the polygraphy lint summary)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -49,8 +50,14 @@ class TargetCheck:
         return not self.errors
 
     def to_dict(self) -> dict:
-        return {"target": self.target.name, **{k: v for k, v in self.target.to_dict().items() if k != "name"},
-                "model": self.model, "model_opset": self.opset, "passed": self.passed,
-                "errors": len(self.errors), "warnings": len(self.warnings),
-                "findings": [f.to_dict() for f in self.findings], "lint": self.lint}
-
+        return {
+            "target": self.target.name,
+            **{k: v for k, v in self.target.to_dict().items() if k != "name"},
+            "model": self.model,
+            "model_opset": self.opset,
+            "passed": self.passed,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "findings": [f.to_dict() for f in self.findings],
+            "lint": self.lint,
+        }

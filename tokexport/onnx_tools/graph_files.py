@@ -1,6 +1,7 @@
 """An ONNX graph file and the external data it references: the list of files that travel together
 (:func:`onnx_files`), one hash over all of them (:func:`sha256_onnx`) and loading (:func:`load`); every
 location is checked to stay inside the graph's folder and every tensor's bytes to be there."""
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,9 @@ def _external_entries(tensor: TensorProto, path: Path) -> dict[str, str]:
     entries: dict[str, str] = {}
     for entry in tensor.external_data:
         if entry.key in entries:
-            raise InputError(f"{path}: tensor {tensor.name!r} repeats the external data key {entry.key!r}; "
-                             "re-export the model.")
+            raise InputError(
+                f"{path}: tensor {tensor.name!r} repeats the external data key {entry.key!r}; re-export the model."
+            )
         entries[entry.key] = entry.value
     if not entries.get("location"):
         raise InputError(f"{path}: tensor {tensor.name!r} is marked external but has no location; re-export the model.")
@@ -75,14 +77,18 @@ def _check_location(loc: str, path: Path) -> Path:
     except (OSError, RuntimeError, ValueError):  # symlink loops, unreadable parents
         resolved, inside = target, False
     if not inside:
-        raise InputError(f"{path}: external data location {loc!r} resolves outside the graph's folder "
-                         f"(to {resolved}); {fix}")
+        raise InputError(
+            f"{path}: external data location {loc!r} resolves outside the graph's folder (to {resolved}); {fix}"
+        )
     return target
 
 
 # Bits per element of the sub-byte types (packed two or four to a byte); others use numpy's itemsize.
-_SUB_BYTE_BITS = {getattr(TensorProto, n): b for n, b in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4),
-                                                           ("INT2", 2), ("UINT2", 2)) if hasattr(TensorProto, n)}
+_SUB_BYTE_BITS = {
+    getattr(TensorProto, n): b
+    for n, b in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    if hasattr(TensorProto, n)
+}
 
 
 def _tensor_nbytes(tensor: TensorProto) -> int | None:
@@ -108,8 +114,10 @@ def _int_entry(entries: dict[str, str], key: str, tensor: TensorProto, path: Pat
     except ValueError:
         value = -1
     if value < 0:
-        raise InputError(f"{path}: tensor {tensor.name!r} has external data {key} {entries[key]!r}, not a "
-                         "non-negative integer; re-export the model.")
+        raise InputError(
+            f"{path}: tensor {tensor.name!r} has external data {key} {entries[key]!r}, not a "
+            "non-negative integer; re-export the model."
+        )
     return value
 
 
@@ -151,8 +159,10 @@ def _external_files(model: onnx.ModelProto, path: Path) -> list[Path]:
         length = _int_entry(entries, "length", tensor, path)
         nbytes = _tensor_nbytes(tensor)
         if length is not None and nbytes is not None and length < nbytes:
-            raise InputError(f"{path}: tensor {tensor.name!r} declares {length} bytes of external data in {loc!r} "
-                             f"but its shape needs {nbytes}; re-export the model.")
+            raise InputError(
+                f"{path}: tensor {tensor.name!r} declares {length} bytes of external data in {loc!r} "
+                f"but its shape needs {nbytes}; re-export the model."
+            )
         spans.append((tensor, loc, offset, length if length is not None else nbytes))
     missing = [p for p in seen.values() if not p.is_file()]
     if missing:
@@ -231,4 +241,3 @@ def load(path: PathLike, load_external: bool = True) -> onnx.ModelProto:
                 "re-export the model or copy the complete .data file."
             ) from None
     return model
-

@@ -1,6 +1,7 @@
 """What a graph holds, read from the protobuf without its external data: the summary `tokexport inspect`
 prints (:func:`inspect_model`), and the readers the target checks share (declared shapes, node attributes,
 constant values, TopK nodes)."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -153,4 +154,3 @@ def inspect_model(path: PathLike) -> dict:
         "file_bytes": sum(f.stat().st_size for f in files),
         "files": [str(f) for f in files],
     }
-

@@ -1,6 +1,7 @@
 """``polygraphy check lint`` (ONNX checker, ONNX Runtime per-node run, graph surgeon checks) as findings
 of a target check: in this process through polygraphy's own entry point, else in a subprocess; an extra
 that reports why it did not run when polygraphy or onnx-graphsurgeon is missing."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,13 +60,21 @@ def polygraphy_lint(path: PathLike) -> tuple[dict, list[Finding]]:
     if exe is None:
         return {"ran": False, "reason": "polygraphy is not installed"}, []
     if importlib.util.find_spec("onnx_graphsurgeon") is None:
-        return {"ran": False, "reason": "polygraphy check lint needs onnx-graphsurgeon (pip install onnx-graphsurgeon)"}, []
+        return {
+            "ran": False,
+            "reason": "polygraphy check lint needs onnx-graphsurgeon (pip install onnx-graphsurgeon)",
+        }, []
     with tempfile.TemporaryDirectory(prefix="tokexport-lint-") as tmp:
         out = Path(tmp) / "lint.json"
         if not _lint_in_process(path, out):  # a fresh interpreter when polygraphy's own entry point fails here
             try:
-                res = subprocess.run([exe, "check", "lint", str(path), "-o", str(out)], capture_output=True, text=True,
-                                     check=False, timeout=900)
+                res = subprocess.run(
+                    [exe, "check", "lint", str(path), "-o", str(out)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=900,
+                )
             except (OSError, subprocess.SubprocessError) as exc:
                 return {"ran": False, "reason": f"polygraphy check lint could not run: {exc}"}, []
             if not out.is_file():
@@ -81,10 +90,20 @@ def polygraphy_lint(path: PathLike) -> tuple[dict, list[Finding]]:
             continue
         nodes = e.get("nodes") or [None]
         for n in nodes:
-            findings.append(Finding(level, f"LINT_{str(e.get('source', 'polygraphy')).upper()}", n,
-                                    str(e.get("message", "")).strip().splitlines()[0][:400],
-                                    "see `polygraphy check lint` output for the node"))
+            findings.append(
+                Finding(
+                    level,
+                    f"LINT_{str(e.get('source', 'polygraphy')).upper()}",
+                    n,
+                    str(e.get("message", "")).strip().splitlines()[0][:400],
+                    "see `polygraphy check lint` output for the node",
+                )
+            )
     summary = report.get("summary", {})
-    return {"ran": True, "tool": "polygraphy check lint", "passing_nodes": len(summary.get("passing", [])),
-            "failing_nodes": list(summary.get("failing", [])), "entries": len(report.get("lint_entries", []))}, findings
-
+    return {
+        "ran": True,
+        "tool": "polygraphy check lint",
+        "passing_nodes": len(summary.get("passing", [])),
+        "failing_nodes": list(summary.get("failing", [])),
+        "entries": len(report.get("lint_entries", [])),
+    }, findings

@@ -1,5 +1,6 @@
 """Declared input/output shapes: set them (:func:`set_io_shapes`) and check them against what the graph
 computes (:func:`check_shapes`: onnx.checker and strict shape inference, on a copy without the weights)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,8 +64,10 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     for t in big:  # what the checker would verify of a moved tensor: its bytes fill its dims
         size = int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         if size != len(t.raw_data):
-            raise ValueError(f"ONNX checker failed: initializer {t.name} holds {len(t.raw_data)} bytes, "
-                             f"its dims {list(t.dims)} need {size}")
+            raise ValueError(
+                f"ONNX checker failed: initializer {t.name} holds {len(t.raw_data)} bytes, "
+                f"its dims {list(t.dims)} need {size}"
+            )
     sk = onnx.ModelProto()
     _copy_fields(sk, model, skip=("graph",))
     _copy_fields(sk.graph, g, skip=("initializer",))
@@ -92,4 +95,3 @@ def check_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ValueError(
             "declared graph shapes conflict with shape inference: " + " ".join(m.strip() for m in msg if m.strip())
         ) from None
-

@@ -1,6 +1,7 @@
 """The static (no GPU) check of a graph against a deployment target (:func:`check_target`):
 :mod:`tokexport.targets` says what each target accepts (opset, operators, per-operator constraints); this
 module finds every node, declared shape or opset that target would reject or build into wrong numbers."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -109,12 +110,21 @@ Add = Callable[..., None]  # add(level, code, node, message, fix="", op=None): o
 
 def _check_opset(opset: int | None, tgt: Target, add: Add) -> None:
     if opset is None:
-        add("error", "NO_DEFAULT_OPSET", None, "the model imports no default-domain (ai.onnx) opset",
-            "re-export the model with tokexport")
+        add(
+            "error",
+            "NO_DEFAULT_OPSET",
+            None,
+            "the model imports no default-domain (ai.onnx) opset",
+            "re-export the model with tokexport",
+        )
     elif opset > tgt.max_opset:
-        add("error", "OPSET_TOO_NEW", None,
+        add(
+            "error",
+            "OPSET_TOO_NEW",
+            None,
             f"opset {opset} > {tgt.max_opset}, the highest {tgt.label} reads faithfully",
-            f"re-export with export.opset: {tgt.opset} (export.target: {tgt.name})")
+            f"re-export with export.opset: {tgt.opset} (export.target: {tgt.name})",
+        )
 
 
 def _check_io_shapes(model: onnx.ModelProto, add: Add) -> None:
@@ -126,14 +136,24 @@ def _check_io_shapes(model: onnx.ModelProto, add: Add) -> None:
                 continue
             shape = value_shape(vi)
             if shape is None:
-                add("error", "UNKNOWN_RANK", vi.name, f"graph {kind} {vi.name!r} has no declared shape",
-                    "declare static dims (onnx_tools.set_io_shapes) and re-check with check_shapes")
+                add(
+                    "error",
+                    "UNKNOWN_RANK",
+                    vi.name,
+                    f"graph {kind} {vi.name!r} has no declared shape",
+                    "declare static dims (onnx_tools.set_io_shapes) and re-check with check_shapes",
+                )
                 continue
             bad = [(ax, d) for ax, d in enumerate(shape) if ax > 0 and not isinstance(d, int)]
             if bad:
                 desc = ", ".join(f"axis {ax}={d!r}" for ax, d in bad)
-                add("error", "DYNAMIC_DIM", vi.name, f"graph {kind} {vi.name!r} has symbolic non-batch dims ({desc})",
-                    "only the batch axis may be dynamic: export with constant token counts and image size")
+                add(
+                    "error",
+                    "DYNAMIC_DIM",
+                    vi.name,
+                    f"graph {kind} {vi.name!r} has symbolic non-batch dims ({desc})",
+                    "only the batch axis may be dynamic: export with constant token counts and image size",
+                )
 
 
 @dataclass
@@ -155,8 +175,9 @@ class _NodeContext:
         for node in model.graph.node:
             for inp in node.input:
                 consumers.setdefault(inp, []).append(node)
-        return cls(tgt, who, constant_values(model), {t["node"]: t for t in topk_info(model, base_dir)}, consumers,
-                   base_dir)
+        return cls(
+            tgt, who, constant_values(model), {t["node"]: t for t in topk_info(model, base_dir)}, consumers, base_dir
+        )
 
 
 def _check_nodes(model: onnx.ModelProto, c: _NodeContext, add: Add) -> None:
@@ -175,29 +196,60 @@ def _check_nodes(model: onnx.ModelProto, c: _NodeContext, add: Add) -> None:
 def _check_custom_op(node: onnx.NodeProto, name: str, c: _NodeContext, add: Add) -> None:
     op = node.op_type
     if c.tgt.is_tensorrt:
-        add("error", "CUSTOM_OP", name, f"{node.domain}::{op} is not an ONNX operator; {c.who} has no "
-            "importer for it", "export without custom-domain ops (or ship a TensorRT plugin)", op)
+        add(
+            "error",
+            "CUSTOM_OP",
+            name,
+            f"{node.domain}::{op} is not an ONNX operator; {c.who} has no importer for it",
+            "export without custom-domain ops (or ship a TensorRT plugin)",
+            op,
+        )
     elif node.domain not in ("com.microsoft", "ai.onnx.ml"):
-        add("error", "CUSTOM_OP", name, f"{node.domain}::{op} is not known to ONNX Runtime",
-            "export without custom-domain ops", op)
+        add(
+            "error",
+            "CUSTOM_OP",
+            name,
+            f"{node.domain}::{op} is not known to ONNX Runtime",
+            "export without custom-domain ops",
+            op,
+        )
 
 
 def _check_operator(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _NodeContext, add: Add) -> None:
     """The operator itself: parsed by the target, a static output shape, no control flow on TensorRT."""
     op, tgt, who = node.op_type, c.tgt, c.who
     if tgt.ops is not None and op not in tgt.ops:
-        add("error", "UNSUPPORTED_OP", name, f"{op} is not supported by the {who} ONNX parser",
-            _UNSUPPORTED_FIX.get(op, "replace it with supported operators at export time"), op)
+        add(
+            "error",
+            "UNSUPPORTED_OP",
+            name,
+            f"{op} is not supported by the {who} ONNX parser",
+            _UNSUPPORTED_FIX.get(op, "replace it with supported operators at export time"),
+            op,
+        )
     elif tgt.ops is None and not onnx.defs.has(op):
         add("error", "UNSUPPORTED_OP", name, f"{op} is not a standard ONNX operator", "re-export the model", op)
 
     if op in DATA_DEPENDENT_SHAPE_OPS:
-        add("error", "DATA_DEPENDENT_SHAPE", name, f"{op} has a data-dependent output shape",
-            "keep a constant number of tokens: TopK with a constant K + Gather", op)
+        add(
+            "error",
+            "DATA_DEPENDENT_SHAPE",
+            name,
+            f"{op} has a data-dependent output shape",
+            "keep a constant number of tokens: TopK with a constant K + Gather",
+            op,
+        )
     if op in CONTROL_FLOW_OPS and tgt.is_tensorrt:
-        add("error", "CONTROL_FLOW", name, f"{op} (control flow) in a graph whose shapes are all static: "
+        add(
+            "error",
+            "CONTROL_FLOW",
+            name,
+            f"{op} (control flow) in a graph whose shapes are all static: "
             "TensorRT builds it as a conditional/loop layer (slow, restricted on DLA) where a plain op "
-            "would do", "export without it (e.g. index a size-1 axis instead of squeeze, unroll loops)", op)
+            "would do",
+            "export without it (e.g. index a size-1 axis instead of squeeze, unroll loops)",
+            op,
+        )
 
 
 def _check_topk(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _NodeContext, add: Add) -> None:
@@ -210,22 +262,44 @@ def _check_topk(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _NodeCont
     k = info.get("k")
     if not info.get("k_constant"):
         level = "error" if tgt.topk_k_initializer else "warning"
-        add(level, "TOPK_K_NOT_CONSTANT", name,
-            "TopK K is computed at run time" + (f"; {who} requires it as an initializer"
-                                               if level == "error" else ": the kept count is not static"),
-            "make K a Python int at export time, or fold constants "
-            "(`polygraphy surgeon sanitize --fold-constants`)", op)
-    elif len(node.input) > 1 and node.input[1] in consts \
-            and consts[node.input[1]].data_location == TensorProto.EXTERNAL:
-        add("warning", "TOPK_K_EXTERNAL", name,
+        add(
+            level,
+            "TOPK_K_NOT_CONSTANT",
+            name,
+            "TopK K is computed at run time"
+            + (f"; {who} requires it as an initializer" if level == "error" else ": the kept count is not static"),
+            "make K a Python int at export time, or fold constants (`polygraphy surgeon sanitize --fold-constants`)",
+            op,
+        )
+    elif (
+        len(node.input) > 1 and node.input[1] in consts and consts[node.input[1]].data_location == TensorProto.EXTERNAL
+    ):
+        add(
+            "warning",
+            "TOPK_K_EXTERNAL",
+            name,
             "TopK K is stored in the external data file; ONNX Runtime refuses such graphs",
-            "save with a size_threshold that keeps small tensors inline (onnx default 1024 bytes)", op)
+            "save with a size_threshold that keeps small tensors inline (onnx default 1024 bytes)",
+            op,
+        )
     if tgt.is_tensorrt and k is not None and k >= TOPK_MAX_K:
-        add("error", "TOPK_K_TOO_LARGE", name, f"TopK K={k} >= {TOPK_MAX_K}, TensorRT's limit",
-            f"keep fewer than {TOPK_MAX_K} tokens per TopK (split the selection)", op)
+        add(
+            "error",
+            "TOPK_K_TOO_LARGE",
+            name,
+            f"TopK K={k} >= {TOPK_MAX_K}, TensorRT's limit",
+            f"keep fewer than {TOPK_MAX_K} tokens per TopK (split the selection)",
+            op,
+        )
     if tgt.topk_sorted_required and not info.get("sorted", True):
-        add("error", "TOPK_UNSORTED", name, f"TopK sorted=0 is rejected by {who}",
-            "export TopK with sorted=True and sort the indices afterwards", op)
+        add(
+            "error",
+            "TOPK_UNSORTED",
+            name,
+            f"TopK sorted=0 is rejected by {who}",
+            "export TopK with sorted=True and sort the indices afterwards",
+            op,
+        )
 
 
 def _check_scatter(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _NodeContext, add: Add) -> None:
@@ -235,12 +309,23 @@ def _check_scatter(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _NodeC
         return
     reduction = _str_attr(node, "reduction", "none")
     if reduction != "none" and tgt.scatter_reduction_ignored:
-        add("error", "SCATTER_REDUCTION_IGNORED", name,
-            f"{op} reduction={reduction!r} is ignored by the {who} parser (plain assignment: wrong "
-            "numbers, no error)", "express merges as a one-hot matrix MatMul, divide by counts", op)
+        add(
+            "error",
+            "SCATTER_REDUCTION_IGNORED",
+            name,
+            f"{op} reduction={reduction!r} is ignored by the {who} parser (plain assignment: wrong numbers, no error)",
+            "express merges as a one-hot matrix MatMul, divide by counts",
+            op,
+        )
     elif reduction != "none" and op == "ScatterND" and tgt.scatter_nd_reduction_rejected:
-        add("error", "SCATTER_ND_REDUCTION", name, f"ScatterND reduction={reduction!r} is rejected "
-            f"by {who}", "express merges as a one-hot matrix MatMul, divide by counts", op)
+        add(
+            "error",
+            "SCATTER_ND_REDUCTION",
+            name,
+            f"ScatterND reduction={reduction!r} is rejected by {who}",
+            "express merges as a one-hot matrix MatMul, divide by counts",
+            op,
+        )
     mean_like = False
     if not in_subgraph and node.output:
         nxt = c.consumers.get(node.output[0], [])
@@ -248,10 +333,15 @@ def _check_scatter(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _NodeC
     if reduction == "none" and len(node.input) > 1 and node.input[1] not in consts and not in_subgraph:
         mean_like = True  # torch's dynamo exporter maps scatter_reduce(mean) to reduction="none"
     if mean_like:
-        add("warning", "SCATTER_MEAN_LIKE", name,
+        add(
+            "warning",
+            "SCATTER_MEAN_LIKE",
+            name,
             f"{op} (reduction={reduction!r}) with run-time indices looks like a scatter mean/merge: "
             "duplicate indices give last-write-wins or a dropped reduction",
-            "use a one-hot assignment matrix, MatMul, divide by counts", op)
+            "use a one-hot assignment matrix, MatMul, divide by counts",
+            op,
+        )
 
 
 def _check_reduce(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _NodeContext, add: Add) -> None:
@@ -259,12 +349,24 @@ def _check_reduce(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _NodeCo
     op, tgt, who = node.op_type, c.tgt, c.who
     if op.startswith("Reduce") and len(node.input) >= 2 and node.input[1]:
         if tgt.reduce_axes_input_ignored and op in REDUCE_AXES18_OPS:
-            add("error", "REDUCE_AXES_INPUT", name,
+            add(
+                "error",
+                "REDUCE_AXES_INPUT",
+                name,
                 f"{op} takes `axes` as an input (opset 18 form); the {who} parser ignores it and "
-                "reduces over ALL axes, silently", "export with opset <= 17 (axes as an attribute)", op)
+                "reduces over ALL axes, silently",
+                "export with opset <= 17 (axes as an attribute)",
+                op,
+            )
         elif tgt.reduce_axes_initializer and node.input[1] not in c.consts and not in_subgraph:
-            add("error", "REDUCE_AXES_NOT_CONSTANT", name, f"{op} axes come from a run-time tensor; "
-                f"{who} needs them as an initializer", "fold constants before export", op)
+            add(
+                "error",
+                "REDUCE_AXES_NOT_CONSTANT",
+                name,
+                f"{op} axes come from a run-time tensor; {who} needs them as an initializer",
+                "fold constants before export",
+                op,
+            )
 
 
 def _check_other_ops(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _NodeContext, add: Add) -> None:
@@ -274,20 +376,50 @@ def _check_other_ops(node: onnx.NodeProto, name: str, in_subgraph: bool, c: _Nod
     if op == "Einsum" and tgt.einsum_restricted:
         problem = _einsum_problem(_str_attr(node, "equation", ""))
         if problem:
-            add("error", "EINSUM_FORM", name, f"Einsum {problem}: not supported by {who}",
-                "write the contraction as MatMul/Transpose/ReduceSum, or target tensorrt-10", op)
+            add(
+                "error",
+                "EINSUM_FORM",
+                name,
+                f"Einsum {problem}: not supported by {who}",
+                "write the contraction as MatMul/Transpose/ReduceSum, or target tensorrt-10",
+                op,
+            )
 
     if op == "Resize" and trt:
         problem = _resize_problem(node, consts, c.base_dir)
         if problem:
-            add("error", "RESIZE_MODE", name, f"Resize {problem}: not supported by {who}",
-                "resize with nearest/linear/cubic on the innermost axes only", op)
+            add(
+                "error",
+                "RESIZE_MODE",
+                name,
+                f"Resize {problem}: not supported by {who}",
+                "resize with nearest/linear/cubic on the innermost axes only",
+                op,
+            )
     if op == "CumSum" and trt and len(node.input) > 1 and node.input[1] not in consts and not in_subgraph:
-        add("error", "CUMSUM_AXIS", name, f"CumSum axis must be an initializer for {who}",
-            "make the axis a constant", op)
-    if op == "Pad" and tgt.pad_axes_initializer and len(node.input) > 3 and node.input[3] \
-            and node.input[3] not in consts and not in_subgraph:
+        add(
+            "error",
+            "CUMSUM_AXIS",
+            name,
+            f"CumSum axis must be an initializer for {who}",
+            "make the axis a constant",
+            op,
+        )
+    if (
+        op == "Pad"
+        and tgt.pad_axes_initializer
+        and len(node.input) > 3
+        and node.input[3]
+        and node.input[3] not in consts
+        and not in_subgraph
+    ):
         add("error", "PAD_AXES", name, f"Pad axes must be an initializer for {who}", "make them constant", op)
     if op == "LayerNormalization" and tgt.layernorm_y_only and any(node.output[1:]):
-        add("error", "LAYERNORM_EXTRA_OUTPUTS", name, f"{who} supports only LayerNormalization's first "
-            "output (Y)", "do not use Mean/InvStdDev outputs", op)
+        add(
+            "error",
+            "LAYERNORM_EXTRA_OUTPUTS",
+            name,
+            f"{who} supports only LayerNormalization's first output (Y)",
+            "do not use Mean/InvStdDev outputs",
+            op,
+        )

@@ -25,24 +25,45 @@ The package: :mod:`.markers` (the marker, the temporary siblings' tags), :mod:`.
 written), :mod:`.locks` (``.NAME.lock``), :mod:`.owners` (owner records, stale leftovers) and
 :mod:`.claims` (the claim, the staged swap, single files written whole).
 """
+
 from __future__ import annotations
 
 from .checks import check_archive, check_out_dir, check_out_file, checked_force, protect_written
 from .claims import Claim, claim_out_dir, claimed, staged_dir, write_file_atomic
 from .locks import LOCK_SUFFIX, LOCK_TAG
 from .markers import (
-           MARKER,
-           OLD_TAG,
-           TMP_TAG,
-           is_bundle_archive,
-           is_tokexport_output,
-           marker_record,
-           read_marker,
-           write_marker,
+    MARKER,
+    OLD_TAG,
+    TMP_TAG,
+    is_bundle_archive,
+    is_tokexport_output,
+    marker_record,
+    read_marker,
+    write_marker,
 )
 from .owners import OWNER, clean_stale
 
-__all__ = ["LOCK_SUFFIX", "LOCK_TAG", "MARKER", "OLD_TAG", "OWNER", "TMP_TAG", "Claim", "check_archive", "check_out_dir",
-           "check_out_file", "checked_force", "claim_out_dir", "claimed", "clean_stale", "is_bundle_archive",
-           "is_tokexport_output", "marker_record", "protect_written", "read_marker", "staged_dir", "write_file_atomic",
-           "write_marker"]
+__all__ = [
+    "LOCK_SUFFIX",
+    "LOCK_TAG",
+    "MARKER",
+    "OLD_TAG",
+    "OWNER",
+    "TMP_TAG",
+    "Claim",
+    "check_archive",
+    "check_out_dir",
+    "check_out_file",
+    "checked_force",
+    "claim_out_dir",
+    "claimed",
+    "clean_stale",
+    "is_bundle_archive",
+    "is_tokexport_output",
+    "marker_record",
+    "protect_written",
+    "read_marker",
+    "staged_dir",
+    "write_file_atomic",
+    "write_marker",
+]

@@ -2,6 +2,7 @@
 :func:`check_out_file`): every output location tokexport must not write is refused with one line naming
 the path (:class:`~tokexport.errors.InputError`, exit 2); and the files this process writes for the whole
 run, which no output may hold (:func:`protect_written`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,14 @@ def _name_max(path: Path) -> int:
         return 255
 
 
-def check_out_dir(out: str | os.PathLike, force: bool, *, protect: Iterable[str | os.PathLike] = (),
-                  what: str = OUT, recognise: Callable[[Path], bool] | None = None) -> Path:
+def check_out_dir(
+    out: str | os.PathLike,
+    force: bool,
+    *,
+    protect: Iterable[str | os.PathLike] = (),
+    what: str = OUT,
+    recognise: Callable[[Path], bool] | None = None,
+) -> Path:
     """Refuse (InputError, one line naming the path) every output location tokexport must not write;
     returns the absolute path. Writes nothing. ``protect``: files/directories the run reads (the output
     may not be one of them or hold one); ``what``: how the user names the output, for the hints (by default
@@ -90,11 +97,14 @@ def _checked_path(raw: str, shown: str, other: str) -> Path:
     nothing under /proc or /sys, no name or path too long for the file system (with the temporary
     sibling's suffix)."""
     if raw.startswith("~"):  # the command line and the library entry points expand it; never a folder named ~
-        raise InputError(f"{shown}: starts with '~', which was not expanded; give the full path "
-                         f"(e.g. {os.path.expanduser(raw)})")
+        raise InputError(
+            f"{shown}: starts with '~', which was not expanded; give the full path (e.g. {os.path.expanduser(raw)})"
+        )
     if ".." in Path(raw).parts:
-        raise InputError(f"{shown}: the path has a '..' component; give the output directory without '..' "
-                         f"(e.g. {os.path.abspath(raw)})")
+        raise InputError(
+            f"{shown}: the path has a '..' component; give the output directory without '..' "
+            f"(e.g. {os.path.abspath(raw)})"
+        )
     absolute = Path(os.path.abspath(raw))
     for special in _SPECIAL:
         for p in (absolute, _real(absolute)):
@@ -104,12 +114,15 @@ def _checked_path(raw: str, shown: str, other: str) -> Path:
     for part in absolute.parts[1:]:
         n = len(os.fsencode(part))
         if n > name_max:
-            raise InputError(f"{shown}: a path component is too long ({n} bytes, the file system allows "
-                             f"{name_max}); {other}")
+            raise InputError(
+                f"{shown}: a path component is too long ({n} bytes, the file system allows {name_max}); {other}"
+            )
     n = len(os.fsencode(absolute.name))
     if absolute.name and n > name_max - _RESERVE:
-        raise InputError(f"{shown}: the name is too long ({n} bytes; an output directory's name may have at "
-                         f"most {name_max - _RESERVE}, tokexport adds a suffix for its temporary sibling); {other}")
+        raise InputError(
+            f"{shown}: the name is too long ({n} bytes; an output directory's name may have at "
+            f"most {name_max - _RESERVE}, tokexport adds a suffix for its temporary sibling); {other}"
+        )
     if len(os.fsencode(str(absolute))) + _RESERVE + 64 > 4096:
         raise InputError(f"{shown}: the path is too long; {other}")
     return absolute
@@ -120,8 +133,9 @@ def _check_place(absolute: Path, protect: Iterable[str | os.PathLike], shown: st
     directory, a path the run reads (``protect``) or a file it writes for the whole run."""
     resolved = _real(absolute)
     if resolved != absolute:
-        raise InputError(f"{shown}: the path goes through a symbolic link (it resolves to {resolved}); "
-                         f"give the real path or {other}")
+        raise InputError(
+            f"{shown}: the path goes through a symbolic link (it resolves to {resolved}); give the real path or {other}"
+        )
     if resolved == Path(resolved.anchor):
         raise InputError(f"{shown}: is the root directory; {other}")
     with contextlib.suppress(RuntimeError, KeyError, OSError):
@@ -143,8 +157,9 @@ def _check_place(absolute: Path, protect: Iterable[str | os.PathLike], shown: st
             raise InputError(f"{shown}: holds {p}, which this run writes ({why}); {other}")
 
 
-def _check_replaceable(absolute: Path, force: bool, recognise: Callable[[Path], bool] | None, shown: str,
-                       other: str) -> None:
+def _check_replaceable(
+    absolute: Path, force: bool, recognise: Callable[[Path], bool] | None, shown: str, other: str
+) -> None:
     """An existing output: a directory tokexport wrote (``recognise``), replaced only with ``force`` and
     only where its parent is writable."""
     if not os.path.isdir(absolute):
@@ -153,17 +168,22 @@ def _check_replaceable(absolute: Path, force: bool, recognise: Callable[[Path], 
     if not force:
         if ours:
             raise InputError(f"{shown}: output directory already exists; pass {FORCE} to replace it or {other}")
-        raise InputError(f"{shown}: already exists and was not written by tokexport (no {MARKER} in it); "
-                         f"{other} ({FORCE} replaces only directories tokexport wrote)")
+        raise InputError(
+            f"{shown}: already exists and was not written by tokexport (no {MARKER} in it); "
+            f"{other} ({FORCE} replaces only directories tokexport wrote)"
+        )
     if not ours:
-        raise InputError(f"{shown}: was not written by tokexport (no {MARKER} in it), so {FORCE} will not "
-                         f"replace it; move it away yourself or {other}")
+        raise InputError(
+            f"{shown}: was not written by tokexport (no {MARKER} in it), so {FORCE} will not "
+            f"replace it; move it away yourself or {other}"
+        )
     if not os.access(absolute.parent, os.W_OK | os.X_OK):
         raise InputError(f"{shown}: cannot be replaced, {absolute.parent} is not writable; {other}")
 
 
-def check_archive(path: str | os.PathLike, name: str, force: bool, *, protect: Iterable[str | os.PathLike] = (),
-                  what: str = "OUT_DIR") -> None:
+def check_archive(
+    path: str | os.PathLike, name: str, force: bool, *, protect: Iterable[str | os.PathLike] = (), what: str = "OUT_DIR"
+) -> None:
     """The rules of :func:`check_out_dir` for a bundle's ``NAME.tar.gz`` (a file next to the directory):
     it may not be a file the run reads, may exist only with ``force``, and is replaced only when it is
     an archive ``tokexport bundle`` wrote (:func:`is_bundle_archive`)."""
@@ -179,13 +199,22 @@ def check_archive(path: str | os.PathLike, name: str, force: bool, *, protect: I
     if not force:
         raise InputError(f"{shown}: already exists; pass {FORCE} to replace it or choose another {what}")
     if not is_bundle_archive(path, name):
-        raise InputError(f"{shown}: is not an archive tokexport bundle wrote, so {FORCE} will not replace it; "
-                         f"move it away yourself or choose another {what}")
+        raise InputError(
+            f"{shown}: is not an archive tokexport bundle wrote, so {FORCE} will not replace it; "
+            f"move it away yourself or choose another {what}"
+        )
 
 
-def check_out_file(out: str | os.PathLike, force: bool, *, protect: Iterable[str | os.PathLike] = (),
-                   what: str = OUT, recognise: Callable[[Path], bool] | None = None,
-                   kind: str = "file", recognised_as: str = "a file tokexport wrote") -> Path:
+def check_out_file(
+    out: str | os.PathLike,
+    force: bool,
+    *,
+    protect: Iterable[str | os.PathLike] = (),
+    what: str = OUT,
+    recognise: Callable[[Path], bool] | None = None,
+    kind: str = "file",
+    recognised_as: str = "a file tokexport wrote",
+) -> Path:
     """The rules of :func:`check_out_dir` for an output that is one file (``report merge --out``): not
     under /proc or /sys, no '..', no symbolic link on the way or at the name, a folder that exists and is
     writable, not a file the run reads (``protect``) or writes; an existing file only with ``force`` and
@@ -216,8 +245,9 @@ def check_out_file(out: str | os.PathLike, force: bool, *, protect: Iterable[str
     if not os.path.isdir(parent):
         raise InputError(f"{shown}: its folder {parent} does not exist; create it first")
     if _real(parent) != parent:
-        raise InputError(f"{shown}: the path goes through a symbolic link ({parent} resolves to {_real(parent)}); "
-                         "give the real path")
+        raise InputError(
+            f"{shown}: the path goes through a symbolic link ({parent} resolves to {_real(parent)}); give the real path"
+        )
     if os.path.islink(absolute):
         raise InputError(f"{shown}: is a symbolic link; tokexport never writes through one ({other})")
     for p in protect:
@@ -234,9 +264,9 @@ def check_out_file(out: str | os.PathLike, force: bool, *, protect: Iterable[str
         if not force:
             raise InputError(f"{shown}: already exists; pass {FORCE} to replace it")
         if recognise is not None and not recognise(absolute):
-            raise InputError(f"{shown}: exists and is not {recognised_as}; refusing to replace it even with "
-                             f"{FORCE} ({other})")
+            raise InputError(
+                f"{shown}: exists and is not {recognised_as}; refusing to replace it even with {FORCE} ({other})"
+            )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{shown}: its folder {parent} is not writable; {other}")
     return absolute
-

@@ -1,6 +1,7 @@
 """Claiming an output and replacing it atomically: the exclusive claim a run holds on its output
 (:class:`Claim`, :func:`claim_out_dir`), the staging directory swapped into place on success
 (:meth:`Claim.staged`, :func:`staged_dir`), and :func:`write_file_atomic` for an output that is one file."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,8 @@ log = logging.getLogger("tokexport")
 class Claim:
     """An output this process holds the lock of (see :func:`claim_out_dir`)."""
 
-    path: Path          # absolute
-    shown: str          # as the user gave it
+    path: Path  # absolute
+    shown: str  # as the user gave it
     kind: str
     force: bool
     what: str
@@ -51,8 +52,10 @@ class Claim:
             err = write_error(e, self.shown)
             if err is not None:
                 raise err from None
-            raise InputError(f"{self.shown}: cannot create a temporary directory in {parent} ({e.strerror}); "
-                             f"choose another {self.what}") from None
+            raise InputError(
+                f"{self.shown}: cannot create a temporary directory in {parent} ({e.strerror}); "
+                f"choose another {self.what}"
+            ) from None
         self.scratch, self.extras = scratch, []
         try:
             write_owner(scratch, name)
@@ -102,8 +105,9 @@ class Claim:
                     # keep the only copy: without its owner record no later run deletes it
                     with contextlib.suppress(OSError):
                         (old_box / OWNER).unlink()
-                    log.error("%s: could not be put back; the previous output is kept in %s",
-                              self.shown, old_box / name)
+                    log.error(
+                        "%s: could not be put back; the previous output is kept in %s", self.shown, old_box / name
+                    )
                 else:
                     shutil.rmtree(old_box, ignore_errors=True)
             raise
@@ -145,9 +149,18 @@ def claimed(out_dir: str | os.PathLike) -> Claim | None:
 
 
 @contextlib.contextmanager
-def claim_out_dir(out: str | os.PathLike, force: bool, *, kind: str, protect: Iterable[str | os.PathLike] = (),
-                  what: str = OUT, recognise: Callable[[Path], bool] | None = None, wait: bool = False,
-                  recheck: bool = True, keep_parents: bool = False) -> Iterator[Claim]:
+def claim_out_dir(
+    out: str | os.PathLike,
+    force: bool,
+    *,
+    kind: str,
+    protect: Iterable[str | os.PathLike] = (),
+    what: str = OUT,
+    recognise: Callable[[Path], bool] | None = None,
+    wait: bool = False,
+    recheck: bool = True,
+    keep_parents: bool = False,
+) -> Iterator[Claim]:
     """Check ``out`` (:func:`check_out_dir`), create its parents, take the exclusive lock ``.NAME.lock``
     (``wait``: block until a running writer finishes instead of failing at once), check again under the
     lock (``recheck``), remove stale leftovers of dead runs, and yield the :class:`Claim`. On exit the
@@ -180,8 +193,13 @@ def claim_out_dir(out: str | os.PathLike, force: bool, *, kind: str, protect: It
 
 
 @contextlib.contextmanager
-def staged_dir(out_dir: str | os.PathLike, *, force: bool | None = None, kind: str = "output",
-               protect: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+def staged_dir(
+    out_dir: str | os.PathLike,
+    *,
+    force: bool | None = None,
+    kind: str = "output",
+    protect: Iterable[str | os.PathLike] = (),
+) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``out_dir`` on a clean exit (see :meth:`Claim.staged`).
     Uses this process's claim on ``out_dir`` when there is one, else claims it for the duration, with
     ``force`` (default: what the last :func:`check_out_dir` of ``out_dir`` was given, else False).

@@ -1,6 +1,7 @@
 """The exclusive lock of an output, ``.NAME.lock`` next to it: ``flock`` held for the whole run (released
 by the kernel when a process dies), the file created only if absent and holding ``PID tokexport-lock``; a
 file of that name that is not a tokexport lock, or a symbolic link, is refused and left alone."""
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,9 @@ def _open_existing_lock(lock: Path, shown: str, other: str) -> int | None:
         return None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise InputError(f"{shown}: its lock file {lock} is a symbolic link, not a tokexport lock; "
-                             f"remove it yourself or {other}") from None
+            raise InputError(
+                f"{shown}: its lock file {lock} is a symbolic link, not a tokexport lock; remove it yourself or {other}"
+            ) from None
         raise InputError(f"{shown}: cannot open the lock file {lock} ({e.strerror}); {other}") from None
     try:
         st = os.fstat(fd)
@@ -74,8 +76,10 @@ def _open_existing_lock(lock: Path, shown: str, other: str) -> int | None:
         st = None
     if st is None or not stat.S_ISREG(st.st_mode) or not _LOCK_RECORD.match(head):
         os.close(fd)
-        raise InputError(f"{shown}: {lock} exists and is not a tokexport lock file (a file of yours?); it is left "
-                         f"as it is: move it away or {other}")
+        raise InputError(
+            f"{shown}: {lock} exists and is not a tokexport lock file (a file of yours?); it is left "
+            f"as it is: move it away or {other}"
+        )
     return fd
 
 
@@ -104,8 +108,10 @@ def take_lock(path: Path, shown: str, what: str, wait: bool) -> tuple[Path, int]
                 holder = f" (pid {int(os.pread(fd, 32, 0).split()[0])})"
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise InputError(f"{shown}: another tokexport run{holder} is writing this output right now; "
-                                 f"wait for it to finish or {other}") from None
+                raise InputError(
+                    f"{shown}: another tokexport run{holder} is writing this output right now; "
+                    f"wait for it to finish or {other}"
+                ) from None
             raise InputError(f"{shown}: cannot lock {lock} ({e.strerror}); {other}") from None
         try:
             st = os.stat(lock, follow_symlinks=False)
@@ -131,4 +137,3 @@ def release_lock(lock: Path, fd: int) -> None:
         pass
     finally:
         os.close(fd)
-

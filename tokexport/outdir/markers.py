@@ -1,6 +1,7 @@
 """How tokexport recognises its own outputs: the marker every output directory carries
 (``.tokexport-output``: tool, version, kind, created), the marker inside a bundle's .tar.gz, and the tags
 of the temporary siblings an output is staged in (``.NAME.tmp-XXXX``) and moved aside to (``.NAME.old-XXXX``)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ OLD_TAG = ".old-"
 def marker_record(kind: str) -> dict:
     from .. import __version__
 
-    return {"tool": "tokexport", "version": __version__, "kind": kind,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "tool": "tokexport",
+        "version": __version__,
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def write_marker(directory: Path, kind: str) -> None:
@@ -70,4 +75,3 @@ def is_bundle_archive(path: str | os.PathLike, name: str) -> bool:
     except (OSError, ValueError, EOFError, tarfile.TarError):
         return False
     return False
-

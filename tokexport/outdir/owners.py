@@ -1,6 +1,7 @@
 """Owner records and stale leftovers: every temporary container next to an output holds
 ``.tokexport-owner`` (pid, host, process start), so the next run into that output removes the containers
 of dead runs (:func:`clean_stale`) and leaves those of running ones, or of unknown owners, alone."""
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,20 @@ log = logging.getLogger("tokexport")
 def _proc_start(pid: int) -> str | None:
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
-        return data[data.rindex(")") + 2:].split()[19]
+        return data[data.rindex(")") + 2 :].split()[19]
     except (OSError, ValueError, IndexError):
         return None
 
 
 def write_owner(container: Path, output: str) -> None:
-    rec = {"tool": "tokexport", "output": output, "pid": os.getpid(), "host": socket.gethostname(),
-           "start": _proc_start(os.getpid()), "created": time.time()}
+    rec = {
+        "tool": "tokexport",
+        "output": output,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": _proc_start(os.getpid()),
+        "created": time.time(),
+    }
     (container / OWNER).write_text(json.dumps(rec) + "\n")
 
 
@@ -70,8 +77,11 @@ def clean_stale(out_dir: Path) -> list[Path]:
             continue
         rec = read_json_nofollow(Path(e.path) / OWNER)
         if rec is None:
-            log.warning("%s: left next to the output by an earlier run but it carries no tokexport owner record; "
-                        "not deleting it (remove it yourself if it is not needed)", e.path)
+            log.warning(
+                "%s: left next to the output by an earlier run but it carries no tokexport owner record; "
+                "not deleting it (remove it yourself if it is not needed)",
+                e.path,
+            )
             continue
         if rec.get("output") != name:
             continue  # the temporary sibling of another output whose name starts like this one
@@ -80,10 +90,10 @@ def clean_stale(out_dir: Path) -> list[Path]:
             continue
         shutil.rmtree(e.path, ignore_errors=True)
         if os.path.lexists(e.path):
-            log.warning("%s: left behind by a dead tokexport run (pid %s) and could not be removed",
-                        e.path, rec.get("pid"))
+            log.warning(
+                "%s: left behind by a dead tokexport run (pid %s) and could not be removed", e.path, rec.get("pid")
+            )
         else:
             log.debug("removed %s, left behind by a dead tokexport run (pid %s)", e.path, rec.get("pid"))
             removed.append(Path(e.path))
     return removed
-

@@ -1,6 +1,7 @@
 """Token-reduction methods. Importing this package imports every module in it, and each method module
 registers its method (``@METHODS.register``): a new method is one new file here. The hybrid composite is
 imported last, so that its steps may be any method registered before it."""
+
 from __future__ import annotations
 
 from tokexport.errors import InputError
@@ -39,5 +40,15 @@ def make_method(config: ReductionConfig) -> Method:
     return get_method(config.method)(config)
 
 
-__all__ = ["COMPOSITES", "METHODS", "LayerInputs", "MergeInputs", "MergingMethod", "Method", "ReductionConfig",
-           "get_method", "make_method", "method_classes"]
+__all__ = [
+    "COMPOSITES",
+    "METHODS",
+    "LayerInputs",
+    "MergeInputs",
+    "MergingMethod",
+    "Method",
+    "ReductionConfig",
+    "get_method",
+    "make_method",
+    "method_classes",
+]

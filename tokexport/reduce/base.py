@@ -18,6 +18,7 @@ and a recipe: its schedule rule (``ReductionConfig.removals``), its selection co
 read by :func:`tokexport.flops.encoder_flops` per stage) and its budget knob (``knob``: one number that
 moves its FLOPs, used to place it at a FLOPs target by :mod:`tokexport.reduce.budget`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,19 +51,23 @@ class ReductionConfig(BaseModel):
 
     method: str
     prune_layers: list[Count(0, 1023)] = Field(
-        default_factory=list, max_length=1024,
-        description="0-indexed blocks after which tokens are pruned, strictly increasing, each 0..1023."
+        default_factory=list,
+        max_length=1024,
+        description="0-indexed blocks after which tokens are pruned, strictly increasing, each 0..1023.",
     )
     # Booleans, nan and inf are refused here; the range (0, 1] is checked by schedule.plan (before any weights
     # load), which names the element. A single keep_rate stands for every prune layer: its errors are at [0].
     keep_rate: OneOrMany(Real(0, 1, lo_open=True, enforce=False), scalar_index=True) | None = Field(
-        default=None, description="Fraction in (0, 1] of the non-prefix tokens entering each pruning step to keep: "
-                                  "one value for every prune layer, or a non-empty list with one per layer."
+        default=None,
+        description="Fraction in (0, 1] of the non-prefix tokens entering each pruning step to keep: "
+        "one value for every prune layer, or a non-empty list with one per layer.",
     )
     keep: list[Count(1, 3839)] | None = Field(
-        default=None, min_length=1, max_length=1024,
+        default=None,
+        min_length=1,
+        max_length=1024,
         description="Absolute number of non-prefix tokens kept after each pruning layer, each 1..3839 (TensorRT's "
-                    "TopK needs K < 3840); a non-empty list."
+        "TopK needs K < 3840); a non-empty list.",
     )
     rounding: Rounding = Field(
         default="floor",
@@ -152,7 +157,7 @@ class Method:
     def selection_macs(self, stage: Stage, d: Dims, n_prefix: int) -> int:
         """Multiply-accumulates per image the method adds at ``stage`` beyond the blocks themselves: by default,
         recomputing the block's attention probabilities from its q/k (N²·D) when the method scores with them."""
-        return stage.tokens_in ** 2 * d.hidden if self.needs_attention else 0
+        return stage.tokens_in**2 * d.hidden if self.needs_attention else 0
 
     @classmethod
     def knob_bounds(cls, template: ReductionConfig | None) -> tuple[float, float]:
@@ -165,11 +170,15 @@ class Method:
         falls), keeping what ``template`` (e.g. a shipped recipe's reduction) says about everything else.
         Default for pruning methods: keep the fraction ``value`` of the tokens at each of the template's
         ``prune_layers`` (none given: the Zero-TPrune code's blocks 2, 5, 8 of 12, scaled to the depth)."""
-        layers = list(template.prune_layers) if template is not None and template.prune_layers else \
-            default_prune_layers(num_layers)
+        layers = (
+            list(template.prune_layers)
+            if template is not None and template.prune_layers
+            else default_prune_layers(num_layers)
+        )
         base = template.model_dump(exclude={"keep", "keep_rate", "prune_layers"}) if template is not None else {}
-        return cls.config_cls.model_validate({**base, "method": cls.name, "prune_layers": layers,
-                                              "keep_rate": float(value)})
+        return cls.config_cls.model_validate(
+            {**base, "method": cls.name, "prune_layers": layers, "keep_rate": float(value)}
+        )
 
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
         """Return int64 [B, n_keep]: absolute positions (>= n_prefix) of kept tokens, ascending."""
@@ -203,11 +212,13 @@ class MergingMethod(Method):
     def knob(cls, template: ReductionConfig | None, value: float, num_layers: int) -> ReductionConfig:
         """Merging methods: ``value`` is the fraction of the tokens kept by the merge in each of the template's
         ``prune_layers`` (none given: every block)."""
-        layers = list(template.prune_layers) if template is not None and template.prune_layers else \
-            list(range(num_layers))
+        layers = (
+            list(template.prune_layers) if template is not None and template.prune_layers else list(range(num_layers))
+        )
         base = template.model_dump(exclude={"keep", "keep_rate", "prune_layers"}) if template is not None else {}
-        return cls.config_cls.model_validate({**base, "method": cls.name, "prune_layers": layers,
-                                              "keep_rate": float(value), "rounding": "ceil"})
+        return cls.config_cls.model_validate(
+            {**base, "method": cls.name, "prune_layers": layers, "keep_rate": float(value), "rounding": "ceil"}
+        )
 
     def merge(self, x: MergeInputs, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [B, n_prefix + n_keep, D], sizes [B, n_prefix + n_keep, 1]), prefix tokens first and unchanged."""

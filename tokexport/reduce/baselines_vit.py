@@ -26,6 +26,7 @@ nearest class prototype — prototypes from the ORIGINAL model — is the crop's
 ``top1_agreement`` (classifiers: 1 when the reduced logits' argmax equals the original's). Their means are
 exactly the report's ``accuracy.metrics`` values.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,11 +48,15 @@ from .uniform_keep import UniformKeep, UniformKeepConfig
 
 COMPARED = ("feature_cosine", "instance_top1", "top1_agreement")
 BETTER = {"feature_cosine": "higher", "instance_top1": "higher", "top1_agreement": "higher"}
-RANDOM_DESCRIPTION = ("random keep drawn per image: at each of the method's stages a uniformly random subset of the "
-                      "current tokens, new for every image and seed (torch.Generator().manual_seed(seed)); "
-                      "mean ± sd over the seeds")
-UNIFORM_DESCRIPTION = ("2-D uniform lattice of the patch grid (nested square/quincunx lattices, kept by original 2-D "
-                       "position across stages), the same for every image")
+RANDOM_DESCRIPTION = (
+    "random keep drawn per image: at each of the method's stages a uniformly random subset of the "
+    "current tokens, new for every image and seed (torch.Generator().manual_seed(seed)); "
+    "mean ± sd over the seeds"
+)
+UNIFORM_DESCRIPTION = (
+    "2-D uniform lattice of the patch grid (nested square/quincunx lattices, kept by original 2-D "
+    "position across stages), the same for every image"
+)
 BATCH = 24  # rows per forward of a baseline (PyTorch or the tail graph); the per-image random draws follow it
 
 
@@ -88,7 +93,7 @@ class _Replay(torch.nn.Module):
         out = hidden_states
         if self.recorded is not None:
             b, start = int(hidden_states.shape[0]), self.cursor[0]
-            out = self.recorded[start:start + b]
+            out = self.recorded[start : start + b]
             if out.shape[0] != b:
                 raise RuntimeError(f"replay: rows {start}..{start + b} beyond the {self.recorded.shape[0]} recorded")
             self.cursor[0] = start + b
@@ -148,8 +153,14 @@ def pruning_stages(schedule: Iterable[Stage]) -> list[Stage]:
     return [replace(s, kind="prune", prop_attn=False) for s in schedule]
 
 
-def per_sample(names: Iterable[str], orig: dict[str, np.ndarray], red: dict[str, np.ndarray], feature: str,
-               prototypes: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+def per_sample(
+    names: Iterable[str],
+    orig: dict[str, np.ndarray],
+    red: dict[str, np.ndarray],
+    feature: str,
+    prototypes: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, np.ndarray]:
     """One value per evaluation sample of each compared metric in ``names`` (see the module doc)."""
     out: dict[str, np.ndarray] = {}
     for name in names:
@@ -162,8 +173,9 @@ def per_sample(names: Iterable[str], orig: dict[str, np.ndarray], red: dict[str,
     return out
 
 
-def _torch_outputs(model, adapter, forward: Callable, stages: list[Stage], x: np.ndarray, method: Method,
-                   recorded: dict | None) -> dict[str, np.ndarray]:
+def _torch_outputs(
+    model, adapter, forward: Callable, stages: list[Stage], x: np.ndarray, method: Method, recorded: dict | None
+) -> dict[str, np.ndarray]:
     """One baseline run in PyTorch (host forward under the patch, prefix blocks replayed from ``recorded``)."""
     from ..stages.runners import TorchRunner, run_rows
 
@@ -176,10 +188,20 @@ def _torch_outputs(model, adapter, forward: Callable, stages: list[Stage], x: np
         return run_rows(TorchRunner(fn), {"pixel_values": x}, batch=BATCH)  # TorchRunner: inference_mode
 
 
-def baseline_runs(model, adapter, forward: Callable[[torch.Tensor], dict], schedule: list[Stage], x: np.ndarray,
-                  figures: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], seeds: Iterable[int],
-                  on_step: Callable[[], None] = lambda: None, recorded: dict | None = None,
-                  engine: str = "torch", workdir=None, info: dict | None = None) -> list[BaselineRun]:
+def baseline_runs(
+    model,
+    adapter,
+    forward: Callable[[torch.Tensor], dict],
+    schedule: list[Stage],
+    x: np.ndarray,
+    figures: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    seeds: Iterable[int],
+    on_step: Callable[[], None] = lambda: None,
+    recorded: dict | None = None,
+    engine: str = "torch",
+    workdir=None,
+    info: dict | None = None,
+) -> list[BaselineRun]:
     """Run the per-image random baseline (one run per seed) and the 2-D uniform baseline on ``x`` at
     ``schedule``'s kept counts; ``figures(outputs)`` turns a run's outputs into per-sample values.
     ``recorded`` (:func:`record_block` / :func:`record_prefix` of the first stage's block, on the same rows
@@ -190,8 +212,9 @@ def baseline_runs(model, adapter, forward: Callable[[torch.Tensor], dict], sched
     against the PyTorch run on the first rows; any export failure or disagreement falls back to PyTorch.
     ``info`` (a dict) receives ``engine`` (what ran) and ``note`` (why, when it fell back)."""
     stages = pruning_stages(schedule)
-    if recorded and (not stages or recorded.get("layer") != stages[0].layer
-                     or int(recorded["hidden"].shape[0]) != len(x)):
+    if recorded and (
+        not stages or recorded.get("layer") != stages[0].layer or int(recorded["hidden"].shape[0]) != len(x)
+    ):
         recorded = None  # not the record of these rows at this schedule's first stage: compute everything
     info = info if info is not None else {}
     methods = [PerImageRandom(int(s)) for s in seeds] + [UniformKeep(UniformKeepConfig())]
@@ -202,17 +225,30 @@ def baseline_runs(model, adapter, forward: Callable[[torch.Tensor], dict], sched
         else:
             try:
                 tail = TailGraph(model, adapter, forward, stages, recorded, x, workdir)
-                tail.check(_torch_outputs(model, adapter, forward, stages, x[:CHECK_ROWS], UniformKeep(UniformKeepConfig()),
-                                          {**recorded, "hidden": recorded["hidden"][:CHECK_ROWS]}),
-                           UniformKeep(UniformKeepConfig()), CHECK_ROWS)
+                tail.check(
+                    _torch_outputs(
+                        model,
+                        adapter,
+                        forward,
+                        stages,
+                        x[:CHECK_ROWS],
+                        UniformKeep(UniformKeepConfig()),
+                        {**recorded, "hidden": recorded["hidden"][:CHECK_ROWS]},
+                    ),
+                    UniformKeep(UniformKeepConfig()),
+                    CHECK_ROWS,
+                )
             except TailGraphError as e:
                 info["note"] = f"{e}; baselines computed in PyTorch"
                 tail = None
     info["engine"] = "onnxruntime" if tail is not None else "torch"
 
     def outputs(method: Method) -> dict[str, np.ndarray]:
-        out = (tail.run(method) if tail is not None
-               else _torch_outputs(model, adapter, forward, stages, x, method, recorded))
+        out = (
+            tail.run(method)
+            if tail is not None
+            else _torch_outputs(model, adapter, forward, stages, x, method, recorded)
+        )
         on_step()
         return out
 
@@ -224,8 +260,10 @@ def baseline_runs(model, adapter, forward: Callable[[torch.Tensor], dict], sched
     uniform = {name: [v] for name, v in figures(outputs(methods[-1])).items()}
     if tail is not None:
         info["check_max_abs_diff"] = tail.checked
-    return [BaselineRun("random", RANDOM_DESCRIPTION, random_draws, seeds=seeds),
-            BaselineRun("uniform", UNIFORM_DESCRIPTION, uniform)]
+    return [
+        BaselineRun("random", RANDOM_DESCRIPTION, random_draws, seeds=seeds),
+        BaselineRun("uniform", UNIFORM_DESCRIPTION, uniform),
+    ]
 
 
 # --- the same runs in ONNX Runtime ----------------------------------------------------------------------
@@ -256,8 +294,9 @@ class GivenKeep(Method):
         return idx
 
 
-def keep_plan(method: Method, stages: list[Stage], n_tokens: int, n_prefix: int, num_layers: int,
-              rows: int, batch: int) -> list[list[np.ndarray]]:
+def keep_plan(
+    method: Method, stages: list[Stage], n_tokens: int, n_prefix: int, num_layers: int, rows: int, batch: int
+) -> list[list[np.ndarray]]:
     """The positions ``method`` keeps, chunk by chunk (``batch`` rows, the last one shorter) and stage by
     stage, WITHOUT running the model: for methods that never look at the tokens (per-image random, the
     lattice) ``select`` needs only the shapes. The calls happen in the order the PyTorch run makes them
@@ -271,8 +310,15 @@ def keep_plan(method: Method, stages: list[Stage], n_tokens: int, n_prefix: int,
     for s in range(0, rows, batch):
         b, n, per = min(batch, rows - s), n_tokens, []
         for st in stages:
-            x = LayerInputs(hidden=torch.zeros(b, n, 1), attn=None, keys=None, n_prefix=n_prefix, layer=st.layer,
-                            num_layers=num_layers, grid=grid)
+            x = LayerInputs(
+                hidden=torch.zeros(b, n, 1),
+                attn=None,
+                keys=None,
+                n_prefix=n_prefix,
+                layer=st.layer,
+                num_layers=num_layers,
+                grid=grid,
+            )
             per.append(method.select(x, st.n_keep).to(torch.int64).numpy())
             n = n_prefix + st.n_keep
         plan.append(per)
@@ -293,8 +339,9 @@ class _Inject(nn.Module):
 
 
 class _Tail(nn.Module):
-    def __init__(self, model, forward: Callable, holder: list, method: GivenKeep, names: list[str],
-                 pixel_shape: tuple[int, ...]):
+    def __init__(
+        self, model, forward: Callable, holder: list, method: GivenKeep, names: list[str], pixel_shape: tuple[int, ...]
+    ):
         super().__init__()
         self.model, self.forward_fn, self.holder, self.method = model, forward, holder, method
         self.names, self.pixel_shape = names, pixel_shape
@@ -312,8 +359,7 @@ class TailGraph:
     :data:`BATCH`), run by ONNX Runtime on the CPU for every baseline. Never shipped: it lives in ``workdir``.
     ``x`` are the rows the baselines run on (pixel values; only their shape is used)."""
 
-    def __init__(self, model, adapter, forward: Callable, stages: list[Stage], recorded: dict, x: np.ndarray,
-                 workdir):
+    def __init__(self, model, adapter, forward: Callable, stages: list[Stage], recorded: dict, x: np.ndarray, workdir):
         from pathlib import Path
 
         from ..export import ExportError, run_exporter
@@ -325,8 +371,10 @@ class TailGraph:
         self.checked: float | None = None
         holder: list = [None]
         given = GivenKeep()
-        keeps = [torch.arange(self.n_prefix, self.n_prefix + st.n_keep).expand(BATCH, st.n_keep).contiguous()
-                 for st in stages]
+        keeps = [
+            torch.arange(self.n_prefix, self.n_prefix + st.n_keep).expand(BATCH, st.n_keep).contiguous()
+            for st in stages
+        ]
         example = torch.from_numpy(_pad(hidden[:BATCH].numpy(), BATCH))
         layers = adapter.layers(model)
         last = int(recorded["layer"])
@@ -342,20 +390,32 @@ class TailGraph:
             self.names = list(probe)
             with reduced(model, adapter, stages, given):
                 module = _Tail(model, forward, holder, given, self.names, tuple(x.shape[1:])).eval()
-                run_exporter(module, (example, *keeps), path, 17, "torchscript",
-                             ["hidden", *[f"keep_{i}" for i in range(len(keeps))]], self.names, False)
+                run_exporter(
+                    module,
+                    (example, *keeps),
+                    path,
+                    17,
+                    "torchscript",
+                    ["hidden", *[f"keep_{i}" for i in range(len(keeps))]],
+                    self.names,
+                    False,
+                )
         except ExportError as e:
             raise TailGraphError(f"the baselines' tail graph did not export ({e})") from e
         except Exception as e:  # the probe forward under the patch: any failure means PyTorch computes them
-            raise TailGraphError(f"the baselines' tail graph could not be traced ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+            raise TailGraphError(
+                f"the baselines' tail graph could not be traced ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+            ) from e
         finally:
             for i, block in enumerate(originals):
                 layers[i] = block
         try:
             self.runner = OrtRunner(path, provider="cpu")
         except Exception as e:  # any onnxruntime refusal means: use PyTorch
-            raise TailGraphError(f"onnxruntime did not load the baselines' tail graph ({str(e).splitlines()[0][:200]})") from e
+            raise TailGraphError(
+                f"onnxruntime did not load the baselines' tail graph ({str(e).splitlines()[0][:200]})"
+            ) from e
         self.inputs = set(self.runner.input_names)
 
     def run(self, method: Method, rows: int | None = None) -> dict[str, np.ndarray]:
@@ -365,7 +425,7 @@ class TailGraph:
         plan = keep_plan(method, self.stages, self.n_tokens, self.n_prefix, self.adapter.num_layers, rows, BATCH)
         parts: dict[str, list[np.ndarray]] = {}
         for c, per in enumerate(plan):
-            h = hidden[c * BATCH:(c + 1) * BATCH]
+            h = hidden[c * BATCH : (c + 1) * BATCH]
             real = len(h)
             feed = {"hidden": _pad(h, BATCH), **{f"keep_{i}": _pad(k, BATCH) for i, k in enumerate(per)}}
             for name, v in self.runner.infer({k: v for k, v in feed.items() if k in self.inputs}).items():
@@ -417,7 +477,7 @@ def record_prefix(model, adapter, forward: Callable, layer: int, x: np.ndarray) 
         for i in range(layer + 1, len(originals)):
             layers[i] = _Pass()
         for s in range(0, n, BATCH):
-            run_rows(TorchRunner(forward), {"pixel_values": x[s:s + BATCH]}, batch=BATCH)
+            run_rows(TorchRunner(forward), {"pixel_values": x[s : s + BATCH]}, batch=BATCH)
             row = parts[0][0]  # one row of block `layer`'s output: all n rows must fit
             if row.numel() * row.element_size() * n > MAX_CACHE_BYTES:
                 return {}
@@ -428,8 +488,21 @@ def record_prefix(model, adapter, forward: Callable, layer: int, x: np.ndarray) 
     return {"layer": layer, "hidden": torch.cat(parts), "as_tuple": kind["tuple"]} if parts else {}
 
 
-__all__ = ["BETTER", "COMPARED", "GivenKeep", "PerImageRandom", "TailGraph", "TailGraphError", "baseline_runs",
-           "keep_plan", "per_sample", "pruning_stages", "record_block", "record_prefix", "replaying"]
+__all__ = [
+    "BETTER",
+    "COMPARED",
+    "GivenKeep",
+    "PerImageRandom",
+    "TailGraph",
+    "TailGraphError",
+    "baseline_runs",
+    "keep_plan",
+    "per_sample",
+    "pruning_stages",
+    "record_block",
+    "record_prefix",
+    "replaying",
+]
 
 
 def block_output_name(graph, model, adapter, layer: int) -> str | None:

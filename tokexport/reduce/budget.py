@@ -3,6 +3,7 @@ overhead included, as every report computes it) is closest to a target, found fr
 knob (``Method.knob``) and nothing else — never from accuracy. Used to place every method at the same
 budgets (scripts/bench_frontier.py) and to choose shipped recipes' budgets before measuring them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,9 +45,14 @@ def knob_values(method_cls: type[Method], template: ReductionConfig | None = Non
     return [round(hi - i * step, 6) for i in range(n + 1)]
 
 
-def config_at_flops(method_cls: type[Method], template: ReductionConfig | None, target: float, shape: ModelShape,
-                    step: float = 0.001, make: Callable[[ReductionConfig], Method] | None = None
-                    ) -> tuple[ReductionConfig, float]:
+def config_at_flops(
+    method_cls: type[Method],
+    template: ReductionConfig | None,
+    target: float,
+    shape: ModelShape,
+    step: float = 0.001,
+    make: Callable[[ReductionConfig], Method] | None = None,
+) -> tuple[ReductionConfig, float]:
     """(config, its FLOPs ratio): the knob value whose FLOPs ratio is closest to ``target`` (ties: the milder
     knob). Knob values the model cannot plan (a merge beyond half the tokens, ...) are skipped. InputError when
     no value plans at all."""

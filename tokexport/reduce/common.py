@@ -1,4 +1,5 @@
 """Static-shape building blocks shared by the reduction methods."""
+
 from __future__ import annotations
 
 from tokexport.lazy import torch

@@ -18,6 +18,7 @@ Static form: one constant-K TopK for the pivots, then per pivot a MatMul row of 
 below every candidate (score −cos − 4·kept), a constant-K TopK, and the kept mask updated with Equal/ReduceSum
 (no scatter); the p rounds are unrolled, the kept positions sorted with one constant-K TopK.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -39,7 +40,8 @@ class DartConfig(ReductionConfig):
 
     method: Literal["dart"] = Field(default="dart", description="Method name.")
     pivots: Count(1, 256) = Field(
-        default=4, description="Pivot tokens per pruning step, 1..256 (official pivot_image_token: 4; no text pivots in a ViT)."
+        default=4,
+        description="Pivot tokens per pruning step, 1..256 (official pivot_image_token: 4; no text pivots in a ViT).",
     )
 
 
@@ -74,7 +76,7 @@ def dart_picks(h: torch.Tensor, keys: torch.Tensor, n_keep: int, pivots: int) ->
     for i, t in enumerate(per_pivot(n_keep, p)):
         if t == 0:
             continue
-        hp = torch.gather(hn, 1, piv[:, i:i + 1, None].expand(-1, 1, int(hn.shape[-1])))  # [B, 1, D]
+        hp = torch.gather(hn, 1, piv[:, i : i + 1, None].expand(-1, 1, int(hn.shape[-1])))  # [B, 1, D]
         cos = pivot_cosines(hp, hn)  # [B, M]
         score = -cos - 4.0 * kept  # the kept tokens fall below every candidate (-cos >= -1)
         sel = torch.topk(score, t, dim=-1, largest=True, sorted=True).indices

@@ -18,6 +18,7 @@ torch.argmax. Deviation from the official greedy: D's diagonal is set to −1 in
 every remaining token duplicates a picked one, and keeps fewer distinct tokens then); the first pick is the
 same (the second-smallest entry of a column is still the nearest other token).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -93,7 +94,7 @@ class DivPrune(Method):
     needs_attention = False
 
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
-        picks = max_min_picks(cosine_distance(x.hidden[:, x.n_prefix:]), n_keep)
+        picks = max_min_picks(cosine_distance(x.hidden[:, x.n_prefix :]), n_keep)
         return sort_positions(picks) + x.n_prefix
 
     def selection_macs(self, stage, d, n_prefix: int) -> int:

@@ -16,6 +16,7 @@ the patch, the FLOPs, the report and the baselines treat each stage as its own m
 The step union is built from the registry once every method module has registered (:func:`finalize`, called
 by ``tokexport.reduce``); a method registered later becomes a step option when ``finalize`` runs again.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -36,10 +37,13 @@ class HybridConfig(ReductionConfig):
 
     method: Literal["hybrid"] = Field(default="hybrid", description="Method name.")
     steps: list[HybridStep] = Field(
-        min_length=1, max_length=64,
-        description=("The steps, in block order, 1 to 64: each is a method's own reduction config (method + its "
-                     "schedule and parameters). Blocks of different steps must not overlap; the tokens leaving one "
-                     "step enter the next."),
+        min_length=1,
+        max_length=64,
+        description=(
+            "The steps, in block order, 1 to 64: each is a method's own reduction config (method + its "
+            "schedule and parameters). Blocks of different steps must not overlap; the tokens leaving one "
+            "step enter the next."
+        ),
     )
 
     @model_validator(mode="after")
@@ -47,8 +51,9 @@ class HybridConfig(ReductionConfig):
         defaults = {f: type(self).model_fields[f].get_default(call_default_factory=True) for f in _SCHEDULE_FIELDS}
         given = [f for f in _SCHEDULE_FIELDS if getattr(self, f) != defaults[f]]  # a dump's defaults round-trip
         if given:
-            raise ValueError(f"{given[0]}: a hybrid's schedule is given in each step (steps[i].{given[0]}), not at "
-                             "the top level")
+            raise ValueError(
+                f"{given[0]}: a hybrid's schedule is given in each step (steps[i].{given[0]}), not at the top level"
+            )
         for i, step in enumerate(self.steps):
             if getattr(step, "method", None) == "hybrid":
                 raise ValueError(f"steps[{i}]: a step cannot itself be a hybrid; list its steps here instead")
@@ -66,12 +71,16 @@ class HybridConfig(ReductionConfig):
             except InputError as e:
                 raise InputError(_in_step(str(e), i)) from None
             if not got:
-                raise InputError(f"reduction.steps[{i}]: the {step.method} step reduces nothing at this size; give it "
-                                 "blocks and a budget, or remove it")
+                raise InputError(
+                    f"reduction.steps[{i}]: the {step.method} step reduces nothing at this size; give it "
+                    "blocks and a budget, or remove it"
+                )
             blocks = [s.layer for s in got]
             if last is not None and blocks[0] <= last:
-                raise InputError(f"reduction.steps[{i}]: its blocks {blocks} do not all come after step {i - 1}'s "
-                                 f"last block ({last}); steps apply in block order and never share a block")
+                raise InputError(
+                    f"reduction.steps[{i}]: its blocks {blocks} do not all come after step {i - 1}'s "
+                    f"last block ({last}); steps apply in block order and never share a block"
+                )
             stages += [replace(s, method=step.method, step=i) for s in got]
             n, last = got[-1].tokens_out, blocks[-1]
         return stages
@@ -80,9 +89,9 @@ class HybridConfig(ReductionConfig):
 def _in_step(message: str, i: int) -> str:
     """An error of step ``i``'s own planning, naming ``reduction.steps[i]``."""
     if message.startswith("reduction."):
-        return f"reduction.steps[{i}]." + message[len("reduction."):]
+        return f"reduction.steps[{i}]." + message[len("reduction.") :]
     if message.startswith("reduction:"):
-        return f"reduction.steps[{i}]:" + message[len("reduction:"):]
+        return f"reduction.steps[{i}]:" + message[len("reduction:") :]
     return f"reduction.steps[{i}]: {message}"
 
 
@@ -134,8 +143,11 @@ class Hybrid(Method):
         return HybridConfig(steps=steps)
 
     def describe(self) -> dict:
-        return {"steps": [{"method": m.name, "prune_layers": list(m.config.prune_layers), **m.describe()}
-                          for m in self.steps]}
+        return {
+            "steps": [
+                {"method": m.name, "prune_layers": list(m.config.prune_layers), **m.describe()} for m in self.steps
+            ]
+        }
 
 
 def _needs_template(template: HybridConfig | None) -> HybridConfig:

@@ -8,6 +8,7 @@ near-ties from a wrong graph, the parity check runs the PyTorch reference once m
 :func:`recording`, and every selection reports, per sample, the relative gap at each boundary it
 decided (:func:`note_boundary`). Outside :func:`recording` (and during ONNX export) this is a no-op.
 """
+
 from __future__ import annotations
 
 import contextlib

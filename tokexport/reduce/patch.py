@@ -14,6 +14,7 @@ through the host attention's ``attention_mask`` (proportional attention). Blocks
 the host forward unchanged (with that bias once sizes exist). One schedule may mix both kinds (a hybrid):
 a prune stage after a merge gathers the token sizes along with the tokens.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,8 +97,17 @@ class _Block(nn.Module):
 
     Blocks without a stage run the host forward unchanged."""
 
-    def __init__(self, inner: nn.Module, index: int, stage: Stage | None, method: Method | None,
-                 capture: tuple[_Capture, _Capture] | None, adapter: Adapter, grid: _Grid, sizes: _Sizes):
+    def __init__(
+        self,
+        inner: nn.Module,
+        index: int,
+        stage: Stage | None,
+        method: Method | None,
+        capture: tuple[_Capture, _Capture] | None,
+        adapter: Adapter,
+        grid: _Grid,
+        sizes: _Sizes,
+    ):
         super().__init__()
         self.inner = inner
         self.index = index
@@ -133,8 +143,14 @@ class _Block(nn.Module):
         x = self.halves.attention(hidden_states, bias, **kwargs)
         keys = captured_keys(self.capture, self.heads, self.head_dim)
         x, size = self.method.merge(
-            MergeInputs(hidden=x, keys=keys, size=self.sizes.size, n_prefix=self.n_prefix, layer=self.index,
-                        num_layers=self.num_layers),
+            MergeInputs(
+                hidden=x,
+                keys=keys,
+                size=self.sizes.size,
+                n_prefix=self.n_prefix,
+                layer=self.index,
+                num_layers=self.num_layers,
+            ),
             self.stage.n_keep,
         )
         self.sizes.size, self.sizes.prop_attn = size, self.sizes.prop_attn or self.stage.prop_attn
@@ -148,8 +164,15 @@ class _Block(nn.Module):
         elif self.capture is not None:
             keys = captured_keys(self.capture, self.heads, self.head_dim)
         idx = self.method.select(
-            LayerInputs(hidden=h, attn=attn, keys=keys, n_prefix=self.n_prefix, layer=self.index,
-                        num_layers=self.num_layers, grid=self.grid.shape),
+            LayerInputs(
+                hidden=h,
+                attn=attn,
+                keys=keys,
+                n_prefix=self.n_prefix,
+                layer=self.index,
+                num_layers=self.num_layers,
+                grid=self.grid.shape,
+            ),
             self.stage.n_keep,
         )
         if self.sizes.size is not None:  # tokens that stand for several patches keep their sizes
@@ -207,7 +230,7 @@ def captured_attention(capture: tuple[_Capture, _Capture], heads: int, head_dim:
     q = q.reshape(b, n, heads, head_dim).transpose(1, 2)
     k = k.reshape(b, n, heads, head_dim).transpose(1, 2)
     capture[0].last = capture[1].last = None
-    return attention_probs(q, k, head_dim ** -0.5, temperature), k
+    return attention_probs(q, k, head_dim**-0.5, temperature), k
 
 
 @contextlib.contextmanager
@@ -225,8 +248,16 @@ def reduced(model: nn.Module, adapter: Adapter, stages: list[Stage], method: Met
         with capture_qk(model, adapter, captured) as captures:
             sizes, grid = _Sizes(), _Grid()
             for i, block in enumerate(originals):
-                layers[i] = _Block(block, i, by_layer.get(i) if i in methods else None, methods.get(i),
-                                   captures.get(i), adapter, grid, sizes)
+                layers[i] = _Block(
+                    block,
+                    i,
+                    by_layer.get(i) if i in methods else None,
+                    methods.get(i),
+                    captures.get(i),
+                    adapter,
+                    grid,
+                    sizes,
+                )
             yield model
     finally:
         for i, block in enumerate(originals):

@@ -22,6 +22,7 @@ strided slices of it, similarities of the pool are GatherElements of ``sim``, be
 and the merge a one-hot assignment matrix (Equal + Cast) with MatMuls — no scatter. Token counts are static:
 T → T − r, r fixed by the recipe.
 """
+
 from __future__ import annotations
 
 import math
@@ -88,8 +89,10 @@ class PiToMeConfig(ReductionConfig):
         if self.ratio is not None and (self.keep_rate is not None or self.keep is not None):
             raise ValueError("give either ratio (keep ratio per block) or keep_rate/keep, not both")
         if isinstance(self.ratio, list) and self.prune_layers and len(self.ratio) != len(self.prune_layers):
-            raise ValueError(f"ratio has {len(self.ratio)} values for {len(self.prune_layers)} prune_layers; give one "
-                             "per listed block, or a single value")
+            raise ValueError(
+                f"ratio has {len(self.ratio)} values for {len(self.prune_layers)} prune_layers; give one "
+                "per listed block, or a single value"
+            )
         return self
 
     def summary(self) -> str:
@@ -101,8 +104,10 @@ class PiToMeConfig(ReductionConfig):
         blocks = list(self.prune_layers) or list(range(num_layers))
         ratios = self.ratio if isinstance(self.ratio, list) else [self.ratio] * len(blocks)
         if len(ratios) != len(blocks):
-            raise InputError(f"reduction.ratio: {len(ratios)} values for a model with {num_layers} blocks; give one "
-                             "per block, a single value, or list the blocks in prune_layers")
+            raise InputError(
+                f"reduction.ratio: {len(ratios)} values for a model with {num_layers} blocks; give one "
+                "per block, a single value, or list the blocks in prune_layers"
+            )
         field = (lambda i: f"ratio[{i}]") if isinstance(self.ratio, list) else (lambda i: "ratio")
         return [(b, _official_r(rho), field(i)) for i, (b, rho) in enumerate(zip(blocks, ratios)) if rho < 1]
 
@@ -142,8 +147,9 @@ def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(t, 1, idx[:, :, None].expand(-1, -1, int(t.shape[-1])))
 
 
-def _merge_into(xb: torch.Tensor, zb: torch.Tensor, xs: torch.Tensor, zs: torch.Tensor,
-                dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge_into(
+    xb: torch.Tensor, zb: torch.Tensor, xs: torch.Tensor, zs: torch.Tensor, dst: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Add the (size-weighted) sources xs/zs [B, r, ·] into their destinations ``dst`` [B, r] of xb/zb
     [B, n_b, ·] with a one-hot assignment MatMul (a scatter-add without scatter)."""
     n_b = int(xb.shape[1])
@@ -152,8 +158,16 @@ def _merge_into(xb: torch.Tensor, zb: torch.Tensor, xs: torch.Tensor, zs: torch.
     return xb + torch.matmul(to_b, xs), zb + torch.matmul(to_b, zs)
 
 
-def pitome_merge(x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor | None, n_prefix: int, r: int,
-                 margin: float, alpha: float = 1.0, bsm: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pitome_merge(
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    size: torch.Tensor | None,
+    n_prefix: int,
+    r: int,
+    margin: float,
+    alpha: float = 1.0,
+    bsm: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One PiToMe merge (``bsm``: the official pitome_bsm step). x: [B, N, D]; keys: [B, H, N, dh]; size
     [B, N, 1] or None. Returns ([B, N - r, D], [B, N - r, 1]): prefix tokens first and unchanged."""
     n = int(x.shape[1])
@@ -183,7 +197,7 @@ def pitome_merge(x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor | None,
         xb, zb = _merge_into(_take(weighted, b), _take(sizes, b), _take(xa, src), _take(za, src), dst)
         rest_x, rest_z = _take(xa, kept), _take(za, kept)
     else:
-        a, b, protected = order[:, 0:2 * r:2], order[:, 1:2 * r:2], order[:, 2 * r:]
+        a, b, protected = order[:, 0 : 2 * r : 2], order[:, 1 : 2 * r : 2], order[:, 2 * r :]
         scores = _pair_scores(sim, a, b)  # [B, r, r]
         dst = torch.topk(scores, 1, dim=-1).indices[..., 0]
         note_boundary(scores, 1)
@@ -209,8 +223,16 @@ class PiToMe(MergingMethod):
     def merge(self, x: MergeInputs, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = int(x.hidden.shape[1]) - x.n_prefix - n_keep
         c = self.config
-        return pitome_merge(x.hidden, x.keys, x.size, x.n_prefix, r, margin_at(c.margin, x.layer, x.num_layers),
-                            c.alpha, bsm=x.layer < self.bsm_blocks(x.num_layers))
+        return pitome_merge(
+            x.hidden,
+            x.keys,
+            x.size,
+            x.n_prefix,
+            r,
+            margin_at(c.margin, x.layer, x.num_layers),
+            c.alpha,
+            bsm=x.layer < self.bsm_blocks(x.num_layers),
+        )
 
     def selection_macs(self, stage, d, n_prefix: int) -> int:
         """Key similarities (T²·dh), the energy (T² ELU and means, counted as T²) and the assignment MatMul

@@ -12,6 +12,7 @@ scores become an ONNX initializer). The draw is ``torch.randperm`` (a uniformly 
 the ranking of i.i.d. uniform noise, but without ties, so TopK cannot break ties differently in
 PyTorch and ONNX Runtime).
 """
+
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,5 @@
 """Per-layer keep counts, fixed at export time (the one place rounding happens)."""
+
 from __future__ import annotations
 
 import math
@@ -39,9 +40,7 @@ def plan(cfg: ReductionConfig, n_tokens: int, n_prefix: int, num_layers: int) ->
                 f"{num_layers} blocks (valid: 0..{num_layers - 1})"
             )
         if i and layer <= layers[i - 1]:
-            raise InputError(
-                f"reduction.prune_layers: must be strictly increasing, got {layers}"
-            )
+            raise InputError(f"reduction.prune_layers: must be strictly increasing, got {layers}")
     options = cfg.stage_options()
     removals = cfg.removals(num_layers)
     if removals is not None:
@@ -71,9 +70,9 @@ def _check_merge(field: str, layer: int, n: int, removed: int, n_prefix: int) ->
         )
 
 
-
-def _plan_removals(removals: list[tuple[int, Removal, str]], n_tokens: int, n_prefix: int,
-                   options: dict) -> list[Stage]:
+def _plan_removals(
+    removals: list[tuple[int, Removal, str]], n_tokens: int, n_prefix: int, options: dict
+) -> list[Stage]:
     stages = []
     n = n_tokens - n_prefix
     for layer, rule, field in removals:
@@ -87,8 +86,9 @@ def _plan_removals(removals: list[tuple[int, Removal, str]], n_tokens: int, n_pr
                 f"reduction.{field}: {removed} tokens removed at block {layer}, but only {n} non-prefix tokens "
                 "reach it; at least one must remain"
             )
-        stages.append(Stage(layer=layer, tokens_in=n + n_prefix, tokens_out=n - removed + n_prefix,
-                            n_keep=n - removed, **options))
+        stages.append(
+            Stage(layer=layer, tokens_in=n + n_prefix, tokens_out=n - removed + n_prefix, n_keep=n - removed, **options)
+        )
         n -= removed
     return stages
 
@@ -109,7 +109,9 @@ def _plan_keep(cfg: ReductionConfig, layers: list[int], n_tokens: int, n_prefix:
             )
         for i, r in enumerate(rates):
             if not 0 < r <= 1:
-                raise InputError(f"reduction.keep_rate[{i}]: {r} is outside (0, 1]; a keep rate is the fraction of tokens kept")
+                raise InputError(
+                    f"reduction.keep_rate[{i}]: {r} is outside (0, 1]; a keep rate is the fraction of tokens kept"
+                )
     else:
         if len(cfg.keep) != len(layers):
             raise InputError(

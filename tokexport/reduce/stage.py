@@ -2,6 +2,7 @@
 types the schedule (:mod:`tokexport.reduce.schedule`) produces and every method reads. Their own module, so
 that the method contract (:mod:`tokexport.reduce.base`) and the schedule that plans from it need not
 import each other."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -19,6 +19,7 @@ and their destinations become a one-hot assignment matrix ``[B, r, |B|]`` (Equal
 are a MatMul with it; every other step is a Slice with step 2, TopK with a constant K, or Gather.
 Token counts are static: N -> N - r.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -68,8 +69,10 @@ class ToMeConfig(ReductionConfig):
         if self.r is not None and (self.keep_rate is not None or self.keep is not None):
             raise ValueError("give either r (tokens merged per block) or keep_rate/keep, not both")
         if isinstance(self.r, list) and self.prune_layers and len(self.r) != len(self.prune_layers):
-            raise ValueError(f"r has {len(self.r)} values for {len(self.prune_layers)} prune_layers; give one per "
-                             "listed block, or a single int")
+            raise ValueError(
+                f"r has {len(self.r)} values for {len(self.prune_layers)} prune_layers; give one per "
+                "listed block, or a single int"
+            )
         return self
 
     def removals(self, num_layers: int) -> list[tuple[int, int, str]] | None:
@@ -79,8 +82,10 @@ class ToMeConfig(ReductionConfig):
         if isinstance(self.r, int):
             return [(b, self.r, "r") for b in blocks if self.r > 0]
         if len(self.r) != len(blocks):
-            raise InputError(f"reduction.r: {len(self.r)} values for a model with {num_layers} blocks; give one per "
-                             "block, a single int, or list the blocks in prune_layers")
+            raise InputError(
+                f"reduction.r: {len(self.r)} values for a model with {num_layers} blocks; give one per "
+                "block, a single int, or list the blocks in prune_layers"
+            )
         return [(b, r, f"r[{i}]") for i, (b, r) in enumerate(zip(blocks, self.r)) if r > 0]
 
     def stage_options(self) -> dict:
@@ -94,8 +99,9 @@ def _split_starts(n_prefix: int) -> tuple[int, int]:
     return a, b
 
 
-def bipartite_merge(x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor | None, n_prefix: int,
-                    r: int) -> tuple[torch.Tensor, torch.Tensor]:
+def bipartite_merge(
+    x: torch.Tensor, keys: torch.Tensor, size: torch.Tensor | None, n_prefix: int, r: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ToMe's bipartite soft matching and size-weighted merge, static shapes, no scatter.
 
     x: [B, N, D]; keys: [B, H, N, dh]; size: [B, N, 1] or None (all 1). Returns ([B, N - r, D],
@@ -148,8 +154,10 @@ class ToMe(MergingMethod):
 
     def check(self, n_prefix: int) -> None:
         if n_prefix == 0:
-            raise InputError("reduction.method: tome protects the CLS token from merging, and this model has no CLS "
-                             "token (e.g. SigLIP); use zero-tprune with init: uniform, random or uniform")
+            raise InputError(
+                "reduction.method: tome protects the CLS token from merging, and this model has no CLS "
+                "token (e.g. SigLIP); use zero-tprune with init: uniform, random or uniform"
+            )
 
     def merge(self, x: MergeInputs, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = int(x.hidden.shape[1]) - x.n_prefix - n_keep

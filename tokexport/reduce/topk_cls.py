@@ -3,6 +3,7 @@
 Score of a non-prefix token = attention from the CLS query (row 0) to it, averaged over heads; the
 ``n_keep`` highest are kept, in their original order.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -33,8 +34,10 @@ class TopKCLS(Method):
 
     def check(self, n_prefix: int) -> None:
         if n_prefix == 0:
-            raise InputError("reduction.method: topk-cls ranks tokens by the CLS token's attention, and this model has "
-                             "no CLS token (e.g. SigLIP); use zero-tprune with init: uniform, random or uniform")
+            raise InputError(
+                "reduction.method: topk-cls ranks tokens by the CLS token's attention, and this model has "
+                "no CLS token (e.g. SigLIP); use zero-tprune with init: uniform, random or uniform"
+            )
 
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
         if x.attn is None:

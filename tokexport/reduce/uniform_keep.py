@@ -25,6 +25,7 @@ lattice only on the flattened token order.
 The grid is the square of the patch tokens entering block 0 (``LayerInputs.grid``, set by the patch);
 the position arithmetic happens in Python at trace time, so the exported graph holds constant indices.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,7 @@ def _levels(h: int, w: int) -> np.ndarray:
     level = np.full(h * w, -1)
     k = 0
     while s >= 1:
-        for mask in ([(r % s == 0) & (c % s == 0)]
-                     + ([(r % s == s // 2) & (c % s == s // 2)] if s > 1 else [])):
+        for mask in [(r % s == 0) & (c % s == 0)] + ([(r % s == s // 2) & (c % s == s // 2)] if s > 1 else []):
             level[mask & (level < 0)] = k
             k += 1
         s //= 2
@@ -132,6 +132,8 @@ class UniformKeep(Method):
 
     def describe(self) -> dict:
         d = super().describe()
-        d["subset"] = ("2-D lattice of the patch grid, nested across stages (coarse-to-fine square/quincunx "
-                       "lattices, farthest-point within a level), identical for every image")
+        d["subset"] = (
+            "2-D lattice of the patch grid, nested across stages (coarse-to-fine square/quincunx "
+            "lattices, farthest-point within a level), identical for every image"
+        )
         return d

@@ -24,6 +24,7 @@ mask over the N positions and the I stage zeroes the dropped columns and renorma
 contribute). That is the same computation as slicing to the survivors, with every shape fixed by
 N, n_keep and r_S (Python ints). Iterations and heads are unrolled; every TopK has a constant K.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,8 +82,12 @@ class ZeroTPruneConfig(ReductionConfig):
             "tokens lies in [v_min, v_max]; if no head passes, all heads are used."
         ),
     )
-    v_min: Real(0, 1e6) = Field(default=0.01, description="Lower bound of the head filter's variance window; finite, in [0, 1000000].")
-    v_max: Real(0, 1e6) = Field(default=0.7, description="Upper bound of the head filter's variance window; finite, in [0, 1000000].")
+    v_min: Real(0, 1e6) = Field(
+        default=0.01, description="Lower bound of the head filter's variance window; finite, in [0, 1000000]."
+    )
+    v_max: Real(0, 1e6) = Field(
+        default=0.7, description="Upper bound of the head filter's variance window; finite, in [0, 1000000]."
+    )
     variance_scale: Literal["n", "none"] = Field(
         default="n",
         description=(
@@ -126,8 +131,10 @@ class ZeroTPruneConfig(ReductionConfig):
             by_layer = dict(zip(self.prune_layers, self.iterations))
             missing = [layer for layer in layers if layer not in by_layer]
             if missing:
-                raise InputError(f"reduction.iterations: one value per recipe prune layer, but the search prunes after "
-                                 f"blocks {missing} too; use an int or null (the paper's rule by depth) to search")
+                raise InputError(
+                    f"reduction.iterations: one value per recipe prune layer, but the search prunes after "
+                    f"blocks {missing} too; use an int or null (the paper's rule by depth) to search"
+                )
             fields["iterations"] = [by_layer[layer] for layer in layers]
         return fields
 
@@ -315,12 +322,14 @@ class ZeroTPrune(Method):
         """The recomputed attention (N²·D) and the PageRank iterations of the I stage plus the I' iteration,
         each H·N² per head-vector product."""
         iterations = self.iterations_for(stage.layer, d.layers)
-        return super().selection_macs(stage, d, n_prefix) + (iterations + 1) * d.heads * stage.tokens_in ** 2
+        return super().selection_macs(stage, d, n_prefix) + (iterations + 1) * d.heads * stage.tokens_in**2
 
     def check(self, n_prefix: int) -> None:
         if n_prefix == 0 and self.config.init == "cls":
-            raise InputError("reduction.init: cls boosts the CLS token's PageRank start, and this model has no CLS "
-                             "token (e.g. SigLIP); use init: uniform")
+            raise InputError(
+                "reduction.init: cls boosts the CLS token's PageRank start, and this model has no CLS "
+                "token (e.g. SigLIP); use init: uniform"
+            )
 
     def select(self, x: LayerInputs, n_keep: int) -> torch.Tensor:
         return keep_topk(self.scores(x, n_keep), n_keep, x.n_prefix)

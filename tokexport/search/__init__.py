@@ -23,6 +23,7 @@ The knob searches (visual-token K, vocab size) bisect one value over full conver
 :mod:`.greedy` (the schedule search's evaluator and greedy passes), :mod:`.schedule` (the schedule
 search run end to end), :mod:`.knob` (the knob search) and :mod:`.bisection` (the binary search of both).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,20 @@ from .greedy import Evaluation, Evaluator, GreedyPass, greedy_parallel, greedy_s
 from .knob import search_knob
 from .schedule import search_schedule
 
-__all__ = ["DEFAULT_MAX_EVALS", "Bisection", "Evaluation", "Evaluator", "GreedyPass", "bisect_smallest",
-           "greedy_parallel", "greedy_search", "parse_budget", "search", "search_knob", "search_schedule"]
+__all__ = [
+    "DEFAULT_MAX_EVALS",
+    "Bisection",
+    "Evaluation",
+    "Evaluator",
+    "GreedyPass",
+    "bisect_smallest",
+    "greedy_parallel",
+    "greedy_search",
+    "parse_budget",
+    "search",
+    "search_knob",
+    "search_schedule",
+]
 
 
 def parse_budget(text: str) -> float:
@@ -59,10 +72,22 @@ def parse_budget(text: str) -> float:
 DEFAULT_MAX_EVALS = 12  # visual / vocab: conversions per search, the recipe's own value included
 
 
-def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: str | Path | None = None,
-           layers: list[int] | None = None, step: int | None = None, reference: bool = True, force: bool = False,
-           stages=None, max_evals: int | None = None, *, backend: str = "local", address: str | None = None,
-           cpus_per_job: int | None = None) -> tuple[dict, Path]:
+def search(
+    recipe_path: str | Path,
+    max_drop: float,
+    metric: str | None,
+    out: str | Path | None = None,
+    layers: list[int] | None = None,
+    step: int | None = None,
+    reference: bool = True,
+    force: bool = False,
+    stages=None,
+    max_evals: int | None = None,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    cpus_per_job: int | None = None,
+) -> tuple[dict, Path]:
     """Run the search and the pipeline on the winner; write ``search.json``, ``<name>-search.yaml``,
     ``winner/`` (and ``reference/``) under ``out``. Returns (summary, output directory).
 
@@ -92,22 +117,52 @@ def search(recipe_path: str | Path, max_drop: float, metric: str | None, out: st
 
         check_out_dir(out_dir, force, protect=(recipe_path, base_dir, *model_paths(recipe.model, base_dir)))
         with Fanout(backend, address, cpus_per_job) as fo:
-            return search_knob(recipe_path, recipe, max_drop, metric, out_dir, step, reference, force, stages,
-                               max_evals or DEFAULT_MAX_EVALS, fo=fo if backend == "ray" else None)
-    return search_schedule(recipe_path, recipe, out_dir, max_drop, metric, layers, step, reference, force, stages,
-                           backend=backend, address=address, cpus_per_job=cpus_per_job)
+            return search_knob(
+                recipe_path,
+                recipe,
+                max_drop,
+                metric,
+                out_dir,
+                step,
+                reference,
+                force,
+                stages,
+                max_evals or DEFAULT_MAX_EVALS,
+                fo=fo if backend == "ray" else None,
+            )
+    return search_schedule(
+        recipe_path,
+        recipe,
+        out_dir,
+        max_drop,
+        metric,
+        layers,
+        step,
+        reference,
+        force,
+        stages,
+        backend=backend,
+        address=address,
+        cpus_per_job=cpus_per_job,
+    )
 
 
-def _check_arguments(recipe_path: Path, task: str, knob: str | None, layers: list[int] | None,
-                     max_evals: int | None) -> None:
+def _check_arguments(
+    recipe_path: Path, task: str, knob: str | None, layers: list[int] | None, max_evals: int | None
+) -> None:
     """The arguments fit the search the recipe's task runs: ``layers`` only for the ViT schedule search
     (``knob`` None), ``max_evals`` only for a knob search (``knob``: the value it varies), and then 2 or more."""
     if knob is not None:
         if layers is not None:
-            raise InputError(f"{option('layers')}: {recipe_path} is task {task}: the search varies {knob}, "
-                             "not a layer-wise schedule")
+            raise InputError(
+                f"{option('layers')}: {recipe_path} is task {task}: the search varies {knob}, not a layer-wise schedule"
+            )
         if max_evals is not None and max_evals < 2:
-            raise InputError(f"{option('max_evals')}: {max_evals}; give 2 or more (the recipe's own value is the first)")
+            raise InputError(
+                f"{option('max_evals')}: {max_evals}; give 2 or more (the recipe's own value is the first)"
+            )
     elif max_evals is not None:
-        raise InputError(f"{option('max_evals')}: only for visual-token and vocab-trim searches; the ViT schedule search is "
-                         f"bounded by {option('step')} and {option('layers')}")
+        raise InputError(
+            f"{option('max_evals')}: only for visual-token and vocab-trim searches; the ViT schedule search is "
+            f"bounded by {option('step')} and {option('layers')}"
+        )

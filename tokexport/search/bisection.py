@@ -1,6 +1,7 @@
 """The binary search both searches share: :class:`Bisection` (the smallest feasible index, one evaluation
 per step, its possible next steps listable ahead so they can be evaluated in parallel) and
 :func:`bisect_smallest` (the smallest feasible value of an ascending grid, within an evaluation budget)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -45,9 +46,14 @@ class Bisection:
         return out
 
 
-
-def bisect_smallest(grid: list, start: int, evaluate: Callable[[object], bool], max_evals: int,
-                    prefetch: Callable[[list], None] | None = None, width: int = 1) -> tuple[int, bool]:
+def bisect_smallest(
+    grid: list,
+    start: int,
+    evaluate: Callable[[object], bool],
+    max_evals: int,
+    prefetch: Callable[[list], None] | None = None,
+    width: int = 1,
+) -> tuple[int, bool]:
     """Index of the smallest feasible value of ascending ``grid``, assuming feasibility is monotone (more never
     hurts): ``grid[start]`` is feasible (evaluated by the caller); values below are bisected with at most
     ``max_evals`` evaluations. Returns (index, converged): when the evaluations run out, the smallest feasible
@@ -61,4 +67,3 @@ def bisect_smallest(grid: list, start: int, evaluate: Callable[[object], bool], 
             prefetch([grid[i] for i in b.frontier(width)])
         b.step(evaluate(grid[b.next()]))
     return b.hi, b.lo >= b.hi
-

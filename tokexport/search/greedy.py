@@ -2,6 +2,7 @@
 search split (:class:`Evaluator` → :class:`Evaluation`), and the greedy passes over the candidate layers
 (:class:`GreedyPass`), evaluated one schedule at a time (:func:`greedy_search`) or in parallel rounds that
 take the same path (:func:`greedy_parallel`)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -35,9 +36,16 @@ class Evaluation:
     feasible: bool
 
     def as_dict(self) -> dict:
-        return {"prune_layers": list(self.keep), "keep": list(self.keep.values()), "tokens_out": self.tokens_out,
-                "flops": self.flops, "flops_ratio": self.flops_ratio, "drop": self.drop, "feasible": self.feasible,
-                "metrics": {k: {"original": v["original"], "reduced": v["reduced"]} for k, v in self.metrics.items()}}
+        return {
+            "prune_layers": list(self.keep),
+            "keep": list(self.keep.values()),
+            "tokens_out": self.tokens_out,
+            "flops": self.flops,
+            "flops_ratio": self.flops_ratio,
+            "drop": self.drop,
+            "feasible": self.feasible,
+            "metrics": {k: {"original": v["original"], "reduced": v["reduced"]} for k, v in self.metrics.items()},
+        }
 
 
 class Evaluator:
@@ -67,8 +75,9 @@ class Evaluator:
 
     def flops(self, stages: list[Stage], method) -> float:
         ad = self.lm.adapter
-        return encoder_flops(ad.dims(), self.n_tokens, self.n_prefix, stages, ad.head_macs(self.lm.model),
-                             method=method)["flops"]
+        return encoder_flops(
+            ad.dims(), self.n_tokens, self.n_prefix, stages, ad.head_macs(self.lm.model), method=method
+        )["flops"]
 
     def __call__(self, keep: dict[int, int]) -> Evaluation:
         n = self.n_tokens - self.n_prefix
@@ -85,10 +94,11 @@ class Evaluator:
                 return self.forward(x)
 
         red = run_rows(TorchRunner(fn), {"pixel_values": self.iset.eval_x})
-        metrics = instance_metrics(self.lm, self.iset, self.feat, self.orig_eval, red, self.orig_proto,
-                                   self.thresholds)
+        metrics = instance_metrics(self.lm, self.iset, self.feat, self.orig_eval, red, self.orig_proto, self.thresholds)
         if self.metric not in metrics:
-            raise InputError(f"{option('metric')} {self.metric}: not measured in the search (measured: {', '.join(metrics)})")
+            raise InputError(
+                f"{option('metric')} {self.metric}: not measured in the search (measured: {', '.join(metrics)})"
+            )
         md = {k: v.as_dict() for k, v in metrics.items()}
         drop = md[self.metric]["original"] - md[self.metric]["reduced"]
         feasible = drop <= self.max_drop + 1e-12 and all(m["passed"] is not False for m in md.values())
@@ -143,16 +153,24 @@ class GreedyPass:
 
     def feed(self, ev: Evaluation, log: Callable[[str], None] = lambda s: None) -> None:
         """The evaluation of :meth:`request`'s schedule."""
-        log(f"block {self.layer}: keep {self.grid[self.bisection.next()]} → drop {ev.drop:+.4f}, FLOPs "
-            f"×{ev.flops_ratio:.3f} {'ok' if ev.feasible else 'over budget'}")
+        log(
+            f"block {self.layer}: keep {self.grid[self.bisection.next()]} → drop {ev.drop:+.4f}, FLOPs "
+            f"×{ev.flops_ratio:.3f} {'ok' if ev.feasible else 'over budget'}"
+        )
         self.bisection.step(ev.feasible)
         if self.bisection.done:
             self.keep[self.layer] = self.grid[self.bisection.hi]
             self._next_layer()
 
 
-def greedy_search(evaluate: Callable[[dict[int, int]], Evaluation], layers: list[int], n_candidates: int,
-                  step: int, deepest_first: bool = True, log: Callable[[str], None] = lambda s: None) -> dict[int, int]:
+def greedy_search(
+    evaluate: Callable[[dict[int, int]], Evaluation],
+    layers: list[int],
+    n_candidates: int,
+    step: int,
+    deepest_first: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[int, int]:
     """One greedy pass (:class:`GreedyPass`), evaluated sequentially. Returns layer -> count."""
     p = GreedyPass(layers, n_candidates, step, deepest_first)
     while not p.done:
@@ -164,9 +182,14 @@ def _key(keep: dict[int, int]) -> tuple:
     return tuple(sorted(keep.items()))
 
 
-def greedy_parallel(evaluate_many: Callable[[list[dict[int, int]]], list[Evaluation]], layers: list[int],
-                    n_candidates: int, step: int, width: int,
-                    log: Callable[[str, str], None] = lambda order, s: None) -> tuple[dict, dict, int]:
+def greedy_parallel(
+    evaluate_many: Callable[[list[dict[int, int]]], list[Evaluation]],
+    layers: list[int],
+    n_candidates: int,
+    step: int,
+    width: int,
+    log: Callable[[str, str], None] = lambda order, s: None,
+) -> tuple[dict, dict, int]:
     """Both greedy passes (deepest layer first, shallowest first) at once, in rounds: each round evaluates,
     in parallel (``evaluate_many``), the next schedule of every unfinished pass plus, up to ``width`` in
     all, the schedules its binary search may need after that; then each pass replays its sequential steps
@@ -197,5 +220,8 @@ def greedy_parallel(evaluate_many: Callable[[list[dict[int, int]]], list[Evaluat
                 used.add(_key(p.request()))
                 paths[o].append(e)
                 p.feed(e, lambda line, o=o: log(o, line))
-    return ({o: p.keep for o, p in passes.items()}, paths,
-            {"evaluations_run": len(cache), "speculative": len(cache) - len(used), "rounds": rounds})
+    return (
+        {o: p.keep for o, p in passes.items()},
+        paths,
+        {"evaluations_run": len(cache), "speculative": len(cache) - len(used), "rounds": rounds},
+    )

@@ -1,6 +1,7 @@
 """The search of a visual-token recipe (the smallest K) or a vocab-trim recipe (the smallest
 ``trim.target_vocab_size``): one knob, bisected over full conversions (the one driver), the recipe's own
 value first; locally one conversion at a time, or on Ray the bisection's possible next steps at once."""
+
 from __future__ import annotations
 
 import json
@@ -33,12 +34,16 @@ def _absolute_paths(recipe, base_dir: Path):
         sources = []
         for s in recipe.corpus.sources:
             if s.path is not None:
-                s = s.model_copy(update={"path": [absolute(x) for x in s.path] if isinstance(s.path, list)
-                                         else absolute(s.path)})
+                s = s.model_copy(
+                    update={"path": [absolute(x) for x in s.path] if isinstance(s.path, list) else absolute(s.path)}
+                )
             sources.append(s)
         update["corpus"] = recipe.corpus.model_copy(update={"sources": sources})
-        files = {k: absolute(getattr(recipe.trim, k)) for k in ("tokens_to_keep_file", "keep_file")
-                 if getattr(recipe.trim, k, None)}
+        files = {
+            k: absolute(getattr(recipe.trim, k))
+            for k in ("tokens_to_keep_file", "keep_file")
+            if getattr(recipe.trim, k, None)
+        }
         if files:
             update["trim"] = recipe.trim.model_copy(update=files)
     return recipe.model_copy(update=update) if update else recipe
@@ -52,9 +57,15 @@ def _judge(report: dict, metric: str, max_drop: float) -> dict:
     drop = metric_drop(m)
     failed = [k for k, v in ms.items() if not MC.is_info(v) and v.get("passed") is False]
     parity = bool(report["parity"]["passed"] and report["parity_baseline"]["passed"])
-    return {"drop": drop, "original": m["original"], "reduced": m["reduced"], "better": m.get("better", "higher"),
-            "failed_thresholds": failed, "parity_passed": parity,
-            "feasible": bool(drop <= max_drop + 1e-12 and not failed and parity)}
+    return {
+        "drop": drop,
+        "original": m["original"],
+        "reduced": m["reduced"],
+        "better": m.get("better", "higher"),
+        "failed_thresholds": failed,
+        "parity_passed": parity,
+        "feasible": bool(drop <= max_drop + 1e-12 and not failed and parity),
+    }
 
 
 class _Candidates:
@@ -62,8 +73,9 @@ class _Candidates:
     directory's ``candidates/`` (locally one by one; on Ray one task each, a round at once), and what each
     one measured, in the order converted (``trace``), by value (``runs``: tag and report)."""
 
-    def __init__(self, axis, recipe, template, base_dir: Path, tmp: Path, label: str, stages, fo, metric: str,
-                 max_drop: float):
+    def __init__(
+        self, axis, recipe, template, base_dir: Path, tmp: Path, label: str, stages, fo, metric: str, max_drop: float
+    ):
         self.axis, self.recipe, self.template, self.base_dir, self.tmp = axis, recipe, template, base_dir, tmp
         self.label, self.stages, self.fo, self.metric, self.max_drop = label, stages, fo, metric, max_drop
         self.knob = axis.search_knob
@@ -91,8 +103,13 @@ class _Candidates:
 
         t0 = time.time()
         with self.stages.stage(f"search: {self.knob} = {value if value is not None else 'the recipe’s'}"):
-            res = run(self.candidate(value), self.base_dir, self.tmp / "candidates" / self.tag_of(value),
-                      stages=self.stages, label=f"{self.label}@{self.tag_of(value)}")
+            res = run(
+                self.candidate(value),
+                self.base_dir,
+                self.tmp / "candidates" / self.tag_of(value),
+                stages=self.stages,
+                label=f"{self.label}@{self.tag_of(value)}",
+            )
         return self.entry(value, what, res.report, res.exit_code, time.time() - t0)
 
     def _convert_on_ray(self, values: list, what: str) -> list[dict]:
@@ -101,9 +118,18 @@ class _Candidates:
 
         fo, tag_of = self.fo, self.tag_of
         local = model_paths(self.template.model, self.base_dir)
-        specs = [PointSpec(tag_of(v), self.candidate(v), str(self.base_dir),
-                           str((self.tmp / "candidates" / tag_of(v)).absolute()), f"{self.label}@{tag_of(v)}",
-                           fo.threads(), str(local[0]) if local else None) for v in values]
+        specs = [
+            PointSpec(
+                tag_of(v),
+                self.candidate(v),
+                str(self.base_dir),
+                str((self.tmp / "candidates" / tag_of(v)).absolute()),
+                f"{self.label}@{tag_of(v)}",
+                fo.threads(),
+                str(local[0]) if local else None,
+            )
+            for v in values
+        ]
         self.rounds.append(list(values))
         shown = ", ".join("the recipe’s" if v is None else str(v) for v in values)
         with self.stages.stage(f"search: {self.knob} = {shown} ({len(values)} conversion(s) at once on Ray)"):
@@ -119,12 +145,21 @@ class _Candidates:
         tag = self.tag_of(value)
         measured = self.axis.knob_measured(rep)
         got = value if value is not None else measured
-        e = {"value": got, "measured_value": measured, "role": what, "run": tag, "exit_code": exit_code, "seconds": seconds,
-             **_judge(rep, self.metric, self.max_drop), "speedups": {b: v["speedup"] for b, v in
-                                                                     ((rep.get("bench") or {}).get("batches") or {}).items()}}
+        e = {
+            "value": got,
+            "measured_value": measured,
+            "role": what,
+            "run": tag,
+            "exit_code": exit_code,
+            "seconds": seconds,
+            **_judge(rep, self.metric, self.max_drop),
+            "speedups": {b: v["speedup"] for b, v in ((rep.get("bench") or {}).get("batches") or {}).items()},
+        }
         e.update(self.axis.knob_figures(rep))
-        self.stages.log(f"{self.knob} {got}: {self.metric} drop {e['drop']:+.4f} "
-                        f"{'ok' if e['feasible'] else 'over budget / threshold failed'}")
+        self.stages.log(
+            f"{self.knob} {got}: {self.metric} drop {e['drop']:+.4f} "
+            f"{'ok' if e['feasible'] else 'over budget / threshold failed'}"
+        )
         self.trace.append(e)
         self.runs[got] = (tag, rep)
         return e
@@ -159,11 +194,17 @@ def _bisect(cands: _Candidates, ref: dict, grid: list, max_evals: int, max_drop:
     start = grid.index(ref_value)
     if not ref["feasible"]:  # the recipe's own value is over budget: search above it
         if grid[-1] == ref_value or budget_left < 1 or not feasible(grid[-1]):
-            raise InputError(f"{option('max_drop')} {max_drop:g}: no {knob} evaluated stays within the budget and the recipe's "
-                             f"thresholds (the recipe's {ref_value}: drop {ref['drop']:+.4f}"
-                             + (f"; the largest, {grid[-1]}: drop {evaluated[grid[-1]]['drop']:+.4f}"
-                                if grid[-1] in evaluated and grid[-1] != ref_value else "") + "); raise the budget")
-        upper = grid[start + 1:]
+            raise InputError(
+                f"{option('max_drop')} {max_drop:g}: no {knob} evaluated stays within the budget and the recipe's "
+                f"thresholds (the recipe's {ref_value}: drop {ref['drop']:+.4f}"
+                + (
+                    f"; the largest, {grid[-1]}: drop {evaluated[grid[-1]]['drop']:+.4f}"
+                    if grid[-1] in evaluated and grid[-1] != ref_value
+                    else ""
+                )
+                + "); raise the budget"
+            )
+        upper = grid[start + 1 :]
         idx, converged = bisect_smallest(upper, len(upper) - 1, feasible, budget_left, **parallel)
         win = upper[idx]
     else:
@@ -183,8 +224,19 @@ def _keep_winner(tmp: Path, runs: dict, win, ref_value, reference: bool) -> None
     shutil.rmtree(tmp / "candidates", ignore_errors=True)
 
 
-def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir: Path, step: int | None,
-                reference: bool, force: bool, stages, max_evals: int, fo=None) -> tuple[dict, Path]:
+def search_knob(
+    recipe_path: Path,
+    recipe,
+    max_drop: float,
+    metric: str,
+    out_dir: Path,
+    step: int | None,
+    reference: bool,
+    force: bool,
+    stages,
+    max_evals: int,
+    fo=None,
+) -> tuple[dict, Path]:
     """The smallest K (visual tokens) or ``trim.target_vocab_size`` (vocab) whose ``metric`` drop stays
     within ``max_drop`` with every recipe threshold met and parity passed. Every candidate is a full
     conversion (the one driver) into the staging directory; the recipe's own value first (the upper end of
@@ -201,8 +253,9 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
         winner_file = tmp / f"{name}.yaml"
         verify, gate = axis.budget_verify(recipe, metric, max_drop)
         template = _absolute_paths(recipe, base_dir).model_copy(update={"name": name, "verify": verify})
-        cands = _Candidates(axis, recipe, template, base_dir, tmp, str(out_dir / winner_file.name), stages, fo,
-                            metric, max_drop)
+        cands = _Candidates(
+            axis, recipe, template, base_dir, tmp, str(out_dir / winner_file.name), stages, fo, metric, max_drop
+        )
 
         t0 = time.time()
         ref = cands.evaluate(None, "reference (the recipe's own)")
@@ -221,41 +274,106 @@ def search_knob(recipe_path: Path, recipe, max_drop: float, metric: str, out_dir
 
         _keep_winner(tmp, cands.runs, win, ref_value, reference)
         winner = cands.candidate(win)
-        winner = winner.model_copy(update={"description": (
-            f"Found by `tokexport search {recipe_path} --max-drop {max_drop:g} --metric {metric}`: the smallest "
-            f"{knob} ({win}) with {metric} drop <= {max_drop:g} and every threshold met (bisection over full "
-            f"conversions: search.json)." + (f" Budget set as {gate}." if gate else ""))})
+        winner = winner.model_copy(
+            update={
+                "description": (
+                    f"Found by `tokexport search {recipe_path} --max-drop {max_drop:g} --metric {metric}`: the smallest "
+                    f"{knob} ({win}) with {metric} drop <= {max_drop:g} and every threshold met (bisection over full "
+                    f"conversions: search.json)." + (f" Budget set as {gate}." if gate else "")
+                )
+            }
+        )
         write_recipe(winner, winner_file, winner.description)
-        summary = _summary(cands, recipe_path, grid, st, max_evals, ref, best, win, converged, resolution, seconds,
-                           gate, reference, winner_file.name)
+        summary = _summary(
+            cands,
+            recipe_path,
+            grid,
+            st,
+            max_evals,
+            ref,
+            best,
+            win,
+            converged,
+            resolution,
+            seconds,
+            gate,
+            reference,
+            winner_file.name,
+        )
         (tmp / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary, out_dir
 
 
-def _summary(cands: _Candidates, recipe_path: Path, grid: list, st: int, max_evals: int, ref: dict, best: dict, win,
-             converged: bool, resolution, seconds: float, gate, reference: bool, winner_recipe: str) -> dict:
+def _summary(
+    cands: _Candidates,
+    recipe_path: Path,
+    grid: list,
+    st: int,
+    max_evals: int,
+    ref: dict,
+    best: dict,
+    win,
+    converged: bool,
+    resolution,
+    seconds: float,
+    gate,
+    reference: bool,
+    winner_recipe: str,
+) -> dict:
     """search.json of a knob search."""
-    recipe, metric, max_drop, knob, trace, runs, fo = (cands.recipe, cands.metric, cands.max_drop, cands.knob,
-                                                       cands.trace, cands.runs, cands.fo)
+    recipe, metric, max_drop, knob, trace, runs, fo = (
+        cands.recipe,
+        cands.metric,
+        cands.max_drop,
+        cands.knob,
+        cands.trace,
+        cands.runs,
+        cands.fo,
+    )
     ref_value = ref["value"]
     ref_drop = ref["drop"]
-    verdict = (f"{knob} {win} (recipe: {ref_value}) keeps the {metric} drop at {best['drop']:+.4f} within "
-               f"{max_drop:g} (recipe's: {ref_drop:+.4f}); {len(trace)} conversions evaluated"
-               + ("" if converged else f", stopped by --max-evals {max_evals}: the smallest feasible value may "
-                                       f"be up to {resolution - 1} lower"))
+    verdict = (
+        f"{knob} {win} (recipe: {ref_value}) keeps the {metric} drop at {best['drop']:+.4f} within "
+        f"{max_drop:g} (recipe's: {ref_drop:+.4f}); {len(trace)} conversions evaluated"
+        + (
+            ""
+            if converged
+            else f", stopped by --max-evals {max_evals}: the smallest feasible value may "
+            f"be up to {resolution - 1} lower"
+        )
+    )
     return {
-        "schema_version": 1, "kind": "search", "tokexport_version": __version__, "created_unix": int(time.time()),
-        "recipe_path": str(recipe_path), "task": recipe.task, "metric": metric, "metric_better": best["better"],
-        "max_drop": max_drop, "knob": knob, "method": cands.axis.method_name(recipe),
-        "algorithm": ("bisection over an ascending grid (step " f"{st}) of {knob} values, assuming more never "
-                      "hurts the metric: the recipe's own value first, then the grid below it (or above it when "
-                      "over budget); every candidate a full conversion"),
+        "schema_version": 1,
+        "kind": "search",
+        "tokexport_version": __version__,
+        "created_unix": int(time.time()),
+        "recipe_path": str(recipe_path),
+        "task": recipe.task,
+        "metric": metric,
+        "metric_better": best["better"],
+        "max_drop": max_drop,
+        "knob": knob,
+        "method": cands.axis.method_name(recipe),
+        "algorithm": (
+            "bisection over an ascending grid (step "
+            f"{st}) of {knob} values, assuming more never "
+            "hurts the metric: the recipe's own value first, then the grid below it (or above it when "
+            "over budget); every candidate a full conversion"
+        ),
         "grid": {"min": grid[0], "max": grid[-1], "step": st, "size": len(grid)},
-        "max_evals": max_evals, "evaluations": len(trace), "converged": converged, "resolution": resolution,
-        "search_seconds": seconds, "budget_threshold": gate,
-        "reference": ref, "winner": best, "verdict": verdict,
-        "measured": {"winner": _measured_task(runs[win][1], metric),
-                     "reference": _measured_task(runs[ref_value][1], metric) if reference else None},
+        "max_evals": max_evals,
+        "evaluations": len(trace),
+        "converged": converged,
+        "resolution": resolution,
+        "search_seconds": seconds,
+        "budget_threshold": gate,
+        "reference": ref,
+        "winner": best,
+        "verdict": verdict,
+        "measured": {
+            "winner": _measured_task(runs[win][1], metric),
+            "reference": _measured_task(runs[ref_value][1], metric) if reference else None,
+        },
         "winner_recipe": winner_recipe,
         "winner_exit_code": next(e["exit_code"] for e in trace if e["value"] == win),
         "trace": trace,
@@ -269,6 +387,11 @@ def _measured_task(report: dict, metric: str) -> dict:
 
     m = report["accuracy"]["metrics"][metric]
     bench = report.get("bench") or {}
-    return {"drop": metric_drop(m), "reduced": m["reduced"], "original": m["original"],
-            "speedups": {b: v["speedup"] for b, v in (bench.get("batches") or {}).items()},
-            "parity_passed": report["parity"]["passed"], "passed": report["passed"]}
+    return {
+        "drop": metric_drop(m),
+        "reduced": m["reduced"],
+        "original": m["original"],
+        "speedups": {b: v["speedup"] for b, v in (bench.get("batches") or {}).items()},
+        "parity_passed": report["parity"]["passed"],
+        "passed": report["passed"],
+    }

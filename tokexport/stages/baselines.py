@@ -23,6 +23,7 @@ The interval resamples evaluation samples with replacement (paired: the same res
 baseline; the random baseline's per-sample value is its mean over seeds), so it reflects how much the
 verdict depends on which images were drawn. A recipe gates on it with ``verify.vs_baselines``.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,16 +73,23 @@ def runs_from_section(section: Mapping, metrics: Sequence[str], where: str = "ba
         for m in metrics:
             s = (entry.get("metrics") or {}).get(m)
             if not s or "per_sample" not in s:
-                raise ValueError(f"{where}.baselines.{name}.metrics.{m}.per_sample: not in the report (written by a "
-                                 "tokexport that did not record per-sample baseline values); convert it again")
-            summaries[m] = {"mean": float(s["mean"]), "sd": float(s["sd"]), "values": [float(v) for v in s["values"]],
-                            "per_sample": [float(v) for v in s["per_sample"]]}
+                raise ValueError(
+                    f"{where}.baselines.{name}.metrics.{m}.per_sample: not in the report (written by a "
+                    "tokexport that did not record per-sample baseline values); convert it again"
+                )
+            summaries[m] = {
+                "mean": float(s["mean"]),
+                "sd": float(s["sd"]),
+                "values": [float(v) for v in s["values"]],
+                "per_sample": [float(v) for v in s["per_sample"]],
+            }
         runs.append(BaselineRun(name, entry["description"], seeds=entry.get("seeds"), summaries=summaries))
     return runs
 
 
-def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, resamples: int = DEFAULT_RESAMPLES,
-                        level: float = DEFAULT_LEVEL, seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    a: np.ndarray, b: np.ndarray, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0
+) -> tuple[float, float]:
     """Percentile interval of ``mean(a) - mean(b)`` over paired resamples of the samples."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
@@ -98,8 +106,7 @@ def _summary(draws: Sequence[np.ndarray]) -> dict:
     values = [float(np.mean(d)) for d in draws]
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     per_sample = np.mean(np.stack([np.asarray(d, dtype=np.float64) for d in draws]), axis=0)
-    return {"mean": float(np.mean(values)), "sd": sd, "values": values,
-            "per_sample": [float(v) for v in per_sample]}
+    return {"mean": float(np.mean(values)), "sd": sd, "values": values, "per_sample": [float(v) for v in per_sample]}
 
 
 def _check_lengths(method: Mapping[str, np.ndarray], runs: Sequence[BaselineRun]) -> None:
@@ -111,12 +118,23 @@ def _check_lengths(method: Mapping[str, np.ndarray], runs: Sequence[BaselineRun]
             draws = [run.sample_means(name)] if run.summaries is not None else run.per_sample[name]
             for d in draws:
                 if np.asarray(d).shape[0] != n:
-                    raise ValueError(f"baseline {run.name}: metric {name} has {np.asarray(d).shape[0]} samples, the method {n}")
+                    raise ValueError(
+                        f"baseline {run.name}: metric {name} has {np.asarray(d).shape[0]} samples, the method {n}"
+                    )
 
 
-def baselines_section(method_name: str, method: Mapping[str, np.ndarray], runs: Sequence[BaselineRun],
-                      better: Mapping[str, str], budget: dict, data: dict, gate=None,
-                      resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, seed: int = 0) -> dict:
+def baselines_section(
+    method_name: str,
+    method: Mapping[str, np.ndarray],
+    runs: Sequence[BaselineRun],
+    better: Mapping[str, str],
+    budget: dict,
+    data: dict,
+    gate=None,
+    resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> dict:
     """The report's ``baselines`` section (see the module docstring). ``method[m]`` holds the method's
     per-sample values of metric ``m``; ``gate`` is the recipe's ``verify.vs_baselines`` (or None)."""
     _check_lengths(method, runs)
@@ -125,8 +143,7 @@ def baselines_section(method_name: str, method: Mapping[str, np.ndarray], runs: 
             raise ValueError(f"baseline {run.name}: {len(run.seeds)} seeds; at least {MIN_RANDOM_SEEDS} are needed")
     out_runs = {}
     for run in runs:
-        entry = {"description": run.description,
-                 "metrics": {m: run.summary(m) for m in run.metrics() if m in method}}
+        entry = {"description": run.description, "metrics": {m: run.summary(m) for m in run.metrics() if m in method}}
         if run.seeds is not None:
             entry["seeds"] = list(run.seeds)
         out_runs[run.name] = entry
@@ -140,13 +157,24 @@ def baselines_section(method_name: str, method: Mapping[str, np.ndarray], runs: 
         best_per_sample = best.sample_means(m)
         mv = np.asarray(values, dtype=np.float64)
         lo, hi = paired_bootstrap_ci(sign * mv, sign * best_per_sample, resamples, level, seed)
-        margins[m] = {"better": better.get(m, "higher"), "best_baseline": best.name,
-                      "method": float(mv.mean()), "baseline": float(best_per_sample.mean()),
-                      "margin": float(sign * (mv.mean() - best_per_sample.mean())),
-                      "ci": [lo, hi], "level": level, "resamples": int(resamples)}
-    return {"budget": budget, "data": data,
-            "method": {"name": method_name, "metrics": {m: float(np.mean(v)) for m, v in method.items()}},
-            "baselines": out_runs, "margins": margins, "gate": judge_gate(margins, gate)}
+        margins[m] = {
+            "better": better.get(m, "higher"),
+            "best_baseline": best.name,
+            "method": float(mv.mean()),
+            "baseline": float(best_per_sample.mean()),
+            "margin": float(sign * (mv.mean() - best_per_sample.mean())),
+            "ci": [lo, hi],
+            "level": level,
+            "resamples": int(resamples),
+        }
+    return {
+        "budget": budget,
+        "data": data,
+        "method": {"name": method_name, "metrics": {m: float(np.mean(v)) for m, v in method.items()}},
+        "baselines": out_runs,
+        "margins": margins,
+        "gate": judge_gate(margins, gate),
+    }
 
 
 def judge_gate(margins: Mapping[str, dict], gate) -> dict | None:
@@ -161,15 +189,24 @@ def judge_gate(margins: Mapping[str, dict], gate) -> dict | None:
     for name in names:
         m = margins.get(name)
         if m is None:
-            failures.append(f"vs_baselines: metric {name} has no baseline margin (measured: {', '.join(margins) or 'none'})")
+            failures.append(
+                f"vs_baselines: metric {name} has no baseline margin (measured: {', '.join(margins) or 'none'})"
+            )
             continue
         value = m["ci"][0] if bound == "ci_low" else m["margin"]
         if not math.isfinite(value) or value < g["min_margin"] - 1e-12:
             what = f"{int(m['level'] * 100)}% CI lower bound" if bound == "ci_low" else "margin"
-            failures.append(f"vs_baselines: {name} {what} {value:+.4g} over {m['best_baseline']} is below "
-                            f"min_margin {g['min_margin']:+g}")
-    return {"min_margin": float(g["min_margin"]), "bound": bound, "metrics": names, "passed": not failures,
-            "failures": failures}
+            failures.append(
+                f"vs_baselines: {name} {what} {value:+.4g} over {m['best_baseline']} is below "
+                f"min_margin {g['min_margin']:+g}"
+            )
+    return {
+        "min_margin": float(g["min_margin"]),
+        "bound": bound,
+        "metrics": names,
+        "passed": not failures,
+        "failures": failures,
+    }
 
 
 def gate_failures(section: Mapping | None) -> list[str]:

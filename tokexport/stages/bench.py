@@ -1,6 +1,7 @@
 """Side-by-side latency: baseline and reduced graphs in the same process, same runtime, alternating
 run by run so drift (thermal, other load) hits both equally. Speed is reported as the ratio measured
 here, never as milliseconds to compare across machines."""
+
 from __future__ import annotations
 
 import time
@@ -17,17 +18,29 @@ def _stats(ms: list[float]) -> dict:
     return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "min_ms": float(a.min())}
 
 
-def compare_latency(baseline: Path, reduced: Path, feeds: Callable[[int], Mapping[str, Feed]], batch_sizes: list[int],
-                    warmup: int, repeats: int, threads: int | None, on_step: Callable[[], None] | None = None,
-                    provider: str = "cpu", provider_options: Mapping | None = None, runners: dict | None = None) -> dict:
+def compare_latency(
+    baseline: Path,
+    reduced: Path,
+    feeds: Callable[[int], Mapping[str, Feed]],
+    batch_sizes: list[int],
+    warmup: int,
+    repeats: int,
+    threads: int | None,
+    on_step: Callable[[], None] | None = None,
+    provider: str = "cpu",
+    provider_options: Mapping | None = None,
+    runners: dict | None = None,
+) -> dict:
     """``feeds(batch)`` → ``{"baseline": feed, "model": feed}`` (the same feed for graphs that read the
     same inputs). Returns, per batch size, median and p90 of each graph, the measured speed-up and
     throughput in samples per second. Both graphs run on ONNX Runtime's ``provider``
     (:func:`tokexport.stages.runners.provider_list`); ``runners`` replaces the two ONNX Runtime runners
     with any ``{"baseline": r, "model": r}`` of the runner contract (scripts/bench_gpu.py: TensorRT engines)."""
     if runners is None:
-        runners = {"baseline": OrtRunner(baseline, threads, provider, provider_options),
-                   "model": OrtRunner(reduced, threads, provider, provider_options)}
+        runners = {
+            "baseline": OrtRunner(baseline, threads, provider, provider_options),
+            "model": OrtRunner(reduced, threads, provider, provider_options),
+        }
     results = {}
     for b in batch_sizes:
         f = feeds(b)
@@ -45,10 +58,13 @@ def compare_latency(baseline: Path, reduced: Path, feeds: Callable[[int], Mappin
                 on_step()
         base, red = _stats(times["baseline"]), _stats(times["model"])
         results[str(b)] = {
-            "baseline_ms": base["median_ms"], "reduced_ms": red["median_ms"],
-            "baseline_p90_ms": base["p90_ms"], "reduced_p90_ms": red["p90_ms"],
+            "baseline_ms": base["median_ms"],
+            "reduced_ms": red["median_ms"],
+            "baseline_p90_ms": base["p90_ms"],
+            "reduced_p90_ms": red["p90_ms"],
             "speedup": base["median_ms"] / red["median_ms"],
-            "baseline_samples_per_s": 1e3 * b / base["median_ms"], "reduced_samples_per_s": 1e3 * b / red["median_ms"],
+            "baseline_samples_per_s": 1e3 * b / base["median_ms"],
+            "reduced_samples_per_s": 1e3 * b / red["median_ms"],
             "repeats": repeats,
         }
     return results

@@ -7,6 +7,7 @@ per-sample decision ``margins`` (:mod:`tokexport.reduce.margins`): a sample that
 while one of its selections was decided by a relative score gap below ``tie_margin`` is a near-tie —
 float32 rounding lets either runtime pick either side — reported and left out; parity still fails
 when more than half the samples are near-ties."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -16,8 +17,9 @@ import numpy as np
 Outputs = Mapping[str, np.ndarray]
 
 
-def _per_sample(name: str, g: np.ndarray, r: np.ndarray, mask: np.ndarray | None, unmasked: Sequence[str]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _per_sample(
+    name: str, g: np.ndarray, r: np.ndarray, mask: np.ndarray | None, unmasked: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per sample: max |g - r|, sum |g - r| and the number of compared elements."""
     n = g.shape[0]
     d = np.abs(g.astype(np.float64) - r.astype(np.float64))
@@ -32,9 +34,17 @@ def _per_sample(name: str, g: np.ndarray, r: np.ndarray, mask: np.ndarray | None
     return (flat.max(axis=1) if flat.shape[1] else np.zeros(n)), flat.sum(axis=1), count
 
 
-def parity(got: Outputs, ref: Outputs, atol: float, mean_atol: float, mask: np.ndarray | None = None,
-           margins: Sequence[float] | None = None, tie_margin: float = 0.0, unmasked: Sequence[str] = (),
-           agreement: Sequence[str] = ("logits",)) -> dict:
+def parity(
+    got: Outputs,
+    ref: Outputs,
+    atol: float,
+    mean_atol: float,
+    mask: np.ndarray | None = None,
+    margins: Sequence[float] | None = None,
+    tie_margin: float = 0.0,
+    unmasked: Sequence[str] = (),
+    agreement: Sequence[str] = ("logits",),
+) -> dict:
     """Compare every output of ``ref`` with ``got``; the report section ``parity`` of every task."""
     n = len(next(iter(ref.values()))) if ref else 0
     outputs: dict[str, dict] = {}
@@ -43,8 +53,10 @@ def parity(got: Outputs, ref: Outputs, atol: float, mean_atol: float, mask: np.n
     for name, r in ref.items():
         g = got.get(name)
         if g is None or g.shape != r.shape:
-            outputs[name] = {"error": f"shape {None if g is None else list(g.shape)} vs PyTorch {list(r.shape)}",
-                             "passed": False}
+            outputs[name] = {
+                "error": f"shape {None if g is None else list(g.shape)} vs PyTorch {list(r.shape)}",
+                "passed": False,
+            }
             ok = False
             continue
         if np.issubdtype(g.dtype, np.floating) and not np.all(np.isfinite(g)):
@@ -64,8 +76,10 @@ def parity(got: Outputs, ref: Outputs, atol: float, mean_atol: float, mask: np.n
         ok = False  # too few decisive samples for the comparison to mean anything
     for name, (mx, sm, cnt) in stats.items():
         total = int(cnt[keep].sum())
-        entry = {"max_abs_diff": float(mx[keep].max()) if keep.any() else 0.0,
-                 "mean_abs_diff": float(sm[keep].sum() / total) if total else 0.0}
+        entry = {
+            "max_abs_diff": float(mx[keep].max()) if keep.any() else 0.0,
+            "mean_abs_diff": float(sm[keep].sum() / total) if total else 0.0,
+        }
         if name in agreement and ref[name].ndim >= 2 and keep.any():
             entry["top1_agreement"] = float(np.mean(np.argmax(got[name][keep], -1) == np.argmax(ref[name][keep], -1)))
         entry["passed"] = bool(entry["max_abs_diff"] <= atol and entry["mean_abs_diff"] <= mean_atol)
@@ -73,8 +87,15 @@ def parity(got: Outputs, ref: Outputs, atol: float, mean_atol: float, mask: np.n
         outputs[name] = entry
     worst_max = max((o.get("max_abs_diff", float("inf")) for o in outputs.values()), default=0.0)
     worst_mean = max((o.get("mean_abs_diff", float("inf")) for o in outputs.values()), default=0.0)
-    out = {"max_abs_diff": worst_max, "mean_abs_diff": worst_mean, "atol": atol, "mean_atol": mean_atol,
-           "samples": int(n), "outputs": outputs, "passed": bool(ok and outputs)}
+    out = {
+        "max_abs_diff": worst_max,
+        "mean_abs_diff": worst_mean,
+        "atol": atol,
+        "mean_atol": mean_atol,
+        "samples": int(n),
+        "outputs": outputs,
+        "passed": bool(ok and outputs),
+    }
     if margins is not None:
         out["tie_margin"] = tie_margin
         out["min_margin"] = float(min(margins)) if len(margins) else None

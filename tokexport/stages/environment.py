@@ -1,5 +1,6 @@
 """What a report was measured on: Python, the libraries that shape the graphs and the timings, ONNX
 Runtime's providers, the CPU and the OS."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,18 @@ import platform
 import sys
 from importlib import metadata
 
-PACKAGES = ("tokexport", "torch", "transformers", "optimum", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy",
-            "polygraphy", "tensorrt")
+PACKAGES = (
+    "tokexport",
+    "torch",
+    "transformers",
+    "optimum",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "numpy",
+    "polygraphy",
+    "tensorrt",
+)
 
 
 def _version(dist: str) -> str | None:

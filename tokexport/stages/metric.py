@@ -7,6 +7,7 @@ is ``null`` whenever there is no threshold: a figure nobody set a bar for is nev
 A figure that only informs is ``{value, info: true}``. Extra keys (sample counts, notes, per-output
 details) may ride along in either shape.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,15 @@ def metric(original: float, reduced: float, threshold: Any = None, better: Bette
         raise ValueError(f"better must be 'higher' or 'lower', not {better!r}")
     original, reduced = float(original), float(reduced)
     t = _threshold_dict(threshold)
-    return {"original": original, "reduced": reduced, "delta": reduced - original, "better": better,
-            "threshold": t, "passed": judge(original, reduced, t), **detail}
+    return {
+        "original": original,
+        "reduced": reduced,
+        "delta": reduced - original,
+        "better": better,
+        "threshold": t,
+        "passed": judge(original, reduced, t),
+        **detail,
+    }
 
 
 def info(value: Any, **detail) -> dict:
@@ -86,6 +94,8 @@ def failure_lines(metrics: Mapping[str, Mapping]) -> list[str]:
     out = []
     for name, m in metrics.items():
         if m.get("passed") is False:
-            out.append(f"accuracy: {name} {m['reduced']:.6g} misses {describe_threshold(m.get('threshold'))} "
-                       f"(original {m['original']:.6g})")
+            out.append(
+                f"accuracy: {name} {m['reduced']:.6g} misses {describe_threshold(m.get('threshold'))} "
+                f"(original {m['original']:.6g})"
+            )
     return out

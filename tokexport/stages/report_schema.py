@@ -3,6 +3,7 @@
 ``tokexport report schema`` prints it as JSON Schema; the driver validates every report against it
 before writing (a report that breaks the contract is a bug, never a file on disk), and `tokexport
 check` reads only what the contract guarantees."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,6 @@ KINDS = ("vit-token-pruning", "visual-tokens", "vocab-trim")
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]

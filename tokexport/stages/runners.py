@@ -9,6 +9,7 @@ a provider this onnxruntime does not offer, or offers but cannot start (no GPU, 
 libraries), is an :class:`~tokexport.errors.EnvironmentProblem` (exit 5), raised by
 :func:`preflight` before any model is loaded, and again by :class:`OrtRunner` should a session
 come up on another provider than the one asked for."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,10 @@ Feed = dict[str, np.ndarray]
 # tokexport's provider names → ONNX Runtime's
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 PROVIDER_NAMES = tuple(PROVIDERS)
-_GPU_HINT = ("install the gpu extra on a machine with an NVIDIA GPU and CUDA (pip install 'tokexport[gpu]': "
-             "onnxruntime-gpu replaces onnxruntime; see docs/gpu.md), or use provider cpu")
+_GPU_HINT = (
+    "install the gpu extra on a machine with an NVIDIA GPU and CUDA (pip install 'tokexport[gpu]': "
+    "onnxruntime-gpu replaces onnxruntime; see docs/gpu.md), or use provider cpu"
+)
 
 
 def _option_value(v) -> str:
@@ -57,13 +60,16 @@ def _ort():
     try:
         import onnxruntime as ort
     except ImportError:
-        raise EnvironmentProblem("onnxruntime is not installed: pip install 'tokexport[cpu]' (or 'tokexport[gpu]' "
-                                 "for the CUDA and TensorRT providers; docs/gpu.md)") from None
+        raise EnvironmentProblem(
+            "onnxruntime is not installed: pip install 'tokexport[cpu]' (or 'tokexport[gpu]' "
+            "for the CUDA and TensorRT providers; docs/gpu.md)"
+        ) from None
     return ort
 
 
-def check_provider(name: str = "cpu", options: Mapping | None = None,
-                   available: Sequence[str] | None = None) -> list[tuple[str, dict[str, str]]]:
+def check_provider(
+    name: str = "cpu", options: Mapping | None = None, available: Sequence[str] | None = None
+) -> list[tuple[str, dict[str, str]]]:
     """:func:`provider_list`, after checking that this onnxruntime offers every provider in it
     (``available``: default ``onnxruntime.get_available_providers()``); EnvironmentProblem (exit 5, one
     line) naming the missing provider and the fix otherwise. Loads no model."""
@@ -75,8 +81,10 @@ def check_provider(name: str = "cpu", options: Mapping | None = None,
         version = "here"
     missing = [p for p, _ in plist if p not in available]
     if missing:
-        raise EnvironmentProblem(f"execution provider {name!r} needs {missing[0]}, which onnxruntime {version} does "
-                                 f"not offer (it has: {', '.join(available) or 'none'}); {_GPU_HINT}")
+        raise EnvironmentProblem(
+            f"execution provider {name!r} needs {missing[0]}, which onnxruntime {version} does "
+            f"not offer (it has: {', '.join(available) or 'none'}); {_GPU_HINT}"
+        )
     return plist
 
 
@@ -108,12 +116,15 @@ def preflight(name: str = "cpu", options: Mapping | None = None) -> list[tuple[s
         sess.run(None, {"x": np.ones((1, 4), np.float32)})
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise EnvironmentProblem(f"execution provider {name!r}: onnxruntime could not start {plist[0][0]} ({why}); "
-                                 f"{_GPU_HINT}") from None
+        raise EnvironmentProblem(
+            f"execution provider {name!r}: onnxruntime could not start {plist[0][0]} ({why}); {_GPU_HINT}"
+        ) from None
     if not got or got[0] != plist[0][0]:
-        raise EnvironmentProblem(f"execution provider {name!r}: onnxruntime {ort.__version__} offers {plist[0][0]} "
-                                 f"but started {got[0] if got else 'nothing'} instead (no usable NVIDIA GPU or CUDA "
-                                 f"libraries here); {_GPU_HINT}")
+        raise EnvironmentProblem(
+            f"execution provider {name!r}: onnxruntime {ort.__version__} offers {plist[0][0]} "
+            f"but started {got[0] if got else 'nothing'} instead (no usable NVIDIA GPU or CUDA "
+            f"libraries here); {_GPU_HINT}"
+        )
     return plist
 
 
@@ -135,8 +146,13 @@ class OrtRunner:
     """An ONNX Runtime session on the asked-for execution provider (CPU by default). ``provider`` is
     the provider the session runs on, ``providers`` every provider it may hand nodes to, in order."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, provider: str = "cpu",
-                 provider_options: Mapping | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        provider: str = "cpu",
+        provider_options: Mapping | None = None,
+    ):
         ort = _ort()
         plist = check_provider(provider, provider_options)
         opts = ort.SessionOptions()
@@ -147,8 +163,9 @@ class OrtRunner:
         self.providers = list(self.session.get_providers())
         self.provider = self.providers[0]
         if self.provider != plist[0][0]:  # onnxruntime fell back (with a warning only): never silently
-            raise EnvironmentProblem(f"{path}: asked for {plist[0][0]}, onnxruntime started {self.provider} "
-                                     f"instead; {_GPU_HINT}")
+            raise EnvironmentProblem(
+                f"{path}: asked for {plist[0][0]}, onnxruntime started {self.provider} instead; {_GPU_HINT}"
+            )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         shape = self.session.get_inputs()[0].shape
@@ -162,8 +179,9 @@ class TorchRunner:
     """A PyTorch callable taking the named inputs as tensors, in ``input_names`` order, and returning
     a dict of named tensors (or a tuple matched to ``output_names``)."""
 
-    def __init__(self, fn: Callable, input_names: Sequence[str] = ("pixel_values",),
-                 output_names: Sequence[str] | None = None):
+    def __init__(
+        self, fn: Callable, input_names: Sequence[str] = ("pixel_values",), output_names: Sequence[str] | None = None
+    ):
         self.fn = fn
         self.input_names = list(input_names)
         self.output_names = list(output_names) if output_names is not None else None
@@ -176,7 +194,9 @@ class TorchRunner:
             out = self.fn(*[torch.from_numpy(np.ascontiguousarray(feed[k])) for k in self.input_names])
         if not isinstance(out, Mapping):
             out = dict(zip(self.output_names, out))
-        return {k: (v.detach().float().numpy() if v.is_floating_point() else v.detach().numpy()) for k, v in out.items()}
+        return {
+            k: (v.detach().float().numpy() if v.is_floating_point() else v.detach().numpy()) for k, v in out.items()
+        }
 
 
 def run_rows(runner, feed: Mapping[str, np.ndarray], batch: int = 8) -> Feed:
@@ -186,7 +206,7 @@ def run_rows(runner, feed: Mapping[str, np.ndarray], batch: int = 8) -> Feed:
     step = runner.fixed_batch or batch
     parts: dict[str, list[np.ndarray]] = {}
     for s in range(0, n, step):
-        chunk = {k: v[s:s + step] for k, v in feed.items()}
+        chunk = {k: v[s : s + step] for k, v in feed.items()}
         real = len(next(iter(chunk.values())))
         if runner.fixed_batch and real < step:
             chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - real, axis=0)]) for k, v in chunk.items()}

@@ -5,6 +5,7 @@ recipe union's tag: ``vit``, ``visual-tokens``, ``vocab-trim``). :mod:`tokexport
 Light on purpose (no torch): the sweep checks its arguments against these before anything loads. The task
 modules (:mod:`.vit_tokens`, :mod:`.visual_tokens`, :mod:`.vocab_trim`) import torch at their top.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -134,10 +135,12 @@ class SweepAxis:
         v = recipe.verify
         thresholds = dict(v.accuracy.metrics)
         t = thresholds.get(metric)
-        thresholds[metric] = Threshold(min=t.min if t else None,
-                                       max_drop=min(max_drop, t.max_drop) if t and t.max_drop is not None else max_drop)
-        return v.model_copy(update={"accuracy": v.accuracy.model_copy(update={"metrics": thresholds})}), \
-            f"verify.accuracy.metrics.{metric}.max_drop"
+        thresholds[metric] = Threshold(
+            min=t.min if t else None, max_drop=min(max_drop, t.max_drop) if t and t.max_drop is not None else max_drop
+        )
+        return v.model_copy(
+            update={"accuracy": v.accuracy.model_copy(update={"metrics": thresholds})}
+        ), f"verify.accuracy.metrics.{metric}.max_drop"
 
     # --- fan-out
     def model_cache_key(self, recipe, base_dir: str) -> tuple | None:
@@ -170,8 +173,11 @@ class _KeepRateAxis(SweepAxis):
         names = methods or [recipe.reduction.method]
         for m in names:
             if m not in registry:
-                raise InputError(f"{option('methods')}: unknown method {m!r} for task {recipe.task}"
-                                 + (f" ({path})" if methods else "") + f"; known: {', '.join(sorted(registry))}")
+                raise InputError(
+                    f"{option('methods')}: unknown method {m!r} for task {recipe.task}"
+                    + (f" ({path})" if methods else "")
+                    + f"; known: {', '.join(sorted(registry))}"
+                )
         return [Point(m, k) for m in names for k in keep_rates]
 
     def point_fields(self, recipe, point: Point, fields: dict) -> dict:
@@ -201,21 +207,33 @@ class _KeepRateAxis(SweepAxis):
         fl = (report.get("bench") or {}).get("flops") or {}
         red = report["reduction"]
         llm = report.get("llm") or {}
-        return {"tokens": ([s["tokens_out"] for s in red.get("schedule") or []] if red.get("schedule")
-                           else [red.get("visual_tokens_out")]),
-                "predicted_speedup": fl.get("predicted_speedup"),
-                "flops_ratio": fl["reduced"] / fl["baseline"] if fl.get("baseline") else None,
-                "llm_prefill_flops_saved": llm.get("prefill_flops_saved")}
+        return {
+            "tokens": (
+                [s["tokens_out"] for s in red.get("schedule") or []]
+                if red.get("schedule")
+                else [red.get("visual_tokens_out")]
+            ),
+            "predicted_speedup": fl.get("predicted_speedup"),
+            "flops_ratio": fl["reduced"] / fl["baseline"] if fl.get("baseline") else None,
+            "llm_prefill_flops_saved": llm.get("prefill_flops_saved"),
+        }
 
     def html_columns(self, summary: dict, fmt) -> list[tuple[str, Any]]:
         xk = summary["x"]["key"]
-        return [("keep rate", lambda p: f"{p['keep_rate']:g}"), ("tokens", lambda p: fmt(p["tokens"])),
-                (summary["x"]["label"], lambda p: fmt(p[xk], 3))]
+        return [
+            ("keep rate", lambda p: f"{p['keep_rate']:g}"),
+            ("tokens", lambda p: fmt(p["tokens"])),
+            (summary["x"]["label"], lambda p: fmt(p[xk], 3)),
+        ]
 
     def cli_columns(self, summary: dict) -> list[tuple[str, Any]]:
         xk = summary["x"]["key"]
-        return [("method", lambda p: p["method"]), ("keep rate", lambda p: f"{p['keep_rate']:g}"),
-                ("tokens", lambda p: "→".join(map(str, p["tokens"]))), (summary["x"]["label"], lambda p: f"{p[xk]:.3f}×")]
+        return [
+            ("method", lambda p: p["method"]),
+            ("keep rate", lambda p: f"{p['keep_rate']:g}"),
+            ("tokens", lambda p: "→".join(map(str, p["tokens"]))),
+            (summary["x"]["label"], lambda p: f"{p[xk]:.3f}×"),
+        ]
 
 
 VIT_METRICS = ("feature_cosine", "instance_top1", "top1_agreement", "imagefolder_top1")
@@ -235,8 +253,10 @@ class ViTAxis(_KeepRateAxis):
     def point_fields(self, recipe, point: Point, fields: dict) -> dict:
         red = recipe.reduction
         if not red.prune_layers:
-            raise InputError("reduction.prune_layers: empty; a ViT sweep keeps the recipe's prune layers and "
-                             "varies the keep rate, so list the blocks to prune after")
+            raise InputError(
+                "reduction.prune_layers: empty; a ViT sweep keeps the recipe's prune layers and "
+                "varies the keep rate, so list the blocks to prune after"
+            )
         return {**fields, "prune_layers": list(red.prune_layers), "rounding": red.rounding}
 
     def axis(self, rows: list[dict], batch: str | None) -> tuple[dict, dict, str]:
@@ -249,13 +269,13 @@ class ViTAxis(_KeepRateAxis):
             x = {"key": "predicted_speedup", "label": "FLOP-predicted speed-up (bench disabled)", "batch": None}
             if any(r[x["key"]] is None for r in rows):
                 raise InputError("bench.enabled: false and no FLOP prediction in the reports; enable bench to sweep")
-        return x, dict(self.varied), (f"{what}; speed-up = baseline.onnx ÷ model.onnx latency measured in the "
-                                      "same run")
+        return x, dict(self.varied), (f"{what}; speed-up = baseline.onnx ÷ model.onnx latency measured in the same run")
 
     def html_columns(self, summary: dict, fmt) -> list[tuple[str, Any]]:
         return super().html_columns(summary, fmt) + [
             ("predicted speed-up", lambda p: fmt(p["predicted_speedup"], 3)),
-            ("FLOPs ratio", lambda p: fmt(p["flops_ratio"], 3))]
+            ("FLOPs ratio", lambda p: fmt(p["flops_ratio"], 3)),
+        ]
 
     def cli_columns(self, summary: dict) -> list[tuple[str, Any]]:
         return super().cli_columns(summary) + [("FLOPs ratio", lambda p: p["flops_ratio"])]
@@ -266,12 +286,23 @@ class ViTAxis(_KeepRateAxis):
     def load_model(self, recipe, base_dir: str):
         from ..load import load_model
 
-        return load_model(recipe.model, Path(base_dir), recipe.family, recipe.task, recipe.export.image_size,
-                          allow_pickle=recipe.allow_pickle)
+        return load_model(
+            recipe.model,
+            Path(base_dir),
+            recipe.family,
+            recipe.task,
+            recipe.export.image_size,
+            allow_pickle=recipe.allow_pickle,
+        )
 
 
-VISUAL_METRICS = ("feature_cosine", "attn_pooled_cosine", "instance_top1", "generation_exact_match",
-                  "generation_token_agreement")
+VISUAL_METRICS = (
+    "feature_cosine",
+    "attn_pooled_cosine",
+    "instance_top1",
+    "generation_exact_match",
+    "generation_token_agreement",
+)
 
 
 @AXES.register
@@ -288,20 +319,33 @@ class VisualTokensAxis(_KeepRateAxis):
 
     def row(self, report: dict) -> dict:
         llm = report.get("llm") or {}
-        return {**super().row(report), "visual_tokens_in": report["reduction"].get("visual_tokens_in"),
-                "prefill_speedup": llm["prefill_flops_full"] / llm["prefill_flops_reduced"]}
+        return {
+            **super().row(report),
+            "visual_tokens_in": report["reduction"].get("visual_tokens_in"),
+            "prefill_speedup": llm["prefill_flops_full"] / llm["prefill_flops_reduced"],
+        }
 
     def axis(self, rows: list[dict], batch: str | None) -> tuple[dict, dict, str]:
-        x = {"key": "prefill_speedup", "short": "LLM prefill FLOPs ratio",
-             "label": "LLM prefill FLOPs ratio (original ÷ reduced, predicted)", "batch": int(batch) if batch else None}
-        return x, dict(self.varied), (
-            "reduction.keep_rate of all visual tokens replaced (K = floor(V·P·rate)); x = the LLM prefill FLOPs "
-            "with all visual tokens ÷ with the K kept (the tower's measured model.onnx ÷ baseline.onnx ratio is "
-            "only the selection overhead, in every point)")
+        x = {
+            "key": "prefill_speedup",
+            "short": "LLM prefill FLOPs ratio",
+            "label": "LLM prefill FLOPs ratio (original ÷ reduced, predicted)",
+            "batch": int(batch) if batch else None,
+        }
+        return (
+            x,
+            dict(self.varied),
+            (
+                "reduction.keep_rate of all visual tokens replaced (K = floor(V·P·rate)); x = the LLM prefill FLOPs "
+                "with all visual tokens ÷ with the K kept (the tower's measured model.onnx ÷ baseline.onnx ratio is "
+                "only the selection overhead, in every point)"
+            ),
+        )
 
     def html_columns(self, summary: dict, fmt) -> list[tuple[str, Any]]:
         return super().html_columns(summary, fmt) + [
-            ("tower speed-up (selection overhead)", lambda p: fmt(p["speedup"], 3))]
+            ("tower speed-up (selection overhead)", lambda p: fmt(p["speedup"], 3))
+        ]
 
     def cli_columns(self, summary: dict) -> list[tuple[str, Any]]:
         return super().cli_columns(summary) + [("tower speed-up", lambda p: p["speedup"])]
@@ -319,8 +363,10 @@ class VisualTokensAxis(_KeepRateAxis):
         return report["reduction"]["visual_tokens_out"]
 
     def knob_figures(self, report: dict) -> dict:
-        return {"visual_tokens_in": report["reduction"]["visual_tokens_in"],
-                "prefill_flops_saved": report["llm"]["prefill_flops_saved"]}
+        return {
+            "visual_tokens_in": report["reduction"]["visual_tokens_in"],
+            "prefill_flops_saved": report["llm"]["prefill_flops_saved"],
+        }
 
     def knob_grid(self, recipe, report: dict, ref_value: int, step: int, candidate) -> list[int]:
         """Every K from 1 to min(all visual tokens, TopK's limit) on the ``step`` grid that the method accepts
@@ -328,8 +374,9 @@ class VisualTokensAxis(_KeepRateAxis):
         from ..vlm.select import TOPK_LIMIT, VisualLayout
 
         lay = report["reduction"]["layout"]
-        layout = VisualLayout(views=lay["views"], grid=tuple(lay["grid"]),
-                              sub_grid=tuple(lay["sub_grid"]) if lay["sub_grid"] else None)
+        layout = VisualLayout(
+            views=lay["views"], grid=tuple(lay["grid"]), sub_grid=tuple(lay["sub_grid"]) if lay["sub_grid"] else None
+        )
 
         def valid(k: int) -> bool:
             try:
@@ -344,11 +391,23 @@ class VisualTokensAxis(_KeepRateAxis):
 
 # the gated figures of a vocab trim, the default (the quality figure the recipe's thresholds bound) first
 VOCAB_METRICS = {
-    "encoder": ("heldout_embedding_cosine", "in_vocab_max_abs_diff", "heldout_token_coverage",
-                "tokenizer_remap_exact", "checkpoint_tensors_exact"),
-    "decoder": ("next_token_top1_agreement", "perplexity_per_char_increase", "generation_exact_match",
-                "generation_differences_explained", "top1_agreement_where_kept", "heldout_token_coverage",
-                "tokenizer_remap_exact", "checkpoint_tensors_exact"),
+    "encoder": (
+        "heldout_embedding_cosine",
+        "in_vocab_max_abs_diff",
+        "heldout_token_coverage",
+        "tokenizer_remap_exact",
+        "checkpoint_tensors_exact",
+    ),
+    "decoder": (
+        "next_token_top1_agreement",
+        "perplexity_per_char_increase",
+        "generation_exact_match",
+        "generation_differences_explained",
+        "top1_agreement_where_kept",
+        "heldout_token_coverage",
+        "tokenizer_remap_exact",
+        "checkpoint_tensors_exact",
+    ),
 }
 
 
@@ -374,8 +433,9 @@ def vocab_recipe(recipe, size: int, name: str, threads: int | None = None, **upd
     from ..vocab.recipe import TrimConfig
 
     try:
-        trim = TrimConfig.model_validate({**recipe.trim.model_dump(mode="json"), "target_vocab_size": size,
-                                          "max_params": None, "max_bytes": None})
+        trim = TrimConfig.model_validate(
+            {**recipe.trim.model_dump(mode="json"), "target_vocab_size": size, "max_params": None, "max_bytes": None}
+        )
     except ValidationError as e:
         raise InputError(f"trim.target_vocab_size: {size}: {e.errors()[0]['msg']}") from None
     update = {"trim": trim, "name": name, **update}
@@ -413,28 +473,44 @@ class VocabTrimAxis(SweepAxis):
 
     def row(self, report: dict) -> dict:
         mod, tok, art = report["model"], report["tokenizer"], report["artifacts"]
-        return {"vocab_size": tok["vocab_size"], "vocab_size_trimmed": tok["vocab_size_trimmed"],
-                "kept": report["trim"]["kept"], "params": mod["params"], "params_trimmed": mod["params_trimmed"],
-                "params_ratio": mod["params_trimmed"] / mod["params"],
-                "params_reduction": mod["params"] / mod["params_trimmed"],
-                "onnx_bytes_ratio": art["onnx_bytes"] / art["baseline_onnx_bytes"]}
+        return {
+            "vocab_size": tok["vocab_size"],
+            "vocab_size_trimmed": tok["vocab_size_trimmed"],
+            "kept": report["trim"]["kept"],
+            "params": mod["params"],
+            "params_trimmed": mod["params_trimmed"],
+            "params_ratio": mod["params_trimmed"] / mod["params"],
+            "params_reduction": mod["params"] / mod["params_trimmed"],
+            "onnx_bytes_ratio": art["onnx_bytes"] / art["baseline_onnx_bytes"],
+        }
 
     def axis(self, rows: list[dict], batch: str | None) -> tuple[dict, dict, str]:
-        x = {"key": "params_reduction", "short": "parameter reduction",
-             "label": "parameter reduction (original ÷ trimmed parameters)", "batch": int(batch) if batch else None}
-        return x, dict(self.varied), (
-            "trim.target_vocab_size replaced (mined ids kept, most frequent first; special, required and closure ids "
-            "come on top); x = parameter reduction, what a trim buys (an embedding lookup costs little time: the "
-            "measured baseline.onnx ÷ model.onnx speed-up at the export batch is in every point)")
+        x = {
+            "key": "params_reduction",
+            "short": "parameter reduction",
+            "label": "parameter reduction (original ÷ trimmed parameters)",
+            "batch": int(batch) if batch else None,
+        }
+        return (
+            x,
+            dict(self.varied),
+            (
+                "trim.target_vocab_size replaced (mined ids kept, most frequent first; special, required and closure ids "
+                "come on top); x = parameter reduction, what a trim buys (an embedding lookup costs little time: the "
+                "measured baseline.onnx ÷ model.onnx speed-up at the export batch is in every point)"
+            ),
+        )
 
     def html_columns(self, summary: dict, fmt) -> list[tuple[str, Any]]:
         xk = summary["x"]["key"]
-        return [("target vocab size", lambda p: f"{p['target_vocab_size']:,}"),
-                ("vocab kept", lambda p: f"{p['vocab_size_trimmed']:,} of {p['vocab_size']:,}"),
-                ("parameters kept", lambda p: f"{p['params_trimmed']:,} ({p['params_ratio']:.3f}×)"),
-                (summary["x"]["label"], lambda p: fmt(p[xk], 3)),
-                ("measured speed-up", lambda p: fmt(p["speedup"], 3)),
-                ("ONNX bytes ratio", lambda p: fmt(p["onnx_bytes_ratio"], 3))]
+        return [
+            ("target vocab size", lambda p: f"{p['target_vocab_size']:,}"),
+            ("vocab kept", lambda p: f"{p['vocab_size_trimmed']:,} of {p['vocab_size']:,}"),
+            ("parameters kept", lambda p: f"{p['params_trimmed']:,} ({p['params_ratio']:.3f}×)"),
+            (summary["x"]["label"], lambda p: fmt(p[xk], 3)),
+            ("measured speed-up", lambda p: fmt(p["speedup"], 3)),
+            ("ONNX bytes ratio", lambda p: fmt(p["onnx_bytes_ratio"], 3)),
+        ]
 
     search_knob = "trim.target_vocab_size"
     search_tag = "v"
@@ -446,8 +522,10 @@ class VocabTrimAxis(SweepAxis):
         return report["trim"]["mined"]
 
     def knob_figures(self, report: dict) -> dict:
-        return {"vocab_size_trimmed": report["tokenizer"]["vocab_size_trimmed"],
-                "params_ratio": report["model"]["params_trimmed"] / report["model"]["params"]}
+        return {
+            "vocab_size_trimmed": report["tokenizer"]["vocab_size_trimmed"],
+            "params_ratio": report["model"]["params_trimmed"] / report["model"]["params"],
+        }
 
     def knob_grid(self, recipe, report: dict, ref_value: int, step: int, candidate) -> list[int]:
         top = report["trim"]["eligible"]
@@ -458,10 +536,12 @@ class VocabTrimAxis(SweepAxis):
 
     # the recipe field that bounds each figure: (section, field, min or max); the originals are fixed (1 for
     # shares and cosines, 0 for the perplexity increase)
-    BOUNDED = {"heldout_embedding_cosine": ("accuracy", "min_cosine", "min"),
-               "next_token_top1_agreement": ("accuracy", "min_top1_agreement", "min"),
-               "perplexity_per_char_increase": ("accuracy", "max_perplexity_increase", "max"),
-               "generation_exact_match": ("generation", "min_exact_match", "min")}
+    BOUNDED = {
+        "heldout_embedding_cosine": ("accuracy", "min_cosine", "min"),
+        "next_token_top1_agreement": ("accuracy", "min_top1_agreement", "min"),
+        "perplexity_per_char_increase": ("accuracy", "max_perplexity_increase", "max"),
+        "generation_exact_match": ("generation", "min_exact_match", "min"),
+    }
 
     def budget_verify(self, recipe, metric: str, max_drop: float):
         v = recipe.verify
@@ -475,10 +555,13 @@ class VocabTrimAxis(SweepAxis):
 
     def cli_columns(self, summary: dict) -> list[tuple[str, Any]]:
         xk = summary["x"]["key"]
-        return [("target vocab", lambda p: f"{p['target_vocab_size']:,}"),
-                ("vocab kept", lambda p: f"{p['vocab_size_trimmed']:,}"),
-                ("params kept", lambda p: f"{p['params_ratio']:.3f}×"), (summary["x"]["label"], lambda p: f"{p[xk]:.3f}×"),
-                ("speed-up", lambda p: p["speedup"])]
+        return [
+            ("target vocab", lambda p: f"{p['target_vocab_size']:,}"),
+            ("vocab kept", lambda p: f"{p['vocab_size_trimmed']:,}"),
+            ("params kept", lambda p: f"{p['params_ratio']:.3f}×"),
+            (summary["x"]["label"], lambda p: f"{p[xk]:.3f}×"),
+            ("speed-up", lambda p: p["speedup"]),
+        ]
 
 
 # every name --metric may take for some task (the CLI's check before the recipe is read)

@@ -7,6 +7,7 @@ A task is constructed from a validated recipe and then called by the driver in t
 the :mod:`tokexport.stages.metric` contract) → ``bench_feed`` (named inputs of a batch, for the
 side-by-side latency) → ``deploy_feed`` (the sample feed of the deploy bundle) → ``sections``
 (task-specific report sections) → ``markdown`` (their human-readable form)."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -75,7 +76,6 @@ class Task(ABC):
         self.base_dir = Path(base_dir)
         self.label = label
 
-
     @abstractmethod
     def load(self, stages: Stages) -> None:
         """Load the model and the evaluation data; raise InputError for anything the recipe got wrong."""
@@ -139,5 +139,3 @@ def task_for(recipe) -> type[Task]:
         if name in cls.recipe_tasks:
             return cls
     raise KeyError(name)
-
-

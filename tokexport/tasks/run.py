@@ -3,6 +3,7 @@ deploy (engines or bundle) → report, staged into a temporary directory and ren
 
 Every task (:mod:`tokexport.tasks.base`) runs through :func:`run`; what differs between tasks lives in
 the task, what a conversion is lives here."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,9 +51,15 @@ def header(kind: str, label: str, recipe) -> dict:
 
     from .. import __version__
 
-    return {"schema_version": SCHEMA_VERSION, "kind": kind, "tokexport_version": __version__,
-            "created_unix": int(time.time()), "recipe_path": label, "recipe": recipe.model_dump(mode="json"),
-            "environment": environment()}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "tokexport_version": __version__,
+        "created_unix": int(time.time()),
+        "recipe_path": label,
+        "recipe": recipe.model_dump(mode="json"),
+        "environment": environment(),
+    }
 
 
 def _parity(task: Task, graphs: Graphs, stages: Stages) -> dict[str, dict]:
@@ -82,17 +89,33 @@ def _bench(task: Task, graphs: Graphs, stages: Stages) -> dict | None:
         return None
     sizes = task.bench_batches()
     with stages.stage("bench", total=len(sizes) * b.repeats) as advance:
-        batches = compare_latency(graphs.baseline, graphs.model, task.bench_feeds, sizes, b.warmup, b.repeats,
-                                  b.threads, on_step=advance, provider=b.provider, provider_options=b.provider_options)
+        batches = compare_latency(
+            graphs.baseline,
+            graphs.model,
+            task.bench_feeds,
+            sizes,
+            b.warmup,
+            b.repeats,
+            b.threads,
+            on_step=advance,
+            provider=b.provider,
+            provider_options=b.provider_options,
+        )
     import onnxruntime
 
     from ..stages.runners import PROVIDERS, default_threads
 
     ep = PROVIDERS[b.provider]  # OrtRunner refused any other: the provider actually used
-    return {"runtime": f"onnxruntime {onnxruntime.__version__} {ep}", "provider": ep,
-            "provider_options": {k: str(v) for k, v in b.provider_options.items()},
-            "threads": b.threads or default_threads(), "repeats": b.repeats, "warmup": b.warmup, "batches": batches,
-            **task.bench_extra(batches)}
+    return {
+        "runtime": f"onnxruntime {onnxruntime.__version__} {ep}",
+        "provider": ep,
+        "provider_options": {k: str(v) for k, v in b.provider_options.items()},
+        "threads": b.threads or default_threads(),
+        "repeats": b.repeats,
+        "warmup": b.warmup,
+        "batches": batches,
+        **task.bench_extra(batches),
+    }
 
 
 def _deploy(task: Task, tmp: Path, graphs: Graphs, stages: Stages) -> dict | None:
@@ -108,21 +131,38 @@ def _deploy(task: Task, tmp: Path, graphs: Graphs, stages: Stages) -> dict | Non
             for name, p in (("model", graphs.model), ("baseline", graphs.baseline)):
                 results[name] = build_and_compare(p, tmp / f"{name}.engine", feed, d.tolerances(), d.fp16, d.max_batch)
                 advance()
-        return {"kind": "engines", "fp16": d.fp16, "engines": ["model.engine", "baseline.engine"], "results": results,
-                "note": "TensorRT engines built here (model.engine, baseline.engine), timed and compared with ONNX "
-                        "Runtime: " + ", ".join(f"{n} {'PASS' if r['passed'] else 'FAIL'} {r['median_ms']:.2f} ms"
-                                                for n, r in results.items())}
+        return {
+            "kind": "engines",
+            "fp16": d.fp16,
+            "engines": ["model.engine", "baseline.engine"],
+            "results": results,
+            "note": "TensorRT engines built here (model.engine, baseline.engine), timed and compared with ONNX "
+            "Runtime: "
+            + ", ".join(f"{n} {'PASS' if r['passed'] else 'FAIL'} {r['median_ms']:.2f} ms" for n, r in results.items()),
+        }
     if not d.bundle:
         return None
     with stages.stage("deploy bundle"):
-        bundle = write_bundle(tmp / "deploy", {"model": graphs.model, "baseline": graphs.baseline},
-                              task.recipe.export.target, feed, d.tolerances(), fp16=d.fp16, max_batch=d.max_batch,
-                              archive=False)
-    return {"kind": "bundle", "path": "deploy", "target": bundle.manifest["target"], "fp16": d.fp16,
-            "tolerances": d.tolerances(),
-            "note": "TensorRT is not available here: deploy/ holds model.onnx and baseline.onnx, build_engine.sh "
-                    "(trtexec) and verify_on_device.py (sha256, then TensorRT or ONNX Runtime against ONNX Runtime's "
-                    "expected outputs); run both on the device, or `tokexport bundle` for a .tar.gz"}
+        bundle = write_bundle(
+            tmp / "deploy",
+            {"model": graphs.model, "baseline": graphs.baseline},
+            task.recipe.export.target,
+            feed,
+            d.tolerances(),
+            fp16=d.fp16,
+            max_batch=d.max_batch,
+            archive=False,
+        )
+    return {
+        "kind": "bundle",
+        "path": "deploy",
+        "target": bundle.manifest["target"],
+        "fp16": d.fp16,
+        "tolerances": d.tolerances(),
+        "note": "TensorRT is not available here: deploy/ holds model.onnx and baseline.onnx, build_engine.sh "
+        "(trtexec) and verify_on_device.py (sha256, then TensorRT or ONNX Runtime against ONNX Runtime's "
+        "expected outputs); run both on the device, or `tokexport bundle` for a .tar.gz",
+    }
 
 
 def _artifacts(graphs: Graphs) -> dict:
@@ -134,10 +174,16 @@ def _artifacts(graphs: Graphs) -> dict:
     def nodes(p: Path) -> int:  # graph size: the reduction's selection adds nodes (external data is not read)
         return len(load(p, load_external=False).graph.node)
 
-    return {"onnx": graphs.model.name, "onnx_sha256": sha256_onnx(graphs.model), "onnx_bytes": nbytes(graphs.model),
-            "onnx_nodes": nodes(graphs.model),
-            "baseline_onnx": graphs.baseline.name, "baseline_onnx_sha256": sha256_onnx(graphs.baseline),
-            "baseline_onnx_bytes": nbytes(graphs.baseline), "baseline_onnx_nodes": nodes(graphs.baseline)}
+    return {
+        "onnx": graphs.model.name,
+        "onnx_sha256": sha256_onnx(graphs.model),
+        "onnx_bytes": nbytes(graphs.model),
+        "onnx_nodes": nodes(graphs.model),
+        "baseline_onnx": graphs.baseline.name,
+        "baseline_onnx_sha256": sha256_onnx(graphs.baseline),
+        "baseline_onnx_bytes": nbytes(graphs.baseline),
+        "baseline_onnx_nodes": nodes(graphs.baseline),
+    }
 
 
 def _failures(parity: dict, parity_base: dict, metrics: dict, baselines: dict | None = None) -> list[str]:
@@ -212,8 +258,10 @@ def produce(task: Task, tmp: Path, stages: Stages) -> dict:
     }
     problems = validate_report(report)
     if problems:  # a bug of the task, not of the user's input: say exactly what broke the contract
-        raise ContractError(f"{task.kind} report breaks the report contract (a tokexport bug, please report it): "
-                            + "; ".join(problems[:10]))
+        raise ContractError(
+            f"{task.kind} report breaks the report contract (a tokexport bug, please report it): "
+            + "; ".join(problems[:10])
+        )
     return report
 
 
@@ -228,8 +276,13 @@ def naming_the_recipe(recipe, label: str):
         msg = str(e)
         field = re.split(r"[.:\[ ]", msg, maxsplit=1)[0]
         fields = getattr(type(recipe), "model_fields", {})
-        if type(e) is InputError and label and not label.startswith("<") and not msg.startswith(f"{label}:") \
-                and field in fields:
+        if (
+            type(e) is InputError
+            and label
+            and not label.startswith("<")
+            and not msg.startswith(f"{label}:")
+            and field in fields
+        ):
             raise InputError(f"{label}: {msg}") from None
         raise
 
@@ -243,7 +296,7 @@ def final_paths(report, staging: Path, final: Path):
     if isinstance(report, list):
         return [final_paths(v, staging, final) for v in report]
     if isinstance(report, str) and (report == old or report.startswith(old + os.sep)):
-        return new + report[len(old):]
+        return new + report[len(old) :]
     return report
 
 
@@ -283,8 +336,16 @@ def model_paths(model: str, base_dir: Path) -> list[Path]:
     return [p] if os.path.lexists(p) else []
 
 
-def run(recipe, base_dir: Path, out_dir: Path, force: bool = False, stages: Stages | None = None,
-        label: str = "<recipe>", protect: tuple = (), **task_kwargs) -> Result:
+def run(
+    recipe,
+    base_dir: Path,
+    out_dir: Path,
+    force: bool = False,
+    stages: Stages | None = None,
+    label: str = "<recipe>",
+    protect: tuple = (),
+    **task_kwargs,
+) -> Result:
     """Run a validated recipe into ``out_dir``. The output is checked and claimed (:mod:`tokexport.outdir`)
     before the model is loaded, built in a staging directory and renamed into place when complete;
     ``protect`` adds paths it may not replace (the recipe's directory and the model's always are).
@@ -298,8 +359,11 @@ def run(recipe, base_dir: Path, out_dir: Path, force: bool = False, stages: Stag
 
     preflight(recipe.bench.provider, recipe.bench.provider_options)  # exit 5 before any model is loaded
     protect = (*protect, base_dir, *model_paths(recipe.model, base_dir))
-    with claim_out_dir(out_dir, force, kind="convert", protect=protect) as claim, naming_the_recipe(recipe, label), \
-            pickle_policy(getattr(recipe, "allow_pickle", False)):
+    with (
+        claim_out_dir(out_dir, force, kind="convert", protect=protect) as claim,
+        naming_the_recipe(recipe, label),
+        pickle_policy(getattr(recipe, "allow_pickle", False)),
+    ):
         task.load(stages)
         with claim.staged() as tmp:
             report = final_paths(produce(task, tmp, stages), tmp, claim.path)

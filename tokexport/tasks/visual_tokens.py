@@ -13,6 +13,7 @@ random keep drawn per image (over seeds) and the 2-D uniform lattice at the same
 the method's margin over the best one (tokexport.vlm.baselines; gate ``verify.vs_baselines``). The bench
 ratio is the selection overhead; the saving is in the LLM prefill, counted analytically (section ``llm``).
 The model is loaded by :mod:`.visual_tokens_model`."""
+
 from __future__ import annotations
 
 import json
@@ -76,9 +77,11 @@ class _Probe(nn.Module):
 
 def _named(graph: VisualTokenGraph):
     """The graph as the exported function: named outputs (``extra``: the selector's further inputs)."""
+
     def f(x, *extra):
         tokens, pos = graph(x, *extra)
         return {"visual_tokens": tokens, "positions": pos}
+
     return f
 
 
@@ -87,7 +90,6 @@ def _named(graph: VisualTokenGraph):
 class VisualTokens(Task):
     kind = "visual-tokens"
     recipe_tasks = ("visual-tokens",)
-
 
     # ---- load
     def _check_metric_names(self) -> None:
@@ -98,12 +100,15 @@ class VisualTokens(Task):
                 raise InputError(
                     f"verify.accuracy.metrics.{name}: cannot gate: the retained attention mass is measured with the "
                     "attention the selector itself ranks tokens by (vision.eval_layer/eval_source), so it says "
-                    "nothing about accuracy and is reported for information only; remove its threshold")
+                    "nothing about accuracy and is reported for information only; remove its threshold"
+                )
         vs = self.recipe.verify.vs_baselines
         for name in (vs.metrics or []) if vs is not None else []:
             if name not in COMPARED:
-                raise InputError(f"verify.vs_baselines.metrics: {name} is not compared with the baselines for task "
-                                 f"visual-tokens (compared: {', '.join(COMPARED)})")
+                raise InputError(
+                    f"verify.vs_baselines.metrics: {name} is not compared with the baselines for task "
+                    f"visual-tokens (compared: {', '.join(COMPARED)})"
+                )
 
     def load(self, stages: Stages) -> None:
         from ..recipe import VisionConfig
@@ -116,8 +121,9 @@ class VisualTokens(Task):
         s = vm.image_size
         gh = gw = s // vm.adapter.patch_size
         rows_cols = self._tile_grid()
-        layout = self.layout = VisualLayout(views=1 + (rows_cols[0] * rows_cols[1] if rows_cols else 0),
-                                            grid=(gh, gw), sub_grid=rows_cols)
+        layout = self.layout = VisualLayout(
+            views=1 + (rows_cols[0] * rows_cols[1] if rows_cols else 0), grid=(gh, gw), sub_grid=rows_cols
+        )
         self._graphs()
         if vis.eval_source == "cls" and vm.adapter.n_prefix() == 0:
             raise InputError("vision.eval_source: the tower has no CLS token; use eval_source: received")
@@ -128,8 +134,14 @@ class VisualTokens(Task):
         acc = recipe.verify.accuracy
         with stages.stage("data"):
             hi = Preprocess(s * (rows_cols[0] if rows_cols else 1), vm.mean, vm.std)
-            self.iset = instance_recognition_set(natural_images(include_optional=False), hi, acc.samples_per_class,
-                                                 acc.prototypes_per_class, tuple(acc.crop_scale), acc.seed)
+            self.iset = instance_recognition_set(
+                natural_images(include_optional=False),
+                hi,
+                acc.samples_per_class,
+                acc.prototypes_per_class,
+                tuple(acc.crop_scale),
+                acc.seed,
+            )
             eval_x, proto_x = views(self.iset.eval_x, layout, s), views(self.iset.proto_x, layout, s)
         # one view: [N, 3, S, S] (LLaVA-1.5's pixel_values); anyres: [N, V, 3, S, S]
         self.eval_x = eval_x if layout.views > 1 else eval_x[:, 0]
@@ -149,13 +161,17 @@ class VisualTokens(Task):
         if vm.kind == "llava_next":  # the tiles must be the ones the model cuts itself: its packing depends on them
             pins = [list(p) for p in vm.llava.grid_pinpoints]
             if not rows_cols:
-                raise InputError("vision.grid: LLaVA-NeXT takes the full view plus anyres tiles; set grid: [rows, cols], "
-                                 f"one of its image_grid_pinpoints {pins} divided by the view size {s}")
+                raise InputError(
+                    "vision.grid: LLaVA-NeXT takes the full view plus anyres tiles; set grid: [rows, cols], "
+                    f"one of its image_grid_pinpoints {pins} divided by the view size {s}"
+                )
             want = vm.llava.anyres_grid((s * rows_cols[0], s * rows_cols[1]))
             if want != rows_cols:
-                raise InputError(f"vision.grid: LLaVA-NeXT cuts a {s * rows_cols[0]}×{s * rows_cols[1]} image into "
-                                 f"{list(want)} tiles, not {list(rows_cols)} (image_grid_pinpoints {pins}); "
-                                 f"set grid: {list(want)}")
+                raise InputError(
+                    f"vision.grid: LLaVA-NeXT cuts a {s * rows_cols[0]}×{s * rows_cols[1]} image into "
+                    f"{list(want)} tiles, not {list(rows_cols)} (image_grid_pinpoints {pins}); "
+                    f"set grid: {list(want)}"
+                )
         return rows_cols
 
     def _graphs(self) -> None:
@@ -174,9 +190,12 @@ class VisualTokens(Task):
             raise InputError(f"reduction.{e}") from None
         self.inputs = self.selector.input_values()  # further graph inputs for the evaluation, per image
         try:
-            self.red = VisualTokenGraph(vm.tower, ad, layout, s, vm.feature_layer, vm.feature_select, vm.projector,
-                                        self.selector, k)
-            self.base = VisualTokenGraph(vm.tower, ad, layout, s, vm.feature_layer, vm.feature_select, vm.projector, None)
+            self.red = VisualTokenGraph(
+                vm.tower, ad, layout, s, vm.feature_layer, vm.feature_select, vm.projector, self.selector, k
+            )
+            self.base = VisualTokenGraph(
+                vm.tower, ad, layout, s, vm.feature_layer, vm.feature_select, vm.projector, None
+            )
             self.probe = _Probe(vm.tower, ad, layout, s, vm.feature_layer, vis.eval_layer, vis.eval_source)
         except ValueError as e:
             raise InputError(f"vision/reduction: {e}") from None
@@ -190,8 +209,10 @@ class VisualTokens(Task):
             measured += GENERATION_METRICS
         for name in recipe.verify.accuracy.metrics:
             if name not in measured:
-                raise InputError(f"verify.accuracy.metrics.{name}: not measured for task visual-tokens "
-                                 f"(measured: {', '.join(measured)})")
+                raise InputError(
+                    f"verify.accuracy.metrics.{name}: not measured for task visual-tokens "
+                    f"(measured: {', '.join(measured)})"
+                )
 
     def _at_export_batch(self) -> np.ndarray:
         """Real inputs at the export batch (1 for a dynamic batch), repeated when parity has fewer samples."""
@@ -208,10 +229,14 @@ class VisualTokens(Task):
         with stages.stage("export", total=2) as advance:
             base_info = export_onnx(self.base, _named(self.base), example, base_path, ex.opset, dynamic, ex.exporter)
             advance()
-            extra = {k: torch.from_numpy(v) for k, v in with_inputs({INPUT_NAME: example.numpy()}, self.inputs).items()
-                     if k != INPUT_NAME}
-            red_info = export_onnx(self.red, _named(self.red), example, model_path, ex.opset, dynamic, ex.exporter,
-                                   extra_inputs=extra)
+            extra = {
+                k: torch.from_numpy(v)
+                for k, v in with_inputs({INPUT_NAME: example.numpy()}, self.inputs).items()
+                if k != INPUT_NAME
+            }
+            red_info = export_onnx(
+                self.red, _named(self.red), example, model_path, ex.opset, dynamic, ex.exporter, extra_inputs=extra
+            )
             advance()
         return Graphs(model_path, base_path, red_info, base_info)
 
@@ -219,8 +244,10 @@ class VisualTokens(Task):
         # visual selectors record no decision margins: no near-tie exemption (as before the driver)
         feed = {INPUT_NAME: self.parity_x}
         red_feed = with_inputs(feed, self.inputs)
-        return {"parity": ParityCase(graphs.model, TorchRunner(_named(self.red), list(red_feed)), red_feed),
-                "parity_baseline": ParityCase(graphs.baseline, TorchRunner(_named(self.base)), feed)}
+        return {
+            "parity": ParityCase(graphs.model, TorchRunner(_named(self.red), list(red_feed)), red_feed),
+            "parity_baseline": ParityCase(graphs.baseline, TorchRunner(_named(self.base)), feed),
+        }
 
     # ---- metrics
     def metrics(self, graphs: Graphs, stages: Stages) -> dict[str, dict]:
@@ -239,12 +266,14 @@ class VisualTokens(Task):
         vis = self.vision
         metrics = {
             "feature_cosine": V.Metric(1.0, float(ps["feature_cosine"].mean()), th.get("feature_cosine")).as_dict(),
-            "attn_pooled_cosine": V.Metric(1.0, float(ps["attn_pooled_cosine"].mean()),
-                                           th.get("attn_pooled_cosine")).as_dict(),
+            "attn_pooled_cosine": V.Metric(
+                1.0, float(ps["attn_pooled_cosine"].mean()), th.get("attn_pooled_cosine")
+            ).as_dict(),
             "instance_top1": V.Metric(orig_top1, float(ps["instance_top1"].mean()), th.get("instance_top1")).as_dict(),
             # share of the eval block's attention the kept tokens hold (all tokens: 1.0); information only
-            "attention_mass": info(float(ps["attention_mass"].mean()), eval_layer=vis.eval_layer,
-                                   eval_source=vis.eval_source),
+            "attention_mass": info(
+                float(ps["attention_mass"].mean()), eval_layer=vis.eval_layer, eval_source=vis.eval_source
+            ),
         }
         self.baselines = None
         bl = self.recipe.verify.baselines
@@ -253,14 +282,16 @@ class VisualTokens(Task):
                 self.baselines = self._baselines(ps, orig, weights, n_orig_prefix, protos)
         if self.recipe.verify.generation is not None:
             with stages.stage("verify: generation"):
-                self.generation, gen = generation(self.recipe, self.vm, graphs.model, layout,
-                                                  lambda prompt: self.selector.input_values(prompt))
+                self.generation, gen = generation(
+                    self.recipe, self.vm, graphs.model, layout, lambda prompt: self.selector.input_values(prompt)
+                )
             for name, (o, rr) in gen.items():
                 metrics[name] = V.Metric(o, rr, th.get(name)).as_dict()
         return metrics
 
-    def _baselines(self, ps: dict, orig: np.ndarray, weights: np.ndarray, n_orig_prefix: int,
-                   protos: np.ndarray) -> dict:
+    def _baselines(
+        self, ps: dict, orig: np.ndarray, weights: np.ndarray, n_orig_prefix: int, protos: np.ndarray
+    ) -> dict:
         """The report's ``baselines`` section: random keep per image over seeds and the 2-D uniform
         lattice at the method's K, on the same crops (tokexport.vlm.baselines)."""
         from ..stages.baselines import baselines_section
@@ -269,13 +300,29 @@ class VisualTokens(Task):
         bl, acc = recipe.verify.baselines, recipe.verify.accuracy
         seeds = [acc.seed * 1000 + i for i in range(bl.random_seeds)]
         runs = baseline_runs(orig, weights, n_orig_prefix, protos, self.iset.eval_y, lay, k, seeds)
-        budget = {"visual_tokens_kept": k, "of": lay.total, "views": lay.views,
-                  "held_equal": "kept visual tokens K (hence the LLM prefill FLOPs)"}
-        data = {"split": "eval", "samples": int(len(self.iset.eval_y)), "classes": self.iset.n_classes,
-                "what": "seeded random crops of the bundled photographs (instance recognition set)"}
-        return baselines_section(self.selector.name, {m: ps[m] for m in COMPARED}, runs,
-                                 {m: "higher" for m in COMPARED}, budget, data, recipe.verify.vs_baselines,
-                                 resamples=bl.resamples, seed=acc.seed)
+        budget = {
+            "visual_tokens_kept": k,
+            "of": lay.total,
+            "views": lay.views,
+            "held_equal": "kept visual tokens K (hence the LLM prefill FLOPs)",
+        }
+        data = {
+            "split": "eval",
+            "samples": int(len(self.iset.eval_y)),
+            "classes": self.iset.n_classes,
+            "what": "seeded random crops of the bundled photographs (instance recognition set)",
+        }
+        return baselines_section(
+            self.selector.name,
+            {m: ps[m] for m in COMPARED},
+            runs,
+            {m: "higher" for m in COMPARED},
+            budget,
+            data,
+            recipe.verify.vs_baselines,
+            resamples=bl.resamples,
+            seed=acc.seed,
+        )
 
     # ---- bench and deploy
     def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
@@ -284,10 +331,13 @@ class VisualTokens(Task):
         return with_inputs(feed, self.inputs)  # baseline.onnx reads pixel_values only
 
     def bench_extra(self, batches: dict) -> dict:
-        return {"batches": {b: {**v, "selection_overhead": v["reduced_ms"] / v["baseline_ms"] - 1.0}
-                            for b, v in batches.items()},
-                "note": "baseline.onnx = tower + feature select (+ projector), all tokens; model.onnx adds the "
-                        "selection: the ratio is the selection overhead (the saving is in the LLM prefill)"}
+        return {
+            "batches": {
+                b: {**v, "selection_overhead": v["reduced_ms"] / v["baseline_ms"] - 1.0} for b, v in batches.items()
+            },
+            "note": "baseline.onnx = tower + feature select (+ projector), all tokens; model.onnx adds the "
+            "selection: the ratio is the selection overhead (the saving is in the LLM prefill)",
+        }
 
     def deploy_feed(self) -> dict[str, np.ndarray]:
         return with_inputs({INPUT_NAME: self._at_export_batch()}, self.inputs)
@@ -310,30 +360,65 @@ class VisualTokens(Task):
         input_shape = [("batch" if dynamic else ex.batch), *list(self.eval_x.shape[1:])]
         return {
             **({"baselines": self.baselines} if getattr(self, "baselines", None) else {}),
-            "model": {"source": vm.source, "source_kind": vm.source_kind, "path": str(vm.path),
-                      "family": vm.adapter.family, "kind": vm.kind, "task": "visual-tokens", "params": vm.params,
-                      "image_size": vm.image_size, "tower_params": sum(p.numel() for p in vm.tower.parameters())},
-            "reduction": {"method": self.selector.name, "params": self.selector.describe(), "schedule": [],
-                          "layout": {"views": lay.views, "grid": list(lay.grid),
-                                     "sub_grid": list(lay.sub_grid) if lay.sub_grid else None},
-                          "visual_tokens_in": n_in, "visual_tokens_out": n_out,
-                          "feature_layer": vm.feature_layer, "feature_select": vm.feature_select},
-            "export": {"opset": ex.opset, "exporter": graphs.model_info.exporter, "batch": ex.batch,
-                       "target": ex.target, "trt_target": ex.trt_target,
-                       "inputs": {INPUT_NAME: input_shape, **{k: [input_shape[0], *shape] for k, shape in
-                                                              self.selector.graph_inputs().items()}},
-                       "input_shape": input_shape, "outputs": graphs.model_info.output_shapes,
-                       "baseline_outputs": graphs.baseline_info.output_shapes},
-            "llm": {"dims": vm.llm_dims, "prompt_tokens": vis.prompt_tokens, "prefill_flops_full": prefill_full,
-                    "prefill_flops_reduced": prefill_red, "prefill_flops_saved": 1.0 - prefill_red / prefill_full},
+            "model": {
+                "source": vm.source,
+                "source_kind": vm.source_kind,
+                "path": str(vm.path),
+                "family": vm.adapter.family,
+                "kind": vm.kind,
+                "task": "visual-tokens",
+                "params": vm.params,
+                "image_size": vm.image_size,
+                "tower_params": sum(p.numel() for p in vm.tower.parameters()),
+            },
+            "reduction": {
+                "method": self.selector.name,
+                "params": self.selector.describe(),
+                "schedule": [],
+                "layout": {
+                    "views": lay.views,
+                    "grid": list(lay.grid),
+                    "sub_grid": list(lay.sub_grid) if lay.sub_grid else None,
+                },
+                "visual_tokens_in": n_in,
+                "visual_tokens_out": n_out,
+                "feature_layer": vm.feature_layer,
+                "feature_select": vm.feature_select,
+            },
+            "export": {
+                "opset": ex.opset,
+                "exporter": graphs.model_info.exporter,
+                "batch": ex.batch,
+                "target": ex.target,
+                "trt_target": ex.trt_target,
+                "inputs": {
+                    INPUT_NAME: input_shape,
+                    **{k: [input_shape[0], *shape] for k, shape in self.selector.graph_inputs().items()},
+                },
+                "input_shape": input_shape,
+                "outputs": graphs.model_info.output_shapes,
+                "baseline_outputs": graphs.baseline_info.output_shapes,
+            },
+            "llm": {
+                "dims": vm.llm_dims,
+                "prompt_tokens": vis.prompt_tokens,
+                "prefill_flops_full": prefill_full,
+                "prefill_flops_reduced": prefill_red,
+                "prefill_flops_saved": 1.0 - prefill_red / prefill_full,
+            },
             "accuracy_extra": {
                 "dataset": "natural-images instance recognition (visual tokens)",
-                "description": (f"{iset.n_classes} classes, {len(iset.eval_y)} eval crops, {lay.views} view(s) each; "
-                                f"original = all {lay.total} tokens from PyTorch; reduced = model.onnx's {n_out} "
-                                f"tokens; pooled features are the mean (and the attention-weighted mean, weights from "
-                                f"block {vis.eval_layer} {vis.eval_source} attention) of the tokens; attention_mass "
-                                "(information only) is the share of that attention the kept tokens hold"),
-                "classes": iset.n_classes, "samples": int(len(iset.eval_y)), "generation": self.generation},
+                "description": (
+                    f"{iset.n_classes} classes, {len(iset.eval_y)} eval crops, {lay.views} view(s) each; "
+                    f"original = all {lay.total} tokens from PyTorch; reduced = model.onnx's {n_out} "
+                    f"tokens; pooled features are the mean (and the attention-weighted mean, weights from "
+                    f"block {vis.eval_layer} {vis.eval_source} attention) of the tokens; attention_mass "
+                    "(information only) is the share of that attention the kept tokens hold"
+                ),
+                "classes": iset.n_classes,
+                "samples": int(len(iset.eval_y)),
+                "generation": self.generation,
+            },
         }
 
     @classmethod

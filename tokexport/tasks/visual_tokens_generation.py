@@ -1,5 +1,6 @@
 """The greedy-generation check of a visual-tokens run on a LLaVA checkpoint (``verify.generation``): the
 unmodified model's ``generate()`` against the tokens model.onnx produced, packed as the model packs them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,14 +41,17 @@ def _image_size(vm: VisualModel, layout: VisualLayout) -> tuple[int, tuple[int, 
     side = vm.image_size * (layout.sub_grid[0] if layout.sub_grid else 1)
     hw = (side, side) if parts.kind == "llava_next" else None
     if hw is not None and parts.anyres_grid(hw) != layout.sub_grid:
-        raise InputError(f"vision.grid: {list(layout.sub_grid)} is not the tile grid the model picks for a "
-                         f"{side}×{side} image ({list(parts.anyres_grid(hw))}, from its image_grid_pinpoints "
-                         f"{[list(p) for p in parts.grid_pinpoints]}); use that grid")
+        raise InputError(
+            f"vision.grid: {list(layout.sub_grid)} is not the tile grid the model picks for a "
+            f"{side}×{side} image ({list(parts.anyres_grid(hw))}, from its image_grid_pinpoints "
+            f"{[list(p) for p in parts.grid_pinpoints]}); use that grid"
+        )
     return side, hw
 
 
-def _generate_both(parts, runner: OrtRunner, ids: torch.Tensor, x: np.ndarray, hw, n_full: int, inputs: dict,
-                   max_new_tokens: int) -> tuple[list, list, int]:
+def _generate_both(
+    parts, runner: OrtRunner, ids: torch.Tensor, x: np.ndarray, hw, n_full: int, inputs: dict, max_new_tokens: int
+) -> tuple[list, list, int]:
     """(the unmodified model's new tokens, the reduced run's, how many visual tokens the reduced run gave the
     LLM) for one prompt and one image."""
     from ..vlm.llava import embed_with_visual_tokens, expand_image_tokens, pack_visual_tokens
@@ -55,16 +59,22 @@ def _generate_both(parts, runner: OrtRunner, ids: torch.Tensor, x: np.ndarray, h
     extra = {"image_sizes": torch.tensor([hw])} if hw is not None else {}
     ids_full = expand_image_tokens(ids, parts.image_token_id, n_full)
     with torch.inference_mode():
-        out = parts.model.generate(input_ids=ids_full, pixel_values=torch.from_numpy(x),
-                                   max_new_tokens=max_new_tokens, do_sample=False, **extra)
-    a = out[0, ids_full.shape[1]:].tolist()
+        out = parts.model.generate(
+            input_ids=ids_full,
+            pixel_values=torch.from_numpy(x),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            **extra,
+        )
+    a = out[0, ids_full.shape[1] :].tolist()
     r = run_rows(runner, with_inputs({INPUT_NAME: x}, inputs))
     packed = pack_visual_tokens(parts, torch.from_numpy(r["visual_tokens"][0]), r["positions"][0], hw)
     ids_red = expand_image_tokens(ids, parts.image_token_id, int(packed.shape[0]))
     with torch.inference_mode():
         emb = embed_with_visual_tokens(parts, ids_red, packed)
-        out = parts.model.generate(inputs_embeds=emb, attention_mask=torch.ones_like(ids_red),
-                                   max_new_tokens=max_new_tokens, do_sample=False)
+        out = parts.model.generate(
+            inputs_embeds=emb, attention_mask=torch.ones_like(ids_red), max_new_tokens=max_new_tokens, do_sample=False
+        )
     b = out[0].tolist()  # generate from inputs_embeds alone returns the new tokens only
     return a, b, int(packed.shape[0])
 
@@ -101,13 +111,28 @@ def generation(recipe, vm: VisualModel, model_path: Path, layout: VisualLayout, 
             exact += int(a == b)
             agree += same
             total += max(len(a), len(b))
-            rows.append({"prompt": prompt, "image": name, "exact": a == b,
-                         "full": tok.decode(a) if tok else a, "reduced": tok.decode(b) if tok else b,
-                         "llm_visual_tokens": [n_full, n_red]})
-    return ({"samples": rows, "max_new_tokens": g.max_new_tokens, "decoding": "greedy",
-             "reference_run": "the unmodified checkpoint's generate() on the pixel values",
-             "reduced_run": "model.onnx (ONNX Runtime) tokens, packed by their positions as the model packs "
-                        "(LLaVA-NeXT: base view, stitched tile rows, image_newline after every row), fed as "
-                        "inputs_embeds"},
-            {"generation_exact_match": (1.0, exact / len(rows)),
-             "generation_token_agreement": (1.0, agree / max(total, 1))})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "image": name,
+                    "exact": a == b,
+                    "full": tok.decode(a) if tok else a,
+                    "reduced": tok.decode(b) if tok else b,
+                    "llm_visual_tokens": [n_full, n_red],
+                }
+            )
+    return (
+        {
+            "samples": rows,
+            "max_new_tokens": g.max_new_tokens,
+            "decoding": "greedy",
+            "reference_run": "the unmodified checkpoint's generate() on the pixel values",
+            "reduced_run": "model.onnx (ONNX Runtime) tokens, packed by their positions as the model packs "
+            "(LLaVA-NeXT: base view, stitched tile rows, image_newline after every row), fed as "
+            "inputs_embeds",
+        },
+        {
+            "generation_exact_match": (1.0, exact / len(rows)),
+            "generation_token_agreement": (1.0, agree / max(total, 1)),
+        },
+    )

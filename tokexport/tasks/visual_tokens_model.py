@@ -1,6 +1,7 @@
 """The model of a visual-tokens run (:mod:`.visual_tokens`) and its inputs: a LLaVA checkpoint or a bare
 vision tower, loaded (:func:`load_visual`); a crop cut into the views the model sees (:func:`views`); a
 feed with the selector's further inputs (:func:`with_inputs`)."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,14 @@ class VisualModel:
 
 
 def _text_dims(cfg) -> dict:
-    keys = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-            "vocab_size")
+    keys = (
+        "hidden_size",
+        "num_hidden_layers",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+    )
     return {k: getattr(cfg, k, None) for k in keys}
 
 
@@ -62,12 +69,40 @@ def load_visual(recipe, vis, base_dir: Path) -> VisualModel:
         parts = load_llava(path)
         tower = parts.tower
         mean, std = image_mean_std(path)
-        return VisualModel(recipe.model, kind, path, parts.kind, tower, adapter_for(tower.config), parts.projector,
-                           parts.feature_layer, parts.feature_select, parts.image_size, mean, std,
-                           _text_dims(parts.text_config), sum(p.numel() for p in parts.model.parameters()), parts)
+        return VisualModel(
+            recipe.model,
+            kind,
+            path,
+            parts.kind,
+            tower,
+            adapter_for(tower.config),
+            parts.projector,
+            parts.feature_layer,
+            parts.feature_select,
+            parts.image_size,
+            mean,
+            std,
+            _text_dims(parts.text_config),
+            sum(p.numel() for p in parts.model.parameters()),
+            parts,
+        )
     lm = load_model(recipe.model, base_dir, recipe.family, "feature-extraction", recipe.export.image_size)
-    return VisualModel(recipe.model, kind, path, "tower", lm.model, lm.adapter, None, vis.feature_layer,
-                       vis.feature_select, lm.image_size, lm.mean, lm.std, vis.llm.model_dump(), lm.params)
+    return VisualModel(
+        recipe.model,
+        kind,
+        path,
+        "tower",
+        lm.model,
+        lm.adapter,
+        None,
+        vis.feature_layer,
+        vis.feature_select,
+        lm.image_size,
+        lm.mean,
+        lm.std,
+        vis.llm.model_dump(),
+        lm.params,
+    )
 
 
 def views(x: np.ndarray, layout: VisualLayout, size: int) -> np.ndarray:
@@ -75,11 +110,16 @@ def views(x: np.ndarray, layout: VisualLayout, size: int) -> np.ndarray:
     resized to S×S, then the rows×cols tiles in raster order."""
     t = torch.from_numpy(x)
     if layout.sub_grid is None:
-        return x[:, None] if t.shape[-1] == size else F.interpolate(t, size=(size, size), mode="bilinear",
-                                                                     antialias=True, align_corners=False).numpy()[:, None]
+        return (
+            x[:, None]
+            if t.shape[-1] == size
+            else F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False).numpy()[
+                :, None
+            ]
+        )
     rows, cols = layout.sub_grid
     full = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    tiles = [t[:, :, r * size:(r + 1) * size, c * size:(c + 1) * size] for r in range(rows) for c in range(cols)]
+    tiles = [t[:, :, r * size : (r + 1) * size, c * size : (c + 1) * size] for r in range(rows) for c in range(cols)]
     return torch.stack([full, *tiles], dim=1).numpy()
 
 

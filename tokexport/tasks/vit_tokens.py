@@ -5,6 +5,7 @@ photographs (plus top-1 agreement / ImageFolder top-1 for classifiers), and the 
 section compares the method with per-image random keep (over seeds) and a 2-D uniform lattice at the same
 schedule, on the same crops (:mod:`tokexport.reduce.baselines_vit`; the section is built in
 :mod:`.vit_tokens_baselines`)."""
+
 from __future__ import annotations
 
 import tempfile
@@ -37,8 +38,8 @@ def selection_margins(fn: Callable[[torch.Tensor], dict], x: np.ndarray) -> list
     with torch.inference_mode():
         for i in range(0, len(x), 8):  # margins are recorded per sample ([B] per decision)
             with recording() as rec:
-                fn(torch.from_numpy(np.ascontiguousarray(x[i:i + 8])))
-            out += sample_margins(rec, len(x[i:i + 8]))
+                fn(torch.from_numpy(np.ascontiguousarray(x[i : i + 8])))
+            out += sample_margins(rec, len(x[i : i + 8]))
     return out
 
 
@@ -74,9 +75,15 @@ def evaluation_set(lm: LoadedModel, accuracy, eval_stream: int = EVAL_STREAM):
     """The instance-recognition crops ``verify.accuracy`` asks for, preprocessed for ``lm``: prototypes and the
     evaluation crops (``eval_stream``: another stream of crops of the same photographs, e.g. the search split)."""
     pre = Preprocess(lm.image_size, lm.mean, lm.std)
-    return instance_recognition_set(natural_images(include_optional=False, include_dependencies=True), pre,
-                                    accuracy.samples_per_class, accuracy.prototypes_per_class,
-                                    tuple(accuracy.crop_scale), accuracy.seed, eval_stream=eval_stream)
+    return instance_recognition_set(
+        natural_images(include_optional=False, include_dependencies=True),
+        pre,
+        accuracy.samples_per_class,
+        accuracy.prototypes_per_class,
+        tuple(accuracy.crop_scale),
+        accuracy.seed,
+        eval_stream=eval_stream,
+    )
 
 
 SCORED = ("feature_cosine", "instance_top1", "top1_agreement")  # what instance_metrics can give
@@ -91,8 +98,9 @@ def instance_metrics(lm: LoadedModel, iset, feat: str, orig: dict, red: dict, or
     """The ViT task's accuracy figures of one reduced run against the original on ``iset``'s evaluation crops
     (feature cosine, instance top-1, and for a classifier top-1 agreement), judged on ``thresholds``: what a
     conversion reports and what ``tokexport search`` scores a schedule by."""
-    metrics = V.feature_metrics(orig[feat], red[feat], orig_proto, iset.eval_y, iset.proto_y, iset.n_classes,
-                                thresholds)
+    metrics = V.feature_metrics(
+        orig[feat], red[feat], orig_proto, iset.eval_y, iset.proto_y, iset.n_classes, thresholds
+    )
     if "top1_agreement" in scored_metrics(lm.task):
         metrics |= V.classifier_metrics(orig["logits"], red["logits"], thresholds)
     return metrics
@@ -103,8 +111,9 @@ class VitTokens(Task):
     kind = "vit-token-pruning"
     recipe_tasks = ("auto", "feature-extraction", "image-classification")
 
-    def __init__(self, recipe, base_dir: Path, label: str, loaded: LoadedModel | None = None,
-                 baselines_from: Path | None = None):
+    def __init__(
+        self, recipe, base_dir: Path, label: str, loaded: LoadedModel | None = None, baselines_from: Path | None = None
+    ):
         """``loaded``: a model already loaded (sweeps). ``baselines_from``: the output directory of an earlier
         conversion of the same model, evaluation data and schedule, whose honest baselines (every draw's
         per-sample values, in its report.json) this run is judged against instead of computing them again —
@@ -114,19 +123,25 @@ class VitTokens(Task):
         self.lm = loaded
         self.baselines_from = Path(baselines_from) if baselines_from is not None else None
 
-
     # ---- load
     def load(self, stages: Stages) -> None:
         recipe = self.recipe
         if self.lm is None:
+
             def check_schedule(adapter, image_size):
                 steps = plan(recipe.reduction, adapter.n_tokens(image_size), adapter.n_prefix(), adapter.num_layers)
                 if steps:
                     make_method(recipe.reduction).check(adapter.n_prefix())
 
             with stages.stage("load"):
-                self.lm = load_model(recipe.model, self.base_dir, recipe.family, recipe.task, recipe.export.image_size,
-                                     before_weights=check_schedule)
+                self.lm = load_model(
+                    recipe.model,
+                    self.base_dir,
+                    recipe.family,
+                    recipe.task,
+                    recipe.export.image_size,
+                    before_weights=check_schedule,
+                )
         lm = self.lm
         folder = self._imagefolder()
         self.n_tokens, self.n_prefix = lm.adapter.n_tokens(lm.image_size), lm.adapter.n_prefix()
@@ -143,17 +158,23 @@ class VitTokens(Task):
         self._rng = np.random.default_rng(0)
         self.baseline_section: dict | None = None
         if recipe.verify.vs_baselines is not None and not self.schedule:
-            raise InputError("verify.vs_baselines: the reduction prunes nothing (empty schedule), so there is no "
-                             "budget to compare baselines at; remove vs_baselines or add prune_layers")
+            raise InputError(
+                "verify.vs_baselines: the reduction prunes nothing (empty schedule), so there is no "
+                "budget to compare baselines at; remove vs_baselines or add prune_layers"
+            )
 
     def _imagefolder(self) -> Path | None:
         acc, lm = self.recipe.verify.accuracy, self.lm
         if lm.task != "image-classification":
             for name in ("top1_agreement", "imagefolder_top1"):
                 if name in acc.metrics:
-                    raise InputError(f"verify.accuracy.metrics.{name}: needs a classification head, but the model is {lm.task}")
+                    raise InputError(
+                        f"verify.accuracy.metrics.{name}: needs a classification head, but the model is {lm.task}"
+                    )
             if acc.imagefolder:
-                raise InputError("verify.accuracy.imagefolder: needs a classification head; remove it for a feature model")
+                raise InputError(
+                    "verify.accuracy.imagefolder: needs a classification head; remove it for a feature model"
+                )
         if not acc.imagefolder:
             return None
         folder = Path(acc.imagefolder).expanduser()
@@ -175,12 +196,28 @@ class VitTokens(Task):
         model_path, base_path = tmp / "model.onnx", tmp / "baseline.onnx"
         finished = bool(getattr(ex, "fold", True)) or getattr(ex, "precision", "fp32") != "fp32"  # checked there
         with stages.stage("export", total=2) as advance:
-            base_info = export_onnx(lm.model, self.original_fn, example, base_path, ex.opset, dynamic, ex.exporter,
-                                    check_shapes=not finished)
+            base_info = export_onnx(
+                lm.model,
+                self.original_fn,
+                example,
+                base_path,
+                ex.opset,
+                dynamic,
+                ex.exporter,
+                check_shapes=not finished,
+            )
             advance()
             with reduced(lm.model, lm.adapter, self.schedule, self.method):
-                red_info = export_onnx(lm.model, self.original_fn, example, model_path, ex.opset, dynamic, ex.exporter,
-                                       check_shapes=not finished)
+                red_info = export_onnx(
+                    lm.model,
+                    self.original_fn,
+                    example,
+                    model_path,
+                    ex.opset,
+                    dynamic,
+                    ex.exporter,
+                    check_shapes=not finished,
+                )
             advance()
         return Graphs(model_path, base_path, red_info, base_info)
 
@@ -192,8 +229,10 @@ class VitTokens(Task):
             reference = MarginRecordingRunner(self.reduced_fn, margins)
         else:
             margins, reference = None, TorchRunner(self.reduced_fn)
-        return {"parity": ParityCase(graphs.model, reference, feed, margins=margins, tie_margin=par.tie_margin),
-                "parity_baseline": ParityCase(graphs.baseline, TorchRunner(self.original_fn), feed)}
+        return {
+            "parity": ParityCase(graphs.model, reference, feed, margins=margins, tie_margin=par.tie_margin),
+            "parity_baseline": ParityCase(graphs.baseline, TorchRunner(self.original_fn), feed),
+        }
 
     # ---- metrics
     def metrics(self, graphs: Graphs, stages: Stages) -> dict[str, dict]:
@@ -247,10 +286,16 @@ class VitTokens(Task):
                 out = run_rows(OrtRunner(found[0]), {"pixel_values": x})
                 hidden = out.pop(found[1])
                 ref = record_prefix(lm.model, lm.adapter, self.original_fn, first, x[:CHECK_ROWS])
-                if ref and hidden.shape[1:] == tuple(ref["hidden"].shape[1:]) and np.allclose(
-                        hidden[:CHECK_ROWS], ref["hidden"].numpy(), rtol=1e-4, atol=1e-3):
-                    return out, {"layer": first, "hidden": torch.from_numpy(np.ascontiguousarray(hidden)),
-                                 "as_tuple": ref["as_tuple"]}
+                if (
+                    ref
+                    and hidden.shape[1:] == tuple(ref["hidden"].shape[1:])
+                    and np.allclose(hidden[:CHECK_ROWS], ref["hidden"].numpy(), rtol=1e-4, atol=1e-3)
+                ):
+                    return out, {
+                        "layer": first,
+                        "hidden": torch.from_numpy(np.ascontiguousarray(hidden)),
+                        "as_tuple": ref["as_tuple"],
+                    }
         if out is None:
             out = run_rows(runner, {"pixel_values": x})
         return out, record_prefix(lm.model, lm.adapter, self.original_fn, first, x)
@@ -258,7 +303,9 @@ class VitTokens(Task):
     # ---- bench and deploy
     def bench_feed(self, batch: int) -> dict[str, np.ndarray]:
         pool = self.iset.eval_x
-        return {"pixel_values": np.ascontiguousarray(pool[self._rng.choice(len(pool), batch, replace=len(pool) < batch)])}
+        return {
+            "pixel_values": np.ascontiguousarray(pool[self._rng.choice(len(pool), batch, replace=len(pool) < batch)])
+        }
 
     def flops(self) -> tuple[dict, dict]:
         """FLOPs per image of the original model and of the reduced one (its selection overhead included)."""
@@ -272,9 +319,17 @@ class VitTokens(Task):
         base, red = self.flops()
         predicted = base["flops"] / red["flops"]
         eff = max(batches, key=int)
-        return {"flops": {"baseline": base["flops"], "reduced": red["flops"], "selection": red["selection_flops"],
-                          "predicted_speedup": predicted, "per": "image"},
-                "efficiency_batch": int(eff), "efficiency": batches[eff]["speedup"] / predicted}
+        return {
+            "flops": {
+                "baseline": base["flops"],
+                "reduced": red["flops"],
+                "selection": red["selection_flops"],
+                "predicted_speedup": predicted,
+                "per": "image",
+            },
+            "efficiency_batch": int(eff),
+            "efficiency": batches[eff]["speedup"] / predicted,
+        }
 
     def deploy_feed(self) -> dict[str, np.ndarray]:
         ex = self.recipe.export
@@ -287,34 +342,64 @@ class VitTokens(Task):
         dynamic = ex.batch == "dynamic"
         _, red = self.flops()
         out = {
-            "model": {"source": lm.source, "source_kind": lm.source_kind, "path": str(lm.path),
-                      "family": lm.adapter.family, "model_type": lm.config.model_type,
-                      "architecture": type(lm.model).__name__, "task": lm.task, "params": lm.params,
-                      "image_size": lm.image_size, "tokens": self.n_tokens, "prefix_tokens": self.n_prefix},
-            "reduction": {"method": self.method.name, "rounding": self.recipe.reduction.rounding,
-                          "params": self.method.describe(), "schedule": [s.as_dict() for s in self.schedule],
-                          "tokens_per_block": red["tokens_per_block"]},
-            "export": {"opset": ex.opset, "exporter": graphs.model_info.exporter, "batch": ex.batch,
-                       "target": ex.target, "trt_target": ex.trt_target,
-                       "inputs": {"pixel_values": [("batch" if dynamic else ex.batch), 3, lm.image_size, lm.image_size]},
-                       "input_shape": [("batch" if dynamic else ex.batch), 3, lm.image_size, lm.image_size],
-                       "outputs": graphs.model_info.output_shapes, "baseline_outputs": graphs.baseline_info.output_shapes},
+            "model": {
+                "source": lm.source,
+                "source_kind": lm.source_kind,
+                "path": str(lm.path),
+                "family": lm.adapter.family,
+                "model_type": lm.config.model_type,
+                "architecture": type(lm.model).__name__,
+                "task": lm.task,
+                "params": lm.params,
+                "image_size": lm.image_size,
+                "tokens": self.n_tokens,
+                "prefix_tokens": self.n_prefix,
+            },
+            "reduction": {
+                "method": self.method.name,
+                "rounding": self.recipe.reduction.rounding,
+                "params": self.method.describe(),
+                "schedule": [s.as_dict() for s in self.schedule],
+                "tokens_per_block": red["tokens_per_block"],
+            },
+            "export": {
+                "opset": ex.opset,
+                "exporter": graphs.model_info.exporter,
+                "batch": ex.batch,
+                "target": ex.target,
+                "trt_target": ex.trt_target,
+                "inputs": {"pixel_values": [("batch" if dynamic else ex.batch), 3, lm.image_size, lm.image_size]},
+                "input_shape": [("batch" if dynamic else ex.batch), 3, lm.image_size, lm.image_size],
+                "outputs": graphs.model_info.output_shapes,
+                "baseline_outputs": graphs.baseline_info.output_shapes,
+            },
             "accuracy_extra": {
                 "dataset": "natural-images instance recognition" + (" + imagefolder" if self.labelled else ""),
-                "description": (f"{iset.n_classes} classes (one per bundled photograph), {len(iset.eval_y)} eval crops "
-                                f"(scale {list(acc.crop_scale)}, flips, seed {acc.seed}); class prototypes from the "
-                                f"ORIGINAL model on {len(iset.proto_y)} separate crops; feature = "
-                                f"`{getattr(self, 'feature', '?')}`; reduced = model.onnx (onnxruntime), original = "
-                                f"{getattr(self, 'original_from', 'unmodified PyTorch model')}"),
-                "classes": iset.n_classes, "samples": len(iset.eval_y),
+                "description": (
+                    f"{iset.n_classes} classes (one per bundled photograph), {len(iset.eval_y)} eval crops "
+                    f"(scale {list(acc.crop_scale)}, flips, seed {acc.seed}); class prototypes from the "
+                    f"ORIGINAL model on {len(iset.proto_y)} separate crops; feature = "
+                    f"`{getattr(self, 'feature', '?')}`; reduced = model.onnx (onnxruntime), original = "
+                    f"{getattr(self, 'original_from', 'unmodified PyTorch model')}"
+                ),
+                "classes": iset.n_classes,
+                "samples": len(iset.eval_y),
                 "splits": {
-                    "eval": {"samples": len(iset.eval_y), "role": "the verdict (every metric and baseline above)",
-                             "crops": f"random crops, stream default_rng([{acc.seed}, 0])"},
-                    "prototypes": {"samples": len(iset.proto_y), "role": "class prototypes (original model)",
-                                   "crops": f"random crops, stream default_rng([{acc.seed}, 1]), disjoint from eval"},
+                    "eval": {
+                        "samples": len(iset.eval_y),
+                        "role": "the verdict (every metric and baseline above)",
+                        "crops": f"random crops, stream default_rng([{acc.seed}, 0])",
+                    },
+                    "prototypes": {
+                        "samples": len(iset.proto_y),
+                        "role": "class prototypes (original model)",
+                        "crops": f"random crops, stream default_rng([{acc.seed}, 1]), disjoint from eval",
+                    },
                     "photographs": iset.class_names,
                     "chosen_on_eval": "nothing: thresholds are fixed rules (docs/verdicts.md), the schedule is the "
-                                      "recipe's"}},
+                    "recipe's",
+                },
+            },
         }
         if self.baseline_section is not None:
             out["baselines"] = self.baseline_section
@@ -332,20 +417,30 @@ class VitTokens(Task):
         bench = report.get("bench") or {}
         if "flops" in bench:
             fl = bench["flops"]
-            lines += ["", f"- FLOPs per image: baseline {fl['baseline'] / 1e9:.2f} G, reduced {fl['reduced'] / 1e9:.2f} G "
-                          f"(selection overhead {fl['selection'] / 1e9:.2f} G) → predicted speed-up "
-                          f"{fl['predicted_speedup']:.3f}×",
-                      f"- Efficiency (measured ÷ predicted, batch {bench['efficiency_batch']}): {bench['efficiency']:.3f}"]
+            lines += [
+                "",
+                f"- FLOPs per image: baseline {fl['baseline'] / 1e9:.2f} G, reduced {fl['reduced'] / 1e9:.2f} G "
+                f"(selection overhead {fl['selection'] / 1e9:.2f} G) → predicted speed-up "
+                f"{fl['predicted_speedup']:.3f}×",
+                f"- Efficiency (measured ÷ predicted, batch {bench['efficiency_batch']}): {bench['efficiency']:.3f}",
+            ]
         return lines
 
     @classmethod
     def console_lines(cls, report: dict) -> list[str]:
         sched = report["reduction"]["schedule"]
-        out = ["tokens per stage: " + (", ".join(f"after block {s['layer']}: {s['tokens_in']}→{s['tokens_out']}"
-                                                for s in sched) or "no pruning")]
+        out = [
+            "tokens per stage: "
+            + (
+                ", ".join(f"after block {s['layer']}: {s['tokens_in']}→{s['tokens_out']}" for s in sched)
+                or "no pruning"
+            )
+        ]
         bench = report.get("bench") or {}
         if "flops" in bench:
             fl = bench["flops"]
-            out.append(f"FLOP-predicted speed-up {fl['predicted_speedup']:.3f}× ({fl['baseline'] / 1e9:.2f} → "
-                       f"{fl['reduced'] / 1e9:.2f} GFLOPs/image); efficiency {bench['efficiency']:.3f}")
+            out.append(
+                f"FLOP-predicted speed-up {fl['predicted_speedup']:.3f}× ({fl['baseline'] / 1e9:.2f} → "
+                f"{fl['reduced'] / 1e9:.2f} GFLOPs/image); efficiency {bench['efficiency']:.3f}"
+            )
         return out

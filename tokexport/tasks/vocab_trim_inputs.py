@@ -1,6 +1,7 @@
 """The vocab-trim task's inputs, read and checked before anything is written
 (:meth:`~.vocab_trim.VocabTrim.load`): the model folder (bundled or local), its architecture and its
 checkpoint, and the ids of the user's token lists."""
+
 from __future__ import annotations
 
 import time
@@ -24,8 +25,10 @@ def resolve_model_dir(name: str, base_dir: Path) -> tuple[Path, str]:
     p = Path(name).expanduser()
     p = p if p.is_absolute() else base_dir / p
     if not (p / "config.json").is_file():
-        raise InputError(f"model: {name!r} is neither a bundled model (`tokexport models list`) nor a local Hugging "
-                         f"Face directory with config.json ({p})")
+        raise InputError(
+            f"model: {name!r} is neither a bundled model (`tokexport models list`) nor a local Hugging "
+            f"Face directory with config.json ({p})"
+        )
     return p, "local"
 
 
@@ -46,8 +49,12 @@ def load_checkpoint(path: Path, architecture: str):
     hf_logging.set_verbosity_error()  # length warnings of long corpus lines, init notes: the report says what matters
     cls = AutoModelForCausalLM if architecture == "decoder" else AutoModel
     t0 = time.perf_counter()
-    kwargs = {"dtype": torch.float32, "attn_implementation": "eager", "output_loading_info": True,
-              **weights_kwargs(path)}  # safetensors only, unless the recipe allows pickle (tokexport.checkpoints)
+    kwargs = {
+        "dtype": torch.float32,
+        "attn_implementation": "eager",
+        "output_loading_info": True,
+        **weights_kwargs(path),
+    }  # safetensors only, unless the recipe allows pickle (tokexport.checkpoints)
     try:
         model, info = cls.from_pretrained(path, **kwargs)
         missing = list(info.get("missing_keys") or [])
@@ -57,11 +64,15 @@ def load_checkpoint(path: Path, architecture: str):
             model, info = cls.from_pretrained(path, add_pooling_layer=False, **kwargs)
             missing = list(info.get("missing_keys") or [])
     except (ValueError, TypeError) as e:
-        raise InputError(f"model {path}: cannot load as {'a causal LM' if architecture == 'decoder' else 'an encoder'} "
-                         f"({str(e).splitlines()[0][:200]})") from None
+        raise InputError(
+            f"model {path}: cannot load as {'a causal LM' if architecture == 'decoder' else 'an encoder'} "
+            f"({str(e).splitlines()[0][:200]})"
+        ) from None
     if missing:
-        raise InputError(f"model {path}: the checkpoint lacks {len(missing)} tensors the model needs (e.g. {missing[0]}); "
-                         "they would be randomly initialised")
+        raise InputError(
+            f"model {path}: the checkpoint lacks {len(missing)} tensors the model needs (e.g. {missing[0]}); "
+            "they would be randomly initialised"
+        )
     return model.eval(), time.perf_counter() - t0
 
 
@@ -78,8 +89,11 @@ def tokens_to_keep(recipe, base_dir: Path, lookup: dict[str, int]) -> list[int]:
     entries = [("trim.tokens_to_keep", t) for t in recipe.trim.tokens_to_keep]
     if recipe.trim.tokens_to_keep_file:
         p = tokens_file(recipe, base_dir)
-        entries += [(f"trim.tokens_to_keep_file ({p.name})", line)
-                    for line in read_text(p, "token list", label="trim.tokens_to_keep_file").splitlines() if line.strip()]
+        entries += [
+            (f"trim.tokens_to_keep_file ({p.name})", line)
+            for line in read_text(p, "token list", label="trim.tokens_to_keep_file").splitlines()
+            if line.strip()
+        ]
     ids = []
     for where, tok in entries:
         if tok not in lookup:

@@ -2,6 +2,7 @@
 (:func:`required_ids`), then the ids a keep file lists (:func:`keep_file_ids`), or the corpus's ids ranked
 by expected coverage, the blend chosen on a dev split (:func:`rank_by_coverage`), or by frequency
 (:func:`rank_by_frequency`), within a parameter or byte budget when the recipe sets one."""
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,9 @@ from ..vocab.model import config_ids
 from ..vocab.selfgen import self_generated_counts
 
 
-def required_ids(recipe, info, lookup: dict[str, int], model, keep_user: list[int]
-                 ) -> tuple[dict[str, list[int]], list[int]]:
+def required_ids(
+    recipe, info, lookup: dict[str, int], model, keep_user: list[int]
+) -> tuple[dict[str, list[int]], list[int]]:
     """Ids kept whatever the corpus says, by reason (the tokenizer's specials, padding, unk, byte
     symbols; ids named by the config and generation config; tokens_to_keep), and the special ids
     ``trim.drop_special`` lets go."""
@@ -41,7 +43,10 @@ def required_ids(recipe, info, lookup: dict[str, int], model, keep_user: list[in
 def per_token_params(model, vt) -> int:
     """Parameters each kept id costs: one row of every distinct vocabulary tensor (embedding, untied
     head, head bias, final_logits_bias-style vectors)."""
-    named = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    named = {
+        **dict(model.named_parameters(remove_duplicate=False)),
+        **dict(model.named_buffers(remove_duplicate=False)),
+    }
     params = {id(p) for p in model.parameters()}
     seen, total = set(), 0
     for name, axis in vt.axes.items():
@@ -67,8 +72,15 @@ def keep_list_report(kl, keep: np.ndarray, required: dict[str, list[int]], looku
     closure = sorted({int(i) for i in keep} - seen)
     if closure:
         added["bpe_merge_paths"] = [{"id": i, "token": inverse.get(i)} for i in closure]
-    return {"path": str(kl.path), "format": kl.format, "entries": kl.entries, "listed_ids": len(listed),
-            "kept": len(keep), "added_total": sum(len(v) for v in added.values()), "added": added}
+    return {
+        "path": str(kl.path),
+        "format": kl.format,
+        "entries": kl.entries,
+        "listed_ids": len(listed),
+        "kept": len(keep),
+        "added_total": sum(len(v) for v in added.values()),
+        "added": added,
+    }
 
 
 @dataclass
@@ -97,8 +109,12 @@ def keep_file_ids(m: Mining, base_dir: Path, lookup: dict[str, int], vocab_size:
     """(mined, keep list): the ids trim.keep_file lists."""
     kl = read_keep_file(m.recipe.trim.keep_file, base_dir, lookup, vocab_size)
     picks = [int(i) for i in kl.ids]
-    mined = Mined(counts=None, selected=np.array(sorted(picks), dtype=np.int64), eligible=len(picks),
-                  mining_tokens=sum(len(r) for r in m.mining_ids))
+    mined = Mined(
+        counts=None,
+        selected=np.array(sorted(picks), dtype=np.int64),
+        eligible=len(picks),
+        mining_tokens=sum(len(r) for r in m.mining_ids),
+    )
     return mined, kl
 
 
@@ -109,10 +125,19 @@ def rank_by_coverage(m: Mining) -> tuple:
     trim, rows, corpus, mining_rows = m.recipe.trim, m.rows, m.corpus, m.mining_rows
     cfg = trim.coverage
     self_gen = None
-    weighted_rows = {lang: encode_all(m.encode_plain, [t for t, _ in entries])
-                     for lang, entries in corpus.weighted.items()}
-    ev, dev_masks = R.gather_evidence(corpus, mining_rows, m.encode_plain, rows, cfg.dev_fraction,
-                                      m.recipe.corpus.seed, any(x > 0 for x in cfg.numbers), weighted_rows)
+    weighted_rows = {
+        lang: encode_all(m.encode_plain, [t for t, _ in entries]) for lang, entries in corpus.weighted.items()
+    }
+    ev, dev_masks = R.gather_evidence(
+        corpus,
+        mining_rows,
+        m.encode_plain,
+        rows,
+        cfg.dev_fraction,
+        m.recipe.corpus.seed,
+        any(x > 0 for x in cfg.numbers),
+        weighted_rows,
+    )
     if trim.self_generated is not None:  # prompts from the train split only: the dev split stays unseen
         train_rows = [r for lang, rs in mining_rows.items() for r, dev in zip(rs, dev_masks[lang]) if not dev]
         extra, self_gen = self_generated_counts(m.model, trim.self_generated, train_rows, rows, m.pad_gen)
@@ -120,12 +145,21 @@ def rank_by_coverage(m: Mining) -> tuple:
     best, trials = R.tune(ev, cfg, m.base, m.paths, m.size)
     score = R.blend(ev, ev.full(), best["prior_strength"], best["numbers"], best["self_generated"])
     _, picks = R.choose(score, score > 0, m.base, m.paths, m.size)
-    mined = Mined(counts=None, selected=np.array(sorted(picks), dtype=np.int64), eligible=int((score > 0).sum()),
-                  mining_tokens=sum(len(r) for r in m.mining_ids))
-    ranking = {"method": "coverage", "chosen": best, "dev_documents": ev.dev_documents,
-               "dev_fraction": cfg.dev_fraction, "trials": trials,
-               "note": "blend weights chosen by token coverage of a dev split of the mining documents "
-                       "(mined from the rest) at the recipe's size; held-out text is never used to choose"}
+    mined = Mined(
+        counts=None,
+        selected=np.array(sorted(picks), dtype=np.int64),
+        eligible=int((score > 0).sum()),
+        mining_tokens=sum(len(r) for r in m.mining_ids),
+    )
+    ranking = {
+        "method": "coverage",
+        "chosen": best,
+        "dev_documents": ev.dev_documents,
+        "dev_fraction": cfg.dev_fraction,
+        "trials": trials,
+        "note": "blend weights chosen by token coverage of a dev split of the mining documents "
+        "(mined from the rest) at the recipe's size; held-out text is never used to choose",
+    }
     return mined, ranking, self_gen, weighted_rows, (ev, best)
 
 
@@ -141,12 +175,15 @@ def rank_by_frequency(m: Mining) -> tuple:
     else:
         counts = count_ids(corpus, m.encode_special, m.encode_plain, rows, extra, m.mining_rows)
         if counts.sum() == 0:
-            raise InputError("corpus: the mining part tokenises to no tokens at all; give text in the "
-                             "target language")
+            raise InputError("corpus: the mining part tokenises to no tokens at all; give text in the target language")
         eligible = counts >= trim.min_frequency
         _, picks = R.choose(counts.astype(np.float64), eligible, m.base, m.paths, m.size)
-        mined = Mined(counts=counts, selected=np.array(sorted(picks), dtype=np.int64),
-                      eligible=int(eligible.sum()), mining_tokens=int(counts.sum()))
+        mined = Mined(
+            counts=counts,
+            selected=np.array(sorted(picks), dtype=np.int64),
+            eligible=int(eligible.sum()),
+            mining_tokens=int(counts.sum()),
+        )
     ranking = {"method": "frequency", "min_frequency": trim.min_frequency}
     return mined, ranking, self_gen
 
@@ -158,7 +195,17 @@ def heldout_ablation(m: Mining, ev, best: dict, heldout_counts: dict, weighted_r
     plain = count_ids(m.corpus, m.encode_special, m.encode_plain, rows, None, m.mining_rows, weighted_rows)
     corpus_only = sum((c for c in ev.full().values()), np.zeros(rows))
     return R.ablation(
-        ev, best, m.base, m.paths, m.size, heldout_counts,
-        {"corpus counts only (vocabtrimmer, min_frequency)": (corpus_only, corpus_only >= trim.min_frequency),
-         "ranking: frequency (corpus + word-list pseudo-counts)": (plain.astype(np.float64),
-                                                                  plain >= trim.min_frequency)})
+        ev,
+        best,
+        m.base,
+        m.paths,
+        m.size,
+        heldout_counts,
+        {
+            "corpus counts only (vocabtrimmer, min_frequency)": (corpus_only, corpus_only >= trim.min_frequency),
+            "ranking: frequency (corpus + word-list pseudo-counts)": (
+                plain.astype(np.float64),
+                plain >= trim.min_frequency,
+            ),
+        },
+    )

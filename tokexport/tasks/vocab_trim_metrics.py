@@ -4,6 +4,7 @@ encoder, exact outputs on in-vocabulary text and the embedding cosine on all of 
 identical greedy generations (every difference explained by a dropped token), next-token top-1 agreement
 and the perplexity per character. Each function reads the loaded and exported task (``task``: a
 :class:`~.vocab_trim.VocabTrim`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,9 +24,14 @@ def evenly(items: list, n: int) -> list:
 def output_diffs(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, dict]:
     """Per output: max and mean |got - ref| at real positions (the pooled embedding in full)."""
     res = compare_outputs(got, ref, 1.0, 1.0, mask, unmasked=("sentence_embedding",), agreement=())
-    return {k: ({"max_abs_diff": o["max_abs_diff"], "mean_abs_diff": o["mean_abs_diff"]} if "max_abs_diff" in o
-                else {"max_abs_diff": float("inf"), "mean_abs_diff": float("inf"), "error": o.get("error")})
-            for k, o in res["outputs"].items()}
+    return {
+        k: (
+            {"max_abs_diff": o["max_abs_diff"], "mean_abs_diff": o["mean_abs_diff"]}
+            if "max_abs_diff" in o
+            else {"max_abs_diff": float("inf"), "mean_abs_diff": float("inf"), "error": o.get("error")}
+        )
+        for k, o in res["outputs"].items()
+    }
 
 
 def coverage_metrics(task) -> dict[str, dict]:
@@ -33,16 +39,28 @@ def coverage_metrics(task) -> dict[str, dict]:
     when there are several)."""
     min_cov = task.recipe.verify.accuracy.min_token_coverage
     hc = task.held_cov
-    out = {"heldout_token_coverage": MC.metric(
-        1.0, hc["token_coverage"], {"min": min_cov} if min_cov is not None else None, "higher",
-        tokens=hc["tokens"], documents=hc["documents"], documents_fully_in_vocab=hc["documents_fully_in_vocab"],
-        note="share of the held-out text's original tokens that are kept")}
+    out = {
+        "heldout_token_coverage": MC.metric(
+            1.0,
+            hc["token_coverage"],
+            {"min": min_cov} if min_cov is not None else None,
+            "higher",
+            tokens=hc["tokens"],
+            documents=hc["documents"],
+            documents_fully_in_vocab=hc["documents_fully_in_vocab"],
+            note="share of the held-out text's original tokens that are kept",
+        )
+    }
     for lang, c in task.per_lang.items():
-        detail = {"tokens": c["tokens"], "documents": c["documents"],
-                  "documents_fully_in_vocab": c["documents_fully_in_vocab"]}
+        detail = {
+            "tokens": c["tokens"],
+            "documents": c["documents"],
+            "documents_fully_in_vocab": c["documents_fully_in_vocab"],
+        }
         if task.multilingual and min_cov is not None:  # each language must reach the bar, not only their mix
-            out[f"heldout_token_coverage_{lang}"] = MC.metric(1.0, c["token_coverage"], {"min": min_cov}, "higher",
-                                                              **detail)
+            out[f"heldout_token_coverage_{lang}"] = MC.metric(
+                1.0, c["token_coverage"], {"min": min_cov}, "higher", **detail
+            )
         else:
             out[f"heldout_token_coverage_{lang}"] = MC.info(c["token_coverage"], **detail)
     return out
@@ -79,8 +97,13 @@ def _in_vocab_exactness(task, new_ort: OrtRunner, torch_base, torch_new) -> dict
     out = {}
     if not sel:  # a keep_file vocabulary holding no held-out sentence: exactness cannot be shown
         out["in_vocab_max_abs_diff"] = MC.metric(
-            0.0, float("inf"), {"max": acc.max_abs_diff}, "lower", documents=0,
-            note="no held-out sentence is fully inside the kept vocabulary")
+            0.0,
+            float("inf"),
+            {"max": acc.max_abs_diff},
+            "lower",
+            documents=0,
+            note="no held-out sentence is fully inside the kept vocabulary",
+        )
         out["in_vocab_onnx_max_abs_diff"] = MC.info(None, documents=0)
         return out
     fo = V.pad_rows([task.orig_ids[i] for i in sel], ex.seq_len, task.pad_old)
@@ -91,25 +114,35 @@ def _in_vocab_exactness(task, new_ort: OrtRunner, torch_base, torch_new) -> dict
     worst = max(d["max_abs_diff"] for d in diffs.values())
     masks_equal = bool(np.array_equal(fo["attention_mask"], fn["attention_mask"]))
     out["in_vocab_max_abs_diff"] = MC.metric(
-        0.0, worst, {"max": acc.max_abs_diff}, "lower", documents=len(sel), outputs=diffs,
+        0.0,
+        worst,
+        {"max": acc.max_abs_diff},
+        "lower",
+        documents=len(sel),
+        outputs=diffs,
         attention_masks_equal=masks_equal,
-        note="trimmed checkpoint (reloaded) with the trimmed tokenizer's ids vs the original with its own, PyTorch")
+        note="trimmed checkpoint (reloaded) with the trimmed tokenizer's ids vs the original with its own, PyTorch",
+    )
     if not masks_equal:  # the same text tokenised to another length: not the same computation
         out["in_vocab_max_abs_diff"]["passed"] = False
     onnx_diffs = output_diffs(run_rows(new_ort, fn), ref, fo["attention_mask"])
     out["in_vocab_onnx_max_abs_diff"] = MC.info(
-        max(d["max_abs_diff"] for d in onnx_diffs.values()), outputs=onnx_diffs,
-        note="model.onnx (onnxruntime) vs the original PyTorch model: includes ONNX Runtime rounding")
+        max(d["max_abs_diff"] for d in onnx_diffs.values()),
+        outputs=onnx_diffs,
+        note="model.onnx (onnxruntime) vs the original PyTorch model: includes ONNX Runtime rounding",
+    )
     if task.multilingual:  # exactness per language, on the same rows
         for lang in task.per_lang:
             rows = [k for k, i in enumerate(sel) if task.heldout[i][0] == lang]
             if not rows:
                 out[f"in_vocab_max_abs_diff_{lang}"] = MC.info(None, documents=0)
                 continue
-            d = output_diffs({k: v[rows] for k, v in got.items()}, {k: v[rows] for k, v in ref.items()},
-                             fo["attention_mask"][rows])
-            out[f"in_vocab_max_abs_diff_{lang}"] = MC.info(max(x["max_abs_diff"] for x in d.values()),
-                                                           documents=len(rows))
+            d = output_diffs(
+                {k: v[rows] for k, v in got.items()}, {k: v[rows] for k, v in ref.items()}, fo["attention_mask"][rows]
+            )
+            out[f"in_vocab_max_abs_diff_{lang}"] = MC.info(
+                max(x["max_abs_diff"] for x in d.values()), documents=len(rows)
+            )
     return out
 
 
@@ -124,15 +157,25 @@ def _embedding_cosine(task, new_ort: OrtRunner, torch_base) -> dict[str, dict]:
     e_new = run_rows(new_ort, fn)["sentence_embedding"]
     cos = (e_old * e_new).sum(-1) / (np.linalg.norm(e_old, axis=-1) * np.linalg.norm(e_new, axis=-1))
     oov_rows = [k for k, i in enumerate(sel) if not task.keep_mask[np.asarray(orig_ids[i])].all()]
-    out = {"heldout_embedding_cosine": MC.metric(
-        1.0, float(cos.mean()), {"min": acc.min_cosine}, "higher", documents=len(sel), min=float(cos.min()),
-        oov_documents=len(oov_rows), oov_mean=float(cos[oov_rows].mean()) if oov_rows else None,
-        note="all held-out documents, out-of-vocabulary text included; trimmed = model.onnx")}
+    out = {
+        "heldout_embedding_cosine": MC.metric(
+            1.0,
+            float(cos.mean()),
+            {"min": acc.min_cosine},
+            "higher",
+            documents=len(sel),
+            min=float(cos.min()),
+            oov_documents=len(oov_rows),
+            oov_mean=float(cos[oov_rows].mean()) if oov_rows else None,
+            note="all held-out documents, out-of-vocabulary text included; trimmed = model.onnx",
+        )
+    }
     if task.multilingual:
         for lang in task.per_lang:
             rows = [k for k, i in enumerate(sel) if task.heldout[i][0] == lang]
-            out[f"heldout_embedding_cosine_{lang}"] = MC.info(float(cos[rows].mean()) if rows else None,
-                                                              documents=len(rows))
+            out[f"heldout_embedding_cosine_{lang}"] = MC.info(
+                float(cos[rows].mean()) if rows else None, documents=len(rows)
+            )
     return out
 
 
@@ -161,24 +204,52 @@ def _generation_metrics(task) -> dict[str, dict]:
     same = [a == b for a, b in zip(gen_old, gen_new_old)]
     prompt_kept = [bool(keep_mask[np.asarray(p)].all()) for p in prompts_old]
     share = sum(same) / len(same)
-    out = {"generation_exact_match": MC.metric(
-        1.0, share, {"min": g.min_exact_match}, "higher", prompts=len(same), prompts_in_vocab=sum(prompt_kept),
-        max_new_tokens=g.max_new_tokens)}
+    out = {
+        "generation_exact_match": MC.metric(
+            1.0,
+            share,
+            {"min": g.min_exact_match},
+            "higher",
+            prompts=len(same),
+            prompts_in_vocab=sum(prompt_kept),
+            max_new_tokens=g.max_new_tokens,
+        )
+    }
     gens = []
     for p, a, b, bn, s, pk in zip(g.prompts, gen_old, gen_new_old, gen_new, same, prompt_kept):
         at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         kept = bool(at >= len(a) or keep_mask[a[at]])  # no original token there: unexplained
-        gens.append({"prompt": p, "original": tok.decode(a), "trimmed": tok_new.decode(bn), "identical": s,
-                     "prompt_in_vocab": pk, "first_difference": None if s else {
-                         "position": at, "original_token": tok.convert_ids_to_tokens(a[at]) if at < len(a) else None,
-                         "original_token_kept": kept}})
+        gens.append(
+            {
+                "prompt": p,
+                "original": tok.decode(a),
+                "trimmed": tok_new.decode(bn),
+                "identical": s,
+                "prompt_in_vocab": pk,
+                "first_difference": None
+                if s
+                else {
+                    "position": at,
+                    "original_token": tok.convert_ids_to_tokens(a[at]) if at < len(a) else None,
+                    "original_token_kept": kept,
+                },
+            }
+        )
     task.generations = gens
     diverged = [gr for gr in gens if not gr["identical"]]
-    explained = [gr for gr in diverged if not gr["prompt_in_vocab"] or not gr["first_difference"]["original_token_kept"]]
+    explained = [
+        gr for gr in diverged if not gr["prompt_in_vocab"] or not gr["first_difference"]["original_token_kept"]
+    ]
     value = len(explained) / len(diverged) if diverged else 1.0
     out["generation_differences_explained"] = MC.metric(
-        1.0, value, {"min": 1}, "higher", differing=len(diverged), explained=len(explained),
-        criterion="every difference starts where the original's token or prompt is not kept")
+        1.0,
+        value,
+        {"min": 1},
+        "higher",
+        differing=len(diverged),
+        explained=len(explained),
+        criterion="every difference starts where the original's token or prompt is not kept",
+    )
     return out
 
 
@@ -197,14 +268,27 @@ def _next_token_metrics(task) -> dict[str, dict]:
     n_tok = sum(max(0, min(len(orig_ids[i]), ex.seq_len) - 1) for i in sel)
     ppl_old = float(np.exp(sum(n for _, n in s_old) / max(n_tok, 1)))
     ppl_new = float(np.exp(sum(n for _, n in s_new) / max(n_tok, 1)))
-    out = {"next_token_top1_agreement": MC.metric(
-        1.0, float(agree.mean()) if agree.size else float("nan"), {"min": acc.min_top1_agreement}, "higher", documents=len(sel),
-        positions=int(agree.size), perplexity_in_vocab={"original": ppl_old, "trimmed": ppl_new},
-        original_top1_kept=float(on_kept.mean()) if on_kept.size else None)}
+    out = {
+        "next_token_top1_agreement": MC.metric(
+            1.0,
+            float(agree.mean()) if agree.size else float("nan"),
+            {"min": acc.min_top1_agreement},
+            "higher",
+            documents=len(sel),
+            positions=int(agree.size),
+            perplexity_in_vocab={"original": ppl_old, "trimmed": ppl_new},
+            original_top1_kept=float(on_kept.mean()) if on_kept.size else None,
+        )
+    }
     kept_agree = float(agree[on_kept].mean()) if on_kept.any() else 1.0
     out["top1_agreement_where_kept"] = MC.metric(
-        1.0, kept_agree, {"min": 0.999}, "higher", positions=int(on_kept.sum()),
-        criterion="positions whose original top-1 is kept (rounding ties aside)")
+        1.0,
+        kept_agree,
+        {"min": 0.999},
+        "higher",
+        positions=int(on_kept.sum()),
+        criterion="positions whose original top-1 is kept (rounding ties aside)",
+    )
     return out
 
 
@@ -217,8 +301,15 @@ def _perplexity_metric(task) -> dict[str, dict]:
     nll_new = sum(n for _, n in V.lm_scores(task.reloaded, [task.new_ids[i] for i in sel], ex.seq_len))
     chars = sum(len(texts[i]) for i in sel)
     pc_old, pc_new = float(np.exp(nll_old / chars)), float(np.exp(nll_new / chars))
-    return {"perplexity_per_char_increase": MC.metric(
-        0.0, pc_new / pc_old - 1, {"max": acc.max_perplexity_increase}, "lower",
-        perplexity_per_char={"original": pc_old, "trimmed": pc_new}, documents=len(sel),
-        note="exp(NLL / characters) on all held-out documents, each model on its own tokenization "
-             "(documents truncated to export.seq_len tokens)")}
+    return {
+        "perplexity_per_char_increase": MC.metric(
+            0.0,
+            pc_new / pc_old - 1,
+            {"max": acc.max_perplexity_increase},
+            "lower",
+            perplexity_per_char={"original": pc_old, "trimmed": pc_new},
+            documents=len(sel),
+            note="exp(NLL / characters) on all held-out documents, each model on its own tokenization "
+            "(documents truncated to export.seq_len tokens)",
+        )
+    }

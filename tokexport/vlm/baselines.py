@@ -17,6 +17,7 @@ Per-sample figures (one value per evaluation crop, what the bootstrap resamples)
 the evaluation block), ``instance_top1`` (0/1: the mean-pooled kept tokens' nearest prototype is the crop's
 source photograph) and ``attention_mass`` (information only, never compared).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,14 +26,25 @@ from .. import metrics as M
 from .select import UniformSpatial, VisualLayout
 
 COMPARED = ("feature_cosine", "attn_pooled_cosine", "instance_top1")
-RANDOM_DESCRIPTION = ("random keep drawn per image: K of all V·P patch positions uniformly without replacement, "
-                      "a fresh subset for every crop (numpy default_rng(seed)); mean ± sd over the seeds")
-UNIFORM_DESCRIPTION = ("2-D uniform lattice (uniform-spatial): K split evenly over the views, a near-square "
-                       "lattice of exactly that many positions per view; the same for every crop")
+RANDOM_DESCRIPTION = (
+    "random keep drawn per image: K of all V·P patch positions uniformly without replacement, "
+    "a fresh subset for every crop (numpy default_rng(seed)); mean ± sd over the seeds"
+)
+UNIFORM_DESCRIPTION = (
+    "2-D uniform lattice (uniform-spatial): K split evenly over the views, a near-square "
+    "lattice of exactly that many positions per view; the same for every crop"
+)
 
 
-def per_sample(orig: np.ndarray, red: np.ndarray, positions: np.ndarray, weights: np.ndarray, n_orig_prefix: int,
-               protos: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+def per_sample(
+    orig: np.ndarray,
+    red: np.ndarray,
+    positions: np.ndarray,
+    weights: np.ndarray,
+    n_orig_prefix: int,
+    protos: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, np.ndarray]:
     """One value per sample for every figure of the task.
 
     orig [N, n_orig_prefix + V·P, D]: all tokens (prefix tokens first with feature_select ``full``);
@@ -46,10 +58,12 @@ def per_sample(orig: np.ndarray, red: np.ndarray, positions: np.ndarray, weights
     orig_mean, red_mean = orig.mean(axis=1), red.mean(axis=1)
     orig_attn = (orig[:, n_orig_prefix:] * weights[:, :, None]).sum(axis=1)
     red_attn = (red * w_kept[:, :, None]).sum(axis=1) / np.maximum(w_kept.sum(axis=1, keepdims=True), 1e-12)
-    return {"feature_cosine": M.cosine_rows(orig_mean, red_mean),
-            "attn_pooled_cosine": M.cosine_rows(orig_attn, red_attn),
-            "instance_top1": (M.nearest_prototype_predict(red_mean, protos) == np.asarray(labels)).astype(np.float64),
-            "attention_mass": w_kept.sum(axis=1)}
+    return {
+        "feature_cosine": M.cosine_rows(orig_mean, red_mean),
+        "attn_pooled_cosine": M.cosine_rows(orig_attn, red_attn),
+        "instance_top1": (M.nearest_prototype_predict(red_mean, protos) == np.asarray(labels)).astype(np.float64),
+        "attention_mass": w_kept.sum(axis=1),
+    }
 
 
 def random_positions(n: int, total: int, k: int, seed: int) -> np.ndarray:
@@ -79,8 +93,16 @@ def gather(orig: np.ndarray, positions: np.ndarray, n_orig_prefix: int) -> tuple
     return tokens, positions
 
 
-def baseline_runs(orig: np.ndarray, weights: np.ndarray, n_orig_prefix: int, protos: np.ndarray, labels: np.ndarray,
-                  layout: VisualLayout, k: int, seeds: list[int]):
+def baseline_runs(
+    orig: np.ndarray,
+    weights: np.ndarray,
+    n_orig_prefix: int,
+    protos: np.ndarray,
+    labels: np.ndarray,
+    layout: VisualLayout,
+    k: int,
+    seeds: list[int],
+):
     """[random (per image, one draw per seed), uniform (2-D lattice)] as
     :class:`tokexport.stages.baselines.BaselineRun`, on the compared figures."""
     from ..stages.baselines import BaselineRun
@@ -96,7 +118,9 @@ def baseline_runs(orig: np.ndarray, weights: np.ndarray, n_orig_prefix: int, pro
     for s in seeds:
         for m, v in figures(random_positions(n, layout.total, k, s)).items():
             rnd.per_sample[m].append(v)
-    uni = BaselineRun("uniform", UNIFORM_DESCRIPTION, {m: [v] for m, v in figures(uniform_positions(layout, k, n)).items()})
+    uni = BaselineRun(
+        "uniform", UNIFORM_DESCRIPTION, {m: [v] for m, v in figures(uniform_positions(layout, k, n)).items()}
+    )
     return [rnd, uni]
 
 

@@ -31,6 +31,7 @@ Only for CLIP towers: the relevance compares tokens with the instruction in CLIP
 space, so the tower must be the vision tower of ``clip_model``. A bare DINOv2 (or SigLIP) tower has no
 text tower aligned with its features, and a recipe asking for it is refused (``prepare``).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,13 +58,17 @@ class CDPrunerConfig(VisualReductionConfig):
     method: Literal["cdpruner"] = Field(default="cdpruner", description="Method name.")
     clip_model: str = Field(
         description="CLIP checkpoint (Hugging Face directory relative to the recipe, bundled/generated name, or Hub id) "
-                    "whose vision tower is the VLM's and which has the text tower and both projections; LLaVA-1.5/NeXT: "
-                    "openai/clip-vit-large-patch14-336. Its post_layernorm + visual_projection go into the graph; its text "
-                    "tower embeds the instruction outside the graph.")
+        "whose vision tower is the VLM's and which has the text tower and both projections; LLaVA-1.5/NeXT: "
+        "openai/clip-vit-large-patch14-336. Its post_layernorm + visual_projection go into the graph; its text "
+        "tower embeds the instruction outside the graph."
+    )
     instruction: str = Field(
-        default="Describe the image.", min_length=1, max_length=4096,
+        default="Describe the image.",
+        min_length=1,
+        max_length=4096,
         description="Instruction the convert's evaluation conditions on (parity, accuracy, bench, bundle inputs; the "
-                    "generation check uses each prompt's own). At run time the graph takes any instruction's embedding.")
+        "generation check uses each prompt's own). At run time the graph takes any instruction's embedding.",
+    )
 
 
 def relevance(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -106,8 +111,9 @@ def dpp_greedy(kernel: torch.Tensor, k: int, choose=None) -> torch.Tensor:
     return sort_positions(torch.stack(picks, dim=1))
 
 
-def cdpruner_positions(tokens: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
-                       layout: VisualLayout, k: int) -> torch.Tensor:
+def cdpruner_positions(
+    tokens: torch.Tensor, image_embeds: torch.Tensor, text_embeds: torch.Tensor, layout: VisualLayout, k: int
+) -> torch.Tensor:
     """int64 [B, k] ascending: relevance over the image's V·P tokens, then the greedy MAP per view (K split
     over the views as evenly as possible)."""
     rel = relevance(image_embeds, text_embeds)
@@ -167,7 +173,8 @@ class CDPruner(VisualSelector):
                 f"method: cdpruner measures each token's relevance to the instruction in CLIP's joint image-text space "
                 f"(post_layernorm + visual_projection of the tower's features against CLIP's text tower), so the vision "
                 f"tower must be a CLIP tower; this tower is {kind or 'unknown'}, which has no text tower aligned with "
-                "its features (use another method for it)")
+                "its features (use another method for it)"
+            )
         from transformers import CLIPModel
 
         from ..load import resolve_source
@@ -179,13 +186,17 @@ class CDPruner(VisualSelector):
         cfg = _config_of(path)
         vis = cfg.get("vision_config", {})
         if cfg.get("model_type") != "clip" or not cfg.get("text_config"):
-            raise ValueError(f"clip_model: {path} is not a CLIP checkpoint with a text tower (model_type "
-                             f"{cfg.get('model_type')!r}); CDPruner needs both towers and their projections")
+            raise ValueError(
+                f"clip_model: {path} is not a CLIP checkpoint with a text tower (model_type "
+                f"{cfg.get('model_type')!r}); CDPruner needs both towers and their projections"
+            )
         for key in ("hidden_size", "num_hidden_layers", "patch_size"):
             if vis.get(key) != getattr(tower_config, key, None):
-                raise ValueError(f"clip_model: its vision tower's {key} is {vis.get(key)}, the VLM's tower has "
-                                 f"{getattr(tower_config, key, None)}: it must be the CLIP checkpoint the VLM's tower "
-                                 "comes from")
+                raise ValueError(
+                    f"clip_model: its vision tower's {key} is {vis.get(key)}, the VLM's tower has "
+                    f"{getattr(tower_config, key, None)}: it must be the CLIP checkpoint the VLM's tower "
+                    "comes from"
+                )
         clip = CLIPModel.from_pretrained(path).eval()
         self.head = relevance_head(clip.vision_model.post_layernorm, clip.visual_projection).eval()
         try:
@@ -229,9 +240,20 @@ class CDPruner(VisualSelector):
         return gather_tokens(tokens, idx, 0), idx
 
     def resolved(self, layout, k):
-        return {"per_view": split_evenly(k, layout.views), "graph_input": INSTRUCTION_INPUT,
-                "text": "CLIP text tower outside the graph, one 77-token segment"}
+        return {
+            "per_view": split_evenly(k, layout.views),
+            "graph_input": INSTRUCTION_INPUT,
+            "text": "CLIP text tower outside the graph, one 77-token segment",
+        }
 
 
-__all__ = ["CDPruner", "CDPrunerConfig", "INSTRUCTION_INPUT", "relevance_head", "cdpruner_positions", "dpp_greedy",
-           "dpp_kernel", "relevance"]
+__all__ = [
+    "CDPruner",
+    "CDPrunerConfig",
+    "INSTRUCTION_INPUT",
+    "relevance_head",
+    "cdpruner_positions",
+    "dpp_greedy",
+    "dpp_kernel",
+    "relevance",
+]

@@ -30,6 +30,7 @@ carry the tokens' places so the LLM side can keep their original RoPE positions,
 Edge-LLM do. Several views (LLaVA-NeXT anyres): one selection over all V·P tokens of the image, as
 Edge-LLM selects per image.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,9 @@ class DartConfig(VisualReductionConfig):
 
     method: Literal["dart"] = Field(default="dart", description="Method name.")
     pivots: Count(1, 64) = Field(
-        default=4, description="Image pivot tokens (largest L1 norm), 1..64; DART's and Edge-LLM's default 4. Capped at K.")
+        default=4,
+        description="Image pivot tokens (largest L1 norm), 1..64; DART's and Edge-LLM's default 4. Capped at K.",
+    )
 
 
 def pivot_counts(k: int, pivots: int) -> list[int]:
@@ -106,10 +109,13 @@ class Dart(VisualSelector):
         return gather_tokens(tokens, idx, 0), idx
 
     def resolved(self, layout, k):
-        return {"variant": "embedding-level (TensorRT Edge-LLM DartPruner): on the tokens the graph outputs, no LLM "
-                           "layers, no text pivots",
-                "pivots_used": min(self.config.pivots, k), "per_pivot": pivot_counts(k, self.config.pivots),
-                "scope": "global over all V·P tokens of an image"}
+        return {
+            "variant": "embedding-level (TensorRT Edge-LLM DartPruner): on the tokens the graph outputs, no LLM "
+            "layers, no text pivots",
+            "pivots_used": min(self.config.pivots, k),
+            "per_pivot": pivot_counts(k, self.config.pivots),
+            "scope": "global over all V·P tokens of an image",
+        }
 
 
 __all__ = ["COSINE_EPS", "Dart", "DartConfig", "dart_positions", "pivot_counts"]

@@ -6,6 +6,7 @@ in float32) instead of being scattered: ``Equal`` + ``Cast`` and a ``Where``, no
 (TensorRT has no scatter with a reduction, and TensorRT 8.x parses int64 comparisons through int32
 casts). Rows of a matrix are read with ``torch.gather`` (ONNX GatherElements) at the picked index.
 """
+
 from __future__ import annotations
 
 from tokexport.lazy import torch

@@ -16,6 +16,7 @@ the graph outputs (``on = "projected"``: after the projector when there is one),
 ArgMax's default; TensorRT may break exact ties differently), global over all V·P tokens of an image
 (as the official code runs on all tokens of a LLaVA-1.6 image).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -80,9 +81,11 @@ class DivPrune(VisualSelector):
         return gather_tokens(tokens, idx, 0), idx
 
     def resolved(self, layout, k):
-        return {"scope": "global over all V·P tokens of an image",
-                "distance": "1 - cosine on the tokens the graph outputs (after the projector when there is one)",
-                "unrolled_steps": k}
+        return {
+            "scope": "global over all V·P tokens of an image",
+            "distance": "1 - cosine on the tokens the graph outputs (after the projector when there is one)",
+            "unrolled_steps": k,
+        }
 
 
 __all__ = ["DivPrune", "DivPruneConfig", "cosine_distances", "divprune_positions", "first_pick"]

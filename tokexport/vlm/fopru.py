@@ -2,6 +2,7 @@
 tower block gives them (``significance``). ``fopru-rank`` keeps the K most significant tokens of all views,
 ``fopru-row`` whole grid rows (of any view) by their summed significance. Static: TopK with constant K,
 ``sort_positions``; see :mod:`tokexport.vlm.select` for the layout and the static-export rules."""
+
 from __future__ import annotations
 
 import math
@@ -24,16 +25,20 @@ from .select import (
     VisualSelector,
 )
 
-_FOPRU_SOURCE_DEFAULT = (" Default 'received', chosen by measurement (README, visual tokens: FoPru significance; "
-                         "scripts/bench_fopru_significance.py): on DINOv2-S at 64 of 256 it preserved the mean-pooled "
-                         "features better than 'cls' for both strategies. [unverified: paper code not public]")
+_FOPRU_SOURCE_DEFAULT = (
+    " Default 'received', chosen by measurement (README, visual tokens: FoPru significance; "
+    "scripts/bench_fopru_significance.py): on DINOv2-S at 64 of 256 it preserved the mean-pooled "
+    "features better than 'cls' for both strategies. [unverified: paper code not public]"
+)
 
 
 class FoPruRankConfig(VisualReductionConfig):
     """FoPru rank strategy: the K most significant tokens over all views (global view)."""
 
     method: Literal["fopru-rank"] = Field(default="fopru-rank", description="Method name.")
-    select_layer: Count(-1024, 1023) = Field(default=-2, description=SELECT_LAYER_DESC + " [unverified: paper code not public]")
+    select_layer: Count(-1024, 1023) = Field(
+        default=-2, description=SELECT_LAYER_DESC + " [unverified: paper code not public]"
+    )
     source: Source = Field(default="received", description=SOURCE_DESC + _FOPRU_SOURCE_DEFAULT)
 
 
@@ -51,7 +56,9 @@ class FoPruRowConfig(VisualReductionConfig):
     """FoPru row strategy: keep whole grid rows (of any view) with the largest summed significance."""
 
     method: Literal["fopru-row"] = Field(default="fopru-row", description="Method name.")
-    select_layer: Count(-1024, 1023) = Field(default=-2, description=SELECT_LAYER_DESC + " [unverified: paper code not public]")
+    select_layer: Count(-1024, 1023) = Field(
+        default=-2, description=SELECT_LAYER_DESC + " [unverified: paper code not public]"
+    )
     source: Source = Field(default="received", description=SOURCE_DESC + _FOPRU_SOURCE_DEFAULT)
 
     def check_k(self, layout: VisualLayout, k: int, field: str = "k") -> None:
@@ -67,8 +74,10 @@ class FoPruRowConfig(VisualReductionConfig):
         else:
             alts = ", ".join(str(v) for v in valid)
             what = f"{field}={k}"
-        raise ValueError(f"{field}: fopru-row keeps whole rows of {gw} tokens, so K must be a multiple of {gw}; "
-                         f"{what}; nearest valid {field}: {alts or 'none'}")
+        raise ValueError(
+            f"{field}: fopru-row keeps whole rows of {gw} tokens, so K must be a multiple of {gw}; "
+            f"{what}; nearest valid {field}: {alts or 'none'}"
+        )
 
 
 @VISUAL_METHODS.register

@@ -16,6 +16,7 @@ The tower's own forward runs (patched reversibly for each call): its blocks list
 feature layer's depth, the last kept block's output is captured, and q/k of the scoring blocks are
 captured. The unreduced twin (``selector=None``) returns all V·P tokens in order: baseline.onnx.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,9 +59,18 @@ def block_index(layer: int, num_layers: int) -> int:
 
 
 class VisualTokenGraph(nn.Module):
-    def __init__(self, tower: nn.Module, adapter: Adapter, layout: VisualLayout, image_size: int,
-                 feature_layer: int = -2, feature_select: str = "default", projector: nn.Module | None = None,
-                 selector: VisualSelector | None = None, k: int | None = None):
+    def __init__(
+        self,
+        tower: nn.Module,
+        adapter: Adapter,
+        layout: VisualLayout,
+        image_size: int,
+        feature_layer: int = -2,
+        feature_select: str = "default",
+        projector: nn.Module | None = None,
+        selector: VisualSelector | None = None,
+        k: int | None = None,
+    ):
         super().__init__()
         self.tower = tower
         self.projector = projector
@@ -76,7 +86,9 @@ class VisualTokenGraph(nn.Module):
         self.n_prefix = adapter.n_prefix()
         p = adapter.n_tokens(image_size) - self.n_prefix
         if p != layout.patches:
-            raise ValueError(f"the tower makes {p} patch tokens per view at {image_size}px, layout expects {layout.patches}")
+            raise ValueError(
+                f"the tower makes {p} patch tokens per view at {image_size}px, layout expects {layout.patches}"
+            )
         self.k = layout.total if selector is None else int(k)
         self.score_blocks: dict[str, int] = {}
         self.keys_block: int | None = None  # the block whose head-averaged keys the method reads ("keys")
@@ -86,8 +98,10 @@ class VisualTokenGraph(nn.Module):
                 if kind in selector.needs or (kind == "select" and "keys" in selector.needs):
                     b = block_index(int(getattr(cfg, attr)), n_layers)
                     if b >= self.depth:
-                        raise ValueError(f"{attr} {getattr(cfg, attr)} is deeper than the feature layer; "
-                                         "scoring blocks must run before the features are taken")
+                        raise ValueError(
+                            f"{attr} {getattr(cfg, attr)} is deeper than the feature layer; "
+                            "scoring blocks must run before the features are taken"
+                        )
                     self.score_blocks[kind] = b
             if "keys" in selector.needs:
                 self.keys_block = self.score_blocks["select"]
@@ -134,7 +148,7 @@ class VisualTokenGraph(nn.Module):
                 for src in also:
                     sig[f"{kind}/{src}"] = significance(attn, self.n_prefix, src, heads="sum")
                 if b == self.keys_block and kind == "select":
-                    sig["keys"] = keys.mean(dim=1)[:, self.n_prefix:]
+                    sig["keys"] = keys.mean(dim=1)[:, self.n_prefix :]
         return feats, sig
 
     def forward(self, pixel_values: torch.Tensor, *extra: torch.Tensor):
@@ -156,7 +170,9 @@ class VisualTokenGraph(nn.Module):
             signals = {kind: s.reshape(-1, lay.views, lay.patches, *s.shape[2:]) for kind, s in sig.items()}
             names = list(self.selector.graph_inputs())
             if len(extra) != len(names):
-                raise ValueError(f"{self.selector.name} takes the graph inputs {names}, got {len(extra)} extra tensor(s)")
+                raise ValueError(
+                    f"{self.selector.name} takes the graph inputs {names}, got {len(extra)} extra tensor(s)"
+                )
             signals.update(zip(names, extra))
             if "features" in self.selector.needs:  # the tower's features even when the method sees projected tokens
                 signals["features"] = patches

@@ -3,6 +3,7 @@ views of an anyres layout by the CLS attention of an early block (largest-remain
 tokens, ``hired_quotas``), then inside each view the tokens a later block's attention ranks highest. Static:
 every quota is computed in the graph from fixed shapes, selection through TopK with constant K; see
 :mod:`tokexport.vlm.select` for the layout and the static-export rules."""
+
 from __future__ import annotations
 
 import functools
@@ -115,7 +116,7 @@ class HiREDConfig(VisualReductionConfig):
     alpha: Real(0, 1) = Field(
         default=0.5,
         description="Share of the budget for the full image (view 0), in [0, 1]: N_p0 = floor(alpha·K); the sub-images share "
-                    "K - N_p0. Ignored with one view (all K go to view 0).",
+        "K - N_p0. Ignored with one view (all K go to view 0).",
     )
     select_layer: Count(-1024, 1023) = Field(
         default=-2,
@@ -124,7 +125,7 @@ class HiREDConfig(VisualReductionConfig):
     alloc_layer: Count(-1024, 1023) = Field(
         default=0,
         description="Tower block whose attention (of view 0, the full image) allocates the sub-image budget, "
-                    "-1024..1023; HiRED uses layer 0. Negative counts from the end.",
+        "-1024..1023; HiRED uses layer 0. Negative counts from the end.",
     )
     source: Source = Field(
         default="cls",
@@ -143,11 +144,15 @@ class HiREDConfig(VisualReductionConfig):
         n0, n_sub = self.split(layout, k)
         if n0 > p:
             hint = "alpha" if layout.n_sub else field
-            raise ValueError(f"{hint}: hired gives the full image (view 0) {n0} tokens (alpha={self.alpha:g}, K={k}) "
-                             f"but a view has only {p}; lower alpha or K")
+            raise ValueError(
+                f"{hint}: hired gives the full image (view 0) {n0} tokens (alpha={self.alpha:g}, K={k}) "
+                f"but a view has only {p}; lower alpha or K"
+            )
         if n_sub > layout.n_sub * p:
-            raise ValueError(f"alpha: hired gives the {layout.n_sub} sub-images {n_sub} tokens (K={k}, "
-                             f"alpha={self.alpha:g}) but they have only {layout.n_sub * p}; raise alpha or lower K")
+            raise ValueError(
+                f"alpha: hired gives the {layout.n_sub} sub-images {n_sub} tokens (K={k}, "
+                f"alpha={self.alpha:g}) but they have only {layout.n_sub * p}; raise alpha or lower K"
+            )
 
 
 @VISUAL_METHODS.register
@@ -197,6 +202,9 @@ class HiRED(VisualSelector):
 
     def resolved(self, layout, k):
         n0, n_sub = self.config.split(layout, k)
-        return {"n_full_image": n0, "n_sub_images": n_sub,
-                "allocation": "view-0 alloc-layer significance summed over 2-D blocks (patch-centre rule), "
-                              "largest-remainder quotas capped at P with redistribution"}
+        return {
+            "n_full_image": n0,
+            "n_sub_images": n_sub,
+            "allocation": "view-0 alloc-layer significance summed over 2-D blocks (patch-centre rule), "
+            "largest-remainder quotas capped at P with redistribution",
+        }

@@ -27,6 +27,7 @@ Checked against transformers 5.24 (``LlavaModel`` / ``LlavaNextModel``). What ma
 The LLaVA convention for ``vision_feature_layer``: ``hidden_states[i]`` with index 0 = embeddings
 (after CLIP's ``pre_layrnorm``), i = output of block i-1; -2 (the default) = the penultimate block.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -130,8 +131,9 @@ def load_llava(path_or_dir) -> LlavaParts:
         raise InputError(f"model: vision_feature_select_strategy {select!r} is not 'default' or 'full'")
     cls = _model_class(config, model_type)
     try:
-        model, info = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa",
-                                          output_loading_info=True, **weights)
+        model, info = cls.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="sdpa", output_loading_info=True, **weights
+        )
     except Exception as e:  # noqa: BLE001  (corrupt / truncated weights: transformers raises many types)
         raise InputError(f"model: cannot load {path}: {str(e).splitlines()[0][:200]}") from None
     if type(model).__name__ != KINDS[model_type]:
@@ -150,11 +152,20 @@ def load_llava(path_or_dir) -> LlavaParts:
     if model_type == "llava_next":
         pinpoints = [tuple(int(v) for v in p) for p in config.image_grid_pinpoints]
     return LlavaParts(
-        model=model, kind=model_type, tower=base.vision_tower, projector=base.multi_modal_projector,
-        feature_layer=int(layer), feature_select=select, image_size=size, patch_size=patch,
-        grid=(size // patch, size // patch), image_token_id=int(config.image_token_id),
-        text_config=config.text_config, image_newline=getattr(base, "image_newline", None),
-        grid_pinpoints=pinpoints, path=path,
+        model=model,
+        kind=model_type,
+        tower=base.vision_tower,
+        projector=base.multi_modal_projector,
+        feature_layer=int(layer),
+        feature_select=select,
+        image_size=size,
+        patch_size=patch,
+        grid=(size // patch, size // patch),
+        image_token_id=int(config.image_token_id),
+        text_config=config.text_config,
+        image_newline=getattr(base, "image_newline", None),
+        grid_pinpoints=pinpoints,
+        path=path,
     )
 
 
@@ -224,8 +235,10 @@ def visual_tokens(parts: LlavaParts, pixel_values: torch.Tensor, image_sizes=Non
         for hw in image_sizes:
             want = image_size_to_num_patches(hw, [list(p) for p in parts.grid_pinpoints], parts.image_size)
             if want != v:
-                raise InputError(f"pixel_values: {v} views per image, but image size {tuple(int(t) for t in hw)} "
-                                 f"takes {want} with grid pinpoints {parts.grid_pinpoints}")
+                raise InputError(
+                    f"pixel_values: {v} views per image, but image size {tuple(int(t) for t in hw)} "
+                    f"takes {want} with grid pinpoints {parts.grid_pinpoints}"
+                )
     out = parts.tower(x.reshape(b * v, *x.shape[2:]), output_hidden_states=True, return_dict=True)
     feats = out.hidden_states[parts.feature_layer]
     if parts.feature_select == "default":
@@ -270,8 +283,9 @@ def num_llm_visual_tokens(parts: LlavaParts, image_size=None) -> int:
     n = views * grid[0] * grid[1]
     pos = ([-1] if parts.feature_select == "full" else []) + list(range(n))  # CLS first with "full"
     try:
-        return packed_length(pos, views, grid, sub_grid, parts.image_newline is not None,
-                             image_size if sub_grid else None)
+        return packed_length(
+            pos, views, grid, sub_grid, parts.image_newline is not None, image_size if sub_grid else None
+        )
     except ValueError as e:
         raise InputError(f"visual tokens: {e}") from None
 
@@ -284,9 +298,11 @@ def embed_with_visual_tokens(parts: LlavaParts, input_ids: torch.Tensor, feature
     mask = input_ids == parts.image_token_id
     n = int(mask.sum())
     if features.dim() != 2 or features.shape[0] != n or features.shape[1] != emb.shape[-1]:
-        raise InputError(f"the prompt holds {n} image placeholder tokens but {tuple(features.shape)} visual "
-                         f"features were given (expected [{n}, {emb.shape[-1]}]); expand the prompt with "
-                         "expand_image_tokens(input_ids, image_token_id, len(features))")
+        raise InputError(
+            f"the prompt holds {n} image placeholder tokens but {tuple(features.shape)} visual "
+            f"features were given (expected [{n}, {emb.shape[-1]}]); expand the prompt with "
+            "expand_image_tokens(input_ids, image_token_id, len(features))"
+        )
     return emb.masked_scatter(mask[..., None], features.to(emb.device, emb.dtype))
 
 
@@ -311,17 +327,24 @@ def reduced_visual_tokens(parts: LlavaParts, select_fn: SelectFn):
     """
     base = parts.model.model
     d_llm = int(parts.text_config.hidden_size)
-    originals = {name: base.__dict__[name] for name in ("get_image_features", "get_placeholder_mask")
-                 if name in base.__dict__}
+    originals = {
+        name: base.__dict__[name] for name in ("get_image_features", "get_placeholder_mask") if name in base.__dict__
+    }
     class_placeholder_mask = base.get_placeholder_mask
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     # The named parameters matter: generate() passes the model kwargs named in this signature.
-    def get_image_features(pixel_values, image_sizes=None, vision_feature_layer=None,
-                           vision_feature_select_strategy=None, **kwargs):
+    def get_image_features(
+        pixel_values, image_sizes=None, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs
+    ):
         feats = select_fn(pixel_values, image_sizes)
         n_img = _num_images(pixel_values, image_sizes)
-        if not isinstance(feats, torch.Tensor) or feats.dim() != 3 or feats.shape[0] != n_img or feats.shape[-1] != d_llm:
+        if (
+            not isinstance(feats, torch.Tensor)
+            or feats.dim() != 3
+            or feats.shape[0] != n_img
+            or feats.shape[-1] != d_llm
+        ):
             shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
             raise InputError(f"select_fn must return [num_images={n_img}, K, D_llm={d_llm}], got {shape}")
         return BaseModelOutputWithPooling(last_hidden_state=feats, pooler_output=list(feats.unbind(0)))
@@ -349,7 +372,9 @@ def reduced_visual_tokens(parts: LlavaParts, select_fn: SelectFn):
                 base.__dict__.pop(name, None)
 
 
-def expand_image_tokens(input_ids: torch.Tensor, image_token_id: int, k: int, n_images: int | None = None) -> torch.Tensor:
+def expand_image_tokens(
+    input_ids: torch.Tensor, image_token_id: int, k: int, n_images: int | None = None
+) -> torch.Tensor:
     """Replace each run of consecutive ``image_token_id`` placeholders (a single one included) by exactly
     ``k``. input_ids: [B, L] (or [L]). Raises ``InputError`` when a row has no placeholder, when
     ``n_images`` is given and a row has another number of runs, or when rows end up of different lengths."""
@@ -382,10 +407,27 @@ def expand_image_tokens(input_ids: torch.Tensor, image_token_id: int, k: int, n_
 
 
 # -- tiny random twins ------------------------------------------------------------------------------
-TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                   image_size=56, patch_size=14, projection_dim=32)
-TINY_TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+TINY_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    image_size=56,
+    patch_size=14,
+    projection_dim=32,
+)
+TINY_TEXT = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 TINY_IMAGE_TOKEN = 127
 TINY_PINPOINTS = [[112, 112]]  # one resolution: every image becomes 2×2 tiles + the full view (5 views)
 
@@ -397,16 +439,27 @@ def _tiny(path, kind: str, seed: int) -> Path:
     torch.manual_seed(seed)
     vision = T.CLIPVisionConfig(**TINY_VISION)
     text = T.LlamaConfig(**TINY_TEXT)
-    common = dict(vision_config=vision, text_config=text, image_token_index=TINY_IMAGE_TOKEN,
-                  vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=16)
+    common = dict(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=TINY_IMAGE_TOKEN,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=16,
+    )
     if kind == "llava":
         model = T.LlavaForConditionalGeneration(T.LlavaConfig(**common))
     else:
         model = T.LlavaNextForConditionalGeneration(T.LlavaNextConfig(**common, image_grid_pinpoints=TINY_PINPOINTS))
     model.eval().save_pretrained(path)
     s = TINY_VISION["image_size"]
-    pre = {"crop_size": {"height": s, "width": s}, "size": {"shortest_edge": s}, "do_center_crop": True,
-           "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}
+    pre = {
+        "crop_size": {"height": s, "width": s},
+        "size": {"shortest_edge": s},
+        "do_center_crop": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+    }
     if kind == "llava_next":
         pre["image_grid_pinpoints"] = TINY_PINPOINTS
     (path / "preprocessor_config.json").write_text(json.dumps(pre, indent=1))
@@ -427,11 +480,21 @@ def tiny_clip(path, seed: int = 0) -> Path:
 
     path = Path(path)
     torch.manual_seed(seed)
-    text = T.CLIPTextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=77, projection_dim=32, bos_token_id=1,
-                            eos_token_id=2, pad_token_id=0)
-    cfg = T.CLIPConfig(text_config=text.to_dict(), vision_config=T.CLIPVisionConfig(**TINY_VISION).to_dict(),
-                       projection_dim=32)
+    text = T.CLIPTextConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    cfg = T.CLIPConfig(
+        text_config=text.to_dict(), vision_config=T.CLIPVisionConfig(**TINY_VISION).to_dict(), projection_dim=32
+    )
     T.CLIPModel(cfg).eval().save_pretrained(path)
     return path
 

@@ -35,6 +35,7 @@ Everything here is index arithmetic on Python ints / numpy; :func:`pack` then ga
 library the features come in (numpy or torch), so a deploy runtime can apply it to ONNX Runtime or
 TensorRT outputs directly.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -70,17 +71,24 @@ def _check_positions(positions, total: int) -> np.ndarray:
         raise ValueError(f"positions must be a 1-D integer array (one image), got {pos.dtype} {pos.shape}")
     pos = pos.astype(np.int64)
     if pos.size and (pos.min() < -1 or pos.max() >= total):
-        raise ValueError(f"positions must lie in [0, {total}) (or -1 for a prefix token), got "
-                         f"{int(pos.min())}..{int(pos.max())}")
+        raise ValueError(
+            f"positions must lie in [0, {total}) (or -1 for a prefix token), got {int(pos.min())}..{int(pos.max())}"
+        )
     patch = pos[pos >= 0]
     if len(np.unique(patch)) != len(patch):
         raise ValueError("positions hold a position twice")
     return pos
 
 
-def packing_order(positions, views: int, grid: tuple[int, int], sub_grid: tuple[int, int] | None,
-                  newline: bool = True, image_size: Sequence[int] | None = None,
-                  empty_rows: EmptyRows = "newline") -> np.ndarray:
+def packing_order(
+    positions,
+    views: int,
+    grid: tuple[int, int],
+    sub_grid: tuple[int, int] | None,
+    newline: bool = True,
+    image_size: Sequence[int] | None = None,
+    empty_rows: EmptyRows = "newline",
+) -> np.ndarray:
     """int64 [L]: the packed sequence as indices into the K given tokens, ``NEWLINE`` (-1) for the
     newline embedding.
 
@@ -106,8 +114,10 @@ def packing_order(positions, views: int, grid: tuple[int, int], sub_grid: tuple[
     if views != 1 + rows * cols:
         raise ValueError(f"views={views} does not match sub_grid={tuple(sub_grid)} (expected {1 + rows * cols})")
     if len(prefix):
-        raise ValueError("LLaVA-NeXT packing needs patch tokens only (feature_select 'default'): the model cannot "
-                         "stitch tiles that carry a CLS token")
+        raise ValueError(
+            "LLaVA-NeXT packing needs patch tokens only (feature_select 'default'): the model cannot "
+            "stitch tiles that carry a CLS token"
+        )
     base_mask = pos < p
     base = idx[base_mask][np.argsort(pos[base_mask], kind="stable")]
     tile_idx = idx[~base_mask]
@@ -123,15 +133,23 @@ def packing_order(positions, views: int, grid: tuple[int, int], sub_grid: tuple[
     out = [base]
     starts = np.searchsorted(r, np.arange(r0, r1 + 1))
     for i in range(r1 - r0):
-        kept = tile_idx[starts[i]:starts[i + 1]]
+        kept = tile_idx[starts[i] : starts[i + 1]]
         out.append(kept)
         if newline and (len(kept) or empty_rows == "newline"):
             out.append(np.array([NEWLINE], dtype=np.int64))
     return np.concatenate(out).astype(np.int64)
 
 
-def pack(tokens, positions, views: int, grid: tuple[int, int], sub_grid: tuple[int, int] | None,
-         image_newline=None, image_size: Sequence[int] | None = None, empty_rows: EmptyRows = "newline"):
+def pack(
+    tokens,
+    positions,
+    views: int,
+    grid: tuple[int, int],
+    sub_grid: tuple[int, int] | None,
+    image_newline=None,
+    image_size: Sequence[int] | None = None,
+    empty_rows: EmptyRows = "newline",
+):
     """[L, D]: one image's kept tokens [K, D] in the model's packed order, ``image_newline`` [D] where
     the model puts it (None: a model without one, e.g. LLaVA-1.5). numpy in → numpy out, torch in →
     torch out (the newline cast to the tokens' dtype and device)."""
@@ -143,17 +161,29 @@ def pack(tokens, positions, views: int, grid: tuple[int, int], sub_grid: tuple[i
     if hasattr(tokens, "detach"):  # torch
         import torch
 
-        extra = (image_newline.to(device=tokens.device, dtype=tokens.dtype)[None] if image_newline is not None
-                 else tokens.new_zeros((1, tokens.shape[1])))
+        extra = (
+            image_newline.to(device=tokens.device, dtype=tokens.dtype)[None]
+            if image_newline is not None
+            else tokens.new_zeros((1, tokens.shape[1]))
+        )
         return torch.cat([tokens, extra])[torch.as_tensor(src_idx, device=tokens.device)]
-    extra = (np.asarray(image_newline, dtype=tokens.dtype)[None] if image_newline is not None
-             else np.zeros((1, tokens.shape[1]), tokens.dtype))
+    extra = (
+        np.asarray(image_newline, dtype=tokens.dtype)[None]
+        if image_newline is not None
+        else np.zeros((1, tokens.shape[1]), tokens.dtype)
+    )
     return np.concatenate([tokens, extra])[src_idx]
 
 
-def packed_length(positions, views: int, grid: tuple[int, int], sub_grid: tuple[int, int] | None,
-                  newline: bool = True, image_size: Sequence[int] | None = None,
-                  empty_rows: EmptyRows = "newline") -> int:
+def packed_length(
+    positions,
+    views: int,
+    grid: tuple[int, int],
+    sub_grid: tuple[int, int] | None,
+    newline: bool = True,
+    image_size: Sequence[int] | None = None,
+    empty_rows: EmptyRows = "newline",
+) -> int:
     """How many embeddings :func:`pack` returns (= the image placeholders the prompt must hold)."""
     return len(packing_order(positions, views, grid, sub_grid, newline, image_size, empty_rows))
 

@@ -30,6 +30,7 @@ Methods that read more than a significance map live in their own modules and ove
 ``divprune`` and ``dart`` (select from the tokens themselves), ``cdpruner`` (also takes the instruction
 embedding as a further graph input). ``tokexport.vlm`` imports them all, so they register here.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,16 +84,20 @@ class VisualLayout:
         object.__setattr__(self, "views", int(self.views))
         if self.sub_grid is None:
             if self.views != 1:
-                raise ValueError(f"views={self.views} needs sub_grid=(rows, cols) with views == 1 + rows*cols; "
-                                 "sub_grid=None means a single view")
+                raise ValueError(
+                    f"views={self.views} needs sub_grid=(rows, cols) with views == 1 + rows*cols; "
+                    "sub_grid=None means a single view"
+                )
             return
         sub = tuple(int(s) for s in self.sub_grid)
         if len(sub) != 2 or min(sub) < 1:
             raise ValueError(f"sub_grid must be two positive ints (rows, cols), got {self.sub_grid!r}")
         object.__setattr__(self, "sub_grid", sub)
         if self.views != 1 + sub[0] * sub[1]:
-            raise ValueError(f"views={self.views} does not match sub_grid={sub}: expected 1 + {sub[0]}*{sub[1]} = "
-                             f"{1 + sub[0] * sub[1]}")
+            raise ValueError(
+                f"views={self.views} does not match sub_grid={sub}: expected 1 + {sub[0]}*{sub[1]} = "
+                f"{1 + sub[0] * sub[1]}"
+            )
 
     @property
     def patches(self) -> int:
@@ -130,8 +135,10 @@ def significance(attn: torch.Tensor, n_prefix: int, source: str, heads: str = "s
         raise ValueError(f"heads must be 'sum' or 'mean', got {heads!r}")
     if source == "cls":
         if n_prefix < 1:
-            raise ValueError("significance source 'cls' needs a CLS token (n_prefix >= 1), but this tower has no "
-                             "prefix tokens (e.g. SigLIP); use source 'received'")
+            raise ValueError(
+                "significance source 'cls' needs a CLS token (n_prefix >= 1), but this tower has no "
+                "prefix tokens (e.g. SigLIP); use source 'received'"
+            )
         a = attn[:, :, 0, n_prefix:]
     elif source == "received":
         a = attn[:, :, :, n_prefix:].mean(dim=2)
@@ -151,7 +158,9 @@ class VisualReductionConfig(BaseModel):
 
     method: str
     keep: Count(1, TOPK_LIMIT - 1) | None = Field(
-        default=None, description="Absolute number K of visual tokens kept (of all V·P), 1..3839 (TensorRT's TopK needs K < 3840).")
+        default=None,
+        description="Absolute number K of visual tokens kept (of all V·P), 1..3839 (TensorRT's TopK needs K < 3840).",
+    )
     keep_rate: Real(0, 1, lo_open=True) | None = Field(
         default=None,
         description="Fraction in (0, 1] of all V·P visual tokens kept: K = max(1, floor(V·P·keep_rate)).",
@@ -180,8 +189,10 @@ class VisualReductionConfig(BaseModel):
             k = max(1, floor_count(total * self.keep_rate))
             field, given = "keep_rate", f"keep_rate={self.keep_rate:g} (K={k} of {total})"
         if k > total:
-            raise ValueError(f"{field}: {given} exceeds the {total} visual tokens ({layout.views} view(s) of "
-                             f"{layout.grid[0]}x{layout.grid[1]})")
+            raise ValueError(
+                f"{field}: {given} exceeds the {total} visual tokens ({layout.views} view(s) of "
+                f"{layout.grid[0]}x{layout.grid[1]})"
+            )
         if k >= TOPK_LIMIT:
             raise ValueError(f"{field}: {given} keeps {k} tokens; TensorRT's TopK needs K < {TOPK_LIMIT}")
         self.check_k(layout, k, field)
@@ -221,8 +232,9 @@ class VisualSelector:
     def resolve_k(self, layout: VisualLayout) -> int:
         return self.config.resolve_k(layout)
 
-    def select(self, sig: torch.Tensor | None, sig_alloc: torch.Tensor | None, layout: VisualLayout,
-               k: int) -> torch.Tensor:
+    def select(
+        self, sig: torch.Tensor | None, sig_alloc: torch.Tensor | None, layout: VisualLayout, k: int
+    ) -> torch.Tensor:
         """int64 [B, k]: ascending positions in [0, V·P) of the kept visual tokens.
 
         sig / sig_alloc: [B, V, P] significance at the selection / allocation layer, or None when the
@@ -236,8 +248,9 @@ class VisualSelector:
                 continue
             shape = tuple(int(s) for s in t.shape[1:])
             if t.dim() != 3 or shape != (layout.views, layout.patches):
-                raise ValueError(f"{kind} significance must be [B, {layout.views}, {layout.patches}], "
-                                 f"got {tuple(t.shape)}")
+                raise ValueError(
+                    f"{kind} significance must be [B, {layout.views}, {layout.patches}], got {tuple(t.shape)}"
+                )
         self._last = (layout, k)
         return self._select(sig, sig_alloc, layout, k)
 
@@ -276,8 +289,9 @@ class VisualSelector:
     def _select(self, sig, sig_alloc, layout: VisualLayout, k: int) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} does not select from significance maps; use reduce()")
 
-    def reduce(self, tokens: torch.Tensor, signals: dict[str, torch.Tensor], layout: VisualLayout,
-               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def reduce(
+        self, tokens: torch.Tensor, signals: dict[str, torch.Tensor], layout: VisualLayout, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [B, k, D], positions [B, k] int64 ascending): what the graph outputs.
 
         tokens: [B, V·P, D] (see ``on``); signals: {"select", "alloc": [B, V, P], "keys": [B, V, P, dh]},
@@ -317,8 +331,11 @@ def make_visual_selector(spec: dict | VisualReductionConfig) -> VisualSelector:
     if method not in VISUAL_METHODS:
         raise ValueError(f"unknown visual-token method {method!r}; known: {', '.join(sorted(VISUAL_METHODS))}")
     cls = VISUAL_METHODS[method]
-    return cls(spec if isinstance(spec, cls.config_cls) else cls.config_cls.model_validate(
-        spec.model_dump() if isinstance(spec, BaseModel) else spec))
+    return cls(
+        spec
+        if isinstance(spec, cls.config_cls)
+        else cls.config_cls.model_validate(spec.model_dump() if isinstance(spec, BaseModel) else spec)
+    )
 
 
 def _batch(*tensors) -> int | torch.Tensor:
@@ -336,12 +353,16 @@ def _constant_rows(pos: list[int], *like) -> torch.Tensor:
 
 
 # descriptions of the recipe fields the attention-ranked methods share (FoPru, HiRED)
-SELECT_LAYER_DESC = ("Tower block whose attention gives the selection significance, -1024..1023; negative counts from the end "
-                      "like LLaVA's vision_feature_layer (-2 = the block producing hidden_states[-2], LLaVA's "
-                      "feature layer).")
-SOURCE_DESC = ("Significance: 'cls' = CLS-query attention to each patch (needs a CLS token); 'received' = "
-                "attention each patch receives, averaged over all queries (towers without CLS, e.g. SigLIP). "
-                "Heads are summed.")
+SELECT_LAYER_DESC = (
+    "Tower block whose attention gives the selection significance, -1024..1023; negative counts from the end "
+    "like LLaVA's vision_feature_layer (-2 = the block producing hidden_states[-2], LLaVA's "
+    "feature layer)."
+)
+SOURCE_DESC = (
+    "Significance: 'cls' = CLS-query attention to each patch (needs a CLS token); 'received' = "
+    "attention each patch receives, averaged over all queries (towers without CLS, e.g. SigLIP). "
+    "Heads are summed."
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,7 +429,7 @@ class RandomVisualConfig(VisualReductionConfig):
     seed: Count(0, 2**40) = Field(
         default=0,
         description="torch.Generator().manual_seed(seed), 0..1099511627776; the subset is the first K of randperm(V·P) (so a smaller "
-                    "K keeps a subset of a larger one), sorted.",
+        "K keeps a subset of a larger one), sorted.",
     )
 
 
@@ -439,12 +460,21 @@ class RandomVisual(VisualSelector):
         return _constant_rows(self.positions(layout.total, k), sig, sig_alloc)
 
     def resolved(self, layout, k):
-        return {"subset": "fixed random subset: first K of torch.randperm(V·P) with the seed, sorted; identical "
-                          "for every image"}
+        return {
+            "subset": "fixed random subset: first K of torch.randperm(V·P) with the seed, sorted; identical "
+            "for every image"
+        }
 
 
 __all__ = [
-    "TOPK_LIMIT", "VISUAL_METHODS", "VisualLayout", "VisualReductionConfig", "VisualSelector",
-    "floor_count", "make_visual_selector", "significance",
-    "spatial_positions", "split_evenly",
+    "TOPK_LIMIT",
+    "VISUAL_METHODS",
+    "VisualLayout",
+    "VisualReductionConfig",
+    "VisualSelector",
+    "floor_count",
+    "make_visual_selector",
+    "significance",
+    "spatial_positions",
+    "split_evenly",
 ]

@@ -33,6 +33,7 @@ divided by the member counts (no scatter). Differences from the official code:
 - the metric normalisation divides by max(‖k‖, 1e-12) (the official code has no epsilon: identical
   unless a key vector is zero).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,18 +58,23 @@ class VisionZipConfig(VisualReductionConfig):
 
     method: Literal["visionzip"] = Field(default="visionzip", description="Method name.")
     select_layer: Count(-1024, 1023) = Field(
-        default=-2, description="Tower block whose attention ranks the dominant tokens and whose keys (averaged over "
-                                "heads) merge the rest, -1024..1023; negative counts from the end like LLaVA's "
-                                "vision_feature_layer. VisionZip: the block producing hidden_states[-2] (CLIP-L layer 22).")
+        default=-2,
+        description="Tower block whose attention ranks the dominant tokens and whose keys (averaged over "
+        "heads) merge the rest, -1024..1023; negative counts from the end like LLaVA's "
+        "vision_feature_layer. VisionZip: the block producing hidden_states[-2] (CLIP-L layer 22).",
+    )
     source: Source = Field(
-        default="cls", description="Dominant-token ranking: 'cls' = CLS-query attention to each patch summed over heads "
-                                   "(VisionZip); 'received' = attention each patch receives, averaged over all queries "
-                                   "(for towers without CLS, e.g. SigLIP; not in the official code).")
+        default="cls",
+        description="Dominant-token ranking: 'cls' = CLS-query attention to each patch summed over heads "
+        "(VisionZip); 'received' = attention each patch receives, averaged over all queries "
+        "(for towers without CLS, e.g. SigLIP; not in the official code).",
+    )
     contextual_share: Real(0, 1, hi_open=True) = Field(
         default=OFFICIAL_SHARE,
         description="Share of each view's budget that is merged contextual tokens, in [0, 1): C = round(k_view·share) "
-                    "(at most k_view - 1), D = k_view - C dominant patches. Default 0.15625 = 10/64, the official 54:10 "
-                    "split at 64 tokens with the CLS slot given to one more dominant patch (CLS is not a tower output here).")
+        "(at most k_view - 1), D = k_view - C dominant patches. Default 0.15625 = 10/64, the official 54:10 "
+        "split at 64 tokens with the CLS slot given to one more dominant patch (CLS is not a tower output here).",
+    )
 
     def counts(self, k_view: int) -> tuple[int, int]:
         """(D dominant, C contextual) of one view's budget."""
@@ -172,7 +178,7 @@ class VisionZip(VisualSelector):
         p = layout.patches
         out_tokens, out_pos = [], []
         for pl in plan_views(self.config, layout, k):
-            hidden = tokens[:, pl.view * p:(pl.view + 1) * p]
+            hidden = tokens[:, pl.view * p : (pl.view + 1) * p]
             dom, rest = dominant_and_remainder(sig[:, pl.view], pl.dominant, pl.contextual > 0)
             out_tokens.append(take(hidden, dom))
             out_pos.append(dom + pl.view * p)
@@ -186,11 +192,20 @@ class VisionZip(VisualSelector):
 
     def resolved(self, layout, k):
         plans = plan_views(self.config, layout, k)
-        return {"per_view": [[pl.dominant, pl.contextual] for pl in plans],
-                "per_view_fields": ["dominant", "contextual"],
-                "contextual_position": "the target token's position",
-                "merge": "target + mean of the tokens assigned to it by argmax key cosine (head-averaged keys of select_layer)"}
+        return {
+            "per_view": [[pl.dominant, pl.contextual] for pl in plans],
+            "per_view_fields": ["dominant", "contextual"],
+            "contextual_position": "the target token's position",
+            "merge": "target + mean of the tokens assigned to it by argmax key cosine (head-averaged keys of select_layer)",
+        }
 
 
-__all__ = ["OFFICIAL_SHARE", "ViewPlan", "VisionZip", "VisionZipConfig", "dominant_and_remainder",
-           "merge_contextual", "plan_views"]
+__all__ = [
+    "OFFICIAL_SHARE",
+    "ViewPlan",
+    "VisionZip",
+    "VisionZipConfig",
+    "dominant_and_remainder",
+    "merge_contextual",
+    "plan_views",
+]

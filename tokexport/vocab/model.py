@@ -3,6 +3,7 @@ vocabulary-sized vectors (``final_logits_bias``-style), tied weights kept tied, 
 generation-config ids remapped; then ``save_pretrained``, reload, and a check of every tensor
 against the expected slices of the original (a reload that silently re-initialises a tensor, as
 ``ignore_mismatched_sizes`` can, is caught here)."""
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,18 @@ from torch import nn
 from ..errors import InputError
 
 # Config fields holding token ids (ints or lists of ints).
-ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "sep_token_id", "cls_token_id",
-             "mask_token_id", "decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id")
+ID_FIELDS = (
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "unk_token_id",
+    "sep_token_id",
+    "cls_token_id",
+    "mask_token_id",
+    "decoder_start_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+)
 ID_LIST_FIELDS = ("suppress_tokens", "begin_suppress_tokens")
 
 
@@ -38,8 +49,10 @@ def vocab_tensors(model: nn.Module, vocab_rows: int) -> VocabTensors:
     vocabulary or that has other tensors with a vocabulary-sized axis we do not understand."""
     emb = model.get_input_embeddings()
     if not isinstance(emb, nn.Embedding) or emb.weight.shape[0] != vocab_rows:
-        raise InputError(f"model {type(model).__name__}: input embedding is {type(emb).__name__} "
-                         f"{tuple(getattr(emb, 'weight', torch.empty(0)).shape)}, not a {vocab_rows}-row nn.Embedding")
+        raise InputError(
+            f"model {type(model).__name__}: input embedding is {type(emb).__name__} "
+            f"{tuple(getattr(emb, 'weight', torch.empty(0)).shape)}, not a {vocab_rows}-row nn.Embedding"
+        )
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     params = dict(model.named_parameters(remove_duplicate=False))
     buffers = dict(model.named_buffers(remove_duplicate=False))
@@ -50,9 +63,11 @@ def vocab_tensors(model: nn.Module, vocab_rows: int) -> VocabTensors:
     head_name, tied = None, False
     if head is not None:
         if type(head) is not nn.Linear or head.out_features != vocab_rows:
-            raise InputError(f"model {type(model).__name__}: output head is {type(head).__name__}"
-                             f"{' with ' + str(head.out_features) + ' outputs' if isinstance(head, nn.Linear) else ''}, "
-                             f"not a plain nn.Linear over the {vocab_rows}-token vocabulary; trimming it is not supported")
+            raise InputError(
+                f"model {type(model).__name__}: output head is {type(head).__name__}"
+                f"{' with ' + str(head.out_features) + ' outputs' if isinstance(head, nn.Linear) else ''}, "
+                f"not a plain nn.Linear over the {vocab_rows}-token vocabulary; trimming it is not supported"
+            )
         tied = head.weight is emb.weight
         head_name = names_of[id(head.weight)][-1] if not tied else emb_name
     axes = dict.fromkeys(names_of[id(emb.weight)], 0)
@@ -69,8 +84,10 @@ def vocab_tensors(model: nn.Module, vocab_rows: int) -> VocabTensors:
             axes.update(dict.fromkeys(names_of.get(id(t), [n]), t.dim() - 1))
             seen.add(id(t))
             continue
-        raise InputError(f"model {type(model).__name__}: tensor {n} {tuple(t.shape)} has a vocabulary-sized axis "
-                         "but is neither the input embedding nor a plain linear head; trimming it is not supported")
+        raise InputError(
+            f"model {type(model).__name__}: tensor {n} {tuple(t.shape)} has a vocabulary-sized axis "
+            "but is neither the input embedding nor a plain linear head; trimming it is not supported"
+        )
     return VocabTensors(axes=axes, embedding=emb_name, head=head_name, tied=tied)
 
 
@@ -114,7 +131,10 @@ def trim_model(model: nn.Module, keep: np.ndarray, vt: VocabTensors) -> nn.Modul
     tensor; module classes are kept (Gemma's scaled embedding)."""
     model = copy.deepcopy(model)
     idx = torch.as_tensor(keep, dtype=torch.long)
-    named = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    named = {
+        **dict(model.named_parameters(remove_duplicate=False)),
+        **dict(model.named_buffers(remove_duplicate=False)),
+    }
     new: dict[int, torch.Tensor] = {}
     for name, axis in vt.axes.items():
         t = named[name]
@@ -166,9 +186,15 @@ def verify_tensors(reloaded: nn.Module, expected: dict[str, torch.Tensor], vt: V
     if vt.tied:
         head = reloaded.get_output_embeddings()
         tied_ok = head is not None and head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
-    return {"tensors": len(expected), "missing": missing, "unexpected": unexpected, "mismatched": mismatched,
-            "tied_weights": vt.tied, "tied_after_reload": tied_ok,
-            "passed": not (missing or unexpected or mismatched) and tied_ok}
+    return {
+        "tensors": len(expected),
+        "missing": missing,
+        "unexpected": unexpected,
+        "mismatched": mismatched,
+        "tied_weights": vt.tied,
+        "tied_after_reload": tied_ok,
+        "passed": not (missing or unexpected or mismatched) and tied_ok,
+    }
 
 
 def count_params(model: nn.Module) -> int:

@@ -20,6 +20,7 @@ candidate lists by the coverage they give on a dev split of the mining documents
 rest, at the recipe's size; the final counts then use the whole mining part. Held-out text is never
 looked at here: the task measures each ingredient on it afterwards (:func:`ablation`) and reports it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -54,7 +55,7 @@ class MergePaths:
         prefix = model.get("continuing_subword_prefix") or ""
         for m in model["merges"]:
             a, b = merge_pair(m)
-            result = a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
+            result = a + (b[len(prefix) :] if prefix and b.startswith(prefix) else b)
             rid = vocab.get(result)
             if rid is None:
                 continue
@@ -122,11 +123,20 @@ class Budget:
 
     def describe(self, kept: int, heldout_coverage: float | None = None, by_language: dict | None = None) -> dict:
         p = self.params(kept)
-        return {"max_params": self.max_params, "max_bytes": self.max_bytes, "precision": self.precision,
-                "bytes_per_param": self.bytes_per_param, "fixed_params": self.fixed_params,
-                "params_per_token": self.per_token, "max_tokens": self.max_tokens, "kept": kept, "params": p,
-                "bytes": p * self.bytes_per_param, "heldout_token_coverage": heldout_coverage,
-                "heldout_token_coverage_by_language": by_language or {}}
+        return {
+            "max_params": self.max_params,
+            "max_bytes": self.max_bytes,
+            "precision": self.precision,
+            "bytes_per_param": self.bytes_per_param,
+            "fixed_params": self.fixed_params,
+            "params_per_token": self.per_token,
+            "max_tokens": self.max_tokens,
+            "kept": kept,
+            "params": p,
+            "bytes": p * self.bytes_per_param,
+            "heldout_token_coverage": heldout_coverage,
+            "heldout_token_coverage_by_language": by_language or {},
+        }
 
 
 def budget_of(trim, total_params: int, rows: int, per_token: int, forced_keep: int) -> Budget | None:
@@ -135,16 +145,24 @@ def budget_of(trim, total_params: int, rows: int, per_token: int, forced_keep: i
     if trim.max_params is None and trim.max_bytes is None:
         return None
     fixed = total_params - rows * per_token
-    limits = [x for x in (trim.max_params, (trim.max_bytes // BYTES_PER_PARAM[trim.precision])
-                          if trim.max_bytes is not None else None) if x is not None]
+    limits = [
+        x
+        for x in (
+            trim.max_params,
+            (trim.max_bytes // BYTES_PER_PARAM[trim.precision]) if trim.max_bytes is not None else None,
+        )
+        if x is not None
+    ]
     limit = min(limits)
     max_tokens = (limit - fixed) // per_token if limit > fixed else 0
     b = Budget(trim.max_params, trim.max_bytes, trim.precision, fixed, per_token, int(min(max_tokens, rows)))
     if b.max_tokens < forced_keep:
         field_name = "trim.max_params" if trim.max_params is not None and limit == trim.max_params else "trim.max_bytes"
-        raise InputError(f"{field_name}: {limit:,} parameters do not even hold the {forced_keep:,} required ids "
-                         f"({fixed:,} parameters outside the vocabulary + {per_token} per id needs at least "
-                         f"{b.params(forced_keep):,}); raise the budget")
+        raise InputError(
+            f"{field_name}: {limit:,} parameters do not even hold the {forced_keep:,} required ids "
+            f"({fixed:,} parameters outside the vocabulary + {per_token} per id needs at least "
+            f"{b.params(forced_keep):,}); raise the budget"
+        )
     return b
 
 
@@ -188,13 +206,20 @@ def dev_split(n: int, fraction: float, seed: int, index: int) -> np.ndarray:
     if n < 2:
         return mask
     order = np.random.default_rng([seed, index, 1]).permutation(n)
-    mask[order[:max(1, round(fraction * n))]] = True
+    mask[order[: max(1, round(fraction * n))]] = True
     return mask
 
 
-def gather_evidence(corpus, mining_rows: dict[str, list[list[int]]], encode_plain: Callable, size: int,
-                    dev_fraction: float, seed: int, want_numbers: bool,
-                    weighted_rows: dict[str, list[list[int]]] | None = None) -> tuple[Evidence, dict[str, np.ndarray]]:
+def gather_evidence(
+    corpus,
+    mining_rows: dict[str, list[list[int]]],
+    encode_plain: Callable,
+    size: int,
+    dev_fraction: float,
+    seed: int,
+    want_numbers: bool,
+    weighted_rows: dict[str, list[list[int]]] | None = None,
+) -> tuple[Evidence, dict[str, np.ndarray]]:
     """Counts of the encoded mining documents of each label split train / dev, word-list and number
     distributions. Also returns each label's dev mask (self-generated prompts come from train documents)."""
     labels = sorted(set(mining_rows) | set(corpus.weighted))
@@ -209,8 +234,11 @@ def gather_evidence(corpus, mining_rows: dict[str, list[list[int]]], encode_plai
         dev[lab] = _bincount([r for r, m in zip(rows, mask) if m], size)
     words, numbers = {}, {}
     for lab, entries in corpus.weighted.items():
-        rows = weighted_rows[lab] if weighted_rows and lab in weighted_rows else \
-            encode_all(encode_plain, [t for t, _ in entries])
+        rows = (
+            weighted_rows[lab]
+            if weighted_rows and lab in weighted_rows
+            else encode_all(encode_plain, [t for t, _ in entries])
+        )
         words[lab] = _normalised(_bincount(rows, size, [c for _, c in entries]))
         if want_numbers and corpus.wordfreq_langs.get(lab):
             import wordfreq
@@ -222,8 +250,15 @@ def gather_evidence(corpus, mining_rows: dict[str, list[list[int]]], encode_plai
                     forms += [str(n), " " + str(n)]
                     weights += [f, f]
             numbers[lab] = _normalised(_bincount(encode_all(encode_plain, forms), size, weights))
-    return Evidence(size, labels, train, dev, {k: v for k, v in words.items() if v is not None},
-                    {k: v for k, v in numbers.items() if v is not None}, dev_documents=ndev), masks
+    return Evidence(
+        size,
+        labels,
+        train,
+        dev,
+        {k: v for k, v in words.items() if v is not None},
+        {k: v for k, v in numbers.items() if v is not None},
+        dev_documents=ndev,
+    ), masks
 
 
 def blend(ev: Evidence, counts: dict[str, np.ndarray], strength: float, numbers: float, generated: float) -> np.ndarray:
@@ -260,18 +295,21 @@ class Size:
     total: int | None = None
 
 
-def choose(score: np.ndarray, eligible: np.ndarray, base: set[int], paths: MergePaths, size: Size,
-           what: str = "the corpus") -> tuple[set[int], list[int]]:
+def choose(
+    score: np.ndarray, eligible: np.ndarray, base: set[int], paths: MergePaths, size: Size, what: str = "the corpus"
+) -> tuple[set[int], list[int]]:
     """The keep set (``base`` = required ids, already closed over merge paths) and the picked ids."""
     order = ranked(score, eligible, base)
     if size.total is not None:
         return fill(order, base, paths, size.total)
     if size.mined is not None:
         if len(order) < size.mined:
-            raise InputError(f"trim.target_vocab_size: {what} yields only {len(order):,} candidate ids besides the "
-                             f"{len(base)} required ones, fewer than {size.mined:,}; add corpus text or lower "
-                             "trim.target_vocab_size")
-        order = order[:size.mined]
+            raise InputError(
+                f"trim.target_vocab_size: {what} yields only {len(order):,} candidate ids besides the "
+                f"{len(base)} required ones, fewer than {size.mined:,}; add corpus text or lower "
+                "trim.target_vocab_size"
+            )
+        order = order[: size.mined]
     keep = set(base)
     for i in order.tolist():
         keep.update(paths.needed(i, keep))
@@ -291,16 +329,28 @@ def tune(ev: Evidence, cfg, base: set[int], paths: MergePaths, size: Size) -> tu
         keep, _ = choose(score, score > 0, base, paths, size, "the mining part's train split")
         mask = np.zeros(ev.size, dtype=bool)
         mask[list(keep)] = True
-        t = {"prior_strength": a, "numbers": n, "self_generated": g, "dev_token_coverage": dev_objective(mask, ev.dev),
-             "kept": len(keep)}
+        t = {
+            "prior_strength": a,
+            "numbers": n,
+            "self_generated": g,
+            "dev_token_coverage": dev_objective(mask, ev.dev),
+            "kept": len(keep),
+        }
         trials.append(t)
         if best is None or t["dev_token_coverage"] > best["dev_token_coverage"] + 1e-12:
             best = t
     return best, trials
 
 
-def ablation(ev: Evidence, best: dict, base: set[int], paths: MergePaths, size: Size,
-             heldout: dict[str, np.ndarray], baselines: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+def ablation(
+    ev: Evidence,
+    best: dict,
+    base: set[int],
+    paths: MergePaths,
+    size: Size,
+    heldout: dict[str, np.ndarray],
+    baselines: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict:
     """Held-out token coverage (overall and per language) of the chosen blend, of the blend without
     each ingredient, and of plain corpus frequency, all at the same size: what each ingredient buys
     on text nobody tuned on. Measurement only: nothing here changes the selection."""
@@ -318,13 +368,20 @@ def ablation(ev: Evidence, best: dict, base: set[int], paths: MergePaths, size: 
     def measure(keep: set[int]) -> dict:
         mask = np.zeros(ev.size, dtype=bool)
         mask[list(keep)] = True
-        return {"kept": len(keep), "heldout_token_coverage": float((total * mask).sum() / total.sum()),
-                "by_language": {k: float((v * mask).sum() / v.sum()) for k, v in heldout.items() if v.sum() > 0}}
+        return {
+            "kept": len(keep),
+            "heldout_token_coverage": float((total * mask).sum() / total.sum()),
+            "by_language": {k: float((v * mask).sum() / v.sum()) for k, v in heldout.items() if v.sum() > 0},
+        }
 
     for name, (a, n, g) in variants.items():
         score = blend(ev, full, a, n, g)
-        out[name] = {"prior_strength": a, "numbers": n, "self_generated": g,
-                     **measure(choose(score, score > 0, base, paths, size)[0])}
+        out[name] = {
+            "prior_strength": a,
+            "numbers": n,
+            "self_generated": g,
+            **measure(choose(score, score > 0, base, paths, size)[0]),
+        }
     for name, (score, eligible) in baselines.items():
         try:
             out[name] = measure(choose(score, eligible, base, paths, size)[0])

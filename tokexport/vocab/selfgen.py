@@ -7,6 +7,7 @@ of mining-part documents greedily, and the tokens it generates are counted with 
 most frequent ids are kept. Only the mining part is used as prompts: the held-out text and the
 recipe's generation prompts stay unseen, so the checks stay honest.
 """
+
 from __future__ import annotations
 
 import time
@@ -31,24 +32,31 @@ def batched_greedy(model, prompts: list[list[int]], max_new_tokens: int, pad_id:
     eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     out: list[list[int]] = []
     for s in range(0, len(prompts), batch):
-        rows = prompts[s:s + batch]
+        rows = prompts[s : s + batch]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
         with torch.inference_mode():
-            y = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                               num_beams=1, pad_token_id=pad_id)
+            y = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad_id,
+            )
         for row in y[:, width:].tolist():
             cut = next((j for j, t in enumerate(row) if t in eos), len(row))
             out.append(row[:cut])
     return out
 
 
-def self_generated_counts(model, cfg: SelfGenerated, mining_ids: list[list[int]], vocab_rows: int,
-                          pad_id: int) -> tuple[np.ndarray, dict]:
+def self_generated_counts(
+    model, cfg: SelfGenerated, mining_ids: list[list[int]], vocab_rows: int, pad_id: int
+) -> tuple[np.ndarray, dict]:
     """Counts (×weight) of the ids the original model generates from the beginnings of mining
     documents, and a summary for the report."""
     t0 = time.perf_counter()
@@ -57,6 +65,12 @@ def self_generated_counts(model, cfg: SelfGenerated, mining_ids: list[list[int]]
     gen = batched_greedy(model, prompts, cfg.max_new_tokens, pad_id, cfg.batch) if prompts else []
     flat = np.asarray([t for g in gen for t in g], dtype=np.int64)
     counts = np.bincount(flat, minlength=vocab_rows)[:vocab_rows].astype(np.int64) * cfg.weight
-    return counts, {"prompts": len(prompts), "prompt_tokens": cfg.prompt_tokens, "max_new_tokens": cfg.max_new_tokens,
-                    "generated_tokens": int(flat.size), "distinct_ids": int((counts > 0).sum()), "weight": cfg.weight,
-                    "seconds": round(time.perf_counter() - t0, 1)}
+    return counts, {
+        "prompts": len(prompts),
+        "prompt_tokens": cfg.prompt_tokens,
+        "max_new_tokens": cfg.max_new_tokens,
+        "generated_tokens": int(flat.size),
+        "distinct_ids": int((counts > 0).sum()),
+        "weight": cfg.weight,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

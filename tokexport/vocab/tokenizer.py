@@ -16,6 +16,7 @@ tokenizer to give *the same pieces* on text whose original pieces are all kept:
   256-symbol byte alphabet and byte-fallback BPE its 256 ``<0xXX>`` tokens, so other text is still
   encoded (into smaller kept pieces or bytes), never to ``unk``.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,9 +58,9 @@ def _has_byte_level(node) -> bool:
 @dataclass
 class TokenizerInfo:
     model_type: str
-    family: str                 # unigram | wordpiece | byte-level-bpe | byte-fallback-bpe | bpe
-    vocab_size: int             # ids the tokenizer can emit (max id + 1)
-    oov_behaviour: str          # what happens to text outside the kept vocabulary
+    family: str  # unigram | wordpiece | byte-level-bpe | byte-fallback-bpe | bpe
+    vocab_size: int  # ids the tokenizer can emit (max id + 1)
+    oov_behaviour: str  # what happens to text outside the kept vocabulary
     required: dict[str, list[int]]  # ids kept regardless of the corpus, by reason
 
     def required_ids(self) -> set[int]:
@@ -93,8 +94,10 @@ def inspect_tokenizer(state: dict) -> TokenizerInfo:
     model = state.get("model") or {}
     mtype = model.get("type")
     if mtype not in SUPPORTED:
-        raise InputError(f"tokenizer model type {mtype!r} is not supported for vocabulary trimming "
-                         f"(supported: {', '.join(SUPPORTED)})")
+        raise InputError(
+            f"tokenizer model type {mtype!r} is not supported for vocabulary trimming "
+            f"(supported: {', '.join(SUPPORTED)})"
+        )
     items = _vocab_items(model)
     ids = [i for _, i in items] + [t["id"] for t in state.get("added_tokens", [])]
     size = max(ids) + 1
@@ -124,7 +127,10 @@ def inspect_tokenizer(state: dict) -> TokenizerInfo:
             if missing:
                 raise InputError(f"BPE tokenizer has byte_fallback but lacks byte tokens such as {missing[0]!r}")
             required["byte_fallback"] = [lookup[t] for t in BYTE_FALLBACK_TOKENS]
-            family, oov = "byte-fallback-bpe", "merged from kept pieces; characters not in the kept vocabulary fall back to <0xXX> byte tokens"
+            family, oov = (
+                "byte-fallback-bpe",
+                "merged from kept pieces; characters not in the kept vocabulary fall back to <0xXX> byte tokens",
+            )
         elif _has_byte_level(state.get("pre_tokenizer")):
             # every byte symbol the original has (SmolLM2 lacks a few control bytes: the original
             # cannot encode those either)
@@ -149,7 +155,7 @@ def bpe_closure(state: dict, keep: set[int]) -> set[int]:
     producers: dict[str, list[tuple[str, str]]] = {}
     for m in model["merges"]:
         a, b = merge_pair(m)
-        result = a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
+        result = a + (b[len(prefix) :] if prefix and b.startswith(prefix) else b)
         producers.setdefault(result, []).append((a, b))
     inverse = {i: t for t, i in vocab.items()}
     out = set(keep)
@@ -200,15 +206,16 @@ def trim_state(state: dict, keep: np.ndarray) -> tuple[dict, dict]:
         if model.get("unk_id") is not None:
             model["unk_id"] = int(old2new[model["unk_id"]])
     else:
-        model["vocab"] = {t: int(old2new[i]) for t, i in sorted(model["vocab"].items(), key=lambda kv: kv[1])
-                          if old2new[i] >= 0}
+        model["vocab"] = {
+            t: int(old2new[i]) for t, i in sorted(model["vocab"].items(), key=lambda kv: kv[1]) if old2new[i] >= 0
+        }
         if model["type"] == "BPE":
             vocab = model["vocab"]
             prefix = model.get("continuing_subword_prefix") or ""
             kept_merges = []
             for m in model["merges"]:
                 a, b = merge_pair(m)
-                result = a + (b[len(prefix):] if prefix and b.startswith(prefix) else b)
+                result = a + (b[len(prefix) :] if prefix and b.startswith(prefix) else b)
                 if a in vocab and b in vocab and result in vocab:
                     kept_merges.append(m)
             stats["merges"] = {"before": len(model["merges"]), "after": len(kept_merges)}
@@ -240,14 +247,19 @@ def write_tokenizer_files(src_dir: Path, dest: Path, state: dict, old2new: np.nd
     if cfg_path.is_file():
         cfg = read_json(cfg_path, "model file")
         if "added_tokens_decoder" in cfg:
-            cfg["added_tokens_decoder"] = {str(int(old2new[int(k)])): v for k, v in cfg["added_tokens_decoder"].items()
-                                           if int(k) < len(old2new) and old2new[int(k)] >= 0}
+            cfg["added_tokens_decoder"] = {
+                str(int(old2new[int(k)])): v
+                for k, v in cfg["added_tokens_decoder"].items()
+                if int(k) < len(old2new) and old2new[int(k)] >= 0
+            }
         (dest / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=2) + "\n")
     added_path = src_dir / "added_tokens.json"
     if added_path.is_file():
         added = read_json(added_path, "model file")
-        (dest / "added_tokens.json").write_text(json.dumps(
-            {t: int(old2new[i]) for t, i in added.items() if i < len(old2new) and old2new[i] >= 0}, indent=2) + "\n")
+        (dest / "added_tokens.json").write_text(
+            json.dumps({t: int(old2new[i]) for t, i in added.items() if i < len(old2new) and old2new[i] >= 0}, indent=2)
+            + "\n"
+        )
     for name in ("special_tokens_map.json", "chat_template.jinja", "chat_template.json"):
         if (src_dir / name).is_file():
             (dest / name).write_bytes((src_dir / name).read_bytes())
@@ -255,7 +267,9 @@ def write_tokenizer_files(src_dir: Path, dest: Path, state: dict, old2new: np.nd
     ordered = sorted(_vocab_items(model), key=lambda kv: kv[1])
     if (src_dir / "vocab.txt").is_file():
         if model["type"] != "WordPiece":
-            raise InputError(f"{src_dir}/vocab.txt: a slow WordPiece vocabulary next to a {model['type']} tokenizer.json")
+            raise InputError(
+                f"{src_dir}/vocab.txt: a slow WordPiece vocabulary next to a {model['type']} tokenizer.json"
+            )
         tokens = {i: t for t, i in ordered} | {t["id"]: t["content"] for t in state["added_tokens"]}
         (dest / "vocab.txt").write_text("".join(tokens[i] + "\n" for i in range(len(tokens))), encoding="utf-8")
         notes.append("vocab.txt rewritten from the trimmed vocabulary (slow BertTokenizer gives the same ids)")
@@ -266,6 +280,8 @@ def write_tokenizer_files(src_dir: Path, dest: Path, state: dict, old2new: np.nd
         notes.append("vocab.json and merges.txt rewritten from the trimmed vocabulary and merges")
     for name in SLOW_MODEL_FILES:
         if (src_dir / name).is_file():
-            notes.append(f"{name} (SentencePiece model of the untrimmed vocabulary) left out: it would give the old "
-                         "ids; load with the fast tokenizer (tokenizer.json)")
+            notes.append(
+                f"{name} (SentencePiece model of the untrimmed vocabulary) left out: it would give the old "
+                "ids; load with the fast tokenizer (tokenizer.json)"
+            )
     return notes

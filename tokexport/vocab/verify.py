@@ -2,6 +2,7 @@
 encoders: exact outputs on in-vocabulary text and
 embedding cosine on all held-out text; decoders: identical greedy generations, next-token top-1
 agreement and perplexity per character."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,13 +19,14 @@ def pad_rows(id_lists: Sequence[Sequence[int]], seq_len: int, pad_id: int) -> Fe
     mask = np.zeros((len(id_lists), seq_len), dtype=np.int64)
     for r, row in enumerate(id_lists):
         row = list(row)[:seq_len]
-        ids[r, :len(row)] = row
-        mask[r, :len(row)] = 1
+        ids[r, : len(row)] = row
+        mask[r, : len(row)] = 1
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def remap_mismatches(orig_ids: Sequence[Sequence[int]], trimmed_ids: Sequence[Sequence[int]], keep_mask: np.ndarray,
-                     old2new: np.ndarray) -> tuple[list[int], list[int]]:
+def remap_mismatches(
+    orig_ids: Sequence[Sequence[int]], trimmed_ids: Sequence[Sequence[int]], keep_mask: np.ndarray, old2new: np.ndarray
+) -> tuple[list[int], list[int]]:
     """The documents whose original ids are all kept, and those of them on which the trimmed tokenizer
     does not give old2new of the original ids (it must give exactly that)."""
     in_vocab = [i for i, ids in enumerate(orig_ids) if keep_mask[np.asarray(ids, dtype=np.int64)].all()]
@@ -32,16 +34,25 @@ def remap_mismatches(orig_ids: Sequence[Sequence[int]], trimmed_ids: Sequence[Se
     return in_vocab, bad
 
 
-def oov_behaviour(orig_ids: Sequence[Sequence[int]], trimmed_ids: Sequence[Sequence[int]], keep_mask: np.ndarray,
-                  unk_new: int | None, byte_new: set[int]) -> dict:
+def oov_behaviour(
+    orig_ids: Sequence[Sequence[int]],
+    trimmed_ids: Sequence[Sequence[int]],
+    keep_mask: np.ndarray,
+    unk_new: int | None,
+    byte_new: set[int],
+) -> dict:
     """What the trimmed tokenizer emits on held-out documents with out-of-vocabulary pieces."""
     docs = [i for i, ids in enumerate(orig_ids) if not keep_mask[np.asarray(ids, dtype=np.int64)].all()]
     orig_n = sum(len(orig_ids[i]) for i in docs)
     new = [t for i in docs for t in trimmed_ids[i]]
-    return {"documents": len(docs), "original_tokens": orig_n, "trimmed_tokens": len(new),
-            "length_ratio": len(new) / orig_n if orig_n else 1.0,
-            "unk_tokens": sum(1 for t in new if t == unk_new) if unk_new is not None else 0,
-            "byte_tokens": sum(1 for t in new if t in byte_new)}
+    return {
+        "documents": len(docs),
+        "original_tokens": orig_n,
+        "trimmed_tokens": len(new),
+        "length_ratio": len(new) / orig_n if orig_n else 1.0,
+        "unk_tokens": sum(1 for t in new if t == unk_new) if unk_new is not None else 0,
+        "byte_tokens": sum(1 for t in new if t in byte_new),
+    }
 
 
 def greedy_generations(model, prompts_ids: list[list[int]], max_new_tokens: int, pad_id: int | None) -> list[list[int]]:
@@ -49,9 +60,15 @@ def greedy_generations(model, prompts_ids: list[list[int]], max_new_tokens: int,
     for ids in prompts_ids:
         x = torch.tensor([ids])
         with torch.inference_mode():
-            y = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                               do_sample=False, num_beams=1, pad_token_id=pad_id)
-        out.append(y[0, len(ids):].tolist())
+            y = model.generate(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad_id,
+            )
+        out.append(y[0, len(ids) :].tolist())
     return out
 
 
