@@ -163,11 +163,6 @@ def pareto_front(xs: list[float], ys: list[float]) -> list[bool]:
     ]
 
 
-def _oriented(summary: dict, values: list[float]) -> list[float]:
-    """The metric as higher-is-better (negated for a lower-is-better metric such as a perplexity increase)."""
-    return [-v for v in values] if summary.get("metric_better") == "lower" else list(values)
-
-
 TIMING_NOTE = (
     "Timing figures are ratios measured inside one task: baseline.onnx and model.onnx are timed "
     "interleaved in the same process on the same node, so points run on different workers or machines "
