@@ -237,3 +237,24 @@ def test_write_bundle_bad_input_writes_nothing(tmp_path):
     with pytest.raises(InputError, match="file name"):
         deploy.write_bundle(tmp_path / "b5", {"a/b": m}, "onnxruntime")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx", "m.onnx"]  # no bundle, no temp dir
+
+
+def test_a_graph_no_sample_can_be_made_for_asks_for_inputs_where_they_can_be_given(tmp_path):
+    """A symbolic non-batch dim: ``sample_inputs`` says what is wrong (``tokexport build`` has no inputs to
+    offer); ``write_bundle`` adds its ``inputs`` argument, which the CLI (`tokexport bundle`) shows as --inputs."""
+    from tokexport.deploy import sample_inputs, write_bundle
+    from tokexport.errors import InputError
+    from tokexport.onnx_tools import inspect_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(InputError, match="no sample input can be made") as err:
+        sample_inputs(inspect_model(path))
+    assert "inputs" not in str(err.value)
+    with pytest.raises(InputError, match=r"no sample input can be made for it; pass inputs$") as err:
+        write_bundle(tmp_path / "b", {"model": path}, "jetpack-6.0")
+    assert err.value.lines(cli=True)[0].endswith("; pass --inputs")
+    assert not (tmp_path / "b").exists()

@@ -255,7 +255,9 @@ def sample_inputs(info: dict, batch: int = 1, seed: int = 0) -> dict[str, np.nda
     for i in info["inputs"]:
         shape = [batch if (ax == 0 and not isinstance(d, int)) else d for ax, d in enumerate(i["shape"] or [])]
         if any(not isinstance(d, int) for d in shape):
-            raise InputError(f"input {i['name']!r} has symbolic non-batch dims {i['shape']}; pass {option('inputs')}")
+            raise InputError(
+                f"input {i['name']!r} has symbolic non-batch dims {i['shape']}: no sample input can be made for it"
+            )
         dtype = np.dtype(i["dtype"])
         feed[i["name"]] = (
             rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype=dtype)
@@ -353,7 +355,10 @@ def write_bundle(
         raise InputError(f"max batch {max_batch} must be >= 1")
 
     infos = {n: onnx_tools.inspect_model(p) for n, p in models.items()}  # InputError for non-ONNX files
-    feed = dict(inputs) if inputs is not None else sample_inputs(next(iter(infos.values())))
+    try:
+        feed = dict(inputs) if inputs is not None else sample_inputs(next(iter(infos.values())))
+    except InputError as e:  # here the caller can give them (`tokexport build` cannot: it has no inputs option)
+        raise InputError(f"{e.args[0]}; pass {option('inputs')}") from None
     feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
     for name, info in infos.items():
         for i in info["inputs"]:
