@@ -390,7 +390,10 @@ def test_a_run_judged_against_an_earlier_runs_baselines_gets_its_figures_exactly
     )
     with pytest.raises(InputError, match=r"verify.accuracy is .* there"):
         run(crops, tmp_path, tmp_path / "e", baselines_from=tmp_path / "a")
+    with pytest.raises(InputError, match=r"baselines_from: .*nowhere.*report.json: cannot read it"):
+        run(second, tmp_path, tmp_path / "f", baselines_from=tmp_path / "nowhere")
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # refused: nothing written
+    assert not (tmp_path / "f").exists()
     old = json.loads((tmp_path / "a" / "report.json").read_text())["baselines"]
     del old["baselines"]["uniform"]["metrics"]["feature_cosine"]["per_sample"]
     with pytest.raises(ValueError, match=r"uniform.metrics.feature_cosine.per_sample: not in the report"):
